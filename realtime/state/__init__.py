@@ -1,0 +1,1 @@
+"""Session state: the pure state machine, the store protocol and its backends."""

@@ -1,0 +1,323 @@
+"""The session state machine: pure functions from (session, request, now) to a transition.
+
+Nothing here does I/O. A store commits a `Transition` atomically against the session version it
+was computed from (compare-and-set); on a conflict the caller re-reads and asks again. Because
+both the memory and the Redis store commit what these functions decide, the rules cannot drift
+between backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from realtime.state.model import (
+    Action,
+    Event,
+    EventKind,
+    Exam,
+    RefusalReason,
+    SkipReason,
+    Status,
+)
+
+MAX_EXTEND_MINUTES = 24 * 60
+MAX_NOTICE_LENGTH = 2000
+
+
+@dataclass(slots=True)
+class Transition:
+    """What to change in a session, and the history events that say so."""
+
+    changes: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """A request that changes nothing; `reason` is a documented code."""
+
+    reason: str
+    message: str
+    event: Event | None = None  # refusals of opens are recorded too
+
+
+Outcome = Transition | Rejection
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Liveness:
+    """Timing rules for connections, from configuration."""
+
+    stale_after: float = 30.0  # a holder not seen for this long is not live any more
+    resume_grace: float = 60.0  # a tab may resume a locked session this long after a drop
+
+
+def _event(
+    session: dict[str, Any],
+    kind: str,
+    actor: str,
+    now: float,
+    changes: dict[str, Any],
+    details: dict[str, Any] | None = None,
+) -> Event:
+    return Event(
+        exam_id=session["exam_id"],
+        session_id=session["id"],
+        kind=kind,
+        actor=actor,
+        at=now,
+        before=session["status"],
+        after=changes.get("status", session["status"]),
+        details=details or {},
+        changes=changes,
+    )
+
+
+def holder_is_live(session: dict[str, Any], now: float, liveness: Liveness) -> bool:
+    """Whether another connection currently holds the session."""
+    if not session["connected"] or not session["conn_id"]:
+        return False
+    last_seen = session["last_seen"]
+    return last_seen is not None and now - last_seen < liveness.stale_after
+
+
+def _start_changes(session: dict[str, Any], exam: Exam, now: float) -> dict[str, Any]:
+    minutes = exam.duration_minutes + int(session["extra_minutes"])
+    return {"status": Status.ACTIVE.value, "started_at": now, "deadline": now + minutes * 60}
+
+
+@dataclass(slots=True)
+class OpenRequest:
+    conn_id: str
+    new_resume_hash: str
+    actor: str
+    resume_token: str | None = None
+    client_id: str = ""
+    remote_addr: str = ""
+
+
+def open_session(
+    session: dict[str, Any],
+    exam: Exam,
+    request: OpenRequest,
+    now: float,
+    liveness: Liveness,
+) -> Outcome:
+    """A candidate connection asks to open (or resume) its session. Rules 1–3 of the spec."""
+    status = Status(session["status"])
+
+    def refuse(reason: RefusalReason, message: str) -> Rejection:
+        details = {"reason": reason.value, "remote_addr": request.remote_addr}
+        event = _event(session, EventKind.REFUSED, request.actor, now, {}, details)
+        return Rejection(reason.value, message, event)
+
+    if status.final:
+        return refuse(RefusalReason.CLOSED, f"the session is {status.value}")
+    if status is Status.READY:
+        if exam.starts_at is not None and now < exam.starts_at:
+            return refuse(RefusalReason.OUTSIDE_WINDOW, "the exam has not started yet")
+        if exam.ends_at is not None and now > exam.ends_at:
+            return refuse(RefusalReason.OUTSIDE_WINDOW, "the exam has ended")
+
+    live = holder_is_live(session, now, liveness)
+    token_ok = bool(
+        request.resume_token
+        and session["resume_hash"]
+        and hash_token(request.resume_token) == session["resume_hash"]
+    )
+    last_seen = session["last_seen"]
+    within_grace = liveness.resume_grace > 0 and (
+        live or (last_seen is not None and now - last_seen <= liveness.resume_grace)
+    )
+    resuming = token_ok and within_grace
+
+    if session["locked"] and not resuming:
+        if live:
+            return refuse(
+                RefusalReason.ALREADY_OPEN,
+                "the session is locked and already open elsewhere; ask your supervisor",
+            )
+        return refuse(RefusalReason.LOCKED, "the session is locked; ask your supervisor")
+
+    changes: dict[str, Any] = {
+        "connected": True,
+        "conn_id": request.conn_id,
+        "client_id": request.client_id,
+        "remote_addr": request.remote_addr,
+        "last_seen": now,
+        "resume_hash": request.new_resume_hash,
+    }
+    if token_ok:
+        changes["reconnects"] = int(session["reconnects"]) + 1
+    if status is Status.READY:
+        if exam.settings.requires_authorization and not session["authorized"]:
+            changes["status"] = Status.AWAITING.value
+        else:
+            changes.update(_start_changes(session, exam, now))
+
+    details: dict[str, Any] = {"remote_addr": request.remote_addr, "client_id": request.client_id}
+    if live and session["conn_id"] != request.conn_id:
+        details["superseded"] = True
+    kind = EventKind.RESUMED_CONNECTION if token_ok else EventKind.OPENED
+    events = [_event(session, kind, request.actor, now, changes, details)]
+
+    if exam.settings.lock_sessions or session["relock"]:
+        changes["locked"] = True
+        changes["relock"] = True
+        if not session["locked"]:
+            events.append(_event(session, EventKind.RELOCKED, "system", now, {"locked": True}))
+    return Transition(changes, events)
+
+
+def apply_command(
+    session: dict[str, Any],
+    exam: Exam,
+    action: Action,
+    actor: str,
+    now: float,
+    params: dict[str, Any] | None = None,
+) -> Outcome:
+    """A staff command on one session. Validated against its status; never half-applied."""
+    params = params or {}
+    status = Status(session["status"])
+    if status.final:
+        return Rejection(SkipReason.FINAL_STATUS.value, f"the session is {status.value}")
+
+    changes: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    if params.get("reason"):
+        details["reason"] = params["reason"]
+    if params.get("command_id"):
+        details["command_id"] = params["command_id"]
+
+    def invalid(wanted: str) -> Rejection:
+        return Rejection(
+            SkipReason.INVALID_STATUS.value,
+            f"cannot {action.value} a session that is {status.value} (needs {wanted})",
+        )
+
+    if action is Action.AUTHORIZE:
+        if session["authorized"] or status in (Status.ACTIVE, Status.PAUSED):
+            return Rejection(SkipReason.ALREADY_AUTHORIZED.value, "already authorized")
+        changes["authorized"] = True
+        if status is Status.AWAITING:
+            changes.update(_start_changes(session, exam, now))
+    elif action is Action.PAUSE:
+        if status is not Status.ACTIVE:
+            return invalid("active")
+        changes = {"status": Status.PAUSED.value, "paused_at": now}
+    elif action is Action.RESUME:
+        if status is not Status.PAUSED:
+            return invalid("paused")
+        changes = {"status": Status.ACTIVE.value, "paused_at": None}
+        # Paused time does not count against the candidate.
+        if session["deadline"] is not None and session["paused_at"] is not None:
+            changes["deadline"] = session["deadline"] + (now - session["paused_at"])
+    elif action is Action.LOCK:
+        if session["locked"]:
+            return Rejection(SkipReason.ALREADY_LOCKED.value, "already locked")
+        changes = {"locked": True, "relock": True}
+    elif action is Action.UNLOCK:
+        if not session["locked"]:
+            return Rejection(SkipReason.NOT_LOCKED.value, "not locked")
+        changes = {"locked": False}
+    elif action is Action.TERMINATE:
+        changes = {"status": Status.TERMINATED.value, "connected": False}
+    elif action is Action.EXTEND:
+        minutes = params.get("minutes")
+        if not isinstance(minutes, int) or isinstance(minutes, bool):
+            return Rejection("invalid_params", "extend needs an integer 'minutes'")
+        if not 1 <= minutes <= MAX_EXTEND_MINUTES:
+            return Rejection("invalid_params", f"minutes must be 1..{MAX_EXTEND_MINUTES}")
+        changes = {"extra_minutes": int(session["extra_minutes"]) + minutes}
+        if session["deadline"] is not None:
+            changes["deadline"] = session["deadline"] + minutes * 60
+        details["minutes"] = minutes
+    elif action is Action.NOTICE:
+        text = params.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return Rejection("invalid_params", "notice needs a non-empty 'text'")
+        if len(text) > MAX_NOTICE_LENGTH:
+            return Rejection("invalid_params", f"text is longer than {MAX_NOTICE_LENGTH}")
+        details["text"] = text
+    else:  # pragma: no cover - Action is a closed enum
+        raise ValueError(action)
+    return Transition(changes, [_event(session, action.value, actor, now, changes, details)])
+
+
+def disconnect(session: dict[str, Any], conn_id: str, now: float, reason: str) -> Outcome:
+    """The connection `conn_id` went away. Only the current holder can disconnect the session."""
+    if session["conn_id"] != conn_id or not session["connected"]:
+        return Rejection("not_holder", "connection does not hold the session")
+    changes = {"connected": False, "last_seen": now}
+    event = _event(session, EventKind.DISCONNECTED, "system", now, changes, {"reason": reason})
+    return Transition(changes, [event])
+
+
+def _require_holder(session: dict[str, Any], conn_id: str) -> Rejection | None:
+    if session["conn_id"] != conn_id:
+        return Rejection("not_holder", "this connection no longer holds the session")
+    if Status(session["status"]).final:
+        return Rejection("closed", f"the session is {session['status']}")
+    return None
+
+
+def report_progress(
+    session: dict[str, Any], conn_id: str, actor: str, position: int, answered: int, now: float
+) -> Outcome:
+    rejected = _require_holder(session, conn_id)
+    if rejected:
+        return rejected
+    if position < 0 or answered < 0:
+        return Rejection("invalid_params", "position and answered must not be negative")
+    changes = {"position": position, "answered": answered, "last_seen": now}
+    return Transition(changes, [_event(session, EventKind.PROGRESS, actor, now, changes)])
+
+
+def client_event(
+    session: dict[str, Any], conn_id: str, actor: str, name: str, detail: str, now: float
+) -> Outcome:
+    """Something the candidate's page noticed (focus lost, fullscreen left, …)."""
+    rejected = _require_holder(session, conn_id)
+    if rejected:
+        return rejected
+    changes = {"alerts": int(session["alerts"]) + 1, "last_alert": name, "last_seen": now}
+    details = {"name": name, "detail": detail}
+    return Transition(changes, [_event(session, EventKind.CLIENT_EVENT, actor, now, changes, details)])
+
+
+def acknowledge(
+    session: dict[str, Any], conn_id: str, actor: str, command_id: str, now: float
+) -> Outcome:
+    """The candidate's page confirms it received (and showed) a command."""
+    if session["conn_id"] != conn_id:
+        return Rejection("not_holder", "this connection no longer holds the session")
+    changes = {"last_seen": now}
+    details = {"command_id": command_id}
+    return Transition(changes, [_event(session, EventKind.DELIVERED, actor, now, changes, details)])
+
+
+def submit(session: dict[str, Any], conn_id: str, actor: str, now: float) -> Outcome:
+    rejected = _require_holder(session, conn_id)
+    if rejected:
+        return rejected
+    if session["status"] != Status.ACTIVE.value:
+        return Rejection(
+            SkipReason.INVALID_STATUS.value, f"cannot submit while {session['status']}"
+        )
+    changes = {"status": Status.COMPLETED.value, "connected": False, "last_seen": now}
+    return Transition(changes, [_event(session, EventKind.SUBMITTED, actor, now, changes)])
+
+
+def irregularity(
+    session: dict[str, Any], actor: str, category: str, note: str, now: float
+) -> Transition:
+    changes: dict[str, Any] = {}
+    details = {"category": category, "note": note}
+    return Transition(changes, [_event(session, EventKind.IRREGULARITY, actor, now, changes, details)])

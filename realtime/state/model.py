@@ -1,0 +1,215 @@
+"""The domain: exams, sessions, events. Plain data, no I/O.
+
+Sessions travel between the pure state machine, the state stores (memory, Redis), SQL and the
+wire; they are kept as flat dicts of JSON-friendly scalars so every store can hold them as a hash
+and the codecs can send them as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    READY = "ready"
+    AWAITING = "awaiting"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.COMPLETED, Status.TERMINATED)
+
+
+class Action(enum.StrEnum):
+    """Staff commands on a session."""
+
+    AUTHORIZE = "authorize"
+    PAUSE = "pause"
+    RESUME = "resume"
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    TERMINATE = "terminate"
+    EXTEND = "extend"
+    NOTICE = "notice"
+
+
+class EventKind(enum.StrEnum):
+    """What a history event records. Commands use their `Action` value as kind."""
+
+    CREATED = "created"
+    OPENED = "opened"
+    RESUMED_CONNECTION = "reconnected"
+    REFUSED = "refused"
+    RELOCKED = "relocked"
+    SUPERSEDED = "superseded"
+    DISCONNECTED = "disconnected"
+    PROGRESS = "progress"
+    CLIENT_EVENT = "client_event"
+    DELIVERED = "delivered"
+    SUBMITTED = "submitted"
+    IRREGULARITY = "irregularity"
+
+
+class RefusalReason(enum.StrEnum):
+    """Why an open was refused; sent to the candidate in a `refused` message."""
+
+    CLOSED = "closed"
+    LOCKED = "locked"
+    ALREADY_OPEN = "already_open"
+    NOT_FOUND = "not_found"
+    OUTSIDE_WINDOW = "outside_window"
+
+
+class SkipReason(enum.StrEnum):
+    """Why a command was not applied to one target session."""
+
+    FINAL_STATUS = "final_status"
+    INVALID_STATUS = "invalid_status"
+    ALREADY_LOCKED = "already_locked"
+    NOT_LOCKED = "not_locked"
+    ALREADY_AUTHORIZED = "already_authorized"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    CONFLICT = "conflict"
+
+
+@dataclass(slots=True)
+class ExamSettings:
+    requires_authorization: bool = False
+    lock_sessions: bool = False
+    allow_guests: bool = False
+    lab_networks: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Exam:
+    id: str
+    title: str
+    groups: list[str] = field(default_factory=list)
+    starts_at: float | None = None
+    ends_at: float | None = None
+    duration_minutes: int = 60
+    settings: ExamSettings = field(default_factory=ExamSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exam:
+        settings = ExamSettings(**data.get("settings", {}))
+        return cls(
+            id=data["id"],
+            title=data["title"],
+            groups=list(data.get("groups", [])),
+            starts_at=data.get("starts_at"),
+            ends_at=data.get("ends_at"),
+            duration_minutes=int(data.get("duration_minutes", 60)),
+            settings=settings,
+        )
+
+
+# A session is a flat dict. These are its fields and their defaults; stores keep them all.
+SESSION_DEFAULTS: dict[str, Any] = {
+    "id": "",
+    "exam_id": "",
+    "candidate_id": "",
+    "candidate_name": "",
+    "group": "",
+    "access_code": "",
+    "status": Status.READY.value,
+    "locked": False,
+    "relock": False,  # locked once: every later open locks it again
+    "connected": False,
+    "authorized": False,
+    "position": 0,
+    "answered": 0,
+    "started_at": None,
+    "deadline": None,
+    "extra_minutes": 0,
+    "paused_at": None,
+    "last_seen": None,
+    "remote_addr": "",
+    "client_id": "",
+    "conn_id": "",
+    "rtt_ms": None,
+    "reconnects": 0,
+    "resume_hash": "",
+    "alerts": 0,
+    "last_alert": "",
+    "version": 0,
+}
+
+# Fields hidden from staff and candidates (secrets and internals).
+PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id"})
+
+
+def new_session(**fields: Any) -> dict[str, Any]:
+    session = dict(SESSION_DEFAULTS)
+    unknown = set(fields) - set(SESSION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown session fields: {sorted(unknown)}")
+    session.update(fields)
+    return session
+
+
+def public_view(session: dict[str, Any]) -> dict[str, Any]:
+    """The session as staff and the candidate see it: no secrets."""
+    return {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
+
+
+@dataclass(slots=True)
+class Event:
+    """One entry of a session's history and of its exam's event log.
+
+    `seq` is the exam's sequence number, assigned by the store when the event is committed.
+    `changes` holds the session fields the event changed (after values), so dashboards can patch
+    their copy without a refetch.
+    """
+
+    exam_id: str
+    session_id: str
+    kind: str
+    actor: str
+    at: float
+    before: str | None = None
+    after: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "exam_id": self.exam_id,
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "actor": self.actor,
+            "at": self.at,
+            "before": self.before,
+            "after": self.after,
+            "details": self.details,
+            "changes": self.changes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(
+            exam_id=data["exam_id"],
+            session_id=data["session_id"],
+            kind=data["kind"],
+            actor=data["actor"],
+            at=data["at"],
+            before=data.get("before"),
+            after=data.get("after"),
+            details=data.get("details") or {},
+            changes=data.get("changes") or {},
+            seq=int(data.get("seq") or 0),
+            id=data.get("id") or "",
+        )
