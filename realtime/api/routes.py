@@ -1,0 +1,474 @@
+"""REST under `/api/v1` (JSON). Each endpoint's docstring is its OpenAPI operation (YAML)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from realtime.auth.permissions import Permission
+from realtime.auth.principal import Principal
+from realtime.commands import parse_command, parse_target
+from realtime.errors import BadRequest, ErrorCode, Forbidden, NotFound, Unauthorized
+from realtime.runtime import runtime_of
+from realtime.sessions import Target
+from realtime.state.model import Exam, ExamSettings, public_view
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_BULK_SESSIONS = 10_000
+
+
+async def principal_of(request: Request, permission: Permission | None = None) -> Principal:
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    token = token or request.cookies.get("realtime_token", "")
+    if not token:
+        raise Unauthorized("a bearer staff token is required")
+    principal = await runtime_of(request).auth.staff(token)
+    if principal is None:
+        raise Unauthorized("invalid or expired token")
+    if permission is not None and not principal.can(permission):
+        raise Forbidden(f"missing permission {permission.value}")
+    return principal
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > 4 * 1024 * 1024:
+        raise BadRequest("request body too large", ErrorCode.TOO_LARGE)
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", ErrorCode.MALFORMED) from exc
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _opt_float(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be a number (seconds since the epoch)")
+    return float(value)
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be true or false")
+    return value
+
+
+def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
+    base = base or ExamSettings()
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise BadRequest("'settings' must be an object")
+    unknown = set(raw) - {"requires_authorization", "lock_sessions", "allow_guests", "lab_networks"}
+    if unknown:
+        raise BadRequest(f"unknown settings: {sorted(unknown)}")
+    networks = raw.get("lab_networks", base.lab_networks)
+    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+        raise BadRequest("'lab_networks' must be a list of CIDR strings")
+    import ipaddress
+
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise BadRequest(f"invalid network {network!r}") from exc
+    return ExamSettings(
+        requires_authorization=_bool(raw, "requires_authorization", base.requires_authorization),
+        lock_sessions=_bool(raw, "lock_sessions", base.lock_sessions),
+        allow_guests=_bool(raw, "allow_guests", base.allow_guests),
+        lab_networks=list(networks),
+    )
+
+
+def parse_exam(body: Any) -> Exam:
+    body = _object(body)
+    exam_id = body.get("id") or f"exam-{int(time.time() * 1000):x}"
+    if not isinstance(exam_id, str) or not ID_PATTERN.match(exam_id):
+        raise BadRequest("'id' must be 1..64 characters of letters, digits, '_', '.', '-'")
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > 200:
+        raise BadRequest("'title' is required (1..200 characters)")
+    groups = body.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise BadRequest("'groups' must be a list of strings")
+    duration = body.get("duration_minutes", 60)
+    if not isinstance(duration, int) or isinstance(duration, bool) or not 1 <= duration <= 1440:
+        raise BadRequest("'duration_minutes' must be an integer 1..1440")
+    starts_at, ends_at = _opt_float(body, "starts_at"), _opt_float(body, "ends_at")
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise BadRequest("'ends_at' must be after 'starts_at'")
+    return Exam(
+        id=exam_id,
+        title=title.strip(),
+        groups=groups,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        duration_minutes=duration,
+        settings=parse_settings(body.get("settings")),
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """
+    summary: Liveness and readiness
+    responses:
+      200: {description: The server and its backends answer}
+    """
+    runtime = runtime_of(request)
+    backend = "redis" if runtime.settings.redis_url else "memory"
+    return JSONResponse({"status": "ok", "state_backend": backend})
+
+
+async def list_exams(request: Request) -> Response:
+    """
+    summary: List the exams in the caller's scope
+    responses:
+      200: {description: "{exams: [Exam]}"}
+    """
+    principal = await principal_of(request, Permission.VIEW_SESSIONS)
+    exams = await runtime_of(request).service.list_exams()
+    visible = [e.to_dict() for e in exams if principal.sees(e.groups)]
+    return JSONResponse({"exams": visible})
+
+
+async def create_exam(request: Request) -> Response:
+    """
+    summary: Create an exam
+    requestBody:
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/ExamInput"}
+    responses:
+      201: {description: The exam}
+      400: {description: Invalid input}
+      409: {description: The id exists}
+    """
+    await principal_of(request, Permission.MANAGE_EXAMS)
+    exam = parse_exam(await json_body(request))
+    await runtime_of(request).service.create_exam(exam)
+    return JSONResponse(exam.to_dict(), status_code=201)
+
+
+async def get_exam(request: Request) -> Response:
+    """
+    summary: One exam, with a count of its sessions per status
+    responses:
+      200: {description: The exam}
+      404: {description: Unknown exam}
+    """
+    principal = await principal_of(request, Permission.VIEW_SESSIONS)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    if not principal.sees(exam.groups):
+        raise NotFound("no such exam")
+    counts: dict[str, int] = {}
+    for session in await service.list_sessions(exam.id):
+        counts[session["status"]] = counts.get(session["status"], 0) + 1
+    return JSONResponse({**exam.to_dict(), "counts": counts})
+
+
+async def update_exam(request: Request) -> Response:
+    """
+    summary: Change an exam's title, window, duration or settings (e.g. lock_sessions)
+    responses:
+      200: {description: The updated exam}
+    """
+    await principal_of(request, Permission.MANAGE_EXAMS)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    body = _object(await json_body(request))
+    unknown = set(body) - {"title", "starts_at", "ends_at", "duration_minutes", "settings", "groups"}
+    if unknown:
+        raise BadRequest(f"cannot change {sorted(unknown)}")
+    merged = {**exam.to_dict(), **{k: v for k, v in body.items() if k != "settings"}}
+    updated = parse_exam(merged)
+    updated.settings = parse_settings(body.get("settings"), exam.settings)
+    await service.update_exam(updated)
+    return JSONResponse(updated.to_dict())
+
+
+async def create_sessions(request: Request) -> Response:
+    """
+    summary: Create sessions in bulk; returns each session's access code and candidate token
+    requestBody:
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/SessionsInput"}
+    responses:
+      201: {description: "{sessions: [{id, candidate_id, access_code, token}]}"}
+      409: {description: A candidate or access code already exists; nothing was created}
+    """
+    principal = await principal_of(request, Permission.CREATE_SESSIONS)
+    runtime = runtime_of(request)
+    exam_id = request.path_params["exam_id"]
+    body = _object(await json_body(request))
+    candidates = body.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        raise BadRequest("'candidates' must be a non-empty list")
+    if len(candidates) > MAX_BULK_SESSIONS:
+        raise BadRequest(f"at most {MAX_BULK_SESSIONS} sessions per request")
+    for candidate in candidates:
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate_id"), str):
+            raise BadRequest("each candidate needs a string 'candidate_id'")
+        for key in ("name", "group", "access_code"):
+            if key in candidate and not isinstance(candidate[key], str):
+                raise BadRequest(f"candidate '{key}' must be a string")
+    sessions = await runtime.service.create_sessions(exam_id, candidates, principal.actor)
+    out = [
+        {
+            "id": s["id"],
+            "candidate_id": s["candidate_id"],
+            "candidate_name": s["candidate_name"],
+            "group": s["group"],
+            "access_code": s["access_code"],
+            "token": runtime.auth.issue_candidate_token(exam_id, s["id"]),
+        }
+        for s in sessions
+    ]
+    return JSONResponse({"sessions": out}, status_code=201)
+
+
+def _filter_from_query(request: Request) -> Target | None:
+    query = request.query_params
+    raw: dict[str, Any] = {}
+    statuses = query.getlist("status")
+    if statuses:
+        raw["status"] = [s for part in statuses for s in part.split(",") if s]
+    for key in ("group", "search"):
+        if query.get(key):
+            raw[key] = query[key]
+    return parse_target(raw) if raw else None
+
+
+async def list_sessions(request: Request) -> Response:
+    """
+    summary: List an exam's sessions, filtered by status, group or candidate search
+    parameters:
+      - {name: status, in: query, schema: {type: string}, description: "one or more, comma separated"}
+      - {name: group, in: query, schema: {type: string}}
+      - {name: search, in: query, schema: {type: string}}
+    responses:
+      200: {description: "{sessions: [Session]}"}
+    """
+    principal = await principal_of(request, Permission.VIEW_SESSIONS)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    sessions = await service.list_sessions(exam.id, _filter_from_query(request))
+    visible = [public_view(s) for s in sessions if principal.sees(exam.groups, s["group"])]
+    return JSONResponse({"sessions": visible})
+
+
+async def get_session(request: Request) -> Response:
+    """
+    summary: One session's live state
+    responses:
+      200: {description: The session}
+      404: {description: Unknown session}
+    """
+    principal = await principal_of(request, Permission.VIEW_SESSIONS)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    session = await service.get_session(exam.id, request.path_params["session_id"])
+    if not principal.sees(exam.groups, session["group"]):
+        raise NotFound("no such session")
+    return JSONResponse(public_view(session))
+
+
+async def post_command(request: Request) -> Response:
+    """
+    summary: Apply a command to one session, a list, a filter or the whole exam
+    requestBody:
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Command"}
+    responses:
+      200: {description: "{command_id, action, applied: [...], skipped: [{session_id, reason, message}]}"}
+      400: {description: Invalid command}
+      403: {description: Not allowed}
+    """
+    principal = await principal_of(request)
+    action, target, params = parse_command(await json_body(request))
+    result = await runtime_of(request).service.command(
+        request.path_params["exam_id"], action, target, principal, params
+    )
+    return JSONResponse(result.to_dict())
+
+
+async def session_history(request: Request) -> Response:
+    """
+    summary: A session's history, oldest first
+    responses:
+      200: {description: "{events: [Event]}"}
+    """
+    principal = await principal_of(request, Permission.VIEW_HISTORY)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    session = await service.get_session(exam.id, request.path_params["session_id"])
+    if not principal.sees(exam.groups, session["group"]):
+        raise NotFound("no such session")
+    events = await service.history_of(session["id"])
+    return JSONResponse({"events": [_public_event(e.to_dict()) for e in events]})
+
+
+def _public_event(data: dict[str, Any]) -> dict[str, Any]:
+    data["changes"] = public_view(data.get("changes") or {})
+    return data
+
+
+async def report_irregularity(request: Request) -> Response:
+    """
+    summary: Report an irregularity on a session (category, note)
+    responses:
+      201: {description: The history event}
+    """
+    principal = await principal_of(request, Permission.REPORT_IRREGULARITY)
+    body = _object(await json_body(request))
+    category, note = body.get("category"), body.get("note", "")
+    if not isinstance(category, str) or not 1 <= len(category) <= 64:
+        raise BadRequest("'category' is required (1..64 characters)")
+    if not isinstance(note, str) or len(note) > 4000:
+        raise BadRequest("'note' must be a string of at most 4000 characters")
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    session = await service.get_session(exam.id, request.path_params["session_id"])
+    if not principal.sees(exam.groups, session["group"]):
+        raise NotFound("no such session")
+    event = await service.report_irregularity(exam.id, session["id"], principal, category, note)
+    return JSONResponse(_public_event(event.to_dict()), status_code=201)
+
+
+async def list_irregularities(request: Request) -> Response:
+    """
+    summary: All irregularities reported in an exam
+    responses:
+      200: {description: "{irregularities: [...]}"}
+    """
+    principal = await principal_of(request, Permission.VIEW_HISTORY)
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    if not principal.sees(exam.groups):
+        raise NotFound("no such exam")
+    rows = await service.db.irregularities(exam.id)
+    return JSONResponse({"irregularities": rows})
+
+
+COMPONENTS: dict[str, Any] = {
+    "schemas": {
+        "ExamInput": {
+            "type": "object",
+            "required": ["title"],
+            "properties": {
+                "id": {"type": "string"},
+                "title": {"type": "string"},
+                "groups": {"type": "array", "items": {"type": "string"}},
+                "starts_at": {"type": "number"},
+                "ends_at": {"type": "number"},
+                "duration_minutes": {"type": "integer"},
+                "settings": {
+                    "type": "object",
+                    "properties": {
+                        "requires_authorization": {"type": "boolean"},
+                        "lock_sessions": {"type": "boolean"},
+                        "allow_guests": {"type": "boolean"},
+                        "lab_networks": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "SessionsInput": {
+            "type": "object",
+            "required": ["candidates"],
+            "properties": {
+                "candidates": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["candidate_id"],
+                        "properties": {
+                            "candidate_id": {"type": "string"},
+                            "name": {"type": "string"},
+                            "group": {"type": "string"},
+                            "access_code": {"type": "string"},
+                        },
+                    },
+                }
+            },
+        },
+        "Command": {
+            "type": "object",
+            "required": ["action", "target"],
+            "properties": {
+                "action": {
+                    "type": "string",
+                    "enum": ["authorize", "pause", "resume", "lock", "unlock", "terminate",
+                             "extend", "notice"],
+                },
+                "target": {
+                    "description": "\"all\", a session id, a list of ids, or "
+                    "{session_ids, status, group, search, all}",
+                },
+                "reason": {"type": "string"},
+                "minutes": {"type": "integer", "description": "extend only"},
+                "text": {"type": "string", "description": "notice only"},
+                "command_id": {"type": "string"},
+            },
+        },
+    }
+}
+
+schemas = SchemaGenerator(
+    {
+        "openapi": "3.0.3",
+        "info": {"title": "realtime", "version": "1"},
+        "components": COMPONENTS,
+    }
+)
+
+
+async def openapi(request: Request) -> Response:
+    """
+    summary: This OpenAPI document
+    responses:
+      200: {description: OpenAPI 3 JSON}
+    """
+    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+    Route("/api/v1/exams", list_exams, methods=["GET"]),
+    Route("/api/v1/exams", create_exam, methods=["POST"]),
+    Route("/api/v1/exams/{exam_id}", get_exam, methods=["GET"]),
+    Route("/api/v1/exams/{exam_id}", update_exam, methods=["PATCH"]),
+    Route("/api/v1/exams/{exam_id}/sessions", list_sessions, methods=["GET"]),
+    Route("/api/v1/exams/{exam_id}/sessions", create_sessions, methods=["POST"]),
+    Route("/api/v1/exams/{exam_id}/sessions/{session_id}", get_session, methods=["GET"]),
+    Route(
+        "/api/v1/exams/{exam_id}/sessions/{session_id}/history", session_history, methods=["GET"]
+    ),
+    Route(
+        "/api/v1/exams/{exam_id}/sessions/{session_id}/irregularities",
+        report_irregularity,
+        methods=["POST"],
+    ),
+    Route("/api/v1/exams/{exam_id}/irregularities", list_irregularities, methods=["GET"]),
+    Route("/api/v1/exams/{exam_id}/commands", post_command, methods=["POST"]),
+]

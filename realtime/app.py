@@ -1,0 +1,114 @@
+"""The composition root: `create_app()` builds every part in the Starlette lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from realtime.api.routes import routes as api_routes
+from realtime.auth.tokens import TokenAuthenticator
+from realtime.channels.candidate import candidate_endpoint
+from realtime.channels.proctor import proctor_endpoint
+from realtime.config import Settings
+from realtime.db.database import Database
+from realtime.db.history import HistoryWriter
+from realtime.errors import CloseCode, RealtimeError
+from realtime.hub.hub import Hub, run_heartbeat
+from realtime.runtime import Runtime
+from realtime.sessions import SessionService
+from realtime.state.machine import Liveness
+from realtime.state.memory import MemoryStore
+from realtime.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+
+
+def build_store(settings: Settings) -> StateStore:
+    """The state backend named by the configuration: Redis when a URL is set, else memory."""
+    if settings.redis_url:
+        from realtime.state.redis import RedisStore
+
+        return RedisStore(
+            settings.redis_url, prefix=settings.redis_prefix, log_size=settings.event_log_size
+        )
+    return MemoryStore(log_size=settings.event_log_size)
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RealtimeError):
+        body = {"error": {"code": str(exc.code), "message": exc.message}}
+        return JSONResponse(body, status_code=exc.status)
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code)
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = build_store(settings)
+        db = await Database.connect(settings.database_url)
+        await db.create_all()
+        history = HistoryWriter(db)
+        await history.start()
+        hub = Hub()
+        store.add_listener(hub.on_event)
+        await store.start()
+        liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
+        service = SessionService(store, db, history, liveness)
+        auth = TokenAuthenticator(
+            settings.secret_key, settings.staff_token_ttl, settings.bootstrap_staff_token
+        )
+        app.state.runtime = Runtime(settings, store, db, history, service, hub, auth)
+        heartbeat = asyncio.create_task(
+            run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
+        )
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+            await store.close()
+            await history.close()
+            await db.close()
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/dashboard/")
+
+    routes: list[BaseRoute] = [
+        Route("/", root),
+        *api_routes,
+        WebSocketRoute("/ws/candidate", candidate_endpoint),
+        WebSocketRoute("/ws/proctor", proctor_endpoint),
+    ]
+    if CLIENT_DIR.is_dir():
+        routes.append(Mount("/client", StaticFiles(directory=CLIENT_DIR), name="client"))
+        for page in ("dashboard", "candidate"):
+            if (CLIENT_DIR / page).is_dir():
+                routes.append(
+                    Mount(f"/{page}", StaticFiles(directory=CLIENT_DIR / page, html=True))
+                )
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: error_response, HTTPException: error_response},
+    )

@@ -1,0 +1,41 @@
+"""Permissions: one per staff action, so roles can grant each separately."""
+
+from __future__ import annotations
+
+import enum
+
+from realtime.state.model import Action
+
+
+class Permission(enum.StrEnum):
+    VIEW_SESSIONS = "sessions.view"
+    AUTHORIZE = "sessions.authorize"
+    PAUSE = "sessions.pause"
+    RESUME = "sessions.resume"
+    LOCK = "sessions.lock"
+    UNLOCK = "sessions.unlock"
+    TERMINATE = "sessions.terminate"
+    EXTEND = "sessions.extend"
+    NOTICE = "sessions.notice"
+    VIEW_HISTORY = "sessions.history"
+    REPORT_IRREGULARITY = "sessions.irregularity"
+    MANAGE_EXAMS = "exams.manage"
+    CREATE_SESSIONS = "sessions.create"
+    REASSIGN_GUESTS = "guests.reassign"
+    MANAGE_USERS = "users.manage"
+    VIEW_AUDIT = "audit.view"
+    EXPORT_USERS = "users.export"
+
+
+ACTION_PERMISSION: dict[Action, Permission] = {
+    Action.AUTHORIZE: Permission.AUTHORIZE,
+    Action.PAUSE: Permission.PAUSE,
+    Action.RESUME: Permission.RESUME,
+    Action.LOCK: Permission.LOCK,
+    Action.UNLOCK: Permission.UNLOCK,
+    Action.TERMINATE: Permission.TERMINATE,
+    Action.EXTEND: Permission.EXTEND,
+    Action.NOTICE: Permission.NOTICE,
+}
+
+ALL_PERMISSIONS = frozenset(Permission)

@@ -1,0 +1,215 @@
+"""`WS /ws/candidate`: a candidate's browser opens (or resumes) its session and lives there.
+
+The first message must be `open`. After `opened`, the page sends progress, client events,
+command acks, pongs and finally `submit`; the server pushes commands, pings and, when another
+connection takes the session over, `superseded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from realtime.channels.common import (
+    accept,
+    error_message,
+    messages,
+    non_negative_int,
+    optional_str,
+    required_str,
+)
+from realtime.errors import BadRequest, CloseCode, ErrorCode, NotFound
+from realtime.hub.connection import Connection
+from realtime.hub.hub import CandidateLink
+from realtime.runtime import Runtime, runtime_of
+from realtime.sessions import OpenRefused
+from realtime.state import machine
+from realtime.state.model import RefusalReason, Status, public_view
+
+log = logging.getLogger(__name__)
+
+
+def candidate_view(session: dict[str, Any]) -> dict[str, Any]:
+    return public_view(session)
+
+
+async def candidate_endpoint(websocket: WebSocket) -> None:
+    runtime = runtime_of(websocket)
+    conn = await accept(websocket, runtime.settings)
+    if conn is None:
+        return
+    link: CandidateLink | None = None
+    try:
+        link = await _serve(websocket, conn, runtime)
+    except TimeoutError:
+        conn.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
+    except Exception:
+        log.exception("candidate connection failed")
+        conn.abort(1011, "internal error")
+    finally:
+        if link is not None:
+            runtime.hub.remove_candidate(link)
+            if not link.superseded and not link.ended:
+                reason = "closed" if conn.close_code is None else f"close {conn.close_code}"
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        runtime.service.disconnect(
+                            link.exam_id, link.session_id, link.conn_id, reason
+                        )
+                    )
+        await conn.stop()
+
+
+async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str, str]:
+    """(exam id, session id, actor) from an access code or a candidate token."""
+    code = optional_str(message, "access_code", 64)
+    token = optional_str(message, "token", 2048)
+    if token:
+        principal = await runtime.auth.candidate(token)
+        if principal is None:
+            raise NotFound("invalid candidate token")
+        return principal.exam_id, principal.session_id, f"candidate:{principal.session_id}"
+    if code:
+        exam_id, session_id = await runtime.service.resolve_code(code.strip().upper())
+        return exam_id, session_id, f"candidate:{session_id}"
+    raise BadRequest("open needs an 'access_code' or a 'token'")
+
+
+async def _open(
+    websocket: WebSocket, conn: Connection, runtime: Runtime, message: dict[str, Any]
+) -> CandidateLink | None:
+    try:
+        exam_id, session_id, actor = await _resolve(runtime, message)
+        resume_token = optional_str(message, "resume_token", 256)
+        client_id = optional_str(message, "client_id", 128) or ""
+    except NotFound as exc:
+        conn.send({"type": "refused", "reason": RefusalReason.NOT_FOUND, "message": exc.message})
+        conn.close(CloseCode.REFUSED, RefusalReason.NOT_FOUND)
+        return None
+    client = websocket.client
+    remote = client.host if client else ""
+    link = CandidateLink(conn, exam_id, session_id, uuid.uuid4().hex)
+    runtime.hub.add_candidate(link)  # before the open, so no event after it is missed
+    try:
+        opened = await runtime.service.open(
+            exam_id, session_id, link.conn_id, actor, resume_token, client_id, remote
+        )
+    except OpenRefused as exc:
+        runtime.hub.remove_candidate(link)
+        conn.send({"type": "refused", "reason": exc.reason, "message": exc.message})
+        conn.close(CloseCode.REFUSED, exc.reason)
+        return None
+    except BaseException:
+        runtime.hub.remove_candidate(link)
+        raise
+    exam = await runtime.service.get_exam(exam_id)
+    conn.send(
+        {
+            "type": "opened",
+            "session": candidate_view(opened.session),
+            "exam": {
+                "id": exam.id,
+                "title": exam.title,
+                "duration_minutes": exam.duration_minutes,
+                "requires_authorization": exam.settings.requires_authorization,
+            },
+            "resume_token": opened.resume_token,
+            "relocked": opened.relocked,
+            "server_time": time.time(),
+        }
+    )
+    link.activate(opened.session["version"])
+    return link
+
+
+async def _serve(websocket: WebSocket, conn: Connection, runtime: Runtime) -> CandidateLink | None:
+    settings = runtime.settings
+    service = runtime.service
+    link: CandidateLink | None = None
+    async for message in messages(websocket, conn, settings, settings.ping_timeout):
+        kind = message["type"]
+        try:
+            if link is None:
+                if kind == "open":
+                    link = await _open(websocket, conn, runtime, message)
+                    if link is None:
+                        return None
+                elif kind == "pong":
+                    continue
+                else:
+                    conn.send(error_message(ErrorCode.OUT_OF_ORDER, f"send 'open' before '{kind}'"))
+                continue
+            if link.superseded or link.ended:
+                continue
+            await _handle(conn, runtime, link, message)
+            if link.ended:
+                return link
+        except BadRequest as exc:
+            conn.send(error_message(exc.code, exc.message, request=kind))
+    del service
+    return link
+
+
+async def _handle(
+    conn: Connection, runtime: Runtime, link: CandidateLink, message: dict[str, Any]
+) -> None:
+    kind = message["type"]
+    service = runtime.service
+    actor = f"candidate:{link.session_id}"
+    now = time.time()
+    conn_id = link.conn_id
+    outcome: machine.Outcome
+    if kind == "pong":
+        sent = message.get("t")
+        if isinstance(sent, int | float) and not isinstance(sent, bool):
+            link.rtt_ms = max(0.0, round((now - sent) * 1000, 1))
+        return
+    if kind == "open":
+        raise BadRequest("the session is already open on this connection", ErrorCode.OUT_OF_ORDER)
+    if kind == "progress":
+        position = non_negative_int(message, "position")
+        answered = non_negative_int(message, "answered")
+        rtt = link.rtt_ms
+
+        def decide(s: dict[str, Any]) -> machine.Outcome:
+            outcome = machine.report_progress(s, conn_id, actor, position, answered, now)
+            if isinstance(outcome, machine.Transition) and rtt is not None:
+                outcome.changes["rtt_ms"] = rtt
+            return outcome
+
+        outcome = await service.candidate_update(link.exam_id, link.session_id, decide)
+    elif kind == "client_event":
+        name = required_str(message, "name", 64)
+        detail = optional_str(message, "detail", 500) or ""
+        outcome = await service.candidate_update(
+            link.exam_id,
+            link.session_id,
+            lambda s: machine.client_event(s, conn_id, actor, name, detail, now),
+        )
+    elif kind == "ack":
+        command_id = required_str(message, "command_id", 64)
+        outcome = await service.candidate_update(
+            link.exam_id,
+            link.session_id,
+            lambda s: machine.acknowledge(s, conn_id, actor, command_id, now),
+        )
+    elif kind == "submit":
+        outcome = await service.candidate_update(
+            link.exam_id, link.session_id, lambda s: machine.submit(s, conn_id, actor, now)
+        )
+        if isinstance(outcome, machine.Transition):
+            link.ended = True
+            conn.send({"type": "submitted", "status": Status.COMPLETED.value})
+            conn.close(CloseCode.COMPLETED, "completed")
+            return
+    else:
+        raise BadRequest(f"unknown message type {kind!r}", ErrorCode.UNKNOWN_TYPE)
+    if isinstance(outcome, machine.Rejection):
+        code = ErrorCode.INVALID_TRANSITION if outcome.reason != "invalid_params" else ErrorCode.INVALID
+        conn.send(error_message(code, outcome.message, reason=outcome.reason, request=kind))

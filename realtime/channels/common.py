@@ -1,0 +1,96 @@
+"""What both WebSocket channels share: the handshake, the receive loop, error messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from realtime.channels.codec import Codec, choose_codec
+from realtime.config import Settings
+from realtime.errors import BadRequest, CloseCode, ErrorCode
+from realtime.hub.connection import Connection
+
+
+def error_message(code: ErrorCode | str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": str(code), "message": message, **extra}
+
+
+def origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
+    if not settings.allowed_origins:
+        return True
+    origin = websocket.headers.get("origin")
+    return origin is None or origin in settings.allowed_origins
+
+
+async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
+    """Check origin and subprotocol, accept, and start the connection's writer."""
+    if not origin_allowed(websocket, settings):
+        await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
+        return None
+    offered = list(websocket.scope.get("subprotocols") or [])
+    codec: Codec | None = choose_codec(offered)
+    if codec is None:
+        await websocket.close(CloseCode.UNSUPPORTED_PROTOCOL, "unsupported subprotocol")
+        return None
+    await websocket.accept(subprotocol=codec.name if offered else None)
+    conn = Connection(websocket, codec, settings.send_queue_size)
+    conn.start()
+    return conn
+
+
+async def messages(
+    websocket: WebSocket, conn: Connection, settings: Settings, idle_timeout: float | None
+) -> AsyncIterator[dict[str, Any]]:
+    """Decoded messages until the peer goes away. Bad frames get an `error`, not a crash.
+
+    Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer).
+    """
+    limit = settings.max_message_bytes
+    while True:
+        if idle_timeout is not None:
+            async with asyncio.timeout(idle_timeout):
+                raw = await websocket.receive()
+        else:
+            raw = await websocket.receive()
+        if raw["type"] == "websocket.disconnect":
+            return
+        frame = raw.get("bytes")
+        if frame is None:
+            frame = raw.get("text")
+        if frame is None:
+            continue
+        if len(frame) > limit:
+            conn.send(error_message(ErrorCode.TOO_LARGE, f"messages are limited to {limit} bytes"))
+            continue
+        try:
+            message = conn.codec.decode(frame)
+        except BadRequest as exc:
+            conn.send(error_message(exc.code, exc.message))
+            continue
+        yield message
+
+
+def optional_str(message: dict[str, Any], key: str, limit: int = 256) -> str | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"'{key}' must be a string of at most {limit} characters")
+    return value
+
+
+def required_str(message: dict[str, Any], key: str, limit: int = 256) -> str:
+    value = optional_str(message, key, limit)
+    if not value:
+        raise BadRequest(f"'{key}' is required")
+    return value
+
+
+def non_negative_int(message: dict[str, Any], key: str) -> int:
+    value = message.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
+        raise BadRequest(f"'{key}' must be an integer 0..1000000")
+    return value

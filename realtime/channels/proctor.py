@@ -1,0 +1,143 @@
+"""`WS /ws/proctor`: staff watch one exam live and send commands.
+
+`subscribe` answers with a `snapshot` (all sessions + the exam sequence number), or, when the
+client says which sequence it saw last and the event log still reaches back, with the missed
+`events`. Then ordered `event` deltas follow. `command` messages are answered by a
+`command_result` carrying the client's `request_id`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from realtime.auth.permissions import Permission
+from realtime.auth.principal import Principal
+from realtime.channels.common import accept, error_message, messages, required_str
+from realtime.commands import parse_command
+from realtime.errors import BadRequest, CloseCode, ErrorCode, Forbidden, RealtimeError
+from realtime.hub.connection import Connection
+from realtime.hub.hub import Watcher, public_event
+from realtime.runtime import Runtime, runtime_of
+from realtime.state.model import public_view
+
+log = logging.getLogger(__name__)
+
+
+def staff_token(websocket: WebSocket) -> str:
+    header = websocket.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return websocket.query_params.get("token") or websocket.cookies.get("realtime_token", "")
+
+
+async def proctor_endpoint(websocket: WebSocket) -> None:
+    runtime = runtime_of(websocket)
+    conn = await accept(websocket, runtime.settings)
+    if conn is None:
+        return
+    watcher: list[Watcher | None] = [None]
+    try:
+        principal = await runtime.auth.staff(staff_token(websocket))
+        if principal is None:
+            conn.send(error_message(ErrorCode.UNAUTHORIZED, "a valid staff token is required"))
+            conn.close(CloseCode.UNAUTHORIZED, "unauthorized")
+            return
+        await _serve(websocket, conn, runtime, principal, watcher)
+    except Exception:
+        log.exception("proctor connection failed")
+        conn.abort(1011, "internal error")
+    finally:
+        if watcher[0] is not None:
+            runtime.hub.remove_watcher(watcher[0])
+        with contextlib.suppress(Exception):
+            await conn.stop()
+
+
+async def _serve(
+    websocket: WebSocket,
+    conn: Connection,
+    runtime: Runtime,
+    principal: Principal,
+    current: list[Watcher | None],
+) -> None:
+    async for message in messages(websocket, conn, runtime.settings, None):
+        kind = message["type"]
+        request_id = message.get("request_id")
+        extra = {"request_id": request_id} if request_id is not None else {}
+        try:
+            if kind == "subscribe":
+                current[0] = await _subscribe(conn, runtime, principal, message, current[0])
+            elif kind == "command":
+                if current[0] is None:
+                    raise BadRequest("subscribe to an exam before sending commands",
+                                     ErrorCode.OUT_OF_ORDER)
+                action, target, params = parse_command(message)
+                result = await runtime.service.command(
+                    current[0].exam_id, action, target, principal, params
+                )
+                conn.send({"type": "command_result", **extra, **result.to_dict()})
+            elif kind in ("pong", "ping"):
+                if kind == "ping":
+                    conn.send({"type": "pong", "t": message.get("t")})
+            else:
+                raise BadRequest(f"unknown message type {kind!r}", ErrorCode.UNKNOWN_TYPE)
+        except RealtimeError as exc:
+            conn.send(error_message(exc.code, exc.message, request=kind, **extra))
+
+
+async def _subscribe(
+    conn: Connection,
+    runtime: Runtime,
+    principal: Principal,
+    message: dict[str, Any],
+    previous: Watcher | None,
+) -> Watcher:
+    exam_id = required_str(message, "exam_id", 128)
+    last_seq = message.get("last_seq")
+    if last_seq is not None and (
+        not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0
+    ):
+        raise BadRequest("'last_seq' must be a non-negative integer")
+    if not principal.can(Permission.VIEW_SESSIONS):
+        raise Forbidden("you may not view sessions")
+    exam = await runtime.service.get_exam(exam_id)
+    if previous is not None:
+        runtime.hub.remove_watcher(previous)
+    watcher = Watcher(conn, exam_id, principal, exam.groups)
+    runtime.hub.add_watcher(watcher)  # before reading, so nothing committed meanwhile is lost
+    try:
+        if last_seq is not None:
+            if not principal.unrestricted:  # scope checks need each session's group
+                sessions, _ = await runtime.store.snapshot(exam_id)
+                watcher.groups.update({s["id"]: s["group"] for s in sessions})
+            missed = await runtime.store.events_since(exam_id, last_seq)
+            if missed is not None:
+                events = [public_event(e) for e in missed if watcher.visible(e)]
+                seq = missed[-1].seq if missed else last_seq
+                conn.send({"type": "events", "exam_id": exam_id, "events": events, "seq": seq})
+                watcher.activate(seq)
+                return watcher
+        sessions, seq = await runtime.store.snapshot(exam_id)
+        visible = []
+        for session in sessions:
+            watcher.groups[session["id"]] = session["group"]
+            if principal.sees(exam.groups, session["group"]):
+                visible.append(public_view(session))
+        visible.sort(key=lambda s: (s["candidate_name"], s["id"]))
+        conn.send(
+            {
+                "type": "snapshot",
+                "exam": exam.to_dict(),
+                "sessions": visible,
+                "seq": seq,
+            }
+        )
+        watcher.activate(seq)
+        return watcher
+    except BaseException:
+        runtime.hub.remove_watcher(watcher)
+        raise

@@ -1,0 +1,68 @@
+"""Settings from the environment. The only module that reads environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+@dataclass(slots=True)
+class Settings:
+    """Every knob of the server. `Settings.from_env()` is what `realtime serve` uses."""
+
+    redis_url: str = ""  # empty: the in-memory state store (one process)
+    database_url: str = "sqlite+aiosqlite:///realtime.db"
+    redis_prefix: str = "rt:"
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    staff_token_ttl: float = 12 * 3600
+    bootstrap_staff_token: str = ""  # a fixed staff token for scripts and the demo
+    resume_grace: float = 60.0
+    stale_after: float = 30.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 12.0
+    send_queue_size: int = 1024
+    max_message_bytes: int = 16 * 1024
+    event_log_size: int = 10_000
+    allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        defaults = cls()
+        return cls(
+            redis_url=os.environ.get("REALTIME_REDIS_URL", defaults.redis_url),
+            database_url=os.environ.get("REALTIME_DATABASE_URL", defaults.database_url),
+            redis_prefix=os.environ.get("REALTIME_REDIS_PREFIX", defaults.redis_prefix),
+            secret_key=os.environ.get("REALTIME_SECRET_KEY") or defaults.secret_key,
+            staff_token_ttl=_float("REALTIME_STAFF_TOKEN_TTL", defaults.staff_token_ttl),
+            bootstrap_staff_token=os.environ.get("REALTIME_STAFF_TOKEN", ""),
+            resume_grace=_float("REALTIME_RESUME_GRACE", defaults.resume_grace),
+            stale_after=_float("REALTIME_STALE_AFTER", defaults.stale_after),
+            ping_interval=_float("REALTIME_PING_INTERVAL", defaults.ping_interval),
+            ping_timeout=_float("REALTIME_PING_TIMEOUT", defaults.ping_timeout),
+            send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),
+            max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
+            event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),
+            allowed_origins=_list("REALTIME_ALLOWED_ORIGINS", []),
+            host=os.environ.get("REALTIME_HOST", defaults.host),
+            port=_int("REALTIME_PORT", defaults.port),
+        )

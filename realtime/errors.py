@@ -1,0 +1,89 @@
+"""One exception tree, and the documented error and close codes.
+
+    RealtimeError
+     ├── BadRequest        (400: malformed input, invalid parameters)
+     ├── Unauthorized      (401: no or bad credentials)
+     ├── Forbidden         (403: not allowed)
+     ├── NotFound          (404)
+     └── Conflict          (409: duplicates, state that forbids the request)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes in REST error bodies and WebSocket `error` messages."""
+
+    MALFORMED = "malformed"  # not decodable with the connection's subprotocol
+    INVALID = "invalid"  # decodable, but a field is missing or of the wrong type
+    UNKNOWN_TYPE = "unknown_type"
+    TOO_LARGE = "too_large"
+    OUT_OF_ORDER = "out_of_order"  # e.g. progress before open, command before subscribe
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID_TRANSITION = "invalid_transition"
+    UNKNOWN_ACTION = "unknown_action"
+    INTERNAL = "internal"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes. 4000–4099: the client may reconnect; 4100–4199: it must not."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    # reconnect allowed
+    SLOW_CONSUMER = 4008  # the send queue overflowed; reconnect and resynchronise
+    PING_TIMEOUT = 4009  # no answer to pings; reconnect
+    # terminal
+    SUPERSEDED = 4100  # another connection took the session over
+    TERMINATED = 4101  # staff terminated the session
+    COMPLETED = 4102  # the candidate submitted
+    REFUSED = 4103  # the open was refused (see the `refused` message)
+    UNAUTHORIZED = 4401  # bad or missing credentials
+    FORBIDDEN = 4403  # origin or permission refused
+    UNSUPPORTED_PROTOCOL = 4406  # no supported subprotocol offered
+
+    @property
+    def may_reconnect(self) -> bool:
+        return self < 4100 or self in (CloseCode.SLOW_CONSUMER, CloseCode.PING_TIMEOUT)
+
+
+class RealtimeError(Exception):
+    status = 500
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(RealtimeError):
+    status = 400
+    code = ErrorCode.INVALID
+
+
+class Unauthorized(RealtimeError):
+    status = 401
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(RealtimeError):
+    status = 403
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(RealtimeError):
+    status = 404
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(RealtimeError):
+    status = 409
+    code = ErrorCode.CONFLICT

@@ -1,0 +1,227 @@
+"""This process's connections and the fan-out of committed events to them.
+
+The state store calls `Hub.on_event` once per committed event (from one subscription per
+process). The hub encodes a dashboard delta once per codec and hands it to every watcher of
+the exam, and turns commands into messages for the candidate connection holding the session.
+
+Both kinds of connection are registered *before* their first state read (open, snapshot) and
+buffer events until that read has been sent, so nothing committed in between is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from realtime.auth.principal import Principal
+from realtime.channels.codec import Encoded
+from realtime.errors import CloseCode
+from realtime.hub.connection import Connection
+from realtime.state.model import PRIVATE_FIELDS, Action, Event
+
+log = logging.getLogger(__name__)
+
+COMMAND_KINDS = frozenset(a.value for a in Action)
+
+
+def public_event(event: Event) -> dict[str, Any]:
+    data = event.to_dict()
+    if PRIVATE_FIELDS.intersection(event.changes):
+        data["changes"] = {k: v for k, v in event.changes.items() if k not in PRIVATE_FIELDS}
+    return data
+
+
+def candidate_command(event: Event) -> dict[str, Any]:
+    """The message a candidate's page gets for a staff command."""
+    details = {k: v for k, v in event.details.items() if k != "command_id"}
+    changes = {k: v for k, v in event.changes.items() if k not in PRIVATE_FIELDS}
+    return {
+        "type": "command",
+        "command_id": event.details.get("command_id", ""),
+        "action": event.kind,
+        "details": details,
+        "session": changes,
+        "at": event.at,
+    }
+
+
+class CandidateLink:
+    """A candidate connection as the hub sees it."""
+
+    def __init__(self, conn: Connection, exam_id: str, session_id: str, conn_id: str) -> None:
+        self.conn = conn
+        self.exam_id = exam_id
+        self.session_id = session_id
+        self.conn_id = conn_id
+        self.ready = False
+        self.version = 0
+        self.early: list[Event] = []
+        self.rtt_ms: float | None = None
+        self.superseded = False
+        self.ended = False  # terminated or completed: nothing more to do
+
+    def activate(self, version: int) -> None:
+        """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
+        self.version = version
+        self.ready = True
+        early, self.early = self.early, []
+        for event in early:
+            self.handle(event)
+
+    def handle(self, event: Event) -> None:
+        if not self.ready:
+            self.early.append(event)
+            return
+        version = event.changes.get("version")
+        if version is not None and version <= self.version:
+            return
+        if version is not None:
+            self.version = version
+        holder = event.changes.get("conn_id")
+        if holder is not None and holder != self.conn_id:
+            self.superseded = True
+            self.conn.send({"type": "superseded", "message": "the session was opened elsewhere"})
+            self.conn.close(CloseCode.SUPERSEDED, "superseded")
+            return
+        if event.kind in COMMAND_KINDS:
+            self.conn.send(candidate_command(event))
+            if event.kind == Action.TERMINATE:
+                self.ended = True
+                self.conn.close(CloseCode.TERMINATED, "terminated")
+
+
+class Watcher:
+    """A dashboard connection subscribed to one exam."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        exam_id: str,
+        principal: Principal,
+        exam_groups: list[str],
+    ) -> None:
+        self.conn = conn
+        self.exam_id = exam_id
+        self.principal = principal
+        self.exam_groups = exam_groups
+        self.ready = False
+        self.last_seq = 0
+        self.buffer: list[tuple[Event, Encoded]] = []
+        self.groups: dict[str, str] = {}  # session id -> candidate group, for scope checks
+
+    def visible(self, event: Event) -> bool:
+        if self.principal.unrestricted:
+            return True
+        group = event.changes.get("group")
+        if isinstance(group, str):
+            self.groups[event.session_id] = group
+        return self.principal.sees(self.exam_groups, self.groups.get(event.session_id, ""))
+
+    def activate(self, seq: int) -> None:
+        self.last_seq = seq
+        self.ready = True
+        buffered, self.buffer = self.buffer, []
+        for event, encoded in buffered:
+            self.handle(event, encoded)
+
+    def handle(self, event: Event, encoded: Encoded) -> None:
+        if not self.ready:
+            self.buffer.append((event, encoded))
+            return
+        if event.seq <= self.last_seq:
+            return
+        self.last_seq = event.seq
+        if self.visible(event):
+            self.conn.send_encoded(encoded)
+
+
+class Hub:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.candidates: dict[str, list[CandidateLink]] = {}
+        self.watchers: dict[str, set[Watcher]] = {}
+        self.clock = clock
+        self.events_seen = 0
+
+    # -- registration ------------------------------------------------------------------------
+
+    def add_candidate(self, link: CandidateLink) -> None:
+        self.candidates.setdefault(link.session_id, []).append(link)
+
+    def remove_candidate(self, link: CandidateLink) -> None:
+        links = self.candidates.get(link.session_id)
+        if links and link in links:
+            links.remove(link)
+            if not links:
+                del self.candidates[link.session_id]
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        self.watchers.setdefault(watcher.exam_id, set()).add(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        watchers = self.watchers.get(watcher.exam_id)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self.watchers[watcher.exam_id]
+
+    def live_candidates(self) -> list[CandidateLink]:
+        return [link for links in self.candidates.values() for link in links if link.ready]
+
+    # -- fan-out -----------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Dispatch one committed event to this process's connections. Never blocks."""
+        self.events_seen += 1
+        links = self.candidates.get(event.session_id)
+        if links:
+            for link in list(links):
+                try:
+                    link.handle(event)
+                except Exception:
+                    log.exception("candidate dispatch failed for %s", event.session_id)
+        watchers = self.watchers.get(event.exam_id)
+        if watchers:
+            encoded = Encoded({"type": "event", "event": public_event(event)})
+            for watcher in list(watchers):
+                try:
+                    watcher.handle(event, encoded)
+                except Exception:
+                    log.exception("watcher dispatch failed for exam %s", event.exam_id)
+
+    def ping_all(self) -> None:
+        """Ping every candidate; the message is encoded once per codec."""
+        encoded = Encoded({"type": "ping", "t": self.clock()})
+        for link in self.live_candidates():
+            link.conn.send_encoded(encoded)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for link in self.live_candidates():
+            link.conn.close(code, reason)
+        for watchers in self.watchers.values():
+            for watcher in watchers:
+                watcher.conn.close(code, reason)
+
+
+async def run_heartbeat(
+    hub: Hub,
+    interval: float,
+    touch: Callable[[list[tuple[str, str]]], Any],
+) -> None:
+    """Ping candidates and refresh `last_seen` of the sessions held here, every `interval`."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            hub.ping_all()
+            held = [
+                (link.exam_id, link.session_id)
+                for link in hub.live_candidates()
+                if not link.superseded and not link.ended
+            ]
+            await touch(held)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("heartbeat failed; retrying")

@@ -1,0 +1,168 @@
+"""Real WebSocket and HTTP clients for end-to-end tests, speaking both subprotocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import msgpack
+from server import STAFF_TOKEN
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+MSGPACK = "realtime.v1.msgpack"
+JSON = "realtime.v1.json"
+TIMEOUT = 10.0
+
+
+class Api:
+    def __init__(self, base_url: str, token: str = STAFF_TOKEN) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def create_exam(self, **fields: Any) -> dict[str, Any]:
+        body = {"title": "Test exam", **fields}
+        response = await self.http.post("/api/v1/exams", json=body)
+        assert response.status_code == 201, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def create_sessions(self, exam_id: str, count: int, **extra: Any) -> list[dict[str, Any]]:
+        candidates = [
+            {"candidate_id": f"cand-{i}", "name": f"Candidate {i}", **extra} for i in range(count)
+        ]
+        response = await self.http.post(
+            f"/api/v1/exams/{exam_id}/sessions", json={"candidates": candidates}
+        )
+        assert response.status_code == 201, response.text
+        sessions: list[dict[str, Any]] = response.json()["sessions"]
+        return sessions
+
+    async def command(self, exam_id: str, **body: Any) -> dict[str, Any]:
+        response = await self.http.post(f"/api/v1/exams/{exam_id}/commands", json=body)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def session(self, exam_id: str, session_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v1/exams/{exam_id}/sessions/{session_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def history(self, exam_id: str, session_id: str) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/api/v1/exams/{exam_id}/sessions/{session_id}/history")
+        assert response.status_code == 200, response.text
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+
+class WsClient:
+    """A WebSocket peer that decodes frames and waits for messages by type."""
+
+    def __init__(self, ws: ClientConnection, protocol: str) -> None:
+        self.ws = ws
+        self.protocol = protocol
+        self.received: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(
+        cls, url: str, protocol: str = MSGPACK, **kwargs: Any
+    ) -> WsClient:
+        ws = await connect(url, subprotocols=[protocol], max_size=4 * 1024 * 1024, **kwargs)  # type: ignore[list-item]
+        return cls(ws, protocol)
+
+    def encode(self, message: dict[str, Any]) -> bytes | str:
+        if self.protocol == MSGPACK:
+            return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+        return json.dumps(message)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(self.encode(message))
+
+    async def send_raw(self, frame: bytes | str) -> None:
+        await self.ws.send(frame)
+
+    async def recv_any(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        if self._pending:
+            return self._pending.pop(0)
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(frame, bytes):
+            assert self.protocol == MSGPACK, "binary frame on the JSON subprotocol"
+            message = msgpack.unpackb(frame, raw=False)
+        else:
+            assert self.protocol == JSON, "text frame on the msgpack subprotocol"
+            message = json.loads(frame)
+        self.received.append(message)
+        return message  # type: ignore[no-any-return]
+
+    async def recv(self, *types: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next message of one of `types`; others (pings, unrelated events) are kept aside."""
+        skipped: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    message = await self.recv_any(timeout)
+                    if message["type"] in types:
+                        return message
+                    if message["type"] == "ping":
+                        await self.send({"type": "pong", "t": message["t"]})
+                        continue
+                    skipped.append(message)
+        finally:
+            self._pending = skipped + self._pending
+
+    async def recv_event(self, kind: str, session_id: str | None = None,
+                         timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next dashboard delta of `kind` (for `session_id`), skipping other deltas."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.recv("event", timeout=timeout)
+                event: dict[str, Any] = message["event"]
+                if event["kind"] == kind and session_id in (None, event["session_id"]):
+                    return event
+
+    async def wait_closed(self, timeout: float = TIMEOUT) -> int | None:
+        """Read until the server closes; returns the close code."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.ws.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def open_candidate(
+    ws_url: str, access_code: str, protocol: str = MSGPACK, **fields: Any
+) -> tuple[WsClient, dict[str, Any]]:
+    """Connect and open; returns the client and the `opened` or `refused` reply."""
+    client = await WsClient.connect(f"{ws_url}/ws/candidate", protocol)
+    await client.send({"type": "open", "access_code": access_code, **fields})
+    reply = await client.recv("opened", "refused")
+    return client, reply
+
+
+async def watch(
+    ws_url: str, exam_id: str, protocol: str = MSGPACK, last_seq: int | None = None,
+    token: str = STAFF_TOKEN,
+) -> tuple[WsClient, dict[str, Any]]:
+    client = await WsClient.connect(
+        f"{ws_url}/ws/proctor", protocol, additional_headers={"Authorization": f"Bearer {token}"}
+    )
+    message: dict[str, Any] = {"type": "subscribe", "exam_id": exam_id}
+    if last_seq is not None:
+        message["last_seq"] = last_seq
+    await client.send(message)
+    reply = await client.recv("snapshot", "events", "error")
+    return client, reply

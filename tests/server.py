@@ -1,0 +1,102 @@
+"""A real server for end-to-end tests: uvicorn in its own process on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+STAFF_TOKEN = "test-staff-token"
+SECRET = "test-secret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`realtime.app:create_app` under uvicorn, configured through the environment."""
+
+    def __init__(
+        self,
+        redis_url: str = "",
+        database_url: str | None = None,
+        workdir: Path | None = None,
+        **settings: str | float,
+    ) -> None:
+        self.port = free_port()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="rt-server-"))
+        self.database_url = database_url or f"sqlite+aiosqlite:///{self.workdir / 'rt.db'}"
+        self.env = {
+            **os.environ,
+            "REALTIME_REDIS_URL": redis_url,
+            "REALTIME_DATABASE_URL": self.database_url,
+            "REALTIME_STAFF_TOKEN": STAFF_TOKEN,
+            "REALTIME_SECRET_KEY": SECRET,
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, value in settings.items():
+            self.env[f"REALTIME_{key.upper()}"] = str(value)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "uvicorn", "realtime.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--ws-max-size", str(1024 * 1024), "--ws-ping-interval", "0",
+                "--log-level", "warning",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
