@@ -30,7 +30,7 @@ class TokenAuthenticator:
         if self._bootstrap and hmac.compare_digest(token, self._bootstrap):
             return Principal(id="admin", name="admin", kind="staff", permissions=ALL_PERMISSIONS)
         try:
-            data = self._staff.loads(token, max_age=self._staff_ttl)
+            data = self._staff.loads(token, max_age=int(self._staff_ttl))
         except BadSignature:
             return None
         name = str(data.get("name", "staff"))
