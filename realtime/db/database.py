@@ -1,0 +1,527 @@
+"""The durable SQL layer: exams, the session registry, history and irregularities.
+
+The state store is fast but may forget; this is what must not. One `Database` wraps an async
+SQLAlchemy engine on SQLite (aiosqlite) or PostgreSQL (asyncpg) and exposes coarse, one-
+transaction operations, so callers never hold a transaction open across their own awaits.
+
+SQLite specifics: WAL (readers do not block the writer), a busy timeout (other processes),
+foreign keys on, write transactions started with BEGIN IMMEDIATE (no lock-upgrade deadlocks)
+and serialised in-process by a lock. An in-memory database has one shared connection
+(StaticPool), so every operation is serialised there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy import Table, event, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
+from realtime.db.models import Base, EventRow, ExamRow, IrregularityRow, SessionRow
+from realtime.state.model import Event, Exam, ExamSettings, public_view
+
+__all__ = ["Database", "DuplicateError", "SequenceConflictError", "UnknownExamError"]
+
+_T = TypeVar("_T")
+
+# Rows per IN (...) list: well under the bind-parameter limits of SQLite and asyncpg (32k).
+_CHUNK = 1000
+_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(ExamSettings))
+_EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
+_EXAMS: Table = ExamRow.__table__  # type: ignore[assignment]
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with an async driver: plain `sqlite://` and `postgresql://` get one added."""
+    parsed = make_url(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql") and driver in ("", "asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite" and driver in ("", "aiosqlite", "pysqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    shown = parsed.render_as_string()  # password hidden
+    raise ValueError(f"unsupported database URL {shown!r}: use sqlite or postgresql (asyncpg)")
+
+
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _exam_from_row(row: ExamRow) -> Exam:
+    settings = {k: v for k, v in (row.settings or {}).items() if k in _SETTINGS_FIELDS}
+    return Exam(
+        id=row.id,
+        title=row.title,
+        groups=list(row.groups or []),
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+        duration_minutes=row.duration_minutes,
+        settings=ExamSettings(**settings),
+    )
+
+
+def _event_from_row(row: EventRow) -> Event:
+    return Event(
+        exam_id=row.exam_id,
+        session_id=row.session_id,
+        kind=row.kind,
+        actor=row.actor,
+        at=row.at,
+        before=row.before,
+        after=row.after,
+        details=dict(row.details or {}),
+        changes=dict(row.changes or {}),
+        seq=row.seq,
+        id=row.id,
+    )
+
+
+def event_id(event: Event) -> str:
+    """The event's id, or one derived from (exam, seq) so a retried write has the same key."""
+    return event.id or f"{event.exam_id}:{event.seq}"
+
+
+class Database:
+    """Async access to the durable tables. Create with `await Database.connect(url)`."""
+
+    def __init__(self, engine: AsyncEngine, *, memory: bool = False) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._is_sqlite = self.dialect == "sqlite"
+        # SQLite has one writer at a time; queueing here is cheaper than SQLITE_BUSY retries.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+        # One shared connection (StaticPool) must not run two transactions interleaved.
+        self._read_lock = self._write_lock if memory else None
+        self._write_engine = engine.execution_options(rt_write=True)
+
+    @classmethod
+    async def connect(
+        cls, url: str | URL, *, busy_timeout: float = 5.0, echo: bool = False
+    ) -> Database:
+        """Open an engine for `url` and check that the server answers."""
+        parsed = normalize_url(url)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        memory = is_sqlite and parsed.database in (None, "", ":memory:")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if memory:
+            kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+        elif is_sqlite:
+            kwargs["connect_args"] = {"timeout": busy_timeout}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_async_engine(parsed, **kwargs)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine, memory=memory, busy_timeout=busy_timeout)
+        db = cls(engine, memory=memory)
+        try:
+            async with db._read() as session:
+                await session.execute(select(1))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return db
+
+    async def create_all(self) -> None:
+        """Create missing tables (no migrations: the schema is additive so far)."""
+        async with self._locked(self._write_lock), self._write_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _locked(lock: asyncio.Lock | None) -> AsyncIterator[None]:
+        if lock is None:
+            yield
+        else:
+            async with lock:
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        async with (
+            self._locked(self._write_lock),
+            AsyncSession(self._write_engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with (
+            self._locked(self._read_lock),
+            AsyncSession(self.engine, expire_on_commit=False) as session,
+        ):
+            yield session
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """A dialect insert, for ON CONFLICT clauses (both dialects spell them alike)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self._is_sqlite:
+            return sqlite.insert(table)
+        raise NotImplementedError(f"no upsert support for {self.dialect}")
+
+    # -- exams -----------------------------------------------------------------------------
+
+    async def save_exam(self, exam: Exam) -> None:
+        """Insert or update an exam; `created_at` keeps its first value."""
+        values: dict[str, Any] = {
+            "id": exam.id,
+            "title": exam.title,
+            "groups": list(exam.groups),
+            "starts_at": exam.starts_at,
+            "ends_at": exam.ends_at,
+            "duration_minutes": exam.duration_minutes,
+            "settings": dataclasses.asdict(exam.settings),
+            "created_at": time.time(),
+        }
+        stmt = self._insert(_EXAMS).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_EXAMS.c.id],
+            set_={k: stmt.excluded[k] for k in values if k not in ("id", "created_at")},
+        )
+        async with self._write() as session:
+            await session.execute(stmt)
+
+    async def get_exam(self, exam_id: str) -> Exam | None:
+        async with self._read() as session:
+            row = await session.get(ExamRow, exam_id)
+            return _exam_from_row(row) if row is not None else None
+
+    async def list_exams(self) -> list[Exam]:
+        """All exams, oldest first."""
+        async with self._read() as session:
+            rows = await session.scalars(select(ExamRow).order_by(ExamRow.created_at, ExamRow.id))
+            return [_exam_from_row(row) for row in rows]
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def add_sessions(self, sessions: list[dict[str, Any]]) -> None:
+        """Register new sessions, all or none.
+
+        Raises DuplicateError if a session id, an access code or an (exam, candidate) pair is
+        already taken (or repeated in `sessions`), UnknownExamError if an exam is not saved.
+        """
+        if not sessions:
+            return
+        now = time.time()
+        rows = [_session_row(s, now) for s in sessions]
+        try:
+            async with self._write() as session:
+                await self._check_new_sessions(session, rows)
+                await session.execute(insert(SessionRow), rows)
+        except IntegrityError as exc:
+            # Lost a race with a concurrent insert: report it as the duplicate it is.
+            async with self._read() as session:
+                try:
+                    await self._check_new_sessions(session, rows)
+                except (DuplicateError, UnknownExamError) as clear:
+                    raise clear from exc
+            raise
+
+    async def _check_new_sessions(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        conflicts: list[str] = []
+        ids = _repeated(conflicts, "session", [r["id"] for r in rows])
+        codes = _repeated(conflicts, "access_code", [r["access_code"] for r in rows])
+        pairs = _repeated(conflicts, "candidate", [(r["exam_id"], r["candidate_id"]) for r in rows])
+        exam_ids = sorted({r["exam_id"] for r in rows})
+        known: set[str] = set()
+        for chunk in _chunks(exam_ids):
+            known.update(await session.scalars(select(ExamRow.id).where(ExamRow.id.in_(chunk))))
+        if missing := [e for e in exam_ids if e not in known]:
+            raise UnknownExamError(f"unknown exam(s): {', '.join(map(repr, missing))}")
+        for chunk in _chunks(ids):
+            found = await session.scalars(select(SessionRow.id).where(SessionRow.id.in_(chunk)))
+            conflicts.extend(f"session {sid!r}" for sid in found)
+        for chunk in _chunks(codes):
+            found_codes = await session.scalars(
+                select(SessionRow.access_code).where(SessionRow.access_code.in_(chunk))
+            )
+            conflicts.extend(f"access_code {code!r}" for code in found_codes)
+        for chunk in _chunks(pairs):
+            found_pairs = await session.execute(
+                select(SessionRow.exam_id, SessionRow.candidate_id).where(
+                    tuple_(SessionRow.exam_id, SessionRow.candidate_id).in_(chunk)
+                )
+            )
+            conflicts.extend(f"candidate {cand!r} in exam {exam!r}" for exam, cand in found_pairs)
+        if conflicts:
+            raise DuplicateError(conflicts)
+
+    async def get_session_row(self, session_id: str) -> dict[str, Any] | None:
+        """The last stored public state of a session."""
+        async with self._read() as session:
+            row = await session.get(SessionRow, session_id)
+            return dict(row.state) if row is not None else None
+
+    async def list_session_states(self, exam_id: str) -> list[dict[str, Any]]:
+        async with self._read() as session:
+            rows = await session.scalars(
+                select(SessionRow.state)
+                .where(SessionRow.exam_id == exam_id)
+                .order_by(SessionRow.created_at, SessionRow.id)
+            )
+            return [dict(state) for state in rows]
+
+    async def find_session_by_code(self, code: str) -> dict[str, Any] | None:
+        if not code:
+            return None
+        async with self._read() as session:
+            state = await session.scalar(
+                select(SessionRow.state).where(SessionRow.access_code == code)
+            )
+            return dict(state) if state is not None else None
+
+    # -- history ---------------------------------------------------------------------------
+
+    async def add_events(self, events: Sequence[Event]) -> int:
+        """Append events and fold their `changes` into the sessions' stored state, atomically.
+
+        Private fields (resume hash, connection id) are dropped from the stored `changes`, like
+        from the state, because history is served to staff.
+
+        Idempotent: an event whose (exam_id, seq) is already stored with the same id, session
+        and kind is skipped (and not applied again). A *different* event in that slot raises
+        SequenceConflictError and nothing is written. Returns how many events were new.
+        """
+        if not events:
+            return 0
+        unique: dict[tuple[str, int], Event] = {}
+        for ev in events:
+            if ev.seq < 1:
+                raise ValueError(f"event {ev.kind!r} of {ev.session_id!r} has no sequence number")
+            unique.setdefault((ev.exam_id, ev.seq), ev)
+        ordered = [unique[key] for key in sorted(unique)]
+        rows = [
+            {
+                "id": event_id(ev),
+                "exam_id": ev.exam_id,
+                "session_id": ev.session_id,
+                "seq": ev.seq,
+                "at": ev.at,
+                "actor": ev.actor,
+                "kind": str(ev.kind),
+                "before": None if ev.before is None else str(ev.before),
+                "after": None if ev.after is None else str(ev.after),
+                "details": ev.details,
+                "changes": public_view(ev.changes),  # history is shown to staff: no secrets
+            }
+            for ev in ordered
+        ]
+        stmt = (
+            self._insert(_EVENTS)
+            .on_conflict_do_nothing()
+            .returning(_EVENTS.c.exam_id, _EVENTS.c.seq)
+        )
+        async with self._write() as session:
+            result = await session.execute(stmt, rows)
+            inserted = {(exam_id, seq) for exam_id, seq in result}
+            skipped = [ev for ev in ordered if (ev.exam_id, ev.seq) not in inserted]
+            if skipped:
+                await self._check_true_duplicates(session, skipped)
+            fresh = [ev for ev in ordered if (ev.exam_id, ev.seq) in inserted]
+            await self._merge_states(session, fresh)
+        return len(fresh)
+
+    async def _check_true_duplicates(self, session: AsyncSession, skipped: list[Event]) -> None:
+        """Raise unless every skipped event is already stored as itself."""
+        stored: dict[tuple[str, int], tuple[str, str, str]] = {}
+        for chunk in _chunks(skipped):
+            found = await session.execute(
+                select(
+                    EventRow.exam_id, EventRow.seq, EventRow.id, EventRow.session_id, EventRow.kind
+                ).where(
+                    tuple_(EventRow.exam_id, EventRow.seq).in_(
+                        [(ev.exam_id, ev.seq) for ev in chunk]
+                    )
+                )
+            )
+            for exam_id, seq, eid, sid, kind in found:
+                stored[(exam_id, seq)] = (eid, sid, kind)
+        for ev in skipped:
+            have = stored.get((ev.exam_id, ev.seq))
+            if have != (event_id(ev), ev.session_id, str(ev.kind)):
+                raise SequenceConflictError(
+                    f"exam {ev.exam_id!r} seq {ev.seq} already holds another event {have!r};"
+                    " the state store reused sequence numbers"
+                )
+
+    async def _merge_states(self, session: AsyncSession, events: list[Event]) -> None:
+        """Fold event changes into SessionRow.state, in seq order, under row locks."""
+        session_ids = sorted({ev.session_id for ev in events if ev.changes})
+        rows: dict[str, SessionRow] = {}
+        for chunk in _chunks(session_ids):
+            found = await session.scalars(
+                select(SessionRow)
+                .where(SessionRow.id.in_(chunk))
+                .order_by(SessionRow.id)
+                .with_for_update()  # PostgreSQL: no lost updates between writers
+            )
+            rows.update((row.id, row) for row in found)
+        states: dict[str, dict[str, Any]] = {}
+        for ev in events:  # already in (exam_id, seq) order
+            row = rows.get(ev.session_id)
+            if row is None or row.exam_id != ev.exam_id or not ev.changes:
+                continue
+            state = states.setdefault(row.id, dict(row.state or {}))
+            state.update(public_view(ev.changes))
+        now = time.time()
+        for sid, state in states.items():
+            rows[sid].state = state  # a new dict, so the JSON column is seen as changed
+            rows[sid].updated_at = now
+
+    async def history(self, session_id: str, limit: int = 1000) -> list[Event]:
+        """The session's latest `limit` events, oldest first."""
+        async with self._read() as session:
+            rows = await session.scalars(
+                select(EventRow)
+                .where(EventRow.session_id == session_id)
+                .order_by(EventRow.seq.desc())
+                .limit(limit)
+            )
+            return [_event_from_row(row) for row in reversed(rows.all())]
+
+    async def exam_events(self, exam_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        """The exam's events with seq > after_seq, oldest first (page forward with the last)."""
+        async with self._read() as session:
+            rows = await session.scalars(
+                select(EventRow)
+                .where(EventRow.exam_id == exam_id, EventRow.seq > after_seq)
+                .order_by(EventRow.seq)
+                .limit(limit)
+            )
+            return [_event_from_row(row) for row in rows]
+
+    async def last_seq(self, exam_id: str) -> int:
+        """The highest stored seq of an exam (0 if none): where a restarted store continues."""
+        async with self._read() as session:
+            value = await session.scalar(
+                select(func.max(EventRow.seq)).where(EventRow.exam_id == exam_id)
+            )
+            return int(value or 0)
+
+    # -- irregularities --------------------------------------------------------------------
+
+    async def add_irregularity(
+        self,
+        *,
+        exam_id: str,
+        session_id: str,
+        category: str,
+        actor: str,
+        at: float,
+        note: str = "",
+        id: str | None = None,
+    ) -> str:
+        """Record an irregularity report; returns its id."""
+        row = IrregularityRow(
+            id=id or uuid.uuid4().hex,
+            exam_id=exam_id,
+            session_id=session_id,
+            category=category,
+            note=note,
+            actor=actor,
+            at=at,
+        )
+        async with self._write() as session:
+            session.add(row)
+        return row.id
+
+    async def irregularities(self, exam_id: str) -> list[dict[str, Any]]:
+        """The exam's irregularities, oldest first."""
+        async with self._read() as session:
+            rows = await session.scalars(
+                select(IrregularityRow)
+                .where(IrregularityRow.exam_id == exam_id)
+                .order_by(IrregularityRow.at, IrregularityRow.id)
+            )
+            return [
+                {
+                    "id": row.id,
+                    "exam_id": row.exam_id,
+                    "session_id": row.session_id,
+                    "category": row.category,
+                    "note": row.note,
+                    "actor": row.actor,
+                    "at": row.at,
+                }
+                for row in rows
+            ]
+
+
+def _session_row(session: dict[str, Any], now: float) -> dict[str, Any]:
+    if not session.get("id") or not session.get("exam_id"):
+        raise ValueError("a session needs an id and an exam_id")
+    return {
+        "id": str(session["id"]),
+        "exam_id": str(session["exam_id"]),
+        "candidate_id": str(session.get("candidate_id") or "") or None,
+        "candidate_name": str(session.get("candidate_name") or ""),
+        "group": str(session.get("group") or ""),
+        "access_code": str(session.get("access_code") or "") or None,
+        "created_at": now,
+        "state": public_view(session),
+        "updated_at": now,
+    }
+
+
+def _repeated(conflicts: list[str], what: str, keys: list[_T]) -> list[_T]:
+    """Record keys repeated within one batch; return the distinct non-empty keys."""
+    seen: set[_T] = set()
+    for key in keys:
+        if key is None or (isinstance(key, tuple) and None in key):
+            continue
+        if key in seen:
+            conflicts.append(f"{what} {key!r} (twice in the batch)")
+        seen.add(key)
+    return list(seen)
+
+
+def _configure_sqlite(engine: AsyncEngine, *, memory: bool, busy_timeout: float) -> None:
+    """Pragmas on every new connection, and BEGIN emitted by us (pysqlite's is too lazy)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("rt_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,423 @@
+"""The durable SQL layer, on SQLite and on PostgreSQL.
+
+PostgreSQL is required, not optional: CI provides it, and a silently skipped backend would let
+dialect bugs through. Each run of this module creates its own throwaway database and drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from realtime.db.database import Database, normalize_url
+from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
+from realtime.db.history import HistoryWriter
+from realtime.db.models import Base
+from realtime.state.model import Event, Exam, ExamSettings, new_session
+
+PG_ADMIN_DSN = os.environ.get("RT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin(sql: str) -> None:
+    """Run one statement on the maintenance database, on a private loop (sync fixture)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    name = f"rt_test_{secrets.token_hex(6)}"
+    problem = None
+    try:
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        problem = repr(exc)
+    if problem is not None:  # fail (not skip) outside the except: one clear line, no chain
+        pytest.fail(
+            f"PostgreSQL is required for these tests but {PG_ADMIN_DSN} is not usable: {problem}"
+            " (set RT_TEST_PG_DSN to point elsewhere)",
+            pytrace=False,
+        )
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(url)
+    # The PostgreSQL database is shared by the module: start every test from empty tables.
+    async with database.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+    await database.create_all()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def _exam(exam_id: str = "e1", **kw: Any) -> Exam:
+    return Exam(id=exam_id, title=f"Exam {exam_id}", **kw)
+
+
+def _session(n: int, exam_id: str = "e1", **kw: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "id": f"{exam_id}-s{n}",
+        "exam_id": exam_id,
+        "candidate_id": f"c{n}",
+        "candidate_name": f"Candidate {n}",
+        "group": "A" if n % 2 else "B",
+        "access_code": f"{exam_id.upper()}-CODE{n}",
+    }
+    fields.update(kw)
+    return new_session(**fields)
+
+
+def _event(seq: int, session_id: str = "e1-s1", exam_id: str = "e1", **kw: Any) -> Event:
+    fields: dict[str, Any] = {"kind": "progress", "actor": "candidate", "at": 1000.0 + seq}
+    fields.update(kw)
+    return Event(exam_id=exam_id, session_id=session_id, seq=seq, **fields)
+
+
+async def _with_sessions(db: Database, n: int = 3) -> None:
+    await db.save_exam(_exam())
+    await db.add_sessions([_session(i) for i in range(1, n + 1)])
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+def test_urls_get_an_async_driver() -> None:
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    assert normalize_url("sqlite+aiosqlite:///:memory:").drivername == "sqlite+aiosqlite"
+    assert normalize_url("postgresql://u@h/d").drivername == "postgresql+asyncpg"
+    assert normalize_url("postgres://u@h/d").drivername == "postgresql+asyncpg"
+    with pytest.raises(ValueError, match="unsupported"):
+        normalize_url("mysql://u:secret@h/d")
+
+
+async def test_in_memory_database_serialises_concurrent_use() -> None:
+    db = await Database.connect("sqlite+aiosqlite:///:memory:")
+    try:
+        await db.create_all()
+        await asyncio.gather(*(db.save_exam(_exam(f"e{i}")) for i in range(20)))
+        assert len(await db.list_exams()) == 20
+    finally:
+        await db.close()
+
+
+async def test_plain_sqlite_url_uses_wal(tmp_path: Path) -> None:
+    db = await Database.connect(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        async with db.engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+        assert mode == "wal"
+        assert timeout == 5000
+    finally:
+        await db.close()
+
+
+# -- exams -----------------------------------------------------------------------------------
+
+
+async def test_exam_round_trip(db: Database) -> None:
+    exam = _exam(
+        groups=["A", "B"],
+        starts_at=1_700_000_000.25,
+        ends_at=1_700_003_600.5,
+        duration_minutes=90,
+        settings=ExamSettings(requires_authorization=True, lab_networks=["10.0.0.0/8"]),
+    )
+    await db.save_exam(exam)
+    assert await db.get_exam("e1") == exam
+    assert await db.get_exam("nope") is None
+
+    exam.title = "Renamed"
+    exam.settings.lock_sessions = True
+    await db.save_exam(exam)  # upsert
+    await db.save_exam(_exam("e2"))
+    assert await db.get_exam("e1") == exam
+    assert [e.id for e in await db.list_exams()] == ["e1", "e2"]
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+async def test_sessions_insert_and_lookup(db: Database) -> None:
+    await db.save_exam(_exam())
+    await db.save_exam(_exam("e2"))
+    secret = _session(1, resume_hash="h", conn_id="conn")
+    await db.add_sessions([secret, _session(2), _session(1, "e2")])
+
+    state = await db.get_session_row("e1-s1")
+    assert state is not None
+    assert state["candidate_name"] == "Candidate 1"
+    assert "resume_hash" not in state and "conn_id" not in state  # public view only
+    assert await db.get_session_row("missing") is None
+    assert [s["id"] for s in await db.list_session_states("e1")] == ["e1-s1", "e1-s2"]
+    found = await db.find_session_by_code("E2-CODE1")
+    assert found is not None and found["id"] == "e2-s1"
+    assert await db.find_session_by_code("nope") is None
+    assert await db.find_session_by_code("") is None
+
+
+async def test_duplicate_sessions_insert_nothing(db: Database) -> None:
+    await _with_sessions(db, 2)
+
+    cases = [
+        [_session(3), _session(9, access_code="E1-CODE1")],  # code taken
+        [_session(3), _session(9, candidate_id="c2")],  # candidate already has a session
+        [_session(3), _session(1, access_code="fresh", candidate_id="c-new")],  # id taken
+        [_session(3), _session(4, access_code="E1-CODE3")],  # code twice in the batch
+    ]
+    for batch in cases:
+        with pytest.raises(DuplicateError) as info:
+            await db.add_sessions(batch)
+        assert info.value.conflicts, batch
+        assert await db.get_session_row("e1-s3") is None, "a refused batch inserted rows"
+    assert len(await db.list_session_states("e1")) == 2
+
+    with pytest.raises(UnknownExamError):
+        await db.add_sessions([_session(1, "ghost")])
+
+    # Guests without a candidate id and sessions without a code do not collide.
+    await db.add_sessions(
+        [_session(7, candidate_id="", access_code=""), _session(8, candidate_id="", access_code="")]
+    )
+    assert len(await db.list_session_states("e1")) == 4
+
+
+async def test_concurrent_duplicate_sessions_one_wins(db: Database) -> None:
+    await db.save_exam(_exam())
+    results = await asyncio.gather(
+        *(db.add_sessions([_session(i, access_code="SAME")]) for i in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, DuplicateError) for r in results if r is not None)
+
+
+async def test_race_past_the_duplicate_check_is_still_a_duplicate_error(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL both inserts pass the pre-check; the loser's IntegrityError is reported
+    as a DuplicateError too."""
+    await db.save_exam(_exam())
+    check = Database._check_new_sessions
+
+    async def slow_check(self: Database, *args: Any) -> None:
+        await check(self, *args)
+        await asyncio.sleep(0.05)  # let the other writer pass its check as well
+
+    monkeypatch.setattr(Database, "_check_new_sessions", slow_check)
+    results = await asyncio.gather(
+        db.add_sessions([_session(1, access_code="SAME")]),
+        db.add_sessions([_session(2, access_code="SAME")]),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["DuplicateError", "NoneType"]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+async def test_events_history_order_and_state_merge(db: Database) -> None:
+    await _with_sessions(db)
+    events = [
+        _event(3, changes={"status": "paused", "version": 3}, before="active", after="paused"),
+        _event(1, kind="opened", changes={"status": "active", "connected": True, "version": 1}),
+        _event(2, session_id="e1-s2", changes={"position": 4}),
+        _event(4, changes={"position": 7, "version": 4}, details={"why": "x"}),
+        _event(5, kind="opened", changes={"resume_hash": "secret", "conn_id": "c"}),
+        _event(6, session_id="e1-s3", kind="irregularity"),  # no changes
+    ]
+    assert await db.add_events(events) == 6
+
+    history = await db.history("e1-s1")
+    assert [e.seq for e in history] == [1, 3, 4, 5]
+    assert history[1].before == "active" and history[1].after == "paused"
+    assert history[2].details == {"why": "x"}
+    assert history[3].changes == {}  # private fields are not kept in history either
+    assert all(e.id for e in history)
+
+    state = await db.get_session_row("e1-s1")
+    assert state is not None
+    # seq order, not list order: status from seq 3 wins over seq 1
+    assert (state["status"], state["connected"], state["position"]) == ("paused", True, 7)
+    assert state["version"] == 4
+    assert "resume_hash" not in state
+    s2 = await db.get_session_row("e1-s2")
+    assert s2 is not None and s2["position"] == 4
+
+    assert [e.seq for e in await db.exam_events("e1", after_seq=2, limit=2)] == [3, 4]
+    assert [e.seq for e in await db.history("e1-s1", limit=2)] == [4, 5]  # the latest two
+    assert await db.last_seq("e1") == 6
+    assert await db.last_seq("none") == 0
+
+    with pytest.raises(ValueError, match="sequence"):
+        await db.add_events([_event(0)])
+
+
+async def test_duplicate_events_are_ignored(db: Database) -> None:
+    await _with_sessions(db)
+    first = [_event(1, changes={"position": 1}), _event(2, changes={"position": 2})]
+    assert await db.add_events(first) == 2
+    assert await db.add_events([_event(3, changes={"position": 3})]) == 1
+
+    # A retried batch (with one new event) writes only the new one and re-applies nothing.
+    retry = [*first, _event(4, changes={"answered": 5})]
+    assert await db.add_events(retry) == 1
+    assert [e.seq for e in await db.history("e1-s1")] == [1, 2, 3, 4]
+    state = await db.get_session_row("e1-s1")
+    assert state is not None and (state["position"], state["answered"]) == (3, 5)
+
+    # A different event in a taken slot is a reused sequence number: refuse the whole batch.
+    with pytest.raises(SequenceConflictError):
+        await db.add_events([_event(5), _event(2, session_id="e1-s2", kind="opened")])
+    assert await db.last_seq("e1") == 4
+
+
+async def test_concurrent_events_on_one_session_lose_no_update(db: Database) -> None:
+    await _with_sessions(db, 1)
+    await asyncio.gather(*(db.add_events([_event(i, changes={f"k{i}": i})]) for i in range(1, 31)))
+    state = await db.get_session_row("e1-s1")
+    assert state is not None
+    assert all(state[f"k{i}"] == i for i in range(1, 31))
+
+
+async def test_irregularities(db: Database) -> None:
+    await _with_sessions(db)
+    rid = await db.add_irregularity(
+        exam_id="e1", session_id="e1-s2", category="phone", note="on desk", actor="p1", at=20.0
+    )
+    await db.add_irregularity(
+        id="fixed", exam_id="e1", session_id="e1-s1", category="talking", actor="p2", at=10.0
+    )
+    await db.add_irregularity(exam_id="e2", session_id="x", category="c", actor="a", at=1.0)
+    rows = await db.irregularities("e1")
+    assert [r["id"] for r in rows] == ["fixed", rid]
+    assert rows[1] == {
+        "id": rid,
+        "exam_id": "e1",
+        "session_id": "e1-s2",
+        "category": "phone",
+        "note": "on desk",
+        "actor": "p1",
+        "at": 20.0,
+    }
+
+
+# -- the history writer ----------------------------------------------------------------------
+
+
+async def test_history_writer_batches_concurrent_records(db: Database) -> None:
+    await _with_sessions(db)
+    writer = HistoryWriter(db, max_batch=500, max_delay=0.05)
+    await writer.start()
+    try:
+        calls = 200
+        await asyncio.gather(
+            *(
+                writer.record([_event(i, session_id=f"e1-s{i % 3 + 1}", changes={"position": i})])
+                for i in range(1, calls + 1)
+            )
+        )
+        assert len(await db.exam_events("e1", limit=1000)) == calls
+        assert writer.written == calls
+        assert 1 <= writer.flushes < calls / 10, writer.flushes
+        state = await db.get_session_row("e1-s1")
+        assert state is not None and state["position"] == 198  # the last seq for e1-s1
+    finally:
+        await writer.close()
+
+
+async def test_history_writer_respects_max_batch(db: Database) -> None:
+    await _with_sessions(db)
+    writer = HistoryWriter(db, max_batch=10, max_delay=0.05)
+    try:
+        await asyncio.gather(*(writer.record([_event(i)]) for i in range(1, 51)))
+        assert writer.flushes >= 5
+        assert len(await db.history("e1-s1")) == 50
+    finally:
+        await writer.close()
+
+
+async def test_history_writer_failure_reaches_only_its_caller(db: Database) -> None:
+    await _with_sessions(db)
+    writer = HistoryWriter(db, max_delay=0.05)
+    try:
+        results = await asyncio.gather(
+            writer.record([_event(1)]),
+            writer.record([_event(0)]),  # invalid: no sequence number
+            writer.record([_event(2)]),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], ValueError)
+        # The writer keeps running after a failure.
+        await writer.record([_event(3)])
+        assert [e.seq for e in await db.history("e1-s1")] == [1, 2, 3]
+    finally:
+        await writer.close()
+
+
+async def test_history_writer_close_flushes_pending(db: Database) -> None:
+    await _with_sessions(db)
+    writer = HistoryWriter(db, max_delay=30)  # would wait 30 s for more, but close flushes now
+    pending = [asyncio.create_task(writer.record([_event(i)])) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert not any(task.done() for task in pending)
+    await asyncio.wait_for(writer.close(), 5)
+    await asyncio.gather(*pending)
+    assert [e.seq for e in await db.history("e1-s1")] == [1, 2]
+    with pytest.raises(RuntimeError, match="closed"):
+        await writer.record([_event(3)])
+
+
+async def test_history_survives_reopening(url: str) -> None:
+    db = await Database.connect(url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+    await db.create_all()
+    await _with_sessions(db, 1)
+    writer = HistoryWriter(db)
+    await writer.record([_event(1, changes={"status": "active"}), _event(2)])
+    await writer.close()
+    await db.close()
+
+    reopened = await Database.connect(url)
+    try:
+        assert [e.seq for e in await reopened.history("e1-s1")] == [1, 2]
+        state = await reopened.get_session_row("e1-s1")
+        assert state is not None and state["status"] == "active"
+        assert await reopened.get_exam("e1") is not None
+    finally:
+        await reopened.close()
