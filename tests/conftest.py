@@ -1,0 +1,66 @@
+"""Shared fixtures. Redis tests run against a private redis-server, started once per run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from redis_server import RedisServer
+
+from realtime.state.memory import MemoryStore
+from realtime.state.redis import RedisStore
+from realtime.state.store import StateStore
+
+StoreFactory = Callable[..., Awaitable[StateStore]]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server's URL; brings it back if an earlier test stopped it."""
+    redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_backend(request: pytest.FixtureRequest) -> str | None:
+    """None for the memory store, else a Redis URL (Redis only starts when a test needs it)."""
+    if request.param == "memory":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+async def make_store(store_backend: str | None) -> AsyncIterator[StoreFactory]:
+    """Started stores of the test's backend; Redis ones share a prefix unique to the test."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    stores: list[StateStore] = []
+
+    async def make(log_size: int = 10_000) -> StateStore:
+        store: StateStore
+        if store_backend is None:
+            store = MemoryStore(log_size=log_size)
+        else:
+            store = RedisStore(store_backend, prefix=prefix, log_size=log_size)
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> StateStore:
+    return await make_store()
+

@@ -1,0 +1,455 @@
+"""The `StateStore` contract, run unchanged against every backend (see the `store` fixture).
+
+If the memory and the Redis store ever disagree, a test here must fail: the rest of the server
+is only tested against whichever backend is convenient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+from redis_server import RedisServer
+
+from realtime.state.model import Event, Exam, ExamSettings, new_session
+from realtime.state.redis import Keys, RedisStore
+from realtime.state.store import Commit, StateStore, apply_locally
+
+A, B = "exam-a", "exam-b"
+
+StoreFactory = Callable[..., Awaitable[StateStore]]  # the `make_store` fixture
+
+
+def session(sid: str, exam_id: str = A, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("access_code", f"code-{exam_id}-{sid}")
+    return new_session(
+        id=sid, exam_id=exam_id, candidate_id=f"cand-{sid}", candidate_name=f"Cand {sid}", **fields
+    )
+
+
+def event(exam_id: str, sid: str, kind: str = "progress", **details: Any) -> Event:
+    return Event(
+        exam_id=exam_id,
+        session_id=sid,
+        kind=kind,
+        actor="proctor:1",
+        at=1_700_000_000.25,
+        before="active",
+        after="active",
+        details=details,
+        changes={"position": details.get("n", 0)},
+    )
+
+
+def commit(
+    exam_id: str, sid: str, expected: int | None, events: int = 1, **changes: Any
+) -> Commit:
+    return Commit(
+        exam_id=exam_id,
+        session_id=sid,
+        expected_version=expected,
+        changes=changes,
+        events=[event(exam_id, sid, n=i) for i in range(events)],
+    )
+
+
+async def get(store: StateStore, sid: str, exam_id: str = A) -> dict[str, Any] | None:
+    [found] = await store.get_sessions(exam_id, [sid])
+    return found
+
+
+async def current_seq(store: StateStore, exam_id: str) -> int:
+    _, seq = await store.snapshot(exam_id)
+    return seq
+
+
+class Collector:
+    """A listener that records events and lets a test await them, never sleep for them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._grew = asyncio.Event()
+
+    def __call__(self, received: Event) -> None:
+        self.events.append(received)
+        self._grew.set()
+
+    async def listen(self, received: Event) -> None:
+        """The same, as a coroutine listener."""
+        self(received)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Event]:
+        async with asyncio.timeout(timeout):
+            while len(self.events) < count:
+                self._grew.clear()
+                await self._grew.wait()
+        return self.events
+
+
+def summary(events: list[Event]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in events]
+
+
+# -- exams and sessions --------------------------------------------------------------------------
+
+
+async def test_exam_round_trip(store: StateStore) -> None:
+    exam = Exam(
+        id=A,
+        title="Algebra",
+        groups=["g1", "g2"],
+        starts_at=1000.0,
+        ends_at=5000.5,
+        duration_minutes=90,
+        settings=ExamSettings(requires_authorization=True, lab_networks=["10.0.0.0/8"]),
+    )
+    await store.put_exam(exam)
+    assert await store.get_exam(A) == exam
+    assert await store.get_exam("nope") is None
+
+
+async def test_add_and_get_sessions(store: StateStore) -> None:
+    s1 = session("s1", locked=True, deadline=1234.5, position=3, status="active")
+    s2 = session("s2")
+    other = session("s1", exam_id=B)
+    await store.add_sessions([s1, s2, other])
+
+    assert await store.get_sessions(A, ["s1", "missing", "s2"]) == [s1, None, s2]
+    assert await store.get_sessions(B, ["s1", "s2"]) == [other, None]
+    assert await store.get_sessions(A, []) == []
+
+
+async def test_add_sessions_keeps_existing(store: StateStore) -> None:
+    await store.add_sessions([session("s1")])
+    [result] = await store.commit([commit(A, "s1", 0, status="active")])
+    assert result.ok
+
+    await store.add_sessions([session("s1", access_code="other-code"), session("s2")])
+
+    s1 = await get(store, "s1")
+    assert s1 is not None and s1["status"] == "active" and s1["version"] == 1
+    assert await get(store, "s2") == session("s2")
+    assert await store.session_by_code("other-code") is None
+
+
+async def test_session_by_code(store: StateStore) -> None:
+    await store.add_sessions(
+        [session("s1"), session("s1", exam_id=B), session("s3", access_code="")]
+    )
+    assert await store.session_by_code(f"code-{A}-s1") == (A, "s1")
+    assert await store.session_by_code(f"code-{B}-s1") == (B, "s1")
+    assert await store.session_by_code("unknown") is None
+    assert await store.session_by_code("") is None
+
+
+# -- commits -------------------------------------------------------------------------------------
+
+
+async def test_commit_applies_changes_and_bumps_version(store: StateStore) -> None:
+    original = session("s1")
+    await store.add_sessions([original])
+    change = commit(A, "s1", 0, events=2, status="active", started_at=1000.5, locked=True)
+
+    [result] = await store.commit([change])
+
+    assert result.ok and result.found
+    assert [e.seq for e in result.events] == [1, 2]
+    assert result.events == change.events  # the caller's events, now numbered
+    assert all(e.changes["version"] == 1 for e in change.events)
+    assert await get(store, "s1") == apply_locally(original, change)
+
+    [again] = await store.commit([commit(A, "s1", 1, deadline=4600.5)])
+    assert again.ok and again.events[0].seq == 3 and again.events[0].changes["version"] == 2
+    after = await get(store, "s1")
+    assert after is not None
+    assert (after["version"], after["deadline"], after["locked"]) == (2, 4600.5, True)
+
+
+async def test_version_conflict_changes_nothing(store: StateStore) -> None:
+    await store.add_sessions([session("s1")])
+    [first] = await store.commit([commit(A, "s1", 0, position=1)])
+    before = await get(store, "s1")
+
+    stale = commit(A, "s1", 0, position=99)
+    [result] = await store.commit([stale])
+
+    assert not result.ok and result.found and result.events == []
+    assert stale.events[0].seq == 0 and "version" not in stale.events[0].changes
+    assert await get(store, "s1") == before
+    assert await current_seq(store, A) == 1
+    assert summary(await store.events_since(A, 0) or []) == summary(first.events)
+
+
+async def test_unknown_session_is_not_found(store: StateStore) -> None:
+    await store.add_sessions([session("s1")])
+    results = await store.commit(
+        [commit(A, "ghost", 0), commit(A, "ghost", None), commit(B, "s1", 0)]
+    )
+    assert [(r.ok, r.found, r.events) for r in results] == [(False, False, [])] * 3
+    assert await current_seq(store, A) == 0
+    assert await get(store, "ghost") is None
+
+
+async def test_unconditional_commit_records_events_only(store: StateStore) -> None:
+    await store.add_sessions([session("s1")])
+    refusal = commit(A, "s1", None, events=2, alerts=5)
+
+    [result] = await store.commit([refusal])
+
+    assert result.ok and [e.seq for e in result.events] == [1, 2]
+    assert all("version" not in e.changes for e in refusal.events)
+    assert await get(store, "s1") == session("s1")  # version 0, alerts 0
+    assert summary(await store.events_since(A, 0) or []) == summary(refusal.events)
+
+
+async def test_sequence_numbers_are_consecutive_per_exam(store: StateStore) -> None:
+    await store.add_sessions([session("s1"), session("s2"), session("s1", exam_id=B)])
+    results = await store.commit(
+        [
+            commit(A, "s1", 0, events=2),
+            commit(B, "s1", 0),
+            commit(A, "s2", None),
+            commit(A, "s1", 0),  # conflict: consumes no seq
+            commit(B, "s1", 1, events=3),
+            commit(A, "s2", 0),
+        ]
+    )
+    seqs = [[e.seq for e in r.events] for r in results]
+    assert seqs == [[1, 2], [1], [3], [], [2, 3, 4], [4]]
+
+    [later] = await store.commit([commit(A, "s1", 1)])
+    assert later.events[0].seq == 5
+    assert (await current_seq(store, A), await current_seq(store, B)) == (5, 4)
+
+
+async def test_commit_of_nothing(store: StateStore) -> None:
+    assert await store.commit([]) == []
+
+
+async def test_bulk_commit(store: StateStore) -> None:
+    """A command on a whole exam: thousands of sessions in one call."""
+    count = 2000
+    await store.add_sessions([session(f"s{i}") for i in range(count)])
+    results = await store.commit(
+        [commit(A, f"s{i}", 0, status="paused", paused_at=1.5) for i in range(count)]
+    )
+    assert all(r.ok for r in results)
+    assert [r.events[0].seq for r in results] == list(range(1, count + 1))
+    sessions, seq = await store.snapshot(A)
+    assert seq == count
+    assert {(s["status"], s["version"]) for s in sessions} == {("paused", 1)}
+
+
+async def test_concurrent_commits_on_one_version_let_exactly_one_win(store: StateStore) -> None:
+    """The compare-and-set race: everyone read version 0, only one may commit on it."""
+    contenders = 50
+    await store.add_sessions([session("s1")])
+    everyone_has_read = asyncio.Barrier(contenders)
+
+    async def contend(i: int) -> bool:
+        current = await get(store, "s1")
+        assert current is not None
+        await everyone_has_read.wait()
+        [result] = await store.commit([commit(A, "s1", current["version"], position=i)])
+        assert result.found
+        return result.ok
+
+    won = await asyncio.gather(*(contend(i) for i in range(contenders)))
+
+    assert won.count(True) == 1
+    final = await get(store, "s1")
+    assert final is not None
+    assert (final["version"], final["position"]) == (1, won.index(True))
+    assert await current_seq(store, A) == 1
+
+
+async def test_touch_refreshes_connected_sessions_only(store: StateStore) -> None:
+    await store.add_sessions(
+        [session("s1", connected=True, last_seen=1.0), session("s2", last_seen=1.0)]
+    )
+    await store.touch([(A, "s1"), (A, "s2"), (A, "ghost"), (B, "s1")], now=50.25)
+
+    s1, s2, ghost = await store.get_sessions(A, ["s1", "s2", "ghost"])
+    assert s1 is not None and (s1["last_seen"], s1["version"]) == (50.25, 0)
+    assert s2 is not None and s2["last_seen"] == 1.0
+    assert ghost is None and await get(store, "s1", B) is None
+    assert await current_seq(store, A) == 0
+    await store.touch([], now=60.0)
+
+
+# -- snapshot and event log ----------------------------------------------------------------------
+
+
+async def test_snapshot_returns_sessions_and_seq(store: StateStore) -> None:
+    assert await store.snapshot(A) == ([], 0)
+    await store.add_sessions([session("s1"), session("s2"), session("s3", exam_id=B)])
+    await store.commit([commit(A, "s1", 0, events=2, status="active"), commit(A, "s2", None)])
+
+    sessions, seq = await store.snapshot(A)
+
+    assert seq == 3
+    by_id = {s["id"]: s for s in sessions}
+    assert sorted(by_id) == ["s1", "s2"]
+    assert [by_id["s1"], by_id["s2"]] == await store.get_sessions(A, ["s1", "s2"])
+    assert by_id["s1"]["version"] == 1
+
+
+async def test_events_since(store: StateStore) -> None:
+    await store.add_sessions([session("s1"), session("s1", exam_id=B)])
+    committed = [
+        e
+        for r in await store.commit(
+            [commit(A, "s1", 0, events=3, status="active"), commit(B, "s1", 0),
+             commit(A, "s1", None, events=2)]
+        )
+        for e in r.events
+        if e.exam_id == A
+    ]
+
+    since = await store.events_since(A, 2)
+    assert summary(since or []) == summary(committed[2:])
+    assert since is not None and since[0].changes["version"] == 1
+    assert summary(await store.events_since(A, 0) or []) == summary(committed)
+    assert await store.events_since(A, 5) == []
+    assert await store.events_since(A, 9) == []
+    assert await store.events_since("no-such-exam", 0) == []
+
+
+async def test_events_since_reports_a_trimmed_log(make_store: StoreFactory) -> None:
+    store = await make_store(log_size=3)
+    await store.add_sessions([session("s1")])
+    await store.commit([commit(A, "s1", None, events=6)])
+
+    assert await store.events_since(A, 2) is None  # 3 is gone: the caller must resnapshot
+    assert [e.seq for e in await store.events_since(A, 3) or []] == [4, 5, 6]
+    assert [e.seq for e in await store.events_since(A, 5) or []] == [6]
+    assert await store.events_since(A, 6) == []
+
+
+# -- listeners -----------------------------------------------------------------------------------
+
+
+async def test_listeners_receive_every_event_in_order(store: StateStore) -> None:
+    plain, coroutine = Collector(), Collector()
+    store.add_listener(plain)
+    store.add_listener(coroutine.listen)
+    await store.add_sessions([session("s1"), session("s2"), session("s1", exam_id=B)])
+
+    committed: list[Event] = []
+    for batch in (
+        [commit(A, "s1", 0, events=2), commit(B, "s1", 0), commit(A, "s2", None)],
+        [commit(A, "s1", 0)],  # conflict: publishes nothing
+        [commit(A, "s2", 0, events=3), commit(B, "s1", 1)],
+    ):
+        committed += [e for r in await store.commit(batch) for e in r.events]
+
+    assert len(committed) == 8
+    for collector in (plain, coroutine):
+        received = await collector.wait_for(len(committed))
+        assert summary(received) == summary(committed)
+    assert [e.seq for e in plain.events if e.exam_id == A] == [1, 2, 3, 4, 5, 6]
+    assert plain.events[0].changes["version"] == 1
+
+
+# -- Redis only: several processes, outages, key layout ------------------------------------------
+
+
+def redis_store(url: str, prefix: str) -> RedisStore:
+    return RedisStore(url, prefix=prefix)
+
+
+async def test_redis_stores_fan_out_to_each_other(redis_url: str) -> None:
+    """Two processes on one Redis: each one's listeners see what the other committed."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    elsewhere = redis_store(redis_url, prefix + "x:")
+    seen_one, seen_two, seen_elsewhere = Collector(), Collector(), Collector()
+    for store, collector in ((one, seen_one), (two, seen_two), (elsewhere, seen_elsewhere)):
+        store.add_listener(collector)
+        await store.start()
+    try:
+        await one.add_sessions([session("s1"), session("s2")])
+        await elsewhere.add_sessions([session("s1")])
+        [first] = await one.commit([commit(A, "s1", 0)])
+        [second] = await two.commit([commit(A, "s2", 0)])
+        assert first.ok and second.ok
+
+        for collector in (seen_one, seen_two):
+            received = await collector.wait_for(2)
+            assert [(e.session_id, e.seq) for e in received] == [("s1", 1), ("s2", 2)]
+
+        # Another prefix is another deployment: its own event arrives, ours never do.
+        await elsewhere.commit([commit(A, "s1", 0)])
+        assert [(e.session_id, e.seq) for e in await seen_elsewhere.wait_for(1)] == [("s1", 1)]
+    finally:
+        for store in (one, two, elsewhere):
+            await store.close()
+
+
+async def test_redis_failing_listener_does_not_stop_delivery(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One buggy listener must not cost the process its subscription or the other listeners."""
+
+    def broken(received: Event) -> None:
+        raise RuntimeError("boom")
+
+    async def broken_later(received: Event) -> None:
+        raise RuntimeError("boom, later")
+
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    seen = Collector()
+    for listener in (broken, broken_later, seen):
+        store.add_listener(listener)
+    await store.start()
+    try:
+        await store.add_sessions([session("s1")])
+        await store.commit([commit(A, "s1", 0, events=2)])
+        assert [e.seq for e in await seen.wait_for(2)] == [1, 2]
+        assert store.subscriptions == 1
+        assert sum("listener" in r.message for r in caplog.records) == 4
+    finally:
+        await store.close()
+
+
+def crash_and_start(server: RedisServer) -> None:
+    server.kill()
+    server.start()
+
+
+@pytest.mark.parametrize("outage", [RedisServer.restart, crash_and_start], ids=["restart", "crash"])
+async def test_redis_listener_survives_an_outage(outage: Callable[[RedisServer], None]) -> None:
+    with RedisServer() as server:
+        store = redis_store(server.url, "t:")
+        seen = Collector()
+        store.add_listener(seen)
+        await store.start()
+        try:
+            await store.add_sessions([session("s1")])
+            await store.commit([commit(A, "s1", 0)])
+            await seen.wait_for(1)
+            subscriptions = store.subscriptions
+
+            outage(server)  # all data is gone, and so is the script cache
+            await asyncio.wait_for(store.wait_subscribed(subscriptions + 1), timeout=30)
+
+            await store.add_sessions([session("s1")])
+            [result] = await store.commit([commit(A, "s1", 0)])
+            assert result.ok and result.events[0].seq == 1
+            received = await seen.wait_for(2)
+            assert [(e.session_id, e.seq) for e in received] == [("s1", 1), ("s1", 1)]
+        finally:
+            await store.close()
+
+
+def test_keys_of_one_exam_share_a_cluster_slot() -> None:
+    keys = Keys("rt:")
+    names = [keys.session(A, "s1"), keys.session(A, "s2"), keys.sessions(A), keys.seq(A),
+             keys.log(A), keys.session_prefix(A) + "x"]
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert keys.session(A, "s1") == "rt:{exam-a}:s:s1"
+    assert keys.seq(B) != keys.seq(A)
