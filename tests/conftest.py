@@ -6,7 +6,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from clients import Api
 from redis_server import RedisServer
+from server import ServerProcess
 
 from realtime.state.memory import MemoryStore
 from realtime.state.redis import RedisStore
@@ -64,3 +66,25 @@ async def make_store(store_backend: str | None) -> AsyncIterator[StoreFactory]:
 async def store(make_store: StoreFactory) -> StateStore:
     return await make_store()
 
+
+# -- end-to-end: a real uvicorn server per backend ------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
+    """A running server on each state backend, shared by one test module."""
+    redis_url = ""
+    if request.param == "redis":
+        redis_server.start()
+        redis_url = redis_server.url
+    process = ServerProcess(redis_url=redis_url, redis_prefix=f"e{uuid.uuid4().hex[:8]}:")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def api(server: ServerProcess) -> AsyncIterator[Api]:
+    client = Api(server.url)
+    yield client
+    await client.close()

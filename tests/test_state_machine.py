@@ -1,0 +1,225 @@
+"""The session rules as pure functions: no server, no store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from realtime.state import machine
+from realtime.state.machine import Liveness, OpenRequest, Rejection, Transition
+from realtime.state.model import Action, Exam, ExamSettings, Status, new_session
+
+NOW = 1_000_000.0
+LIVE = Liveness(stale_after=30, resume_grace=60)
+
+
+def exam(**settings: Any) -> Exam:
+    return Exam(id="e", title="E", duration_minutes=60, settings=ExamSettings(**settings))
+
+
+def session(**fields: Any) -> dict[str, Any]:
+    return new_session(id="s", exam_id="e", candidate_id="c", **fields)
+
+
+def request(conn: str = "conn-1", token: str | None = None) -> OpenRequest:
+    return OpenRequest(conn_id=conn, new_resume_hash=machine.hash_token(conn + "-token"),
+                       actor="candidate:s", resume_token=token)
+
+
+def applied(outcome: machine.Outcome) -> Transition:
+    assert isinstance(outcome, Transition), outcome
+    return outcome
+
+
+def rejected(outcome: machine.Outcome) -> Rejection:
+    assert isinstance(outcome, Rejection), outcome
+    return outcome
+
+
+def after(s: dict[str, Any], outcome: machine.Outcome) -> dict[str, Any]:
+    return {**s, **applied(outcome).changes, "version": s["version"] + 1}
+
+
+def test_open_starts_the_session_and_sets_the_deadline() -> None:
+    """Opening a ready session makes it active with a deadline of now + duration."""
+    t = applied(machine.open_session(session(), exam(), request(), NOW, LIVE))
+    assert t.changes["status"] == "active"
+    assert t.changes["deadline"] == NOW + 3600
+    assert t.changes["connected"] is True
+    assert [e.kind for e in t.events] == ["opened"]
+
+
+def test_open_waits_for_authorization_when_the_exam_requires_it() -> None:
+    """With requires_authorization, an open leads to `awaiting`, and authorize starts it."""
+    s = after(session(), machine.open_session(session(), exam(requires_authorization=True),
+                                              request(), NOW, LIVE))
+    assert s["status"] == "awaiting"
+    t = applied(machine.apply_command(s, exam(), Action.AUTHORIZE, "staff:p", NOW + 5))
+    assert t.changes["status"] == "active"
+    assert t.changes["deadline"] == NOW + 5 + 3600
+
+
+@pytest.mark.parametrize("status", ["completed", "terminated"])
+def test_final_sessions_refuse_opens_with_closed(status: str) -> None:
+    """A completed or terminated session cannot be opened again."""
+    r = rejected(machine.open_session(session(status=status), exam(), request(), NOW, LIVE))
+    assert r.reason == "closed"
+    assert r.event is not None and r.event.kind == "refused"
+
+
+def test_lock_sessions_relocks_in_the_same_step_as_the_open() -> None:
+    """The template setting locks every session as it is opened, recorded as a re-lock."""
+    t = applied(machine.open_session(session(), exam(lock_sessions=True), request(), NOW, LIVE))
+    assert t.changes["locked"] is True
+    assert [e.kind for e in t.events] == ["opened", "relocked"]
+
+
+def test_locked_session_refuses_a_new_connection() -> None:
+    """A locked session with no live holder is refused with `locked`."""
+    s = session(locked=True, relock=True, status="active")
+    assert rejected(machine.open_session(s, exam(), request(), NOW, LIVE)).reason == "locked"
+
+
+def test_locked_and_held_session_refuses_with_already_open() -> None:
+    """A locked session held by a live connection is refused with `already_open`."""
+    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
+                                              request("a"), NOW, LIVE))
+    r = rejected(machine.open_session(s, exam(lock_sessions=True), request("b"), NOW + 1, LIVE))
+    assert r.reason == "already_open"
+
+
+def test_unlocked_session_is_taken_over_and_the_old_holder_superseded() -> None:
+    """Without a lock a second connection takes over; the event says it superseded."""
+    s = after(session(), machine.open_session(session(), exam(), request("a"), NOW, LIVE))
+    t = applied(machine.open_session(s, exam(), request("b"), NOW + 1, LIVE))
+    assert t.changes["conn_id"] == "b"
+    assert t.events[0].details["superseded"] is True
+
+
+def test_unlock_then_open_locks_again() -> None:
+    """Once locked, a session locks itself again on the next successful open."""
+    s = session(status="active")
+    s = after(s, machine.apply_command(s, exam(), Action.LOCK, "staff:p", NOW))
+    s = after(s, machine.apply_command(s, exam(), Action.UNLOCK, "staff:sup", NOW))
+    assert s["locked"] is False
+    t = applied(machine.open_session(s, exam(), request(), NOW + 1, LIVE))
+    assert t.changes["locked"] is True
+
+
+def test_resume_token_lets_the_same_tab_back_in_within_the_grace() -> None:
+    """The current resume token reopens a locked session shortly after a drop."""
+    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
+                                              request("a"), NOW, LIVE))
+    s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
+    t = applied(machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"),
+                                     NOW + 30, LIVE))
+    assert t.events[0].kind == "reconnected"
+    assert t.changes["reconnects"] == 1
+
+
+def test_resume_token_expires_after_the_grace_and_is_useless_in_strict_mode() -> None:
+    """After the grace period, or with grace 0, the token no longer opens a locked session."""
+    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
+                                              request("a"), NOW, LIVE))
+    s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
+    late = machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 62, LIVE)
+    assert rejected(late).reason == "locked"
+    strict = Liveness(stale_after=30, resume_grace=0)
+    now = machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 2, strict)
+    assert rejected(now).reason == "locked"
+
+
+def test_a_wrong_or_old_token_does_not_resume() -> None:
+    """Only the token handed out by the latest open works (tokens rotate on every open)."""
+    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
+                                              request("a"), NOW, LIVE))
+    s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
+    s = after(s, machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"),
+                                      NOW + 2, LIVE))
+    s = after(s, machine.disconnect(s, "b", NOW + 3, "network"))
+    old = machine.open_session(s, exam(lock_sessions=True), request("c", "a-token"), NOW + 4, LIVE)
+    assert rejected(old).reason == "locked"
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "reason"),
+    [
+        ("ready", Action.PAUSE, "invalid_status"),
+        ("active", Action.RESUME, "invalid_status"),
+        ("paused", Action.PAUSE, "invalid_status"),
+        ("active", Action.AUTHORIZE, "already_authorized"),
+        ("completed", Action.PAUSE, "final_status"),
+        ("terminated", Action.UNLOCK, "final_status"),
+    ],
+)
+def test_commands_invalid_for_the_status_are_skipped_with_a_reason(
+    status: str, action: Action, reason: str
+) -> None:
+    """Each command is validated against the current status and never half-applied."""
+    assert rejected(machine.apply_command(session(status=status), exam(), action, "p", NOW)).reason == reason
+
+
+def test_lock_twice_and_unlock_unlocked_are_skipped() -> None:
+    """Lock and unlock say when there is nothing to do."""
+    assert rejected(machine.apply_command(session(locked=True), exam(), Action.LOCK, "p", NOW)).reason == "already_locked"
+    assert rejected(machine.apply_command(session(), exam(), Action.UNLOCK, "p", NOW)).reason == "not_locked"
+
+
+def test_paused_time_is_given_back_on_resume() -> None:
+    """The deadline moves by the time spent paused."""
+    s = session(status="active", deadline=NOW + 600)
+    s = after(s, machine.apply_command(s, exam(), Action.PAUSE, "p", NOW))
+    t = applied(machine.apply_command(s, exam(), Action.RESUME, "p", NOW + 120))
+    assert t.changes["deadline"] == NOW + 720
+
+
+def test_extend_moves_the_deadline_and_validates_minutes() -> None:
+    """Extend adds minutes; zero, negative or non-integer minutes are refused."""
+    s = session(status="active", deadline=NOW)
+    assert applied(machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": 10})).changes["deadline"] == NOW + 600
+    for bad in (0, -5, "10", 2.5, True):
+        assert rejected(machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": bad})).reason == "invalid_params"
+
+
+def test_terminate_is_final_and_records_the_actor() -> None:
+    """Terminate ends the session; the history event names who did it."""
+    t = applied(machine.apply_command(session(status="paused"), exam(), Action.TERMINATE, "staff:sup", NOW))
+    assert t.changes["status"] == "terminated"
+    assert t.events[0].actor == "staff:sup"
+    assert t.events[0].before == "paused" and t.events[0].after == "terminated"
+
+
+def test_only_the_holder_reports_progress_or_submits() -> None:
+    """A connection that no longer holds the session cannot change it."""
+    s = session(status="active", conn_id="a", connected=True)
+    assert rejected(machine.report_progress(s, "b", "c", 1, 1, NOW)).reason == "not_holder"
+    assert rejected(machine.submit(s, "b", "c", NOW)).reason == "not_holder"
+    assert applied(machine.submit(s, "a", "c", NOW)).changes["status"] == "completed"
+
+
+def test_disconnect_by_a_stale_connection_changes_nothing() -> None:
+    """Only the current holder's disconnect flips `connected`."""
+    s = session(status="active", conn_id="new", connected=True)
+    assert isinstance(machine.disconnect(s, "old", NOW, "gone"), Rejection)
+
+
+@given(
+    st.lists(
+        st.sampled_from(list(Action)), min_size=1, max_size=30
+    )
+)
+def test_any_command_sequence_keeps_the_session_consistent(actions: list[Action]) -> None:
+    """Whatever staff do, final stays final and the status is always a known one."""
+    s = session(status="active", deadline=NOW + 3600)
+    was_final = False
+    for i, action in enumerate(actions):
+        params = {"minutes": 5, "text": "hello"}
+        outcome = machine.apply_command(s, exam(), action, "p", NOW + i, params)
+        if isinstance(outcome, Transition):
+            assert not was_final
+            s = after(s, outcome)
+        was_final = Status(s["status"]).final
+        assert s["status"] in {x.value for x in Status}
