@@ -110,5 +110,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={Exception: error_response, HTTPException: error_response},
+        exception_handlers={
+            RealtimeError: error_response,
+            HTTPException: error_response,
+            Exception: error_response,
+        },
     )
