@@ -68,11 +68,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await db.create_all()
         history = HistoryWriter(db)
         await history.start()
-        hub = Hub()
-        store.add_listener(hub.on_event)
-        await store.start()
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
         service = SessionService(store, db, history, liveness)
+        hub = Hub(fetch_session=service.get_session)
+        store.add_listener(hub.on_event)
+        await store.start()
         auth = TokenAuthenticator(
             settings.secret_key, settings.staff_token_ttl, settings.bootstrap_staff_token
         )

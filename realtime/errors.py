@@ -39,6 +39,7 @@ class CloseCode(enum.IntEnum):
     # reconnect allowed
     SLOW_CONSUMER = 4008  # the send queue overflowed; reconnect and resynchronise
     PING_TIMEOUT = 4009  # no answer to pings; reconnect
+    RESYNC = 4010  # this process missed events; reconnect with last_seq to catch up
     # terminal
     SUPERSEDED = 4100  # another connection took the session over
     TERMINATED = 4101  # staff terminated the session
@@ -50,7 +51,7 @@ class CloseCode(enum.IntEnum):
 
     @property
     def may_reconnect(self) -> bool:
-        return self < 4100 or self in (CloseCode.SLOW_CONSUMER, CloseCode.PING_TIMEOUT)
+        return self < 4100
 
 
 class RealtimeError(Exception):

@@ -150,7 +150,11 @@ class SessionService:
             if exam is None:
                 raise NotFound(f"no exam {exam_id!r}")
             await self.store.put_exam(exam)
-            await self.store.add_sessions(await self.db.list_session_states(exam_id))
+            await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
+            states = await self.db.list_session_states(exam_id)
+            for state in states:  # no connection survived the loss of the state store
+                state.update(connected=False, conn_id="", resume_hash="")
+            await self.store.add_sessions(states)
         self._exam_cache[exam_id] = exam
         return exam
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from realtime.auth.principal import Principal
@@ -62,6 +62,7 @@ class CandidateLink:
         self.rtt_ms: float | None = None
         self.superseded = False
         self.ended = False  # terminated or completed: nothing more to do
+        self.on_gap: Callable[[CandidateLink], None] | None = None
 
     def activate(self, version: int) -> None:
         """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
@@ -79,6 +80,8 @@ class CandidateLink:
         if version is not None and version <= self.version:
             return
         if version is not None:
+            if version > self.version + 1 and self.on_gap is not None:
+                self.on_gap(self)  # missed a change: the page gets the whole state again
             self.version = version
         holder = event.changes.get("conn_id")
         if holder is not None and holder != self.conn_id:
@@ -133,22 +136,53 @@ class Watcher:
             return
         if event.seq <= self.last_seq:
             return
+        if event.seq > self.last_seq + 1:
+            # This process missed events (e.g. its Redis subscription was re-established):
+            # the client reconnects with its last seq and gets exactly what it missed.
+            self.conn.close(CloseCode.RESYNC, "resync")
+            return
         self.last_seq = event.seq
         if self.visible(event):
             self.conn.send_encoded(encoded)
 
 
+FetchSession = Callable[[str, str], Awaitable[dict[str, Any]]]
+
+
 class Hub:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, fetch_session: FetchSession | None = None
+    ) -> None:
         self.candidates: dict[str, list[CandidateLink]] = {}
         self.watchers: dict[str, set[Watcher]] = {}
         self.clock = clock
+        self.fetch_session = fetch_session
         self.events_seen = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- registration ------------------------------------------------------------------------
 
     def add_candidate(self, link: CandidateLink) -> None:
+        link.on_gap = self._resync_candidate
         self.candidates.setdefault(link.session_id, []).append(link)
+
+    def _resync_candidate(self, link: CandidateLink) -> None:
+        if self.fetch_session is None:
+            return
+        fetch = self.fetch_session
+
+        async def resync() -> None:
+            try:
+                session = await fetch(link.exam_id, link.session_id)
+            except Exception:
+                log.exception("resync of %s failed", link.session_id)
+                return
+            view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
+            link.conn.send({"type": "state", "session": view})
+
+        task = asyncio.get_running_loop().create_task(resync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def remove_candidate(self, link: CandidateLink) -> None:
         links = self.candidates.get(link.session_id)

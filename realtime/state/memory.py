@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import deque
 from typing import Any
 
 from realtime.state.model import Event, Exam
 from realtime.state.store import Commit, CommitResult, EventListener
+
+log = logging.getLogger(__name__)
 
 
 class MemoryStore:
@@ -106,12 +109,21 @@ class MemoryStore:
         return results
 
     def _notify(self, event: Event) -> None:
+        """Listener errors are logged and never reach the caller of `commit`."""
         for listener in self._listeners:
-            outcome = listener(event)
+            try:
+                outcome = listener(event)
+            except Exception:
+                log.exception("event listener failed")
+                continue
             if inspect.isawaitable(outcome):
                 task = asyncio.ensure_future(outcome)
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
+
+    async def ensure_seq(self, exam_id: str, minimum: int) -> None:
+        if self._seq.get(exam_id, 0) < minimum:
+            self._seq[exam_id] = minimum
 
     async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
         for exam_id, sid in exam_sessions:

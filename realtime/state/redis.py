@@ -99,6 +99,13 @@ class Keys:
         return f"{self.prefix}events"
 
 
+_ENSURE_SEQ = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
 def _connect(url: str, retry: Retry) -> Redis:
     # Maintenance notifications off: redis-py 8.1 then skips its check for pooled connections
     # the server closed (redis/redis-py#4252), and the first command after a Redis restart
@@ -365,6 +372,10 @@ class RedisStore:
         if not events or events[0].seq > seq + 1:
             return None
         return events
+
+    async def ensure_seq(self, exam_id: str, minimum: int) -> None:
+        key = self.keys.seq(exam_id)
+        await self._client.eval(_ENSURE_SEQ, 1, key, minimum)  # type: ignore[misc]
 
     async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
         if not exam_sessions:

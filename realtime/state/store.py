@@ -52,10 +52,11 @@ class StateStore(Protocol):
     async def get_exam(self, exam_id: str) -> Exam | None: ...
 
     async def add_sessions(self, sessions: list[dict[str, Any]]) -> None:
-        """Create sessions (with version 0). Existing ids are left as they are."""
+        """Create sessions as given. Existing ids are left as they are."""
 
-    async def get_sessions(self, exam_id: str, session_ids: list[str]) -> list[dict[str, Any] | None]:
-        ...
+    async def get_sessions(
+        self, exam_id: str, session_ids: list[str]
+    ) -> list[dict[str, Any] | None]: ...
 
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
         """(exam_id, session_id) for an access code."""
@@ -68,6 +69,10 @@ class StateStore(Protocol):
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
         """Apply many commits in one round trip; each one is atomic on its own."""
+
+    async def ensure_seq(self, exam_id: str, minimum: int) -> None:
+        """Make the exam's next sequence number larger than `minimum` (after a state loss,
+        numbering must go on from what SQL already holds)."""
 
     async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
         """Refresh `last_seen` of connected sessions without an event (liveness heartbeat)."""

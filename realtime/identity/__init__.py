@@ -1,0 +1,1 @@
+"""Identity and access: users, roles, group scopes, staff login sessions, lockout and audit."""
