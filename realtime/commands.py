@@ -66,7 +66,7 @@ def parse_target(raw: Any) -> Target:
             raise BadRequest("'all' must be true or false")
         target.all = raw["all"]
     if target.session_ids is None and not target.is_filter:
-        raise BadRequest("the target selects nothing: give ids, a filter or \"all\"")
+        raise BadRequest('the target selects nothing: give ids, a filter or "all"')
     return target
 
 

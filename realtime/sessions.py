@@ -214,7 +214,9 @@ class SessionService:
             raise NotFound(f"no session {session_id!r} in exam {exam_id!r}")
         return session
 
-    async def list_sessions(self, exam_id: str, target: Target | None = None) -> list[dict[str, Any]]:
+    async def list_sessions(
+        self, exam_id: str, target: Target | None = None
+    ) -> list[dict[str, Any]]:
         await self.get_exam(exam_id)
         sessions, _ = await self.store.snapshot(exam_id)
         if target is not None:
@@ -388,8 +390,11 @@ class SessionService:
             for sid, s in zip(ids, fetched, strict=True):
                 if s is None:
                     result.skipped.append(
-                        {"session_id": sid, "reason": SkipReason.NOT_FOUND.value,
-                         "message": "no such session in this exam"}
+                        {
+                            "session_id": sid,
+                            "reason": SkipReason.NOT_FOUND.value,
+                            "message": "no such session in this exam",
+                        }
                     )
                 else:
                     candidates.append(s)
@@ -399,8 +404,11 @@ class SessionService:
                 visible.append(s["id"])
             elif not target.is_filter:
                 result.skipped.append(
-                    {"session_id": s["id"], "reason": SkipReason.FORBIDDEN.value,
-                     "message": "outside your groups"}
+                    {
+                        "session_id": s["id"],
+                        "reason": SkipReason.FORBIDDEN.value,
+                        "message": "outside your groups",
+                    }
                 )
         now = self.clock()
         outcomes = await self._mutate(
@@ -412,8 +420,11 @@ class SessionService:
             outcome, before = outcomes[sid]
             if outcome is None:
                 result.skipped.append(
-                    {"session_id": sid, "reason": SkipReason.NOT_FOUND.value,
-                     "message": "no such session in this exam"}
+                    {
+                        "session_id": sid,
+                        "reason": SkipReason.NOT_FOUND.value,
+                        "message": "no such session in this exam",
+                    }
                 )
             elif isinstance(outcome, machine.Rejection):
                 result.skipped.append(

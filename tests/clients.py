@@ -73,9 +73,7 @@ class WsClient:
         self._pending: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(
-        cls, url: str, protocol: str = MSGPACK, **kwargs: Any
-    ) -> WsClient:
+    async def connect(cls, url: str, protocol: str = MSGPACK, **kwargs: Any) -> WsClient:
         ws = await connect(url, subprotocols=[protocol], max_size=4 * 1024 * 1024, **kwargs)  # type: ignore[list-item]
         return cls(ws, protocol)
 
@@ -119,8 +117,9 @@ class WsClient:
         finally:
             self._pending = skipped + self._pending
 
-    async def recv_event(self, kind: str, session_id: str | None = None,
-                         timeout: float = TIMEOUT) -> dict[str, Any]:
+    async def recv_event(
+        self, kind: str, session_id: str | None = None, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
         """The next dashboard delta of `kind` (for `session_id`), skipping other deltas."""
         async with asyncio.timeout(timeout):
             while True:
@@ -154,7 +153,10 @@ async def open_candidate(
 
 
 async def watch(
-    ws_url: str, exam_id: str, protocol: str = MSGPACK, last_seq: int | None = None,
+    ws_url: str,
+    exam_id: str,
+    protocol: str = MSGPACK,
+    last_seq: int | None = None,
     token: str = STAFF_TOKEN,
 ) -> tuple[WsClient, dict[str, Any]]:
     client = await WsClient.connect(

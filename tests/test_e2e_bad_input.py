@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
 from clients import JSON, MSGPACK, Api, WsClient, open_candidate, watch
 from server import ServerProcess
 
@@ -59,7 +58,8 @@ async def test_proctor_bad_messages(server: ServerProcess, api: Api) -> None:
     exam = await api.create_exam()
     [session] = await api.create_sessions(exam["id"], 1)
     client = await WsClient.connect(
-        f"{server.ws_url}/ws/proctor", JSON,
+        f"{server.ws_url}/ws/proctor",
+        JSON,
         additional_headers={"Authorization": "Bearer test-staff-token"},
     )
     await client.send({"type": "command", "request_id": 1, "action": "pause", "target": "all"})
@@ -73,11 +73,14 @@ async def test_proctor_bad_messages(server: ServerProcess, api: Api) -> None:
     assert (error["code"], error["request_id"]) == ("unknown_action", 2)
     await client.send({"type": "command", "request_id": 3, "action": "pause", "target": 5})
     assert (await client.recv("error"))["code"] == "invalid"
-    await client.send({"type": "command", "request_id": 4, "action": "resume",
-                       "target": [session["id"], "ghost"]})
+    await client.send(
+        {"type": "command", "request_id": 4, "action": "resume", "target": [session["id"], "ghost"]}
+    )
     result = await client.recv("command_result")
     assert {s["session_id"]: s["reason"] for s in result["skipped"]} == {
-        session["id"]: "invalid_status", "ghost": "not_found"}
+        session["id"]: "invalid_status",
+        "ghost": "not_found",
+    }
     await client.send_raw("{not json")
     assert (await client.recv("error"))["code"] == "malformed"
     await client.close()
@@ -96,12 +99,22 @@ async def test_proctor_socket_requires_a_staff_token(server: ServerProcess) -> N
         ("POST", "/api/v1/exams", {"title": ""}, 400, "invalid"),
         ("POST", "/api/v1/exams", {"title": "x", "duration_minutes": 0}, 400, "invalid"),
         ("POST", "/api/v1/exams", {"title": "x", "settings": {"nope": 1}}, 400, "invalid"),
-        ("POST", "/api/v1/exams", {"title": "x", "settings": {"lab_networks": ["x"]}}, 400,
-         "invalid"),
+        (
+            "POST",
+            "/api/v1/exams",
+            {"title": "x", "settings": {"lab_networks": ["x"]}},
+            400,
+            "invalid",
+        ),
         ("GET", "/api/v1/exams/missing", None, 404, "not_found"),
         ("GET", "/api/v1/nowhere", None, 404, "not_found"),
-        ("POST", "/api/v1/exams/missing/commands", {"action": "pause", "target": "all"}, 404,
-         "not_found"),
+        (
+            "POST",
+            "/api/v1/exams/missing/commands",
+            {"action": "pause", "target": "all"},
+            404,
+            "not_found",
+        ),
     ],
 )
 async def test_rest_errors_are_json_with_code_and_status(
@@ -128,7 +141,9 @@ async def test_rest_command_validation(api: Api) -> None:
     for body, code in cases:
         response = await api.http.post(url, json=body)
         assert (response.status_code, response.json()["error"]["code"]) == (400, code), body
-    response = await api.http.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    response = await api.http.post(
+        url, content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert (response.status_code, response.json()["error"]["code"]) == (400, "malformed")
 
 

@@ -92,8 +92,9 @@ async def test_terminate_tells_the_candidate_then_closes_with_4101(
     exam = await api.create_exam()
     [session] = await api.create_sessions(exam["id"], 1)
     candidate, _ = await open_candidate(server.ws_url, session["access_code"], JSON)
-    result = await api.command(exam["id"], action="terminate", target=[session["id"]],
-                               reason="cheating")
+    result = await api.command(
+        exam["id"], action="terminate", target=[session["id"]], reason="cheating"
+    )
     assert len(result["applied"]) == 1
     command = await candidate.recv("command")
     assert command["action"] == "terminate"
@@ -122,8 +123,11 @@ async def test_bulk_command_by_filter_applies_and_skips_with_reasons(
     assert {a["session_id"] for a in result["applied"]} == {s["id"] for s in hall_a[:2]}
     assert all(a["delivery"] == "sent" for a in result["applied"])
     assert result["skipped"] == [
-        {"session_id": hall_a[2]["id"], "reason": "invalid_status",
-         "message": "cannot pause a session that is ready (needs active)"}
+        {
+            "session_id": hall_a[2]["id"],
+            "reason": "invalid_status",
+            "message": "cannot pause a session that is ready (needs active)",
+        }
     ]
     for client, _ in clients:
         assert (await client.recv("command"))["action"] == "pause"
@@ -208,15 +212,23 @@ async def test_proctor_sends_commands_on_the_socket(server: ServerProcess, api: 
     candidate, opened = await open_candidate(server.ws_url, session["access_code"])
     assert opened["session"]["status"] == "awaiting"
     dashboard, _ = await watch(server.ws_url, exam["id"], JSON)
-    await dashboard.send({"type": "command", "request_id": 7, "action": "authorize",
-                          "target": session["id"]})
+    await dashboard.send(
+        {"type": "command", "request_id": 7, "action": "authorize", "target": session["id"]}
+    )
     result = await dashboard.recv("command_result")
     assert result["request_id"] == 7
     assert [a["session_id"] for a in result["applied"]] == [session["id"]]
     command = await candidate.recv("command")
     assert command["action"] == "authorize" and command["session"]["status"] == "active"
-    await dashboard.send({"type": "command", "request_id": 8, "action": "extend",
-                          "target": session["id"], "minutes": 15})
+    await dashboard.send(
+        {
+            "type": "command",
+            "request_id": 8,
+            "action": "extend",
+            "target": session["id"],
+            "minutes": 15,
+        }
+    )
     assert (await dashboard.recv("command_result"))["request_id"] == 8
     extended = await candidate.recv("command")
     assert extended["action"] == "extend" and extended["details"]["minutes"] == 15

@@ -25,8 +25,12 @@ def session(**fields: Any) -> dict[str, Any]:
 
 
 def request(conn: str = "conn-1", token: str | None = None) -> OpenRequest:
-    return OpenRequest(conn_id=conn, new_resume_hash=machine.hash_token(conn + "-token"),
-                       actor="candidate:s", resume_token=token)
+    return OpenRequest(
+        conn_id=conn,
+        new_resume_hash=machine.hash_token(conn + "-token"),
+        actor="candidate:s",
+        resume_token=token,
+    )
 
 
 def applied(outcome: machine.Outcome) -> Transition:
@@ -54,8 +58,10 @@ def test_open_starts_the_session_and_sets_the_deadline() -> None:
 
 def test_open_waits_for_authorization_when_the_exam_requires_it() -> None:
     """With requires_authorization, an open leads to `awaiting`, and authorize starts it."""
-    s = after(session(), machine.open_session(session(), exam(requires_authorization=True),
-                                              request(), NOW, LIVE))
+    s = after(
+        session(),
+        machine.open_session(session(), exam(requires_authorization=True), request(), NOW, LIVE),
+    )
     assert s["status"] == "awaiting"
     t = applied(machine.apply_command(s, exam(), Action.AUTHORIZE, "staff:p", NOW + 5))
     assert t.changes["status"] == "active"
@@ -85,8 +91,10 @@ def test_locked_session_refuses_a_new_connection() -> None:
 
 def test_locked_and_held_session_refuses_with_already_open() -> None:
     """A locked session held by a live connection is refused with `already_open`."""
-    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
-                                              request("a"), NOW, LIVE))
+    s = after(
+        session(),
+        machine.open_session(session(), exam(lock_sessions=True), request("a"), NOW, LIVE),
+    )
     r = rejected(machine.open_session(s, exam(lock_sessions=True), request("b"), NOW + 1, LIVE))
     assert r.reason == "already_open"
 
@@ -111,34 +119,46 @@ def test_unlock_then_open_locks_again() -> None:
 
 def test_resume_token_lets_the_same_tab_back_in_within_the_grace() -> None:
     """The current resume token reopens a locked session shortly after a drop."""
-    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
-                                              request("a"), NOW, LIVE))
+    s = after(
+        session(),
+        machine.open_session(session(), exam(lock_sessions=True), request("a"), NOW, LIVE),
+    )
     s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
-    t = applied(machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"),
-                                     NOW + 30, LIVE))
+    t = applied(
+        machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 30, LIVE)
+    )
     assert t.events[0].kind == "reconnected"
     assert t.changes["reconnects"] == 1
 
 
 def test_resume_token_expires_after_the_grace_and_is_useless_in_strict_mode() -> None:
     """After the grace period, or with grace 0, the token no longer opens a locked session."""
-    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
-                                              request("a"), NOW, LIVE))
+    s = after(
+        session(),
+        machine.open_session(session(), exam(lock_sessions=True), request("a"), NOW, LIVE),
+    )
     s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
-    late = machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 62, LIVE)
+    late = machine.open_session(
+        s, exam(lock_sessions=True), request("b", "a-token"), NOW + 62, LIVE
+    )
     assert rejected(late).reason == "locked"
     strict = Liveness(stale_after=30, resume_grace=0)
-    now = machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 2, strict)
+    now = machine.open_session(
+        s, exam(lock_sessions=True), request("b", "a-token"), NOW + 2, strict
+    )
     assert rejected(now).reason == "locked"
 
 
 def test_a_wrong_or_old_token_does_not_resume() -> None:
     """Only the token handed out by the latest open works (tokens rotate on every open)."""
-    s = after(session(), machine.open_session(session(), exam(lock_sessions=True),
-                                              request("a"), NOW, LIVE))
+    s = after(
+        session(),
+        machine.open_session(session(), exam(lock_sessions=True), request("a"), NOW, LIVE),
+    )
     s = after(s, machine.disconnect(s, "a", NOW + 1, "network"))
-    s = after(s, machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"),
-                                      NOW + 2, LIVE))
+    s = after(
+        s, machine.open_session(s, exam(lock_sessions=True), request("b", "a-token"), NOW + 2, LIVE)
+    )
     s = after(s, machine.disconnect(s, "b", NOW + 3, "network"))
     old = machine.open_session(s, exam(lock_sessions=True), request("c", "a-token"), NOW + 4, LIVE)
     assert rejected(old).reason == "locked"
@@ -159,13 +179,22 @@ def test_commands_invalid_for_the_status_are_skipped_with_a_reason(
     status: str, action: Action, reason: str
 ) -> None:
     """Each command is validated against the current status and never half-applied."""
-    assert rejected(machine.apply_command(session(status=status), exam(), action, "p", NOW)).reason == reason
+    assert (
+        rejected(machine.apply_command(session(status=status), exam(), action, "p", NOW)).reason
+        == reason
+    )
 
 
 def test_lock_twice_and_unlock_unlocked_are_skipped() -> None:
     """Lock and unlock say when there is nothing to do."""
-    assert rejected(machine.apply_command(session(locked=True), exam(), Action.LOCK, "p", NOW)).reason == "already_locked"
-    assert rejected(machine.apply_command(session(), exam(), Action.UNLOCK, "p", NOW)).reason == "not_locked"
+    assert (
+        rejected(machine.apply_command(session(locked=True), exam(), Action.LOCK, "p", NOW)).reason
+        == "already_locked"
+    )
+    assert (
+        rejected(machine.apply_command(session(), exam(), Action.UNLOCK, "p", NOW)).reason
+        == "not_locked"
+    )
 
 
 def test_paused_time_is_given_back_on_resume() -> None:
@@ -179,14 +208,26 @@ def test_paused_time_is_given_back_on_resume() -> None:
 def test_extend_moves_the_deadline_and_validates_minutes() -> None:
     """Extend adds minutes; zero, negative or non-integer minutes are refused."""
     s = session(status="active", deadline=NOW)
-    assert applied(machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": 10})).changes["deadline"] == NOW + 600
+    assert (
+        applied(machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": 10})).changes[
+            "deadline"
+        ]
+        == NOW + 600
+    )
     for bad in (0, -5, "10", 2.5, True):
-        assert rejected(machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": bad})).reason == "invalid_params"
+        assert (
+            rejected(
+                machine.apply_command(s, exam(), Action.EXTEND, "p", NOW, {"minutes": bad})
+            ).reason
+            == "invalid_params"
+        )
 
 
 def test_terminate_is_final_and_records_the_actor() -> None:
     """Terminate ends the session; the history event names who did it."""
-    t = applied(machine.apply_command(session(status="paused"), exam(), Action.TERMINATE, "staff:sup", NOW))
+    t = applied(
+        machine.apply_command(session(status="paused"), exam(), Action.TERMINATE, "staff:sup", NOW)
+    )
     assert t.changes["status"] == "terminated"
     assert t.events[0].actor == "staff:sup"
     assert t.events[0].before == "paused" and t.events[0].after == "terminated"
@@ -206,11 +247,7 @@ def test_disconnect_by_a_stale_connection_changes_nothing() -> None:
     assert isinstance(machine.disconnect(s, "old", NOW, "gone"), Rejection)
 
 
-@given(
-    st.lists(
-        st.sampled_from(list(Action)), min_size=1, max_size=30
-    )
-)
+@given(st.lists(st.sampled_from(list(Action)), min_size=1, max_size=30))
 def test_any_command_sequence_keeps_the_session_consistent(actions: list[Action]) -> None:
     """Whatever staff do, final stays final and the status is always a known one."""
     s = session(status="active", deadline=NOW + 3600)

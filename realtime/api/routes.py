@@ -194,7 +194,8 @@ async def update_exam(request: Request) -> Response:
     service = runtime_of(request).service
     exam = await service.get_exam(request.path_params["exam_id"])
     body = _object(await json_body(request))
-    unknown = set(body) - {"title", "starts_at", "ends_at", "duration_minutes", "settings", "groups"}
+    editable = {"title", "starts_at", "ends_at", "duration_minutes", "settings", "groups"}
+    unknown = set(body) - editable
     if unknown:
         raise BadRequest(f"cannot change {sorted(unknown)}")
     merged = {**exam.to_dict(), **{k: v for k, v in body.items() if k != "settings"}}
@@ -261,7 +262,7 @@ async def list_sessions(request: Request) -> Response:
     """
     summary: List an exam's sessions, filtered by status, group or candidate search
     parameters:
-      - {name: status, in: query, schema: {type: string}, description: "one or more, comma separated"}
+      - {name: status, in: query, schema: {type: string}, description: "comma separated"}
       - {name: group, in: query, schema: {type: string}}
       - {name: search, in: query, schema: {type: string}}
     responses:
@@ -299,7 +300,7 @@ async def post_command(request: Request) -> Response:
         application/json:
           schema: {$ref: "#/components/schemas/Command"}
     responses:
-      200: {description: "{command_id, action, applied: [...], skipped: [{session_id, reason, message}]}"}
+      200: {description: "{command_id, action, applied: [...], skipped: [...]}"}
       400: {description: Invalid command}
       403: {description: Not allowed}
     """

@@ -211,5 +211,9 @@ async def _handle(
     else:
         raise BadRequest(f"unknown message type {kind!r}", ErrorCode.UNKNOWN_TYPE)
     if isinstance(outcome, machine.Rejection):
-        code = ErrorCode.INVALID_TRANSITION if outcome.reason != "invalid_params" else ErrorCode.INVALID
+        code = (
+            ErrorCode.INVALID_TRANSITION
+            if outcome.reason != "invalid_params"
+            else ErrorCode.INVALID
+        )
         conn.send(error_message(code, outcome.message, reason=outcome.reason, request=kind))

@@ -73,8 +73,9 @@ async def _serve(
                 current[0] = await _subscribe(conn, runtime, principal, message, current[0])
             elif kind == "command":
                 if current[0] is None:
-                    raise BadRequest("subscribe to an exam before sending commands",
-                                     ErrorCode.OUT_OF_ORDER)
+                    raise BadRequest(
+                        "subscribe to an exam before sending commands", ErrorCode.OUT_OF_ORDER
+                    )
                 action, target, params = parse_command(message)
                 result = await runtime.service.command(
                     current[0].exam_id, action, target, principal, params

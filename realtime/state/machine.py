@@ -289,7 +289,9 @@ def client_event(
         return rejected
     changes = {"alerts": int(session["alerts"]) + 1, "last_alert": name, "last_seen": now}
     details = {"name": name, "detail": detail}
-    return Transition(changes, [_event(session, EventKind.CLIENT_EVENT, actor, now, changes, details)])
+    return Transition(
+        changes, [_event(session, EventKind.CLIENT_EVENT, actor, now, changes, details)]
+    )
 
 
 def acknowledge(
@@ -320,4 +322,6 @@ def irregularity(
 ) -> Transition:
     changes: dict[str, Any] = {}
     details = {"category": category, "note": note}
-    return Transition(changes, [_event(session, EventKind.IRREGULARITY, actor, now, changes, details)])
+    return Transition(
+        changes, [_event(session, EventKind.IRREGULARITY, actor, now, changes, details)]
+    )
