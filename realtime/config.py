@@ -17,6 +17,13 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
 def _list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -44,6 +51,15 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
     host: str = "127.0.0.1"
     port: int = 8000
+    # identity and access
+    activation_ttl: float = 168 * 3600  # an invited user's activation token
+    login_max_failures: int = 5  # failed logins in a row before the login is blocked
+    login_block_seconds: float = 3600.0
+    require_user_group: bool = False  # new (non-admin) users need at least one group
+    roles_file: str = ""  # JSON roles overriding the built-in matrix
+    auth_recheck_interval: float = 3.0  # open staff sockets re-check their token this often
+    cookie_secure: bool = False  # mark login cookies Secure (set it behind HTTPS)
+    legacy_staff_tokens: bool = False  # accept `realtime token` signed all-powerful tokens
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,4 +81,15 @@ class Settings:
             allowed_origins=_list("REALTIME_ALLOWED_ORIGINS", []),
             host=os.environ.get("REALTIME_HOST", defaults.host),
             port=_int("REALTIME_PORT", defaults.port),
+            activation_ttl=_float("REALTIME_ACTIVATION_TTL", defaults.activation_ttl),
+            login_max_failures=_int("REALTIME_LOGIN_MAX_FAILURES", defaults.login_max_failures),
+            login_block_seconds=_float("REALTIME_LOGIN_BLOCK_SECONDS",
+                                       defaults.login_block_seconds),
+            require_user_group=_bool("REALTIME_REQUIRE_USER_GROUP", defaults.require_user_group),
+            roles_file=os.environ.get("REALTIME_ROLES_FILE", defaults.roles_file),
+            auth_recheck_interval=_float("REALTIME_AUTH_RECHECK_INTERVAL",
+                                         defaults.auth_recheck_interval),
+            cookie_secure=_bool("REALTIME_COOKIE_SECURE", defaults.cookie_secure),
+            legacy_staff_tokens=_bool("REALTIME_LEGACY_STAFF_TOKENS",
+                                      defaults.legacy_staff_tokens),
         )
