@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from realtime.api.identity_routes import routes as identity_routes
 from realtime.api.routes import routes as api_routes
-from realtime.auth.tokens import TokenAuthenticator
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.proctor import proctor_endpoint
 from realtime.config import Settings
@@ -24,8 +24,10 @@ from realtime.db.database import Database
 from realtime.db.history import HistoryWriter
 from realtime.errors import CloseCode, RealtimeError
 from realtime.hub.hub import Hub, run_heartbeat
+from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
+from realtime.identity.audited import AuditedSessionService
+from realtime.identity.setup import build_identity
 from realtime.runtime import Runtime
-from realtime.sessions import SessionService
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
 from realtime.state.store import StateStore
@@ -69,13 +71,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         history = HistoryWriter(db)
         await history.start()
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
-        service = SessionService(store, db, history, liveness)
+        service = AuditedSessionService(store, db, history, liveness)
         hub = Hub(fetch_session=service.get_session)
         store.add_listener(hub.on_event)
         await store.start()
-        auth = TokenAuthenticator(
-            settings.secret_key, settings.staff_token_ttl, settings.bootstrap_staff_token
-        )
+        identity = build_identity(settings, db)
+        app.state.identity = identity
+        service.audit = identity.audit
+        auth = identity.auth
         app.state.runtime = Runtime(settings, store, db, history, service, hub, auth)
         heartbeat = asyncio.create_task(
             run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/", root),
         *api_routes,
+        *identity_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]

@@ -15,7 +15,8 @@ from starlette.schemas import SchemaGenerator
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.commands import parse_command, parse_target
-from realtime.errors import BadRequest, ErrorCode, Forbidden, NotFound, Unauthorized
+from realtime.errors import BadRequest, ErrorCode, NotFound
+from realtime.identity.web import authenticate_request
 from realtime.runtime import runtime_of
 from realtime.sessions import Target
 from realtime.state.model import Exam, ExamSettings, public_view
@@ -25,17 +26,9 @@ MAX_BULK_SESSIONS = 10_000
 
 
 async def principal_of(request: Request, permission: Permission | None = None) -> Principal:
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    token = token or request.cookies.get("realtime_token", "")
-    if not token:
-        raise Unauthorized("a bearer staff token is required")
-    principal = await runtime_of(request).auth.staff(token)
-    if principal is None:
-        raise Unauthorized("invalid or expired token")
-    if permission is not None and not principal.can(permission):
-        raise Forbidden(f"missing permission {permission.value}")
-    return principal
+    """The caller (bearer token, or login cookie + CSRF header); refusals are audited."""
+    runtime = runtime_of(request)
+    return await authenticate_request(request, runtime.auth, runtime.settings, permission)
 
 
 async def json_body(request: Request) -> Any:

@@ -21,6 +21,7 @@ from realtime.commands import parse_command
 from realtime.errors import BadRequest, CloseCode, ErrorCode, Forbidden, RealtimeError
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Watcher, public_event
+from realtime.identity.web import authenticate_websocket, credential_watch
 from realtime.runtime import Runtime, runtime_of
 from realtime.state.model import public_view
 
@@ -41,12 +42,20 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
         return
     watcher: list[Watcher | None] = [None]
     try:
-        principal = await runtime.auth.staff(staff_token(websocket))
+        principal, token, refused = await authenticate_websocket(
+            websocket, runtime.auth, runtime.settings
+        )
         if principal is None:
-            conn.send(error_message(ErrorCode.UNAUTHORIZED, "a valid staff token is required"))
-            conn.close(CloseCode.UNAUTHORIZED, "unauthorized")
+            unauthorized = refused == CloseCode.UNAUTHORIZED
+            conn.send(error_message(
+                ErrorCode.UNAUTHORIZED if unauthorized else ErrorCode.FORBIDDEN,
+                "a valid staff token is required" if unauthorized else "not allowed here",
+            ))
+            conn.close(refused, "unauthorized" if unauthorized else "forbidden")
             return
-        await _serve(websocket, conn, runtime, principal, watcher)
+        interval = runtime.settings.auth_recheck_interval
+        async with credential_watch(conn, runtime.auth, token, principal, interval):
+            await _serve(websocket, conn, runtime, principal, watcher)
     except Exception:
         log.exception("proctor connection failed")
         conn.abort(1011, "internal error")
