@@ -98,6 +98,58 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _create_admin(args: argparse.Namespace) -> int:
+    """Create an active admin in the configured database (the first one on a fresh install)."""
+    import asyncio
+    import getpass
+
+    from realtime.db.database import Database
+    from realtime.errors import RealtimeError
+    from realtime.identity import models as _tables  # noqa: F401 (tables for create_all)
+    from realtime.identity.audit import Ctx
+    from realtime.identity.setup import build_identity
+
+    settings = Settings.from_env()
+    password = args.password or os.environ.get("REALTIME_ADMIN_PASSWORD", "")
+    if not password:
+        password = getpass.getpass("password for the new admin: ")
+        if password != getpass.getpass("again: "):
+            print("the passwords differ", file=sys.stderr)
+            return 2
+
+    async def run() -> str:
+        db = await Database.connect(settings.database_url)
+        try:
+            await db.create_all()
+            identity = build_identity(settings, db)
+            fields = {"full_name": args.name, "email": args.email, "roles": ["admin"]}
+            if args.login:
+                fields["login"] = args.login
+            user, _ = await identity.service.create_user(Ctx("cli"), fields, password)
+            return str(user["id"])
+        finally:
+            await db.close()
+
+    try:
+        user_id = asyncio.run(run())
+    except RealtimeError as exc:
+        print(f"realtime: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"created admin {args.email} (id {user_id})")
+    return 0
+
+
+def _roles(args: argparse.Namespace) -> int:
+    from realtime.identity.roles import RoleSet
+
+    roles = RoleSet.load(args.file) if args.file else RoleSet.default()
+    if args.markdown:
+        print(roles.markdown(), end="")
+    else:
+        print(json.dumps([r.to_dict() for r in roles.roles.values()], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="realtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("token", help="print a staff token signed with REALTIME_SECRET_KEY")
     token.add_argument("name")
     token.set_defaults(func=_token)
+    admin = sub.add_parser("create-admin", help="create an active admin (first install)")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--name", required=True, help="full name")
+    admin.add_argument("--login", help="optional login name")
+    admin.add_argument("--password", help="prompted when omitted (or REALTIME_ADMIN_PASSWORD)")
+    admin.set_defaults(func=_create_admin)
+    roles = sub.add_parser("roles", help="print the roles and their permissions")
+    roles.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")
+    roles.add_argument("--file", help="a roles file (default: the built-in roles)")
+    roles.set_defaults(func=_roles)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
