@@ -44,16 +44,16 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
     conn = await accept(websocket, runtime.settings)
     if conn is None:
         return
-    link: CandidateLink | None = None
+    held: list[CandidateLink] = []  # filled once the session is open, whatever happens after
     try:
-        link = await _serve(websocket, conn, runtime)
+        await _serve(websocket, conn, runtime, held)
     except TimeoutError:
         conn.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
     except Exception:
         log.exception("candidate connection failed")
         conn.abort(1011, "internal error")
     finally:
-        if link is not None:
+        for link in held:
             runtime.hub.remove_candidate(link)
             if not link.superseded and not link.ended:
                 reason = "closed" if conn.close_code is None else f"close {conn.close_code}"
@@ -128,9 +128,10 @@ async def _open(
     return link
 
 
-async def _serve(websocket: WebSocket, conn: Connection, runtime: Runtime) -> CandidateLink | None:
+async def _serve(
+    websocket: WebSocket, conn: Connection, runtime: Runtime, held: list[CandidateLink]
+) -> None:
     settings = runtime.settings
-    service = runtime.service
     link: CandidateLink | None = None
     async for message in messages(websocket, conn, settings, settings.ping_timeout):
         kind = message["type"]
@@ -139,21 +140,18 @@ async def _serve(websocket: WebSocket, conn: Connection, runtime: Runtime) -> Ca
                 if kind == "open":
                     link = await _open(websocket, conn, runtime, message)
                     if link is None:
-                        return None
-                elif kind == "pong":
-                    continue
-                else:
+                        return
+                    held.append(link)
+                elif kind != "pong":
                     conn.send(error_message(ErrorCode.OUT_OF_ORDER, f"send 'open' before '{kind}'"))
                 continue
             if link.superseded or link.ended:
                 continue
             await _handle(conn, runtime, link, message)
             if link.ended:
-                return link
+                return
         except BadRequest as exc:
             conn.send(error_message(exc.code, exc.message, request=kind))
-    del service
-    return link
 
 
 async def _handle(
