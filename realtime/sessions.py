@@ -38,6 +38,7 @@ from realtime.state.store import Commit, StateStore
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20
+EXAM_CACHE_SECONDS = 1.0
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
 
@@ -97,6 +98,7 @@ class BulkResult:
     action: str
     applied: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    out_of_scope: int = 0  # sessions a filter matched but the actor may not see
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class BulkResult:
             "action": self.action,
             "applied": self.applied,
             "skipped": self.skipped,
+            "out_of_scope": self.out_of_scope,
         }
 
 
@@ -124,7 +127,7 @@ class SessionService:
         self.history = history
         self.liveness = liveness
         self.clock = clock
-        self._exam_cache: dict[str, Exam] = {}
+        self._exam_cache: dict[str, tuple[float, Exam]] = {}
 
     # -- exams -------------------------------------------------------------------------------
 
@@ -133,17 +136,24 @@ class SessionService:
             raise Conflict(f"exam {exam.id!r} already exists")
         await self.db.save_exam(exam)
         await self.store.put_exam(exam)
-        self._exam_cache[exam.id] = exam
+        self._exam_cache[exam.id] = (time.monotonic(), exam)
         return exam
 
     async def update_exam(self, exam: Exam) -> Exam:
         await self.db.save_exam(exam)
         await self.store.put_exam(exam)
-        self._exam_cache[exam.id] = exam
+        self._exam_cache[exam.id] = (time.monotonic(), exam)
         return exam
 
-    async def get_exam(self, exam_id: str) -> Exam:
-        """The exam from the state store, rehydrated from SQL when the store lost it."""
+    async def get_exam(self, exam_id: str, fresh: bool = False) -> Exam:
+        """The exam from the state store, rehydrated from SQL when the store lost it.
+
+        Kept in-process for `EXAM_CACHE_SECONDS`, so a settings change made on another
+        process applies here within that time; changes made here apply at once.
+        """
+        cached = self._exam_cache.get(exam_id)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < EXAM_CACHE_SECONDS:
+            return cached[1]
         exam = await self.store.get_exam(exam_id)
         if exam is None:
             exam = await self.db.get_exam(exam_id)
@@ -155,7 +165,7 @@ class SessionService:
             for state in states:  # no connection survived the loss of the state store
                 state.update(connected=False, conn_id="", resume_hash="")
             await self.store.add_sessions(states)
-        self._exam_cache[exam_id] = exam
+        self._exam_cache[exam_id] = (time.monotonic(), exam)
         return exam
 
     async def list_exams(self) -> list[Exam]:
@@ -208,7 +218,7 @@ class SessionService:
     async def get_session(self, exam_id: str, session_id: str) -> dict[str, Any]:
         [session] = await self.store.get_sessions(exam_id, [session_id])
         if session is None:
-            await self.get_exam(exam_id)  # rehydrates the store if it was empty
+            await self.get_exam(exam_id, fresh=True)  # rehydrates the store if it lost the exam
             [session] = await self.store.get_sessions(exam_id, [session_id])
         if session is None:
             raise NotFound(f"no session {session_id!r} in exam {exam_id!r}")
@@ -402,7 +412,9 @@ class SessionService:
         for s in candidates:
             if principal.sees(exam.groups, s["group"]):
                 visible.append(s["id"])
-            elif not target.is_filter:
+            elif target.is_filter:
+                result.out_of_scope += 1  # filtered out silently, but counted
+            else:
                 result.skipped.append(
                     {
                         "session_id": s["id"],
