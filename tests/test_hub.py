@@ -1,0 +1,174 @@
+"""The hub's fan-out on fake sockets: bounded queues, slow consumers, ordering, resync."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from starlette.websockets import WebSocket
+
+from realtime.auth.permissions import ALL_PERMISSIONS
+from realtime.auth.principal import Principal
+from realtime.channels.codec import CODECS, JSON, MSGPACK
+from realtime.hub.connection import Connection
+from realtime.hub.hub import CandidateLink, Hub, Watcher
+from realtime.state.model import Event
+
+
+class FakeSocket:
+    """Records frames; `stuck` makes every send hang like a client that stopped reading."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.frames: list[bytes | str] = []
+        self.closed: tuple[int, str] | None = None
+        self.stuck = stuck
+        self.got_frame = asyncio.Event()
+        self.got_close = asyncio.Event()
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def send_text(self, data: str) -> None:
+        await self._send(data)
+
+    async def _send(self, data: bytes | str) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()
+        self.frames.append(data)
+        self.got_frame.set()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+        self.got_close.set()
+
+
+def connection(socket: FakeSocket, codec: str = JSON, queue: int = 8) -> Connection:
+    conn = Connection(cast(WebSocket, socket), CODECS[codec], queue)
+    conn.start()
+    return conn
+
+
+def event(seq: int, kind: str = "pause", session: str = "s1", **changes: Any) -> Event:
+    return Event(
+        exam_id="e1",
+        session_id=session,
+        kind=kind,
+        actor="staff:p",
+        at=1.0,
+        seq=seq,
+        changes=changes,
+        details={"command_id": f"c{seq}"},
+    )
+
+
+STAFF = Principal(id="p", name="p", kind="staff", permissions=ALL_PERMISSIONS)
+
+
+async def test_a_slow_dashboard_is_dropped_and_never_delays_the_others() -> None:
+    """A watcher whose socket stopped reading overflows its queue and is closed with 4008."""
+    hub = Hub()
+    slow_socket, fast_socket = FakeSocket(stuck=True), FakeSocket()
+    slow = Watcher(connection(slow_socket, queue=4), "e1", STAFF, [])
+    fast = Watcher(connection(fast_socket, queue=64), "e1", STAFF, [])
+    for watcher in (slow, fast):
+        hub.add_watcher(watcher)
+        watcher.activate(0)
+    for seq in range(1, 11):
+        hub.on_event(event(seq))
+    assert slow.conn.closing and slow.conn.close_code == 4008
+    async with asyncio.timeout(5):
+        while len(fast_socket.frames) < 10:
+            fast_socket.got_frame.clear()
+            await fast_socket.got_frame.wait()
+    assert len(fast_socket.frames) == 10
+    await slow.conn.stop()
+    await fast.conn.stop()
+
+
+async def test_a_broadcast_is_encoded_once_per_codec() -> None:
+    """Many watchers on two codecs share two encodings of the same delta."""
+    hub = Hub()
+    sockets = [FakeSocket() for _ in range(6)]
+    watchers = [
+        Watcher(connection(s, MSGPACK if i % 2 else JSON), "e1", STAFF, [])
+        for i, s in enumerate(sockets)
+    ]
+    for watcher in watchers:
+        hub.add_watcher(watcher)
+        watcher.activate(0)
+    hub.on_event(event(1))
+    await asyncio.gather(*(asyncio.wait_for(s.got_frame.wait(), 5) for s in sockets))
+    frames = [s.frames[0] for s in sockets]
+    assert len({id(f) for f in frames}) == 2  # the same objects, not equal copies
+    for watcher in watchers:
+        await watcher.conn.stop()
+
+
+async def test_watcher_buffers_until_its_snapshot_then_drops_what_it_already_has() -> None:
+    """Events that arrive before the snapshot is sent are delivered after it, without dupes."""
+    socket = FakeSocket()
+    watcher = Watcher(connection(socket), "e1", STAFF, [])
+    for seq in (1, 2, 3):
+        watcher.handle(event(seq), _encoded(seq))
+    assert socket.frames == []
+    watcher.activate(2)  # the snapshot included seq 1 and 2
+    await asyncio.wait_for(socket.got_frame.wait(), 5)
+    assert socket.frames == ['{"seq":3}']
+    await watcher.conn.stop()
+
+
+async def test_a_gap_in_sequence_numbers_closes_the_dashboard_for_resync() -> None:
+    """Missing seq numbers mean this process missed events: the client must catch up (4010)."""
+    socket = FakeSocket()
+    watcher = Watcher(connection(socket), "e1", STAFF, [])
+    watcher.activate(5)
+    watcher.handle(event(6), _encoded(6))
+    watcher.handle(event(9), _encoded(9))
+    await asyncio.wait_for(socket.got_close.wait(), 5)
+    assert socket.closed == (4010, "resync")
+    assert socket.frames == ['{"seq":6}']
+
+
+async def test_scoped_watcher_sees_only_its_groups() -> None:
+    """A proctor of group A gets no delta about a candidate of group B."""
+    proctor = Principal(
+        id="a",
+        name="a",
+        kind="staff",
+        permissions=ALL_PERMISSIONS,
+        groups=frozenset({"A"}),
+        unrestricted=False,
+    )
+    socket = FakeSocket()
+    watcher = Watcher(connection(socket), "e1", proctor, ["exam-group"])
+    watcher.groups.update({"sa": "A", "sb": "B"})
+    watcher.activate(0)
+    watcher.handle(event(1, session="sb"), _encoded(1))
+    watcher.handle(event(2, session="sa"), _encoded(2))
+    await asyncio.wait_for(socket.got_frame.wait(), 5)
+    assert socket.frames == ['{"seq":2}']
+    await watcher.conn.stop()
+
+
+async def test_candidate_link_supersede_and_terminate() -> None:
+    """A newer holder supersedes the link (4100); a terminate is told, then closed (4101)."""
+    hub = Hub()
+    first, second = FakeSocket(), FakeSocket()
+    old = CandidateLink(connection(first), "e1", "s1", "conn-old")
+    current = CandidateLink(connection(second), "e1", "s1", "conn-new")
+    for link in (old, current):
+        hub.add_candidate(link)
+        link.activate(1)
+    hub.on_event(event(1, kind="opened", conn_id="conn-new", version=2))
+    await asyncio.wait_for(first.got_close.wait(), 5)
+    assert first.closed == (4100, "superseded")
+    hub.on_event(event(2, kind="terminate", status="terminated", version=3))
+    await asyncio.wait_for(second.got_close.wait(), 5)
+    assert second.closed == (4101, "terminated")
+    assert '"action":"terminate"' in str(second.frames[-1])
+
+
+def _encoded(seq: int) -> Any:
+    from realtime.channels.codec import Encoded
+
+    return Encoded({"seq": seq})
