@@ -23,7 +23,7 @@ from realtime.config import Settings
 from realtime.db.database import Database
 from realtime.db.history import HistoryWriter
 from realtime.errors import CloseCode, RealtimeError
-from realtime.hub.hub import Hub, run_heartbeat
+from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
 from realtime.identity.audited import AuditedSessionService
 from realtime.identity.setup import build_identity
@@ -83,12 +83,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         heartbeat = asyncio.create_task(
             run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
         )
+        sweeper = asyncio.create_task(
+            run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale),
+            name="sweeper",
+        )
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
             await store.close()
             await history.close()

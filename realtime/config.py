@@ -42,7 +42,7 @@ class Settings:
     staff_token_ttl: float = 12 * 3600
     bootstrap_staff_token: str = ""  # a fixed staff token for scripts and the demo
     resume_grace: float = 60.0
-    stale_after: float = 30.0
+    stale_after: float = 15.0
     ping_interval: float = 5.0
     ping_timeout: float = 12.0
     send_queue_size: int = 1024

@@ -479,6 +479,22 @@ class SessionService:
     async def history_of(self, session_id: str) -> list[Event]:
         return await self.db.history(session_id)
 
+    async def sweep_stale(self, exam_id: str) -> int:
+        """Disconnect sessions whose holder went silent (e.g. its process crashed)."""
+        sessions, _ = await self.store.snapshot(exam_id)
+        now = self.clock()
+        stale = [
+            s["id"]
+            for s in sessions
+            if s["connected"] and not machine.holder_is_live(s, now, self.liveness)
+        ]
+        if not stale:
+            return 0
+        outcomes = await self._mutate(
+            exam_id, stale, lambda s: machine.expire_holder(s, now, self.liveness)
+        )
+        return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
+
     async def touch(self, exam_sessions: Iterable[tuple[str, str]]) -> None:
         items = list(exam_sessions)
         if items:

@@ -155,3 +155,42 @@ async def test_two_servers_share_one_redis(redis_server: RedisServer, pg_url: st
     finally:
         left.stop()
         right.stop()
+
+
+async def test_candidates_of_a_crashed_process_show_as_disconnected(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Kill the process holding a candidate: the dashboard on the other sees it disconnected."""
+    redis_server.start()
+    shared = {
+        "redis_url": redis_server.url,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+        "redis_prefix": f"c{uuid.uuid4().hex[:8]}:",
+        "ping_interval": 0.2,
+        "stale_after": 1.0,
+    }
+    doomed = ServerProcess(**shared).start()  # type: ignore[arg-type]
+    survivor = ServerProcess(**shared).start()  # type: ignore[arg-type]
+    try:
+        api = Api(survivor.url)
+        exam = await api.create_exam(settings={"lock_sessions": True})
+        [session] = await api.create_sessions(exam["id"], 1)
+        dashboard, _ = await watch(survivor.ws_url, exam["id"])
+        candidate, opened = await open_candidate(doomed.ws_url, session["access_code"])
+        assert opened["type"] == "opened"
+        await dashboard.recv_event("opened", session["id"])
+        doomed.kill()
+        lost = await dashboard.recv_event("disconnected", session["id"])
+        assert lost["changes"]["connected"] is False
+        assert lost["details"]["reason"] == "holder lost"
+        # The same tab comes back on the survivor with its resume token.
+        tab, resumed = await open_candidate(
+            survivor.ws_url, session["access_code"], resume_token=opened["resume_token"]
+        )
+        assert resumed["type"] == "opened"
+        await tab.close()
+        await dashboard.close()
+        await api.close()
+    finally:
+        doomed.stop()
+        survivor.stop()

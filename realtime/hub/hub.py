@@ -259,3 +259,21 @@ async def run_heartbeat(
             raise
         except Exception:
             log.exception("heartbeat failed; retrying")
+
+
+async def run_sweeper(
+    hub: Hub, interval: float, sweep: Callable[[str], Awaitable[int]]
+) -> None:
+    """Every `interval`, for each exam watched from here, disconnect sessions whose holder
+    went silent, so dashboards see a crashed process's candidates as disconnected."""
+    while True:
+        await asyncio.sleep(interval)
+        for exam_id in list(hub.watchers):
+            try:
+                swept = await sweep(exam_id)
+                if swept:
+                    log.info("exam %s: %d sessions lost their holder", exam_id, swept)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep of exam %s failed; retrying", exam_id)

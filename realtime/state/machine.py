@@ -54,7 +54,7 @@ def hash_token(token: str) -> str:
 class Liveness:
     """Timing rules for connections, from configuration."""
 
-    stale_after: float = 30.0  # a holder not seen for this long is not live any more
+    stale_after: float = 15.0  # a holder not seen for this long is not live any more
     resume_grace: float = 60.0  # a tab may resume a locked session this long after a drop
 
 
@@ -257,6 +257,17 @@ def disconnect(session: dict[str, Any], conn_id: str, now: float, reason: str) -
         return Rejection("not_holder", "connection does not hold the session")
     changes = {"connected": False, "last_seen": now}
     event = _event(session, EventKind.DISCONNECTED, "system", now, changes, {"reason": reason})
+    return Transition(changes, [event])
+
+
+def expire_holder(session: dict[str, Any], now: float, liveness: Liveness) -> Outcome:
+    """A session still marked connected whose holder has not been heard of for too long
+    (its server process died): mark it disconnected so every dashboard sees it."""
+    if not session["connected"] or holder_is_live(session, now, liveness):
+        return Rejection("live", "the holder is alive")
+    changes = {"connected": False}
+    details = {"reason": "holder lost", "last_seen": session["last_seen"]}
+    event = _event(session, EventKind.DISCONNECTED, "system", now, changes, details)
     return Transition(changes, [event])
 
 
