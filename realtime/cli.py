@@ -150,9 +150,21 @@ def _roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Hand over to the benchmark harness (it lives in loadtests/, beside the locust halls)."""
+    from loadtests.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="realtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser(
+        "bench", help="run the benchmark (see docs/performance.md); options go to the harness"
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
     serve = sub.add_parser("serve", help="run the server (embedded defaults: memory + SQLite)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
