@@ -93,6 +93,9 @@ def _token(args: argparse.Namespace) -> int:
     if "REALTIME_SECRET_KEY" not in os.environ:
         print("set REALTIME_SECRET_KEY to the server's secret first", file=sys.stderr)
         return 2
+    if not settings.legacy_staff_tokens:
+        print("note: the server accepts these tokens only with REALTIME_LEGACY_STAFF_TOKENS=1;"
+              " staff log in at POST /api/v1/auth/login", file=sys.stderr)
     auth = TokenAuthenticator(settings.secret_key, settings.staff_token_ttl)
     print(auth.issue_staff_token(args.name))
     return 0

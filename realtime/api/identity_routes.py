@@ -235,7 +235,12 @@ async def create_user(request: Request) -> Response:
     requestBody:
       content:
         application/json:
-          schema: {$ref: "#/components/schemas/UserInput"}
+          schema: {type: object, required: [full_name, email, roles],
+                   properties: {full_name: {type: string}, email: {type: string},
+                                login: {type: string}, job_title: {type: string},
+                                phone: {type: string},
+                                roles: {type: array, items: {type: string}},
+                                groups: {type: array, items: {type: string}}}}
     responses:
       201: {description: "{user, activation_token, activation_expires_at}"}
       409: {description: The e-mail or login is taken}
