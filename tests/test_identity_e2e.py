@@ -187,6 +187,7 @@ async def test_group_scope(idserver: ServerProcess, admin: Api) -> None:
                               json={"action": "lock", "target": "all"})).json()
     assert {a["session_id"] for a in result["applied"]} == {s["id"] for s in a_sessions}
     assert not {s["session_id"] for s in result["skipped"]} & {s["id"] for s in b_sessions}
+    assert result["out_of_scope"] == len(b_sessions)  # left out silently, but counted
     # explicitly naming a B session: skipped as forbidden
     named = (await http.post(f"/api/v1/exams/{mixed['id']}/commands", headers=h,
                              json={"action": "lock", "target": [b0]})).json()
