@@ -1,0 +1,758 @@
+"""The connection benchmark: many candidate sockets on servers it starts itself.
+
+    python -m loadtests.bench                       # memory:1, redis:1, redis:2 at 1000 and 5000
+    python -m loadtests.bench --full                # ... and 10000
+    python -m loadtests.bench --sizes 20 --configs memory:1 --quick   # a smoke run
+
+A config is `<backend>:<servers>`: `memory:1` is one uvicorn process on the in-memory store;
+`redis:2` is two uvicorn processes on two ports sharing a private redis-server (and one SQLite
+file), with candidates spread over both and commands sent to the first. `:2w` instead runs one
+uvicorn with `--workers 2` on one port. Every run starts fresh servers and, per size N:
+
+1. opens N candidate sockets (`open`), holds them for `--hold` s answering pings (`hold`);
+2. sends `--commands` targeted pause/resume commands over REST and times each until the
+   candidate has it (`targeted`);
+3. pauses all N with one REST call and times the last arrival (`pause_all`, then `resume_all`);
+4. has every candidate report progress once and times each delta to a watching proctor
+   (`dashboard`);
+5. measures server RSS per connection (`memory`) and server CPU per 1,000 messages;
+6. opens N sessions of an exam with `lock_sessions` (each open re-locks), drops them all and
+   reopens them with their resume tokens (`lock_open`, `lock_reopen`).
+
+Results: `bench-results/results.json`, `bench-results/bench.png` and a table on stdout.
+Everything runs on 127.0.0.1, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from loadtests.common import JSON, MSGPACK, percentile, raise_nofile, ws_url
+from loadtests.servers import (
+    BENCH_STAFF_TOKEN,
+    RedisProcess,
+    ServerProcess,
+    cpu_seconds,
+    rss_bytes,
+    workdir,
+)
+from loadtests.wsclient import WsPeer, connect
+
+DEFAULT_SIZES = (1000, 5000)
+FULL_SIZES = (1000, 5000, 10000)
+DEFAULT_CONFIGS = ("memory:1", "redis:1", "redis:2")
+CHUNK = 5000
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def stats_ms(samples: list[float]) -> dict[str, float | None]:
+    """p50/p99/max in milliseconds of samples in seconds."""
+    return {
+        "p50_ms": ms(percentile(samples, 50)),
+        "p99_ms": ms(percentile(samples, 99)),
+        "max_ms": ms(max(samples) if samples else None),
+    }
+
+
+@dataclass
+class Tracker:
+    """Arrivals of one command id at candidates and at the proctor."""
+
+    started: float
+    expected: int | None = None
+    arrivals: list[float] = field(default_factory=list)
+    dashboard: list[float] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def arrived(self, now: float) -> None:
+        self.arrivals.append(now)
+        self.check()
+
+    def check(self) -> None:
+        if self.expected is not None and len(self.arrivals) >= self.expected:
+            self.done.set()
+
+
+class Candidate:
+    def __init__(self, bench: Bench, session: dict[str, Any], url: str) -> None:
+        self.bench = bench
+        self.id: str = session["id"]
+        self.code: str = session["access_code"]
+        self.url = url
+        self.peer: WsPeer | None = None
+        self.resume_token: str | None = None
+        self.opened: asyncio.Future[dict[str, Any]] | None = None
+        self.status = ""
+        self.position = 0
+        self.alive = False
+
+    def on_message(self, peer: WsPeer, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        bench = self.bench
+        if kind == "ping":
+            bench.pings += 1
+            peer.send({"type": "pong", "t": message.get("t")})
+        elif kind == "command":
+            now = time.perf_counter()
+            bench.commands_received += 1
+            self.status = message.get("session", {}).get("status", self.status)
+            tracker = bench.trackers.get(message.get("command_id", ""))
+            if tracker is not None:
+                tracker.arrived(now)
+            if bench.ack:
+                peer.send({"type": "ack", "command_id": message.get("command_id")})
+        elif kind in ("opened", "refused"):
+            if kind == "opened":
+                self.resume_token = message.get("resume_token") or self.resume_token
+                self.status = message["session"]["status"]
+            if self.opened is not None and not self.opened.done():
+                self.opened.set_result(message)
+        elif kind == "error":
+            bench.note_error(f"candidate error: {message.get('code')} {message.get('message')}")
+        elif kind == "superseded":
+            bench.note_error("candidate superseded")
+
+    def on_close(self, peer: WsPeer) -> None:
+        if self.alive and not peer.closing:
+            self.bench.unexpected_closes += 1
+            self.bench.note_error(f"candidate socket closed by the server: {peer.close_code}")
+        self.alive = False
+
+    async def open(self, resume: bool = False) -> tuple[float, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self.opened = loop.create_future()
+        self.peer = await connect(
+            ws_url(self.url, "/ws/candidate"), self.on_message, protocol=self.bench.protocol,
+            on_close=self.on_close, deflate=self.bench.deflate, timeout=self.bench.timeout,
+        )
+        message: dict[str, Any] = {"type": "open", "access_code": self.code, "client_id": "bench"}
+        if resume and self.resume_token:
+            message["resume_token"] = self.resume_token
+        self.peer.send(message)
+        async with asyncio.timeout(self.bench.timeout):
+            reply = await self.opened
+        if reply["type"] == "opened":
+            self.alive = True
+        return time.perf_counter() - started, reply
+
+    def drop(self) -> None:
+        self.alive = False
+        if self.peer is not None:
+            self.peer.abort()
+
+
+class Proctor:
+    """One dashboard socket watching an exam; times deltas."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.peer: WsPeer | None = None
+        self.snapshot: asyncio.Future[dict[str, Any]] | None = None
+        self.deltas = 0
+        self.progress_sent: dict[str, float] = {}
+        self.progress_latency: list[float] = []
+        self.progress_done = asyncio.Event()
+        self.progress_expected = 0
+
+    def on_message(self, peer: WsPeer, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "snapshot":
+            if self.snapshot is not None and not self.snapshot.done():
+                self.snapshot.set_result(message)
+        elif kind == "event":
+            now = time.perf_counter()
+            self.deltas += 1
+            event = message["event"]
+            if event["kind"] == "progress":
+                sent = self.progress_sent.pop(event["session_id"], None)
+                if sent is not None:
+                    self.progress_latency.append(now - sent)
+                    if len(self.progress_latency) >= self.progress_expected:
+                        self.progress_done.set()
+            command_id = (event.get("details") or {}).get("command_id")
+            if command_id and event["kind"] != "delivered":
+                tracker = self.bench.trackers.get(command_id)
+                if tracker is not None:
+                    tracker.dashboard.append(now)
+        elif kind == "error":
+            self.bench.note_error(f"proctor error: {message.get('code')} {message.get('message')}")
+
+    async def watch(self, url: str, exam_id: str) -> float:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self.snapshot = loop.create_future()
+        self.peer = await connect(
+            ws_url(url, "/ws/proctor"), self.on_message, protocol=self.bench.protocol,
+            headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"}, timeout=self.bench.timeout,
+        )
+        self.peer.send({"type": "subscribe", "exam_id": exam_id})
+        async with asyncio.timeout(max(self.bench.timeout, 60)):
+            await self.snapshot
+        return time.perf_counter() - started
+
+
+class Bench:
+    """One run: one config, one size, fresh servers."""
+
+    def __init__(self, args: argparse.Namespace, backend: str, servers: int, workers: int,
+                 n: int) -> None:
+        self.args = args
+        self.backend = backend
+        self.server_count = servers
+        self.workers = workers
+        self.n = n
+        self.protocol = JSON if args.protocol == "json" else MSGPACK
+        self.deflate: bool = args.deflate
+        self.ack = not args.no_ack
+        self.timeout: float = args.timeout
+        self.trackers: dict[str, Tracker] = {}
+        self.pings = 0
+        self.commands_received = 0
+        self.unexpected_closes = 0
+        self.errors: dict[str, int] = {}
+        self.redis: RedisProcess | None = None
+        self.servers: list[ServerProcess] = []
+        self.result: dict[str, Any] = {
+            "config": f"{backend}:{servers}" + (f"x{workers}w" if workers > 1 else ""),
+            "backend": backend, "servers": servers, "workers": workers, "n": n,
+        }
+
+    def note_error(self, text: str) -> None:
+        self.errors[text] = self.errors.get(text, 0) + 1
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def start_servers(self, root: Path) -> None:
+        redis_url = ""
+        if self.backend == "redis":
+            self.redis = RedisProcess(root)
+            self.redis.start()
+            redis_url = self.redis.url
+        env = {"REALTIME_PING_INTERVAL": str(self.args.ping_interval)}
+        for i in range(self.server_count):
+            profile = ""
+            if self.args.profile and i == 0:
+                out = Path(self.args.out) / f"profile-{self.result['config']}-{self.n}.svg"
+                profile = f"py-spy:{out.resolve()}"
+            self.servers.append(
+                ServerProcess(root, redis_url, workers=self.workers, env=env, profile=profile)
+                .start()
+            )
+
+    def stop_servers(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for s in self.servers for pid in s.server_pids()]
+
+    def server_cpu(self) -> float:
+        return cpu_seconds(self.pids)
+
+    def server_rss(self) -> int:
+        return rss_bytes(self.pids)
+
+    # -- phases ----------------------------------------------------------------------------
+
+    async def create_exam(self, http: httpx.AsyncClient, exam_id: str, size: int,
+                          lock: bool) -> list[dict[str, Any]]:
+        response = await http.post("/api/v1/exams", json={
+            "id": exam_id, "title": f"bench {exam_id}", "duration_minutes": 240,
+            "settings": {"lock_sessions": lock}})
+        response.raise_for_status()
+        sessions: list[dict[str, Any]] = []
+        for start in range(0, size, CHUNK):
+            candidates = [
+                {"candidate_id": f"{exam_id}-{i}", "name": f"Candidate {i}",
+                 "group": f"row-{i % 10}"}
+                for i in range(start, min(size, start + CHUNK))
+            ]
+            response = await http.post(f"/api/v1/exams/{exam_id}/sessions",
+                                       json={"candidates": candidates})
+            response.raise_for_status()
+            sessions += response.json()["sessions"]
+        return sessions
+
+    async def open_all(self, candidates: list[Candidate], resume: bool = False) -> dict[str, Any]:
+        limit = asyncio.Semaphore(self.args.open_concurrency)
+        latencies: list[float] = []
+        failures: dict[str, int] = {}
+        relocked = 0
+
+        async def one(candidate: Candidate) -> None:
+            nonlocal relocked
+            async with limit:
+                try:
+                    took, reply = await candidate.open(resume)
+                except Exception as exc:  # timeouts, refused connections
+                    key = type(exc).__name__
+                    failures[key] = failures.get(key, 0) + 1
+                    return
+                if reply["type"] != "opened":
+                    key = f"refused:{reply.get('reason')}"
+                    failures[key] = failures.get(key, 0) + 1
+                    return
+                latencies.append(took)
+                relocked += bool(reply.get("relocked"))
+
+        started = time.perf_counter()
+        cpu0 = self.server_cpu()
+        await asyncio.gather(*(one(c) for c in candidates))
+        seconds = time.perf_counter() - started
+        return {
+            "n": len(candidates), "ok": len(latencies), "failed": sum(failures.values()),
+            "failures": failures, "relocked": relocked, "seconds": round(seconds, 3),
+            "per_second": round(len(latencies) / seconds, 1) if seconds else None,
+            "server_cpu_s": round(self.server_cpu() - cpu0, 3), **stats_ms(latencies),
+        }
+
+    async def hold(self, candidates: list[Candidate], seconds: float) -> dict[str, Any]:
+        pings0 = self.pings
+        cpu0 = self.server_cpu()
+        await asyncio.sleep(seconds)
+        cpu = self.server_cpu() - cpu0
+        pings = self.pings - pings0
+        alive = sum(1 for c in candidates if c.alive)
+        messages = 2 * pings  # each ping is answered by a pong
+        return {
+            "seconds": seconds, "alive": alive, "lost": len(candidates) - alive,
+            "pings": pings, "server_cpu_s": round(cpu, 3),
+            "cpu_s_per_1000_msgs": round(cpu / messages * 1000, 4) if messages else None,
+        }
+
+    async def targeted(self, http: httpx.AsyncClient, exam_id: str,
+                       candidates: list[Candidate]) -> dict[str, Any]:
+        count, rate = self.args.commands, self.args.command_rate
+        busy: set[str] = set()
+        latencies: list[float] = []
+        rest: list[float] = []
+        applied = lost = skipped = 0
+        paused: set[str] = set()
+
+        async def one(i: int) -> None:
+            nonlocal applied, lost, skipped
+            choices = [c for c in candidates if c.alive and c.id not in busy]
+            if not choices:
+                return
+            candidate = random.choice(choices)
+            busy.add(candidate.id)
+            action = "resume" if candidate.id in paused else "pause"
+            command_id = f"t{i}-{uuid.uuid4().hex[:8]}"
+            tracker = self.trackers[command_id] = Tracker(time.perf_counter(), expected=1)
+            try:
+                response = await http.post(f"/api/v1/exams/{exam_id}/commands", json={
+                    "action": action, "target": candidate.id, "command_id": command_id})
+                rest.append(time.perf_counter() - tracker.started)
+                body = response.json()
+                if response.status_code != 200 or not body.get("applied"):
+                    skipped += 1
+                    return
+                applied += 1
+                (paused.add if action == "pause" else paused.discard)(candidate.id)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.args.lost_after):
+                        await tracker.done.wait()
+                if tracker.arrivals:
+                    latencies.append(tracker.arrivals[0] - tracker.started)
+                else:
+                    lost += 1
+            finally:
+                busy.discard(candidate.id)
+                self.trackers.pop(command_id, None)
+
+        tasks = []
+        started = time.perf_counter()
+        for i in range(count):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        # Leave everyone active for the bulk phase.
+        if paused:
+            await http.post(f"/api/v1/exams/{exam_id}/commands", json={
+                "action": "resume", "target": sorted(paused)})
+        rest_stats = stats_ms(rest)
+        return {
+            "sent": count, "applied": applied, "skipped": skipped, "received": len(latencies),
+            "lost": lost, "rate_per_s": rate, **stats_ms(latencies),
+            "rest_p50_ms": rest_stats["p50_ms"], "rest_p99_ms": rest_stats["p99_ms"],
+        }
+
+    async def bulk(self, http: httpx.AsyncClient, exam_id: str, action: str) -> dict[str, Any]:
+        command_id = f"bulk-{action}-{uuid.uuid4().hex[:8]}"
+        tracker = self.trackers[command_id] = Tracker(time.perf_counter())
+        cpu0 = self.server_cpu()
+        try:
+            response = await http.post(f"/api/v1/exams/{exam_id}/commands", json={
+                "action": action, "target": "all", "command_id": command_id},
+                timeout=max(120.0, self.timeout))
+            rest_seconds = time.perf_counter() - tracker.started
+            response.raise_for_status()
+            applied = len(response.json()["applied"])
+            tracker.expected = applied
+            tracker.check()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.args.lost_after + 0.01 * applied / 10):
+                    await tracker.done.wait()
+            await asyncio.sleep(0.05)
+        finally:
+            self.trackers.pop(command_id, None)
+        arrivals = [t - tracker.started for t in tracker.arrivals]
+        dashboard = [t - tracker.started for t in tracker.dashboard]
+        return {
+            "applied": applied, "received": len(arrivals), "lost": applied - len(arrivals),
+            "first_ms": ms(min(arrivals) if arrivals else None),
+            "last_ms": ms(max(arrivals) if arrivals else None),
+            "p50_ms": ms(percentile(arrivals, 50)), "rest_ms": ms(rest_seconds),
+            "dashboard_deltas": len(dashboard),
+            "dashboard_last_ms": ms(max(dashboard) if dashboard else None),
+            "server_cpu_s": round(self.server_cpu() - cpu0, 3),
+        }
+
+    async def dashboard(self, proctor: Proctor, candidates: list[Candidate]) -> dict[str, Any]:
+        """Every live candidate reports progress once, spread over `--progress-seconds`."""
+        live = [c for c in candidates if c.alive]
+        proctor.progress_latency = []
+        proctor.progress_sent = {}
+        proctor.progress_expected = len(live)
+        proctor.progress_done.clear()
+        spread = self.args.progress_seconds
+        cpu0 = self.server_cpu()
+        started = time.perf_counter()
+        for j, candidate in enumerate(live):
+            due = started + spread * j / max(1, len(live))
+            delay = due - time.perf_counter()
+            if delay > 0.002:
+                await asyncio.sleep(delay)
+            candidate.position += 1
+            proctor.progress_sent[candidate.id] = time.perf_counter()
+            assert candidate.peer is not None
+            candidate.peer.send({"type": "progress", "position": candidate.position,
+                                 "answered": candidate.position})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.args.lost_after + 10):
+                await proctor.progress_done.wait()
+        elapsed = time.perf_counter() - started
+        cpu = self.server_cpu() - cpu0
+        received = len(proctor.progress_latency)
+        messages = len(live) + received
+        return {
+            "sent": len(live), "received": received, "lost": len(live) - received,
+            "rate_per_s": round(len(live) / spread, 1), "seconds": round(elapsed, 3),
+            **stats_ms(proctor.progress_latency), "server_cpu_s": round(cpu, 3),
+            "cpu_s_per_1000_msgs": round(cpu / messages * 1000, 4) if messages else None,
+        }
+
+    async def close_all(self, candidates: list[Candidate]) -> None:
+        for candidate in candidates:
+            candidate.drop()
+        await asyncio.sleep(0.5)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        root = workdir()
+        self.result["workdir"] = str(root)
+        loop_started = time.perf_counter()
+        harness = psutil.Process()
+        harness_cpu0 = sum(harness.cpu_times()[:2])
+        try:
+            await asyncio.to_thread(self.start_servers, root)
+            urls = [s.url for s in self.servers]
+            async with httpx.AsyncClient(
+                base_url=urls[0], headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"},
+                timeout=60, limits=httpx.Limits(max_connections=64),
+            ) as http:
+                started = time.perf_counter()
+                main = await self.create_exam(http, "main", self.n, lock=False)
+                locked = await self.create_exam(http, "locked", self.lock_size, lock=True)
+                self.result["setup_s"] = round(time.perf_counter() - started, 2)
+                await asyncio.sleep(1.0)
+                rss_base = self.server_rss()
+                candidates = [Candidate(self, s, urls[i % len(urls)]) for i, s in enumerate(main)]
+                proctor = Proctor(self)
+                snapshot_s = await proctor.watch(urls[0], "main")
+                self.result["open"] = await self.open_all(candidates)
+                self.result["open"]["snapshot_ms"] = ms(snapshot_s)
+                await asyncio.sleep(self.args.settle)
+                rss_open = self.server_rss()
+                self.result["hold"] = await self.hold(candidates, self.args.hold)
+                rss_held = self.server_rss()
+                opened = max(1, self.result["open"]["ok"])
+                self.result["memory"] = {
+                    "rss_base_mb": round(rss_base / 2**20, 1),
+                    "rss_open_mb": round(rss_open / 2**20, 1),
+                    "rss_held_mb": round(rss_held / 2**20, 1),
+                    "kib_per_conn": round((rss_held - rss_base) / opened / 1024, 2),
+                    "redis_rss_mb": (round(rss_bytes([self.redis.pid]) / 2**20, 1)
+                                     if self.redis else None),
+                }
+                self.result["targeted"] = await self.targeted(http, "main", candidates)
+                self.result["pause_all"] = await self.bulk(http, "main", "pause")
+                self.result["resume_all"] = await self.bulk(http, "main", "resume")
+                self.result["dashboard"] = await self.dashboard(proctor, candidates)
+                self.result["still_open"] = sum(1 for c in candidates if c.alive)
+                await self.close_all(candidates)
+                if proctor.peer is not None:
+                    proctor.peer.close()
+                lock_candidates = [Candidate(self, s, urls[i % len(urls)])
+                                   for i, s in enumerate(locked)]
+                self.result["lock_open"] = await self.open_all(lock_candidates)
+                await self.close_all(lock_candidates)
+                await asyncio.sleep(self.args.settle)
+                self.result["lock_reopen"] = await self.open_all(lock_candidates, resume=True)
+                await self.close_all(lock_candidates)
+                self.result["server_cpu_s"] = round(self.server_cpu(), 2)
+                if self.redis is not None:
+                    self.result["redis_cpu_s"] = round(cpu_seconds([self.redis.pid]), 2)
+        finally:
+            await asyncio.to_thread(self.stop_servers)
+        self.result["harness_cpu_s"] = round(sum(harness.cpu_times()[:2]) - harness_cpu0, 2)
+        self.result["unexpected_closes"] = self.unexpected_closes
+        self.result["errors"] = self.errors
+        self.result["server_log_errors"] = sum(
+            s.log().count("Traceback") for s in self.servers)
+        self.result["seconds"] = round(time.perf_counter() - loop_started, 1)
+        self.result["lost_total"] = lost_total(self.result)
+        return self.result
+
+    @property
+    def lock_size(self) -> int:
+        return self.args.lock_size or self.n
+
+
+def lost_total(result: dict[str, Any]) -> int:
+    """Everything the run lost: failed opens, dropped sockets, undelivered messages."""
+    total = 0
+    for phase in ("open", "lock_open", "lock_reopen"):
+        total += int(result.get(phase, {}).get("failed", 0))
+    for phase in ("hold", "targeted", "pause_all", "resume_all", "dashboard"):
+        total += int(result.get(phase, {}).get("lost", 0))
+    return total + int(result.get("unexpected_closes", 0))
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model or platform.processor(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+COLUMNS = [
+    ("config", lambda r: r["config"]),
+    ("N", lambda r: r["n"]),
+    ("open/s", lambda r: r["open"]["per_second"]),
+    ("open p99", lambda r: r["open"]["p99_ms"]),
+    ("held", lambda r: r["hold"]["alive"]),
+    ("KiB/conn", lambda r: r["memory"]["kib_per_conn"]),
+    ("cmd p50", lambda r: r["targeted"]["p50_ms"]),
+    ("cmd p99", lambda r: r["targeted"]["p99_ms"]),
+    ("cmd max", lambda r: r["targeted"]["max_ms"]),
+    ("pause-all last", lambda r: r["pause_all"]["last_ms"]),
+    ("pause REST", lambda r: r["pause_all"]["rest_ms"]),
+    ("dash p50", lambda r: r["dashboard"]["p50_ms"]),
+    ("dash p99", lambda r: r["dashboard"]["p99_ms"]),
+    ("cpu/1k idle", lambda r: r["hold"]["cpu_s_per_1000_msgs"]),
+    ("cpu/1k prog", lambda r: r["dashboard"]["cpu_s_per_1000_msgs"]),
+    ("lock open/s", lambda r: r["lock_open"]["per_second"]),
+    ("reopen/s", lambda r: r["lock_reopen"]["per_second"]),
+    ("lost", lambda r: r["lost_total"]),
+]
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    rows = [[name for name, _ in COLUMNS]]
+    for run in runs:
+        row = []
+        for _, get in COLUMNS:
+            try:
+                value = get(run)
+            except (KeyError, TypeError):
+                value = "-"
+            row.append("-" if value is None else str(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def chart(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in runs if "targeted" in r and "memory" in r]
+    configs = sorted({r["config"] for r in ok})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for config in configs:
+        points = sorted((r for r in ok if r["config"] == config), key=lambda r: r["n"])
+        sizes = [r["n"] for r in points]
+        axes[0].plot(sizes, [r["targeted"]["p99_ms"] for r in points], "o-",
+                     label=f"{config} targeted p99")
+        axes[0].plot(sizes, [r["dashboard"]["p99_ms"] for r in points], "^:",
+                     label=f"{config} dashboard p99")
+        axes[1].plot(sizes, [r["pause_all"]["last_ms"] for r in points], "s-",
+                     label=f"{config}")
+        axes[2].plot(sizes, [r["memory"]["kib_per_conn"] for r in points], "o-", label=config)
+    axes[0].axhline(25, color="grey", ls="--", lw=0.8, label="target 25 ms")
+    axes[0].set(title="Command / delta latency p99", xlabel="connected candidates",
+                ylabel="ms", yscale="log")
+    axes[1].axhline(250, color="grey", ls="--", lw=0.8, label="target 250 ms")
+    axes[1].set(title='"Pause all": last candidate has it', xlabel="candidates paused",
+                ylabel="ms", yscale="log")
+    axes[2].axhline(20, color="grey", ls="--", lw=0.8, label="target 20 KiB")
+    axes[2].set(title="Server RSS per idle connection", xlabel="connected candidates",
+                ylabel="KiB")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_config(raw: str) -> tuple[str, int, int]:
+    backend, _, count = raw.partition(":")
+    if backend not in ("memory", "redis"):
+        raise argparse.ArgumentTypeError(f"unknown backend in {raw!r}")
+    count = count or "1"
+    if count.endswith("w"):
+        return backend, 1, int(count[:-1])
+    servers = int(count)
+    if servers > 1 and backend == "memory":
+        raise argparse.ArgumentTypeError("several servers need the redis backend")
+    return backend, servers, 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
+                        help="candidate socket counts, comma separated")
+    parser.add_argument("--full", action="store_true", help="sizes 1000,5000,10000")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help="backend:servers, comma separated (memory:1, redis:1, redis:2, "
+                        "redis:2w = one uvicorn --workers 2)")
+    parser.add_argument("--out", default="bench-results", help="directory for results")
+    parser.add_argument("--protocol", choices=["msgpack", "json"], default="msgpack")
+    parser.add_argument("--deflate", action="store_true",
+                        help="offer permessage-deflate, as browsers do")
+    parser.add_argument("--no-ack", action="store_true", help="candidates do not ack commands")
+    parser.add_argument("--hold", type=float, default=12.0,
+                        help="seconds to hold the sockets idle (>= 2 ping intervals)")
+    parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--ping-interval", type=float, default=5.0)
+    parser.add_argument("--commands", type=int, default=300, help="targeted commands per run")
+    parser.add_argument("--command-rate", type=float, default=50.0, help="targeted commands/s")
+    parser.add_argument("--progress-seconds", type=float, default=5.0,
+                        help="spread each candidate's one progress report over this long")
+    parser.add_argument("--lock-size", type=int, default=0,
+                        help="sessions of the lock_sessions exam (default N)")
+    parser.add_argument("--open-concurrency", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-socket open timeout")
+    parser.add_argument("--lost-after", type=float, default=5.0,
+                        help="a message not there this long after it was due is lost")
+    parser.add_argument("--run-budget", type=float, default=600.0,
+                        help="seconds one run may take before it is abandoned")
+    parser.add_argument("--quick", action="store_true",
+                        help="short hold and few commands (smoke runs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record the first server with py-spy (flame graph SVG in --out)")
+    parser.add_argument("--no-chart", action="store_true")
+    return parser
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    sizes = FULL_SIZES if args.full else tuple(int(s) for s in args.sizes.split(",") if s)
+    configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
+    runs: list[dict[str, Any]] = []
+    for backend, servers, workers in configs:
+        for n in sizes:
+            bench = Bench(args, backend, servers, workers, n)
+            print(f"bench: {bench.result['config']} N={n} ...", flush=True)
+            try:
+                async with asyncio.timeout(args.run_budget):
+                    result = await bench.run()
+            except Exception as exc:  # keep the other runs; say what broke
+                result = {**bench.result, "error": f"{type(exc).__name__}: {exc}"[:2000],
+                          "errors": bench.errors}
+                print(f"bench: {bench.result['config']} N={n} failed: {result['error']}",
+                      flush=True)
+            runs.append(result)
+            if "error" not in result:
+                print(table([result]).splitlines()[-1], flush=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.hold, args.settle, args.commands, args.ping_interval = 1.6, 0.5, 20, 0.5
+        args.command_rate, args.progress_seconds, args.lost_after = 100.0, 0.5, 3.0
+    limit = raise_nofile()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    started = time.time()
+    runs = runner(run_all(args))
+    results = {
+        "started_at": started, "machine": machine(), "open_files_limit": limit,
+        "settings": {k: v for k, v in vars(args).items()}, "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print()
+    print(table([r for r in runs if "error" not in r]))
+    failed = [r for r in runs if "error" in r]
+    for run in failed:
+        print(f"FAILED {run['config']} N={run['n']}: {run['error']}")
+    if not args.no_chart and any("error" not in r for r in runs):
+        chart(runs, out / "bench.png")
+    written = [out / "results.json"] + ([] if args.no_chart else [out / "bench.png"])
+    print("\nresults: " + ", ".join(map(str, written)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""A lean WebSocket client for the benchmark: websockets' sans-I/O protocol on an asyncio Protocol.
+
+No task, no queue and no buffer per connection beyond what the transport needs: frames are
+decoded and handed to a callback from `data_received`, so one process holds 10,000 sockets
+while leaving most of the machine to the server under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from loadtests.common import MSGPACK, decode, encode
+
+OnMessage = Callable[["WsPeer", dict[str, Any]], None]
+OnClose = Callable[["WsPeer"], None]
+
+
+class WsPeer(asyncio.Protocol):
+    """One client WebSocket. `await connect(...)` returns it once the handshake is done."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str,
+        on_message: OnMessage,
+        on_close: OnClose | None = None,
+        headers: dict[str, str] | None = None,
+        deflate: bool = False,
+    ) -> None:
+        extensions = [ClientPerMessageDeflateFactory()] if deflate else None
+        self.ws = ClientProtocol(
+            parse_uri(url), subprotocols=[Subprotocol(protocol)], max_size=256 * 1024 * 1024,
+            extensions=extensions,
+        )
+        self.protocol = protocol
+        self.headers = headers or {}
+        self.on_message = on_message
+        self.on_close = on_close
+        self.transport: Any = None  # an asyncio.Transport (uvloop's is not a subclass)
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.closing = False  # we asked for it
+        self.close_code: int | None = None
+        self.received = 0
+        self.sent = 0
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        request = self.ws.connect()
+        for name, value in self.headers.items():
+            request.headers[name] = value
+        self.ws.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                if self.handshake.done():
+                    continue
+                if self.ws.handshake_exc is not None:
+                    self.handshake.set_exception(self.ws.handshake_exc)
+                else:
+                    self.handshake.set_result(None)
+            elif isinstance(event, Frame):
+                if event.opcode is Opcode.BINARY:
+                    self.received += 1
+                    self.on_message(self, decode(bytes(event.data)))
+                elif event.opcode is Opcode.TEXT:
+                    self.received += 1
+                    self.on_message(self, decode(bytes(event.data).decode()))
+        self._flush()
+        if self.ws.close_expected() and self.transport is not None:
+            self.close_code = self.ws.close_code
+            asyncio.get_running_loop().call_later(1.0, self._force_close)
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.close_code is None:
+            self.close_code = self.ws.close_code
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(f"connection lost: {exc!r}"))
+        if self.on_close is not None:
+            self.on_close(self)
+
+    # -- ours -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    def _force_close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def send(self, message: dict[str, Any]) -> bool:
+        if self.closed or self.ws.state is not State.OPEN:
+            return False
+        frame = encode(message, self.protocol)
+        if isinstance(frame, bytes):
+            self.ws.send_binary(frame)
+        else:
+            self.ws.send_text(frame.encode())
+        self.sent += 1
+        self._flush()
+        return True
+
+    def close(self) -> None:
+        """A clean close handshake (code 1000)."""
+        self.closing = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(1000)
+            self._flush()
+            asyncio.get_running_loop().call_later(2.0, self._force_close)
+        else:
+            self._force_close()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, as a dead network would (RST, no TIME_WAIT)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def connect(
+    url: str,
+    on_message: OnMessage,
+    *,
+    protocol: str = MSGPACK,
+    on_close: OnClose | None = None,
+    headers: dict[str, str] | None = None,
+    deflate: bool = False,
+    timeout: float = 30.0,
+) -> WsPeer:
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    peer = WsPeer(url, protocol, on_message, on_close, headers, deflate)
+    async with asyncio.timeout(timeout):
+        await loop.create_connection(lambda: peer, parts.hostname, parts.port)
+        await peer.handshake
+    return peer

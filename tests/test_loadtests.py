@@ -1,0 +1,101 @@
+"""Smoke tests of the load tests: the locust scenario and the benchmark run end to end, small.
+
+No timing is asserted: only that they run, measure what they promise and lose nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from server import STAFF_TOKEN, ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _run(command: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def test_locust_scenario_records_command_latency(tmp_path: Path) -> None:
+    server = ServerProcess(workdir=tmp_path).start()
+    try:
+        result = _run(
+            [
+                sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+                "--headless", "-u", "14", "-r", "14", "-t", "8s", "--stop-timeout", "2",
+                "--csv", str(tmp_path / "hall"), "--host", server.url, "--only-summary",
+                "--halls", "2", "--hall-size", "10", "--proctors-per-hall", "2",
+                "--candidate-wait", "0.3,0.6", "--proctor-wait", "0.2,0.4",
+                "--supervisor-wait", "0.5,1", "--plan-out", str(tmp_path / "plan.json"),
+            ],
+            timeout=60, REALTIME_STAFF_TOKEN=STAFF_TOKEN,
+        )
+    finally:
+        server.stop()
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, output
+    with (tmp_path / "hall_stats.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    counts = {(r["Type"], r["Name"]): int(r["Request Count"]) for r in rows}
+    commands = {name: n for (kind, name), n in counts.items() if kind == "WS-CMD"}
+    assert commands and all(name.startswith("command ") for name in commands), counts
+    assert sum(commands.values()) > 0, counts
+    assert counts.get(("WS", "open"), 0) >= 9, counts  # 14 users - 4 proctors - 1 supervisor
+    assert counts.get(("WS-DELTA", "dashboard delta"), 0) > 0, counts
+    assert any(kind == "POST" and name.startswith("REST bulk") for kind, name in counts), counts
+    assert all(int(r["Failure Count"]) == 0 for r in rows), output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [len(h["sessions"]) for h in plan["halls"]] == [10, 10]
+
+
+METRICS = {
+    "open": ["n", "ok", "failed", "per_second", "p50_ms", "p99_ms", "max_ms", "snapshot_ms"],
+    "hold": ["alive", "lost", "pings", "cpu_s_per_1000_msgs"],
+    "memory": ["rss_base_mb", "rss_held_mb", "kib_per_conn"],
+    "targeted": ["sent", "applied", "received", "lost", "p50_ms", "p99_ms", "max_ms"],
+    "pause_all": ["applied", "received", "lost", "last_ms", "rest_ms", "dashboard_last_ms"],
+    "resume_all": ["applied", "received", "lost", "last_ms"],
+    "dashboard": ["sent", "received", "lost", "p50_ms", "p99_ms", "max_ms",
+                  "cpu_s_per_1000_msgs"],
+    "lock_open": ["ok", "failed", "relocked", "per_second", "p99_ms"],
+    "lock_reopen": ["ok", "failed", "per_second", "p99_ms"],
+}
+
+
+def test_benchmark_smoke(tmp_path: Path) -> None:
+    n = 20
+    result = _run(
+        [sys.executable, "-m", "loadtests.bench", "--sizes", str(n), "--configs",
+         "memory:1,redis:2", "--quick", "--out", str(tmp_path)],
+        timeout=80,
+    )
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["cpus"] >= 1
+    assert [(r["config"], r["n"]) for r in data["runs"]] == [("memory:1", n), ("redis:2", n)]
+    for run in data["runs"]:
+        assert "error" not in run, run
+        for phase, keys in METRICS.items():
+            missing = [k for k in keys if run[phase].get(k) is None]
+            assert not missing, (run["config"], phase, missing)
+        assert run["lost_total"] == 0, run
+        assert run["open"]["ok"] == n and run["hold"]["alive"] == n
+        assert run["targeted"]["received"] == run["targeted"]["applied"] > 0
+        assert run["pause_all"]["received"] == run["pause_all"]["applied"] == n
+        assert run["dashboard"]["received"] == n
+        assert run["lock_open"]["relocked"] == n
+        assert run["lock_reopen"]["ok"] == n
+        assert run["server_log_errors"] == 0, run
+    assert (tmp_path / "bench.png").stat().st_size > 0
