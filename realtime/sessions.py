@@ -234,6 +234,31 @@ class SessionService:
         sessions.sort(key=lambda s: (s["candidate_name"], s["id"]))
         return sessions
 
+    async def session_for_candidate(self, exam_id: str, candidate: Principal) -> str:
+        """The session of a logged-in candidate in an exam, created on first open.
+
+        A candidate is eligible when the exam names no groups or shares one with them.
+        """
+        exam = await self.get_exam(exam_id)
+        if exam.groups and not candidate.groups.intersection(exam.groups):
+            raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "you are not a candidate of this exam")
+        for _attempt in range(2):
+            found = await self.db.find_session(exam_id, candidate.id)
+            if found is not None:
+                return str(found["id"])
+            shared = sorted(candidate.groups.intersection(exam.groups)) or sorted(candidate.groups)
+            entry = {
+                "candidate_id": candidate.id,
+                "name": candidate.name,
+                "group": shared[0] if shared else "",
+            }
+            try:
+                [session] = await self.create_sessions(exam_id, [entry], "system")
+            except Conflict:
+                continue  # another connection of the same candidate created it first
+            return str(session["id"])
+        raise Conflict("could not create the session; try again")
+
     async def resolve_code(self, access_code: str) -> tuple[str, str]:
         found = await self.store.session_by_code(access_code)
         if found is None:

@@ -136,8 +136,14 @@ async def list_exams(request: Request) -> Response:
       200: {description: "{exams: [Exam]}"}
     """
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
-    exams = await runtime_of(request).service.list_exams()
-    visible = [e.to_dict() for e in exams if principal.sees(e.groups)]
+    service = runtime_of(request).service
+    exams = await service.list_exams()
+    with_candidates: set[str] = set()
+    if not principal.unrestricted:  # exams where some of the principal's candidates sit
+        with_candidates = await service.db.exam_ids_for_groups(principal.groups)
+    visible = [
+        e.to_dict() for e in exams if e.id in with_candidates or principal.sees(e.groups)
+    ]
     return JSONResponse({"exams": visible})
 
 

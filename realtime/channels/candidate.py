@@ -67,14 +67,22 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
 
 
 async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str, str]:
-    """(exam id, session id, actor) from an access code or a candidate token."""
+    """(exam id, session id, actor) from an access code, a session token, or a candidate's
+    login token plus `exam_id` (the session is then created on first open)."""
     code = optional_str(message, "access_code", 64)
     token = optional_str(message, "token", 2048)
     if token:
         principal = await runtime.auth.candidate(token)
-        if principal is None:
+        if principal is not None:
+            return principal.exam_id, principal.session_id, f"candidate:{principal.session_id}"
+        exam_id = optional_str(message, "exam_id", 128)
+        person = await runtime.auth.staff(token)  # a login token, of any kind of user
+        if person is None or person.kind != "candidate":
             raise NotFound("invalid candidate token")
-        return principal.exam_id, principal.session_id, f"candidate:{principal.session_id}"
+        if not exam_id:
+            raise BadRequest("opening with a login token needs an 'exam_id'")
+        session_id = await runtime.service.session_for_candidate(exam_id, person)
+        return exam_id, session_id, f"candidate:{person.id}"
     if code:
         exam_id, session_id = await runtime.service.resolve_code(code.strip().upper())
         return exam_id, session_id, f"candidate:{session_id}"
@@ -91,6 +99,10 @@ async def _open(
     except NotFound as exc:
         conn.send({"type": "refused", "reason": RefusalReason.NOT_FOUND, "message": exc.message})
         conn.close(CloseCode.REFUSED, RefusalReason.NOT_FOUND)
+        return None
+    except OpenRefused as exc:
+        conn.send({"type": "refused", "reason": exc.reason, "message": exc.message})
+        conn.close(CloseCode.REFUSED, exc.reason)
         return None
     client = websocket.client
     remote = client.host if client else ""

@@ -283,6 +283,27 @@ class Database:
             row = await session.get(SessionRow, session_id)
             return dict(row.state) if row is not None else None
 
+    async def find_session(self, exam_id: str, candidate_id: str) -> dict[str, Any] | None:
+        """The stored state of a candidate's session in an exam, if it has one."""
+        async with self._read() as session:
+            state = await session.scalar(
+                select(SessionRow.state).where(
+                    SessionRow.exam_id == exam_id, SessionRow.candidate_id == candidate_id
+                )
+            )
+            return dict(state) if state is not None else None
+
+    async def exam_ids_for_groups(self, groups: Iterable[str]) -> set[str]:
+        """Exams with at least one session of a candidate in one of `groups`."""
+        wanted = list(groups)
+        if not wanted:
+            return set()
+        async with self._read() as session:
+            rows = await session.scalars(
+                select(SessionRow.exam_id).where(SessionRow.group.in_(wanted)).distinct()
+            )
+            return set(rows)
+
     async def list_session_states(self, exam_id: str) -> list[dict[str, Any]]:
         async with self._read() as session:
             rows = await session.scalars(

@@ -62,6 +62,7 @@ class RefusalReason(enum.StrEnum):
     LOCKED = "locked"
     ALREADY_OPEN = "already_open"
     NOT_FOUND = "not_found"
+    NOT_ELIGIBLE = "not_eligible"
     OUTSIDE_WINDOW = "outside_window"
 
 
