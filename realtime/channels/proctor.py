@@ -21,18 +21,17 @@ from realtime.commands import parse_command
 from realtime.errors import BadRequest, CloseCode, ErrorCode, Forbidden, RealtimeError
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Watcher, public_event
-from realtime.identity.web import authenticate_websocket, credential_watch
+from realtime.identity.audit import Ctx
+from realtime.identity.web import (
+    authenticate_websocket,
+    client_ip,
+    credential_watch,
+    identity_of,
+)
 from realtime.runtime import Runtime, runtime_of
 from realtime.state.model import public_view
 
 log = logging.getLogger(__name__)
-
-
-def staff_token(websocket: WebSocket) -> str:
-    header = websocket.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return websocket.query_params.get("token") or websocket.cookies.get("realtime_token", "")
 
 
 async def proctor_endpoint(websocket: WebSocket) -> None:
@@ -95,6 +94,16 @@ async def _serve(
                     conn.send({"type": "pong", "t": message.get("t")})
             else:
                 raise BadRequest(f"unknown message type {kind!r}", ErrorCode.UNKNOWN_TYPE)
+        except Forbidden as exc:
+            if kind == "subscribe":  # command denials are audited by the service
+                await identity_of(websocket).audit.record(
+                    Ctx(principal.actor, client_ip(websocket)),
+                    "permission_denied",
+                    f"exam:{message.get('exam_id')}",
+                    request="subscribe",
+                    message=exc.message,
+                )
+            conn.send(error_message(exc.code, exc.message, request=kind, **extra))
         except RealtimeError as exc:
             conn.send(error_message(exc.code, exc.message, request=kind, **extra))
 
