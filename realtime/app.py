@@ -27,6 +27,7 @@ from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
 from realtime.identity.audited import AuditedSessionService
 from realtime.identity.setup import build_identity
+from realtime.metrics import Metrics
 from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
@@ -73,6 +74,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
         service = AuditedSessionService(store, db, history, liveness)
         hub = Hub(fetch_session=service.get_session)
+        metrics = Metrics(hub)
+        service.on_command = metrics.observe_command
+        service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
+        app.state.metrics = metrics
         store.add_listener(hub.on_event)
         await store.start()
         identity = build_identity(settings, db)
@@ -102,8 +107,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def root(request: Request) -> Response:
         return RedirectResponse("/dashboard/")
 
+    async def metrics_endpoint(request: Request) -> Response:
+        metrics: Metrics = request.app.state.metrics
+        return await metrics.endpoint(request)
+
     routes: list[BaseRoute] = [
         Route("/", root),
+        Route("/metrics", metrics_endpoint, include_in_schema=False),
         *api_routes,
         *identity_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),

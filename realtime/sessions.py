@@ -128,6 +128,10 @@ class SessionService:
         self.liveness = liveness
         self.clock = clock
         self._exam_cache: dict[str, tuple[float, Exam]] = {}
+        # Called after each command with (action, applied, skipped, seconds): metrics.
+        self.on_command: Callable[[str, int, int, float], None] | None = None
+        # Called after each open attempt with its outcome ("opened" or a refusal reason).
+        self.on_open: Callable[[str], None] | None = None
 
     # -- exams -------------------------------------------------------------------------------
 
@@ -367,7 +371,11 @@ class SessionService:
             lambda s: machine.open_session(s, exam, request, now, self.liveness),
         )
         if isinstance(outcome, machine.Rejection):
+            if self.on_open is not None:
+                self.on_open(outcome.reason)
             raise OpenRefused(outcome.reason, outcome.message)
+        if self.on_open is not None:
+            self.on_open("opened")
         after = dict(before)
         after.update(outcome.changes)
         after["version"] = before["version"] + 1
@@ -404,6 +412,25 @@ class SessionService:
         params: dict[str, Any] | None = None,
     ) -> BulkResult:
         """Apply a staff command to every targeted session it is valid for."""
+        started = time.perf_counter()
+        result = await self._command(exam_id, action, target, principal, params)
+        if self.on_command is not None:
+            self.on_command(
+                action.value,
+                len(result.applied),
+                len(result.skipped),
+                time.perf_counter() - started,
+            )
+        return result
+
+    async def _command(
+        self,
+        exam_id: str,
+        action: Action,
+        target: Target,
+        principal: Principal,
+        params: dict[str, Any] | None = None,
+    ) -> BulkResult:
         exam = await self.get_exam(exam_id)
         params = dict(params or {})
         command_id = params.get("command_id") or new_id()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -126,7 +127,19 @@ async def healthz(request: Request) -> Response:
     """
     runtime = runtime_of(request)
     backend = "redis" if runtime.settings.redis_url else "memory"
-    return JSONResponse({"status": "ok", "state_backend": backend})
+    checks: dict[str, str] = {}
+    for name, probe in (
+        ("state", runtime.store.get_exam("__healthz__")),
+        ("database", runtime.db.get_exam("__healthz__")),
+    ):
+        try:
+            await asyncio.wait_for(probe, 2.0)
+            checks[name] = "ok"
+        except Exception as exc:  # a backend that does not answer makes us unready
+            checks[name] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    body = {"status": "ok" if healthy else "degraded", "state_backend": backend, **checks}
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 async def list_exams(request: Request) -> Response:

@@ -29,6 +29,8 @@ class _Close:
 
 
 class Connection:
+    overflows = 0  # process-wide count of connections dropped as slow (for metrics)
+
     def __init__(self, websocket: WebSocket, codec: Codec, queue_size: int) -> None:
         self.websocket = websocket
         self.codec = codec
@@ -50,6 +52,7 @@ class Connection:
         try:
             self._queue.put_nowait(message.frame(self.codec))
         except asyncio.QueueFull:
+            Connection.overflows += 1
             self.abort(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return False
         return True

@@ -1,0 +1,72 @@
+"""Prometheus metrics of one process, served at `GET /metrics`.
+
+Each process keeps its own registry (no global state, so several apps can live in one test
+process); scrape every process. Gauges read the hub at scrape time, so the hot path pays only
+for the counters it increments.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from realtime.hub.connection import Connection
+from realtime.hub.hub import Hub
+
+
+class Metrics:
+    def __init__(self, hub: Hub) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        candidates = Gauge(
+            "realtime_candidate_connections",
+            "Candidate sockets holding an open session on this process",
+            registry=self.registry,
+        )
+        candidates.set_function(lambda: len(hub.live_candidates()))
+        dashboards = Gauge(
+            "realtime_dashboard_connections",
+            "Dashboard sockets subscribed to an exam on this process",
+            registry=self.registry,
+        )
+        dashboards.set_function(lambda: sum(len(w) for w in hub.watchers.values()))
+        events = Gauge(
+            "realtime_events_dispatched",
+            "Committed events this process has fanned out since it started",
+            registry=self.registry,
+        )
+        events.set_function(lambda: hub.events_seen)
+        overflows = Gauge(
+            "realtime_slow_consumers_dropped",
+            "Connections closed because their send queue overflowed (4008)",
+            registry=self.registry,
+        )
+        overflows.set_function(lambda: Connection.overflows)
+        self.commands = Counter(
+            "realtime_command_targets",
+            "Sessions targeted by staff commands, by action and outcome",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
+        self.command_seconds = Histogram(
+            "realtime_command_seconds",
+            "Time to apply a staff command and make its history durable",
+            ["action"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.opens = Counter(
+            "realtime_opens",
+            "Candidate open attempts, by outcome (opened or a refusal reason)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def observe_command(self, action: str, applied: int, skipped: int, seconds: float) -> None:
+        self.commands.labels(action, "applied").inc(applied)
+        self.commands.labels(action, "skipped").inc(skipped)
+        self.command_seconds.labels(action).observe(seconds)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
