@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
 from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
@@ -23,6 +24,9 @@ from realtime.config import Settings
 from realtime.db.database import Database
 from realtime.db.history import HistoryWriter
 from realtime.errors import CloseCode, RealtimeError
+from realtime.guests import models as _guest_tables  # noqa: F401 (tables for create_all)
+from realtime.guests.network import parse_networks
+from realtime.guests.service import GuestService
 from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
 from realtime.identity.audited import AuditedSessionService
@@ -85,6 +89,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service.audit = identity.audit
         auth = identity.auth
         app.state.runtime = Runtime(settings, store, db, history, service, hub, auth)
+        app.state.guests = GuestService(
+            db, identity.service, service, store, settings.secret_key,
+            forget_tokens=auth.forget, trusted_proxies=parse_networks(settings.trusted_proxies),
+        )
         heartbeat = asyncio.create_task(
             run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
         )
@@ -116,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint, include_in_schema=False),
         *api_routes,
         *identity_routes,
+        *guest_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]

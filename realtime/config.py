@@ -60,6 +60,9 @@ class Settings:
     auth_recheck_interval: float = 3.0  # open staff sockets re-check their token this often
     cookie_secure: bool = False  # mark login cookies Secure (set it behind HTTPS)
     legacy_staff_tokens: bool = False  # accept `realtime token` signed all-powerful tokens
+    # guest accounts
+    guest_pool_size: int = 100  # guest1..guestN made by `realtime guests create` / PUT pool
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -92,4 +95,6 @@ class Settings:
             cookie_secure=_bool("REALTIME_COOKIE_SECURE", defaults.cookie_secure),
             legacy_staff_tokens=_bool("REALTIME_LEGACY_STAFF_TOKENS",
                                       defaults.legacy_staff_tokens),
+            guest_pool_size=_int("REALTIME_GUEST_POOL_SIZE", defaults.guest_pool_size),
+            trusted_proxies=_list("REALTIME_TRUSTED_PROXIES", []),
         )
