@@ -41,6 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=1024 * 1024,
         ws_ping_interval=None,
         lifespan="on",
+        # X-Forwarded-For only from REALTIME_TRUSTED_PROXIES (none by default), as the app does
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     return 0
 
@@ -153,6 +155,69 @@ def _roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guests(args: argparse.Namespace) -> int:
+    """Guest accounts, through a running server's REST API (so its live state stays right)."""
+    import urllib.error
+
+    base, token = args.url.rstrip("/"), args.token
+    try:
+        if args.guests_command in ("create", "resize"):
+            size = args.count if args.count is not None else Settings.from_env().guest_pool_size
+            out = _api(base, token, "PUT", "/api/v1/guests/pool",
+                       {"size": size, "shrink": args.guests_command == "resize"})
+            print(f"guest pool: {out['size']} accounts ({out['free']} free, {out['reserved']} "
+                  f"reserved); created {out['created']}, retired {out['retired']}, "
+                  f"revived {out['revived']}")
+        elif args.guests_command == "status":
+            out = _api(base, token, "GET", "/api/v1/guests/status")
+            print(f"guest pool: {out['size']} accounts, {out['free']} free, "
+                  f"{out['reserved']} reserved, {out['retired']} retired")
+        elif args.guests_command == "list":
+            query = f"?status={args.status}" if args.status else ""
+            out = _api(base, token, "GET", f"/api/v1/guests{query}")
+            for a in out["accounts"]:
+                who = " ".join(x for x in (a["title"], a["first_name"], a["surname"]) if x)
+                extra = f"  exam {a['exam_id']}  {who}  {a['student_number'] or ''}" if (
+                    a["status"] == "reserved") else ""
+                print(f"{a['login']:<10} {a['status']:<9}{extra}".rstrip())
+        elif args.guests_command == "sessions":
+            out = _api(base, token, "GET", f"/api/v1/exams/{args.exam}/guest-sessions")
+            if out["warning"]:
+                print(f"warning: {out['warning']}")
+            for s in out["sessions"]:
+                g = s["guest"] or {}
+                print(f"{s['session_id']}  {s['account']:<10} {s['status']:<10} "
+                      f"{g.get('title', '')} {g.get('first_name', '')} {g.get('surname', '')} "
+                      f"{g.get('student_number', '')} {g.get('email', '')}".rstrip())
+        elif args.guests_command == "reassign":
+            body = {"candidate_id": args.candidate}
+            if args.name:
+                body["candidate_name"] = args.name
+            if args.group is not None:
+                body["group"] = args.group
+            out = _api(base, token, "POST",
+                       f"/api/v1/exams/{args.exam}/guest-sessions/{args.session}/reassign", body)
+            print(f"session {out['session_id']}: {out['guest_account']} -> {out['candidate_id']}"
+                  f" ({out['events_moved']} history rows, {out['irregularities']} "
+                  f"irregularities); account released: {out['account_released']}")
+        elif args.guests_command == "release":
+            out = _api(base, token, "POST", f"/api/v1/guests/{args.login}/release")
+            print(f"{out['login']} is {out['status']}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            error = json.loads(detail)["error"]
+            detail = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            pass
+        print(f"realtime: HTTP {exc.code} {detail}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"realtime: cannot reach {base}: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     """Hand over to the benchmark harness (it lives in loadtests/, beside the locust halls)."""
     from loadtests.bench import main as bench_main
@@ -193,6 +258,29 @@ def main(argv: list[str] | None = None) -> int:
     roles.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")
     roles.add_argument("--file", help="a roles file (default: the built-in roles)")
     roles.set_defaults(func=_roles)
+    guests = sub.add_parser("guests", help="guest accounts (through a running server)")
+    guests.add_argument("--url", default="http://127.0.0.1:8000")
+    guests.add_argument("--token", default=os.environ.get("REALTIME_STAFF_TOKEN", ""),
+                        help="a staff token (default REALTIME_STAFF_TOKEN)")
+    gsub = guests.add_subparsers(dest="guests_command", required=True)
+    for name, text in (("create", "create guest1..N (never removes any)"),
+                       ("resize", "make the pool exactly N (retires free accounts above N)")):
+        cmd = gsub.add_parser(name, help=text)
+        cmd.add_argument("--count", type=int, help="N (default REALTIME_GUEST_POOL_SIZE, 100)")
+    gsub.add_parser("status", help="how many accounts are free and reserved")
+    listing = gsub.add_parser("list", help="the accounts and who holds them")
+    listing.add_argument("--status", choices=["free", "reserved", "retired"])
+    sessions = gsub.add_parser("sessions", help="an exam's sessions taken with guest accounts")
+    sessions.add_argument("--exam", required=True)
+    reassign = gsub.add_parser("reassign", help="give a guest session to the real candidate")
+    reassign.add_argument("--exam", required=True)
+    reassign.add_argument("--session", required=True)
+    reassign.add_argument("--candidate", required=True, help="the real candidate's id")
+    reassign.add_argument("--name", help="the candidate's name (default: from the user)")
+    reassign.add_argument("--group", help="the candidate's group (default: from the user)")
+    release = gsub.add_parser("release", help="free a reserved account that holds no session")
+    release.add_argument("login")
+    guests.set_defaults(func=_guests)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
