@@ -5,6 +5,8 @@ reservation race across two server processes sharing PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -256,3 +258,31 @@ async def test_200_reservations_race_for_100_accounts_on_two_processes(
     finally:
         await staff.close()
     assert (status["free"], status["reserved"]) == (0, 100)
+
+
+def _cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "guests", "--url", server.url, "--token",
+         STAFF_TOKEN, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+async def test_cli(gserver: ServerProcess, staff: Api, anon: httpx.AsyncClient) -> None:
+    created = await asyncio.to_thread(_cli, gserver, "create", "--count", "7")
+    assert created.returncode == 0, created.stderr
+    assert "7 accounts" in created.stdout
+    exam_id = await _guest_exam(staff, ["127.0.0.0/8"])
+    reserved = (await _reserve(anon, exam_id)).json()
+    listing = await asyncio.to_thread(_cli, gserver, "list", "--status", "reserved")
+    assert reserved["login"] in listing.stdout and "Turing" in listing.stdout
+    status = await asyncio.to_thread(_cli, gserver, "status")
+    assert "1 reserved" in status.stdout
+    refused = await asyncio.to_thread(_cli, gserver, "reassign", "--exam", exam_id,
+                                      "--session", "nope", "--candidate", "c1")
+    assert refused.returncode == 1 and "HTTP 404" in refused.stderr
+    shrink = await asyncio.to_thread(_cli, gserver, "resize", "--count", "0")
+    assert shrink.returncode == 1 and "guest_reserved" in shrink.stderr
+    released = await asyncio.to_thread(_cli, gserver, "release", reserved["login"])
+    assert released.returncode == 0 and "free" in released.stdout
+    await _release_all(staff)
