@@ -535,6 +535,10 @@ class GuestService:
             raise GuestError(409, "not_a_guest_session", "this session was not taken by a guest")
         if candidate_id in guests:
             raise GuestError(409, "invalid", "a guest account cannot be the real candidate")
+        taken = await self.db.find_session(exam.id, candidate_id)
+        if taken is not None:  # checked again in the transaction; this spares a sequence number
+            raise GuestError(409, "candidate_has_session",
+                             f"{candidate_id!r} already has session {taken.get('id')!r} here")
         name, new_group = await self._candidate_defaults(exam, candidate_id, candidate_name,
                                                          group, live["group"])
         seq = await self._reserve_seq(exam.id)
