@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             db, identity.service, service, store, settings.secret_key,
             forget_tokens=auth.forget, trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+        service.may_open = app.state.guests.may_open
         heartbeat = asyncio.create_task(
             run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
         )

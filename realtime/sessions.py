@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,9 @@ class SessionService:
         self.on_command: Callable[[str, int, int, float], None] | None = None
         # Called after each open attempt with its outcome ("opened" or a refusal reason).
         self.on_open: Callable[[str], None] | None = None
+        # Extra eligibility of logged-in candidates (user id, exam id), e.g. guest accounts
+        # that may only open the exam they were reserved for.
+        self.may_open: Callable[[str, str], Awaitable[bool]] | None = None
 
     # -- exams -------------------------------------------------------------------------------
 
@@ -166,8 +169,12 @@ class SessionService:
             await self.store.put_exam(exam)
             await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
             states = await self.db.list_session_states(exam_id)
-            for state in states:  # no connection survived the loss of the state store
-                state.update(connected=False, conn_id="", resume_hash="")
+            now = self.clock()
+            for state in states:
+                if state.get("connected"):
+                    # Holders still connected to a process keep their sessions: their next
+                    # heartbeat proves it; the sweeper disconnects the others.
+                    state["last_seen"] = now
             await self.store.add_sessions(states)
         self._exam_cache[exam_id] = (time.monotonic(), exam)
         return exam
@@ -197,7 +204,9 @@ class SessionService:
                     candidate_id=candidate_id,
                     candidate_name=str(candidate.get("name") or candidate_id),
                     group=str(candidate.get("group") or ""),
-                    access_code=str(candidate.get("access_code") or new_access_code()),
+                    access_code=str(candidate.get("access_code") or new_access_code())
+                    .strip()
+                    .upper(),
                 )
             )
         await self.db.add_sessions(sessions)
@@ -246,6 +255,8 @@ class SessionService:
         exam = await self.get_exam(exam_id)
         if exam.groups and not candidate.groups.intersection(exam.groups):
             raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "you are not a candidate of this exam")
+        if self.may_open is not None and not await self.may_open(candidate.id, exam_id):
+            raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "this account is not for this exam")
         for _attempt in range(2):
             found = await self.db.find_session(exam_id, candidate.id)
             if found is not None:
@@ -293,10 +304,14 @@ class SessionService:
         outcomes: dict[str, tuple[machine.Outcome | None, dict[str, Any] | None]] = {}
         pending = list(dict.fromkeys(session_ids))
         recorded: list[Event] = []
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 break
             sessions = await self.store.get_sessions(exam_id, pending)
+            if attempt == 0 and any(s is None for s in sessions):
+                # The state store may have lost the exam: rebuild it from SQL, read again.
+                await self.get_exam(exam_id, fresh=True)
+                sessions = await self.store.get_sessions(exam_id, pending)
             commits: list[Commit] = []
             decided: list[tuple[str, dict[str, Any], machine.Outcome]] = []
             for sid, session in zip(pending, sessions, strict=True):
@@ -441,12 +456,15 @@ class SessionService:
 
         if target.is_filter:
             sessions, _ = await self.store.snapshot(exam_id)
+            if not sessions:  # nothing, or a state store that lost the exam: make sure
+                await self.get_exam(exam_id, fresh=True)
+                sessions, _ = await self.store.snapshot(exam_id)
             candidates = [s for s in sessions if target.matches(s)]
             if target.session_ids:
                 wanted = set(target.session_ids)
                 candidates = [s for s in candidates if s["id"] in wanted]
         else:
-            ids = target.session_ids or []
+            ids = list(dict.fromkeys(target.session_ids or []))  # each session once
             fetched = await self.store.get_sessions(exam_id, ids)
             candidates = []
             for sid, s in zip(ids, fetched, strict=True):
@@ -527,6 +545,37 @@ class SessionService:
             at=now,
         )
         return event
+
+    async def record_change(
+        self,
+        exam_id: str,
+        session_id: str,
+        kind: str,
+        actor: str,
+        changes: dict[str, Any],
+        details: dict[str, Any],
+    ) -> Event:
+        """Apply a change decided elsewhere (e.g. a guest reassignment already committed in
+        SQL) to the live session, as one event with the exam's next sequence number."""
+        now = self.clock()
+
+        def decide(session: dict[str, Any]) -> machine.Outcome:
+            event = Event(
+                exam_id=exam_id,
+                session_id=session_id,
+                kind=kind,
+                actor=actor,
+                at=now,
+                before=session["status"],
+                after=session["status"],
+                details=details,
+                changes=dict(changes),
+            )
+            return machine.Transition(dict(changes), [event])
+
+        outcome, _ = await self._mutate_one(exam_id, session_id, decide)
+        assert isinstance(outcome, machine.Transition)  # decide never rejects
+        return outcome.events[0]
 
     async def history_of(self, session_id: str) -> list[Event]:
         return await self.db.history(session_id)

@@ -172,14 +172,17 @@ async def test_dashboard_gets_snapshot_then_ordered_deltas_and_recovers_gaps(
     await resumed.close()
 
 
-async def test_dashboard_too_far_behind_gets_a_fresh_snapshot(
+async def test_dashboard_ahead_of_the_server_gets_a_fresh_snapshot(
     server: ServerProcess, api: Api
 ) -> None:
-    """A last_seq from the future or beyond the log is answered with a snapshot, not a guess."""
+    """A last_seq the exam never reached is answered with a snapshot, not an empty catch-up."""
     exam = await api.create_exam()
     await api.create_sessions(exam["id"], 2)
-    dashboard, reply = await watch(server.ws_url, exam["id"], last_seq=0)
-    assert reply["type"] in ("events", "snapshot")
+    dashboard, reply = await watch(server.ws_url, exam["id"], last_seq=10_000)
+    assert reply["type"] == "snapshot"
+    assert len(reply["sessions"]) == 2
+    await api.command(exam["id"], action="lock", target="all")
+    assert (await dashboard.recv_event("lock"))["seq"] == reply["seq"] + 1
     await dashboard.close()
 
 
@@ -271,3 +274,42 @@ async def test_ws_client_helper_rejects_nothing_silently(server: ServerProcess) 
         assert "403" in str(exc) or "4406" in str(exc) or "subprotocol" in str(exc).lower()
     else:
         assert await client.wait_closed() == 4406
+
+
+async def test_a_notice_sent_while_offline_is_shown_on_the_next_open(
+    server: ServerProcess, api: Api
+) -> None:
+    """A notice to a disconnected candidate waits in the session until the page acks it."""
+    exam = await api.create_exam()
+    [session] = await api.create_sessions(exam["id"], 1)
+    result = await api.command(exam["id"], action="notice", target="all", text="Room change")
+    assert [a["delivery"] for a in result["applied"]] == ["queued"]
+    dashboard, _ = await watch(server.ws_url, exam["id"])
+    candidate, opened = await open_candidate(server.ws_url, session["access_code"])
+    assert opened["session"]["notice"] == "Room change"
+    await candidate.send({"type": "ack", "command_id": opened["session"]["notice_id"]})
+    delivered = await dashboard.recv_event("delivered", session["id"])
+    assert delivered["changes"]["notice"] == ""
+    assert delivered["details"]["command_id"] == result["command_id"]
+    await candidate.close()
+    await dashboard.close()
+
+
+async def test_access_codes_are_case_insensitive_and_ids_count_once(
+    server: ServerProcess, api: Api
+) -> None:
+    """A custom lower-case code opens; a target naming a session twice applies once."""
+    exam = await api.create_exam()
+    response = await api.http.post(
+        f"/api/v1/exams/{exam['id']}/sessions",
+        json={"candidates": [{"candidate_id": "ada", "access_code": "hall7-ada"}]},
+    )
+    [session] = response.json()["sessions"]
+    assert session["access_code"] == "HALL7-ADA"
+    candidate, opened = await open_candidate(server.ws_url, "hall7-ada")
+    assert opened["type"] == "opened"
+    result = await api.command(exam["id"], action="pause", target=[session["id"]] * 2)
+    assert len(result["applied"]) == 1 and result["skipped"] == []
+    history = await api.history(exam["id"], session["id"])
+    assert all(e["actor"] == "candidate:ada" for e in history if e["kind"] == "opened")
+    await candidate.close()

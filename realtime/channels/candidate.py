@@ -24,13 +24,13 @@ from realtime.channels.common import (
     optional_str,
     required_str,
 )
-from realtime.errors import BadRequest, CloseCode, ErrorCode, NotFound
+from realtime.errors import BadRequest, CloseCode, ErrorCode, NotFound, RealtimeError
 from realtime.hub.connection import Connection
 from realtime.hub.hub import CandidateLink
 from realtime.runtime import Runtime, runtime_of
 from realtime.sessions import OpenRefused
 from realtime.state import machine
-from realtime.state.model import RefusalReason, Status, public_view
+from realtime.state.model import RefusalReason, SkipReason, Status, public_view
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,15 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
         await conn.stop()
 
 
-async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str, str]:
-    """(exam id, session id, actor) from an access code, a session token, or a candidate's
+async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str]:
+    """(exam id, session id) from an access code, a session token, or a candidate's
     login token plus `exam_id` (the session is then created on first open)."""
     code = optional_str(message, "access_code", 64)
     token = optional_str(message, "token", 2048)
     if token:
         principal = await runtime.auth.candidate(token)
         if principal is not None:
-            return principal.exam_id, principal.session_id, f"candidate:{principal.session_id}"
+            return principal.exam_id, principal.session_id
         exam_id = optional_str(message, "exam_id", 128)
         person = await runtime.auth.staff(token)  # a login token, of any kind of user
         if person is None or person.kind != "candidate":
@@ -82,10 +82,10 @@ async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str,
         if not exam_id:
             raise BadRequest("opening with a login token needs an 'exam_id'")
         session_id = await runtime.service.session_for_candidate(exam_id, person)
-        return exam_id, session_id, f"candidate:{person.id}"
+        return exam_id, session_id
     if code:
         exam_id, session_id = await runtime.service.resolve_code(code.strip().upper())
-        return exam_id, session_id, f"candidate:{session_id}"
+        return exam_id, session_id
     raise BadRequest("open needs an 'access_code' or a 'token'")
 
 
@@ -93,7 +93,7 @@ async def _open(
     websocket: WebSocket, conn: Connection, runtime: Runtime, message: dict[str, Any]
 ) -> CandidateLink | None:
     try:
-        exam_id, session_id, actor = await _resolve(runtime, message)
+        exam_id, session_id = await _resolve(runtime, message)
         resume_token = optional_str(message, "resume_token", 256)
         client_id = optional_str(message, "client_id", 128) or ""
     except NotFound as exc:
@@ -110,7 +110,7 @@ async def _open(
     runtime.hub.add_candidate(link)  # before the open, so no event after it is missed
     try:
         opened = await runtime.service.open(
-            exam_id, session_id, link.conn_id, actor, resume_token, client_id, remote
+            exam_id, session_id, link.conn_id, "", resume_token, client_id, remote
         )
     except OpenRefused as exc:
         runtime.hub.remove_candidate(link)
@@ -136,6 +136,7 @@ async def _open(
             "server_time": time.time(),
         }
     )
+    link.actor = machine.candidate_actor(opened.session)
     link.activate(opened.session["version"])
     return link
 
@@ -162,7 +163,7 @@ async def _serve(
             await _handle(conn, runtime, link, message)
             if link.ended:
                 return
-        except BadRequest as exc:
+        except RealtimeError as exc:
             conn.send(error_message(exc.code, exc.message, request=kind))
 
 
@@ -171,7 +172,7 @@ async def _handle(
 ) -> None:
     kind = message["type"]
     service = runtime.service
-    actor = f"candidate:{link.session_id}"
+    actor = link.actor
     now = time.time()
     conn_id = link.conn_id
     outcome: machine.Outcome
@@ -223,7 +224,7 @@ async def _handle(
     if isinstance(outcome, machine.Rejection):
         code = (
             ErrorCode.INVALID_TRANSITION
-            if outcome.reason != "invalid_params"
+            if outcome.reason != SkipReason.INVALID_PARAMS
             else ErrorCode.INVALID
         )
         conn.send(error_message(code, outcome.message, reason=outcome.reason, request=kind))

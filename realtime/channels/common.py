@@ -62,7 +62,10 @@ async def messages(
             frame = raw.get("text")
         if frame is None:
             continue
-        if len(frame) > limit:
+        size = len(frame)
+        if isinstance(frame, str) and size * 4 > limit:  # only then can UTF-8 exceed it
+            size = len(frame.encode())
+        if size > limit:
             conn.send(error_message(ErrorCode.TOO_LARGE, f"messages are limited to {limit} bytes"))
             continue
         try:

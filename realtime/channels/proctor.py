@@ -46,10 +46,12 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
         )
         if principal is None:
             unauthorized = refused == CloseCode.UNAUTHORIZED
-            conn.send(error_message(
-                ErrorCode.UNAUTHORIZED if unauthorized else ErrorCode.FORBIDDEN,
-                "a valid staff token is required" if unauthorized else "not allowed here",
-            ))
+            conn.send(
+                error_message(
+                    ErrorCode.UNAUTHORIZED if unauthorized else ErrorCode.FORBIDDEN,
+                    "a valid staff token is required" if unauthorized else "not allowed here",
+                )
+            )
             conn.close(refused, "unauthorized" if unauthorized else "forbidden")
             return
         interval = runtime.settings.auth_recheck_interval

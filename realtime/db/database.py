@@ -414,7 +414,10 @@ class Database:
             if row is None or row.exam_id != ev.exam_id or not ev.changes:
                 continue
             state = states.setdefault(row.id, dict(row.state or {}))
-            state.update(public_view(ev.changes))
+            # The state column is internal (never served): it keeps the holder's connection id
+            # and resume-token hash, so a state store that lost its data can be rebuilt
+            # without cutting off connected candidates.
+            state.update(ev.changes)
         now = time.time()
         for sid, state in states.items():
             rows[sid].state = state  # a new dict, so the JSON column is seen as changed
@@ -510,7 +513,7 @@ def _session_row(session: dict[str, Any], now: float) -> dict[str, Any]:
         "group": str(session.get("group") or ""),
         "access_code": str(session.get("access_code") or "") or None,
         "created_at": now,
-        "state": public_view(session),
+        "state": dict(session),
         "updated_at": now,
     }
 

@@ -44,7 +44,7 @@ from realtime.identity.roles import CANDIDATE
 from realtime.identity.service import ACTIVE, DEACTIVATED, EMAIL, IdentityService
 from realtime.sessions import SessionService
 from realtime.state.model import Event, Exam, Status
-from realtime.state.store import Commit, StateStore
+from realtime.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -541,15 +541,25 @@ class GuestService:
                              f"{candidate_id!r} already has session {taken.get('id')!r} here")
         name, new_group = await self._candidate_defaults(exam, candidate_id, candidate_name,
                                                          group, live["group"])
-        seq = await self._reserve_seq(exam.id)
         now = self.clock()
-        event_id = uuid.uuid4().hex
         ctx = Ctx(principal.actor, principal.extra.get("ip", ""))
-        moved = await self._move(exam, session_id, candidate_id, name, new_group, seq, event_id,
-                                 ctx, now)
+        moved = await self._move(exam, session_id, candidate_id, name, new_group, ctx, now)
         self.forget_tokens()
-        await self._update_live(exam.id, session_id, moved["changes"], moved["event"])
+        # The live copy and the `reassigned` history event go through the ordinary commit
+        # path (next exam seq, published to dashboards, durable in SQL before we answer).
+        event: Event = moved["event"]
+        await self.sessions.record_change(
+            exam.id, session_id, REASSIGNED, event.actor, moved["changes"], event.details
+        )
         return moved["result"]  # type: ignore[no-any-return]
+
+    async def may_open(self, user_id: str, exam_id: str) -> bool:
+        """A guest account opens only the exam it was reserved for; other users anything."""
+        async with self.db._read() as session:
+            account = await session.scalar(
+                select(GuestAccountRow).where(GuestAccountRow.user_id == user_id)
+            )
+        return account is None or account.exam_id == exam_id
 
     async def _candidate_defaults(
         self, exam: Exam, candidate_id: str, name: str | None, group: str | None, current: str
@@ -569,36 +579,21 @@ class GuestService:
             group = shared[0] if shared else current
         return name.strip(), group
 
-    async def _reserve_seq(self, exam_id: str) -> int:
-        """An exam sequence number for the `reassigned` event that the store will never give.
-
-        Interim: the state store has no call that both reserves a number and publishes at it,
-        so the number is skipped in the live stream (dashboards resynchronise once).
-        """
-        for _ in range(20):
-            _, current = await self.store.snapshot(exam_id)
-            seq = max(current, await self.db.last_seq(exam_id)) + 1
-            await self.store.ensure_seq(exam_id, seq)
-            since = await self.store.events_since(exam_id, seq - 1)
-            if since is None or all(e.seq != seq for e in since):
-                return seq
-        raise GuestError(409, "conflict", "the exam is too busy right now; try again")
-
     async def _move(
-        self, exam: Exam, session_id: str, candidate_id: str, name: str, group: str, seq: int,
-        event_id: str, ctx: Ctx, now: float,
+        self, exam: Exam, session_id: str, candidate_id: str, name: str, group: str,
+        ctx: Ctx, now: float,
     ) -> dict[str, Any]:
         try:
             async with self.db._write() as session:
                 return await self._move_in(session, exam, session_id, candidate_id, name, group,
-                                           seq, event_id, ctx, now)
+                                           ctx, now)
         except IntegrityError as exc:
             raise GuestError(409, "candidate_has_session",
                              f"{candidate_id!r} already has a session in this exam") from exc
 
     async def _move_in(
         self, session: AsyncSession, exam: Exam, session_id: str, candidate_id: str, name: str,
-        group: str, seq: int, event_id: str, ctx: Ctx, now: float,
+        group: str, ctx: Ctx, now: float,
     ) -> dict[str, Any]:
         row = await session.scalar(
             select(SessionRow).where(SessionRow.id == session_id, SessionRow.exam_id == exam.id)
@@ -659,19 +654,13 @@ class GuestService:
             use.reassigned_by, use.reassigned_at = ctx.actor, now
             typed = {k: v for k, v in _use_dict(use).items()
                      if k in ("title", "first_name", "surname", "student_number", "email")}
-        # 5. the appended history event
+        # 5. the `reassigned` event: recorded through the live commit path right after
         event = Event(
             exam_id=exam.id, session_id=session_id, kind=REASSIGNED, actor=ctx.actor, at=now,
-            before=None, after=None,
             details={"from_candidate_id": guest_id, "guest_account": account.login,
                      "to_candidate_id": candidate_id, "guest": typed},
-            changes=changes, seq=seq, id=event_id,
+            changes=changes,
         )
-        session.add(EventRow(id=event_id, exam_id=exam.id, session_id=session_id, seq=seq,
-                             at=now, actor=ctx.actor, kind=REASSIGNED, before=None, after=None,
-                             details=event.details, changes=changes))
-        await session.flush()
-        await self.checkpoint("event_added")
         # 6. release the account unless it still holds sessions of other exams
         others = await session.scalar(
             select(func.count()).where(SessionRow.candidate_id == guest_id,
@@ -704,22 +693,3 @@ class GuestService:
             "reassigned_at": now, "guest": typed,
         }
         return {"result": result, "changes": changes, "event": event}
-
-    async def _update_live(
-        self, exam_id: str, session_id: str, changes: dict[str, Any], event: Event
-    ) -> None:
-        """The state store's copy, through its compare-and-set commit (after SQL committed)."""
-        for _ in range(20):
-            [current] = await self.store.get_sessions(exam_id, [session_id])
-            if current is None:
-                return  # the store lost the exam: it is rebuilt from SQL, which is right
-            live_event = Event(exam_id=exam_id, session_id=session_id, kind=event.kind,
-                               actor=event.actor, at=event.at, details=dict(event.details),
-                               changes=dict(changes))
-            [result] = await self.store.commit(
-                [Commit(exam_id, session_id, int(current["version"]), dict(changes),
-                        [live_event])]
-            )
-            if result.ok or not result.found:
-                return
-        log.error("reassignment of %s: the live state could not be updated", session_id)

@@ -56,6 +56,7 @@ class CandidateLink:
         self.exam_id = exam_id
         self.session_id = session_id
         self.conn_id = conn_id
+        self.actor = f"candidate:{session_id}"  # set from the session when it opens
         self.ready = False
         self.version = 0
         self.early: list[Event] = []

@@ -79,6 +79,11 @@ def _event(
     )
 
 
+def candidate_actor(session: dict[str, Any]) -> str:
+    """How history names the candidate of a session (the same for every connection)."""
+    return f"candidate:{session['candidate_id'] or session['id']}"
+
+
 def holder_is_live(session: dict[str, Any], now: float, liveness: Liveness) -> bool:
     """Whether another connection currently holds the session."""
     if not session["connected"] or not session["conn_id"]:
@@ -96,7 +101,7 @@ def _start_changes(session: dict[str, Any], exam: Exam, now: float) -> dict[str,
 class OpenRequest:
     conn_id: str
     new_resume_hash: str
-    actor: str
+    actor: str = ""  # empty: the session's candidate
     resume_token: str | None = None
     client_id: str = ""
     remote_addr: str = ""
@@ -114,7 +119,8 @@ def open_session(
 
     def refuse(reason: RefusalReason, message: str) -> Rejection:
         details = {"reason": reason.value, "remote_addr": request.remote_addr}
-        event = _event(session, EventKind.REFUSED, request.actor, now, {}, details)
+        actor = request.actor or candidate_actor(session)
+        event = _event(session, EventKind.REFUSED, actor, now, {}, details)
         return Rejection(reason.value, message, event)
 
     if status.final:
@@ -165,13 +171,16 @@ def open_session(
     if live and session["conn_id"] != request.conn_id:
         details["superseded"] = True
     kind = EventKind.RESUMED_CONNECTION if token_ok else EventKind.OPENED
-    events = [_event(session, kind, request.actor, now, changes, details)]
+    actor = request.actor or candidate_actor(session)
+    events = [_event(session, kind, actor, now, changes, details)]
 
     if exam.settings.lock_sessions or session["relock"]:
         changes["locked"] = True
         changes["relock"] = True
         if not session["locked"]:
-            events.append(_event(session, EventKind.RELOCKED, "system", now, {"locked": True}))
+            relock = _event(session, EventKind.RELOCKED, "system", now, {"locked": True})
+            relock.before = relock.after = changes.get("status", session["status"])
+            events.append(relock)
     return Transition(changes, events)
 
 
@@ -232,9 +241,11 @@ def apply_command(
     elif action is Action.EXTEND:
         minutes = params.get("minutes")
         if not isinstance(minutes, int) or isinstance(minutes, bool):
-            return Rejection("invalid_params", "extend needs an integer 'minutes'")
+            return Rejection(SkipReason.INVALID_PARAMS.value, "extend needs an integer 'minutes'")
         if not 1 <= minutes <= MAX_EXTEND_MINUTES:
-            return Rejection("invalid_params", f"minutes must be 1..{MAX_EXTEND_MINUTES}")
+            return Rejection(
+                SkipReason.INVALID_PARAMS.value, f"minutes must be 1..{MAX_EXTEND_MINUTES}"
+            )
         changes = {"extra_minutes": int(session["extra_minutes"]) + minutes}
         if session["deadline"] is not None:
             changes["deadline"] = session["deadline"] + minutes * 60
@@ -242,10 +253,14 @@ def apply_command(
     elif action is Action.NOTICE:
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
-            return Rejection("invalid_params", "notice needs a non-empty 'text'")
+            return Rejection(SkipReason.INVALID_PARAMS.value, "notice needs a non-empty 'text'")
         if len(text) > MAX_NOTICE_LENGTH:
-            return Rejection("invalid_params", f"text is longer than {MAX_NOTICE_LENGTH}")
+            return Rejection(
+                SkipReason.INVALID_PARAMS.value, f"text is longer than {MAX_NOTICE_LENGTH}"
+            )
         details["text"] = text
+        # Kept until acknowledged, so a page that was offline still shows it on (re)open.
+        changes = {"notice": text, "notice_id": params.get("command_id", "")}
     else:  # pragma: no cover - Action is a closed enum
         raise ValueError(action)
     return Transition(changes, [_event(session, action.value, actor, now, changes, details)])
@@ -286,7 +301,9 @@ def report_progress(
     if rejected:
         return rejected
     if position < 0 or answered < 0:
-        return Rejection("invalid_params", "position and answered must not be negative")
+        return Rejection(
+            SkipReason.INVALID_PARAMS.value, "position and answered must not be negative"
+        )
     changes = {"position": position, "answered": answered, "last_seen": now}
     return Transition(changes, [_event(session, EventKind.PROGRESS, actor, now, changes)])
 
@@ -311,7 +328,9 @@ def acknowledge(
     """The candidate's page confirms it received (and showed) a command."""
     if session["conn_id"] != conn_id:
         return Rejection("not_holder", "this connection no longer holds the session")
-    changes = {"last_seen": now}
+    changes: dict[str, Any] = {"last_seen": now}
+    if command_id and command_id == session["notice_id"]:
+        changes.update(notice="", notice_id="")
     details = {"command_id": command_id}
     return Transition(changes, [_event(session, EventKind.DELIVERED, actor, now, changes, details)])
 

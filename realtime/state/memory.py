@@ -72,7 +72,9 @@ class MemoryStore:
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         log = self._logs.get(exam_id, deque())
         current = self._seq.get(exam_id, 0)
-        if seq >= current:
+        if seq > current:
+            return None  # a sequence this exam never reached: the client needs a snapshot
+        if seq == current:
             return []
         if not log or log[0].seq > seq + 1:
             return None

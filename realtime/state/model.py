@@ -46,13 +46,13 @@ class EventKind(enum.StrEnum):
     RESUMED_CONNECTION = "reconnected"
     REFUSED = "refused"
     RELOCKED = "relocked"
-    SUPERSEDED = "superseded"
     DISCONNECTED = "disconnected"
     PROGRESS = "progress"
     CLIENT_EVENT = "client_event"
     DELIVERED = "delivered"
     SUBMITTED = "submitted"
     IRREGULARITY = "irregularity"
+    REASSIGNED = "reassigned"  # a guest session moved to the real candidate
 
 
 class RefusalReason(enum.StrEnum):
@@ -77,6 +77,7 @@ class SkipReason(enum.StrEnum):
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
+    INVALID_PARAMS = "invalid_params"
 
 
 @dataclass(slots=True)
@@ -142,6 +143,8 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "resume_hash": "",
     "alerts": 0,
     "last_alert": "",
+    "notice": "",  # the latest staff notice until the candidate's page acknowledges it
+    "notice_id": "",
     "version": 0,
 }
 

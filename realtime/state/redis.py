@@ -366,7 +366,9 @@ class RedisStore:
             pipe.get(self.keys.seq(exam_id))
             pipe.zrangebyscore(self.keys.log(exam_id), f"({seq}", "+inf")
             current, entries = await pipe.execute()
-        if seq >= int(current or 0):
+        if seq > int(current or 0):
+            return None  # a sequence this exam never reached: the client needs a snapshot
+        if seq == int(current or 0):
             return []
         events = [decode_event(entry) for entry in entries]
         if not events or events[0].seq > seq + 1:

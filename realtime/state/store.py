@@ -65,7 +65,8 @@ class StateStore(Protocol):
         """All sessions of an exam and the exam sequence number they include (atomically)."""
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
-        """Events after `seq`, or None when the log no longer reaches back that far."""
+        """Events after `seq`, or None when the log no longer reaches back that far (or `seq`
+        is beyond what the exam reached, e.g. after its state was lost)."""
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
         """Apply many commits in one round trip; each one is atomic on its own."""
