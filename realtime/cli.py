@@ -1,10 +1,11 @@
-"""`realtime serve | demo | token`: run the server and the chores around it."""
+"""`realtime serve | demo | bench | create-admin | roles | guests …`: the server and its chores."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
 import sys
 import urllib.request
 from typing import Any
@@ -20,18 +21,21 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    if not settings.bootstrap_staff_token:
-        # One token for this run, so the operator can use the API and the dashboard at once.
-        settings.bootstrap_staff_token = os.environ.get("REALTIME_STAFF_TOKEN") or "dev-" + (
-            settings.secret_key[:16]
-        )
+    if args.dev and not settings.bootstrap_staff_token:
+        # Development only: an all-powerful token for this run, printed below, so a newcomer
+        # can use the API and the dashboard at once. Production logs staff in with
+        # `realtime create-admin` and /api/v1/auth/login instead.
+        settings.bootstrap_staff_token = "dev-" + secrets.token_urlsafe(12)
     base = f"http://{host}:{port}"
     backend = settings.redis_url or "memory"
     print(f"realtime: state={backend} database={settings.database_url}", flush=True)
     print(f"  dashboard  {base}/dashboard/", flush=True)
     print(f"  candidate  {base}/candidate/", flush=True)
     print(f"  API        {base}/api/v1/openapi.json", flush=True)
-    print(f"  staff token: {settings.bootstrap_staff_token}", flush=True)
+    if settings.bootstrap_staff_token:
+        print(f"  staff token: {settings.bootstrap_staff_token}", flush=True)
+    if args.dev:
+        print(f"  try: realtime demo --url {base} --token <staff token>", flush=True)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--dev", action="store_true", help="print an all-powerful staff token for this run"
+    )
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="create a demo exam with candidates on a running server")
     demo.add_argument("--url", default="http://127.0.0.1:8000")
