@@ -1,0 +1,539 @@
+// The candidate page: a placeholder exam around CandidateConnection.
+//
+// An exam-delivery system embeds `CandidateConnection` the same way: open with the access code,
+// show the session's status (waiting, running, paused), react to staff commands, report
+// progress and focus loss, and submit.
+
+import { CandidateConnection, State } from "/client/realtime.js";
+
+const $ = (id) => document.getElementById(id);
+
+// Inline icons (no emoji: kiosks and CI machines often have no emoji font).
+const svg = (body) =>
+  `<svg viewBox="0 0 24 24" width="28" height="28" fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round">${body}</svg>`;
+const ICONS = {
+  lock: svg('<rect x="4.5" y="10.5" width="15" height="10" rx="2"/><path d="M8 10.5V7.5a4 4 0 0 1 8 0v3"/>'),
+  clock: svg('<circle cx="12" cy="12" r="8.5"/><path d="M12 7.5V12l3 2"/>'),
+  mail: svg('<rect x="3.5" y="5.5" width="17" height="13" rx="2"/><path d="m4 7 8 6 8-6"/>'),
+  plus: svg('<circle cx="12" cy="12" r="8.5"/><path d="M12 8v8M8 12h8"/>'),
+  check: svg('<path d="m5 12.5 4.5 4.5L19 7.5"/>'),
+  stop: svg('<rect x="7" y="7" width="10" height="10" rx="1.5" fill="currentColor"/>'),
+  windows: svg('<rect x="3.5" y="7.5" width="12" height="10" rx="1.5"/><path d="M8.5 7.5V5.5a1.5 1.5 0 0 1 1.5-1.5h9a1.5 1.5 0 0 1 1.5 1.5v8a1.5 1.5 0 0 1-1.5 1.5h-3.5"/>'),
+  alert: svg('<path d="M12 7v6"/><circle cx="12" cy="17" r="0.6" fill="currentColor"/>'),
+  info: svg('<path d="M12 11v6"/><circle cx="12" cy="7.5" r="0.6" fill="currentColor"/>'),
+  pause: svg('<path d="M9 7v10M15 7v10" stroke-width="3"/>'),
+};
+
+function setIcon(el, name) {
+  if (el.dataset.icon !== name || !el.firstChild) {
+    el.dataset.icon = name;
+    el.innerHTML = ICONS[name] ?? ICONS.info;
+  }
+}
+for (const el of document.querySelectorAll("[data-icon]")) setIcon(el, el.dataset.icon);
+const CODE_KEY = "realtime.candidate.code";
+const QUESTIONS = 20;
+const SCREENS = ["code", "connecting", "waiting", "exam", "final", "refused"];
+
+const REFUSALS = {
+  locked: {
+    title: "Your session is locked",
+    text: "This exam session is locked to the device where it was started. Ask your supervisor to unlock it, then try again.",
+  },
+  already_open: {
+    title: "Already open elsewhere",
+    text: "This exam session is already open in another window or on another device. Ask your supervisor for help.",
+  },
+  outside_window: {
+    title: "The exam is not open",
+    text: "This exam cannot be started right now. Check the start time with your supervisor.",
+  },
+  not_found: { title: "Unknown access code", text: "That access code was not recognised. Check it and try again." },
+};
+
+let conn = null;
+let answers = new Map(); // question number -> choice
+let position = 1;
+let clockTimer = null;
+let everOpened = false;
+let focusReported = 0;
+let announcedLow = new Set();
+const messageQueue = [];
+
+function storage() {
+  try {
+    return sessionStorage;
+  } catch {
+    return null;
+  }
+}
+
+// -- screens and overlays ---------------------------------------------------------------------
+
+function show(screen) {
+  for (const name of SCREENS) $(`screen-${name}`).hidden = name !== screen;
+  document.body.dataset.screen = screen;
+  $("bar").hidden = !["waiting", "exam"].includes(screen);
+  if (screen === "final" || screen === "refused" || screen === "code") {
+    hideOverlay("overlay-paused");
+    $("reconnecting").hidden = true;
+    syncInert();
+  }
+}
+
+function syncInert() {
+  const blocked = !$("overlay-paused").hidden || !$("overlay-message").hidden;
+  $("main").inert = blocked;
+  $("bar").inert = blocked;
+  $("overlay-paused").inert = !$("overlay-message").hidden;
+}
+
+function showOverlay(id) {
+  const el = $(id);
+  if (!el.hidden) return;
+  el.hidden = false;
+  syncInert();
+}
+
+function hideOverlay(id) {
+  $(id).hidden = true;
+  syncInert();
+}
+
+function announce(text) {
+  const el = $("announcer");
+  el.textContent = "";
+  // A fresh text node so screen readers announce repeated messages too.
+  requestAnimationFrame(() => {
+    el.textContent = text;
+  });
+}
+
+/** Lock notices, staff notices and time extensions: one at a time, acknowledged with OK. */
+function pushMessage({ title, text, icon = "info", kind = "info" }) {
+  messageQueue.push({ title, text, icon, kind });
+  if ($("overlay-message").hidden) nextMessage();
+}
+
+function nextMessage() {
+  const m = messageQueue.shift();
+  if (!m) {
+    hideOverlay("overlay-message");
+    if (!$("overlay-paused").hidden) $("overlay-paused").focus();
+    return;
+  }
+  $("message-title").textContent = m.title;
+  $("message-text").textContent = m.text;
+  setIcon($("message-icon"), m.icon);
+  $("message-card").dataset.kind = m.kind;
+  showOverlay("overlay-message");
+  announce(`${m.title}. ${m.text}`);
+  $("message-ok").focus();
+}
+
+$("message-ok").addEventListener("click", nextMessage);
+
+// -- starting ---------------------------------------------------------------------------------
+
+function start({ code, token }) {
+  if (conn) conn.close();
+  everOpened = false;
+  if (code) storage()?.setItem(CODE_KEY, code);
+  conn = new CandidateConnection({ accessCode: code || undefined, token: token || undefined });
+  globalThis.__realtime = { connection: conn }; // debug/test hook
+  loadAnswers();
+  conn.addEventListener("state", onState);
+  conn.addEventListener("opened", onOpened);
+  conn.addEventListener("session", () => render());
+  conn.addEventListener("command", onCommand);
+  conn.addEventListener("refused", onRefused);
+  conn.addEventListener("ended", onEnded);
+  conn.addEventListener("error", (e) => console.warn("realtime:", e.detail.code, e.detail.message));
+  $("connecting-text").textContent = "Opening your exam session.";
+  show("connecting");
+  conn.connect();
+}
+
+function answersKey() {
+  return `realtime.candidate.answers.${conn.accessCode ?? "token"}`;
+}
+
+function loadAnswers() {
+  try {
+    answers = new Map(JSON.parse(storage()?.getItem(answersKey()) ?? "[]"));
+  } catch {
+    answers = new Map();
+  }
+}
+
+function saveAnswers() {
+  storage()?.setItem(answersKey(), JSON.stringify([...answers]));
+}
+
+$("code-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const code = $("code-input").value.trim().toUpperCase();
+  if (!code) {
+    $("code-error").textContent = "Enter your access code.";
+    $("code-error").hidden = false;
+    $("code-input").focus();
+    return;
+  }
+  $("code-error").hidden = true;
+  start({ code });
+});
+
+$("retry").addEventListener("click", () => {
+  $("connecting-text").textContent = "Opening your exam session.";
+  show("connecting");
+  conn.connect();
+});
+
+$("change-code").addEventListener("click", () => {
+  conn?.close();
+  storage()?.removeItem(CODE_KEY);
+  const url = new URL(location.href);
+  url.searchParams.delete("code");
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url);
+  $("code-input").value = "";
+  show("code");
+  $("code-input").focus();
+});
+
+// -- connection events ------------------------------------------------------------------------
+
+function onState(e) {
+  const { state, retryAt } = e.detail;
+  const net = $("net");
+  net.dataset.state = state;
+  $("net-text").textContent = state === State.OPEN ? "Connected" : state === State.RECONNECTING ? "Reconnecting" : "Offline";
+  if (state === State.RECONNECTING) {
+    if (everOpened && !["final", "refused"].includes(document.body.dataset.screen)) {
+      $("reconnecting").hidden = false;
+      const left = retryAt ? Math.max(0, Math.round((retryAt - Date.now()) / 1000)) : 0;
+      $("reconnecting-text").textContent =
+        `Your answers are kept. The exam continues by itself when the connection is back${left > 1 ? ` (next try in ${left} s)` : ""}.`;
+    } else if (!everOpened) {
+      $("connecting-text").textContent = "The exam server cannot be reached yet. Trying again…";
+    }
+  } else {
+    $("reconnecting").hidden = true;
+  }
+}
+
+function onOpened(e) {
+  const { session, exam, relocked, resumed } = e.detail;
+  const first = !everOpened;
+  everOpened = true;
+  $("reconnecting").hidden = true;
+  $("exam-title").textContent = exam.title;
+  document.title = `${exam.title} · Exam`;
+  $("candidate-name").textContent = session.candidate_name;
+  if (first) {
+    position = Math.min(Math.max(session.position || 1, 1), QUESTIONS);
+    if (session.answered > answers.size) {
+      // Answers given on another device/tab are not known here; keep the count honest.
+      for (let q = 1; answers.size < session.answered && q <= QUESTIONS; q++) if (!answers.has(q)) answers.set(q, null);
+    }
+    buildQuestionList();
+  }
+  if (relocked && !resumed) {
+    pushMessage({
+      title: "Session locked to this window",
+      text: "For this exam your session is locked to this window. Do not close it: opening the exam anywhere else needs your supervisor.",
+      icon: "lock",
+      kind: "lock",
+    });
+  }
+  render();
+  if (first && session.status === "active") sendProgress();
+  startClock();
+}
+
+function onCommand(e) {
+  const { action, details } = e.detail;
+  switch (action) {
+    case "lock":
+      pushMessage({
+        title: "Session locked",
+        text: "The proctor locked your session to this window. Do not close it; opening the exam anywhere else needs your supervisor.",
+        icon: "lock",
+        kind: "lock",
+      });
+      break;
+    case "notice":
+      pushMessage({ title: "Message from the proctor", text: details.text ?? "", icon: "mail", kind: "notice" });
+      break;
+    case "extend": {
+      const minutes = details.minutes ?? 0;
+      pushMessage({
+        title: "Extra time",
+        text: `The proctor gave you ${minutes} more minute${minutes === 1 ? "" : "s"}.`,
+        icon: "plus",
+        kind: "extend",
+      });
+      break;
+    }
+    case "authorize":
+      announce("The proctor let you in. The exam has started.");
+      break;
+    case "resume":
+      announce("The exam continues.");
+      break;
+    default:
+      break;
+  }
+  render();
+}
+
+function onRefused(e) {
+  const { reason, message } = e.detail;
+  if (reason === "closed") {
+    showFinal("Exam finished", "This exam session has already ended.", "check", "ended");
+    return;
+  }
+  if (reason === "not_found" && !everOpened) {
+    storage()?.removeItem(CODE_KEY);
+    show("code");
+    $("code-error").textContent = REFUSALS.not_found.text;
+    $("code-error").hidden = false;
+    $("code-input").focus();
+    return;
+  }
+  const known = REFUSALS[reason] ?? { title: "This exam cannot be opened here", text: message };
+  $("refused-title").textContent = known.title;
+  $("refused-text").textContent = known.text;
+  $("refused-reason").textContent = `Reason: ${reason}`;
+  $("screen-refused").dataset.reason = reason;
+  show("refused");
+  $("retry").focus();
+}
+
+function onEnded(e) {
+  const { reason } = e.detail;
+  if (reason === "terminated") {
+    showFinal("Your exam was ended", "The proctor ended your exam session. Your answers up to now have been kept.", "stop", "terminated");
+  } else if (reason === "completed") {
+    showFinal("Answers submitted", "Your exam has been submitted. Thank you.", "check", "completed");
+  } else if (reason === "superseded") {
+    showFinal(
+      "Opened in another window",
+      "Your exam was opened in another window or on another device, so this window was disconnected.",
+      "windows",
+      "superseded",
+    );
+  } else if (reason !== "refused") {
+    showFinal("Disconnected", "The connection to the exam server was closed. Ask your supervisor for help.", "alert", "closed");
+  }
+}
+
+function showFinal(title, text, icon, kind) {
+  clearInterval(clockTimer);
+  messageQueue.length = 0;
+  hideOverlay("overlay-message");
+  $("final-title").textContent = title;
+  $("final-text").textContent = text;
+  setIcon($("final-icon"), icon);
+  $("final-card").dataset.kind = kind;
+  $("screen-final").dataset.reason = kind;
+  show("final");
+  announce(`${title}. ${text}`);
+}
+
+// -- the exam ---------------------------------------------------------------------------------
+
+function render() {
+  const s = conn?.session;
+  if (!s) return;
+  const screen = document.body.dataset.screen;
+  if (screen === "final" || screen === "refused") return;
+  if (s.status === "awaiting" || s.status === "ready") show("waiting");
+  else if (s.status === "active" || s.status === "paused") show("exam");
+  if (s.status === "paused") {
+    if ($("overlay-paused").hidden) {
+      showOverlay("overlay-paused");
+      announce("Paused by the proctor. Your time is stopped.");
+      if ($("overlay-message").hidden) $("overlay-paused").focus();
+    }
+  } else if (!$("overlay-paused").hidden) {
+    hideOverlay("overlay-paused");
+  }
+  renderQuestion();
+  renderClock();
+}
+
+function buildQuestionList() {
+  const list = $("question-list");
+  list.replaceChildren();
+  for (let q = 1; q <= QUESTIONS; q++) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = String(q);
+    b.dataset.q = String(q);
+    li.append(b);
+    list.append(li);
+  }
+}
+
+$("question-list").addEventListener("click", (e) => {
+  const b = e.target.closest("button[data-q]");
+  if (b) goTo(Number(b.dataset.q));
+});
+
+const CHOICES = ["A", "B", "C", "D"];
+
+function renderQuestion() {
+  $("question-count").textContent = `Question ${position} of ${QUESTIONS}`;
+  $("question-title").textContent = `Question ${position}`;
+  $("question-text").textContent =
+    "This is a placeholder question. The exam-delivery system shows the real item here; choose an answer to report progress.";
+  const fieldset = $("choices");
+  const current = answers.get(position);
+  if (fieldset.dataset.q !== String(position)) {
+    fieldset.dataset.q = String(position);
+    fieldset.querySelectorAll("label").forEach((l) => l.remove());
+    for (const c of CHOICES) {
+      const label = document.createElement("label");
+      label.className = "choice";
+      label.innerHTML = `<input type="radio" name="answer" value="${c}"><span class="letter">${c}</span><span>Option ${c}</span>`;
+      fieldset.append(label);
+    }
+  }
+  for (const input of fieldset.querySelectorAll("input")) input.checked = input.value === current;
+  $("prev").disabled = position <= 1;
+  $("next").disabled = position >= QUESTIONS;
+  for (const b of $("question-list").querySelectorAll("button")) {
+    const q = Number(b.dataset.q);
+    b.classList.toggle("answered", answers.has(q));
+    if (q === position) b.setAttribute("aria-current", "step");
+    else b.removeAttribute("aria-current");
+    b.setAttribute("aria-label", `Question ${q}${answers.has(q) ? ", answered" : ""}`);
+  }
+  const answered = answers.size;
+  const text = `${answered} of ${QUESTIONS} answered`;
+  if ($("progress-text").textContent !== text) $("progress-text").textContent = text;
+  $("progress-bar").style.width = `${(answered / QUESTIONS) * 100}%`;
+}
+
+$("choices").addEventListener("change", (e) => {
+  if (e.target.name !== "answer") return;
+  answers.set(position, e.target.value);
+  saveAnswers();
+  renderQuestion();
+  sendProgress();
+});
+
+function goTo(q) {
+  position = Math.min(Math.max(q, 1), QUESTIONS);
+  renderQuestion();
+  sendProgress();
+  $("question-title").focus?.();
+}
+
+$("prev").addEventListener("click", () => goTo(position - 1));
+$("next").addEventListener("click", () => goTo(position + 1));
+
+function sendProgress() {
+  conn?.progress(position, answers.size);
+}
+
+$("submit").addEventListener("click", () => {
+  const left = QUESTIONS - answers.size;
+  $("sd-text").textContent =
+    (left ? `${left} question${left === 1 ? " is" : "s are"} not answered. ` : "") + "You cannot change your answers after submitting.";
+  $("submit-dialog").showModal();
+});
+
+$("submit-dialog").addEventListener("close", async () => {
+  if ($("submit-dialog").returnValue !== "confirm") return;
+  try {
+    await conn.submit();
+  } catch (err) {
+    pushMessage({ title: "Not submitted", text: `Your exam could not be submitted (${err.message}). Try again.`, icon: "alert", kind: "error" });
+  }
+});
+
+// -- time left --------------------------------------------------------------------------------
+
+function startClock() {
+  clearInterval(clockTimer);
+  clockTimer = setInterval(renderClock, 500);
+  renderClock();
+}
+
+function fmt(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+function renderClock() {
+  const s = conn?.session;
+  const clock = $("clock");
+  const value = $("time-left");
+  if (!s) return;
+  const left = conn.timeLeft();
+  let text;
+  let state = "normal";
+  if (left == null) {
+    const minutes = (conn.exam?.duration_minutes ?? 0) + (s.extra_minutes ?? 0);
+    text = fmt(minutes * 60000);
+    state = "idle";
+  } else {
+    text = fmt(left);
+    if (s.status === "paused") state = "paused";
+    else if (left <= 0) state = "over";
+    else if (left <= 5 * 60000) state = "low";
+    for (const mark of [5, 1]) {
+      if (s.status === "active" && left <= mark * 60000 && left > (mark * 60000 - 5000) && !announcedLow.has(mark)) {
+        announcedLow.add(mark);
+        announce(`${mark} minute${mark === 1 ? "" : "s"} left.`);
+      }
+    }
+  }
+  if (value.textContent !== text) value.textContent = text;
+  clock.dataset.state = state;
+  clock.setAttribute("aria-label", `Time left: ${text}${state === "paused" ? " (paused)" : ""}`);
+}
+
+// -- focus loss -------------------------------------------------------------------------------
+
+// Reported a moment later, so that closing the page (which hides it first) is not reported as
+// focus loss: the disconnect says that already.
+let focusTimer = null;
+
+function reportFocusLost(how) {
+  if (!conn?.isOpen || conn.session?.status !== "active") return;
+  const now = Date.now();
+  if (now - focusReported < 1500 || focusTimer) return; // blur and visibilitychange come together
+  focusTimer = setTimeout(() => {
+    focusTimer = null;
+    focusReported = Date.now();
+    conn.clientEvent("focus_lost", how);
+  }, 250);
+}
+
+window.addEventListener("blur", () => reportFocusLost("blur"));
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden") reportFocusLost("hidden");
+});
+window.addEventListener("pagehide", () => {
+  clearTimeout(focusTimer);
+  focusTimer = null;
+});
+
+// -- boot -------------------------------------------------------------------------------------
+
+const params = new URLSearchParams(location.search);
+const initialCode = params.get("code") ?? storage()?.getItem(CODE_KEY);
+const initialToken = params.get("token");
+if (initialCode || initialToken) {
+  start({ code: initialCode?.trim().toUpperCase(), token: initialToken });
+} else {
+  show("code");
+  $("code-input").focus();
+}

@@ -1,0 +1,476 @@
+// Monitoring one exam: the live connection, the table, the toolbar, commands and the panel.
+
+import { DashboardConnection, State, randomId } from "/client/realtime.js";
+import { api, serverClock } from "./api.js";
+import { actionDone, actionLabel, clockTime, esc, plural } from "./format.js";
+import { SessionPanel } from "./panel.js";
+import { STATUSES, SessionTable, isOffline } from "./table.js";
+import { askCommand, toast } from "./ui.js";
+
+const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice"]);
+const DELIVERY_RANK = { pending: 0, failed: 1, skipped: 1, sent: 2, queued: 2, delivered: 3 };
+
+const SKIP_TEXT = {
+  final_status: "already finished",
+  invalid_status: "not in a status that allows it",
+  already_locked: "already locked",
+  not_locked: "not locked",
+  already_authorized: "already authorized",
+  not_found: "not found",
+  forbidden: "outside your groups",
+  conflict: "busy, try again",
+  invalid_params: "invalid parameters",
+};
+
+const $ = (id) => document.getElementById(id);
+
+/**
+ * Start monitoring `examId`. Returns `stop()`.
+ * @param {object} o
+ * @param {string} o.examId
+ * @param {string} o.token
+ * @param {(message: string) => void} o.onUnauthorized
+ */
+export function startMonitor({ examId, token, onUnauthorized }) {
+  const now = () => serverClock.now();
+  const conn = new DashboardConnection({ examId, token });
+  const table = new SessionTable(
+    {
+      table: $("sessions"),
+      tbody: $("session-rows"),
+      wrap: $("table-wrap"),
+      empty: $("empty-state"),
+      selectAll: $("select-all"),
+    },
+    now,
+  );
+  const panel = new SessionPanel({
+    examId,
+    getSession: (id) => conn.sessions.get(id),
+    getDelivery: (id) => table.delivery(id),
+    onAction: (action, session) => runCommand(action, { single: session }),
+    now,
+  });
+  const earlyDeliveries = new Map(); // command id -> Set(session id) delivered before the result
+  const cleanups = [];
+  let knownGroups = "";
+  let pillTimer = null;
+
+  // A snapshot from REST gives the server clock offset before the first countdown.
+  api.exam(examId).catch(() => {});
+
+  // -- the connection ---------------------------------------------------------------------
+
+  conn.addEventListener("sync", (e) => {
+    const { mode, missed } = e.detail;
+    if (mode === "snapshot") {
+      renderExam(conn.exam);
+      table.reset([...conn.sessions.values()]);
+    }
+    const info = $("sync-info");
+    info.dataset.sync = mode;
+    info.dataset.seq = String(conn.lastSeq);
+    info.textContent =
+      mode === "events"
+        ? `Caught up at ${clockTime(now() / 1000)}: ${plural(missed, "missed event")} replayed`
+        : `Synchronised at ${clockTime(now() / 1000)}`;
+    $("view-monitor").dataset.stale = "false";
+  });
+
+  conn.addEventListener("change", (e) => {
+    const { session, fields } = e.detail;
+    table.update(session, fields);
+    if (!conn.synced) return; // replaying missed events: the sync message says enough
+    if (fields.includes("connected") && isOffline(session)) noteForScreenReader("offline", session);
+    if (fields.includes("alerts") && session.alerts) noteForScreenReader("alerts", session);
+  });
+
+  // Screen readers hear what needs attention, grouped every few seconds (not every delta).
+  const notes = { offline: [], alerts: [] };
+  let notesTimer = null;
+  function noteForScreenReader(kind, session) {
+    notes[kind].push(session.candidate_name);
+    notesTimer ??= setTimeout(() => {
+      notesTimer = null;
+      const parts = [];
+      const say = (names, what) => {
+        if (!names.length) return;
+        const who = names.length <= 3 ? names.join(", ") : plural(names.length, "session");
+        parts.push(`${who} ${what}`);
+      };
+      say(notes.offline.splice(0), "disconnected");
+      say(notes.alerts.splice(0), "raised an alert");
+      if (parts.length) $("announcer").textContent = `${parts.join(". ")}.`;
+    }, 3000);
+  }
+
+  conn.addEventListener("event", (e) => {
+    const { event, session } = e.detail;
+    if (!session && event.kind !== "created") fetchUnknown(event.session_id);
+    if (ACTIONS.has(event.kind) && session) {
+      const commandId = event.details?.command_id ?? event.id;
+      const current = table.delivery(session.id);
+      if (current?.commandId === commandId && current.state === "pending") {
+        // Our own command is applied; command_result confirms it.
+        table.setDelivery(session.id, { state: session.connected || event.kind === "terminate" ? "sent" : "queued" });
+        takeEarly(commandId, session.id);
+      } else if (!current || current.commandId !== commandId) {
+        // A command from someone else (another proctor, REST, a script).
+        table.setDelivery(session.id, {
+          commandId,
+          action: event.kind,
+          state: session.connected || event.kind === "terminate" ? "sent" : "queued",
+          reason: `by ${event.actor}`,
+          at: Date.now(),
+        });
+        takeEarly(commandId, session.id);
+      }
+    }
+    panel.onEvent(event);
+  });
+
+  conn.addEventListener("delivered", (e) => {
+    const { session_id, command_id } = e.detail;
+    const current = table.delivery(session_id);
+    if (current && current.commandId === command_id) {
+      table.setDelivery(session_id, { state: "delivered" });
+    } else {
+      let set = earlyDeliveries.get(command_id);
+      if (!set) earlyDeliveries.set(command_id, (set = new Set()));
+      set.add(session_id);
+      if (earlyDeliveries.size > 200) earlyDeliveries.delete(earlyDeliveries.keys().next().value);
+    }
+  });
+
+  conn.addEventListener("state", (e) => renderPill(e.detail));
+  conn.addEventListener("unauthorized", (e) => {
+    conn.close();
+    onUnauthorized(e.detail.message || "Your session expired. Sign in again.");
+  });
+  conn.addEventListener("error", (e) => {
+    const m = e.detail;
+    if (m.request === "subscribe") {
+      $("exam-title").textContent = m.code === "not_found" ? "Exam not found" : "Cannot watch this exam";
+      $("exam-meta").textContent = m.message;
+      toast(m.message, "error");
+      conn.close();
+    }
+  });
+
+  function takeEarly(commandId, sessionId) {
+    const set = earlyDeliveries.get(commandId);
+    if (set?.has(sessionId)) {
+      set.delete(sessionId);
+      table.setDelivery(sessionId, { state: "delivered" });
+    }
+  }
+
+  const unknownFetches = new Set();
+  async function fetchUnknown(sessionId) {
+    if (unknownFetches.has(sessionId)) return;
+    unknownFetches.add(sessionId);
+    try {
+      const s = await api.session(examId, sessionId);
+      if (!conn.sessions.has(s.id)) {
+        conn.sessions.set(s.id, s);
+        table.update(s, Object.keys(s));
+      }
+    } catch {
+      // not visible to us: ignore
+    } finally {
+      unknownFetches.delete(sessionId);
+    }
+  }
+
+  function renderPill(detail) {
+    const pill = $("conn-pill");
+    const text = pill.querySelector(".conn-text");
+    const retry = $("retry-now");
+    clearInterval(pillTimer);
+    pill.hidden = false;
+    pill.dataset.state = detail.state;
+    retry.hidden = true;
+    const stale = detail.state !== State.OPEN;
+    $("view-monitor").dataset.stale = String(stale);
+    switch (detail.state) {
+      case State.CONNECTING:
+        text.textContent = "Connecting…";
+        break;
+      case State.OPEN:
+        text.textContent = "Live";
+        break;
+      case State.RECONNECTING: {
+        retry.hidden = false;
+        const update = () => {
+          const left = detail.retryAt ? Math.max(0, Math.ceil((detail.retryAt - Date.now()) / 1000)) : 0;
+          text.textContent = left > 0 ? `Connection lost · retrying in ${left} s` : "Reconnecting…";
+        };
+        update();
+        pillTimer = setInterval(update, 500);
+        break;
+      }
+      case State.CLOSED:
+        text.textContent = "Disconnected";
+        retry.hidden = false;
+        break;
+      default:
+        text.textContent = "Not connected";
+    }
+  }
+  const onRetry = () => {
+    if (conn.state === State.CLOSED || conn.state === State.IDLE) conn.connect();
+    else conn.retryNow();
+  };
+  $("retry-now").addEventListener("click", onRetry);
+  cleanups.push(() => $("retry-now").removeEventListener("click", onRetry));
+
+  // -- exam header, counters, filters -----------------------------------------------------
+
+  function renderExam(exam) {
+    if (!exam) return;
+    $("exam-title").textContent = exam.title;
+    $("crumb-exam").textContent = exam.title;
+    document.title = `${exam.title} · Proctor dashboard`;
+    const parts = [exam.id, `${exam.duration_minutes} min`];
+    if (exam.settings?.lock_sessions) parts.push("sessions lock on open");
+    if (exam.settings?.requires_authorization) parts.push("authorization required");
+    $("exam-meta").textContent = parts.join(" · ");
+  }
+
+  const COUNTER_DEFS = [
+    ...STATUSES.map((s) => ({ key: s, label: s[0].toUpperCase() + s.slice(1), status: s })),
+    { key: "offline", label: "Disconnected", flag: "offline" },
+    { key: "locked", label: "Locked" },
+    { key: "alerts", label: "With alerts", flag: "alerts" },
+  ];
+  const counters = $("counters");
+  counters.innerHTML =
+    `<div class="counter total"><span class="n" id="count-total">0</span><span class="l">Sessions</span></div>` +
+    COUNTER_DEFS.map((d) => {
+      const tag = d.status || d.flag ? "button" : "div";
+      const attrs = tag === "button" ? ` type="button" aria-pressed="false"` : "";
+      return `<${tag} class="counter c-${d.key}" data-counter="${d.key}"${attrs}><span class="n">0</span><span class="l">${d.label}</span></${tag}>`;
+    }).join("");
+  const onCounter = (e) => {
+    const button = e.target.closest("button[data-counter]");
+    if (!button) return;
+    const def = COUNTER_DEFS.find((d) => d.key === button.dataset.counter);
+    if (def.status) table.toggleStatus(def.status);
+    else if (def.flag === "offline") $("only-offline").checked = !$("only-offline").checked;
+    else if (def.flag === "alerts") $("only-alerts").checked = !$("only-alerts").checked;
+    applyFilters();
+  };
+  counters.addEventListener("click", onCounter);
+  cleanups.push(() => counters.removeEventListener("click", onCounter));
+
+  function renderCounts() {
+    const c = table.counts();
+    $("count-total").textContent = c.total;
+    for (const d of COUNTER_DEFS) {
+      const el = counters.querySelector(`[data-counter="${d.key}"]`);
+      const n = el.querySelector(".n");
+      if (n.textContent !== String(c[d.key])) n.textContent = c[d.key];
+      el.classList.toggle("zero", !c[d.key]);
+      if (d.status) el.setAttribute("aria-pressed", String(table.filter.statuses.has(d.status)));
+      if (d.flag) el.setAttribute("aria-pressed", String(!!table.filter[d.flag]));
+    }
+    const groups = [...new Set([...(conn.exam?.groups ?? []), ...table.groups()])].sort();
+    const key = groups.join("\u0000");
+    if (key !== knownGroups) {
+      knownGroups = key;
+      const select = $("group-filter");
+      const current = select.value;
+      select.innerHTML =
+        `<option value="">All groups</option>` + groups.map((g) => `<option>${esc(g)}</option>`).join("");
+      select.value = groups.includes(current) ? current : "";
+    }
+    renderResultCount();
+  }
+  table.addEventListener("counts", renderCounts);
+  table.addEventListener("visible", renderResultCount);
+  table.addEventListener("selection", renderActionBar);
+
+  function renderResultCount() {
+    const total = table.rows.size;
+    const shown = table.visible.length;
+    $("result-count").textContent = table.filtered ? `Showing ${shown} of ${total}` : `${plural(total, "session")}`;
+    $("clear-filters").hidden = !table.filtered;
+    renderActionBar();
+  }
+
+  let searchTimer = null;
+  function applyFilters() {
+    table.setFilter({
+      search: $("search").value,
+      group: $("group-filter").value,
+      offline: $("only-offline").checked,
+      alerts: $("only-alerts").checked,
+    });
+    renderCounts();
+  }
+  const onSearch = () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(applyFilters, 60);
+  };
+  const listeners = [
+    [$("search"), "input", onSearch],
+    [$("group-filter"), "change", applyFilters],
+    [$("only-offline"), "change", applyFilters],
+    [$("only-alerts"), "change", applyFilters],
+    [$("scope"), "change", () => renderActionBar()],
+    [$("clear-filters"), "click", () => {
+      $("search").value = "";
+      $("group-filter").value = "";
+      $("only-offline").checked = false;
+      $("only-alerts").checked = false;
+      table.filter.statuses.clear();
+      applyFilters();
+    }],
+    [$("clear-selection"), "click", () => table.clearSelection()],
+    [$("actionbar"), "click", (e) => {
+      const button = e.target.closest("button[data-action]");
+      if (button) runCommand(button.dataset.action, { scope: $("scope").value });
+    }],
+    [document, "keydown", (e) => {
+      if (e.key === "/" && !e.target.closest("input, textarea, select, dialog")) {
+        e.preventDefault();
+        $("search").focus();
+      }
+    }],
+  ];
+  for (const [el, type, fn] of listeners) {
+    el.addEventListener(type, fn);
+    cleanups.push(() => el.removeEventListener(type, fn));
+  }
+  table.addEventListener("open", (e) => panel.open(e.detail.id));
+
+  function renderActionBar() {
+    const selected = table.selected.length;
+    const scope = $("scope");
+    scope.options[0].textContent = `Selected sessions (${selected})`;
+    scope.options[1].textContent = table.filtered
+      ? `All ${table.visible.length} matching the filter`
+      : `Whole exam (${table.rows.size})`;
+    const count = scope.value === "selected" ? selected : table.visible.length;
+    for (const b of $("actionbar").querySelectorAll("button[data-action]")) b.disabled = count === 0;
+    $("clear-selection").hidden = selected === 0;
+  }
+
+  // -- commands ---------------------------------------------------------------------------
+
+  /**
+   * Confirm if needed, send, and track the delivery per session.
+   * @param {string} action
+   * @param {{single?: object, scope?: "selected"|"filter"}} how
+   */
+  async function runCommand(action, { single, scope }) {
+    let target;
+    let sessions;
+    let description;
+    if (single) {
+      sessions = [single];
+      target = single.id;
+      description = single.candidate_name;
+    } else if (scope === "selected") {
+      sessions = table.selected;
+      target = sessions.map((s) => s.id);
+      description = plural(sessions.length, "selected session");
+    } else {
+      sessions = table.visible.map((r) => r.session);
+      target = table.filterTarget();
+      description = table.filtered ? `all ${plural(sessions.length, "session")} matching the filter` : `every session of the exam (${sessions.length})`;
+    }
+    if (!sessions.length) {
+      toast("Select one or more sessions first.", "warn");
+      return;
+    }
+    const label = actionLabel(action);
+    const names = sessions.map((s) => s.candidate_name);
+    const input = action === "extend" ? "minutes" : action === "notice" ? "text" : null;
+    const danger = action === "terminate" || action === "unlock";
+    const confirmNeeded = danger || input || sessions.length > 1 || (!single && scope === "filter");
+    let params = {};
+    if (confirmNeeded) {
+      const texts = {
+        terminate: `Terminate ${description}? The candidates' exams end now; this cannot be undone.`,
+        unlock: `Unlock ${description}? An unlocked session can be opened from another device or tab.`,
+        extend: `Give ${description} more time.`,
+        notice: `Send a notice to ${description}. It is shown on their screen at once.`,
+      };
+      params = await askCommand({
+        title: action === "notice" ? "Send a notice" : action === "extend" ? "Extend time" : `${label} ${plural(sessions.length, "session")}?`,
+        body: texts[action] ?? `${label} ${description}?`,
+        names,
+        count: sessions.length,
+        confirmLabel: action === "notice" ? "Send notice" : action === "extend" ? "Extend" : `${label} ${plural(sessions.length, "session")}`,
+        danger,
+        input,
+        reason: action !== "notice",
+      });
+      if (!params) return;
+    }
+    const commandId = randomId(8);
+    const at = Date.now();
+    for (const s of sessions) table.setDelivery(s.id, { commandId, action, state: "pending", reason: "", at });
+    let result;
+    try {
+      result = await conn.command(action, target, { ...params, command_id: commandId });
+    } catch (err) {
+      for (const s of sessions) {
+        const d = table.delivery(s.id);
+        if (d?.commandId === commandId && d.state === "pending") {
+          table.setDelivery(s.id, { state: "failed", reason: err.message });
+        }
+      }
+      toast(`${label} failed: ${err.message}`, "error", 10000);
+      return;
+    }
+    for (const a of result.applied) {
+      const d = table.delivery(a.session_id);
+      if (d?.commandId === commandId && d.state !== a.delivery && DELIVERY_RANK[d.state] <= DELIVERY_RANK[a.delivery]) {
+        table.setDelivery(a.session_id, { state: a.delivery });
+      } else if (!d && conn.sessions.has(a.session_id)) {
+        table.setDelivery(a.session_id, { commandId, action, state: a.delivery, reason: "", at });
+      }
+      takeEarly(commandId, a.session_id);
+    }
+    const explicit = new Set(single || scope === "selected" ? sessions.map((s) => s.id) : []);
+    const reasons = new Map();
+    for (const k of result.skipped) {
+      const text = SKIP_TEXT[k.reason] ?? k.reason;
+      reasons.set(text, (reasons.get(text) ?? 0) + 1);
+      if (explicit.has(k.session_id)) {
+        table.setDelivery(k.session_id, { commandId, action, state: "skipped", reason: k.message || text, at });
+      }
+    }
+    for (const s of sessions) {
+      const d = table.delivery(s.id);
+      if (d?.commandId === commandId && d.state === "pending") table.setDelivery(s.id, { state: "skipped", reason: "not applied" });
+    }
+    const n = result.applied.length;
+    let message = n ? `${actionDone(action)} ${plural(n, "session")}` : `${label}: nothing to do`;
+    if (result.skipped.length) {
+      const why = [...reasons].map(([text, count]) => `${count} ${text}`).join(", ");
+      message += `; ${result.skipped.length} skipped (${why})`;
+    }
+    toast(message, n ? "ok" : "warn");
+  }
+
+  // -- start ------------------------------------------------------------------------------
+
+  // Debug/test hook: the live connection and the table.
+  globalThis.__realtime = { connection: conn, table, panel };
+  renderActionBar();
+  conn.connect();
+
+  return function stop() {
+    conn.close();
+    clearInterval(pillTimer);
+    clearTimeout(notesTimer);
+    table.destroy();
+    panel.destroy();
+    for (const fn of cleanups) fn();
+    $("conn-pill").hidden = true;
+    delete globalThis.__realtime;
+  };
+}

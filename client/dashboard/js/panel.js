@@ -1,0 +1,190 @@
+// The side panel: one session's details, its commands, history and the irregularity form.
+
+import { api } from "./api.js";
+import { actionLabel, ago, clockTime, duration, esc, eventLabel } from "./format.js";
+import { isOffline, timeLeft } from "./table.js";
+import { toast } from "./ui.js";
+
+export class SessionPanel {
+  /**
+   * @param {object} o
+   * @param {string} o.examId
+   * @param {(id: string) => object|undefined} o.getSession
+   * @param {(id: string) => object|null} o.getDelivery
+   * @param {(action: string, session: object) => void} o.onAction
+   * @param {() => number} o.now server time, ms
+   */
+  constructor({ examId, getSession, getDelivery, onAction, now }) {
+    this.examId = examId;
+    this.getSession = getSession;
+    this.getDelivery = getDelivery;
+    this.onAction = onAction;
+    this.now = now;
+    this.sessionId = null;
+    this.seenEvents = new Set();
+    this.el = document.getElementById("panel");
+    this.returnFocus = null;
+    this.ticker = null;
+    const q = (id) => document.getElementById(id);
+    this.q = q;
+    this._onClose = () => this.close();
+    this._onKey = (e) => {
+      if (e.key === "Escape" && !document.querySelector("dialog[open]")) this.close();
+    };
+    this._onActionClick = (e) => {
+      const button = e.target.closest("button[data-action]");
+      const session = this.sessionId && this.getSession(this.sessionId);
+      if (button && session) this.onAction(button.dataset.action, session);
+    };
+    this._onSubmit = (e) => this._report(e);
+    q("panel-close").addEventListener("click", this._onClose);
+    this.el.addEventListener("keydown", this._onKey);
+    q("panel-actions").addEventListener("click", this._onActionClick);
+    q("irregularity-form").addEventListener("submit", this._onSubmit);
+  }
+
+  destroy() {
+    this.close();
+    this.q("panel-close").removeEventListener("click", this._onClose);
+    this.el.removeEventListener("keydown", this._onKey);
+    this.q("panel-actions").removeEventListener("click", this._onActionClick);
+    this.q("irregularity-form").removeEventListener("submit", this._onSubmit);
+  }
+
+  get isOpen() {
+    return !this.el.hidden;
+  }
+
+  async open(sessionId) {
+    const session = this.getSession(sessionId);
+    if (!session) return;
+    if (!this.isOpen) this.returnFocus = document.activeElement;
+    this.sessionId = sessionId;
+    this.seenEvents = new Set();
+    this.el.hidden = false;
+    this.el.dataset.sessionId = sessionId;
+    this.q("irr-status").textContent = "";
+    this.q("irr-note").value = "";
+    this.render();
+    this.el.scrollTop = 0;
+    this.el.focus();
+    clearInterval(this.ticker);
+    this.ticker = setInterval(() => this.render(), 1000);
+    const list = this.q("history");
+    list.replaceChildren();
+    this.q("history-status").textContent = "Loading history…";
+    try {
+      const { events } = await api.history(this.examId, sessionId);
+      if (this.sessionId !== sessionId) return;
+      list.replaceChildren();
+      for (const event of events) this._append(event);
+      this.q("history-status").textContent = events.length ? "" : "No history yet.";
+    } catch (err) {
+      if (this.sessionId === sessionId) this.q("history-status").textContent = `Could not load the history: ${err.message}`;
+    }
+  }
+
+  close() {
+    if (!this.isOpen) return;
+    clearInterval(this.ticker);
+    this.el.hidden = true;
+    this.sessionId = null;
+    delete this.el.dataset.sessionId;
+    const back = this.returnFocus;
+    this.returnFocus = null;
+    if (back && document.contains(back)) back.focus();
+  }
+
+  /** A live delta arrived; append it to the history when it is this session's. */
+  onEvent(event) {
+    if (!this.isOpen || event.session_id !== this.sessionId) return;
+    if (event.kind !== "progress") this._append(event);
+    this.q("history-status").textContent = "";
+    this.render();
+  }
+
+  /** Refresh the details (status, connection, time left). */
+  render() {
+    const s = this.sessionId && this.getSession(this.sessionId);
+    if (!s) return;
+    const now = this.now();
+    this.q("panel-title").textContent = s.candidate_name;
+    this.q("panel-sub").textContent = `${s.candidate_id} · session ${s.id}`;
+    const left = timeLeft(s, now);
+    const d = this.getDelivery(s.id);
+    const connection = s.connected
+      ? `Online${s.rtt_ms != null ? ` · ${Math.round(s.rtt_ms)} ms` : ""}`
+      : isOffline(s)
+        ? `Disconnected ${ago(s.last_seen, now)}`
+        : s.status === "ready"
+          ? "Not started"
+          : "Closed";
+    const reconnects = s.reconnects ? ` · ↻ ${s.reconnects}` : "";
+    const extra = s.extra_minutes ? ` <span class="muted">(+${s.extra_minutes} min)</span>` : "";
+    const rows = [
+      ["Status", `<span class="badge st-${esc(s.status)}">${esc(s.status)}</span>`],
+      ["Lock", s.locked ? '<span class="lock on">Locked</span>' : '<span class="lock off">Unlocked</span>'],
+      ["Group", esc(s.group || "—")],
+      ["Connection", `<span class="${isOffline(s) ? "error-text" : ""}">${esc(connection + reconnects)}</span>`],
+      ["Progress", s.position || s.answered ? `Q ${s.position} · ${s.answered} answered` : "—"],
+      ["Time left", (left == null ? "—" : left <= 0 ? "0:00" : duration(left)) + extra],
+      ["Started", esc(clockTime(s.started_at))],
+      ["Alerts", s.alerts ? `${s.alerts} <span class="muted">(${esc(s.last_alert.replaceAll("_", " "))})</span>` : "0"],
+      ["Address", `<span class="mono">${esc(s.remote_addr || "—")}</span>`],
+      ["Last command", d ? `${esc(actionLabel(d.action))} · ${esc(d.state)}` : "—"],
+    ];
+    const html = rows.map(([k, v]) => `<div><dt>${k}</dt><dd>${v}</dd></div>`).join("");
+    const details = this.q("panel-details");
+    if (details.innerHTML !== html) details.innerHTML = html;
+  }
+
+  _append(event) {
+    // Live deltas carry no id; the REST history does: (kind, time) identifies an entry.
+    const key = `${event.kind}|${event.at}`;
+    if (this.seenEvents.has(key)) return;
+    this.seenEvents.add(key);
+    const li = document.createElement("li");
+    li.className = `h-${event.kind}`;
+    const details = [];
+    const d = event.details ?? {};
+    if (event.before && event.after && event.before !== event.after) details.push(`${event.before} → ${event.after}`);
+    if (d.reason) details.push(`reason: ${d.reason}`);
+    if (d.minutes) details.push(`+${d.minutes} min`);
+    if (d.text) details.push(`“${d.text}”`);
+    if (d.name) details.push(String(d.name).replaceAll("_", " "));
+    if (d.category) details.push(String(d.category).replaceAll("_", " "));
+    if (d.note) details.push(d.note);
+    if (event.kind === "progress") details.push(`Q ${event.changes?.position} · ${event.changes?.answered} answered`);
+    li.innerHTML =
+      `<time>${esc(clockTime(event.at))}</time>` +
+      `<span class="h-kind">${esc(eventLabel(event.kind))}</span>` +
+      `<span class="h-actor muted">${esc(event.actor)}</span>` +
+      (details.length ? `<span class="h-details">${esc(details.join(" · "))}</span>` : "");
+    this.q("history").prepend(li);
+  }
+
+  async _report(event) {
+    event.preventDefault();
+    const sessionId = this.sessionId;
+    if (!sessionId) return;
+    const category = this.q("irr-category").value;
+    const note = this.q("irr-note").value.trim();
+    const status = this.q("irr-status");
+    const button = event.target.querySelector("button[type=submit]");
+    button.disabled = true;
+    status.textContent = "Reporting…";
+    try {
+      const created = await api.reportIrregularity(this.examId, sessionId, category, note);
+      if (this.sessionId === sessionId) {
+        this._append(created);
+        this.q("irr-note").value = "";
+        status.textContent = "Irregularity reported.";
+      }
+      toast("Irregularity reported", "ok");
+    } catch (err) {
+      status.textContent = `Not reported: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+}
