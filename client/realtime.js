@@ -383,7 +383,10 @@ export class CandidateConnection extends RealtimeConnection {
   /**
    * @param {object} options
    * @param {string} [options.accessCode] the candidate's access code
-   * @param {string} [options.token] or a signed candidate token (from the sessions REST API)
+   * @param {string} [options.token] or a signed candidate token (from the sessions REST API),
+   *   or a candidate's login token together with `examId`
+   * @param {string} [options.examId] the exam to open with a login token (the session is
+   *   created on the first open)
    * @param {string} [options.url] WebSocket URL; default `/ws/candidate` on this host
    * @param {Storage} [options.storage=sessionStorage] where the resume token is kept
    * @param {string} [options.clientId] identifies this tab/device; default: random, per tab
@@ -391,11 +394,12 @@ export class CandidateConnection extends RealtimeConnection {
    *   few seconds) after which the connection is considered dead and re-opened
    * @param {object} [options.backoff] {@link Backoff} options
    */
-  constructor({ accessCode, token, url, storage, clientId, idleTimeout = 30000, ...rest } = {}) {
+  constructor({ accessCode, token, examId, url, storage, clientId, idleTimeout = 30000, ...rest } = {}) {
     if (!accessCode && !token) throw new TypeError("CandidateConnection needs accessCode or token");
     super(url ?? defaultUrl("/ws/candidate"), rest);
     this.accessCode = accessCode ? String(accessCode).trim().toUpperCase() : null;
     this.token = token ?? null;
+    this.examId = examId ?? null;
     this.storage = storage ?? defaultStorage();
     this.clientId = clientId ?? this.storage.getItem(CLIENT_ID_KEY) ?? randomId(8);
     this.storage.setItem(CLIENT_ID_KEY, this.clientId);
@@ -505,6 +509,7 @@ export class CandidateConnection extends RealtimeConnection {
     const open = { type: "open", client_id: this.clientId };
     if (this.token) open.token = this.token;
     else open.access_code = this.accessCode;
+    if (this.token && this.examId) open.exam_id = this.examId;
     const resume = this.resumeToken;
     if (resume) open.resume_token = resume;
     this.send(open);
@@ -527,9 +532,23 @@ export class CandidateConnection extends RealtimeConnection {
         this._setState(State.OPEN);
         this._emit("opened", { session: this.session, exam: this.exam, relocked: !!m.relocked, resumed });
         this._emit("session", { session: this.session, fields: Object.keys(m.session) });
+        if (m.session.notice && m.session.notice_id) {
+          // A notice sent while this page was away: show it now, and acknowledge it.
+          this.send({ type: "ack", command_id: m.session.notice_id });
+          this._emit("command", {
+            type: "command", action: "notice", command_id: m.session.notice_id,
+            details: { text: m.session.notice }, session: this.session, replayed: true,
+          });
+        }
         this._flush();
         break;
       }
+      case "state": // the server noticed this page may have missed a change: the whole state
+        if (this.session) {
+          Object.assign(this.session, m.session);
+          this._emit("session", { session: this.session, fields: Object.keys(m.session) });
+        }
+        break;
       case "command": {
         const changes = m.session ?? {};
         if (this.session && Object.keys(changes).length) {
@@ -755,6 +774,9 @@ export class DashboardConnection extends RealtimeConnection {
         break;
       case "event":
         if (this.synced) this._applyEvent(m.event);
+        break;
+      case "event_batch": // a burst of live deltas (e.g. a bulk command), in sequence order
+        if (this.synced) for (const event of m.events) this._applyEvent(event);
         break;
       case "command_result": {
         const entry = this._requests.get(m.request_id);

@@ -71,6 +71,7 @@ class WsClient:
         self.protocol = protocol
         self.received: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []  # unpacked deltas not yet looked at
 
     @classmethod
     async def connect(cls, url: str, protocol: str = MSGPACK, **kwargs: Any) -> WsClient:
@@ -120,11 +121,18 @@ class WsClient:
     async def recv_event(
         self, kind: str, session_id: str | None = None, timeout: float = TIMEOUT
     ) -> dict[str, Any]:
-        """The next dashboard delta of `kind` (for `session_id`), skipping other deltas."""
+        """The next dashboard delta of `kind` (for `session_id`), skipping other deltas.
+
+        Deltas come one by one (`event`) or in bursts (`event_batch`); both are unpacked."""
         async with asyncio.timeout(timeout):
             while True:
-                message = await self.recv("event", timeout=timeout)
-                event: dict[str, Any] = message["event"]
+                if not self._events:
+                    message = await self.recv("event", "event_batch", timeout=timeout)
+                    if message["type"] == "event":
+                        self._events.append(message["event"])
+                    else:
+                        self._events.extend(message["events"])
+                event: dict[str, Any] = self._events.pop(0)
                 if event["kind"] == kind and session_id in (None, event["session_id"]):
                     return event
 

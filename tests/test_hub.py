@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, cast
 
 from starlette.websockets import WebSocket
@@ -75,6 +76,7 @@ async def test_a_slow_dashboard_is_dropped_and_never_delays_the_others() -> None
         watcher.activate(0)
     for seq in range(1, 11):
         hub.on_event(event(seq))
+        hub.flush()  # one delta per flush, as when events trickle in
     assert slow.conn.closing and slow.conn.close_code == 4008
     async with asyncio.timeout(5):
         while len(fast_socket.frames) < 10:
@@ -97,6 +99,7 @@ async def test_a_broadcast_is_encoded_once_per_codec() -> None:
         hub.add_watcher(watcher)
         watcher.activate(0)
     hub.on_event(event(1))
+    hub.flush()
     await asyncio.gather(*(asyncio.wait_for(s.got_frame.wait(), 5) for s in sockets))
     frames = [s.frames[0] for s in sockets]
     assert len({id(f) for f in frames}) == 2  # the same objects, not equal copies
@@ -113,7 +116,8 @@ async def test_watcher_buffers_until_its_snapshot_then_drops_what_it_already_has
     assert socket.frames == []
     watcher.activate(2)  # the snapshot included seq 1 and 2
     await asyncio.wait_for(socket.got_frame.wait(), 5)
-    assert socket.frames == ['{"seq":3}']
+    [frame] = socket.frames
+    assert isinstance(frame, str) and '"seq":3' in frame and '"seq":2' not in frame
     await watcher.conn.stop()
 
 
@@ -126,7 +130,7 @@ async def test_a_gap_in_sequence_numbers_closes_the_dashboard_for_resync() -> No
     watcher.handle(event(9), _encoded(9))
     await asyncio.wait_for(socket.got_close.wait(), 5)
     assert socket.closed == (4010, "resync")
-    assert socket.frames == ['{"seq":6}']
+    assert socket.frames == ['{"seq":6}']  # the encoded message of the in-order event
 
 
 async def test_scoped_watcher_sees_only_its_groups() -> None:
@@ -172,3 +176,24 @@ def _encoded(seq: int) -> Any:
     from realtime.channels.codec import Encoded
 
     return Encoded({"seq": seq})
+
+
+async def test_a_burst_reaches_each_dashboard_as_one_batch() -> None:
+    """A bulk command's events go out as one event_batch per dashboard, encoded once."""
+    hub = Hub()
+    sockets = [FakeSocket(), FakeSocket()]
+    watchers = [Watcher(connection(s, queue=2), "e1", STAFF, []) for s in sockets]
+    for watcher in watchers:
+        hub.add_watcher(watcher)
+        watcher.activate(0)
+    for seq in range(1, 2001):  # far more events than the queue holds
+        hub.on_event(event(seq, session=f"s{seq}"))
+    hub.flush()
+    await asyncio.gather(*(asyncio.wait_for(s.got_frame.wait(), 5) for s in sockets))
+    assert sockets[0].frames[0] is sockets[1].frames[0]
+    batch = json.loads(sockets[0].frames[0])
+    assert batch["type"] == "event_batch" and batch["seq"] == 2000
+    assert [e["seq"] for e in batch["events"]] == list(range(1, 2001))
+    assert not any(w.conn.closing for w in watchers)
+    for watcher in watchers:
+        await watcher.conn.stop()

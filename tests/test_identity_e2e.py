@@ -196,7 +196,7 @@ async def test_group_scope(idserver: ServerProcess, admin: Api) -> None:
         assert (await admin.session(mixed["id"], s["id"]))["locked"] is False
     # the WS deltas of the bulk lock are A's only
     for _ in a_sessions:
-        assert (await ws.recv("event"))["event"]["session_id"] in {s["id"] for s in a_sessions}
+        assert (await ws.recv_event("lock"))["session_id"] in {s["id"] for s in a_sessions}
     # replay from a sequence number: again A only
     await ws.send({"type": "subscribe", "exam_id": mixed["id"], "last_seq": seq})
     replay = await ws.recv("events", "snapshot")

@@ -135,11 +135,13 @@ $("message-ok").addEventListener("click", nextMessage);
 
 // -- starting ---------------------------------------------------------------------------------
 
-function start({ code, token }) {
+function start({ code, token, examId }) {
   if (conn) conn.close();
   everOpened = false;
   if (code) storage()?.setItem(CODE_KEY, code);
-  conn = new CandidateConnection({ accessCode: code || undefined, token: token || undefined });
+  conn = new CandidateConnection({
+    accessCode: code || undefined, token: token || undefined, examId: examId || undefined,
+  });
   globalThis.__realtime = { connection: conn }; // debug/test hook
   loadAnswers();
   conn.addEventListener("state", onState);
@@ -530,9 +532,9 @@ window.addEventListener("pagehide", () => {
 
 const params = new URLSearchParams(location.search);
 const initialCode = params.get("code") ?? storage()?.getItem(CODE_KEY);
-const initialToken = params.get("token");
+const initialToken = params.get("token"); // a session token, or a login token with ?exam=
 if (initialCode || initialToken) {
-  start({ code: initialCode?.trim().toUpperCase(), token: initialToken });
+  start({ code: initialCode?.trim().toUpperCase(), token: initialToken, examId: params.get("exam") });
 } else {
   show("code");
   $("code-input").focus();

@@ -97,6 +97,18 @@ class CandidateLink:
                 self.conn.close(CloseCode.TERMINATED, "terminated")
 
 
+def delta_message(events: list[Event]) -> dict[str, Any]:
+    """Live dashboard deltas: one `event`, or an `event_batch` for a burst (a bulk command)."""
+    if len(events) == 1:
+        return {"type": "event", "event": public_event(events[0])}
+    return {
+        "type": "event_batch",
+        "exam_id": events[0].exam_id,
+        "events": [public_event(e) for e in events],
+        "seq": events[-1].seq,
+    }
+
+
 class Watcher:
     """A dashboard connection subscribed to one exam."""
 
@@ -113,7 +125,7 @@ class Watcher:
         self.exam_groups = exam_groups
         self.ready = False
         self.last_seq = 0
-        self.buffer: list[tuple[Event, Encoded]] = []
+        self.buffer: list[Event] = []
         self.groups: dict[str, str] = {}  # session id -> candidate group, for scope checks
 
     def visible(self, event: Event) -> bool:
@@ -125,26 +137,39 @@ class Watcher:
         return self.principal.sees(self.exam_groups, self.groups.get(event.session_id, ""))
 
     def activate(self, seq: int) -> None:
+        """The snapshot (or catch-up) up to `seq` is sent: deliver what arrived meanwhile."""
         self.last_seq = seq
         self.ready = True
         buffered, self.buffer = self.buffer, []
-        for event, encoded in buffered:
-            self.handle(event, encoded)
+        if buffered:
+            self.handle_batch(buffered, None)
 
-    def handle(self, event: Event, encoded: Encoded) -> None:
+    def handle(self, event: Event, encoded: Encoded | None) -> None:
+        self.handle_batch([event], encoded)
+
+    def handle_batch(self, events: list[Event], shared: Encoded | None) -> None:
+        """Deliver consecutive events of the exam; `shared` is their message, encoded once for
+        every watcher that gets all of them (others get their own, filtered one)."""
         if not self.ready:
-            self.buffer.append((event, encoded))
+            self.buffer.extend(events)
             return
-        if event.seq <= self.last_seq:
+        fresh = [e for e in events if e.seq > self.last_seq]
+        if not fresh:
             return
-        if event.seq > self.last_seq + 1:
-            # This process missed events (e.g. its Redis subscription was re-established):
-            # the client reconnects with its last seq and gets exactly what it missed.
-            self.conn.close(CloseCode.RESYNC, "resync")
+        for event in fresh:
+            if event.seq != self.last_seq + 1:
+                # This process missed events (e.g. its Redis subscription was re-established):
+                # the client reconnects with its last seq and gets exactly what it missed.
+                self.conn.close(CloseCode.RESYNC, "resync")
+                return
+            self.last_seq = event.seq
+        visible = [e for e in fresh if self.visible(e)]
+        if not visible:
             return
-        self.last_seq = event.seq
-        if self.visible(event):
-            self.conn.send_encoded(encoded)
+        if shared is not None and len(visible) == len(events):
+            self.conn.send_encoded(shared)
+        else:
+            self.conn.send(delta_message(visible))
 
 
 FetchSession = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -160,6 +185,8 @@ class Hub:
         self.fetch_session = fetch_session
         self.events_seen = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, list[Event]] = {}
+        self._flush_scheduled = False
 
     # -- registration ------------------------------------------------------------------------
 
@@ -217,14 +244,28 @@ class Hub:
                     link.handle(event)
                 except Exception:
                     log.exception("candidate dispatch failed for %s", event.session_id)
-        watchers = self.watchers.get(event.exam_id)
-        if watchers:
-            encoded = Encoded({"type": "event", "event": public_event(event)})
+        if event.exam_id in self.watchers:
+            # Dashboards get what arrives in one burst (a bulk command) as one message, sent
+            # when this burst has been read: one frame per watcher instead of thousands.
+            self._pending.setdefault(event.exam_id, []).append(event)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send the pending dashboard deltas, one message per exam, encoded once per codec."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for exam_id, events in pending.items():
+            watchers = self.watchers.get(exam_id)
+            if not watchers:
+                continue
+            shared = Encoded(delta_message(events))
             for watcher in list(watchers):
                 try:
-                    watcher.handle(event, encoded)
+                    watcher.handle_batch(events, shared)
                 except Exception:
-                    log.exception("watcher dispatch failed for exam %s", event.exam_id)
+                    log.exception("watcher dispatch failed for exam %s", exam_id)
 
     def ping_all(self) -> None:
         """Ping every candidate; the message is encoded once per codec."""
