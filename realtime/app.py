@@ -21,6 +21,7 @@ from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.proctor import proctor_endpoint
 from realtime.config import Settings
+from realtime.db import migrate
 from realtime.db.database import Database
 from realtime.db.history import HistoryWriter
 from realtime.errors import CloseCode, RealtimeError
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = build_store(settings)
         db = await Database.connect(settings.database_url)
-        await db.create_all()
+        await migrate.upgrade(db)
         history = HistoryWriter(db)
         await history.start()
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)

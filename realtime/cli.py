@@ -112,9 +112,9 @@ def _create_admin(args: argparse.Namespace) -> int:
     import asyncio
     import getpass
 
+    from realtime.db import migrate
     from realtime.db.database import Database
     from realtime.errors import RealtimeError
-    from realtime.identity import models as _tables  # noqa: F401 (tables for create_all)
     from realtime.identity.audit import Ctx
     from realtime.identity.setup import build_identity
 
@@ -129,7 +129,7 @@ def _create_admin(args: argparse.Namespace) -> int:
     async def run() -> str:
         db = await Database.connect(settings.database_url)
         try:
-            await db.create_all()
+            await migrate.upgrade(db)
             identity = build_identity(settings, db)
             fields = {"full_name": args.name, "email": args.email, "roles": ["admin"]}
             if args.login:
@@ -229,6 +229,27 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    """Bring the SQL database to the newest schema (the server also does this at start)."""
+    import asyncio
+
+    from realtime.db import migrate
+    from realtime.db.database import Database
+
+    settings = Settings.from_env()
+
+    async def run() -> str | None:
+        db = await Database.connect(settings.database_url)
+        try:
+            await migrate.upgrade(db, args.revision)
+            return await migrate.current_revision(db)
+        finally:
+            await db.close()
+
+    print(f"database at revision {asyncio.run(run())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="realtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+    migrate_cmd = sub.add_parser("migrate", help="migrate the SQL database to the newest schema")
+    migrate_cmd.add_argument("--revision", default="head")
+    migrate_cmd.set_defaults(func=_migrate)
     serve = sub.add_parser("serve", help="run the server (embedded defaults: memory + SQLite)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)

@@ -135,7 +135,8 @@ class Database:
         return db
 
     async def create_all(self) -> None:
-        """Create missing tables (no migrations: the schema is additive so far)."""
+        """Create missing tables without migrations (tests of this layer; the server runs
+        `realtime.db.migrate.upgrade` instead)."""
         async with self._locked(self._write_lock), self._write_engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
 
