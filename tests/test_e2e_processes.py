@@ -176,7 +176,7 @@ async def test_candidates_of_a_crashed_process_show_as_disconnected(
         exam = await api.create_exam(settings={"lock_sessions": True})
         [session] = await api.create_sessions(exam["id"], 1)
         dashboard, _ = await watch(survivor.ws_url, exam["id"])
-        candidate, opened = await open_candidate(doomed.ws_url, session["access_code"])
+        _held, opened = await open_candidate(doomed.ws_url, session["access_code"])
         assert opened["type"] == "opened"
         await dashboard.recv_event("opened", session["id"])
         doomed.kill()
