@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         app.state.metrics = metrics
         store.add_listener(hub.on_event)
+        store.add_resubscribe_listener(hub.resynchronise)
         await store.start()
         identity = build_identity(settings, db)
         app.state.identity = identity

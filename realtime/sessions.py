@@ -466,6 +466,9 @@ class SessionService:
         else:
             ids = list(dict.fromkeys(target.session_ids or []))  # each session once
             fetched = await self.store.get_sessions(exam_id, ids)
+            if any(s is None for s in fetched):  # unknown ids, or a store that lost the exam
+                await self.get_exam(exam_id, fresh=True)
+                fetched = await self.store.get_sessions(exam_id, ids)
             candidates = []
             for sid, s in zip(ids, fetched, strict=True):
                 if s is None:

@@ -194,3 +194,44 @@ async def test_candidates_of_a_crashed_process_show_as_disconnected(
     finally:
         doomed.stop()
         survivor.stop()
+
+
+async def test_connected_candidates_carry_on_when_redis_loses_its_data(tmp_path: Path) -> None:
+    """Redis restarts empty: the exam is rebuilt from SQL and the open sockets keep working."""
+    redis = RedisServer()
+    redis.start()
+    server = ServerProcess(redis_url=redis.url, workdir=tmp_path).start()
+    try:
+        api = Api(server.url)
+        exam = await api.create_exam(settings={"lock_sessions": True})
+        [session] = await api.create_sessions(exam["id"], 1)
+        candidate, opened = await open_candidate(server.ws_url, session["access_code"])
+        assert opened["type"] == "opened"
+        dashboard, _ = await watch(server.ws_url, exam["id"])
+        await candidate.send({"type": "progress", "position": 3, "answered": 2})
+        await dashboard.recv_event("progress", session["id"])  # durable in SQL by now
+        await dashboard.close()
+
+        redis.restart()  # no persistence: everything in Redis is gone
+
+        result = await api.command(exam["id"], action="pause", target=session["id"])
+        assert [a["session_id"] for a in result["applied"]] == [session["id"]]
+        # Pushed as the command, or (if it was published before this process had its Redis
+        # subscription back) as the whole state once the subscription returns.
+        pushed = await candidate.recv("command", "state")
+        while pushed["session"].get("status") != "paused":  # an earlier resync of the old state
+            pushed = await candidate.recv("command", "state")
+        state = await api.session(exam["id"], session["id"])
+        assert (state["status"], state["locked"], state["position"]) == ("paused", True, 3)
+        # numbering went on after what SQL holds: the history has no duplicate seq
+        seqs = [e["seq"] for e in await api.history(exam["id"], session["id"])]
+        assert seqs == sorted(set(seqs))
+        # the holder is still the holder: a second device is refused as already open
+        rival, refused = await open_candidate(server.ws_url, session["access_code"])
+        assert refused["reason"] == "already_open"
+        await rival.close()
+        await candidate.close()
+        await api.close()
+    finally:
+        server.stop()
+        redis.cleanup()

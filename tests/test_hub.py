@@ -197,3 +197,27 @@ async def test_a_burst_reaches_each_dashboard_as_one_batch() -> None:
     assert not any(w.conn.closing for w in watchers)
     for watcher in watchers:
         await watcher.conn.stop()
+
+
+async def test_after_a_lost_subscription_everyone_resynchronises() -> None:
+    """Dashboards are closed with 4010 (they catch up by seq); candidates get their state."""
+
+    async def fetch(exam_id: str, session_id: str) -> dict[str, Any]:
+        return {"id": session_id, "status": "paused", "version": 7, "resume_hash": "secret"}
+
+    hub = Hub(fetch_session=fetch)
+    dashboard_socket, page_socket = FakeSocket(), FakeSocket()
+    watcher = Watcher(connection(dashboard_socket), "e1", STAFF, [])
+    link = CandidateLink(connection(page_socket), "e1", "s1", "conn")
+    hub.add_watcher(watcher)
+    watcher.activate(3)
+    hub.add_candidate(link)
+    link.activate(5)
+    hub.resynchronise()
+    await asyncio.wait_for(dashboard_socket.got_close.wait(), 5)
+    await asyncio.wait_for(page_socket.got_frame.wait(), 5)
+    assert dashboard_socket.closed == (4010, "resync")
+    state = json.loads(page_socket.frames[0])
+    assert state == {"type": "state", "session": {"id": "s1", "status": "paused", "version": 7}}
+    assert link.version == 7
+    await link.conn.stop()

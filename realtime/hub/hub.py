@@ -205,6 +205,7 @@ class Hub:
             except Exception:
                 log.exception("resync of %s failed", link.session_id)
                 return
+            link.version = max(link.version, int(session["version"]))
             view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
             link.conn.send({"type": "state", "session": view})
 
@@ -266,6 +267,15 @@ class Hub:
                     watcher.handle_batch(events, shared)
                 except Exception:
                     log.exception("watcher dispatch failed for exam %s", exam_id)
+
+    def resynchronise(self) -> None:
+        """Events may have been missed (the store's subscription was re-established): every
+        candidate page gets its whole state, every dashboard reconnects with its last seq."""
+        for link in self.live_candidates():
+            self._resync_candidate(link)
+        for watchers in self.watchers.values():
+            for watcher in list(watchers):
+                watcher.conn.close(CloseCode.RESYNC, "resync")
 
     def ping_all(self) -> None:
         """Ping every candidate; the message is encoded once per codec."""

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from realtime.state.model import Event, Exam
@@ -31,6 +32,9 @@ class MemoryStore:
     async def close(self) -> None:
         for task in list(self._pending):
             task.cancel()
+
+    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
+        """Nothing to do: in one process no event can be missed."""
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -206,6 +206,7 @@ class RedisStore:
         self._create_script = self._client.register_script(_CREATE_LUA)
         self._touch_script = self._client.register_script(_TOUCH_LUA)
         self._listeners: list[EventListener] = []
+        self._resubscribe_listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
         self._subscribed = asyncio.Condition()
@@ -229,6 +230,17 @@ class RedisStore:
             self._task = None
         await self._client.aclose()
         await self._commit_client.aclose()
+
+    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
+        self._resubscribe_listeners.append(listener)
+
+    def _notify_resubscribed(self) -> None:
+        """Events published while the subscription was down never reach this process."""
+        for listener in list(self._resubscribe_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("resubscribe listener %r failed", listener)
 
     def add_listener(self, listener: EventListener) -> None:
         """Listeners run one after another on the subscription task: keep them quick (queue
@@ -263,6 +275,8 @@ class RedisStore:
                             async with self._subscribed:
                                 self._subscriptions += 1
                                 self._subscribed.notify_all()
+                            if self._subscriptions > 1:
+                                self._notify_resubscribed()
                         elif kind == "message":
                             await self._deliver(data)
             except Exception:

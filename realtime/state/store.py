@@ -47,6 +47,10 @@ class StateStore(Protocol):
     def add_listener(self, listener: EventListener) -> None:
         """Call `listener` for every committed event of any exam, from any process."""
 
+    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever this process's event subscription came back after a loss:
+        events published meanwhile never reached it, so connections must resynchronise."""
+
     async def put_exam(self, exam: Exam) -> None: ...
 
     async def get_exam(self, exam_id: str) -> Exam | None: ...
