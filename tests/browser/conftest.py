@@ -20,10 +20,14 @@ from server import ServerProcess
 
 @pytest.fixture(scope="session")
 def rt_server() -> Iterator[ServerProcess]:
-    """A server for the browser suite; pings every second so RTT and liveness move quickly."""
+    """A server for the browser suite; pings every second so RTT and liveness move quickly, and
+    a login is blocked after 3 failures."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    process = ServerProcess(ping_interval=1)
+    process = ServerProcess(ping_interval=1, login_max_failures=3)
+    # The guest tests need the browser (127.0.0.1) seen as itself: uvicorn trusts nobody's
+    # X-Forwarded-For (TEST-NET-1), as in tests/test_guests_e2e.py.
+    process.env["FORWARDED_ALLOW_IPS"] = "192.0.2.1"
     process.start()
     yield process
     process.stop()

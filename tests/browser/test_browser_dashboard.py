@@ -15,11 +15,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
 
 async def test_sign_in_lists_exams_and_monitors_one(browsers: Browsers, rt_api: Api) -> None:
+    """The pasted staff token (dev token, scripts): bearer over REST, ?token= on the socket."""
     exam, _ = await make_exam(rt_api, 3, title="Chemistry midterm")
     page = await browsers.page(await browsers.context())
     await page.goto("/dashboard/")
 
     await expect(page.get_by_role("heading", name="Staff sign-in")).to_be_visible()
+    await page.get_by_role("button", name="Use a staff token instead").click()
     await page.get_by_label("Staff token").fill("not-a-token")
     await page.get_by_role("button", name="Continue").click()
     await expect(page.locator("#login-error")).to_contain_text("not accepted")
@@ -28,6 +30,7 @@ async def test_sign_in_lists_exams_and_monitors_one(browsers: Browsers, rt_api: 
     await page.get_by_role("button", name="Continue").click()
     link = page.locator(f'a[data-exam="{exam["id"]}"]')
     await expect(link).to_contain_text("Chemistry midterm")
+    await expect(page.locator("#whoami-role")).to_have_text("staff token")
     await link.click()
 
     await expect(page).to_have_url(re.compile(rf"/dashboard/\?exam={exam['id']}$"))
@@ -92,7 +95,7 @@ async def test_bulk_pause_by_filter(
         dashboard = await browsers.dashboard(exam["id"])
         await expect(dashboard.locator('#session-rows tr[data-status="active"]')).to_have_count(5)
 
-        await dashboard.get_by_label("Group").select_option("Hall A")
+        await dashboard.get_by_label("Group", exact=True).select_option("Hall A")
         await dashboard.locator('button[data-counter="active"]').click()
         await expect(dashboard.locator("#session-rows tr[data-session-id]")).to_have_count(2)
         await expect(dashboard.locator("#result-count")).to_have_text("Showing 2 of 6")

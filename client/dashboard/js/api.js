@@ -1,13 +1,17 @@
-// REST client for /api/v1 with the staff token, and the server clock offset.
+// REST client for /api/v1 (login cookie + CSRF header, or a pasted bearer token) and the
+// server clock offset.
 
-import { tokenStore } from "./auth.js";
+import { CSRF_COOKIE, readCookie, tokenStore } from "./auth.js";
+
+const SAFE = new Set(["GET", "HEAD", "OPTIONS"]);
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, data = {}) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
+    this.data = data; // the whole `error` object (e.g. `blocked_until`)
   }
 }
 
@@ -39,10 +43,24 @@ export function onUnauthorized(listener) {
   return () => unauthorizedListeners.delete(listener);
 }
 
-export async function request(method, path, body) {
-  const headers = { Accept: "application/json" };
+/** Headers that authenticate a request: a bearer token, or (cookie) the CSRF echo. */
+export function authHeaders(method = "GET") {
+  const headers = {};
   const token = tokenStore.get();
   if (token) headers.Authorization = `Bearer ${token}`;
+  else if (!SAFE.has(method)) {
+    const csrf = readCookie(CSRF_COOKIE);
+    if (csrf) headers["X-CSRF-Token"] = csrf;
+  }
+  return headers;
+}
+
+/**
+ * One JSON request. Throws ApiError. `quiet`: a 401 does not notify the sign-in listeners,
+ * `anonymous`: no credentials at all (login, activation).
+ */
+export async function request(method, path, body, { quiet = false, anonymous = false } = {}) {
+  const headers = { Accept: "application/json", ...(anonymous ? {} : authHeaders(method)) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const sentAt = Date.now();
   let response;
@@ -51,7 +69,7 @@ export async function request(method, path, body) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
+      credentials: anonymous ? "omit" : "same-origin",
     });
   } catch (err) {
     throw new ApiError(0, "network", "The server cannot be reached. Check the network and try again.");
@@ -65,13 +83,55 @@ export async function request(method, path, body) {
   }
   if (!response.ok) {
     const err = data?.error ?? {};
-    if (response.status === 401) for (const l of unauthorizedListeners) l(err.message);
-    throw new ApiError(response.status, err.code ?? "http_error", err.message ?? response.statusText);
+    if (response.status === 401 && !quiet && !anonymous) for (const l of unauthorizedListeners) l(err.message);
+    throw new ApiError(response.status, err.code ?? "http_error", err.message ?? response.statusText, err);
   }
   return data;
 }
 
+/** Download a CSV (or any file) with this tab's credentials, under `filename`. */
+export async function download(path, filename) {
+  const response = await fetch(path, { headers: authHeaders("GET"), credentials: "same-origin" });
+  if (!response.ok) throw new ApiError(response.status, "http_error", `Download failed (${response.status})`);
+  const url = URL.createObjectURL(await response.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+const enc = encodeURIComponent;
+
+/** `?a=1&b=2` of the non-empty values. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v != null) q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : "";
+}
+
 export const api = {
+  // identity
+  login: (login, password) => request("POST", "/api/v1/auth/login", { login, password }, { quiet: true }),
+  me: (opts) => request("GET", "/api/v1/auth/me", undefined, opts),
+  logout: () => request("POST", "/api/v1/auth/logout", undefined, { quiet: true }),
+  activate: (token, password) => request("POST", "/api/v1/auth/activate", { token, password }, { anonymous: true }),
+  roles: () => request("GET", "/api/v1/roles"),
+  users: (filters = {}) => request("GET", `/api/v1/users${query(filters)}`),
+  createUser: (fields) => request("POST", "/api/v1/users", fields),
+  updateUser: (id, fields) => request("PATCH", `/api/v1/users/${enc(id)}`, fields),
+  userAction: (id, action) => request("POST", `/api/v1/users/${enc(id)}/${action}`),
+  audit: (filters = {}) => request("GET", `/api/v1/audit${query(filters)}`),
+  // guests
+  guestStatus: () => request("GET", "/api/v1/guests/status"),
+  resizePool: (size) => request("PUT", "/api/v1/guests/pool", { size }),
+  guestSessions: (examId) => request("GET", `/api/v1/exams/${enc(examId)}/guest-sessions`),
+  reassignGuest: (examId, sessionId, body) =>
+    request("POST", `/api/v1/exams/${enc(examId)}/guest-sessions/${enc(sessionId)}/reassign`, body),
+  // exams and sessions
   listExams: () => request("GET", "/api/v1/exams"),
   exam: (examId) => request("GET", `/api/v1/exams/${encodeURIComponent(examId)}`),
   session: (examId, sessionId) =>

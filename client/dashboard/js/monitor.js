@@ -2,6 +2,7 @@
 
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
 import { api, serverClock } from "./api.js";
+import { session as signedIn } from "./auth.js";
 import { actionDone, actionLabel, clockTime, esc, plural } from "./format.js";
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline } from "./table.js";
@@ -55,6 +56,8 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   const cleanups = [];
   let knownGroups = "";
   let pillTimer = null;
+
+  applyPermissions();
 
   // A snapshot from REST gives the server clock offset before the first countdown.
   api.exam(examId).catch(() => {});
@@ -454,6 +457,22 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       message += `; ${result.skipped.length} skipped (${why})`;
     }
     toast(message, n ? "ok" : "warn");
+  }
+
+  // -- permissions ------------------------------------------------------------------------
+
+  /** Offer only what this user's roles allow (the server refuses the rest anyway). */
+  function applyPermissions() {
+    let any = false;
+    for (const b of document.querySelectorAll("#actionbar [data-action], #panel-actions [data-action]")) {
+      const allowed = signedIn.can(`sessions.${b.dataset.action}`);
+      b.hidden = !allowed;
+      any ||= allowed;
+    }
+    $("actionbar").hidden = !any;
+    $("panel-actions").hidden = !any;
+    $("irregularity-form").closest("section").hidden = !signedIn.can("sessions.irregularity");
+    $("history").closest("section").hidden = !signedIn.can("sessions.history");
   }
 
   // -- start ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // The side panel: one session's details, its commands, history and the irregularity form.
 
 import { api } from "./api.js";
+import { session as signedIn } from "./auth.js";
 import { actionLabel, ago, clockTime, duration, esc, eventLabel } from "./format.js";
 import { isOffline, timeLeft } from "./table.js";
 import { toast } from "./ui.js";
@@ -72,6 +73,7 @@ export class SessionPanel {
     this.ticker = setInterval(() => this.render(), 1000);
     const list = this.q("history");
     list.replaceChildren();
+    if (!signedIn.can("sessions.history")) return;
     this.q("history-status").textContent = "Loading history…";
     try {
       const { events } = await api.history(this.examId, sessionId);
