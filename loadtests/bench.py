@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import time
 import uuid
@@ -131,6 +132,8 @@ class Candidate:
             bench.note_error("candidate superseded")
 
     def on_close(self, peer: WsPeer) -> None:
+        if self.opened is not None and not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed before opened: {peer.close_code}"))
         if self.alive and not peer.closing:
             self.bench.unexpected_closes += 1
             self.bench.note_error(f"candidate socket closed by the server: {peer.close_code}")
@@ -179,22 +182,37 @@ class Proctor:
             if self.snapshot is not None and not self.snapshot.done():
                 self.snapshot.set_result(message)
         elif kind == "event":
+            self.on_event(message["event"], time.perf_counter())
+        elif kind in ("event_batch", "events"):  # a burst of deltas, or gap recovery
             now = time.perf_counter()
-            self.deltas += 1
-            event = message["event"]
-            if event["kind"] == "progress":
-                sent = self.progress_sent.pop(event["session_id"], None)
-                if sent is not None:
-                    self.progress_latency.append(now - sent)
-                    if len(self.progress_latency) >= self.progress_expected:
-                        self.progress_done.set()
-            command_id = (event.get("details") or {}).get("command_id")
-            if command_id and event["kind"] != "delivered":
-                tracker = self.bench.trackers.get(command_id)
-                if tracker is not None:
-                    tracker.dashboard.append(now)
+            for event in message["events"]:
+                self.on_event(event, now)
         elif kind == "error":
             self.bench.note_error(f"proctor error: {message.get('code')} {message.get('message')}")
+
+    def on_event(self, event: dict[str, Any], now: float) -> None:
+        self.deltas += 1
+        if event["kind"] == "progress":
+            sent = self.progress_sent.pop(event["session_id"], None)
+            if sent is not None:
+                self.progress_latency.append(now - sent)
+                if len(self.progress_latency) >= self.progress_expected:
+                    self.progress_done.set()
+        command_id = (event.get("details") or {}).get("command_id")
+        if command_id and event["kind"] != "delivered":
+            tracker = self.bench.trackers.get(command_id)
+            if tracker is not None:
+                tracker.dashboard.append(now)
+
+    def on_close(self, peer: WsPeer) -> None:
+        if not peer.closing:
+            self.bench.dashboard_closes[str(peer.close_code)] = (
+                self.bench.dashboard_closes.get(str(peer.close_code), 0) + 1)
+            self.bench.note_error(f"dashboard socket closed by the server: {peer.close_code}")
+
+    @property
+    def alive(self) -> bool:
+        return self.peer is not None and not self.peer.closed
 
     async def watch(self, url: str, exam_id: str) -> float:
         loop = asyncio.get_running_loop()
@@ -202,7 +220,8 @@ class Proctor:
         self.snapshot = loop.create_future()
         self.peer = await connect(
             ws_url(url, "/ws/proctor"), self.on_message, protocol=self.bench.protocol,
-            headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"}, timeout=self.bench.timeout,
+            on_close=self.on_close, headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"},
+            timeout=self.bench.timeout,
         )
         self.peer.send({"type": "subscribe", "exam_id": exam_id})
         async with asyncio.timeout(max(self.bench.timeout, 60)):
@@ -228,6 +247,7 @@ class Bench:
         self.pings = 0
         self.commands_received = 0
         self.unexpected_closes = 0
+        self.dashboard_closes: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.redis: RedisProcess | None = None
         self.servers: list[ServerProcess] = []
@@ -251,11 +271,12 @@ class Bench:
         for i in range(self.server_count):
             profile = ""
             if self.args.profile and i == 0:
-                out = Path(self.args.out) / f"profile-{self.result['config']}-{self.n}.svg"
+                name = f"profile-{self.result['config']}-{self.n}.{self.args.profile}"
+                out = Path(self.args.out) / name
                 profile = f"py-spy:{out.resolve()}"
             self.servers.append(
-                ServerProcess(root, redis_url, workers=self.workers, env=env, profile=profile)
-                .start()
+                ServerProcess(root, redis_url, workers=self.workers, env=env, profile=profile,
+                              launcher=self.args.launcher).start()
             )
 
     def stop_servers(self) -> None:
@@ -461,6 +482,7 @@ class Bench:
         received = len(proctor.progress_latency)
         messages = len(live) + received
         return {
+            "proctor_deltas": proctor.deltas, "proctor_open": proctor.alive,
             "sent": len(live), "received": received, "lost": len(live) - received,
             "rate_per_s": round(len(live) / spread, 1), "seconds": round(elapsed, 3),
             **stats_ms(proctor.progress_latency), "server_cpu_s": round(cpu, 3),
@@ -514,6 +536,9 @@ class Bench:
                 self.result["targeted"] = await self.targeted(http, "main", candidates)
                 self.result["pause_all"] = await self.bulk(http, "main", "pause")
                 self.result["resume_all"] = await self.bulk(http, "main", "resume")
+                if not proctor.alive:  # dropped (e.g. as a slow consumer): resubscribe
+                    proctor = Proctor(self)
+                    await proctor.watch(urls[0], "main")
                 self.result["dashboard"] = await self.dashboard(proctor, candidates)
                 self.result["still_open"] = sum(1 for c in candidates if c.alive)
                 await self.close_all(candidates)
@@ -533,6 +558,7 @@ class Bench:
             await asyncio.to_thread(self.stop_servers)
         self.result["harness_cpu_s"] = round(sum(harness.cpu_times()[:2]) - harness_cpu0, 2)
         self.result["unexpected_closes"] = self.unexpected_closes
+        self.result["dashboard_closes"] = self.dashboard_closes
         self.result["errors"] = self.errors
         self.result["server_log_errors"] = sum(
             s.log().count("Traceback") for s in self.servers)
@@ -552,6 +578,7 @@ def lost_total(result: dict[str, Any]) -> int:
         total += int(result.get(phase, {}).get("failed", 0))
     for phase in ("hold", "targeted", "pause_all", "resume_all", "dashboard"):
         total += int(result.get(phase, {}).get("lost", 0))
+    total += sum(result.get("dashboard_closes", {}).values())
     return total + int(result.get("unexpected_closes", 0))
 
 
@@ -693,13 +720,42 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds one run may take before it is abandoned")
     parser.add_argument("--quick", action="store_true",
                         help="short hold and few commands (smoke runs)")
-    parser.add_argument("--profile", action="store_true",
-                        help="record the first server with py-spy (flame graph SVG in --out)")
+    parser.add_argument("--profile", choices=["svg", "txt", "json"], default="",
+                        help="record the first server with py-spy into --out: a flame graph "
+                        "(svg), collapsed stacks (txt) or speedscope (json)")
+    parser.add_argument("--launcher", default="",
+                        help="run this Python script with uvicorn's arguments instead of "
+                        "`python -m uvicorn` (to try a patched server)")
     parser.add_argument("--no-chart", action="store_true")
     return parser
 
 
-async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+def source_state() -> dict[str, Any]:
+    """The commit measured, and which server files differed from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "realtime").splitlines()
+    return {"commit": git("rev-parse", "HEAD"), "realtime_changes": changed}
+
+
+def write_results(out: Path, args: argparse.Namespace, started: float, limit: int,
+                  runs: list[dict[str, Any]]) -> None:
+    results = {
+        "started_at": started, "machine": machine(), "source": source_state(),
+        "open_files_limit": limit, "settings": dict(vars(args)), "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+async def run_all(args: argparse.Namespace, out: Path, limit: int) -> list[dict[str, Any]]:
+    started = time.time()
     sizes = FULL_SIZES if args.full else tuple(int(s) for s in args.sizes.split(",") if s)
     configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
     runs: list[dict[str, Any]] = []
@@ -716,6 +772,7 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"bench: {bench.result['config']} N={n} failed: {result['error']}",
                       flush=True)
             runs.append(result)
+            write_results(out, args, started, limit, runs)  # a broken-off run keeps the rest
             if "error" not in result:
                 print(table([result]).splitlines()[-1], flush=True)
     return runs
@@ -735,13 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    started = time.time()
-    runs = runner(run_all(args))
-    results = {
-        "started_at": started, "machine": machine(), "open_files_limit": limit,
-        "settings": {k: v for k, v in vars(args).items()}, "runs": runs,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    runs = runner(run_all(args, out, limit))
     print()
     print(table([r for r in runs if "error" not in r]))
     failed = [r for r in runs if "error" in r]

@@ -401,13 +401,16 @@ class ProctorUser(SocketUser):
                 break
             message, size = received
             kind = message["type"]
-            if kind == "event":
-                event = message["event"]
-                latency = max(0.0, (time.time() - float(event["at"])) * 1000)
-                self.fire("WS-DELTA", "dashboard delta", response_time=latency, length=size)
-                session = self.sessions.get(event["session_id"])
-                if session is not None:
-                    session.update(event.get("changes") or {})
+            if kind in ("event", "event_batch"):
+                batch = [message["event"]] if kind == "event" else message["events"]
+                now = time.time()
+                for event in batch:
+                    latency = max(0.0, (now - float(event["at"])) * 1000)
+                    self.fire("WS-DELTA", "dashboard delta", response_time=latency,
+                              length=size // len(batch))
+                    session = self.sessions.get(event["session_id"])
+                    if session is not None:
+                        session.update(event.get("changes") or {})
             elif kind in ("command_result", "error"):
                 pending = self.pending.pop(str(message.get("request_id")), None)
                 if pending is None:

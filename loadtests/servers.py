@@ -127,6 +127,7 @@ class ServerProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         profile: str = "",
+        launcher: str = "",
     ) -> None:
         self.port = free_port()
         self.workdir = workdir
@@ -144,6 +145,7 @@ class ServerProcess:
             **(env or {}),
         }
         self.profile = profile  # "py-spy:<out.svg>" or "" (run under py-spy record)
+        self.launcher = launcher  # a script taking uvicorn's arguments, instead of -m uvicorn
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -151,8 +153,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        program = [self.launcher] if self.launcher else ["-m", "uvicorn"]
         command = [
-            sys.executable, "-m", "uvicorn", "realtime.app:create_app", "--factory",
+            sys.executable, *program, "realtime.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--ws-max-size", str(1024 * 1024), "--ws-ping-interval", "0",
             "--log-level", "warning", "--backlog", "4096",
@@ -162,8 +165,8 @@ class ServerProcess:
         if self.profile.startswith("py-spy:"):
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             out = self.profile.split(":", 1)[1]
-            command = [spy, "record", "--idle", "-r", "200", "-o", out, "--format",
-                       "speedscope" if out.endswith(".json") else "flamegraph", "--", *command]
+            kind = {".json": "speedscope", ".txt": "raw"}.get(Path(out).suffix, "flamegraph")
+            command = [spy, "record", "-r", "200", "-o", out, "--format", kind, "--", *command]
         return command
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
