@@ -1,8 +1,13 @@
 // The candidate page: a placeholder exam around CandidateConnection.
 //
-// An exam-delivery system embeds `CandidateConnection` the same way: open with the access code,
-// show the session's status (waiting, running, paused), react to staff commands, report
-// progress and focus loss, and submit.
+// An exam-delivery system embeds `CandidateConnection` the same way: open with the access code
+// (or a candidate's login token plus the exam id), show the session's status (waiting, running,
+// paused), react to staff commands, report progress and focus loss, and submit.
+//
+// Three ways in: an access code; "Sign in" (candidate login → login token → open with the token
+// and the exam id, `?exam=` or typed); and, when `GET /api/v1/guests/offer` lists a live exam
+// for this computer, a guest account (reserve → the account and password shown once → log in
+// with them → open).
 
 import { CandidateConnection, State } from "/client/realtime.js";
 
@@ -33,7 +38,8 @@ function setIcon(el, name) {
 for (const el of document.querySelectorAll("[data-icon]")) setIcon(el, el.dataset.icon);
 const CODE_KEY = "realtime.candidate.code";
 const QUESTIONS = 20;
-const SCREENS = ["code", "connecting", "waiting", "exam", "final", "refused"];
+const LOGIN_KEY = "realtime.candidate.login"; // {token, examId} of a signed-in candidate (this tab)
+const SCREENS = ["code", "signin", "guest", "guest-account", "connecting", "waiting", "exam", "final", "refused"];
 
 const REFUSALS = {
   locked: {
@@ -74,7 +80,7 @@ function show(screen) {
   for (const name of SCREENS) $(`screen-${name}`).hidden = name !== screen;
   document.body.dataset.screen = screen;
   $("bar").hidden = !["waiting", "exam"].includes(screen);
-  if (screen === "final" || screen === "refused" || screen === "code") {
+  if (["final", "refused", "code", "signin", "guest", "guest-account"].includes(screen)) {
     hideOverlay("overlay-paused");
     $("reconnecting").hidden = true;
     syncInert();
@@ -157,7 +163,7 @@ function start({ code, token, examId }) {
 }
 
 function answersKey() {
-  return `realtime.candidate.answers.${conn.accessCode ?? "token"}`;
+  return `realtime.candidate.answers.${conn.accessCode ?? conn.examId ?? "token"}`;
 }
 
 function loadAnswers() {
@@ -194,6 +200,7 @@ $("retry").addEventListener("click", () => {
 $("change-code").addEventListener("click", () => {
   conn?.close();
   storage()?.removeItem(CODE_KEY);
+  storage()?.removeItem(LOGIN_KEY);
   const url = new URL(location.href);
   url.searchParams.delete("code");
   url.searchParams.delete("token");
@@ -293,6 +300,11 @@ function onRefused(e) {
   const { reason, message } = e.detail;
   if (reason === "closed") {
     showFinal("Exam finished", "This exam session has already ended.", "check", "ended");
+    return;
+  }
+  if (reason === "not_found" && !everOpened && conn?.token && conn.examId) {
+    storage()?.removeItem(LOGIN_KEY);
+    showSignIn("This exam was not found, or your sign-in has expired. Check the exam and sign in again.");
     return;
   }
   if (reason === "not_found" && !everOpened) {
@@ -528,14 +540,208 @@ window.addEventListener("pagehide", () => {
   focusTimer = null;
 });
 
-// -- boot -------------------------------------------------------------------------------------
+// -- sign in, guest accounts ------------------------------------------------------------------
 
 const params = new URLSearchParams(location.search);
+let offer = { exams: [] };
+
+async function postJson(path, body) {
+  let response;
+  try {
+    // credentials "omit": the login cookie is for staff dashboards, not for this page.
+    response = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+      credentials: "omit",
+    });
+  } catch {
+    throw Object.assign(new Error("The exam server cannot be reached. Check the network and try again."), { status: 0 });
+  }
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const err = data?.error ?? {};
+    throw Object.assign(new Error(err.message ?? response.statusText), { status: response.status, code: err.code, data: err });
+  }
+  return data;
+}
+
+/** Log in as a candidate and open `examId` with the login token. */
+async function signInAndOpen(login, password, examId) {
+  const { token } = await postJson("/api/v1/auth/login", { login, password });
+  storage()?.setItem(LOGIN_KEY, JSON.stringify({ token, examId }));
+  storage()?.removeItem(CODE_KEY);
+  start({ token, examId });
+}
+
+function loginErrorText(err) {
+  if (err.code === "login_blocked" && err.data?.blocked_until) {
+    const until = new Date(err.data.blocked_until * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return `Too many failed sign-ins: your login is blocked until ${until}. Ask your supervisor.`;
+  }
+  if (err.status === 401) return "Wrong login or password.";
+  if (err.status === 403) return `You cannot sign in (${err.message}). Ask your supervisor.`;
+  return err.message;
+}
+
+function setError(id, text) {
+  $(id).textContent = text ?? "";
+  $(id).hidden = !text;
+}
+
+function showSignIn(message) {
+  const fixed = params.get("exam");
+  $("signin-exam").value = fixed ?? $("signin-exam").value;
+  $("signin-exam-field").hidden = !!fixed;
+  $("signin-exams").innerHTML = offer.exams.map((e) => `<option value="${escapeAttr(e.id)}">${escapeAttr(e.title)}</option>`).join("");
+  setError("signin-error", message);
+  $("signin-password").value = "";
+  show("signin");
+  ($("signin-login").value ? $("signin-password") : $("signin-login")).focus();
+}
+
+function escapeAttr(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+$("show-signin").addEventListener("click", () => showSignIn());
+for (const b of document.querySelectorAll("[data-back]")) {
+  b.addEventListener("click", () => {
+    show("code");
+    $("code-input").focus();
+  });
+}
+
+$("signin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const login = $("signin-login").value.trim();
+  const password = $("signin-password").value;
+  const examId = $("signin-exam").value.trim();
+  const missing = !login ? ["Enter your login or e-mail.", "signin-login"] : !password ? ["Enter your password.", "signin-password"] : !examId ? ["Enter the exam.", "signin-exam"] : null;
+  if (missing) {
+    setError("signin-error", missing[0]);
+    $(missing[1]).focus();
+    return;
+  }
+  $("signin-submit").disabled = true;
+  try {
+    await signInAndOpen(login, password, examId);
+  } catch (err) {
+    setError("signin-error", loginErrorText(err));
+    $("signin-password").value = "";
+    $("signin-password").focus();
+  } finally {
+    $("signin-submit").disabled = false;
+  }
+});
+
+/** Ask whether this computer may use a guest account now (a live exam in its lab network). */
+async function loadOffer() {
+  try {
+    const response = await fetch("/api/v1/guests/offer", { credentials: "omit", headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    offer = await response.json();
+  } catch {
+    return;
+  }
+  $("show-guest").hidden = !offer.exams?.length;
+}
+
+$("show-guest").addEventListener("click", () => {
+  const select = $("guest-exam");
+  const wanted = params.get("exam");
+  select.innerHTML = offer.exams.map((e) => `<option value="${escapeAttr(e.id)}">${escapeAttr(e.title)}</option>`).join("");
+  if (offer.exams.some((e) => e.id === wanted)) select.value = wanted;
+  $("guest-exam-field").hidden = offer.exams.length === 1;
+  setError("guest-error", "");
+  show("guest");
+  $("guest-title-input").focus();
+});
+
+let reserved = null; // {login, password, exam_id}: in memory only, never stored
+
+$("guest-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = {
+    exam_id: $("guest-exam").value,
+    title: $("guest-title-input").value.trim(),
+    first_name: $("guest-first").value.trim(),
+    surname: $("guest-surname").value.trim(),
+  };
+  const number = $("guest-number").value.trim();
+  const email = $("guest-email").value.trim();
+  if (number) body.student_number = number;
+  if (email) body.email = email;
+  const missing = !body.title ? ["Enter your title.", "guest-title-input"] : !body.first_name ? ["Enter your first name.", "guest-first"] : !body.surname ? ["Enter your surname.", "guest-surname"] : null;
+  if (missing) {
+    setError("guest-error", missing[0]);
+    $(missing[1]).focus();
+    return;
+  }
+  $("guest-submit").disabled = true;
+  try {
+    reserved = await postJson("/api/v1/guests/reserve", body);
+  } catch (err) {
+    setError(
+      "guest-error",
+      err.code === "no_guest_free"
+        ? "No guest account is free at the moment. Ask your supervisor."
+        : err.code === "guest_not_offered"
+          ? "Guest accounts are not offered for this exam on this computer. Ask your supervisor."
+          : err.message,
+    );
+    return;
+  } finally {
+    $("guest-submit").disabled = false;
+  }
+  const exam = offer.exams.find((x) => x.id === reserved.exam_id);
+  $("ga-login").textContent = reserved.login;
+  $("ga-password").textContent = reserved.password;
+  $("ga-exam").textContent = exam ? `For the exam “${exam.title}”.` : "";
+  $("ga-confirm").checked = false;
+  $("ga-continue").disabled = true;
+  setError("ga-error", "");
+  show("guest-account");
+  announce(`Your guest account is ${reserved.login}. Write down the account and the password.`);
+  $("ga-title").focus?.();
+});
+
+$("ga-confirm").addEventListener("change", () => {
+  $("ga-continue").disabled = !$("ga-confirm").checked;
+});
+
+$("ga-continue").addEventListener("click", async () => {
+  if (!reserved) return;
+  $("ga-continue").disabled = true;
+  try {
+    await signInAndOpen(reserved.login, reserved.password, reserved.exam_id);
+  } catch (err) {
+    setError("ga-error", loginErrorText(err));
+    $("ga-continue").disabled = false;
+    return;
+  }
+  // Shown once: gone from the page as soon as the exam opens.
+  reserved = null;
+  $("ga-login").textContent = "";
+  $("ga-password").textContent = "";
+});
+
+// -- boot -------------------------------------------------------------------------------------
+
 const initialCode = params.get("code") ?? storage()?.getItem(CODE_KEY);
 const initialToken = params.get("token"); // a session token, or a login token with ?exam=
+let storedLogin = null;
+try {
+  storedLogin = JSON.parse(storage()?.getItem(LOGIN_KEY) ?? "null");
+} catch {
+  storedLogin = null;
+}
 if (initialCode || initialToken) {
   start({ code: initialCode?.trim().toUpperCase(), token: initialToken, examId: params.get("exam") });
+} else if (storedLogin?.token && storedLogin.examId) {
+  start({ token: storedLogin.token, examId: storedLogin.examId }); // a reload of a signed-in tab
 } else {
   show("code");
   $("code-input").focus();
 }
+loadOffer();
