@@ -165,14 +165,18 @@ async def test_admin_creates_a_user_who_activates_and_signs_in(
     invite = page.locator("#invite-dialog")
     await expect(invite).to_be_visible()
     link = await invite.get_by_label("Activation link").input_value()
+    created_id = await page.locator("#users-rows tr[data-status=invited]").first.get_attribute(
+        "data-user-id"
+    )
     assert "/dashboard/#/activate?token=" in link
     await invite.get_by_role("button", name="Done").click()
+    await expect(page.locator(f'#users-rows tr[data-user-id="{created_id}"]')).to_be_visible()
+    await screenshot(page, "dashboard-users")
     await page.get_by_label("Find a user").fill(f"nora-{tag}")
     line = page.locator("#users-rows tr[data-user-id]")
     await expect(line).to_have_count(1)
     await expect(line).to_have_attribute("data-status", "invited")
     await expect(line).to_contain_text("Hall A, Hall B")
-    await screenshot(page, "dashboard-users")
 
     # Edit the roles: add supervisor.
     await line.get_by_role("button", name="Edit…").click()

@@ -82,7 +82,7 @@ function renderRow(u) {
     <td class="col-online">${online}</td>
     <td>${u.last_login_at ? esc(clockTime(u.last_login_at)) : `<span class="muted">never</span>`}</td>
     <td>${u.last_logout_at ? esc(clockTime(u.last_logout_at)) : `<span class="muted">—</span>`}</td>
-    <td class="row-actions">${actions.join("")}</td>
+    <td><div class="row-actions">${actions.join("")}</div></td>
   </tr>`;
 }
 
