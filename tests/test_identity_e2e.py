@@ -381,6 +381,9 @@ async def test_audit_and_exports(idserver: ServerProcess, admin: Api) -> None:
     window = (await admin.http.get("/api/v1/audit", params={
         "user": user["id"], "from": t, "to": t + 0.0001})).json()["entries"]
     assert [e["action"] for e in window] == ["session_command"]
+    newest = (await admin.http.get("/api/v1/audit", params={
+        "user": user["id"], "order": "desc", "limit": 2})).json()["entries"]
+    assert [e["action"] for e in newest] == actions[::-1][:2]
     text = (await admin.http.get("/api/v1/audit.csv", params={"user": user["id"]})).text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["action"] for r in rows] == actions and rows[0]["time"].startswith("20")

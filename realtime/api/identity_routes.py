@@ -348,6 +348,7 @@ async def _audit_entries(request: Request) -> list[dict[str, Any]]:
         until=_time_param(request, "to"),
         action=q.get("action") or None,
         limit=limit,
+        newest_first=q.get("order") == "desc",
     )
 
 
@@ -360,6 +361,7 @@ async def list_audit(request: Request) -> Response:
       - {name: to, in: query, schema: {type: string}}
       - {name: action, in: query, schema: {type: string}}
       - {name: limit, in: query, schema: {type: integer}}
+      - {name: order, in: query, schema: {type: string}, description: "desc: newest first"}
     responses:
       200: {description: "{entries: [{id, at, actor, ip, action, subject, details}]}"}
     """

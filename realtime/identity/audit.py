@@ -57,8 +57,10 @@ class AuditLog:
         until: float | None = None,
         action: str | None = None,
         limit: int = 1000,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Entries oldest first. `user` is a user id: entries by or about that user."""
+        """Entries oldest first (or newest first: the latest `limit` entries).
+        `user` is a user id: entries by or about that user."""
         stmt = select(AuditRow)
         if user:
             stmt = stmt.where(
@@ -74,7 +76,10 @@ class AuditLog:
             stmt = stmt.where(AuditRow.at < until)
         if action:
             stmt = stmt.where(AuditRow.action == action)
-        stmt = stmt.order_by(AuditRow.at, AuditRow.id).limit(limit)
+        if newest_first:
+            stmt = stmt.order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit)
+        else:
+            stmt = stmt.order_by(AuditRow.at, AuditRow.id).limit(limit)
         async with self.db._read() as session:
             rows = list(await session.scalars(stmt))
         return [

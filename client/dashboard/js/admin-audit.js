@@ -62,15 +62,14 @@ async function load() {
   $("audit-count").textContent = "Loading…";
   let entries;
   try {
-    ({ entries } = await api.audit({ ...f, limit: LIMIT }));
+    ({ entries } = await api.audit({ ...f, limit: LIMIT, order: "desc" }));
   } catch (err) {
     if (mine === loadSeq) $("audit-count").textContent = `Could not load the audit log: ${err.message}`;
     return;
   }
   if (mine !== loadSeq) return;
-  entries.reverse(); // newest first
   $("audit-count").textContent =
-    entries.length >= LIMIT ? `The first ${LIMIT} entries: narrow the dates to see later ones` : plural(entries.length, "entry", "entries");
+    entries.length >= LIMIT ? `The latest ${LIMIT} entries: narrow the dates to see earlier ones` : plural(entries.length, "entry", "entries");
   $("audit-rows").innerHTML =
     entries
       .map((e) => {
