@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from clients import Api
+from postgres import private_database
 from redis_server import RedisServer
 from server import ServerProcess
 
@@ -88,3 +90,20 @@ async def api(server: ServerProcess) -> AsyncIterator[Api]:
     client = Api(server.url)
     yield client
     await client.close()
+
+
+# -- SQL: SQLite and a private PostgreSQL database ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database private to the test module."""
+    yield from private_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each SQL test runs on a fresh SQLite file and on the module's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
+    return str(request.getfixturevalue("pg_url"))

@@ -7,13 +7,10 @@ dialect bugs through. Each run of this module creates its own throwaway database
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from realtime.db.database import Database, normalize_url
@@ -22,57 +19,10 @@ from realtime.db.history import HistoryWriter
 from realtime.db.models import Base
 from realtime.state.model import Event, Exam, ExamSettings, new_session
 
-PG_ADMIN_DSN = os.environ.get("RT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_admin(sql: str) -> None:
-    """Run one statement on the maintenance database, on a private loop (sync fixture)."""
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(run())
-    finally:
-        loop.close()
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    name = f"rt_test_{secrets.token_hex(6)}"
-    problem = None
-    try:
-        _pg_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        problem = repr(exc)
-    if problem is not None:  # fail (not skip) outside the except: one clear line, no chain
-        pytest.fail(
-            f"PostgreSQL is required for these tests but {PG_ADMIN_DSN} is not usable: {problem}"
-            " (set RT_TEST_PG_DSN to point elsewhere)",
-            pytrace=False,
-        )
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
 
 @pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(url)
+async def db(sql_url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(sql_url)
     # The PostgreSQL database is shared by the module: start every test from empty tables.
     async with database.engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
@@ -403,8 +353,8 @@ async def test_history_writer_close_flushes_pending(db: Database) -> None:
         await writer.record([_event(3)])
 
 
-async def test_history_survives_reopening(url: str) -> None:
-    db = await Database.connect(url)
+async def test_history_survives_reopening(sql_url: str) -> None:
+    db = await Database.connect(sql_url)
     async with db.engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
     await db.create_all()
@@ -414,7 +364,7 @@ async def test_history_survives_reopening(url: str) -> None:
     await writer.close()
     await db.close()
 
-    reopened = await Database.connect(url)
+    reopened = await Database.connect(sql_url)
     try:
         assert [e.seq for e in await reopened.history("e1-s1")] == [1, 2]
         state = await reopened.get_session_row("e1-s1")

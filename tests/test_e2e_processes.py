@@ -11,7 +11,6 @@ import pytest
 from clients import JSON, MSGPACK, Api, WsClient, open_candidate, watch
 from redis_server import RedisServer
 from server import ServerProcess
-from test_db import pg_url  # noqa: F401 - a private PostgreSQL database for this module
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -103,7 +102,7 @@ async def test_history_and_state_survive_a_server_restart(tmp_path: Path) -> Non
     second.stop()
 
 
-async def test_two_servers_share_one_redis(redis_server: RedisServer, pg_url: str) -> None:  # noqa: F811
+async def test_two_servers_share_one_redis(redis_server: RedisServer, pg_url: str) -> None:
     """Candidate on one process, proctor on the other: commands and deltas cross over."""
     redis_server.start()
     prefix = f"m{uuid.uuid4().hex[:8]}:"

@@ -17,7 +17,6 @@ import pytest
 from clients import Api, WsClient, watch
 from redis_server import RedisServer
 from server import STAFF_TOKEN, ServerProcess
-from test_db import pg_url  # noqa: F401 (a private PostgreSQL database per module)
 from test_identity_e2e import bearer, login, make_user
 
 PEOPLE = {"title": "Mr", "first_name": "Alan", "surname": "Turing", "student_number": "S-1912"}
@@ -232,7 +231,7 @@ async def test_a_guest_sits_the_exam_and_is_reassigned(
 
 
 @pytest.fixture(scope="module")
-def pg_servers(pg_url: str) -> Iterator[list[ServerProcess]]:  # noqa: F811
+def pg_servers(pg_url: str) -> Iterator[list[ServerProcess]]:
     servers = [ServerProcess(database_url=pg_url) for _ in range(2)]
     servers[0].start()  # creates the tables
     servers[1].start()

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
-from test_db import pg_url  # noqa: F401 (a private PostgreSQL database per module)
 
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
@@ -50,16 +49,9 @@ class Parts:
     guests: GuestService
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def parts(url: str) -> AsyncIterator[Parts]:
-    db = await Database.connect(url)
+async def parts(sql_url: str) -> AsyncIterator[Parts]:
+    db = await Database.connect(sql_url)
     async with db.engine.begin() as conn:  # PostgreSQL is shared by the module: start empty
         await conn.run_sync(Base.metadata.drop_all)
     await db.create_all()

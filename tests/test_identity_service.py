@@ -8,14 +8,12 @@ import csv
 import io
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from argon2 import PasswordHasher
 
@@ -33,7 +31,6 @@ from realtime.identity.service import (
     users_csv,
 )
 
-PG_ADMIN_DSN = os.environ.get("RT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = Ctx("staff:root", "10.0.0.1")
 PASSWORD = "correct horse battery"
@@ -47,41 +44,9 @@ class Clock:
         return self.now
 
 
-def _pg_admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(run())
-    finally:
-        loop.close()
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    name = f"rt_test_{secrets.token_hex(6)}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(url)
+async def db(sql_url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(sql_url)
     async with database.engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
     await database.create_all()

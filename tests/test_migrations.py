@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
-from test_db import pg_url  # noqa: F401 - a private PostgreSQL database for this module
 
 from realtime.db import migrate
 from realtime.db.database import Database
@@ -18,20 +16,14 @@ from realtime.guests import models as _guests  # noqa: F401 - all tables on Base
 from realtime.identity import models as _identity  # noqa: F401
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 def _differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_migrations_build_exactly_the_models_schema(url: str) -> None:
+async def test_migrations_build_exactly_the_models_schema(sql_url: str) -> None:
     """Upgrading an empty database gives the models' schema; a second upgrade is a no-op."""
+    url = sql_url
     db = await Database.connect(url)
     try:
         await migrate.upgrade(db)
