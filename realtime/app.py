@@ -97,7 +97,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         service.may_open = app.state.guests.may_open
         heartbeat = asyncio.create_task(
-            run_heartbeat(hub, settings.ping_interval, service.touch), name="heartbeat"
+            run_heartbeat(hub, settings.ping_interval, settings.ping_timeout, service.touch),
+            name="heartbeat",
         )
         sweeper = asyncio.create_task(
             run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale),

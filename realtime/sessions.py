@@ -294,7 +294,11 @@ class SessionService:
         return events
 
     async def _mutate(
-        self, exam_id: str, session_ids: list[str], decide: Decide
+        self,
+        exam_id: str,
+        session_ids: list[str],
+        decide: Decide,
+        known: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, tuple[machine.Outcome | None, dict[str, Any] | None]]:
         """Decide and commit for many sessions, retrying those that lost a race.
 
@@ -307,7 +311,11 @@ class SessionService:
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 break
-            sessions = await self.store.get_sessions(exam_id, pending)
+            sessions: list[dict[str, Any] | None]
+            if attempt == 0 and known is not None and all(sid in known for sid in pending):
+                sessions = [known[sid] for sid in pending]  # just read by the caller
+            else:
+                sessions = await self.store.get_sessions(exam_id, pending)
             if attempt == 0 and any(s is None for s in sessions):
                 # The state store may have lost the exam: rebuild it from SQL, read again.
                 await self.get_exam(exam_id, fresh=True)
@@ -500,6 +508,7 @@ class SessionService:
             exam_id,
             visible,
             lambda s: machine.apply_command(s, exam, action, principal.actor, now, params),
+            known={s["id"]: s for s in candidates},
         )
         for sid in visible:
             outcome, before = outcomes[sid]

@@ -49,6 +49,12 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
         await _serve(websocket, conn, runtime, held)
     except TimeoutError:
         conn.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
+    except asyncio.CancelledError:
+        if not conn.timed_out:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the heartbeat stopped a silent peer: clean up below
     except Exception:
         log.exception("candidate connection failed")
         conn.abort(1011, "internal error")
@@ -138,6 +144,7 @@ async def _open(
     )
     link.actor = machine.candidate_actor(opened.session)
     link.activate(opened.session["version"])
+    conn.watched = True  # from now on the heartbeat notices silence
     return link
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,15 +47,23 @@ async def messages(
 ) -> AsyncIterator[dict[str, Any]]:
     """Decoded messages until the peer goes away. Bad frames get an `error`, not a crash.
 
-    Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer).
+    Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer), until
+    the heartbeat watches the connection (`conn.watched`): then it checks `conn.last_heard`,
+    which is cheaper than a timer per frame.
     """
     limit = settings.max_message_bytes
+    receive = websocket.receive
     while True:
-        if idle_timeout is not None:
-            async with asyncio.timeout(idle_timeout):
-                raw = await websocket.receive()
-        else:
-            raw = await websocket.receive()
+        conn.in_receive = True
+        try:
+            if idle_timeout is not None and not conn.watched:
+                async with asyncio.timeout(idle_timeout):
+                    raw = await receive()
+            else:
+                raw = await receive()
+        finally:
+            conn.in_receive = False
+        conn.last_heard = time.monotonic()
         if raw["type"] == "websocket.disconnect":
             return
         frame = raw.get("bytes")

@@ -1,8 +1,9 @@
-"""One WebSocket's outbound side: a bounded send queue drained by its own writer task.
+"""One WebSocket's outbound side: a bounded send queue drained by a writer task.
 
 Fan-out only ever enqueues, so a slow client cannot delay anybody else; when its queue is full
 the connection is closed with `CloseCode.SLOW_CONSUMER` and the client resynchronises on
-reconnect.
+reconnect. The writer task exists only while something is queued: an idle connection holds
+no task, which keeps tens of thousands of idle sockets cheap.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -31,16 +34,38 @@ class _Close:
 class Connection:
     overflows = 0  # process-wide count of connections dropped as slow (for metrics)
 
+    __slots__ = (
+        "_limit",
+        "_queue",
+        "_writer",
+        "close_code",
+        "closing",
+        "codec",
+        "in_receive",
+        "last_heard",
+        "reader",
+        "timed_out",
+        "watched",
+        "websocket",
+    )
+
     def __init__(self, websocket: WebSocket, codec: Codec, queue_size: int) -> None:
         self.websocket = websocket
         self.codec = codec
         self.closing = False
         self.close_code: int | None = None
-        self._queue: asyncio.Queue[bytes | str | _Close] = asyncio.Queue(queue_size)
+        self.last_heard = time.monotonic()  # when the peer last sent anything
+        self.reader: asyncio.Task[Any] | None = None  # the task reading this socket
+        self.timed_out = False
+        self.watched = False  # the heartbeat checks last_heard; no per-frame timeout needed
+        self.in_receive = False  # the reader is waiting for the next frame
+        self._limit = queue_size
+        self._queue: deque[bytes | str | _Close] = deque()
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        """Remember the reading task, so a silent peer can be cut off by the heartbeat."""
+        self.reader = asyncio.current_task()
 
     def send(self, message: dict[str, Any]) -> bool:
         return self.send_encoded(Encoded(message))
@@ -49,12 +74,11 @@ class Connection:
         """Queue a message; False if the connection is closing or was just dropped as slow."""
         if self.closing:
             return False
-        try:
-            self._queue.put_nowait(message.frame(self.codec))
-        except asyncio.QueueFull:
+        if len(self._queue) >= self._limit:
             Connection.overflows += 1
             self.abort(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return False
+        self._enqueue(message.frame(self.codec))
         return True
 
     def close(self, code: int, reason: str = "") -> None:
@@ -63,29 +87,37 @@ class Connection:
             return
         self.closing = True
         self.close_code = code
-        try:
-            self._queue.put_nowait(_Close(code, reason))
-        except asyncio.QueueFull:
-            self._drop_queue()
-            self._queue.put_nowait(_Close(code, reason))
+        self._enqueue(_Close(code, reason))
 
     def abort(self, code: int, reason: str) -> None:
         """Close now, dropping whatever is still queued."""
         self.closing = True
         self.close_code = code
-        self._drop_queue()
-        self._queue.put_nowait(_Close(code, reason))
+        self._queue.clear()
+        self._enqueue(_Close(code, reason))
 
-    def _drop_queue(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
+    def time_out(self) -> None:
+        """The peer went silent: close, and stop the reader if it waits for a frame (never in
+        the middle of handling one, so no change is cut in half)."""
+        if not self.timed_out:
+            self.timed_out = True
+            self.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
+        if self.in_receive and self.reader is not None and not self.reader.done():
+            self.reader.cancel()
 
-    async def _write_loop(self) -> None:
+    def _enqueue(self, item: bytes | str | _Close) -> None:
+        self._queue.append(item)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
         ws = self.websocket
+        queue = self._queue
         try:
-            while True:
-                item = await self._queue.get()
+            while queue:
+                item = queue.popleft()
                 if isinstance(item, _Close):
+                    queue.clear()
                     await ws.close(item.code, item.reason)
                     return
                 if isinstance(item, bytes):
@@ -97,15 +129,19 @@ class Connection:
         except Exception as exc:  # the peer went away mid-send
             log.debug("writer stopped: %r", exc)
             self.closing = True
+            queue.clear()
+        finally:
+            self._writer = None
 
     async def stop(self) -> None:
         """Give the writer a moment to flush a pending close, then stop it."""
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             return
-        if self.closing and not self._writer.done():
+        if self.closing and not writer.done():
             with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
-        if not self._writer.done():
-            self._writer.cancel()
+                await asyncio.wait_for(asyncio.shield(writer), 1.0)
+        if not writer.done():
+            writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._writer
+            await writer

@@ -25,6 +25,7 @@ from realtime.state.model import PRIVATE_FIELDS, Action, Event
 log = logging.getLogger(__name__)
 
 COMMAND_KINDS = frozenset(a.value for a in Action)
+HEARTBEAT_TICKS = 25  # the heartbeat visits 1/25 of the connections at a time
 
 
 def public_event(event: Event) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class CandidateLink:
         self.superseded = False
         self.ended = False  # terminated or completed: nothing more to do
         self.on_gap: Callable[[CandidateLink], None] | None = None
+        self.slot = 0  # which heartbeat tick visits this link
 
     def activate(self, version: int) -> None:
         """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
@@ -187,12 +189,21 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[str, list[Event]] = {}
         self._flush_scheduled = False
+        self._next_slot = 0
+        self._slots: list[set[CandidateLink]] = [set() for _ in range(HEARTBEAT_TICKS)]
 
     # -- registration ------------------------------------------------------------------------
 
     def add_candidate(self, link: CandidateLink) -> None:
         link.on_gap = self._resync_candidate
         self.candidates.setdefault(link.session_id, []).append(link)
+        link.slot = self._next_slot
+        self._next_slot = (self._next_slot + 1) % HEARTBEAT_TICKS
+        self._slots[link.slot].add(link)
+
+    def heartbeat_slice(self, tick: int) -> list[CandidateLink]:
+        """The open candidate links the heartbeat visits at `tick`."""
+        return [link for link in self._slots[tick] if link.ready]
 
     def _resync_candidate(self, link: CandidateLink) -> None:
         if self.fetch_session is None:
@@ -214,6 +225,7 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     def remove_candidate(self, link: CandidateLink) -> None:
+        self._slots[link.slot].discard(link)
         links = self.candidates.get(link.session_id)
         if links and link in links:
             links.remove(link)
@@ -294,19 +306,38 @@ class Hub:
 async def run_heartbeat(
     hub: Hub,
     interval: float,
+    ping_timeout: float,
     touch: Callable[[list[tuple[str, str]]], Any],
 ) -> None:
-    """Ping candidates and refresh `last_seen` of the sessions held here, every `interval`."""
+    """Every `interval`, ping each candidate, cut off those silent for `ping_timeout`, and
+    refresh `last_seen` of the sessions held here.
+
+    The work is spread over `HEARTBEAT_TICKS` slices of the interval: pinging ten thousand
+    sockets at once (and getting ten thousand pongs back together) would stall the event
+    loop for most of a second, and every command would wait behind it.
+    """
+    tick = 0
+    step = interval / HEARTBEAT_TICKS
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(step)
         try:
-            hub.ping_all()
-            held = [
-                (link.exam_id, link.session_id)
-                for link in hub.live_candidates()
-                if not link.superseded and not link.ended
-            ]
-            await touch(held)
+            links = hub.heartbeat_slice(tick)
+            tick = (tick + 1) % HEARTBEAT_TICKS
+            if not links:
+                continue
+            now = time.monotonic()
+            encoded = Encoded({"type": "ping", "t": hub.clock()})
+            held = []
+            for link in links:
+                conn = link.conn
+                if conn.watched and now - conn.last_heard > ping_timeout:
+                    conn.time_out()
+                    continue
+                conn.send_encoded(encoded)
+                if not link.superseded and not link.ended:
+                    held.append((link.exam_id, link.session_id))
+            if held:
+                await touch(held)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 import msgpack
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -106,16 +106,26 @@ return 1
 """
 
 
+POOL_SIZE = 64  # connections per client and process
+POOL_WAIT = 10.0  # seconds a call may wait for one
+
+
 def _connect(url: str, retry: Retry) -> Redis:
     # Maintenance notifications off: redis-py 8.1 then skips its check for pooled connections
     # the server closed (redis/redis-py#4252), and the first command after a Redis restart
     # fails on each of them. Plain Redis does not send these notifications anyway.
-    return Redis.from_url(
+    # A blocking pool: callers wait for a free connection instead of failing. redis-py's
+    # default pool raises "Too many connections" past 100 concurrent calls, which a hall of
+    # candidates sitting down (or acking a "pause all") easily reaches.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
         retry=retry,
         socket_keepalive=True,
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
+    return Redis.from_pool(pool)
 
 
 def _lua(name: str) -> str:
