@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -578,7 +579,7 @@ def lost_total(result: dict[str, Any]) -> int:
         total += int(result.get(phase, {}).get("failed", 0))
     for phase in ("hold", "targeted", "pause_all", "resume_all", "dashboard"):
         total += int(result.get(phase, {}).get("lost", 0))
-    total += sum(result.get("dashboard_closes", {}).values())
+    total += int(sum(result.get("dashboard_closes", {}).values()))
     return total + int(result.get("unexpected_closes", 0))
 
 
@@ -599,7 +600,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-COLUMNS = [
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("config", lambda r: r["config"]),
     ("N", lambda r: r["n"]),
     ("open/s", lambda r: r["open"]["per_second"]),

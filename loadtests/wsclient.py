@@ -160,6 +160,6 @@ async def connect(
     loop = asyncio.get_running_loop()
     peer = WsPeer(url, protocol, on_message, on_close, headers, deflate)
     async with asyncio.timeout(timeout):
-        await loop.create_connection(lambda: peer, parts.hostname, parts.port)
+        await loop.create_connection(lambda: peer, parts.hostname or "127.0.0.1", parts.port or 80)
         await peer.handshake
     return peer
