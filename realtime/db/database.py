@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, event, func, insert, select, tuple_
+from sqlalchemy import Table, bindparam, event, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +41,7 @@ _CHUNK = 1000
 _SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(ExamSettings))
 _EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 _EXAMS: Table = ExamRow.__table__  # type: ignore[assignment]
+_SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -398,31 +399,43 @@ class Database:
                 )
 
     async def _merge_states(self, session: AsyncSession, events: list[Event]) -> None:
-        """Fold event changes into SessionRow.state, in seq order, under row locks."""
+        """Fold event changes into SessionRow.state, in seq order, under row locks.
+
+        Plain column reads and one executemany UPDATE (no ORM objects): this runs for every
+        batch of history, on the event loop's thread, so it has to be cheap.
+        """
         session_ids = sorted({ev.session_id for ev in events if ev.changes})
-        rows: dict[str, SessionRow] = {}
+        current: dict[str, tuple[str, dict[str, Any]]] = {}
         for chunk in _chunks(session_ids):
-            found = await session.scalars(
-                select(SessionRow)
+            found = await session.execute(
+                select(SessionRow.id, SessionRow.exam_id, SessionRow.state)
                 .where(SessionRow.id.in_(chunk))
                 .order_by(SessionRow.id)
                 .with_for_update()  # PostgreSQL: no lost updates between writers
             )
-            rows.update((row.id, row) for row in found)
+            for sid, exam_id, state in found:
+                current[sid] = (exam_id, state)
         states: dict[str, dict[str, Any]] = {}
         for ev in events:  # already in (exam_id, seq) order
-            row = rows.get(ev.session_id)
-            if row is None or row.exam_id != ev.exam_id or not ev.changes:
+            found_row = current.get(ev.session_id)
+            if found_row is None or found_row[0] != ev.exam_id or not ev.changes:
                 continue
-            state = states.setdefault(row.id, dict(row.state or {}))
+            state = states.get(ev.session_id)
+            if state is None:
+                state = states[ev.session_id] = dict(found_row[1] or {})
             # The state column is internal (never served): it keeps the holder's connection id
             # and resume-token hash, so a state store that lost its data can be rebuilt
             # without cutting off connected candidates.
             state.update(ev.changes)
+        if not states:
+            return
         now = time.time()
-        for sid, state in states.items():
-            rows[sid].state = state  # a new dict, so the JSON column is seen as changed
-            rows[sid].updated_at = now
+        await session.execute(
+            update(_SESSIONS)
+            .where(_SESSIONS.c.id == bindparam("sid"))
+            .values(state=bindparam("new_state"), updated_at=bindparam("now")),
+            [{"sid": sid, "new_state": state, "now": now} for sid, state in states.items()],
+        )
 
     async def history(self, session_id: str, limit: int = 1000) -> list[Event]:
         """The session's latest `limit` events, oldest first."""
