@@ -25,6 +25,7 @@ from realtime.db import migrate
 from realtime.db.database import Database
 from realtime.db.history import HistoryWriter
 from realtime.errors import CloseCode, RealtimeError
+from realtime.gcpolicy import run_gc_policy
 from realtime.guests import models as _guest_tables  # noqa: F401 (tables for create_all)
 from realtime.guests.network import parse_networks
 from realtime.guests.service import GuestService
@@ -104,10 +105,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale),
             name="sweeper",
         )
+        background = [heartbeat, sweeper]
+        if settings.gc_freeze_interval > 0:
+            background.append(
+                asyncio.create_task(
+                    run_gc_policy(settings.gc_freeze_interval, settings.gc_full_interval),
+                    name="gc-policy",
+                )
+            )
         try:
             yield
         finally:
-            for task in (heartbeat, sweeper):
+            for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -48,6 +48,8 @@ class Settings:
     send_queue_size: int = 1024
     max_message_bytes: int = 16 * 1024
     event_log_size: int = 10_000
+    gc_freeze_interval: float = 10.0  # 0: leave Python's garbage collector as it is
+    gc_full_interval: float = 900.0
     allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
     host: str = "127.0.0.1"
     port: int = 8000
@@ -81,6 +83,8 @@ class Settings:
             send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),
             max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),
+            gc_freeze_interval=_float("REALTIME_GC_FREEZE_INTERVAL", defaults.gc_freeze_interval),
+            gc_full_interval=_float("REALTIME_GC_FULL_INTERVAL", defaults.gc_full_interval),
             allowed_origins=_list("REALTIME_ALLOWED_ORIGINS", []),
             host=os.environ.get("REALTIME_HOST", defaults.host),
             port=_int("REALTIME_PORT", defaults.port),
