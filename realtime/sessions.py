@@ -594,13 +594,8 @@ class SessionService:
 
     async def sweep_stale(self, exam_id: str) -> int:
         """Disconnect sessions whose holder went silent (e.g. its process crashed)."""
-        sessions, _ = await self.store.snapshot(exam_id)
         now = self.clock()
-        stale = [
-            s["id"]
-            for s in sessions
-            if s["connected"] and not machine.holder_is_live(s, now, self.liveness)
-        ]
+        stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after)
         if not stale:
             return 0
         outcomes = await self._mutate(

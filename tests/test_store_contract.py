@@ -281,6 +281,21 @@ async def test_touch_refreshes_connected_sessions_only(store: StateStore) -> Non
     await store.touch([], now=60.0)
 
 
+async def test_stale_holders_are_connected_sessions_not_seen_since(store: StateStore) -> None:
+    await store.add_sessions(
+        [
+            session("old", connected=True, last_seen=10.5),
+            session("fresh", connected=True, last_seen=99.0),
+            session("gone", connected=False, last_seen=1.0),
+            session("never", connected=True, last_seen=None),
+            session("other", exam_id=B, connected=True, last_seen=1.0),
+        ]
+    )
+    assert sorted(await store.stale_holders(A, 50.0)) == ["never", "old"]
+    assert await store.stale_holders(A, 5.0) == ["never"]
+    assert await store.stale_holders("no-such-exam", 50.0) == []
+
+
 # -- snapshot and event log ----------------------------------------------------------------------
 
 

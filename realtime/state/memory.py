@@ -73,6 +73,13 @@ class MemoryStore:
         sessions = [dict(s) for s in self._sessions.get(exam_id, {}).values()]
         return sessions, self._seq.get(exam_id, 0)
 
+    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+        return [
+            sid
+            for sid, s in self._sessions.get(exam_id, {}).items()
+            if s["connected"] and (s["last_seen"] is None or s["last_seen"] < seen_before)
+        ]
+
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         log = self._logs.get(exam_id, deque())
         current = self._seq.get(exam_id, 0)

@@ -215,6 +215,7 @@ class RedisStore:
         self._snapshot_script = self._client.register_script(_lua("snapshot.lua"))
         self._create_script = self._client.register_script(_CREATE_LUA)
         self._touch_script = self._client.register_script(_TOUCH_LUA)
+        self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
         self._listeners: list[EventListener] = []
         self._resubscribe_listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -384,6 +385,13 @@ class RedisStore:
             args=[self.keys.session_prefix(exam_id)],
         )
         return [_decode_fields(fields) for fields in reply[1:]], int(reply[0])
+
+    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+        reply = await self._stale_script(
+            keys=[self.keys.sessions(exam_id)],
+            args=[self.keys.session_prefix(exam_id), repr(seen_before)],
+        )
+        return [_text(sid) for sid in reply]
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         async with self._client.pipeline(transaction=True) as pipe:

@@ -68,6 +68,10 @@ class StateStore(Protocol):
     async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
         """All sessions of an exam and the exam sequence number they include (atomically)."""
 
+    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+        """Ids of sessions still marked connected whose `last_seen` is before `seen_before`
+        (or unknown): candidates for the sweeper. Cheap: no session is sent back whole."""
+
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         """Events after `seq`, or None when the log no longer reaches back that far (or `seq`
         is beyond what the exam reached, e.g. after its state was lost)."""
