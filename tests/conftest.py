@@ -12,6 +12,10 @@ from postgres import private_database
 from redis_server import RedisServer
 from server import ServerProcess
 
+from realtime.db.database import Database
+from realtime.db.models import Base
+from realtime.guests import models as _guest_tables  # noqa: F401 - every table on Base
+from realtime.identity import models as _identity_tables  # noqa: F401
 from realtime.state.memory import MemoryStore
 from realtime.state.redis import RedisStore
 from realtime.state.store import StateStore
@@ -107,3 +111,17 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def db(sql_url: str) -> AsyncIterator[Database]:
+    """A connected Database with every table, empty (the PostgreSQL one is shared by the
+    module, so each test starts from dropped and re-created tables)."""
+    database = await Database.connect(sql_url)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+    await database.create_all()
+    try:
+        yield database
+    finally:
+        await database.close()

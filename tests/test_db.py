@@ -7,7 +7,6 @@ dialect bugs through. Each run of this module creates its own throwaway database
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,6 @@ from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExa
 from realtime.db.history import HistoryWriter
 from realtime.db.models import Base
 from realtime.state.model import Event, Exam, ExamSettings, new_session
-
-
-@pytest.fixture
-async def db(sql_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(sql_url)
-    # The PostgreSQL database is shared by the module: start every test from empty tables.
-    async with database.engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-    await database.create_all()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def _exam(exam_id: str = "e1", **kw: Any) -> Exam:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from argon2 import PasswordHasher
 
 from realtime.auth.permissions import Permission
 from realtime.db.database import Database
-from realtime.db.models import Base
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from realtime.identity import models as _tables  # noqa: F401
 from realtime.identity.audit import AuditLog, Ctx, audit_csv
@@ -42,18 +40,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def db(sql_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(sql_url)
-    async with database.engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-    await database.create_all()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture
