@@ -377,7 +377,6 @@ class SessionService:
         remote_addr: str = "",
     ) -> Opened:
         exam = await self.get_exam(exam_id)
-        await self.get_session(exam_id, session_id)
         token = secrets.token_urlsafe(24)
         request = machine.OpenRequest(
             conn_id=conn_id,
