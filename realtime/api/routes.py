@@ -32,6 +32,18 @@ async def principal_of(request: Request, permission: Permission | None = None) -
     return await authenticate_request(request, runtime.auth, runtime.settings, permission)
 
 
+async def visible_session(
+    request: Request, principal: Principal
+) -> tuple[Exam, dict[str, Any]]:
+    """The exam and session named in the path; 404 for sessions outside the caller's scope."""
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    session = await service.get_session(exam.id, request.path_params["session_id"])
+    if not principal.sees(exam.groups, session["group"]):
+        raise NotFound("no such session")
+    return exam, session
+
+
 async def json_body(request: Request) -> Any:
     raw = await request.body()
     if len(raw) > 4 * 1024 * 1024:
@@ -296,11 +308,7 @@ async def get_session(request: Request) -> Response:
       404: {description: Unknown session}
     """
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
-    service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    session = await service.get_session(exam.id, request.path_params["session_id"])
-    if not principal.sees(exam.groups, session["group"]):
-        raise NotFound("no such session")
+    _, session = await visible_session(request, principal)
     return JSONResponse(public_view(session))
 
 
@@ -332,10 +340,7 @@ async def session_history(request: Request) -> Response:
     """
     principal = await principal_of(request, Permission.VIEW_HISTORY)
     service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    session = await service.get_session(exam.id, request.path_params["session_id"])
-    if not principal.sees(exam.groups, session["group"]):
-        raise NotFound("no such session")
+    _, session = await visible_session(request, principal)
     events = await service.history_of(session["id"])
     return JSONResponse({"events": [_public_event(e.to_dict()) for e in events]})
 
@@ -359,10 +364,7 @@ async def report_irregularity(request: Request) -> Response:
     if not isinstance(note, str) or len(note) > 4000:
         raise BadRequest("'note' must be a string of at most 4000 characters")
     service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    session = await service.get_session(exam.id, request.path_params["session_id"])
-    if not principal.sees(exam.groups, session["group"]):
-        raise NotFound("no such session")
+    exam, session = await visible_session(request, principal)
     event = await service.report_irregularity(exam.id, session["id"], principal, category, note)
     return JSONResponse(_public_event(event.to_dict()), status_code=201)
 
