@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,8 +47,9 @@ async def messages(
     """Decoded messages until the peer goes away. Bad frames get an `error`, not a crash.
 
     Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer), until
-    the heartbeat watches the connection (`conn.watched`): then it checks `conn.last_heard`,
-    which is cheaper than a timer per frame.
+    the heartbeat watches the connection (`conn.watched`): then it times out only pings left
+    unanswered (`conn.unanswered_since`, cleared here on every frame), which is cheaper than
+    a timer per frame.
     """
     limit = settings.max_message_bytes
     receive = websocket.receive
@@ -63,7 +63,7 @@ async def messages(
                 raw = await receive()
         finally:
             conn.in_receive = False
-        conn.last_heard = time.monotonic()
+        conn.unanswered_since = None  # any frame answers the pings sent so far
         if raw["type"] == "websocket.disconnect":
             return
         frame = raw.get("bytes")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from typing import Any
 
@@ -42,9 +41,9 @@ class Connection:
         "closing",
         "codec",
         "in_receive",
-        "last_heard",
         "reader",
         "timed_out",
+        "unanswered_since",
         "watched",
         "websocket",
     )
@@ -54,10 +53,13 @@ class Connection:
         self.codec = codec
         self.closing = False
         self.close_code: int | None = None
-        self.last_heard = time.monotonic()  # when the peer last sent anything
+        # When the oldest ping the peer has not answered yet was queued, on the heartbeat's
+        # liveness clock (which leaves out the time the event loop was stalled); None when
+        # the peer has sent something since. Any frame from the peer counts as an answer.
+        self.unanswered_since: float | None = None
         self.reader: asyncio.Task[Any] | None = None  # the task reading this socket
         self.timed_out = False
-        self.watched = False  # the heartbeat checks last_heard; no per-frame timeout needed
+        self.watched = False  # the heartbeat checks unanswered pings; no per-frame timer needed
         self.in_receive = False  # the reader is waiting for the next frame
         self._limit = queue_size
         self._queue: deque[bytes | str | _Close] = deque()

@@ -11,10 +11,11 @@ buffer events until that read has been sent, so nothing committed in between is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from realtime.auth.principal import Principal
 from realtime.channels.codec import Encoded
@@ -191,6 +192,15 @@ class Hub:
         self._flush_scheduled = False
         self._next_slot = 0
         self._slots: list[set[CandidateLink]] = [set() for _ in range(HEARTBEAT_TICKS)]
+        # Liveness counters, for metrics (seconds for the lag and stall figures).
+        self.pings_sent = 0
+        self.ping_timeouts = 0  # links closed with 4009 for leaving pings unanswered
+        self.heartbeat_lag_last = 0.0  # how late the last heartbeat tick ran
+        self.heartbeat_lag_max = 0.0
+        self.heartbeat_stalled = 0.0  # total lateness: time that counted against nobody
+        self.touch_calls = 0  # store calls refreshing held sessions that succeeded
+        self.touch_failures = 0
+        self.touched = 0  # sessions refreshed by them
 
     # -- registration ------------------------------------------------------------------------
 
@@ -204,6 +214,10 @@ class Hub:
     def heartbeat_slice(self, tick: int) -> list[CandidateLink]:
         """The open candidate links the heartbeat visits at `tick`."""
         return [link for link in self._slots[tick] if link.ready]
+
+    def holds(self, link: CandidateLink) -> bool:
+        """The link is still registered here (its connection has not ended)."""
+        return link in self._slots[link.slot]
 
     def _resync_candidate(self, link: CandidateLink) -> None:
         if self.fetch_session is None:
@@ -303,45 +317,203 @@ class Hub:
                 watcher.conn.close(code, reason)
 
 
+Touch = Callable[[list[tuple[str, str, str]]], Awaitable[Any]]
+"""Refresh `last_seen` of sessions held here: (exam id, session id, holder's conn id)."""
+LegacyTouch = Callable[[list[tuple[str, str]]], Awaitable[Any]]
+"""The same without the holder: (exam id, session id)."""
+
+
+class Heartbeat:
+    """What the heartbeat decides at each tick, apart from sleeping and the store.
+
+    Liveness is judged on a clock that leaves out the heartbeat's own lateness: when a tick
+    runs late, the event loop could neither send pings nor read pongs, so that time counts
+    against nobody. A link is timed out only when the oldest ping it has not answered was
+    queued longer than `ping_timeout` ago on that clock, seen on two ticks in a row (pongs
+    already in socket buffers at the first are read in between), and only while its reader
+    waits for a frame (a reader busy with a message has not read what came after it yet).
+    No timer or task per connection: a tick looks at one slice and at the previous
+    tick's suspects.
+    """
+
+    def __init__(self, hub: Hub, interval: float, ping_timeout: float) -> None:
+        self.hub = hub
+        self.step = interval / HEARTBEAT_TICKS
+        self.ping_timeout = ping_timeout
+        self.tick_index = 0
+        self.due: float | None = None  # when the next tick should run (monotonic)
+        self.stalled = 0.0  # the ticks' total lateness: left out of the liveness clock
+        self.suspects: list[CandidateLink] = []  # silent at the last tick: confirm now
+
+    def delay(self, now: float) -> float:
+        """How long to sleep before the next tick."""
+        if self.due is None:
+            self.due = now + self.step
+        return max(0.0, self.due - now)
+
+    def silent(self, conn: Connection, live_now: float) -> bool:
+        since = conn.unanswered_since
+        return (
+            since is not None
+            and live_now - since > self.ping_timeout
+            and conn.watched
+            and conn.in_receive
+            and not conn.closing
+        )
+
+    def tick(self, now: float) -> list[CandidateLink]:
+        """Run one tick at `now` (monotonic time): time out the confirmed silent links and
+        ping this tick's slice. Returns the links of the slice that hold their session."""
+        hub = self.hub
+        if self.due is not None:
+            lag = max(0.0, now - self.due)
+            self.stalled += lag
+            hub.heartbeat_lag_last = lag
+            hub.heartbeat_lag_max = max(hub.heartbeat_lag_max, lag)
+            hub.heartbeat_stalled = self.stalled
+        self.due = now + self.step
+        live_now = now - self.stalled
+        suspects, self.suspects = self.suspects, []
+        for link in suspects:
+            if self.silent(link.conn, live_now) and hub.holds(link):
+                hub.ping_timeouts += 1
+                link.conn.time_out()
+        links = hub.heartbeat_slice(self.tick_index)
+        self.tick_index = (self.tick_index + 1) % HEARTBEAT_TICKS
+        if not links:
+            return []
+        encoded = Encoded({"type": "ping", "t": hub.clock()})
+        held = []
+        for link in links:
+            conn = link.conn
+            if self.silent(conn, live_now):
+                self.suspects.append(link)  # timed out at the next tick unless it answers
+                continue
+            if conn.send_encoded(encoded):
+                hub.pings_sent += 1
+                if conn.unanswered_since is None:
+                    conn.unanswered_since = live_now
+            if not link.superseded and not link.ended:
+                held.append(link)
+        return held
+
+
+def holding(link: CandidateLink) -> bool:
+    return not link.superseded and not link.ended and not link.conn.closing
+
+
+class Refresher:
+    """Refreshes `last_seen` of the sessions held here, away from the heartbeat's pings.
+
+    One store call is in flight at a time; links handed over meanwhile are merged into the
+    next call. A failing call is logged and, after a backoff, retried together with what
+    arrived meanwhile (only the links still held here), so when the store answers again
+    every held session is refreshed at once, with the time of that call.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        touch: Touch,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.hub = hub
+        self.touch = touch
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.pending: dict[CandidateLink, None] = {}  # ordered, without duplicates
+        self.ready = asyncio.Event()
+
+    def submit(self, links: list[CandidateLink]) -> None:
+        """Hand links over; never waits."""
+        for link in links:
+            self.pending[link] = None
+        if self.pending:
+            self.ready.set()
+
+    async def run(self) -> None:
+        delay = self.backoff
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            hub = self.hub
+            batch = [link for link in self.pending if holding(link) and hub.holds(link)]
+            self.pending = {}
+            if not batch:
+                continue
+            try:
+                await self.touch([(link.exam_id, link.session_id, link.conn_id) for link in batch])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                hub.touch_failures += 1
+                log.warning(
+                    "refreshing %d held sessions failed; retrying in %.1f s",
+                    len(batch),
+                    delay,
+                    exc_info=True,
+                )
+                for link in batch:
+                    self.pending.setdefault(link, None)
+                self.ready.set()
+                await self.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+            else:
+                hub.touch_calls += 1
+                hub.touched += len(batch)
+                delay = self.backoff
+
+
+def _with_conn(touch: Touch | LegacyTouch, touch_with_conn: bool) -> Touch:
+    if touch_with_conn:
+        return cast(Touch, touch)
+    legacy = cast(LegacyTouch, touch)
+
+    async def without_conn(items: list[tuple[str, str, str]]) -> Any:
+        return await legacy([(exam_id, session_id) for exam_id, session_id, _ in items])
+
+    return without_conn
+
+
 async def run_heartbeat(
     hub: Hub,
     interval: float,
     ping_timeout: float,
-    touch: Callable[[list[tuple[str, str]]], Any],
+    touch: Touch | LegacyTouch,
+    *,
+    touch_with_conn: bool = False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Every `interval`, ping each candidate, cut off those silent for `ping_timeout`, and
-    refresh `last_seen` of the sessions held here.
+    """Every `interval`, ping each candidate, cut off those that leave pings unanswered for
+    `ping_timeout`, and refresh `last_seen` of the sessions held here.
+
+    `touch` gets (exam id, session id, conn id) triples when `touch_with_conn`, else
+    (exam id, session id) pairs. It runs in a task of its own (`Refresher`): a slow or
+    failing store never holds up the pings, nor does its slowness count against anybody.
 
     The work is spread over `HEARTBEAT_TICKS` slices of the interval: pinging ten thousand
     sockets at once (and getting ten thousand pongs back together) would stall the event
     loop for most of a second, and every command would wait behind it.
     """
-    tick = 0
-    step = interval / HEARTBEAT_TICKS
-    while True:
-        await asyncio.sleep(step)
-        try:
-            links = hub.heartbeat_slice(tick)
-            tick = (tick + 1) % HEARTBEAT_TICKS
-            if not links:
-                continue
-            now = time.monotonic()
-            encoded = Encoded({"type": "ping", "t": hub.clock()})
-            held = []
-            for link in links:
-                conn = link.conn
-                if conn.watched and now - conn.last_heard > ping_timeout:
-                    conn.time_out()
-                    continue
-                conn.send_encoded(encoded)
-                if not link.superseded and not link.ended:
-                    held.append((link.exam_id, link.session_id))
-            if held:
-                await touch(held)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("heartbeat failed; retrying")
+    beat = Heartbeat(hub, interval, ping_timeout)
+    refresher = Refresher(hub, _with_conn(touch, touch_with_conn))
+    task = asyncio.get_running_loop().create_task(refresher.run(), name="heartbeat-refresh")
+    try:
+        while True:
+            await asyncio.sleep(beat.delay(clock()))
+            try:
+                held = beat.tick(clock())
+                if held:
+                    refresher.submit(held)
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def run_sweeper(
