@@ -267,18 +267,31 @@ async def test_concurrent_commits_on_one_version_let_exactly_one_win(store: Stat
     assert await current_seq(store, A) == 1
 
 
-async def test_touch_refreshes_connected_sessions_only(store: StateStore) -> None:
+async def test_touch_refreshes_sessions_their_connection_still_holds(store: StateStore) -> None:
     await store.add_sessions(
-        [session("s1", connected=True, last_seen=1.0), session("s2", last_seen=1.0)]
+        [
+            session("s1", connected=True, last_seen=1.0, conn_id="c1"),
+            session("s2", last_seen=1.0, conn_id="c2", status="active"),
+            session("s3", connected=True, last_seen=1.0, conn_id="other"),
+            session("s4", last_seen=1.0, conn_id="c4", status="completed"),
+        ]
     )
-    await store.touch([(A, "s1"), (A, "s2"), (A, "ghost"), (B, "s1")], now=50.25)
+    lost = await store.touch(
+        [(A, "s1", "c1"), (A, "s2", "c2"), (A, "s3", "c3"), (A, "s4", "c4"), (A, "ghost", "x"),
+         (B, "s1", "c1")],
+        now=50.25,
+    )
 
-    s1, s2, ghost = await store.get_sessions(A, ["s1", "s2", "ghost"])
+    s1, s2, s3, ghost = await store.get_sessions(A, ["s1", "s2", "s3", "ghost"])
     assert s1 is not None and (s1["last_seen"], s1["version"]) == (50.25, 0)
-    assert s2 is not None and s2["last_seen"] == 1.0
+    # Marked disconnected (a sweeper during an outage) while the socket still holds it: the
+    # caller is told, so it can mark it connected again with an event.
+    assert lost == [(A, "s2", "c2")]
+    assert s2 is not None and s2["last_seen"] == 1.0 and s2["connected"] is False
+    assert s3 is not None and s3["last_seen"] == 1.0  # another connection holds it now
     assert ghost is None and await get(store, "s1", B) is None
     assert await current_seq(store, A) == 0
-    await store.touch([], now=60.0)
+    assert await store.touch([], now=60.0) == []
 
 
 async def test_stale_holders_are_connected_sessions_not_seen_since(store: StateStore) -> None:
@@ -334,15 +347,143 @@ async def test_events_since(store: StateStore) -> None:
     assert await store.events_since("no-such-exam", 0) == []
 
 
+async def drain(store: StateStore, exam_id: str, consumer: str = "test") -> list[Event]:
+    """Everything undrained of an exam, acknowledged as written: what a drainer does."""
+    drained: list[Event] = []
+    while True:
+        entries = await store.outbox_claim(exam_id, consumer, 100, lease=5.0)
+        assert entries is not None
+        if not entries:
+            return drained
+        drained += [e for entry in entries for e in entry.events]
+        await store.outbox_ack(exam_id, consumer, entries)
+
+
 async def test_events_since_reports_a_trimmed_log(make_store: StoreFactory) -> None:
     store = await make_store(log_size=3)
     await store.add_sessions([session("s1")])
-    await store.commit([commit(A, "s1", None, events=6)])
+    for _ in range(6):
+        await store.commit([commit(A, "s1", None)])
+    # Nothing undrained is ever trimmed: the log still reaches back to the start.
+    assert [e.seq for e in await store.events_since(A, 0) or []] == [1, 2, 3, 4, 5, 6]
+    await store.commit([commit(A, "s1", None, events=1)])
+    await drain(store, A)
 
-    assert await store.events_since(A, 2) is None  # 3 is gone: the caller must resnapshot
-    assert [e.seq for e in await store.events_since(A, 3) or []] == [4, 5, 6]
-    assert [e.seq for e in await store.events_since(A, 5) or []] == [6]
-    assert await store.events_since(A, 6) == []
+    assert await store.events_since(A, 2) is None  # drained and beyond the log: resnapshot
+    assert [e.seq for e in await store.events_since(A, 5) or []] == [6, 7]
+    assert await store.events_since(A, 7) == []
+
+
+# -- guarded commits, commands, candidates --------------------------------------------------------
+
+
+async def test_guarded_commit_applies_while_the_guard_holds(store: StateStore) -> None:
+    """Candidate traffic: no version read, only "this connection still holds a live session"."""
+    await store.add_sessions([session("s1", conn_id="c1", status="active", version=4)])
+    progress = commit(A, "s1", None, position=7, last_seen=10.5)
+    progress.guard, progress.live_only = {"conn_id": "c1"}, True
+
+    [result] = await store.commit([progress])
+
+    assert result.ok and result.events[0].seq == 1
+    assert "version" not in result.events[0].changes  # the version is left alone
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["position"], s1["last_seen"], s1["version"]) == (7, 10.5, 4)
+
+    stolen = commit(A, "s1", None, position=9)
+    stolen.guard = {"conn_id": "c2"}
+    await store.commit([commit(A, "s1", 4, status="terminated")])
+    late = commit(A, "s1", None, position=8)
+    late.guard, late.live_only = {"conn_id": "c1"}, True
+    results = await store.commit([stolen, late])
+    assert [(r.ok, r.guard_failed, r.events) for r in results] == [(False, True, [])] * 2
+    s1 = await get(store, "s1")
+    assert s1 is not None and s1["position"] == 7
+    assert await current_seq(store, A) == 2
+
+
+async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
+    await store.add_sessions([session("s1"), session("s2")])
+    first = [commit(A, sid, 0, status="paused") for sid in ("s1", "s2")]
+    for c in first:
+        c.command_id = "cmd-1"
+    results = await store.commit(first[:1])
+    assert results[0].ok and results[0].events[0].seq == 1
+
+    retry = [commit(A, sid, v, status="paused") for sid, v in (("s1", 1), ("s2", 0))]
+    for c in retry:
+        c.command_id = "cmd-1"
+    results = await store.commit(retry)
+    assert (results[0].ok, results[0].duplicate_seq) == (False, 1)  # applied nothing twice
+    assert results[1].ok and results[1].events[0].seq == 2  # the rest of the command
+    other = commit(A, "s1", 1, status="active")
+    other.command_id = "cmd-2"
+    [again] = await store.commit([other])
+    assert again.ok
+
+    assert await store.command_result(A, "cmd-1") is None
+    await store.save_command_result(A, "cmd-1", {"applied": [{"session_id": "s1"}]})
+    assert await store.command_result(A, "cmd-1") == {"applied": [{"session_id": "s1"}]}
+    assert await store.command_result(B, "cmd-1") is None
+
+
+async def test_session_by_candidate(store: StateStore) -> None:
+    await store.add_sessions([session("s1"), session("s2", exam_id=B)])
+    assert await store.session_by_candidate(A, "cand-s1") == "s1"
+    assert await store.session_by_candidate(B, "cand-s1") is None
+    assert await store.session_by_candidate(B, "cand-s2") == "s2"
+
+
+# -- the outbox ----------------------------------------------------------------------------------
+
+
+async def test_outbox_holds_every_event_and_audit_row_until_acknowledged(
+    store: StateStore,
+) -> None:
+    await store.put_exam(Exam(id=A, title="A"))
+    await store.put_exam(Exam(id=B, title="B"))
+    await store.add_sessions([session("s1"), session("s2"), session("s1", exam_id=B)])
+    first = await store.commit(
+        [commit(A, "s1", 0, events=2), commit(B, "s1", 0), commit(A, "s2", None)]
+    )
+    await store.append_audit(A, [{"action": "session_command", "actor": "staff:1"}])
+    await store.commit([commit(A, "s2", 0)])
+    assert set(await store.outbox_exams()) >= {A, B}
+
+    backlog = await store.outbox_backlog(now=1e12)
+    assert backlog.events >= 5 and backlog.exams == 2 and backlog.oldest_at is not None
+
+    entries = await store.outbox_claim(A, "one", 100, lease=5.0)
+    assert entries is not None
+    # One entry per commit call and exam, in commit order; audit rows in between.
+    assert [[e.seq for e in entry.events] for entry in entries] == [[1, 2, 3], [], [4]]
+    assert entries[1].audit == [{"action": "session_command", "actor": "staff:1"}]
+    assert summary(entries[0].events) == summary(
+        [e for r in first for e in r.events if e.exam_id == A]
+    )
+    # Another consumer may not drain the exam while the first one holds its lease.
+    assert await store.outbox_claim(A, "two", 100, lease=5.0) is None
+
+    await store.outbox_ack(A, "one", entries)
+    assert await store.outbox_claim(A, "one", 100, lease=5.0) == []
+    rest = await store.outbox_backlog(now=1e12)
+    assert rest.exams == 1 and rest.events == 1  # exam B still waits
+    assert [e.seq for e in await drain(store, B)] == [1]
+    assert (await store.outbox_backlog(now=1e12)).events == 0
+
+
+async def test_outbox_entries_not_acknowledged_are_claimed_again(store: StateStore) -> None:
+    """A drainer whose SQL write failed (or that died) leaves its entries to the next claim."""
+    await store.put_exam(Exam(id=A, title="A"))
+    await store.add_sessions([session("s1")])
+    await store.commit([commit(A, "s1", None, events=2)])
+    entries = await store.outbox_claim(A, "one", 100, lease=5.0)
+    assert entries is not None and len(entries) == 1
+    await store.commit([commit(A, "s1", None)])
+
+    again = await store.outbox_claim(A, "one", 100, lease=5.0)
+    assert again is not None
+    assert [e.seq for entry in again for e in entry.events][:2] == [1, 2]
 
 
 # -- listeners -----------------------------------------------------------------------------------
@@ -365,7 +506,10 @@ async def test_listeners_receive_every_event_in_order(store: StateStore) -> None
     assert len(committed) == 8
     for collector in (plain, coroutine):
         received = await collector.wait_for(len(committed))
-        assert summary(received) == summary(committed)
+        for exam_id in (A, B):  # each exam's events in seq order (exams may interleave)
+            assert summary([e for e in received if e.exam_id == exam_id]) == summary(
+                [e for e in committed if e.exam_id == exam_id]
+            )
     assert [e.seq for e in plain.events if e.exam_id == A] == [1, 2, 3, 4, 5, 6]
     assert plain.events[0].changes["version"] == 1
 
@@ -464,7 +608,8 @@ async def test_redis_listener_survives_an_outage(outage: Callable[[RedisServer],
 def test_keys_of_one_exam_share_a_cluster_slot() -> None:
     keys = Keys("rt:")
     names = [keys.session(A, "s1"), keys.session(A, "s2"), keys.sessions(A), keys.seq(A),
-             keys.log(A), keys.session_prefix(A) + "x"]
+             keys.outbox(A), keys.drain_state(A), keys.drain_lease(A),
+             keys.candidates(A), keys.command(A, 'c'), keys.session_prefix(A) + "x"]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert keys.session(A, "s1") == "rt:{exam-a}:s:s1"
     assert keys.seq(B) != keys.seq(A)

@@ -1,27 +1,63 @@
-"""The embedded state store: one process, everything in dicts. For development and small exams."""
+"""The embedded state store: one process, everything in dicts. For development and small exams.
+
+Its outbox lives in this process too: what the drainer has not yet written to SQL is lost with
+the process (together with the live state it belongs to). Production runs on Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from realtime.state.model import Event, Exam
-from realtime.state.store import Commit, CommitResult, EventListener
+from realtime.state.store import (
+    FINAL_STATUSES,
+    Backlog,
+    Commit,
+    CommitResult,
+    EventListener,
+    OutboxEntry,
+)
 
 log = logging.getLogger(__name__)
 
 
+class _Outbox:
+    """One exam's outbox: entries in order, a drained mark, and the recent event log."""
+
+    __slots__ = ("drained", "entries", "lease", "log", "log_size", "next_id")
+
+    def trim(self) -> None:
+        """Forget events that are both drained and older than the last `log_size`."""
+        log = self.log
+        while len(log) > self.log_size and log[0].seq <= self.drained:
+            log.popleft()
+
+    def __init__(self, log_size: int) -> None:
+        self.entries: deque[OutboxEntry] = deque()  # not yet acknowledged
+        self.log: deque[Event] = deque()  # the last `log_size` events, and all undrained
+        self.log_size = log_size
+        self.next_id = 0
+        self.drained = 0  # highest seq acknowledged as written
+        self.lease: tuple[str, float] = ("", 0.0)  # (consumer, until monotonic)
+
+
 class MemoryStore:
-    def __init__(self, log_size: int = 10_000) -> None:
+    def __init__(self, log_size: int = 10_000, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.time
         self._exams: dict[str, Exam] = {}
         self._sessions: dict[str, dict[str, dict[str, Any]]] = {}
         self._codes: dict[str, tuple[str, str]] = {}
+        self._candidates: dict[tuple[str, str], str] = {}
         self._seq: dict[str, int] = {}
-        self._logs: dict[str, deque[Event]] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._applied: dict[tuple[str, str], dict[str, int]] = {}  # (exam, command) -> sid: seq
+        self._results: dict[tuple[str, str], dict[str, Any]] = {}
         self._log_size = log_size
         self._listeners: list[EventListener] = []
         self._pending: set[asyncio.Task[None]] = set()
@@ -39,10 +75,17 @@ class MemoryStore:
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
 
+    def _outbox(self, exam_id: str) -> _Outbox:
+        box = self._outboxes.get(exam_id)
+        if box is None:
+            box = self._outboxes[exam_id] = _Outbox(self._log_size)
+        return box
+
     async def put_exam(self, exam: Exam) -> None:
         self._exams[exam.id] = exam
         self._sessions.setdefault(exam.id, {})
         self._seq.setdefault(exam.id, 0)
+        self._outbox(exam.id)
 
     async def get_exam(self, exam_id: str) -> Exam | None:
         return self._exams.get(exam_id)
@@ -55,6 +98,9 @@ class MemoryStore:
             exam_sessions[session["id"]] = dict(session)
             if session.get("access_code"):
                 self._codes[session["access_code"]] = (session["exam_id"], session["id"])
+            if session.get("candidate_id"):
+                key = (session["exam_id"], session["candidate_id"])
+                self._candidates[key] = session["id"]
 
     async def get_sessions(
         self, exam_id: str, session_ids: list[str]
@@ -69,6 +115,9 @@ class MemoryStore:
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
         return self._codes.get(access_code)
 
+    async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
+        return self._candidates.get((exam_id, candidate_id))
+
     async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
         sessions = [dict(s) for s in self._sessions.get(exam_id, {}).values()]
         return sessions, self._seq.get(exam_id, 0)
@@ -81,45 +130,69 @@ class MemoryStore:
         ]
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
-        log = self._logs.get(exam_id, deque())
+        box = self._outboxes.get(exam_id)
+        events = box.log if box is not None else deque()
         current = self._seq.get(exam_id, 0)
         if seq > current:
             return None  # a sequence this exam never reached: the client needs a snapshot
         if seq == current:
             return []
-        if not log or log[0].seq > seq + 1:
+        if not events or events[0].seq > seq + 1:
             return None
-        return [event for event in log if event.seq > seq]
+        return [event for event in events if event.seq > seq]
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
         results: list[CommitResult] = []
-        published: list[Event] = []
+        by_exam: dict[str, list[Event]] = {}
         for commit in commits:
-            session = self._sessions.get(commit.exam_id, {}).get(commit.session_id)
-            if session is None:
-                results.append(CommitResult(ok=False, found=False))
-                continue
-            if commit.expected_version is not None:
-                if session["version"] != commit.expected_version:
-                    results.append(CommitResult(ok=False))
-                    continue
-                session.update(commit.changes)
-                session["version"] = commit.expected_version + 1
-                for event in commit.events:
-                    event.changes["version"] = session["version"]
-            log = self._logs.setdefault(commit.exam_id, deque(maxlen=self._log_size))
-            events = []
-            for event in commit.events:
-                seq = self._seq.get(commit.exam_id, 0) + 1
-                self._seq[commit.exam_id] = seq
-                event.seq = seq
-                log.append(event)
-                events.append(event)
-            published.extend(events)
-            results.append(CommitResult(ok=True, events=events))
-        for event in published:
-            self._notify(event)
+            result = self._commit_one(commit)
+            results.append(result)
+            if result.events:
+                by_exam.setdefault(commit.exam_id, []).extend(result.events)
+        now = self._clock()
+        for exam_id, events in by_exam.items():
+            box = self._outbox(exam_id)
+            box.next_id += 1
+            box.entries.append(OutboxEntry(exam_id, str(box.next_id), events, [], now))
+            box.log.extend(events)
+            box.trim()
+        for events in by_exam.values():
+            for event in events:
+                self._notify(event)
         return results
+
+    def _commit_one(self, commit: Commit) -> CommitResult:
+        session = self._sessions.get(commit.exam_id, {}).get(commit.session_id)
+        if session is None:
+            return CommitResult(ok=False, found=False)
+        applied = None
+        if commit.command_id:
+            applied = self._applied.setdefault((commit.exam_id, commit.command_id), {})
+            first = applied.get(commit.session_id)
+            if first is not None:
+                return CommitResult(ok=False, duplicate_seq=first)
+        if commit.expected_version is not None:
+            if session["version"] != commit.expected_version:
+                return CommitResult(ok=False)
+            session.update(commit.changes)
+            session["version"] = commit.expected_version + 1
+            for event in commit.events:
+                event.changes["version"] = session["version"]
+        elif commit.guard is not None:
+            if any(session.get(k) != v for k, v in commit.guard.items()) or (
+                commit.live_only and session["status"] in FINAL_STATUSES
+            ):
+                return CommitResult(ok=False, guard_failed=True)
+            session.update(commit.changes)
+        events = []
+        for event in commit.events:
+            seq = self._seq.get(commit.exam_id, 0) + 1
+            self._seq[commit.exam_id] = seq
+            event.seq = seq
+            events.append(event)
+        if applied is not None and events:
+            applied[commit.session_id] = events[0].seq
+        return CommitResult(ok=True, events=events)
 
     def _notify(self, event: Event) -> None:
         """Listener errors are logged and never reach the caller of `commit`."""
@@ -138,8 +211,74 @@ class MemoryStore:
         if self._seq.get(exam_id, 0) < minimum:
             self._seq[exam_id] = minimum
 
-    async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
-        for exam_id, sid in exam_sessions:
+    async def touch(
+        self, holders: list[tuple[str, str, str]], now: float
+    ) -> list[tuple[str, str, str]]:
+        lost = []
+        for exam_id, sid, conn_id in holders:
             session = self._sessions.get(exam_id, {}).get(sid)
-            if session is not None and session["connected"]:
+            if session is None or session["conn_id"] != conn_id:
+                continue
+            if session["connected"]:
                 session["last_seen"] = now
+            elif session["status"] not in FINAL_STATUSES:
+                lost.append((exam_id, sid, conn_id))
+        return lost
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def command_result(self, exam_id: str, command_id: str) -> dict[str, Any] | None:
+        return self._results.get((exam_id, command_id))
+
+    async def save_command_result(
+        self, exam_id: str, command_id: str, result: dict[str, Any]
+    ) -> None:
+        self._results[(exam_id, command_id)] = result
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        box = self._outbox(exam_id)
+        box.next_id += 1
+        box.entries.append(OutboxEntry(exam_id, str(box.next_id), [], list(rows), self._clock()))
+
+    async def outbox_exams(self) -> list[str]:
+        return [exam_id for exam_id, box in self._outboxes.items() if box.entries]
+
+    async def outbox_claim(
+        self, exam_id: str, consumer: str, count: int, lease: float
+    ) -> list[OutboxEntry] | None:
+        box = self._outboxes.get(exam_id)
+        if box is None:
+            return []
+        now = time.monotonic()
+        holder, until = box.lease
+        if holder and holder != consumer and until > now:
+            return None
+        box.lease = (consumer, now + lease)
+        return list(box.entries)[:count]
+
+    async def outbox_ack(self, exam_id: str, consumer: str, entries: list[OutboxEntry]) -> None:
+        box = self._outboxes.get(exam_id)
+        if box is None:
+            return
+        done = {entry.entry_id for entry in entries}
+        while box.entries and box.entries[0].entry_id in done:
+            entry = box.entries.popleft()
+            if entry.events:
+                box.drained = max(box.drained, entry.events[-1].seq)
+        box.trim()
+
+    async def outbox_backlog(self, now: float) -> Backlog:
+        backlog = Backlog()
+        for box in self._outboxes.values():
+            if not box.entries:
+                continue
+            backlog.exams += 1
+            backlog.events += sum(len(e.events) + len(e.audit) for e in box.entries)
+            first = box.entries[0].appended_at
+            if backlog.oldest_at is None or first < backlog.oldest_at:
+                backlog.oldest_at = first
+        return backlog

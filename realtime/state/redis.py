@@ -2,8 +2,11 @@
 the same exams, and Redis pub/sub carries every committed event to all of them.
 
 Layout (see `Keys`): every key of one exam carries the exam id as a Redis Cluster hash tag, so
-the Lua scripts that touch a session, the exam's seq counter and its log stay in one slot.
-Session hashes hold JSON-encoded values; events travel and are logged as `b"<seq>:<msgpack>"`.
+the Lua scripts that touch a session, the exam's seq counter and its outbox stay in one slot.
+Session hashes hold JSON-encoded values. One commit_batch.lua call applies many commits of one
+exam and appends their events as ONE outbox stream entry (id `<first seq>-*`, field `d` = the
+events' msgpack blobs back to back) and publishes them as ONE message `b"<first seq>:<blobs>"`.
+Drainers read the outbox through the consumer group `drain`, under a per-exam lease.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import msgpack
+import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -28,7 +33,13 @@ from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from realtime.state.model import Event, Exam
-from realtime.state.store import Commit, CommitResult, EventListener
+from realtime.state.store import (
+    Backlog,
+    Commit,
+    CommitResult,
+    EventListener,
+    OutboxEntry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +48,9 @@ RECONNECT_MIN = 0.1  # first back-off after the subscription broke, doubled up t
 RECONNECT_MAX = 5.0
 IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this long = dead
 
-# commit.lua status codes besides 1 (ok)
-_NOT_FOUND, _CONFLICT = 0, -1
+# commit_batch.lua status codes besides 1 (ok)
+_NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED = 0, -1, -2, -3
+COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
 
 # Create a session unless it exists (add_sessions must not overwrite live state). Returns 1 if
 # created, 2 if it existed with this access code (a repeated or retried import), else 0.
@@ -53,13 +65,24 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# Heartbeat: refresh last_seen of a connected session; never creates a half session.
-# KEYS: session hash; ARGV: JSON-encoded time.
+# Heartbeat: refresh last_seen of sessions this connection still holds; never creates a half
+# session. KEYS: session hash; ARGV: JSON-encoded time, JSON-encoded conn_id.
+# Returns 1 when the holder still holds the session but it was marked disconnected meanwhile.
 _TOUCH_LUA = """
+if redis.call('HGET', KEYS[1], 'conn_id') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'connected') == 'true' then
   redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
+  return 0
 end
-return 0
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == '"completed"' or status == '"terminated"' then return 0 end
+return 1
+"""
+
+_AUDIT_LUA = """
+local seq = redis.call('GET', KEYS[1]) or '0'
+redis.call('XADD', KEYS[2], seq .. '-*', 't', ARGV[1], 'a', ARGV[2])
+return 1
 """
 
 
@@ -84,8 +107,23 @@ class Keys:
     def seq(self, exam_id: str) -> str:
         return f"{self._exam(exam_id)}:seq"
 
-    def log(self, exam_id: str) -> str:
-        return f"{self._exam(exam_id)}:log"
+    def outbox(self, exam_id: str) -> str:
+        return f"{self._exam(exam_id)}:outbox"
+
+    def drain_state(self, exam_id: str) -> str:
+        return f"{self._exam(exam_id)}:drain"
+
+    def drain_lease(self, exam_id: str) -> str:
+        return f"{self._exam(exam_id)}:drainer"
+
+    def candidates(self, exam_id: str) -> str:
+        return f"{self._exam(exam_id)}:candidates"
+
+    def command(self, exam_id: str, command_id: str) -> str:
+        return f"{self._exam(exam_id)}:cmd:{command_id}"
+
+    def command_result(self, exam_id: str, command_id: str) -> str:
+        return f"{self._exam(exam_id)}:cmdres:{command_id}"
 
     def exam(self, exam_id: str) -> str:
         return f"{self.prefix}exam:{exam_id}"
@@ -93,6 +131,10 @@ class Keys:
     @property
     def codes(self) -> str:
         return f"{self.prefix}codes"
+
+    @property
+    def outboxes(self) -> str:
+        return f"{self.prefix}outboxes"
 
     @property
     def events(self) -> str:
@@ -133,7 +175,7 @@ def _lua(name: str) -> str:
 
 
 def encode_event(event: Event, version: int | None) -> bytes:
-    """The event as commit.lua logs and publishes it, minus the seq Redis assigns."""
+    """The event as the outbox and pub/sub carry it, minus the seq Redis assigns."""
     data = event.to_dict()
     del data["seq"]
     if version is not None:
@@ -142,29 +184,49 @@ def encode_event(event: Event, version: int | None) -> bytes:
     return blob
 
 
-def decode_event(entry: bytes) -> Event:
-    """A logged or published `b"<seq>:<msgpack>"` entry back into an Event."""
-    seq, _, blob = entry.partition(b":")
-    data: dict[str, Any] = msgpack.unpackb(blob, raw=False)
-    data["seq"] = int(seq)
-    return Event.from_dict(data)
+def decode_events(first_seq: int, blobs: bytes) -> list[Event]:
+    """Concatenated msgpack events, numbered from `first_seq` on."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(blobs)
+    events = []
+    for offset, data in enumerate(unpacker):
+        data["seq"] = first_seq + offset
+        events.append(Event.from_dict(data))
+    return events
 
 
-def _encode_fields(fields: dict[str, Any]) -> list[str]:
-    pairs: list[str] = []
+def decode_message(message: bytes) -> list[Event]:
+    """A published `b"<first seq>:<blobs>"` message back into its events."""
+    first, _, blobs = message.partition(b":")
+    return decode_events(int(first), blobs)
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _encode_fields(fields: dict[str, Any]) -> list[bytes | str]:
+    pairs: list[bytes | str] = []
     for name, value in fields.items():
-        pairs += [name, json.dumps(value)]
+        pairs += [name, orjson.dumps(value)]
     return pairs
 
 
 def _decode_fields(raw: Any) -> dict[str, Any]:
     """A session from HGETALL (a dict) or from a script (a flat field/value list)."""
-    items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
-    return {_text(name): json.loads(value) for name, value in items}
+    loads = orjson.loads
+    if isinstance(raw, dict):
+        return {_text(name): loads(value) for name, value in raw.items()}
+    return {_text(raw[k]): loads(raw[k + 1]) for k in range(0, len(raw), 2)}
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(raw: Any) -> dict[str, bytes]:
+    """A stream entry's flat field list as a dict."""
+    return {_text(raw[k]): raw[k + 1] for k in range(0, len(raw), 2)}
 
 
 async def _run_script(
@@ -198,6 +260,34 @@ async def _run_script(
     return replies
 
 
+async def _run_batches(
+    client: Redis, script: AsyncScript, calls: list[tuple[list[Any], list[Any]]]
+) -> list[Any]:
+    """`_run_script` for calls with their own keys: [(keys, args), ...] in one pipeline."""
+    numkeys = [len(keys) for keys, _ in calls]
+    flat = [[*keys, *args] for keys, args in calls]
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in todo:
+                pipe.evalsha(script.sha, numkeys[i], *flat[i])
+            answers = await pipe.execute(raise_on_error=False)
+        refused = []
+        for i, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, NoScriptError) and attempt == 0:
+                refused.append(i)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                replies[i] = answer
+        if not refused:
+            break
+        script.sha = await client.script_load(script.script)
+        todo = refused
+    return replies
+
+
 class RedisStore:
     """`StateStore` on Redis. One instance per process: it holds one pub/sub subscription."""
 
@@ -211,7 +301,12 @@ class RedisStore:
         # Commits must not be: a resent commit.lua would report a conflict for a commit that
         # went through, or record its events twice. A failed commit raises; callers re-read.
         self._commit_client = _connect(url, Retry(NoBackoff(), 0))
-        self._commit_script = self._commit_client.register_script(_lua("commit.lua"))
+        self._commit_script = self._commit_client.register_script(_lua("commit_batch.lua"))
+        self._since_script = self._client.register_script(_lua("events_since.lua"))
+        self._claim_script = self._client.register_script(_lua("outbox_claim.lua"))
+        self._ack_script = self._client.register_script(_lua("outbox_ack.lua"))
+        self._backlog_script = self._client.register_script(_lua("outbox_backlog.lua"))
+        self._audit_script = self._client.register_script(_AUDIT_LUA)
         self._snapshot_script = self._client.register_script(_lua("snapshot.lua"))
         self._create_script = self._client.register_script(_CREATE_LUA)
         self._touch_script = self._client.register_script(_TOUCH_LUA)
@@ -316,24 +411,28 @@ class RedisStore:
             heard = loop.time()
             yield _text(message["type"]), message["data"]
 
-    async def _deliver(self, entry: bytes) -> None:
+    async def _deliver(self, message: bytes) -> None:
         try:
-            event = decode_event(entry)
+            events = decode_message(message)
         except Exception:
-            log.exception("undecodable event on %s: %r", self.keys.events, entry[:200])
+            log.exception("undecodable event on %s: %r", self.keys.events, message[:200])
             return
-        for listener in list(self._listeners):
-            try:
-                outcome = listener(event)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                log.exception("event listener %r failed on seq %d", listener, event.seq)
+        for event in events:
+            for listener in list(self._listeners):
+                try:
+                    outcome = listener(event)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:
+                    log.exception("event listener %r failed on seq %d", listener, event.seq)
 
     # -- exams and sessions ---------------------------------------------------------------------
 
     async def put_exam(self, exam: Exam) -> None:
-        await self._client.set(self.keys.exam(exam.id), json.dumps(exam.to_dict()))
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.exam(exam.id), json.dumps(exam.to_dict()))
+            pipe.sadd(self.keys.outboxes, exam.id)
+            await pipe.execute()
 
     async def get_exam(self, exam_id: str) -> Exam | None:
         raw = await self._client.get(self.keys.exam(exam_id))
@@ -347,7 +446,7 @@ class RedisStore:
                 self.keys.session(session["exam_id"], session["id"]),
                 self.keys.sessions(session["exam_id"]),
                 session["id"],
-                json.dumps(session.get("access_code", "")),
+                _json(session.get("access_code", "")),
                 *_encode_fields(session),
             ]
             for session in sessions
@@ -358,8 +457,18 @@ class RedisStore:
             for session, outcome in zip(sessions, created, strict=True)
             if outcome and session.get("access_code")
         }
-        if codes:
-            await self._client.hset(self.keys.codes, mapping=codes)
+        candidates: dict[str, dict[str, str]] = {}
+        for session, outcome in zip(sessions, created, strict=True):
+            if outcome and session.get("candidate_id"):
+                by_exam = candidates.setdefault(session["exam_id"], {})
+                by_exam[session["candidate_id"]] = session["id"]
+        if codes or candidates:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if codes:
+                    pipe.hset(self.keys.codes, mapping=codes)
+                for exam_id, mapping in candidates.items():
+                    pipe.hset(self.keys.candidates(exam_id), mapping=dict(mapping))  # type: ignore[arg-type]
+                await pipe.execute()
 
     async def get_sessions(
         self, exam_id: str, session_ids: list[str]
@@ -379,6 +488,10 @@ class RedisStore:
         exam_id, _, session_id = _text(raw).partition("\n")
         return exam_id, session_id
 
+    async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
+        raw = await self._client.hget(self.keys.candidates(exam_id), candidate_id)
+        return None if raw is None else _text(raw)
+
     async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
         reply = await self._snapshot_script(
             keys=[self.keys.seq(exam_id), self.keys.sessions(exam_id)],
@@ -394,70 +507,191 @@ class RedisStore:
         return [_text(sid) for sid in reply]
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.get(self.keys.seq(exam_id))
-            pipe.zrangebyscore(self.keys.log(exam_id), f"({seq}", "+inf")
-            current, entries = await pipe.execute()
-        if seq > int(current or 0):
+        reply = await self._since_script(
+            keys=[self.keys.seq(exam_id), self.keys.outbox(exam_id)], args=[seq]
+        )
+        current, covered = int(reply[0]), int(reply[1])
+        if seq > current:
             return None  # a sequence this exam never reached: the client needs a snapshot
-        if seq == int(current or 0):
+        if seq == current:
             return []
-        events = [decode_event(entry) for entry in entries]
-        if not events or events[0].seq > seq + 1:
+        if not covered:
             return None
-        return events
+        events: list[Event] = []
+        for k in range(len(reply) - 2, 1, -2):  # oldest entry first
+            events += decode_events(int(reply[k]), reply[k + 1])
+        return [event for event in events if event.seq > seq]
 
     async def ensure_seq(self, exam_id: str, minimum: int) -> None:
         key = self.keys.seq(exam_id)
         await self._client.eval(_ENSURE_SEQ, 1, key, minimum)  # type: ignore[misc]
 
-    async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
-        if not exam_sessions:
-            return
-        stamp = json.dumps(now)
-        calls = [[self.keys.session(exam_id, sid), stamp] for exam_id, sid in exam_sessions]
-        await _run_script(self._client, self._touch_script, 1, calls)
+    async def touch(
+        self, holders: list[tuple[str, str, str]], now: float
+    ) -> list[tuple[str, str, str]]:
+        if not holders:
+            return []
+        stamp = _json(now)
+        calls = [
+            [self.keys.session(exam_id, sid), stamp, _json(conn_id)]
+            for exam_id, sid, conn_id in holders
+        ]
+        replies = await _run_script(self._client, self._touch_script, 1, calls)
+        return [holder for holder, lost in zip(holders, replies, strict=True) if lost]
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def command_result(self, exam_id: str, command_id: str) -> dict[str, Any] | None:
+        raw = await self._client.get(self.keys.command_result(exam_id, command_id))
+        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def save_command_result(
+        self, exam_id: str, command_id: str, result: dict[str, Any]
+    ) -> None:
+        key = self.keys.command_result(exam_id, command_id)
+        await self._client.set(key, orjson.dumps(result), ex=COMMAND_TTL)
 
     # -- commits --------------------------------------------------------------------------------
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
-        """All commits in one pipeline, one commit.lua call each (atomic per commit only).
+        """One commit_batch.lua call per exam, all in one pipeline: one round trip.
 
         A "version" in `changes` is ignored: the store owns it. If the connection drops
         mid-way this raises and the outcome is unknown (commits are never resent): re-read.
         """
-        calls = [self._commit_args(commit) for commit in commits]
-        replies = await _run_script(self._commit_client, self._commit_script, 3, calls)
-        return [self._result(c, r) for c, r in zip(commits, replies, strict=True)]
+        if not commits:
+            return []
+        by_exam: dict[str, list[int]] = {}
+        for index, commit in enumerate(commits):
+            by_exam.setdefault(commit.exam_id, []).append(index)
+        calls = [self._batch_args(exam_id, [commits[i] for i in indexes])
+                 for exam_id, indexes in by_exam.items()]
+        replies = await _run_batches(self._commit_client, self._commit_script, calls)
+        results: list[CommitResult | None] = [None] * len(commits)
+        for indexes, reply in zip(by_exam.values(), replies, strict=True):
+            for k, index in enumerate(indexes):
+                results[index] = self._result(commits[index], int(reply[2 * k]),
+                                              int(reply[2 * k + 1]))
+        return [r for r in results if r is not None]
 
-    def _commit_args(self, commit: Commit) -> list[Any]:
+    def _batch_args(self, exam_id: str, commits: list[Commit]) -> tuple[list[Any], list[Any]]:
         keys = self.keys
-        expected = commit.expected_version
-        version = None if expected is None else expected + 1
-        fields = {k: v for k, v in commit.changes.items() if k != "version"}
-        pairs = [] if expected is None else _encode_fields(fields)
-        return [
-            keys.session(commit.exam_id, commit.session_id),
-            keys.seq(commit.exam_id),
-            keys.log(commit.exam_id),
-            "" if expected is None else str(expected),
-            keys.events,
-            self._log_size,
-            len(pairs) // 2,
-            *pairs,
-            *(encode_event(event, version) for event in commit.events),
-        ]
+        session_keys: list[Any] = []
+        command_keys: dict[str, int] = {}
+        args: list[Any] = [keys.events, repr(time.time()), len(commits), COMMAND_TTL]
+        for commit in commits:
+            session_keys.append(keys.session(exam_id, commit.session_id))
+            command = 0
+            if commit.command_id:
+                command = command_keys.setdefault(commit.command_id, len(command_keys) + 1)
+            expected = commit.expected_version
+            if expected is not None:
+                mode, version = "v", expected + 1
+            elif commit.guard is not None:
+                mode, version = "g", None
+            else:
+                mode, version = "r", None
+            guard = _encode_fields(commit.guard or {})
+            fields = {k: v for k, v in commit.changes.items() if k != "version"}
+            pairs = [] if mode == "r" else _encode_fields(fields)
+            args += [
+                commit.session_id, mode, "" if expected is None else str(expected), command,
+                "1" if commit.live_only else "0", len(guard) // 2, len(pairs) // 2,
+                len(commit.events), *guard, *pairs,
+                *(encode_event(event, version) for event in commit.events),
+            ]
+        all_keys = [keys.seq(exam_id), keys.outbox(exam_id), *session_keys,
+                    *(keys.command(exam_id, cid) for cid in command_keys)]
+        return all_keys, args
 
     @staticmethod
-    def _result(commit: Commit, reply: list[int]) -> CommitResult:
-        status = int(reply[0])
+    def _result(commit: Commit, status: int, seq: int) -> CommitResult:
         if status == _NOT_FOUND:
             return CommitResult(ok=False, found=False)
         if status == _CONFLICT:
             return CommitResult(ok=False)
-        version, seqs = int(reply[1]), reply[2:]
-        for event, seq in zip(commit.events, seqs, strict=True):
-            event.seq = int(seq)
+        if status == _DUPLICATE:
+            return CommitResult(ok=False, duplicate_seq=seq)
+        if status == _GUARD_FAILED:
+            return CommitResult(ok=False, guard_failed=True)
+        for offset, event in enumerate(commit.events):
+            event.seq = seq + offset
             if commit.expected_version is not None:
-                event.changes["version"] = version
+                event.changes["version"] = commit.expected_version + 1
         return CommitResult(ok=True, events=list(commit.events))
+
+    # -- the outbox -----------------------------------------------------------------------------
+
+    async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        blob = msgpack.packb(rows, use_bin_type=True)
+        await self._audit_script(
+            keys=[self.keys.seq(exam_id), self.keys.outbox(exam_id)],
+            args=[repr(time.time()), blob],
+        )
+
+    async def outbox_exams(self) -> list[str]:
+        return sorted(_text(e) for e in await self._client.smembers(self.keys.outboxes))
+
+    async def outbox_claim(
+        self, exam_id: str, consumer: str, count: int, lease: float
+    ) -> list[OutboxEntry] | None:
+        reply = await self._claim_script(
+            keys=[self.keys.outbox(exam_id), self.keys.drain_lease(exam_id)],
+            args=[consumer, count, max(1, int(lease * 1000))],
+        )
+        if reply is None:
+            return None
+        entries = []
+        for raw_id, raw_fields in reply:
+            entry_id = _text(raw_id)
+            fields = _fields(raw_fields)
+            entry = OutboxEntry(exam_id, entry_id, appended_at=float(fields.get("t", 0) or 0))
+            if "d" in fields:
+                first = int(entry_id.partition("-")[0])
+                entry.events = decode_events(first, fields["d"])
+            if "a" in fields:
+                entry.audit = msgpack.unpackb(fields["a"], raw=False)
+            entries.append(entry)
+        return entries
+
+    async def outbox_ack(self, exam_id: str, consumer: str, entries: list[OutboxEntry]) -> None:
+        if not entries:
+            return
+        drained = max((e.events[-1].seq for e in entries if e.events), default=0)
+        await self._ack_script(
+            keys=[self.keys.outbox(exam_id), self.keys.seq(exam_id),
+                  self.keys.drain_state(exam_id)],
+            args=[self._log_size, drained, entries[-1].entry_id,
+                  *(e.entry_id for e in entries)],
+        )
+
+    async def outbox_backlog(self, now: float) -> Backlog:
+        exams = await self.outbox_exams()
+        backlog = Backlog()
+        if not exams:
+            return backlog
+        async with self._client.pipeline(transaction=False) as pipe:
+            for exam_id in exams:
+                pipe.evalsha(
+                    self._backlog_script.sha, 3, self.keys.seq(exam_id),
+                    self.keys.outbox(exam_id), self.keys.drain_state(exam_id),
+                )
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                self._backlog_script.sha = await self._client.script_load(
+                    self._backlog_script.script
+                )
+                return await self.outbox_backlog(now)
+        for behind, at in replies:
+            if int(behind) <= 0:
+                continue
+            backlog.exams += 1
+            backlog.events += int(behind)
+            if at:
+                appended = float(at)
+                if backlog.oldest_at is None or appended < backlog.oldest_at:
+                    backlog.oldest_at = appended
+        return backlog

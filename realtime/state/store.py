@@ -1,8 +1,11 @@
 """The state store contract, shared by the memory and Redis backends.
 
 A store holds exams and the live state of sessions, assigns each exam's event sequence numbers,
-keeps a bounded event log per exam for gap recovery, and tells every listener in every process
-about each committed event. It never decides anything: `realtime.state.machine` does.
+tells every listener in every process about each committed event, and keeps each exam's
+**outbox**: the committed events (and audit rows) in commit order, appended in the same atomic
+step as the change itself, until a drainer has written them to SQL. The outbox doubles as the
+bounded event log dashboards recover gaps from. A store never decides anything:
+`realtime.state.machine` does.
 """
 
 from __future__ import annotations
@@ -15,14 +18,26 @@ from realtime.state.model import Event, Exam
 
 EventListener = Callable[[Event], Awaitable[None] | None]
 
+FINAL_STATUSES = ("completed", "terminated")
+
 
 @dataclass(slots=True)
 class Commit:
-    """Apply `changes` to a session if its version is still `expected_version`.
+    """One change of one session, applied atomically or not at all.
 
-    The store bumps the version, gives each event the exam's next sequence number, appends the
-    events to the exam log and publishes them, all in one atomic step. `expected_version=None`
-    records the events without touching the session (for refusals and irregularities).
+    Three kinds, by what must still hold when the store applies it:
+
+    * `expected_version` set: compare-and-set. The session's version must still be the one the
+      decision was made on; the store applies `changes` and bumps the version.
+    * `guard` set (and no expected version): the named fields must still have these values
+      (e.g. the holder's `conn_id`), and with `live_only` the session must not be final. The
+      store applies `changes` without bumping the version: for frequent candidate traffic
+      (progress, acks) whose changes no staff decision depends on, so they never make a
+      concurrent staff command lose its compare-and-set.
+    * neither: record the events, leave the session alone (refusals, irregularities).
+
+    With a `command_id`, the store applies the commit only if this session has not applied that
+    command before (a retried command applies nothing twice).
     """
 
     exam_id: str
@@ -30,6 +45,9 @@ class Commit:
     expected_version: int | None
     changes: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    guard: dict[str, Any] | None = None
+    live_only: bool = False
+    command_id: str = ""
 
 
 @dataclass(slots=True)
@@ -37,6 +55,28 @@ class CommitResult:
     ok: bool
     events: list[Event] = field(default_factory=list)
     found: bool = True
+    guard_failed: bool = False  # a guarded commit whose guard no longer held
+    duplicate_seq: int | None = None  # this session already applied the command (first seq)
+
+
+@dataclass(slots=True)
+class OutboxEntry:
+    """What one atomic step appended to an exam's outbox: its events, or audit rows."""
+
+    exam_id: str
+    entry_id: str
+    events: list[Event] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    appended_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Backlog:
+    """Events committed but not yet written to SQL, over all exams."""
+
+    events: int = 0
+    oldest_at: float | None = None  # when the oldest of them was committed
+    exams: int = 0
 
 
 class StateStore(Protocol):
@@ -65,6 +105,9 @@ class StateStore(Protocol):
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
         """(exam_id, session_id) for an access code."""
 
+    async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
+        """The session id of a candidate in an exam (without asking SQL)."""
+
     async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
         """All sessions of an exam and the exam sequence number they include (atomically)."""
 
@@ -77,14 +120,51 @@ class StateStore(Protocol):
         is beyond what the exam reached, e.g. after its state was lost)."""
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
-        """Apply many commits in one round trip; each one is atomic on its own."""
+        """Apply many commits in one round trip; each one is atomic on its own. The events of
+        one exam's commits are published as one message and appended as one outbox entry."""
 
     async def ensure_seq(self, exam_id: str, minimum: int) -> None:
         """Make the exam's next sequence number larger than `minimum` (after a state loss,
         numbering must go on from what SQL already holds)."""
 
-    async def touch(self, exam_sessions: list[tuple[str, str]], now: float) -> None:
-        """Refresh `last_seen` of connected sessions without an event (liveness heartbeat)."""
+    async def touch(
+        self, holders: list[tuple[str, str, str]], now: float
+    ) -> list[tuple[str, str, str]]:
+        """Refresh `last_seen` of sessions still held by these (exam, session, conn_id)
+        holders, without an event (liveness heartbeat). Returns the holders whose session
+        was marked disconnected meanwhile (e.g. by a sweeper during an outage) although the
+        connection still holds it: the caller re-marks them connected, with an event."""
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def command_result(self, exam_id: str, command_id: str) -> dict[str, Any] | None:
+        """The stored answer of a finished command, for idempotent retries."""
+
+    async def save_command_result(
+        self, exam_id: str, command_id: str, result: dict[str, Any]
+    ) -> None: ...
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
+        """Append audit rows to the exam's outbox (written to SQL by the drainer)."""
+
+    async def outbox_exams(self) -> list[str]:
+        """Exams whose outbox may hold something."""
+
+    async def outbox_claim(
+        self, exam_id: str, consumer: str, count: int, lease: float
+    ) -> list[OutboxEntry] | None:
+        """Up to `count` undrained entries of an exam, oldest first, for `consumer` to write
+        to SQL; entries read before by a consumer that died are claimed again first. One
+        consumer drains an exam at a time (a lease of `lease` seconds, renewed by each call):
+        None when another live consumer holds it."""
+
+    async def outbox_ack(self, exam_id: str, consumer: str, entries: list[OutboxEntry]) -> None:
+        """The entries are in SQL: forget them (the event log keeps the recent ones)."""
+
+    async def outbox_backlog(self, now: float) -> Backlog:
+        """What is committed but not yet acknowledged as written to SQL."""
 
 
 def apply_locally(
@@ -92,6 +172,8 @@ def apply_locally(
 ) -> dict[str, Any]:
     """The session after a commit: used by stores and callers that keep a copy."""
     updated = dict(session)
+    if commit.expected_version is None and commit.guard is None:
+        return updated
     updated.update(commit.changes)
     if commit.expected_version is not None:
         updated["version"] = commit.expected_version + 1
