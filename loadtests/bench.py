@@ -45,6 +45,19 @@ import httpx
 import psutil
 
 from loadtests.common import JSON, MSGPACK, percentile, raise_nofile, ws_url
+from loadtests.compare import (
+    NEW_PHASES,
+    Arrivals,
+    UvicornProcess,
+    compare_table,
+    deflate_args,
+    deflate_lines,
+    headlines,
+    parse_rates,
+    run_new_phases,
+    run_peer,
+    write_summary,
+)
 from loadtests.servers import (
     BENCH_STAFF_TOKEN,
     RedisProcess,
@@ -58,6 +71,7 @@ from loadtests.wsclient import WsPeer, connect
 DEFAULT_SIZES = (1000, 5000)
 FULL_SIZES = (1000, 5000, 10000)
 DEFAULT_CONFIGS = ("memory:1", "redis:1", "redis:2")
+PHASES = ("classic", *NEW_PHASES)  # classic = the original phases 1-6 above
 CHUNK = 5000
 
 
@@ -163,6 +177,10 @@ class Candidate:
         if self.peer is not None:
             self.peer.abort()
 
+    def send_progress(self, position: int) -> None:
+        if self.peer is not None:
+            self.peer.send({"type": "progress", "position": position, "answered": position})
+
 
 class Proctor:
     """One dashboard socket watching an exam; times deltas."""
@@ -244,7 +262,7 @@ class Bench:
         self.deflate: bool = args.deflate
         self.ack = not args.no_ack
         self.timeout: float = args.timeout
-        self.trackers: dict[str, Tracker] = {}
+        self.trackers: dict[str, Tracker | Arrivals] = {}
         self.pings = 0
         self.commands_received = 0
         self.unexpected_closes = 0
@@ -252,9 +270,12 @@ class Bench:
         self.errors: dict[str, int] = {}
         self.redis: RedisProcess | None = None
         self.servers: list[ServerProcess] = []
+        self.phases: set[str] = set(phase_list(args))
+        self.server_args: list[str] = deflate_args(args.server_deflate)
         self.result: dict[str, Any] = {
             "config": f"{backend}:{servers}" + (f"x{workers}w" if workers > 1 else ""),
             "backend": backend, "servers": servers, "workers": workers, "n": n,
+            "deflate_offered": self.deflate, "server_deflate": args.server_deflate or "default",
         }
 
     def note_error(self, text: str) -> None:
@@ -276,8 +297,8 @@ class Bench:
                 out = Path(self.args.out) / name
                 profile = f"py-spy:{out.resolve()}"
             self.servers.append(
-                ServerProcess(root, redis_url, workers=self.workers, env=env, profile=profile,
-                              launcher=self.args.launcher).start()
+                UvicornProcess(root, redis_url, workers=self.workers, env=env, profile=profile,
+                               launcher=self.args.launcher, extra_args=self.server_args).start()
             )
 
     def stop_servers(self) -> None:
@@ -498,6 +519,11 @@ class Bench:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        if self.backend == "peer":
+            result = await run_peer(self)
+            result["lost_total"] = lost_total(result)
+            return result
+        classic = "classic" in self.phases
         root = workdir()
         self.result["workdir"] = str(root)
         loop_started = time.perf_counter()
@@ -512,7 +538,8 @@ class Bench:
             ) as http:
                 started = time.perf_counter()
                 main = await self.create_exam(http, "main", self.n, lock=False)
-                locked = await self.create_exam(http, "locked", self.lock_size, lock=True)
+                locked = (await self.create_exam(http, "locked", self.lock_size, lock=True)
+                          if classic else [])
                 self.result["setup_s"] = round(time.perf_counter() - started, 2)
                 await asyncio.sleep(1.0)
                 rss_base = self.server_rss()
@@ -534,24 +561,36 @@ class Bench:
                     "redis_rss_mb": (round(rss_bytes([self.redis.pid]) / 2**20, 1)
                                      if self.redis else None),
                 }
-                self.result["targeted"] = await self.targeted(http, "main", candidates)
-                self.result["pause_all"] = await self.bulk(http, "main", "pause")
-                self.result["resume_all"] = await self.bulk(http, "main", "resume")
-                if not proctor.alive:  # dropped (e.g. as a slow consumer): resubscribe
-                    proctor = Proctor(self)
-                    await proctor.watch(urls[0], "main")
-                self.result["dashboard"] = await self.dashboard(proctor, candidates)
+                if classic:
+                    self.result["targeted"] = await self.targeted(http, "main", candidates)
+                    self.result["pause_all"] = await self.bulk(http, "main", "pause")
+                    self.result["resume_all"] = await self.bulk(http, "main", "resume")
+                    if not proctor.alive:  # dropped (e.g. as a slow consumer): resubscribe
+                        proctor = Proctor(self)
+                        await proctor.watch(urls[0], "main")
+                    self.result["dashboard"] = await self.dashboard(proctor, candidates)
+
+                async def rewatch() -> Proctor:
+                    fresh = Proctor(self)
+                    await fresh.watch(urls[0], "main")
+                    return fresh
+
+                if self.phases & set(NEW_PHASES):
+                    await run_new_phases(self, urls[0], candidates, proctor, peer=False,
+                                         rewatch=rewatch)
                 self.result["still_open"] = sum(1 for c in candidates if c.alive)
                 await self.close_all(candidates)
                 if proctor.peer is not None:
                     proctor.peer.close()
-                lock_candidates = [Candidate(self, s, urls[i % len(urls)])
-                                   for i, s in enumerate(locked)]
-                self.result["lock_open"] = await self.open_all(lock_candidates)
-                await self.close_all(lock_candidates)
-                await asyncio.sleep(self.args.settle)
-                self.result["lock_reopen"] = await self.open_all(lock_candidates, resume=True)
-                await self.close_all(lock_candidates)
+                if classic:
+                    lock_candidates = [Candidate(self, s, urls[i % len(urls)])
+                                       for i, s in enumerate(locked)]
+                    self.result["lock_open"] = await self.open_all(lock_candidates)
+                    await self.close_all(lock_candidates)
+                    await asyncio.sleep(self.args.settle)
+                    self.result["lock_reopen"] = await self.open_all(lock_candidates,
+                                                                     resume=True)
+                    await self.close_all(lock_candidates)
                 self.result["server_cpu_s"] = round(self.server_cpu(), 2)
                 if self.redis is not None:
                     self.result["redis_cpu_s"] = round(cpu_seconds([self.redis.pid]), 2)
@@ -571,13 +610,51 @@ class Bench:
     def lock_size(self) -> int:
         return self.args.lock_size or self.n
 
+    async def run_memory(self, label: str) -> dict[str, Any]:
+        """Idle memory only: N sockets opened and held, server RSS per connection."""
+        root = workdir()
+        result: dict[str, Any] = {"label": label, "config": self.result["config"], "n": self.n,
+                                  "deflate_offered": self.deflate,
+                                  "server_deflate": self.args.server_deflate or "default"}
+        try:
+            await asyncio.to_thread(self.start_servers, root)
+            urls = [s.url for s in self.servers]
+            async with httpx.AsyncClient(
+                base_url=urls[0], headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"},
+                timeout=60,
+            ) as http:
+                main = await self.create_exam(http, "main", self.n, lock=False)
+                await asyncio.sleep(1.0)
+                rss_base = self.server_rss()
+                candidates = [Candidate(self, s, urls[i % len(urls)]) for i, s in enumerate(main)]
+                opened = await self.open_all(candidates)
+                await asyncio.sleep(self.args.settle)
+                held = await self.hold(candidates, self.args.deflate_hold)
+                rss_held = self.server_rss()
+                result.update({
+                    "opened": opened["ok"], "held": held["alive"],
+                    "negotiated": sum(1 for c in candidates if c.peer is not None
+                                      and c.peer.ws.extensions),
+                    "rss_base_mb": round(rss_base / 2**20, 1),
+                    "rss_held_mb": round(rss_held / 2**20, 1),
+                    "kib_per_conn": round((rss_held - rss_base) / max(1, opened["ok"]) / 1024,
+                                          2),
+                })
+                await self.close_all(candidates)
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        finally:
+            await asyncio.to_thread(self.stop_servers)
+        return result
+
 
 def lost_total(result: dict[str, Any]) -> int:
     """Everything the run lost: failed opens, dropped sockets, undelivered messages."""
     total = 0
     for phase in ("open", "lock_open", "lock_reopen"):
         total += int(result.get(phase, {}).get("failed", 0))
-    for phase in ("hold", "targeted", "pause_all", "resume_all", "dashboard"):
+    for phase in ("hold", "targeted", "pause_all", "resume_all", "dashboard", "throughput",
+                  "pause_repeats", "hall"):
         total += int(result.get(phase, {}).get("lost", 0))
     total += int(sum(result.get("dashboard_closes", {}).values()))
     return total + int(result.get("unexpected_closes", 0))
@@ -678,6 +755,8 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
 
 def parse_config(raw: str) -> tuple[str, int, int]:
     backend, _, count = raw.partition(":")
+    if backend == "peer":  # the python-socketio peer (one process, Redis manager)
+        return backend, 1, 1
     if backend not in ("memory", "redis"):
         raise argparse.ArgumentTypeError(f"unknown backend in {raw!r}")
     count = count or "1"
@@ -728,7 +807,59 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run this Python script with uvicorn's arguments instead of "
                         "`python -m uvicorn` (to try a patched server)")
     parser.add_argument("--no-chart", action="store_true")
+    new = parser.add_argument_group("comparison phases and the python-socketio peer")
+    new.add_argument("--phases", default="all",
+                     help="comma separated, of: classic (phases 1-6), throughput, pauses, hall; "
+                     "'all' (default) or 'new' (the three comparison phases only)")
+    new.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                     help="also run the python-socketio peer (config peer:1) at each size, "
+                     "when a comparison phase runs (default on)")
+    new.add_argument("--rates", default="50,200,1000,2000",
+                     help="throughput: targeted commands per second, one step each")
+    new.add_argument("--step-seconds", type=float, default=4.0,
+                     help="throughput: seconds per rate step")
+    new.add_argument("--step-max", type=int, default=10000,
+                     help="throughput: at most this many commands per step")
+    new.add_argument("--step-slack", type=float, default=5.0,
+                     help="throughput: a step stops sending this long after it was due to end")
+    new.add_argument("--step-pause", type=float, default=1.0,
+                     help="throughput: seconds between steps")
+    new.add_argument("--http-workers", type=int, default=64,
+                     help="concurrent HTTP workers (and pooled connections) sending commands")
+    new.add_argument("--pause-repeats", type=int, default=5,
+                     help='"pause all" + "resume all" this many times')
+    new.add_argument("--pause-gap", type=float, default=1.0,
+                     help="seconds between the repeated bulk commands")
+    new.add_argument("--pause-budget", type=float, default=180.0,
+                     help="no new repeat starts after this many seconds")
+    new.add_argument("--hall-seconds", type=float, default=20.0,
+                     help="hall traffic duration (at most 600)")
+    new.add_argument("--hall-period", type=float, default=5.0,
+                     help="hall traffic: each candidate reports progress this often")
+    new.add_argument("--hall-command-rate", type=float, default=50.0,
+                     help="hall traffic: targeted commands per second meanwhile (acked)")
+    new.add_argument("--server-deflate", choices=["on", "off", ""], default="",
+                     help="uvicorn --ws-per-message-deflate (default: uvicorn's, on)")
+    new.add_argument("--compare-deflate", action="store_true",
+                     help="also measure idle RSS per connection for: server deflate on + "
+                     "offered, on + not offered, off + offered (first config, each size)")
+    new.add_argument("--deflate-hold", type=float, default=6.0,
+                     help="--compare-deflate: seconds to hold the idle sockets")
+    new.add_argument("--summary", default="",
+                     help="also write the comparison table and headlines (markdown) here")
     return parser
+
+
+def phase_list(args: argparse.Namespace) -> list[str]:
+    raw = [p.strip() for p in str(args.phases).split(",") if p.strip()]
+    if "all" in raw:
+        return list(PHASES)
+    if "new" in raw:
+        raw = [p for p in raw if p != "new"] + list(NEW_PHASES)
+    unknown = [p for p in raw if p not in PHASES]
+    if unknown:
+        raise SystemExit(f"unknown phases {unknown}: choose from {', '.join(PHASES)}")
+    return raw
 
 
 def source_state() -> dict[str, Any]:
@@ -747,19 +878,45 @@ def source_state() -> dict[str, Any]:
 
 
 def write_results(out: Path, args: argparse.Namespace, started: float, limit: int,
-                  runs: list[dict[str, Any]]) -> None:
+                  runs: list[dict[str, Any]], deflate: list[dict[str, Any]] | None = None,
+                  ) -> None:
     results = {
         "started_at": started, "machine": machine(), "source": source_state(),
         "open_files_limit": limit, "settings": dict(vars(args)), "runs": runs,
+        "deflate": deflate or [],
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
-async def run_all(args: argparse.Namespace, out: Path, limit: int) -> list[dict[str, Any]]:
+DEFLATE_CASES = (  # label, uvicorn --ws-per-message-deflate, client offers it
+    ("server deflate on, offered (browsers)", "on", True),
+    ("server deflate on, not offered", "on", False),
+    ("server deflate off, offered", "off", True),
+)
+
+
+async def run_all(args: argparse.Namespace, out: Path, limit: int,
+                  deflate: list[dict[str, Any]]) -> list[dict[str, Any]]:
     started = time.time()
     sizes = FULL_SIZES if args.full else tuple(int(s) for s in args.sizes.split(",") if s)
     configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
+    if (args.peer and set(phase_list(args)) & set(NEW_PHASES)
+            and not any(b == "peer" for b, _, _ in configs)):
+        configs.append(("peer", 1, 1))
     runs: list[dict[str, Any]] = []
+    if args.compare_deflate:
+        backend, servers, workers = next(c for c in configs if c[0] != "peer")
+        for n in sizes:
+            for label, setting, offered in DEFLATE_CASES:
+                case = argparse.Namespace(**{**vars(args), "server_deflate": setting,
+                                             "deflate": offered})
+                bench = Bench(case, backend, servers, workers, n)
+                print(f"bench: deflate {bench.result['config']} N={n}: {label} ...", flush=True)
+                async with asyncio.timeout(args.run_budget):
+                    deflate.append(await bench.run_memory(label))
+                print(f"  {deflate[-1].get('kib_per_conn')} KiB/conn "
+                      f"{deflate[-1].get('error', '')}", flush=True)
+                write_results(out, args, started, limit, runs, deflate)
     for backend, servers, workers in configs:
         for n in sizes:
             bench = Bench(args, backend, servers, workers, n)
@@ -773,8 +930,8 @@ async def run_all(args: argparse.Namespace, out: Path, limit: int) -> list[dict[
                 print(f"bench: {bench.result['config']} N={n} failed: {result['error']}",
                       flush=True)
             runs.append(result)
-            write_results(out, args, started, limit, runs)  # a broken-off run keeps the rest
-            if "error" not in result:
+            write_results(out, args, started, limit, runs, deflate)  # keeps a broken-off run
+            if "error" not in result and "classic" in bench.phases and backend != "peer":
                 print(table([result]).splitlines()[-1], flush=True)
     return runs
 
@@ -784,6 +941,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.hold, args.settle, args.commands, args.ping_interval = 1.6, 0.5, 20, 0.5
         args.command_rate, args.progress_seconds, args.lost_after = 100.0, 0.5, 3.0
+        args.step_seconds, args.step_pause, args.pause_repeats = 0.5, 0.2, 2
+        args.pause_gap, args.hall_seconds, args.hall_period = 0.2, 1.5, 0.5
+        args.hall_command_rate, args.deflate_hold = 20.0, 1.0
+        if args.rates == "50,200,1000,2000":
+            args.rates = "50,200"
     limit = raise_nofile()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -793,14 +955,30 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runs = runner(run_all(args, out, limit))
+    deflate: list[dict[str, Any]] = []
+    runs = runner(run_all(args, out, limit, deflate))
     print()
-    print(table([r for r in runs if "error" not in r]))
+    classic_runs = [r for r in runs if "error" not in r and "targeted" in r]
+    if classic_runs:
+        print(table(classic_runs))
+    compared = [r for r in runs if "error" not in r and r.keys() & {"throughput", "hall",
+                                                                    "pause_repeats"}]
+    rates = parse_rates(args.rates)
+    if compared:
+        print()
+        print(compare_table(compared, rates))
+        print()
+        print("\n".join(headlines(compared)))
+    if deflate:
+        print("\npermessage-deflate, server RSS per idle connection:")
+        print("\n".join(deflate_lines(deflate)))
+    if args.summary:
+        write_summary(Path(args.summary), compared, rates, deflate)
     failed = [r for r in runs if "error" in r]
     for run in failed:
         print(f"FAILED {run['config']} N={run['n']}: {run['error']}")
-    if not args.no_chart and any("error" not in r for r in runs):
-        chart(runs, out / "bench.png")
+    if not args.no_chart and classic_runs:
+        chart(classic_runs, out / "bench.png")
     written = [out / "results.json"] + ([] if args.no_chart else [out / "bench.png"])
     print("\nresults: " + ", ".join(map(str, written)))
     return 1 if failed else 0
