@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import psutil
 
 from loadtests.common import percentile
 from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, ServerProcess, rss_bytes, workdir
@@ -321,9 +322,13 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
                 bench.trackers.pop(command_id, None)
 
     cpu0 = bench.server_cpu()
+    harness = psutil.Process()
+    harness_cpu0 = sum(harness.cpu_times()[:2])
     workers = max(1, min(args.http_workers, count))
     await asyncio.gather(*(worker() for _ in range(workers)))
     send_seconds = last_send - started
+    harness_cpu = (sum(harness.cpu_times()[:2]) - harness_cpu0) / max(
+        1e-6, time.perf_counter() - started)
     await wait_trackers(applied, time.perf_counter() + args.lost_after)
     delivery = [t.arrivals[0] - t.started for t in applied if t.arrivals]
     for key in [k for k, t in bench.trackers.items() if t in applied]:
@@ -331,12 +336,19 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
     sent = counters["sent"]
     achieved = (sent - 1) / send_seconds if sent > 1 and send_seconds > 0 else None
     client_limited = achieved is not None and achieved < 0.9 * rate
+    limit = None
+    if client_limited and achieved is not None:
+        # Little's law: workers kept busy = rate x answer time. All of them busy waiting for
+        # answers: the server's answers are the limit; else the harness itself (its CPU).
+        in_flight = achieved * (sum(rest) / len(rest) if rest else 0.0)
+        limit = "server answers" if in_flight >= 0.8 * workers else "harness"
     return {
         "rate_per_s": rate, "planned": count, "sent": sent, "applied": len(applied),
         "not_applied": counters["not_applied"], "skipped_busy": counters["skipped"],
         "received": len(delivery), "lost": len(applied) - len(delivery),
         "achieved_per_s": round(achieved, 1) if achieved is not None else None,
-        "client_limited": client_limited, "send_lag_p99_ms": p_ms(lag, 99),
+        "client_limited": client_limited, "limited_by": limit, "workers": workers,
+        "harness_cpu_share": round(harness_cpu, 2), "send_lag_p99_ms": p_ms(lag, 99),
         "p50_ms": p_ms(delivery, 50), "p99_ms": p_ms(delivery, 99),
         "max_ms": ms(max(delivery) if delivery else None),
         "rest_p50_ms": p_ms(rest, 50), "rest_p99_ms": p_ms(rest, 99),
@@ -357,7 +369,10 @@ async def throughput(bench: Bench, cmd: Commander, candidates: list[Any]) -> dic
         count = max(1, min(int(rate * args.step_seconds), args.step_max))
         step = await command_step(bench, cmd, candidates, rate, count, paused, f"r{int(rate)}-")
         steps.append(step)
-        note = " (harness could not keep up)" if step["client_limited"] else ""
+        note = ""
+        if step["client_limited"]:
+            note = (f" (short of {rate:g}/s: limited by the {step['limited_by']}, "
+                    f"REST p50 {step['rest_p50_ms']} ms with {step['workers']} workers)")
         print(f"  {bench.result['config']} N={bench.n} rate {rate:g}/s: sent {step['sent']} "
               f"at {step['achieved_per_s']}/s{note}, delivery p99 {step['p99_ms']} ms, "
               f"lost {step['lost']}", flush=True)
@@ -366,13 +381,14 @@ async def throughput(bench: Bench, cmd: Commander, candidates: list[Any]) -> dic
         with contextlib.suppress(Exception):
             await cmd.command(sorted(paused), "resume", f"unpause-{uuid.uuid4().hex[:8]}")
     held = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= TARGET_P99_MS
-            and s["lost"] == 0 and s["received"] > 0]
+            and s["lost"] == 0 and s["received"] > 0 and not s["client_limited"]]
     best = max(held, key=lambda s: s["rate_per_s"]) if held else None
     return {
         "steps": steps, "lost": sum(s["lost"] for s in steps),
         "max_rate_p99_25ms": best["rate_per_s"] if best else None,
         "max_rate_achieved_per_s": best["achieved_per_s"] if best else None,
         "client_limited_rates": [s["rate_per_s"] for s in steps if s["client_limited"]],
+        "max_sent_per_s": max((s["achieved_per_s"] or 0.0 for s in steps), default=None),
     }
 
 
@@ -642,6 +658,21 @@ def compare_table(runs: list[dict[str, Any]], rates: list[float], markdown: bool
     return "\n".join(lines)
 
 
+def rate_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: one row per run and throughput step."""
+    head = ["config", "N", "rate/s", "sent/s", "sent", "applied", "received", "lost",
+            "delivery p50", "delivery p99", "REST p50", "REST p99", "limited by"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    for run in runs:
+        for step in run.get("throughput", {}).get("steps", []):
+            cells = [run["config"], run["n"], f"{step['rate_per_s']:g}", step["achieved_per_s"],
+                     step["sent"], step["applied"], step["received"], step["lost"],
+                     step["p50_ms"], step["p99_ms"], step["rest_p50_ms"], step["rest_p99_ms"],
+                     step.get("limited_by") or ""]
+            lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def ratio_text(ours: float | None, peer: float | None, lower_is_better: bool,
                better: str, worse: str) -> str:
     if ours is None or peer is None or ours <= 0 or peer <= 0:
@@ -663,6 +694,7 @@ def headline_values(run: dict[str, Any]) -> dict[str, float | None]:
 
     return {
         "max_rate": get("throughput", "max_rate_p99_25ms"),
+        "max_sent": get("throughput", "max_sent_per_s"),
         "pause_last": get("pause_repeats", "pause_last_p50_ms"),
         "pause_rest": get("pause_repeats", "pause_rest_p50_ms"),
         "hall_rate": get("hall", "progress_acks_per_s"),
@@ -676,6 +708,8 @@ def headline_values(run: dict[str, Any]) -> dict[str, float | None]:
 HEADLINES = [
     # key, label, unit, lower is better, better word, worse word
     ("max_rate", "targeted rate held at delivery p99 <= 25 ms", "/s", False, "higher", "lower"),
+    ("max_sent", "targeted commands answered per second, best step", "/s", False, "higher",
+     "lower"),
     ("pause_last", "pause-all last candidate (p50 of repeats)", " ms", True, "faster", "slower"),
     ("pause_rest", "pause-all REST answer (p50 of repeats)", " ms", True, "faster", "slower"),
     ("hall_rate", "hall traffic progress+acks handled", " msg/s", False, "higher", "lower"),
@@ -707,9 +741,13 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             ratio = ratio_text(ours, theirs, lower, better, worse)
             lines.append(f"  {label} {ours}{unit} (peer {theirs}{unit}, {ratio})")
-        limited = run.get("throughput", {}).get("client_limited_rates") or []
-        if limited:
-            lines.append(f"  note: the harness could not send at {limited}/s (see sent/s)")
+        for step in run.get("throughput", {}).get("steps", []):
+            if step.get("client_limited"):
+                lines.append(
+                    f"  note: at {step['rate_per_s']:g}/s only {step['achieved_per_s']}/s were "
+                    f"sent, limited by the {step['limited_by']} (REST p50 "
+                    f"{step['rest_p50_ms']} ms, {step['workers']} workers); such a step "
+                    "does not count as held")
     return lines
 
 
@@ -726,7 +764,7 @@ def deflate_lines(results: list[dict[str, Any]]) -> list[str]:
 def write_summary(path: Path, runs: list[dict[str, Any]], rates: list[float],
                   deflate: list[dict[str, Any]]) -> None:
     text = ["# Benchmark comparison", "", compare_table(runs, rates, markdown=True), "",
-            "```", *headlines(runs), "```"]
+            "```", *headlines(runs), "```", "", "Throughput steps:", "", rate_table(runs)]
     if deflate:
         text += ["", "```", "permessage-deflate, server RSS per idle connection:",
                  *deflate_lines(deflate), "```"]

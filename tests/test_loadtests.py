@@ -77,7 +77,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     n = 20
     result = _run(
         [sys.executable, "-m", "loadtests.bench", "--sizes", str(n), "--configs",
-         "memory:1,redis:2", "--quick", "--out", str(tmp_path)],
+         "memory:1,redis:2", "--quick", "--phases", "classic", "--out", str(tmp_path)],
         timeout=80,
     )
     output = result.stdout[-3000:] + result.stderr[-3000:]
@@ -99,3 +99,59 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert run["lock_reopen"]["ok"] == n
         assert run["server_log_errors"] == 0, run
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+COMPARE = {
+    "open": ["ok", "per_second"],
+    "hold": ["alive", "lost"],
+    "memory": ["kib_per_conn"],
+    "throughput": ["steps", "lost", "max_sent_per_s"],
+    "pause_repeats": ["repeats", "pause_last_p50_ms", "pause_rest_p50_ms", "applied",
+                      "received", "lost"],
+    "hall": ["progress_sent", "received", "lost", "p50_ms", "p99_ms", "progress_acks_per_s"],
+}
+STEP = ["rate_per_s", "sent", "applied", "received", "lost", "achieved_per_s", "p50_ms",
+        "p99_ms", "rest_p50_ms", "rest_p99_ms"]
+
+
+def test_benchmark_comparison_with_the_peer(tmp_path: Path) -> None:
+    """The comparison phases on the real server and on the python-socketio peer, tiny."""
+    n = 20
+    summary = tmp_path / "SUMMARY.md"
+    result = _run(
+        [sys.executable, "-m", "loadtests.bench", "--sizes", str(n), "--configs", "memory:1",
+         "--phases", "new", "--quick", "--compare-deflate", "--no-chart", "--out",
+         str(tmp_path), "--summary", str(summary)],
+        timeout=80,
+    )
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["config"], r["n"]) for r in data["runs"]] == [("memory:1", n), ("peer:1", n)]
+    for run in data["runs"]:
+        assert "error" not in run, run
+        for phase, keys in COMPARE.items():
+            missing = [k for k in keys if run[phase].get(k) is None]
+            assert not missing, (run["config"], phase, missing)
+        assert "targeted" not in run and "lock_open" not in run  # classic phases not asked
+        assert run["lost_total"] == 0, run
+        assert run["open"]["ok"] == n and run["hold"]["alive"] == n
+        steps = run["throughput"]["steps"]
+        assert [s["rate_per_s"] for s in steps] == [50.0, 200.0]
+        for step in steps:
+            assert not [k for k in STEP if step.get(k) is None], step
+            assert step["sent"] > 0 and step["received"] == step["applied"] == step["sent"]
+        pauses = run["pause_repeats"]
+        assert pauses["repeats"] == 2
+        assert all(b["received"] == n for b in pauses["pause"] + pauses["resume"])
+        hall = run["hall"]
+        assert hall["progress_sent"] == hall["received"] > 0
+        assert hall["commands"]["received"] == hall["commands"]["applied"] > 0
+        assert run["server_log_errors"] == 0, run
+    deflate = data["deflate"]
+    assert [(d["server_deflate"], d["deflate_offered"]) for d in deflate] == [
+        ("on", True), ("on", False), ("off", True)]
+    assert [d["negotiated"] for d in deflate] == [n, 0, 0]
+    assert all(d["held"] == n and d["kib_per_conn"] is not None for d in deflate)
+    assert "(peer " in result.stdout and "cheapest per connection" in result.stdout
+    assert "peer:1" in summary.read_text()
