@@ -843,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--compare-deflate", action="store_true",
                      help="also measure idle RSS per connection for: server deflate on + "
                      "offered, on + not offered, off + offered (first config, each size)")
+    new.add_argument("--deflate-sizes", default="",
+                     help="--compare-deflate: at these sizes (default: every size)")
     new.add_argument("--deflate-hold", type=float, default=6.0,
                      help="--compare-deflate: seconds to hold the idle sockets")
     new.add_argument("--summary", default="",
@@ -906,7 +908,8 @@ async def run_all(args: argparse.Namespace, out: Path, limit: int,
     runs: list[dict[str, Any]] = []
     if args.compare_deflate:
         backend, servers, workers = next(c for c in configs if c[0] != "peer")
-        for n in sizes:
+        deflate_sizes = [int(s) for s in args.deflate_sizes.split(",") if s] or sizes
+        for n in deflate_sizes:
             for label, setting, offered in DEFLATE_CASES:
                 case = argparse.Namespace(**{**vars(args), "server_deflate": setting,
                                              "deflate": offered})
