@@ -23,8 +23,8 @@ from realtime.channels.proctor import proctor_endpoint
 from realtime.config import Settings
 from realtime.db import migrate
 from realtime.db.database import Database
-from realtime.db.history import HistoryWriter
-from realtime.errors import CloseCode, RealtimeError
+from realtime.drainer import Drainer
+from realtime.errors import CloseCode, RealtimeError, backend_down
 from realtime.gcpolicy import run_gc_policy
 from realtime.guests import models as _guest_tables  # noqa: F401 (tables for create_all)
 from realtime.guests.network import parse_networks
@@ -63,6 +63,13 @@ async def error_response(request: Request, exc: Exception) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code)
+    if backend_down(exc):
+        # The state store or SQL did not answer. Every change is applied by one atomic store
+        # step, after which nothing on the request path can fail: so nothing was applied.
+        log.warning("backend unavailable on %s: %r", request.url.path, exc)
+        body = {"error": {"code": "unavailable",
+                          "message": "a backend does not answer; nothing was applied; retry"}}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
 
@@ -75,30 +82,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store = build_store(settings)
         db = await Database.connect(settings.database_url)
         await migrate.upgrade(db)
-        history = HistoryWriter(db)
-        await history.start()
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
-        service = AuditedSessionService(store, db, history, liveness)
+        service = AuditedSessionService(store, db, liveness)
+        drainer = Drainer(store, db)
+        service.catch_up = drainer.catch_up
         hub = Hub(fetch_session=service.get_session)
-        metrics = Metrics(hub)
+        metrics = Metrics(hub, drainer)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         app.state.metrics = metrics
         store.add_listener(hub.on_event)
+        store.add_listener(drainer.on_event)
         store.add_resubscribe_listener(hub.resynchronise)
         await store.start()
         identity = build_identity(settings, db)
         app.state.identity = identity
         service.audit = identity.audit
         auth = identity.auth
-        app.state.runtime = Runtime(settings, store, db, history, service, hub, auth)
+        app.state.runtime = Runtime(settings, store, db, drainer, service, hub, auth)
+        drainer.start()
         app.state.guests = GuestService(
             db, identity.service, service, store, settings.secret_key,
             forget_tokens=auth.forget, trusted_proxies=parse_networks(settings.trusted_proxies),
         )
         service.may_open = app.state.guests.may_open
         heartbeat = asyncio.create_task(
-            run_heartbeat(hub, settings.ping_interval, settings.ping_timeout, service.touch),
+            run_heartbeat(hub, settings.ping_interval, settings.ping_timeout, service.touch,
+                          touch_with_conn=True),
             name="heartbeat",
         )
         sweeper = asyncio.create_task(
@@ -121,8 +131,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+            await service.batcher.close()
+            await drainer.close()
             await store.close()
-            await history.close()
             await db.close()
 
     async def root(request: Request) -> Response:

@@ -5,7 +5,8 @@
      ├── Unauthorized      (401: no or bad credentials)
      ├── Forbidden         (403: not allowed)
      ├── NotFound          (404)
-     └── Conflict          (409: duplicates, state that forbids the request)
+     ├── Conflict          (409: duplicates, state that forbids the request)
+     └── Unavailable       (503: a backend does not answer; nothing was applied, retry)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_TRANSITION = "invalid_transition"
     UNKNOWN_ACTION = "unknown_action"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"  # a backend does not answer; nothing was applied; retry
 
 
 class CloseCode(enum.IntEnum):
@@ -88,3 +90,36 @@ class NotFound(RealtimeError):
 class Conflict(RealtimeError):
     status = 409
     code = ErrorCode.CONFLICT
+
+
+class Unavailable(RealtimeError):
+    """A backend (state store or SQL) did not answer and nothing was applied: retry later."""
+
+    status = 503
+    code = ErrorCode.UNAVAILABLE
+
+
+def backend_down(exc: BaseException) -> bool:
+    """Whether `exc` says Redis or SQL could not be reached (rather than a bug in our code).
+
+    Every change is applied by one atomic state-store step after which nothing on the request
+    path can fail, so such an error means nothing was applied: 503, retry.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, DBAPIError):
+        text = str(exc).lower()
+        return (
+            exc.connection_invalidated
+            or isinstance(exc.orig, ConnectionError | OSError)
+            or "connect" in text
+            or "locked" in text
+        )
+    return isinstance(
+        exc,
+        RedisConnectionError | RedisTimeoutError | PoolTimeout | ConnectionError | OSError
+        | TimeoutError,
+    )

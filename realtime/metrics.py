@@ -12,13 +12,52 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from realtime.drainer import Drainer
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Hub
 
 
 class Metrics:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, drainer: Drainer | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        if drainer is not None:
+            backlog = Gauge(
+                "realtime_history_backlog_events",
+                "Events committed but not yet written to SQL (all exams; refreshed by the "
+                "drainer every 2 s and by /healthz)",
+                registry=self.registry,
+            )
+            backlog.set_function(lambda: drainer.backlog.events)
+            oldest = Gauge(
+                "realtime_history_backlog_oldest_seconds",
+                "Age of the oldest event not yet written to SQL (0: none)",
+                registry=self.registry,
+            )
+            oldest.set_function(drainer.oldest_age)
+            written = Gauge(
+                "realtime_history_written_events",
+                "Events this process's drainer has written to SQL since it started",
+                registry=self.registry,
+            )
+            written.set_function(lambda: drainer.written)
+            failures = Gauge(
+                "realtime_history_drain_failures",
+                "Failed drain rounds (SQL or the state store did not answer) since start",
+                registry=self.registry,
+            )
+            failures.set_function(lambda: drainer.failures)
+        pings = Gauge(
+            "realtime_ping_timeouts",
+            "Candidate sockets closed for not answering pings (4009) since start",
+            registry=self.registry,
+        )
+        pings.set_function(lambda: hub.ping_timeouts)
+        lag = Gauge(
+            "realtime_heartbeat_lag_max_seconds",
+            "Longest the heartbeat ran late (event-loop stall) since start",
+            registry=self.registry,
+        )
+        lag.set_function(lambda: hub.heartbeat_lag_max)
         candidates = Gauge(
             "realtime_candidate_connections",
             "Candidate sockets holding an open session on this process",
@@ -51,7 +90,7 @@ class Metrics:
         )
         self.command_seconds = Histogram(
             "realtime_command_seconds",
-            "Time to apply a staff command and make its history durable",
+            "Time to apply a staff command (held by the outbox; SQL follows)",
             ["action"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=self.registry,

@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 from realtime.auth.tokens import TokenAuthenticator
 from realtime.config import Settings
 from realtime.db.database import Database
-from realtime.db.history import HistoryWriter
+from realtime.drainer import Drainer
 from realtime.hub.hub import Hub
 from realtime.sessions import SessionService
 from realtime.state.store import StateStore
@@ -20,7 +20,7 @@ class Runtime:
     settings: Settings
     store: StateStore
     db: Database
-    history: HistoryWriter
+    drainer: Drainer
     service: SessionService
     hub: Hub
     auth: TokenAuthenticator

@@ -1,14 +1,23 @@
-"""The session service: reads state, asks the pure state machine, commits, records history.
+"""The session service: reads state, asks the pure state machine, commits through the batcher.
 
 Every change goes the same way: read the sessions, decide with `realtime.state.machine`, commit
-the transitions against the versions that were read (compare-and-set, one round trip for a whole
-bulk command), retry the ones that lost a race, then wait until the history of what was applied
-is durable in SQL before answering. Nothing is acknowledged before it is in SQL.
+the transitions against the versions that were read (compare-and-set; the `CommitBatcher` sends
+whatever arrives together in one round trip), decide again for the ones that lost a race. A
+change is answered once it is applied: the store appended its events to the exam's outbox in the
+same atomic step, and the drainer writes them to SQL behind the live path (see
+docs/architecture.md, "What an answer means").
+
+Candidate traffic that no staff decision depends on (progress, acks) skips the read: it is
+decided on the connection's own view of its session and committed with a guard ("this
+connection still holds a live session") instead of a version.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -18,9 +27,9 @@ from typing import Any
 
 from realtime.auth.permissions import ACTION_PERMISSION
 from realtime.auth.principal import Principal
+from realtime.batching import CommitBatcher
 from realtime.db.database import Database
-from realtime.db.history import HistoryWriter
-from realtime.errors import BadRequest, Conflict, Forbidden, NotFound
+from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from realtime.state import machine
 from realtime.state.model import (
     Action,
@@ -37,8 +46,9 @@ from realtime.state.store import Commit, StateStore
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 20
+CONTENTION_BUDGET = 30.0  # seconds a change keeps deciding again after lost races
 EXAM_CACHE_SECONDS = 1.0
+RESULT_KEEP = 24 * 3600  # seconds a command's answer is kept for retries with its command_id
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
 
@@ -109,8 +119,60 @@ class BulkResult:
             "out_of_scope": self.out_of_scope,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BulkResult:
+        return cls(
+            command_id=str(data["command_id"]),
+            action=str(data["action"]),
+            applied=list(data.get("applied") or []),
+            skipped=list(data.get("skipped") or []),
+            out_of_scope=int(data.get("out_of_scope") or 0),
+        )
+
+
+@dataclass(slots=True)
+class AlreadyApplied:
+    """The session applied this command before (a retry with the same command_id)."""
+
+    seq: int
+
 
 Decide = Callable[[dict[str, Any]], machine.Outcome]
+Outcome = machine.Outcome | AlreadyApplied
+
+
+@dataclass(slots=True)
+class FastPath:
+    """How a candidate change may skip the read: decide on `view` (the connection's own copy
+    of its session), commit if `guard` still holds (and the session is not final)."""
+
+    view: dict[str, Any]
+    guard: dict[str, Any]
+    live_only: bool = True
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it: changes a
+    candidate's connections make to one session queue up here instead of racing in the store."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> Any:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class SessionService:
@@ -118,16 +180,19 @@ class SessionService:
         self,
         store: StateStore,
         db: Database,
-        history: HistoryWriter,
         liveness: machine.Liveness,
         clock: Callable[[], float] = time.time,
+        batcher: CommitBatcher | None = None,
     ) -> None:
         self.store = store
         self.db = db
-        self.history = history
         self.liveness = liveness
         self.clock = clock
+        self.batcher = batcher or CommitBatcher(store)
         self._exam_cache: dict[str, tuple[float, Exam]] = {}
+        self._rebuilding = KeyedLocks()
+        self._session_locks = KeyedLocks()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # Called after each command with (action, applied, skipped, seconds): metrics.
         self.on_command: Callable[[str, int, int, float], None] | None = None
         # Called after each open attempt with its outcome ("opened" or a refusal reason).
@@ -135,6 +200,13 @@ class SessionService:
         # Extra eligibility of logged-in candidates (user id, exam id), e.g. guest accounts
         # that may only open the exam they were reserved for.
         self.may_open: Callable[[str, str], Awaitable[bool]] | None = None
+        # Makes SQL reads of an exam's history current (the drainer catching up), if wired.
+        self.catch_up: Callable[[str], Awaitable[None]] | None = None
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- exams -------------------------------------------------------------------------------
 
@@ -153,7 +225,7 @@ class SessionService:
         return exam
 
     async def get_exam(self, exam_id: str, fresh: bool = False) -> Exam:
-        """The exam from the state store, rehydrated from SQL when the store lost it.
+        """The exam from the state store, rebuilt from SQL when the store lost it.
 
         Kept in-process for `EXAM_CACHE_SECONDS`, so a settings change made on another
         process applies here within that time; changes made here apply at once.
@@ -163,10 +235,23 @@ class SessionService:
             return cached[1]
         exam = await self.store.get_exam(exam_id)
         if exam is None:
+            exam = await self._rebuild(exam_id)
+        self._exam_cache[exam_id] = (time.monotonic(), exam)
+        return exam
+
+    async def _rebuild(self, exam_id: str) -> Exam:
+        """Put a lost exam back into the state store from SQL, once per process at a time.
+
+        The sessions go in before the exam itself: whoever sees the exam in the store (in any
+        process) sees its sessions too, so an open during a rebuild never gets `not_found`.
+        """
+        async with self._rebuilding.hold(exam_id):
+            exam = await self.store.get_exam(exam_id)
+            if exam is not None:
+                return exam  # rebuilt meanwhile
             exam = await self.db.get_exam(exam_id)
             if exam is None:
                 raise NotFound(f"no exam {exam_id!r}")
-            await self.store.put_exam(exam)
             await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
             states = await self.db.list_session_states(exam_id)
             now = self.clock()
@@ -176,8 +261,10 @@ class SessionService:
                     # heartbeat proves it; the sweeper disconnects the others.
                     state["last_seen"] = now
             await self.store.add_sessions(states)
-        self._exam_cache[exam_id] = (time.monotonic(), exam)
-        return exam
+            await self.store.put_exam(exam)
+            log.warning("exam %s rebuilt in the state store from SQL (%d sessions)",
+                        exam_id, len(states))
+            return exam
 
     async def list_exams(self) -> list[Exam]:
         return await self.db.list_exams()
@@ -250,11 +337,15 @@ class SessionService:
     async def session_for_candidate(self, exam_id: str, candidate: Principal) -> str:
         """The session of a logged-in candidate in an exam, created on first open.
 
-        A candidate is eligible when the exam names no groups or shares one with them.
+        A candidate is eligible when the exam names no groups or shares one with them. An
+        existing session is found in the state store, so SQL being down locks nobody out.
         """
         exam = await self.get_exam(exam_id)
         if exam.groups and not candidate.groups.intersection(exam.groups):
             raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "you are not a candidate of this exam")
+        existing = await self.store.session_by_candidate(exam_id, candidate.id)
+        if existing is not None:
+            return existing
         if self.may_open is not None and not await self.may_open(candidate.id, exam_id):
             raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "this account is not for this exam")
         for _attempt in range(2):
@@ -287,11 +378,8 @@ class SessionService:
     # -- the one way to change a session -----------------------------------------------------
 
     async def _commit_and_record(self, commits: list[Commit]) -> list[Event]:
-        results = await self.store.commit(commits)
-        events = [event for result in results if result.ok for event in result.events]
-        if events:
-            await self.history.record(events)
-        return events
+        results = await self.batcher.commit(commits)
+        return [event for result in results if result.ok for event in result.events]
 
     async def _mutate(
         self,
@@ -299,18 +387,21 @@ class SessionService:
         session_ids: list[str],
         decide: Decide,
         known: dict[str, dict[str, Any]] | None = None,
-    ) -> dict[str, tuple[machine.Outcome | None, dict[str, Any] | None]]:
-        """Decide and commit for many sessions, retrying those that lost a race.
+        command_id: str = "",
+    ) -> dict[str, tuple[Outcome | None, dict[str, Any] | None]]:
+        """Decide and commit for many sessions, deciding again for those that lost a race.
 
         Returns, per session id, the outcome and the session as it was when decided (None for
-        unknown sessions). Refusal events are recorded too.
+        unknown sessions). Refusal events are recorded too. Nobody is refused because of
+        contention: a loser decides again on fresh state (with a jittered pause after a few
+        rounds) until it wins or `CONTENTION_BUDGET` runs out (then 503, nothing applied).
         """
-        outcomes: dict[str, tuple[machine.Outcome | None, dict[str, Any] | None]] = {}
+        outcomes: dict[str, tuple[Outcome | None, dict[str, Any] | None]] = {}
         pending = list(dict.fromkeys(session_ids))
-        recorded: list[Event] = []
-        for attempt in range(MAX_ATTEMPTS):
-            if not pending:
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONTENTION_BUDGET
+        attempt = 0
+        while pending:
             sessions: list[dict[str, Any] | None]
             if attempt == 0 and known is not None and all(sid in known for sid in pending):
                 sessions = [known[sid] for sid in pending]  # just read by the caller
@@ -330,39 +421,47 @@ class SessionService:
                 decided.append((sid, session, outcome))
                 if isinstance(outcome, machine.Transition):
                     commits.append(
-                        Commit(exam_id, sid, session["version"], outcome.changes, outcome.events)
+                        Commit(exam_id, sid, session["version"], outcome.changes, outcome.events,
+                               command_id=command_id)
                     )
                 elif outcome.event is not None:
                     commits.append(Commit(exam_id, sid, None, {}, [outcome.event]))
-            results = await self.store.commit(commits) if commits else []
+            results = await self.batcher.commit(commits) if commits else []
             by_sid = {c.session_id: r for c, r in zip(commits, results, strict=True)}
             pending = []
             for sid, session, outcome in decided:
                 result = by_sid.get(sid)
-                if result is not None and not result.ok:
+                if result is not None and result.duplicate_seq is not None:
+                    outcomes[sid] = (AlreadyApplied(result.duplicate_seq), session)
+                elif result is not None and not result.ok and result.found:
                     pending.append(sid)  # lost a race: decide again on fresh state
-                    continue
-                if result is not None:
-                    recorded.extend(result.events)
-                outcomes[sid] = (outcome, session)
-        for sid in pending:
-            outcomes[sid] = (
-                machine.Rejection(SkipReason.CONFLICT.value, "too much contention, try again"),
-                None,
-            )
-        if recorded:
-            await self.history.record(recorded)
+                elif result is not None and not result.found:
+                    outcomes[sid] = (None, None)
+                else:
+                    outcomes[sid] = (outcome, session)
+            attempt += 1
+            if pending:
+                if loop.time() > deadline:
+                    raise Unavailable("too much contention on these sessions; nothing applied")
+                if attempt >= 3:
+                    await asyncio.sleep(random.uniform(0, min(0.005 * attempt, 0.2)))
         return outcomes
 
     async def _mutate_one(
         self, exam_id: str, session_id: str, decide: Decide
     ) -> tuple[machine.Outcome, dict[str, Any]]:
-        outcome, session = (await self._mutate(exam_id, [session_id], decide))[session_id]
+        async with self._session_locks.hold((exam_id, session_id)):
+            outcome, session = (await self._mutate(exam_id, [session_id], decide))[session_id]
         if outcome is None or session is None:
-            if outcome is not None:
-                return outcome, {}
             raise NotFound(f"no session {session_id!r} in exam {exam_id!r}")
+        assert not isinstance(outcome, AlreadyApplied)  # no command id here
         return outcome, session
+
+    def unheard(self, since: float | None, now: float) -> float:
+        """Seconds between `since` and `now` in which the state store could not be reached."""
+        if since is None:
+            return 0.0
+        return self.store.unheard(since, now)
 
     # -- candidate side ----------------------------------------------------------------------
 
@@ -387,11 +486,12 @@ class SessionService:
             remote_addr=remote_addr,
         )
         now = self.clock()
-        outcome, before = await self._mutate_one(
-            exam_id,
-            session_id,
-            lambda s: machine.open_session(s, exam, request, now, self.liveness),
-        )
+
+        def decide(session: dict[str, Any]) -> machine.Outcome:
+            request.unheard = self.unheard(session["last_seen"], now)
+            return machine.open_session(session, exam, request, now, self.liveness)
+
+        outcome, before = await self._mutate_one(exam_id, session_id, decide)
         if isinstance(outcome, machine.Rejection):
             if self.on_open is not None:
                 self.on_open(outcome.reason)
@@ -417,9 +517,22 @@ class SessionService:
         return isinstance(outcome, machine.Transition)
 
     async def candidate_update(
-        self, exam_id: str, session_id: str, decide: Decide
+        self, exam_id: str, session_id: str, decide: Decide, fast: FastPath | None = None
     ) -> machine.Outcome:
-        """Progress, client events, acks and submission: the holder changes its own session."""
+        """Progress, client events, acks and submission: the holder changes its own session.
+
+        With `fast`, the change is decided on the connection's own view and committed under a
+        guard, with no read; only if the guard no longer holds is it decided again the usual
+        way (read, decide, compare-and-set).
+        """
+        if fast is not None:
+            outcome = decide(fast.view)
+            if isinstance(outcome, machine.Transition):
+                commit = Commit(exam_id, session_id, None, outcome.changes, outcome.events,
+                                guard=fast.guard, live_only=fast.live_only)
+                [result] = await self.batcher.commit([commit])
+                if result.ok:
+                    return outcome
         outcome, _ = await self._mutate_one(exam_id, session_id, decide)
         return outcome
 
@@ -433,7 +546,12 @@ class SessionService:
         principal: Principal,
         params: dict[str, Any] | None = None,
     ) -> BulkResult:
-        """Apply a staff command to every targeted session it is valid for."""
+        """Apply a staff command to every targeted session it is valid for.
+
+        A `command_id` given by the caller is an idempotency key: a retry applies nothing a
+        second time and answers what the first call answered (or, if the first call was cut
+        off half-way, finishes the command and answers for all of it).
+        """
         started = time.perf_counter()
         result = await self._command(exam_id, action, target, principal, params)
         if self.on_command is not None:
@@ -455,11 +573,16 @@ class SessionService:
     ) -> BulkResult:
         exam = await self.get_exam(exam_id)
         params = dict(params or {})
-        command_id = params.get("command_id") or new_id()
+        given_id = params.get("command_id") or ""
+        command_id = given_id or new_id()
         params["command_id"] = command_id
         result = BulkResult(command_id=command_id, action=action.value)
         if not principal.can(ACTION_PERMISSION[action]):
             raise Forbidden(f"you may not {action.value} sessions")
+        if given_id:
+            stored = await self.store.command_result(exam_id, given_id)
+            if stored is not None:
+                return BulkResult.from_dict(stored)
 
         if target.is_filter:
             sessions, _ = await self.store.snapshot(exam_id)
@@ -508,6 +631,7 @@ class SessionService:
             visible,
             lambda s: machine.apply_command(s, exam, action, principal.actor, now, params),
             known={s["id"]: s for s in candidates},
+            command_id=given_id,
         )
         for sid in visible:
             outcome, before = outcomes[sid]
@@ -525,18 +649,30 @@ class SessionService:
                 )
             else:
                 connected = bool(before and before["connected"])
+                seq = outcome.seq if isinstance(outcome, AlreadyApplied) else outcome.events[0].seq
                 result.applied.append(
                     {
                         "session_id": sid,
-                        "seq": outcome.events[0].seq,
+                        "seq": seq,
                         "delivery": "sent" if connected else "queued",
                     }
                 )
+        if given_id:
+            self._background(self._keep_result(exam_id, given_id, result))
         return result
+
+    async def _keep_result(self, exam_id: str, command_id: str, result: BulkResult) -> None:
+        """Remember the answer for retries. Best effort: without it a retry still applies
+        nothing twice (the store remembers per session), it only recomputes the answer."""
+        try:
+            await self.store.save_command_result(exam_id, command_id, result.to_dict())
+        except Exception:
+            log.warning("could not keep the answer of command %s", command_id, exc_info=True)
 
     async def report_irregularity(
         self, exam_id: str, session_id: str, principal: Principal, category: str, note: str
     ) -> Event:
+        """Recorded as a history event; the drainer writes the irregularity row with it."""
         await self.get_session(exam_id, session_id)
         now = self.clock()
         outcome, _ = await self._mutate_one(
@@ -545,17 +681,7 @@ class SessionService:
             lambda s: machine.irregularity(s, principal.actor, category, note, now),
         )
         assert isinstance(outcome, machine.Transition)
-        event = outcome.events[0]
-        await self.db.add_irregularity(
-            id=new_id(),
-            exam_id=exam_id,
-            session_id=session_id,
-            category=category,
-            note=note,
-            actor=principal.actor,
-            at=now,
-        )
-        return event
+        return outcome.events[0]
 
     async def record_change(
         self,
@@ -588,12 +714,25 @@ class SessionService:
         assert isinstance(outcome, machine.Transition)  # decide never rejects
         return outcome.events[0]
 
-    async def history_of(self, session_id: str) -> list[Event]:
+    async def history_of(self, exam_id: str, session_id: str) -> list[Event]:
+        if self.catch_up is not None:
+            await self.catch_up(exam_id)
         return await self.db.history(session_id)
 
+    async def irregularities(self, exam_id: str) -> list[dict[str, Any]]:
+        if self.catch_up is not None:
+            await self.catch_up(exam_id)
+        return await self.db.irregularities(exam_id)
+
     async def sweep_stale(self, exam_id: str) -> int:
-        """Disconnect sessions whose holder went silent (e.g. its process crashed)."""
+        """Disconnect sessions whose holder went silent (e.g. its process crashed).
+
+        Not right after the state store was unreachable: nobody could refresh `last_seen`
+        then, so every holder looks stale until the heartbeats have come round once more.
+        """
         now = self.clock()
+        if self.unheard(now - 2 * self.liveness.stale_after, now) > 0:
+            return 0
         stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after)
         if not stale:
             return 0
@@ -602,10 +741,26 @@ class SessionService:
         )
         return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
 
-    async def touch(self, exam_sessions: Iterable[tuple[str, str]]) -> None:
-        items = list(exam_sessions)
-        if items:
-            await self.store.touch(items, self.clock())
+    async def touch(self, holders: Iterable[tuple[str, str, str]]) -> None:
+        """The heartbeat: refresh `last_seen` of sessions held here; a session marked
+        disconnected meanwhile whose connection is still here is marked connected again."""
+        items = list(holders)
+        if not items:
+            return
+        now = self.clock()
+        lost = await self.store.touch(items, now)
+        for exam_id, session_id, conn_id in lost:
+            try:
+                await self._reattach(exam_id, session_id, conn_id, now)
+            except NotFound:
+                continue
+
+    async def _reattach(self, exam_id: str, session_id: str, conn_id: str, now: float) -> None:
+        outcome, _ = await self._mutate_one(
+            exam_id, session_id, lambda s: machine.reattach(s, conn_id, now)
+        )
+        if isinstance(outcome, machine.Transition):
+            log.info("session %s: still held by %s, marked connected again", session_id, conn_id)
 
 
 def refusal_reason(exc: OpenRefused) -> RefusalReason | str:

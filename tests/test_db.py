@@ -14,7 +14,6 @@ import pytest
 
 from realtime.db.database import Database, normalize_url
 from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
-from realtime.db.history import HistoryWriter
 from realtime.db.models import Base
 from realtime.state.model import Event, Exam, ExamSettings, new_session
 
@@ -272,82 +271,13 @@ async def test_irregularities(db: Database) -> None:
     }
 
 
-# -- the history writer ----------------------------------------------------------------------
-
-
-async def test_history_writer_batches_concurrent_records(db: Database) -> None:
-    await _with_sessions(db)
-    writer = HistoryWriter(db, max_batch=500, max_delay=0.05)
-    await writer.start()
-    try:
-        calls = 200
-        await asyncio.gather(
-            *(
-                writer.record([_event(i, session_id=f"e1-s{i % 3 + 1}", changes={"position": i})])
-                for i in range(1, calls + 1)
-            )
-        )
-        assert len(await db.exam_events("e1", limit=1000)) == calls
-        assert writer.written == calls
-        assert 1 <= writer.flushes < calls / 10, writer.flushes
-        state = await db.get_session_row("e1-s1")
-        assert state is not None and state["position"] == 198  # the last seq for e1-s1
-    finally:
-        await writer.close()
-
-
-async def test_history_writer_respects_max_batch(db: Database) -> None:
-    await _with_sessions(db)
-    writer = HistoryWriter(db, max_batch=10, max_delay=0.05)
-    try:
-        await asyncio.gather(*(writer.record([_event(i)]) for i in range(1, 51)))
-        assert writer.flushes >= 5
-        assert len(await db.history("e1-s1")) == 50
-    finally:
-        await writer.close()
-
-
-async def test_history_writer_failure_reaches_only_its_caller(db: Database) -> None:
-    await _with_sessions(db)
-    writer = HistoryWriter(db, max_delay=0.05)
-    try:
-        results = await asyncio.gather(
-            writer.record([_event(1)]),
-            writer.record([_event(0)]),  # invalid: no sequence number
-            writer.record([_event(2)]),
-            return_exceptions=True,
-        )
-        assert results[0] is None and results[2] is None
-        assert isinstance(results[1], ValueError)
-        # The writer keeps running after a failure.
-        await writer.record([_event(3)])
-        assert [e.seq for e in await db.history("e1-s1")] == [1, 2, 3]
-    finally:
-        await writer.close()
-
-
-async def test_history_writer_close_flushes_pending(db: Database) -> None:
-    await _with_sessions(db)
-    writer = HistoryWriter(db, max_delay=30)  # would wait 30 s for more, but close flushes now
-    pending = [asyncio.create_task(writer.record([_event(i)])) for i in (1, 2)]
-    await asyncio.sleep(0.01)
-    assert not any(task.done() for task in pending)
-    await asyncio.wait_for(writer.close(), 5)
-    await asyncio.gather(*pending)
-    assert [e.seq for e in await db.history("e1-s1")] == [1, 2]
-    with pytest.raises(RuntimeError, match="closed"):
-        await writer.record([_event(3)])
-
-
 async def test_history_survives_reopening(sql_url: str) -> None:
     db = await Database.connect(sql_url)
     async with db.engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
     await db.create_all()
     await _with_sessions(db, 1)
-    writer = HistoryWriter(db)
-    await writer.record([_event(1, changes={"status": "active"}), _event(2)])
-    await writer.close()
+    await db.add_events([_event(1, changes={"status": "active"}), _event(2)])
     await db.close()
 
     reopened = await Database.connect(sql_url)

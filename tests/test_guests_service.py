@@ -15,7 +15,7 @@ from sqlalchemy import select
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
 from realtime.db.database import Database
-from realtime.db.history import HistoryWriter
+from realtime.drainer import Drainer
 from realtime.db.models import Base, EventRow, IrregularityRow, SessionRow
 from realtime.errors import Unauthorized
 from realtime.guests import models as guest_models
@@ -43,7 +43,7 @@ DETAILS = GuestDetails(title="Ms", first_name="Ada", surname="Lovelace",
 class Parts:
     db: Database
     store: MemoryStore
-    history: HistoryWriter
+    drainer: Drainer
     sessions: SessionService
     identity: IdentityService
     guests: GuestService
@@ -56,16 +56,18 @@ async def parts(sql_url: str) -> AsyncIterator[Parts]:
         await conn.run_sync(Base.metadata.drop_all)
     await db.create_all()
     store = MemoryStore()
-    history = HistoryWriter(db)
-    await history.start()
-    sessions = SessionService(store, db, history, machine.Liveness())
+    sessions = SessionService(store, db, machine.Liveness())
+    drainer = Drainer(store, db)
+    store.add_listener(drainer.on_event)
+    sessions.catch_up = drainer.catch_up
+    drainer.start()
     identity = IdentityService(
         db, RoleSet.default(), AuditLog(db),
         hasher=PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1),
     )
     guests = GuestService(db, identity, sessions, store, SECRET)
-    yield Parts(db, store, history, sessions, identity, guests)
-    await history.close()
+    yield Parts(db, store, drainer, sessions, identity, guests)
+    await drainer.close()
     await db.close()
 
 
@@ -100,10 +102,11 @@ async def _end(parts: Parts, exam_id: str, sid: str) -> None:
     assert result.applied, result.skipped
 
 
-async def _rows(db: Database) -> dict[str, Any]:
-    """Every row the reassignment may touch, as plain data."""
+async def _rows(parts: Parts) -> dict[str, Any]:
+    """Every row the reassignment may touch, as plain data (once SQL has caught up)."""
+    await parts.drainer.drain_all()
     out: dict[str, Any] = {}
-    async with db._read() as s:
+    async with parts.db._read() as s:
         for name, table in (("sessions", SessionRow), ("events", EventRow),
                             ("irregularities", IrregularityRow), ("users", UserRow),
                             ("accounts", GuestAccountRow), ("uses", GuestUseRow),
@@ -151,14 +154,14 @@ async def test_reassignment_moves_every_row(parts: Parts) -> None:
     await _end(parts, exam.id, sid)
     [listed] = await parts.guests.guest_sessions(exam.id, ADMIN)
     assert listed["account"] == "guest1" and listed["guest"]["surname"] == "Lovelace"
-    before = await _rows(parts.db)
+    before = await _rows(parts)
     guest_id = reservation.user_id
     history_before = [e for e in before["events"] if e["session_id"] == sid]
     assert any(e["actor"] == f"candidate:{guest_id}" for e in history_before)
 
     result = await parts.guests.reassign(exam.id, sid, ADMIN, "real-7", "Ada Real")
     assert result["account_released"] and result["events_moved"] == len(history_before)
-    after = await _rows(parts.db)
+    after = await _rows(parts)
     [row] = [r for r in after["sessions"] if r["id"] == sid]
     assert (row["candidate_id"], row["candidate_name"], row["group"]) == ("real-7", "Ada Real",
                                                                          "A")
@@ -181,7 +184,7 @@ async def test_reassignment_moves_every_row(parts: Parts) -> None:
     assert len(irregularities) == 2 and irregularities == [
         i for i in before["irregularities"] if i["session_id"] == sid
     ]
-    assert [i["id"] for i in await parts.db.irregularities(exam.id)] != []
+    assert [i["id"] for i in await parts.sessions.irregularities(exam.id)] != []
     # the audit record, and the account released
     [audit] = [a for a in after["audit"] if a["action"] == "guest_reassigned"]
     assert audit["actor"] == "staff:boss" and audit["subject"] == f"session:{sid}"
@@ -209,7 +212,7 @@ async def test_reassignment_failing_midway_changes_nothing(parts: Parts, stage: 
     exam = await _exam(parts)
     reservation, sid, token = await _sit(parts, exam)
     await _end(parts, exam.id, sid)
-    before = await _rows(parts.db)
+    before = await _rows(parts)
 
     async def boom(at: str) -> None:
         if at == stage:
@@ -218,7 +221,7 @@ async def test_reassignment_failing_midway_changes_nothing(parts: Parts, stage: 
     parts.guests.checkpoint = boom
     with pytest.raises(RuntimeError, match="injected"):
         await parts.guests.reassign(exam.id, sid, ADMIN, "real-7", "Ada Real")
-    assert await _rows(parts.db) == before
+    assert await _rows(parts) == before
     live = await parts.sessions.get_session(exam.id, sid)
     assert live["candidate_id"] == reservation.user_id
     assert await parts.identity.principal(token) is not None  # the guest was not released
@@ -236,8 +239,8 @@ async def test_reassignment_refused_when_the_candidate_has_a_session(parts: Part
     _, sid, _ = await _sit(parts, exam)
     await _end(parts, exam.id, sid)
     await parts.sessions.create_sessions(exam.id, [{"candidate_id": "real-7"}], "test")
-    before = await _rows(parts.db)
+    before = await _rows(parts)
     with pytest.raises(GuestError) as refused:
         await parts.guests.reassign(exam.id, sid, ADMIN, "real-7")
     assert (refused.value.status, refused.value.guest_code) == (409, "candidate_has_session")
-    assert await _rows(parts.db) == before
+    assert await _rows(parts) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -133,9 +134,14 @@ def parse_exam(body: Any) -> Exam:
 
 async def healthz(request: Request) -> Response:
     """
-    summary: Liveness and readiness
+    summary: Liveness and readiness, with the history backlog
+    description: >
+      503 when the state store does not answer (nothing can be served). SQL being down is
+      "degraded" but still 200: commands and candidates keep working from the state store and
+      the history catches up when SQL is back; `history_backlog` says how far behind it is.
     responses:
-      200: {description: The server and its backends answer}
+      200: {description: "The state store answers (status ok, or degraded when SQL is down)"}
+      503: {description: The state store does not answer}
     """
     runtime = runtime_of(request)
     backend = "redis" if runtime.settings.redis_url else "memory"
@@ -149,9 +155,21 @@ async def healthz(request: Request) -> Response:
             checks[name] = "ok"
         except Exception as exc:  # a backend that does not answer makes us unready
             checks[name] = f"error: {type(exc).__name__}"
+    drainer = runtime.drainer
+    backlog: dict[str, Any] = {"events": None, "oldest_age_s": None}
+    if checks["state"] == "ok":
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(drainer.refresh_backlog(), 2.0)
+            backlog = {"events": drainer.backlog.events,
+                       "oldest_age_s": round(drainer.oldest_age(), 3),
+                       "exams": drainer.backlog.exams}
+    backlog["drain_failures"] = drainer.failures
+    if drainer.last_error:
+        backlog["last_error"] = drainer.last_error
     healthy = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if healthy else "degraded", "state_backend": backend, **checks}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "degraded", "state_backend": backend, **checks,
+            "history_backlog": backlog}
+    return JSONResponse(body, status_code=200 if checks["state"] == "ok" else 503)
 
 
 async def list_exams(request: Request) -> Response:
@@ -340,8 +358,8 @@ async def session_history(request: Request) -> Response:
     """
     principal = await principal_of(request, Permission.VIEW_HISTORY)
     service = runtime_of(request).service
-    _, session = await visible_session(request, principal)
-    events = await service.history_of(session["id"])
+    exam, session = await visible_session(request, principal)
+    events = await service.history_of(exam.id, session["id"])
     return JSONResponse({"events": [_public_event(e.to_dict()) for e in events]})
 
 
@@ -380,7 +398,7 @@ async def list_irregularities(request: Request) -> Response:
     exam = await service.get_exam(request.path_params["exam_id"])
     if not principal.sees(exam.groups):
         raise NotFound("no such exam")
-    rows = await service.db.irregularities(exam.id)
+    rows = await service.irregularities(exam.id)
     return JSONResponse({"irregularities": rows})
 
 

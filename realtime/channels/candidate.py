@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -24,11 +25,18 @@ from realtime.channels.common import (
     optional_str,
     required_str,
 )
-from realtime.errors import BadRequest, CloseCode, ErrorCode, NotFound, RealtimeError
+from realtime.errors import (
+    BadRequest,
+    CloseCode,
+    ErrorCode,
+    NotFound,
+    RealtimeError,
+    backend_down,
+)
 from realtime.hub.connection import Connection
 from realtime.hub.hub import CandidateLink
 from realtime.runtime import Runtime, runtime_of
-from realtime.sessions import OpenRefused
+from realtime.sessions import FastPath, OpenRefused
 from realtime.state import machine
 from realtime.state.model import RefusalReason, SkipReason, Status, public_view
 
@@ -61,6 +69,10 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
     finally:
         for link in held:
             runtime.hub.remove_candidate(link)
+            task = link.progress_task
+            if task is not None and not task.done():  # the last progress goes before the drop
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(task), 2.0)
             if not link.superseded and not link.ended:
                 reason = "closed" if conn.close_code is None else f"close {conn.close_code}"
                 with contextlib.suppress(Exception):
@@ -143,7 +155,7 @@ async def _open(
         }
     )
     link.actor = machine.candidate_actor(opened.session)
-    link.activate(opened.session["version"])
+    link.activate(opened.session["version"], opened.session)
     conn.watched = True  # from now on the heartbeat notices silence
     return link
 
@@ -172,6 +184,17 @@ async def _serve(
                 return
         except RealtimeError as exc:
             conn.send(error_message(exc.code, exc.message, request=kind))
+        except Exception as exc:
+            if not backend_down(exc):
+                raise
+            # The state store (or SQL) is unreachable: nothing was applied. The socket stays
+            # open — closing it would send the page into reconnects that cannot succeed now,
+            # and its session would look abandoned afterwards.
+            log.warning("candidate %s: %s not applied, backend down: %r",
+                        link.session_id if link else "-", kind, exc)
+            conn.send(error_message(ErrorCode.UNAVAILABLE,
+                                    "the server cannot reach its state store; retry",
+                                    request=kind))
 
 
 async def _handle(
@@ -193,15 +216,12 @@ async def _handle(
     if kind == "progress":
         position = non_negative_int(message, "position")
         answered = non_negative_int(message, "answered")
-        rtt = link.rtt_ms
-
-        def decide(s: dict[str, Any]) -> machine.Outcome:
-            outcome = machine.report_progress(s, conn_id, actor, position, answered, now)
-            if isinstance(outcome, machine.Transition) and rtt is not None:
-                outcome.changes["rtt_ms"] = rtt
-            return outcome
-
-        outcome = await service.candidate_update(link.exam_id, link.session_id, decide)
+        # Not awaited: the latest report wins while one is on its way (coalescing), and the
+        # socket goes on reading.
+        link.pending_progress = (position, answered, link.rtt_ms, now)
+        if link.progress_task is None or link.progress_task.done():
+            link.progress_task = asyncio.create_task(_send_progress(conn, runtime, link))
+        return
     elif kind == "client_event":
         name = required_str(message, "name", 64)
         detail = optional_str(message, "detail", 500) or ""
@@ -212,10 +232,14 @@ async def _handle(
         )
     elif kind == "ack":
         command_id = required_str(message, "command_id", 64)
+        guard = {"conn_id": conn_id}
+        if command_id == link.view["notice_id"]:
+            guard["notice_id"] = command_id  # clear the notice only if it is still this one
         outcome = await service.candidate_update(
             link.exam_id,
             link.session_id,
             lambda s: machine.acknowledge(s, conn_id, actor, command_id, now),
+            FastPath(dict(link.view), guard, live_only=False),
         )
     elif kind == "submit":
         outcome = await service.candidate_update(
@@ -235,3 +259,50 @@ async def _handle(
             else ErrorCode.INVALID
         )
         conn.send(error_message(code, outcome.message, reason=outcome.reason, request=kind))
+
+
+async def _send_progress(conn: Connection, runtime: Runtime, link: CandidateLink) -> None:
+    """Commit the link's latest progress report until none is waiting (one at a time)."""
+    delay = 0.5
+    while link.pending_progress is not None and not link.superseded and not link.ended:
+        report = link.pending_progress
+        position, answered, rtt, now = report
+        link.pending_progress = None
+        try:
+            outcome = await runtime.service.candidate_update(
+                link.exam_id, link.session_id, _progress_decision(link, report),
+                FastPath(dict(link.view), {"conn_id": link.conn_id}),
+            )
+        except Exception as exc:
+            if not backend_down(exc):
+                log.exception("progress of %s failed", link.session_id)
+                return
+            if link.pending_progress is None:  # keep it unless a newer one came
+                link.pending_progress = (position, answered, rtt, now)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.5
+        if isinstance(outcome, machine.Rejection) and not (link.superseded or link.ended):
+            code = (
+                ErrorCode.INVALID_TRANSITION
+                if outcome.reason != SkipReason.INVALID_PARAMS
+                else ErrorCode.INVALID
+            )
+            conn.send(error_message(code, outcome.message, reason=outcome.reason,
+                                    request="progress"))
+
+
+def _progress_decision(
+    link: CandidateLink, report: tuple[int, int, float | None, float]
+) -> Callable[[dict[str, Any]], machine.Outcome]:
+    position, answered, rtt, now = report
+    conn_id, actor = link.conn_id, link.actor
+
+    def decide(s: dict[str, Any]) -> machine.Outcome:
+        outcome = machine.report_progress(s, conn_id, actor, position, answered, now)
+        if isinstance(outcome, machine.Transition) and rtt is not None:
+            outcome.changes["rtt_ms"] = rtt
+        return outcome
+
+    return decide

@@ -42,6 +42,7 @@ _SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(ExamSettings))
 _EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 _EXAMS: Table = ExamRow.__table__  # type: ignore[assignment]
 _SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
+_IRREGULARITIES: Table = IrregularityRow.__table__  # type: ignore[assignment]
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -336,8 +337,61 @@ class Database:
         and kind is skipped (and not applied again). A *different* event in that slot raises
         SequenceConflictError and nothing is written. Returns how many events were new.
         """
-        if not events:
+        return await self.write_outbox(events, [])
+
+    async def write_outbox(
+        self, events: Sequence[Event], audit: Sequence[dict[str, Any]]
+    ) -> int:
+        """What the drainer writes for a run of outbox entries, in ONE transaction: the events
+        (as `add_events`), the irregularity reports among them, and audit rows. Safe to repeat:
+        events and irregularities are keyed by (exam, seq); an audit row carries a unique id
+        (`uid` in its details) and is skipped if stored. Returns how many events were new."""
+        if not events and not audit:
             return 0
+        async with self._write() as session:
+            fresh = await self._add_events_in(session, events) if events else []
+            irregular = [ev for ev in fresh if ev.kind == "irregularity"]
+            if irregular:
+                await session.execute(
+                    self._insert(_IRREGULARITIES).on_conflict_do_nothing(),
+                    [
+                        {
+                            "id": event_id(ev),
+                            "exam_id": ev.exam_id,
+                            "session_id": ev.session_id,
+                            "category": str(ev.details.get("category", "")),
+                            "note": str(ev.details.get("note", "")),
+                            "actor": ev.actor,
+                            "at": ev.at,
+                        }
+                        for ev in irregular
+                    ],
+                )
+            if audit:
+                await self._add_audit_in(session, audit)
+        return len(fresh)
+
+    async def _add_audit_in(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert audit rows unless already stored (a drainer that died after its SQL commit
+        but before acknowledging): an entry is known by (time, actor, action, subject)."""
+        from realtime.identity.models import AuditRow
+
+        def key(r: dict[str, Any]) -> tuple[float, str, str, str]:
+            return (float(r["at"]), str(r["actor"]), str(r["action"]), str(r.get("subject", "")))
+
+        known: set[tuple[float, str, str, str]] = set()
+        for chunk in _chunks(sorted({float(r["at"]) for r in rows})):
+            found = await session.execute(
+                select(AuditRow.at, AuditRow.actor, AuditRow.action, AuditRow.subject).where(
+                    AuditRow.at.in_(chunk)
+                )
+            )
+            known.update((float(a), str(b), str(c), str(d)) for a, b, c, d in found)
+        new = [r for r in rows if key(r) not in known]
+        if new:
+            await session.execute(insert(AuditRow), list(new))
+
+    async def _add_events_in(self, session: AsyncSession, events: Sequence[Event]) -> list[Event]:
         unique: dict[tuple[str, int], Event] = {}
         for ev in events:
             if ev.seq < 1:
@@ -365,15 +419,14 @@ class Database:
             .on_conflict_do_nothing()
             .returning(_EVENTS.c.exam_id, _EVENTS.c.seq)
         )
-        async with self._write() as session:
-            result = await session.execute(stmt, rows)
-            inserted = {(exam_id, seq) for exam_id, seq in result}
-            skipped = [ev for ev in ordered if (ev.exam_id, ev.seq) not in inserted]
-            if skipped:
-                await self._check_true_duplicates(session, skipped)
-            fresh = [ev for ev in ordered if (ev.exam_id, ev.seq) in inserted]
-            await self._merge_states(session, fresh)
-        return len(fresh)
+        result = await session.execute(stmt, rows)
+        inserted = {(exam_id, seq) for exam_id, seq in result}
+        skipped = [ev for ev in ordered if (ev.exam_id, ev.seq) not in inserted]
+        if skipped:
+            await self._check_true_duplicates(session, skipped)
+        fresh = [ev for ev in ordered if (ev.exam_id, ev.seq) in inserted]
+        await self._merge_states(session, fresh)
+        return fresh
 
     async def _check_true_duplicates(self, session: AsyncSession, skipped: list[Event]) -> None:
         """Raise unless every skipped event is already stored as itself."""

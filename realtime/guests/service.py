@@ -541,6 +541,9 @@ class GuestService:
                              f"{candidate_id!r} already has session {taken.get('id')!r} here")
         name, new_group = await self._candidate_defaults(exam, candidate_id, candidate_name,
                                                          group, live["group"])
+        if self.sessions.catch_up is not None:
+            # The history rows move in SQL: every event of the session must be there first.
+            await self.sessions.catch_up(exam.id)
         now = self.clock()
         ctx = Ctx(principal.actor, principal.extra.get("ip", ""))
         moved = await self._move(exam, session_id, candidate_id, name, new_group, ctx, now)

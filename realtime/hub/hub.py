@@ -67,10 +67,21 @@ class CandidateLink:
         self.ended = False  # terminated or completed: nothing more to do
         self.on_gap: Callable[[CandidateLink], None] | None = None
         self.slot = 0  # which heartbeat tick visits this link
+        # The fields of its session this connection decides its own traffic on (progress,
+        # acks) without reading the store; kept current from the session's events.
+        self.pending_progress: tuple[int, int, float | None, float] | None = None
+        self.progress_task: asyncio.Task[None] | None = None
+        self.view: dict[str, Any] = {
+            "exam_id": exam_id, "id": session_id, "status": "", "conn_id": conn_id,
+            "notice_id": "",
+        }
 
-    def activate(self, version: int) -> None:
+    def activate(self, version: int, session: dict[str, Any] | None = None) -> None:
         """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
         self.version = version
+        if session is not None:
+            for key in ("status", "notice_id"):
+                self.view[key] = session.get(key, self.view[key])
         self.ready = True
         early, self.early = self.early, []
         for event in early:
@@ -87,7 +98,12 @@ class CandidateLink:
             if version > self.version + 1 and self.on_gap is not None:
                 self.on_gap(self)  # missed a change: the page gets the whole state again
             self.version = version
-        holder = event.changes.get("conn_id")
+        changes = event.changes
+        if "status" in changes:
+            self.view["status"] = changes["status"]
+        if "notice_id" in changes:
+            self.view["notice_id"] = changes["notice_id"]
+        holder = changes.get("conn_id")
         if holder is not None and holder != self.conn_id:
             self.superseded = True
             self.conn.send({"type": "superseded", "message": "the session was opened elsewhere"})
@@ -231,6 +247,8 @@ class Hub:
                 log.exception("resync of %s failed", link.session_id)
                 return
             link.version = max(link.version, int(session["version"]))
+            link.view["status"] = session.get("status", link.view["status"])
+            link.view["notice_id"] = session.get("notice_id", "")
             view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
             link.conn.send({"type": "state", "session": view})
 

@@ -1,7 +1,12 @@
-"""`SessionService` with an audit entry for every staff command (and every refused one)."""
+"""`SessionService` with an audit entry for every staff command (and every refused one).
+
+The entry of an applied command goes into the exam's outbox with the next commit batch and
+reaches SQL with the events (the drainer); it never holds up nor fails the answer.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from realtime.auth.principal import Principal
@@ -11,6 +16,7 @@ from realtime.sessions import BulkResult, SessionService, Target
 from realtime.state.model import Action
 
 MAX_IDS = 1000
+log = logging.getLogger(__name__)
 
 
 def _target(target: Target) -> dict[str, Any]:
@@ -46,14 +52,27 @@ class AuditedSessionService(SessionService):
                 )
             raise
         if self.audit is not None:
-            await self.audit.record(
-                ctx, "session_command", f"exam:{exam_id}",
-                command=action.value,
-                command_id=result.command_id,
-                target=_target(target),
-                params={k: v for k, v in (params or {}).items() if k != "command_id"},
-                applied=[a["session_id"] for a in result.applied[:MAX_IDS]],
-                applied_count=len(result.applied),
-                skipped_count=len(result.skipped),
-            )
+            row: dict[str, Any] = {
+                "at": self.audit.clock(),
+                "actor": ctx.actor,
+                "ip": ctx.ip,
+                "action": "session_command",
+                "subject": f"exam:{exam_id}",
+                "details": {
+                    "command": action.value,
+                    "command_id": result.command_id,
+                    "target": _target(target),
+                    "params": {k: v for k, v in (params or {}).items() if k != "command_id"},
+                    "applied": [a["session_id"] for a in result.applied[:MAX_IDS]],
+                    "applied_count": len(result.applied),
+                    "skipped_count": len(result.skipped),
+                },
+            }
+            try:
+                await self.batcher.append_audit(exam_id, [row])
+            except Exception:  # the command is applied: its answer must not fail
+                log.warning("audit entry for %s kept in SQL directly", result.command_id,
+                            exc_info=True)
+                self._background(self.audit.record(ctx, row["action"], row["subject"],
+                                                   **row["details"]))
         return result

@@ -105,6 +105,9 @@ class OpenRequest:
     resume_token: str | None = None
     client_id: str = ""
     remote_addr: str = ""
+    # Seconds since the session's `last_seen` during which the server could not hear anyone
+    # (its state store was unreachable): they do not count against the resume grace.
+    unheard: float = 0.0
 
 
 def open_session(
@@ -139,7 +142,11 @@ def open_session(
     )
     last_seen = session["last_seen"]
     within_grace = liveness.resume_grace > 0 and (
-        live or (last_seen is not None and now - last_seen <= liveness.resume_grace)
+        live
+        or (
+            last_seen is not None
+            and now - last_seen - max(0.0, request.unheard) <= liveness.resume_grace
+        )
     )
     resuming = token_ok and within_grace
 
@@ -272,6 +279,19 @@ def disconnect(session: dict[str, Any], conn_id: str, now: float, reason: str) -
         return Rejection("not_holder", "connection does not hold the session")
     changes = {"connected": False, "last_seen": now}
     event = _event(session, EventKind.DISCONNECTED, "system", now, changes, {"reason": reason})
+    return Transition(changes, [event])
+
+
+def reattach(session: dict[str, Any], conn_id: str, now: float) -> Outcome:
+    """The connection `conn_id` still holds the session and answers pings, but the session was
+    marked disconnected meanwhile (a sweeper during a state-store outage): connected again."""
+    if session["conn_id"] != conn_id or session["connected"]:
+        return Rejection("not_holder", "connection does not hold a disconnected session")
+    if Status(session["status"]).final:
+        return Rejection("closed", f"the session is {session['status']}")
+    changes = {"connected": True, "last_seen": now}
+    details = {"reason": "still connected", "client_id": session["client_id"]}
+    event = _event(session, EventKind.RESUMED_CONNECTION, "system", now, changes, details)
     return Transition(changes, [event])
 
 

@@ -75,6 +75,10 @@ class MemoryStore:
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
 
+    def unheard(self, since: float, now: float) -> float:
+        """Never: the store is this process."""
+        return 0.0
+
     def _outbox(self, exam_id: str) -> _Outbox:
         box = self._outboxes.get(exam_id)
         if box is None:
@@ -270,6 +274,10 @@ class MemoryStore:
             if entry.events:
                 box.drained = max(box.drained, entry.events[-1].seq)
         box.trim()
+
+    async def outbox_pending(self, exam_id: str) -> int:
+        box = self._outboxes.get(exam_id)
+        return 0 if box is None else len(box.entries)
 
     async def outbox_backlog(self, now: float) -> Backlog:
         backlog = Backlog()

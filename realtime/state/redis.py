@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -29,7 +30,9 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from realtime.state.model import Event, Exam
@@ -316,6 +319,8 @@ class RedisStore:
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
         self._subscribed = asyncio.Condition()
+        # (start, end) epoch times this process could not reach Redis; end None: still down
+        self._outages: deque[tuple[float, float | None]] = deque(maxlen=64)
 
     # -- lifecycle and fan-out ------------------------------------------------------------------
 
@@ -339,6 +344,28 @@ class RedisStore:
 
     def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
         self._resubscribe_listeners.append(listener)
+
+    def unheard(self, since: float, now: float) -> float:
+        total = 0.0
+        for start, end in self._outages:
+            lo, hi = max(start, since), min(now if end is None else end, now)
+            if hi > lo:
+                total += hi - lo
+        return total
+
+    @property
+    def reachable(self) -> bool:
+        """False while the event subscription is down (Redis unreachable from here)."""
+        return not self._outages or self._outages[-1][1] is not None
+
+    def _lost(self) -> None:
+        if self.reachable:
+            self._outages.append((time.time(), None))
+
+    def _heard(self) -> None:
+        if not self.reachable:
+            start, _ = self._outages.pop()
+            self._outages.append((start, time.time()))
 
     def _notify_resubscribed(self) -> None:
         """Events published while the subscription was down never reach this process."""
@@ -377,6 +404,7 @@ class RedisStore:
                 async with contextlib.aclosing(self._messages(pubsub)) as messages:
                     async for kind, data in messages:
                         if kind == "subscribe":
+                            self._heard()
                             delay = RECONNECT_MIN
                             async with self._subscribed:
                                 self._subscriptions += 1
@@ -386,6 +414,7 @@ class RedisStore:
                         elif kind == "message":
                             await self._deliver(data)
             except Exception:
+                self._lost()
                 log.warning("event subscription lost; retrying in %.1fs", delay, exc_info=True)
             finally:
                 with contextlib.suppress(Exception):
@@ -536,7 +565,12 @@ class RedisStore:
             [self.keys.session(exam_id, sid), stamp, _json(conn_id)]
             for exam_id, sid, conn_id in holders
         ]
-        replies = await _run_script(self._client, self._touch_script, 1, calls)
+        try:
+            replies = await _run_script(self._client, self._touch_script, 1, calls)
+        except (ConnectionError, OSError, RedisConnectionError, RedisTimeoutError):
+            self._lost()
+            raise
+        self._heard()
         return [holder for holder, lost in zip(holders, replies, strict=True) if lost]
 
     # -- commands ---------------------------------------------------------------------------
@@ -666,6 +700,13 @@ class RedisStore:
             args=[self._log_size, drained, entries[-1].entry_id,
                   *(e.entry_id for e in entries)],
         )
+
+    async def outbox_pending(self, exam_id: str) -> int:
+        behind, _ = await self._backlog_script(
+            keys=[self.keys.seq(exam_id), self.keys.outbox(exam_id),
+                  self.keys.drain_state(exam_id)]
+        )
+        return int(behind)
 
     async def outbox_backlog(self, now: float) -> Backlog:
         exams = await self.outbox_exams()

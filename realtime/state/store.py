@@ -91,6 +91,10 @@ class StateStore(Protocol):
         """Call `listener` whenever this process's event subscription came back after a loss:
         events published meanwhile never reached it, so connections must resynchronise."""
 
+    def unheard(self, since: float, now: float) -> float:
+        """Seconds between `since` and `now` (epoch) in which this process could not reach
+        the store: nobody could be heard then, so such time must not count against anyone."""
+
     async def put_exam(self, exam: Exam) -> None: ...
 
     async def get_exam(self, exam_id: str) -> Exam | None: ...
@@ -162,6 +166,9 @@ class StateStore(Protocol):
 
     async def outbox_ack(self, exam_id: str, consumer: str, entries: list[OutboxEntry]) -> None:
         """The entries are in SQL: forget them (the event log keeps the recent ones)."""
+
+    async def outbox_pending(self, exam_id: str) -> int:
+        """How many outbox entries of one exam are not yet acknowledged as written."""
 
     async def outbox_backlog(self, now: float) -> Backlog:
         """What is committed but not yet acknowledged as written to SQL."""

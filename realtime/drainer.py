@@ -1,0 +1,185 @@
+"""The drainer: writes each exam's outbox to SQL, behind the live path.
+
+A change is answered once it is applied and held by the outbox (the state store appended its
+events in the same atomic step). Every process runs one drainer; for each exam, one of them at a
+time (a lease in the store) claims the outbox entries in order — first those a dead or failed
+consumer left unacknowledged — writes their events, irregularities and audit rows to SQL in one
+transaction (idempotent on (exam, seq)), and only then acknowledges them. So after a crash of any
+process at any moment, the SQL history is the event log: no gap, no duplicate.
+
+When SQL is down the drainer backs off and retries; the outbox keeps everything meanwhile and
+`backlog` says how much (events, age of the oldest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from realtime.db.database import Database
+from realtime.state.model import Event
+from realtime.state.store import Backlog, OutboxEntry, StateStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000  # outbox entries per claim
+LEASE = 10.0  # seconds an exam stays with its drainer without a renewal
+RESCAN = 2.0  # seconds between looks at every exam's outbox (besides wake-ups)
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+
+
+def consumer_name() -> str:
+    """Unique per process: the store tells consumers (and their unacknowledged entries) apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Drainer:
+    def __init__(
+        self,
+        store: StateStore,
+        db: Database,
+        consumer: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.consumer = consumer or consumer_name()
+        self.clock = clock
+        self.backlog = Backlog()
+        self.backlog_checked = 0.0
+        self.written = 0  # events written to SQL by this process
+        self.failures = 0  # failed SQL writes
+        self.last_error = ""
+        self._wake = asyncio.Event()
+        self._dirty: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Condition()
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """A store listener: an exam has something new to drain."""
+        self._dirty.add(event.exam_id)
+        self._wake.set()
+
+    def poke(self, exam_id: str | None = None) -> None:
+        if exam_id:
+            self._dirty.add(exam_id)
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="outbox-drainer")
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Drain what is there (bounded), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(flush_timeout):
+                await self.drain_all()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = BACKOFF_MIN
+        last_scan = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if now - last_scan >= RESCAN:
+                    last_scan = now
+                    self._dirty.update(await self.store.outbox_exams())
+                    await self.refresh_backlog()
+                worked = await self.drain_dirty()
+                delay = BACKOFF_MIN
+                if not worked:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RESCAN):
+                            await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("outbox drain failed (%s); retrying in %.1fs", self.last_error, delay)
+                with contextlib.suppress(Exception):
+                    await self.refresh_backlog()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def drain_dirty(self) -> bool:
+        """Drain every exam known to have something; True if anything was written."""
+        worked = False
+        dirty, self._dirty = self._dirty, set()
+        try:
+            while dirty:
+                exam_id = min(dirty)
+                if await self.drain_exam(exam_id):
+                    worked = True
+                else:
+                    dirty.discard(exam_id)
+        finally:
+            self._dirty.update(dirty)  # what a failure left undone
+        if worked:
+            async with self._caught_up:
+                self._caught_up.notify_all()
+        return worked
+
+    async def drain_exam(self, exam_id: str) -> bool:
+        """One claim → write → acknowledge round for one exam; False when nothing was there
+        (or another process holds the exam)."""
+        entries = await self.store.outbox_claim(exam_id, self.consumer, BATCH, LEASE)
+        if not entries:
+            return False
+        await self.write(entries)
+        await self.store.outbox_ack(exam_id, self.consumer, entries)
+        return True
+
+    async def write(self, entries: list[OutboxEntry]) -> None:
+        events = [event for entry in entries for event in entry.events]
+        audit = [row for entry in entries for row in entry.audit]
+        self.written += await self.db.write_outbox(events, audit)
+
+    async def catch_up(self, exam_id: str, timeout: float = 2.0) -> None:
+        """Make SQL reads of an exam current: drain it now (or, if another process holds it,
+        wait for that one), for at most `timeout` seconds. Reads stay possible when SQL or the
+        drain lags: they then show the history as far as it is written."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with contextlib.suppress(Exception):
+            while loop.time() < deadline:
+                while await self.drain_exam(exam_id):
+                    pass
+                if await self.store.outbox_pending(exam_id) == 0:
+                    return
+                await asyncio.sleep(0.02)
+
+    async def drain_all(self) -> None:
+        """Drain every exam now (shutdown, tests)."""
+        self._dirty.update(await self.store.outbox_exams())
+        while await self.drain_dirty():
+            pass
+        await self.refresh_backlog()
+
+    async def refresh_backlog(self) -> Backlog:
+        self.backlog = await self.store.outbox_backlog(self.clock())
+        self.backlog_checked = self.clock()
+        return self.backlog
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest undrained entry has waited (0: nothing waits)."""
+        if self.backlog.oldest_at is None:
+            return 0.0
+        return max(0.0, self.clock() - self.backlog.oldest_at)
