@@ -15,8 +15,8 @@ from sqlalchemy import select
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
 from realtime.db.database import Database
-from realtime.drainer import Drainer
 from realtime.db.models import Base, EventRow, IrregularityRow, SessionRow
+from realtime.drainer import Drainer
 from realtime.errors import Unauthorized
 from realtime.guests import models as guest_models
 from realtime.guests.models import GuestAccountRow, GuestUseRow
