@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -176,3 +177,136 @@ async def watch(
     await client.send(message)
     reply = await client.recv("snapshot", "events", "error")
     return client, reply
+
+
+# -- helpers for fault tests: polling, live candidates and dashboards that keep reading ----------
+
+
+async def eventually(check: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll `check()` (sync or async) until it returns something truthy; return that value.
+
+    Bounded: fails with the last value (or exception) after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if asyncio.iscoroutine(last):
+                last = await last
+            if last:
+                return last
+        except AssertionError as exc:
+            last = exc
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+async def healthz(base_url: str) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.get("/healthz")
+        return response.status_code, response.json()
+
+
+class LiveCandidate:
+    """An open candidate page that keeps reading: answers pings, acks commands (optionally),
+    and records every message and how the socket ended."""
+
+    def __init__(self, client: WsClient, opened: dict[str, Any], ack: bool = True) -> None:
+        self.client = client
+        self.opened = opened
+        self.ack = ack
+        self.messages: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.closed = False
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def resume_token(self) -> str:
+        return str(self.opened["resume_token"])
+
+    @property
+    def session_id(self) -> str:
+        return str(self.opened["session"]["id"])
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    def commands(self, action: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.of_type("command") if action in (None, m["action"])]
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                message = await self.client.recv_any(timeout=3600)
+                self.messages.append(message)
+                if message["type"] == "ping":
+                    await self.client.send({"type": "pong", "t": message["t"]})
+                elif message["type"] == "command" and self.ack:
+                    await self.client.send({"type": "ack", "command_id": message["command_id"]})
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            self.closed = True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.client.send(message)
+
+    async def close(self) -> None:
+        await self.client.close()
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+class LiveDashboard:
+    """A dashboard that records every delta (event and event_batch) in arrival order."""
+
+    def __init__(self, client: WsClient, first: dict[str, Any]) -> None:
+        self.client = client
+        self.first = first
+        self.start_seq = int(first["seq"])
+        self.events: list[dict[str, Any]] = []
+        self.other: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.closed = False
+        self._task = asyncio.create_task(self._run())
+
+    @classmethod
+    async def watch(cls, ws_url: str, exam_id: str) -> LiveDashboard:
+        client, first = await watch(ws_url, exam_id)
+        assert first["type"] == "snapshot", first
+        return cls(client, first)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(e["seq"]) for e in self.events]
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1]["seq"] if self.events else self.start_seq
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind]
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                message = await self.client.recv_any(timeout=3600)
+                if message["type"] == "event":
+                    self.events.append(message["event"])
+                elif message["type"] == "event_batch":
+                    self.events.extend(message["events"])
+                else:
+                    self.other.append(message)
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            self.closed = True
+
+    async def close(self) -> None:
+        await self.client.close()
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task

@@ -49,3 +49,21 @@ def private_database() -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def refuse_connections(url: str) -> None:
+    """An outage of one database: new connections are refused, existing ones are cut."""
+    name = database_name(url)
+    pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    pg_admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+
+
+def allow_connections(url: str) -> None:
+    pg_admin(f'ALTER DATABASE "{database_name(url)}" WITH ALLOW_CONNECTIONS true')

@@ -1,0 +1,289 @@
+"""Faults end to end: SQL outages, a process killed mid-command, a Redis outage longer than the
+resume grace, and racing opens. Real uvicorn processes, real redis-server, PostgreSQL and
+SQLite, real WebSocket clients; every wait is a bounded poll for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clients import (
+    Api,
+    LiveCandidate,
+    LiveDashboard,
+    eventually,
+    healthz,
+    open_candidate,
+)
+from postgres import allow_connections, private_database, refuse_connections
+from server import ServerProcess
+
+# Refusal reasons documented in docs/protocol.md §6.1.
+DOCUMENTED_REFUSALS = {
+    "not_found", "not_eligible", "closed", "outside_window", "locked", "already_open",
+}
+
+
+@pytest.fixture
+def pg_db() -> Iterator[str]:
+    """A PostgreSQL database of this test alone (the test takes it down and up again)."""
+    yield from private_database()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+async def post_command(api: Api, exam_id: str, **body: Any) -> dict[str, Any]:
+    """A staff command that must be answered 200 (never 5xx: a 5xx would claim nothing was
+    applied)."""
+    response = await api.http.post(f"/api/v1/exams/{exam_id}/commands", json=body)
+    assert response.status_code == 200, (response.status_code, response.text)
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def open_live(ws_url: str, access_code: str, **fields: Any) -> LiveCandidate:
+    client, reply = await open_candidate(ws_url, access_code, **fields)
+    assert reply["type"] == "opened", reply
+    return LiveCandidate(client, reply)
+
+
+async def backlog_events(base_url: str) -> int | None:
+    _status, body = await healthz(base_url)
+    events: int | None = body["history_backlog"]["events"]
+    return events
+
+
+async def wait_drained(base_url: str, timeout: float = 40.0) -> None:
+    async def drained() -> bool:
+        status, body = await healthz(base_url)
+        return status == 200 and body["history_backlog"]["events"] == 0
+
+    await eventually(drained, timeout=timeout, interval=0.2)
+
+
+async def exam_history(api: Api, exam_id: str, session_ids: list[str]) -> dict[int, dict[str, Any]]:
+    """The exam's SQL history (the union of every session's), by seq; fails on a duplicate."""
+    by_seq: dict[int, dict[str, Any]] = {}
+    for sid in session_ids:
+        for event in await api.history(exam_id, sid):
+            assert event["seq"] not in by_seq, f"seq {event['seq']} twice in the history"
+            assert event["session_id"] == sid
+            by_seq[event["seq"]] = event
+    return by_seq
+
+
+def assert_gap_free(by_seq: dict[int, dict[str, Any]], dashboard: LiveDashboard) -> None:
+    """SQL holds 1..N with no gap, N is the last seq the dashboard saw, and every delta the
+    dashboard received is in SQL with the same kind and session."""
+    last = max(by_seq)
+    assert sorted(by_seq) == list(range(1, last + 1)), "gap in the SQL history"
+    seen = dashboard.seqs
+    assert seen == list(range(dashboard.start_seq + 1, dashboard.start_seq + 1 + len(seen))), (
+        "the dashboard's deltas are not consecutive"
+    )
+    assert dashboard.last_seq == last
+    for event in dashboard.events:
+        stored = by_seq[event["seq"]]
+        assert (stored["kind"], stored["session_id"]) == (event["kind"], event["session_id"])
+
+
+def assert_commands_recorded(
+    by_seq: dict[int, dict[str, Any]], results: list[dict[str, Any]]
+) -> None:
+    for result in results:
+        for applied in result["applied"]:
+            stored = by_seq[applied["seq"]]
+            assert stored["kind"] == result["action"], (stored, result)
+            assert stored["session_id"] == applied["session_id"]
+            assert stored["details"]["command_id"] == result["command_id"]
+
+
+# -- 1 and 2: SQL outages ------------------------------------------------------------------------
+
+
+async def run_through_sql_outage(
+    server: ServerProcess,
+    begin: Callable[[], Awaitable[None]],
+    confirm: Callable[[], Awaitable[None]],
+    end: Callable[[], Awaitable[None]],
+    count: int = 20,
+) -> None:
+    """Candidates of a locking exam open; SQL goes away (`begin`, `confirm` proves it hurts);
+    commands, progress, acks and resumes go on; SQL comes back (`end`); the history catches up
+    with no gap and no duplicate."""
+    api = Api(server.url)
+    try:
+        exam = await api.create_exam(settings={"lock_sessions": True})
+        exam_id = exam["id"]
+        sessions = await api.create_sessions(exam_id, count)
+        ids = [s["id"] for s in sessions]
+        dashboard = await LiveDashboard.watch(server.ws_url, exam_id)
+        live = [await open_live(server.ws_url, s["access_code"]) for s in sessions]
+        await eventually(lambda: len(dashboard.kinds("opened")) == count)
+        await wait_drained(server.url)
+
+        await begin()
+        results: list[dict[str, Any]] = []
+
+        async def command(**body: Any) -> dict[str, Any]:
+            result = await post_command(api, exam_id, **body)
+            results.append(result)
+            return result
+
+        async def reaches(candidates: list[LiveCandidate], result: dict[str, Any]) -> None:
+            def check() -> bool:
+                return all(
+                    any(m["command_id"] == result["command_id"] for m in c.commands())
+                    for c in candidates
+                )
+
+            await eventually(check)
+
+        # targeted commands
+        first = live[:5]
+        paused = await command(action="pause", target=[c.session_id for c in first])
+        assert {a["session_id"] for a in paused["applied"]} == {c.session_id for c in first}
+        await reaches(first, paused)
+        resumed = await command(action="resume", target={"session_ids": [first[0].session_id]})
+        assert len(resumed["applied"]) == 1
+        await reaches(first[:1], resumed)
+        told = await command(action="notice", target=live[7].session_id, text="one")
+        await reaches([live[7]], told)
+        await confirm()
+        backlog_a = await backlog_events(server.url)
+
+        # progress and acks from everyone (acks are sent by LiveCandidate on every command)
+        for i, candidate in enumerate(live):
+            await candidate.send({"type": "progress", "position": i + 1, "answered": i})
+        await eventually(lambda: {e["session_id"] for e in dashboard.kinds("progress")} >= set(ids))
+
+        # bulk commands
+        everyone = await command(action="notice", target="all", text="ten minutes left")
+        assert len(everyone["applied"]) == count
+        await reaches(live, everyone)
+        bulk_pause = await command(action="pause", target={"status": "active"})
+        assert len(bulk_pause["applied"]) == count - 4
+        bulk_resume = await command(action="resume", target={"status": ["paused"]})
+        assert len(bulk_resume["applied"]) == count
+        await reaches(live[5:], bulk_resume)
+        acked = {r["command_id"] for r in results}
+        await eventually(
+            lambda: {e["details"]["command_id"] for e in dashboard.kinds("delivered")} >= acked
+        )
+
+        # some pages drop and come back with their resume token: opened, not refused
+        dropped = live[10:15]
+        for candidate in dropped:
+            await candidate.close()
+        await eventually(lambda: len(dashboard.kinds("disconnected")) >= len(dropped))
+        for index, candidate in zip(range(10, 15), dropped, strict=True):
+            live[index] = await open_live(
+                server.ws_url, sessions[index]["access_code"], resume_token=candidate.resume_token
+            )
+        refused_now, _ = await open_candidate(server.ws_url, sessions[0]["access_code"])
+        # a stranger still gets `already_open` (the lock holds during the outage)
+        assert _["reason"] == "already_open"
+        await refused_now.close()
+        late = await command(action="notice", target="all", text="after the resumes")
+        await reaches(live, late)
+
+        status, body = await healthz(server.url)
+        assert status == 200, body
+        backlog_b = body["history_backlog"]["events"]
+        assert backlog_a is not None and backlog_b is not None
+        assert 0 < backlog_a < backlog_b, (backlog_a, backlog_b)
+
+        await end()
+        await wait_drained(server.url)
+        status, body = await healthz(server.url)
+        assert (status, body["status"]) == (200, "ok"), body
+
+        by_seq = await exam_history(api, exam_id, ids)
+        await eventually(lambda: dashboard.last_seq == max(by_seq))
+        assert_gap_free(by_seq, dashboard)
+        assert_commands_recorded(by_seq, results)
+        refusals = [e for e in by_seq.values() if e["kind"] == "refused"]
+        assert [e["details"]["reason"] for e in refusals] == ["already_open"]  # the stranger
+        assert len([e for e in by_seq.values() if e["kind"] == "reconnected"]) == len(dropped)
+        assert not any(c.closed for c in live)
+        for candidate in live:
+            await candidate.close()
+        await dashboard.close()
+    finally:
+        await api.close()
+
+
+async def test_postgres_outage_answers_commands_and_history_catches_up(
+    pg_db: str, redis_url: str
+) -> None:
+    server = ServerProcess(
+        redis_url=redis_url, database_url=pg_db, redis_prefix=f"so{uuid.uuid4().hex[:8]}:"
+    ).start()
+
+    async def begin() -> None:
+        await asyncio.to_thread(refuse_connections, pg_db)
+
+    async def confirm() -> None:
+        async def degraded() -> bool:
+            status, body = await healthz(server.url)
+            assert status == 200, body
+            return body["status"] == "degraded" and body["database"] != "ok"
+
+        await eventually(degraded, timeout=15)
+
+    async def end() -> None:
+        await asyncio.to_thread(allow_connections, pg_db)
+
+    try:
+        await run_through_sql_outage(server, begin, confirm, end)
+    finally:
+        with contextlib.suppress(Exception):
+            allow_connections(pg_db)
+        server.stop()
+
+
+async def test_sqlite_locked_longer_than_busy_timeout(tmp_path: Path) -> None:
+    db_path = tmp_path / "rt.db"
+    server = ServerProcess(
+        redis_url="", database_url=f"sqlite+aiosqlite:///{db_path}", workdir=tmp_path
+    ).start()
+    holder: list[sqlite3.Connection] = []
+
+    def lock() -> None:
+        conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN EXCLUSIVE")
+        holder.append(conn)
+
+    async def begin() -> None:
+        await asyncio.to_thread(lock)
+
+    async def confirm() -> None:
+        # The commands made before this wait in the outbox; the drainer's write waits out the
+        # busy timeout (5 s) and fails "database is locked", and again while the lock is held.
+        async def failed() -> bool:
+            _, body = await healthz(server.url)
+            backlog = body["history_backlog"]
+            return bool(backlog["drain_failures"] >= 1 and backlog["events"]
+                        and "locked" in backlog.get("last_error", ""))
+
+        await eventually(failed, timeout=30, interval=0.3)
+
+    async def end() -> None:
+        conn = holder.pop()
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    try:
+        await run_through_sql_outage(server, begin, confirm, end)
+    finally:
+        for conn in holder:
+            conn.close()
+        server.stop()
+
