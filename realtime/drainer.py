@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BATCH = 2000  # outbox entries per claim
 LEASE = 10.0  # seconds an exam stays with its drainer without a renewal
 RESCAN = 2.0  # seconds between looks at every exam's outbox (besides wake-ups)
+GATHER = 0.05  # after a wake-up, let more arrive for this long: fewer, bigger transactions
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 
 
@@ -108,6 +109,7 @@ class Drainer:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(RESCAN):
                             await self._wake.wait()
+                    await asyncio.sleep(GATHER)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 
 CONTENTION_BUDGET = 30.0  # seconds a change keeps deciding again after lost races
 EXAM_CACHE_SECONDS = 1.0
+# What a staff command reads of each session to choose its targets and decide (a bulk command
+# over a whole exam reads these, not every field).
+COMMAND_FIELDS = (
+    "id", "exam_id", "candidate_id", "candidate_name", "group", "status", "locked", "relock",
+    "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
+    "notice_id", "version",
+)
 RESULT_KEEP = 24 * 3600  # seconds a command's answer is kept for retries with its command_id
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
@@ -585,10 +592,10 @@ class SessionService:
                 return BulkResult.from_dict(stored)
 
         if target.is_filter:
-            sessions, _ = await self.store.snapshot(exam_id)
+            sessions, _ = await self.store.snapshot(exam_id, COMMAND_FIELDS)
             if not sessions:  # nothing, or a state store that lost the exam: make sure
                 await self.get_exam(exam_id, fresh=True)
-                sessions, _ = await self.store.snapshot(exam_id)
+                sessions, _ = await self.store.snapshot(exam_id, COMMAND_FIELDS)
             candidates = [s for s in sessions if target.matches(s)]
             if target.session_ids:
                 wanted = set(target.session_ids)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -28,6 +29,32 @@ class _Close:
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
+
+
+class _Resume:
+    """Await the rest of a coroutine that was started by hand and is waiting on `waiting`."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self.coro, self.waiting
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration:
+                    return
 
 
 class Connection:
@@ -108,30 +135,65 @@ class Connection:
             self.reader.cancel()
 
     def _enqueue(self, item: bytes | str | _Close) -> None:
+        if self._writer is None and not self._queue:
+            self._send_now(item)
+            return
         self._queue.append(item)
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            self._writer = asyncio.get_running_loop().create_task(self._drain(None))
 
-    async def _drain(self) -> None:
+    def _send_coro(self, item: bytes | str | _Close) -> Coroutine[Any, Any, None]:
         ws = self.websocket
+        if isinstance(item, _Close):
+            return ws.close(item.code, item.reason)
+        if isinstance(item, bytes):
+            return ws.send_bytes(item)
+        return ws.send_text(item)
+
+    def _send_now(self, item: bytes | str | _Close) -> None:
+        """Send without a task: the ASGI send of a writable socket completes without waiting
+        (it only waits while the transport applies backpressure), so drive it by hand. Only
+        if it does wait does the rest go to a writer task. A fan-out to thousands of sockets
+        then costs no task per message."""
+        coro = self._send_coro(item)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            if isinstance(item, _Close):
+                self._queue.clear()
+            return
+        except Exception as exc:  # the peer went away
+            coro.close()
+            self._gone(exc)
+            return
+        self._writer = asyncio.get_running_loop().create_task(
+            self._drain((coro, waiting, isinstance(item, _Close)))
+        )
+
+    def _gone(self, exc: BaseException) -> None:
+        log.debug("writer stopped: %r", exc)
+        self.closing = True
+        self._queue.clear()
+
+    async def _drain(self, started: tuple[Coroutine[Any, Any, None], Any, bool] | None) -> None:
         queue = self._queue
         try:
+            if started is not None:
+                coro, waiting, was_close = started
+                await _Resume(coro, waiting)
+                if was_close:
+                    queue.clear()
+                    return
             while queue:
                 item = queue.popleft()
+                await self._send_coro(item)
                 if isinstance(item, _Close):
                     queue.clear()
-                    await ws.close(item.code, item.reason)
                     return
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_text(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send
-            log.debug("writer stopped: %r", exc)
-            self.closing = True
-            queue.clear()
+            self._gone(exc)
         finally:
             self._writer = None
 

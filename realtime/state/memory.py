@@ -122,8 +122,14 @@ class MemoryStore:
     async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
         return self._candidates.get((exam_id, candidate_id))
 
-    async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
-        sessions = [dict(s) for s in self._sessions.get(exam_id, {}).values()]
+    async def snapshot(
+        self, exam_id: str, fields: tuple[str, ...] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        values = self._sessions.get(exam_id, {}).values()
+        if fields:
+            sessions = [{name: s[name] for name in fields} for s in values]
+        else:
+            sessions = [dict(s) for s in values]
         return sessions, self._seq.get(exam_id, 0)
 
     async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:

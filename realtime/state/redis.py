@@ -35,7 +35,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from realtime.state.model import Event, Exam
+from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
     Backlog,
     Commit,
@@ -521,12 +521,22 @@ class RedisStore:
         raw = await self._client.hget(self.keys.candidates(exam_id), candidate_id)
         return None if raw is None else _text(raw)
 
-    async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
+    async def snapshot(
+        self, exam_id: str, fields: tuple[str, ...] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
         reply = await self._snapshot_script(
             keys=[self.keys.seq(exam_id), self.keys.sessions(exam_id)],
-            args=[self.keys.session_prefix(exam_id)],
+            args=[self.keys.session_prefix(exam_id), *(fields or ())],
         )
-        return [_decode_fields(fields) for fields in reply[1:]], int(reply[0])
+        if not fields:
+            return [_decode_fields(values) for values in reply[1:]], int(reply[0])
+        loads = orjson.loads
+        sessions = [
+            {name: loads(value) if value is not None else SESSION_DEFAULTS[name]
+             for name, value in zip(fields, values, strict=True)}
+            for values in reply[1:]
+        ]
+        return sessions, int(reply[0])
 
     async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
         reply = await self._stale_script(

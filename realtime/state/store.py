@@ -112,8 +112,11 @@ class StateStore(Protocol):
     async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
         """The session id of a candidate in an exam (without asking SQL)."""
 
-    async def snapshot(self, exam_id: str) -> tuple[list[dict[str, Any]], int]:
-        """All sessions of an exam and the exam sequence number they include (atomically)."""
+    async def snapshot(
+        self, exam_id: str, fields: tuple[str, ...] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """All sessions of an exam and the exam sequence number they include (atomically);
+        with `fields`, only those fields of each session (cheaper for big exams)."""
 
     async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
         """Ids of sessions still marked connected whose `last_seen` is before `seen_before`
