@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from clients import (
     Api,
@@ -287,3 +288,93 @@ async def test_sqlite_locked_longer_than_busy_timeout(tmp_path: Path) -> None:
             conn.close()
         server.stop()
 
+
+
+# -- 3: a process killed during a bulk command ---------------------------------------------------
+
+
+async def list_sessions(api: Api, exam_id: str) -> list[dict[str, Any]]:
+    response = await api.http.get(f"/api/v1/exams/{exam_id}/sessions")
+    assert response.status_code == 200, response.text
+    sessions: list[dict[str, Any]] = response.json()["sessions"]
+    return sessions
+
+
+async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None:
+    """Kill the process applying a bulk extend as soon as its first delta shows on the other
+    process: the survivor drains what the dead one left, SQL equals the event log, and a retry
+    with the same command_id extends every session exactly once."""
+    count = 300
+    shared = {
+        "redis_url": redis_url,
+        "database_url": pg_db,
+        "redis_prefix": f"k{uuid.uuid4().hex[:8]}:",
+    }
+    doomed = ServerProcess(**shared).start()  # type: ignore[arg-type]
+    survivor = ServerProcess(**shared).start()  # type: ignore[arg-type]
+    api_doomed, api = Api(doomed.url), Api(survivor.url)
+    try:
+        exam = await api.create_exam(settings={"lock_sessions": True})
+        exam_id = exam["id"]
+        sessions = await api.create_sessions(exam_id, count)
+        ids = [s["id"] for s in sessions]
+        # a few candidates are connected (on both processes), the rest are not
+        live = [
+            await open_live((doomed if i % 2 else survivor).ws_url, s["access_code"])
+            for i, s in enumerate(sessions[:10])
+        ]
+        dashboard = await LiveDashboard.watch(survivor.ws_url, exam_id)
+        await wait_drained(survivor.url)
+
+        body = {"action": "extend", "minutes": 5, "target": "all", "command_id": "k1"}
+        call = asyncio.create_task(
+            api_doomed.http.post(f"/api/v1/exams/{exam_id}/commands", json=body)
+        )
+        await eventually(lambda: dashboard.kinds("extend") or call.done(), timeout=30,
+                         interval=0.005)
+        doomed.kill()
+        try:
+            response = await call
+        except httpx.HTTPError:
+            pass  # cut off: the answer never came
+        else:
+            assert response.status_code == 200, response.text  # never 5xx once applied
+
+        # The survivor claims what the dead consumer left (after its lease) and drains it all.
+        await wait_drained(survivor.url, timeout=45)
+        by_seq = await exam_history(api, exam_id, ids)
+        await eventually(lambda: dashboard.last_seq >= max(by_seq))
+        assert_gap_free(by_seq, dashboard)
+        first_round = {e["session_id"] for e in by_seq.values() if e["kind"] == "extend"}
+        assert first_round, "the killed call applied nothing before the kill"
+
+        # The retry on the survivor: nothing twice, the rest now.
+        retry = await post_command(api, exam_id, **body)
+        assert retry["command_id"] == "k1"
+        assert sorted(a["session_id"] for a in retry["applied"]) == sorted(ids)
+        assert retry["skipped"] == []
+        for session in await list_sessions(api, exam_id):
+            assert session["extra_minutes"] == 5, session
+        again = await post_command(api, exam_id, **body)
+        assert again == retry  # a second retry answers the same
+
+        await wait_drained(survivor.url, timeout=45)
+        by_seq = await exam_history(api, exam_id, ids)
+        await eventually(lambda: dashboard.last_seq >= max(by_seq))
+        assert_gap_free(by_seq, dashboard)
+        extends = [e for e in by_seq.values() if e["kind"] == "extend"]
+        assert sorted(e["session_id"] for e in extends) == sorted(ids)  # once per session
+        assert {e["details"]["command_id"] for e in extends} == {"k1"}
+        assert {a["seq"] for a in retry["applied"]} == {e["seq"] for e in extends}
+        # connected candidates on the survivor got it pushed exactly once
+        survivors = [c for c in live if not c.closed]
+        assert survivors
+        await eventually(lambda: all(len(c.commands("extend")) == 1 for c in survivors))
+        for candidate in survivors:
+            await candidate.close()
+        await dashboard.close()
+    finally:
+        await api_doomed.close()
+        await api.close()
+        doomed.stop()
+        survivor.stop()
