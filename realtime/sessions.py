@@ -586,8 +586,12 @@ class SessionService:
         result = BulkResult(command_id=command_id, action=action.value)
         if not principal.can(ACTION_PERMISSION[action]):
             raise Forbidden(f"you may not {action.value} sessions")
+        applied_before: dict[str, int] = {}
         if given_id:
-            stored = await self.store.command_result(exam_id, given_id)
+            stored, applied_before = await asyncio.gather(
+                self.store.command_result(exam_id, given_id),
+                self.store.command_applied(exam_id, given_id),
+            )
             if stored is not None:
                 return BulkResult.from_dict(stored)
 
@@ -633,13 +637,17 @@ class SessionService:
                     }
                 )
         now = self.clock()
+        known = {s["id"]: s for s in candidates}
         outcomes = await self._mutate(
             exam_id,
-            visible,
+            [sid for sid in visible if sid not in applied_before],
             lambda s: machine.apply_command(s, exam, action, principal.actor, now, params),
-            known={s["id"]: s for s in candidates},
+            known=known,
             command_id=given_id,
         )
+        for sid, seq in applied_before.items():  # by an earlier call with this command_id
+            if sid in known:
+                outcomes[sid] = (AlreadyApplied(seq), known[sid])
         for sid in visible:
             outcome, before = outcomes[sid]
             if outcome is None:

@@ -421,6 +421,8 @@ async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
     [again] = await store.commit([other])
     assert again.ok
 
+    assert await store.command_applied(A, "cmd-1") == {"s1": 1, "s2": 2}
+    assert await store.command_applied(A, "nope") == {}
     assert await store.command_result(A, "cmd-1") is None
     await store.save_command_result(A, "cmd-1", {"applied": [{"session_id": "s1"}]})
     assert await store.command_result(A, "cmd-1") == {"applied": [{"session_id": "s1"}]}

@@ -240,6 +240,9 @@ class MemoryStore:
     async def command_result(self, exam_id: str, command_id: str) -> dict[str, Any] | None:
         return self._results.get((exam_id, command_id))
 
+    async def command_applied(self, exam_id: str, command_id: str) -> dict[str, int]:
+        return dict(self._applied.get((exam_id, command_id), {}))
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:

@@ -589,6 +589,10 @@ class RedisStore:
         raw = await self._client.get(self.keys.command_result(exam_id, command_id))
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
+    async def command_applied(self, exam_id: str, command_id: str) -> dict[str, int]:
+        raw = await self._client.hgetall(self.keys.command(exam_id, command_id))
+        return {_text(sid): int(seq) for sid, seq in raw.items()}
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:

@@ -147,6 +147,9 @@ class StateStore(Protocol):
     async def command_result(self, exam_id: str, command_id: str) -> dict[str, Any] | None:
         """The stored answer of a finished command, for idempotent retries."""
 
+    async def command_applied(self, exam_id: str, command_id: str) -> dict[str, int]:
+        """Sessions that applied a command, with the seq of their first event of it."""
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None: ...
