@@ -23,6 +23,7 @@ from clients import (
     open_candidate,
 )
 from postgres import allow_connections, private_database, refuse_connections
+from redis_server import RedisServer
 from server import ServerProcess
 
 # Refusal reasons documented in docs/protocol.md §6.1.
@@ -378,3 +379,96 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None
         await api.close()
         doomed.stop()
         survivor.stop()
+
+
+# -- 4: Redis down for longer than the resume grace ----------------------------------------------
+
+
+async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None:
+    """Redis goes away for twice the grace (and comes back empty). Open sockets stay open and
+    are shown connected again; pages that dropped meanwhile resume with their token."""
+    redis = RedisServer()
+    redis.start()
+    server = ServerProcess(
+        redis_url=redis.url,
+        workdir=tmp_path,
+        resume_grace=3,
+        ping_interval=0.2,
+        ping_timeout=2.0,
+        stale_after=1.0,
+    ).start()
+    api = Api(server.url)
+    try:
+        exam = await api.create_exam(settings={"lock_sessions": True})
+        exam_id = exam["id"]
+        sessions = await api.create_sessions(exam_id, 12)
+        live = [await open_live(server.ws_url, s["access_code"]) for s in sessions]
+        staying, leaving = live[:8], live[8:]
+        for i, candidate in enumerate(live):
+            await candidate.send({"type": "progress", "position": i + 1, "answered": 0})
+
+        async def progress_recorded() -> bool:
+            return all(s["position"] > 0 for s in await list_sessions(api, exam_id))
+
+        await eventually(progress_recorded)
+        await wait_drained(server.url)  # SQL has everything: Redis may lose it all
+
+        redis.stop()
+        down_since = asyncio.get_running_loop().time()
+        status, body = await healthz(server.url)
+        assert status == 503, body
+        for candidate in staying:
+            await candidate.send({"type": "progress", "position": 100, "answered": 1})
+            await candidate.send({"type": "client_event", "name": "focus_lost"})
+
+        def unavailable() -> bool:
+            return all(
+                any(m.get("code") == "unavailable" for m in c.of_type("error")) for c in staying
+            )
+
+        await eventually(unavailable)
+        for candidate in leaving:
+            await candidate.close()
+        # The outage lasts twice the grace; the open pages keep answering pings meanwhile.
+        while asyncio.get_running_loop().time() - down_since < 6.0:
+            assert not any(c.closed for c in staying), [c.close_code for c in staying]
+            await asyncio.sleep(0.2)
+        redis.start()
+
+        async def all_connected() -> bool:
+            response = await api.http.get(f"/api/v1/exams/{exam_id}/sessions")
+            if response.status_code != 200:
+                return False
+            state = {s["id"]: s for s in response.json()["sessions"]}
+            return all(state[c.session_id]["connected"] for c in staying)
+
+        await eventually(all_connected, timeout=30, interval=0.2)
+        assert not any(c.closed for c in staying), [c.close_code for c in staying]
+
+        back = []
+        for candidate, session in zip(leaving, sessions[8:], strict=True):
+            client, reply = await open_candidate(
+                server.ws_url, session["access_code"], resume_token=candidate.resume_token
+            )
+            assert reply["type"] == "opened", (reply, server.log()[-3000:])
+            back.append(LiveCandidate(client, reply))
+
+        # the pages that stayed still hold their sessions: their progress lands
+        for candidate in staying:
+            await candidate.send({"type": "progress", "position": 200, "answered": 2})
+
+        async def moved_on() -> bool:
+            state = {s["id"]: s for s in await list_sessions(api, exam_id)}
+            return all(
+                state[c.session_id]["position"] == 200 and state[c.session_id]["connected"]
+                for c in staying
+            ) and all(state[c.session_id]["connected"] for c in back)
+
+        await eventually(moved_on, timeout=20)
+        assert not any(c.closed for c in staying + back)
+        for candidate in staying + back:
+            await candidate.close()
+    finally:
+        await api.close()
+        server.stop()
+        redis.cleanup()
