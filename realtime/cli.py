@@ -44,6 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         ws_max_size=1024 * 1024,
         ws_ping_interval=None,
+        # Off by default (REALTIME_WS_DEFLATE): our frames are small msgpack/JSON that barely
+        # compress, and every socket that negotiates permessage-deflate keeps zlib state of
+        # its own (see docs/performance.md for the memory per connection with and without).
+        ws_per_message_deflate=settings.ws_deflate,
         lifespan="on",
         # X-Forwarded-For only from REALTIME_TRUSTED_PROXIES (none by default), as the app does
         forwarded_allow_ips=settings.trusted_proxies,

@@ -47,6 +47,7 @@ class Settings:
     ping_timeout: float = 12.0
     send_queue_size: int = 1024
     max_message_bytes: int = 16 * 1024
+    ws_deflate: bool = False  # accept permessage-deflate (costs zlib state per socket)
     event_log_size: int = 10_000
     gc_freeze_interval: float = 10.0  # 0: leave Python's garbage collector as it is
     gc_full_interval: float = 900.0
@@ -82,6 +83,7 @@ class Settings:
             ping_timeout=_float("REALTIME_PING_TIMEOUT", defaults.ping_timeout),
             send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),
             max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
+            ws_deflate=_bool("REALTIME_WS_DEFLATE", defaults.ws_deflate),
             event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),
             gc_freeze_interval=_float("REALTIME_GC_FREEZE_INTERVAL", defaults.gc_freeze_interval),
             gc_full_interval=_float("REALTIME_GC_FULL_INTERVAL", defaults.gc_full_interval),
