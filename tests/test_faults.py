@@ -472,3 +472,50 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
         await api.close()
         server.stop()
         redis.cleanup()
+
+
+# -- 5: racing opens -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("locking", [False, True], ids=["unlocked-exam", "locking-exam"])
+async def test_fifty_racing_opens_leave_exactly_one_live_connection(
+    server: ServerProcess, locking: bool
+) -> None:
+    """50 concurrent opens of one session: each gets `opened` (maybe superseded later) or a
+    documented refusal, never a contention error; in the end exactly one socket holds it."""
+    api = Api(server.url)
+    try:
+        exam = await api.create_exam(settings={"lock_sessions": locking})
+        [session] = await api.create_sessions(exam["id"], 1)
+        results = await asyncio.gather(
+            *(open_candidate(server.ws_url, session["access_code"]) for _ in range(50))
+        )
+        replies = [reply for _, reply in results]
+        assert {r["type"] for r in replies} <= {"opened", "refused"}
+        reasons = {r["reason"] for r in replies if r["type"] == "refused"}
+        assert reasons <= DOCUMENTED_REFUSALS, reasons
+        opened = [LiveCandidate(c, r) for c, r in results if r["type"] == "opened"]
+        assert opened
+        if locking:
+            assert len(opened) == 1 and reasons == {"already_open"}
+
+        await eventually(lambda: sum(not c.closed for c in opened) == 1)
+        [holder] = [c for c in opened if not c.closed]
+        for loser in opened:
+            if loser is not holder:
+                assert loser.close_code == 4100 and loser.of_type("superseded"), loser.messages
+        await holder.send({"type": "progress", "position": 7, "answered": 3})
+
+        async def holds() -> bool:
+            state = await api.session(exam["id"], session["id"])
+            return bool(state["connected"] and state["position"] == 7)
+
+        await eventually(holds)
+        assert not holder.closed
+        assert holder.of_type("error") == []
+        await holder.close()
+        for client, reply in results:
+            if reply["type"] == "refused":
+                await client.close()
+    finally:
+        await api.close()
