@@ -50,6 +50,7 @@ export const CloseCode = Object.freeze({
   GOING_AWAY: 1001,
   ABNORMAL: 1006, // set by the browser when the connection dropped without a close frame
   MESSAGE_TOO_BIG: 1009,
+  TRY_AGAIN_LATER: 1013, // the server cannot reach its state store right now; reconnect
   SLOW_CONSUMER: 4008, // the send queue overflowed; reconnect and resynchronise
   PING_TIMEOUT: 4009, // no answer to pings; reconnect
   RESYNC: 4010, // the server missed events; reconnect with last_seq

@@ -38,6 +38,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013  # a backend does not answer (open not possible now); reconnect
     # reconnect allowed
     SLOW_CONSUMER = 4008  # the send queue overflowed; reconnect and resynchronise
     PING_TIMEOUT = 4009  # no answer to pings; reconnect

@@ -195,6 +195,9 @@ async def _serve(
             conn.send(error_message(ErrorCode.UNAVAILABLE,
                                     "the server cannot reach its state store; retry",
                                     request=kind))
+            if link is None:  # not open yet: the page reconnects with backoff and tries again
+                conn.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+                return
 
 
 async def _handle(
