@@ -28,7 +28,7 @@ from realtime.state.store import Backlog, OutboxEntry, StateStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000  # outbox entries per claim
+BATCH = 200  # outbox entries per claim (one SQL transaction; a bulk entry holds many events)
 LEASE = 10.0  # seconds an exam stays with its drainer without a renewal
 RESCAN = 2.0  # seconds between looks at every exam's outbox (besides wake-ups)
 GATHER = 0.05  # after a wake-up, let more arrive for this long: fewer, bigger transactions
