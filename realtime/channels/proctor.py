@@ -18,7 +18,14 @@ from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.channels.common import accept, error_message, messages, required_str
 from realtime.commands import parse_command
-from realtime.errors import BadRequest, CloseCode, ErrorCode, Forbidden, RealtimeError
+from realtime.errors import (
+    BadRequest,
+    CloseCode,
+    ErrorCode,
+    Forbidden,
+    RealtimeError,
+    backend_down,
+)
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Watcher, public_event
 from realtime.identity.audit import Ctx
@@ -108,6 +115,13 @@ async def _serve(
             conn.send(error_message(exc.code, exc.message, request=kind, **extra))
         except RealtimeError as exc:
             conn.send(error_message(exc.code, exc.message, request=kind, **extra))
+        except Exception as exc:
+            if not backend_down(exc):
+                raise
+            log.warning("dashboard %s not served, backend down: %r", kind, exc)
+            conn.send(error_message(ErrorCode.UNAVAILABLE,
+                                    "a backend does not answer; nothing was applied; retry",
+                                    request=kind, **extra))
 
 
 async def _subscribe(

@@ -549,7 +549,8 @@ class GuestService:
         moved = await self._move(exam, session_id, candidate_id, name, new_group, ctx, now)
         self.forget_tokens()
         # The live copy and the `reassigned` history event go through the ordinary commit
-        # path (next exam seq, published to dashboards, durable in SQL before we answer).
+        # path (next exam seq, published to dashboards, held by the exam's outbox; the
+        # drainer writes it to SQL right after).
         event: Event = moved["event"]
         await self.sessions.record_change(
             exam.id, session_id, REASSIGNED, event.actor, moved["changes"], event.details
