@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store.add_listener(hub.on_event)
         store.add_listener(drainer.on_event)
         store.add_resubscribe_listener(hub.resynchronise)
+        store.add_resubscribe_listener(service.store_came_back)
         await store.start()
         identity = build_identity(settings, db)
         app.state.identity = identity

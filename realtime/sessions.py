@@ -273,6 +273,21 @@ class SessionService:
                         exam_id, len(states))
             return exam
 
+    def store_came_back(self) -> None:
+        """The state store answered again after an outage (a resubscribe listener). If it came
+        back from an older copy of its data (AOF with `everysec`, a replica), its sequence
+        counters may be behind what SQL already holds: move them past it before they are
+        reused."""
+        self._background(self._realign_sequences())
+
+    async def _realign_sequences(self) -> None:
+        try:
+            for exam_id in await self.store.outbox_exams():
+                await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
+        except Exception:
+            log.warning("could not realign sequence numbers after a store outage",
+                        exc_info=True)
+
     async def list_exams(self) -> list[Exam]:
         return await self.db.list_exams()
 
