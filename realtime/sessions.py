@@ -602,10 +602,11 @@ class SessionService:
         if not principal.can(ACTION_PERMISSION[action]):
             raise Forbidden(f"you may not {action.value} sessions")
         applied_before: dict[str, int] = {}
-        if given_id:
-            stored, applied_before = await asyncio.gather(
-                self.store.command_result(exam_id, given_id),
-                self.store.command_applied(exam_id, given_id),
+        fetched: list[dict[str, Any] | None] = []
+        ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
+        if given_id or ids:
+            stored, applied_before, fetched = await self.store.read_for_command(
+                exam_id, given_id, ids
             )
             if stored is not None:
                 return BulkResult.from_dict(stored)
@@ -620,8 +621,6 @@ class SessionService:
                 wanted = set(target.session_ids)
                 candidates = [s for s in candidates if s["id"] in wanted]
         else:
-            ids = list(dict.fromkeys(target.session_ids or []))  # each session once
-            fetched = await self.store.get_sessions(exam_id, ids)
             if any(s is None for s in fetched):  # unknown ids, or a store that lost the exam
                 await self.get_exam(exam_id, fresh=True)
                 fetched = await self.store.get_sessions(exam_id, ids)

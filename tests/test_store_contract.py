@@ -427,6 +427,12 @@ async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
     await store.save_command_result(A, "cmd-1", {"applied": [{"session_id": "s1"}]})
     assert await store.command_result(A, "cmd-1") == {"applied": [{"session_id": "s1"}]}
     assert await store.command_result(B, "cmd-1") is None
+    result, applied, sessions = await store.read_for_command(A, "cmd-1", ["s2", "ghost"])
+    assert result == {"applied": [{"session_id": "s1"}]}
+    assert applied == {"s1": 1, "s2": 2}
+    assert sessions == await store.get_sessions(A, ["s2", "ghost"])
+    assert await store.read_for_command(A, "", ["s1"]) == (None, {}, await store.get_sessions(
+        A, ["s1"]))
 
 
 async def test_session_by_candidate(store: StateStore) -> None:

@@ -243,6 +243,17 @@ class MemoryStore:
     async def command_applied(self, exam_id: str, command_id: str) -> dict[str, int]:
         return dict(self._applied.get((exam_id, command_id), {}))
 
+    async def read_for_command(
+        self, exam_id: str, command_id: str, session_ids: list[str]
+    ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
+        if not command_id:
+            return None, {}, await self.get_sessions(exam_id, session_ids)
+        return (
+            await self.command_result(exam_id, command_id),
+            await self.command_applied(exam_id, command_id),
+            await self.get_sessions(exam_id, session_ids),
+        )
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:

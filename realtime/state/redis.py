@@ -593,6 +593,24 @@ class RedisStore:
         raw = await self._client.hgetall(self.keys.command(exam_id, command_id))
         return {_text(sid): int(seq) for sid, seq in raw.items()}
 
+    async def read_for_command(
+        self, exam_id: str, command_id: str, session_ids: list[str]
+    ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            if command_id:
+                pipe.get(self.keys.command_result(exam_id, command_id))
+                pipe.hgetall(self.keys.command(exam_id, command_id))
+            for sid in session_ids:
+                pipe.hgetall(self.keys.session(exam_id, sid))
+            replies = await pipe.execute()
+        result, applied = None, {}
+        if command_id:
+            raw_result, raw_applied, replies = replies[0], replies[1], replies[2:]
+            result = None if raw_result is None else orjson.loads(raw_result)
+            applied = {_text(sid): int(seq) for sid, seq in raw_applied.items()}
+        sessions = [_decode_fields(raw) if raw else None for raw in replies]
+        return result, applied, sessions
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:

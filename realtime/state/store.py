@@ -150,6 +150,12 @@ class StateStore(Protocol):
     async def command_applied(self, exam_id: str, command_id: str) -> dict[str, int]:
         """Sessions that applied a command, with the seq of their first event of it."""
 
+    async def read_for_command(
+        self, exam_id: str, command_id: str, session_ids: list[str]
+    ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
+        """`command_result`, `command_applied` (both skipped without a command id) and
+        `get_sessions`, in one round trip: what a targeted command reads before deciding."""
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None: ...
