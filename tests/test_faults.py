@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -301,10 +302,15 @@ async def list_sessions(api: Api, exam_id: str) -> list[dict[str, Any]]:
     return sessions
 
 
-async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None:
+@pytest.mark.parametrize("sql_down", [False, True], ids=["sql-up", "sql-down-at-kill"])
+async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str, sql_down: bool) -> None:
     """Kill the process applying a bulk extend as soon as its first delta shows on the other
     process: the survivor drains what the dead one left, SQL equals the event log, and a retry
-    with the same command_id extends every session exactly once."""
+    with the same command_id extends every session exactly once.
+
+    With `sql_down`, PostgreSQL refuses connections from before the command until after the
+    kill, so the dead process's drainer cannot have written what it claimed: the survivor has
+    to take the exam's outbox over once the dead one's lease runs out."""
     count = 300
     shared = {
         "redis_url": redis_url,
@@ -327,12 +333,20 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None
         dashboard = await LiveDashboard.watch(survivor.ws_url, exam_id)
         await wait_drained(survivor.url)
 
+        if sql_down:
+            await asyncio.to_thread(refuse_connections, pg_db)
         body = {"action": "extend", "minutes": 5, "target": "all", "command_id": "k1"}
         call = asyncio.create_task(
             api_doomed.http.post(f"/api/v1/exams/{exam_id}/commands", json=body)
         )
         await eventually(lambda: dashboard.kinds("extend") or call.done(), timeout=30,
                          interval=0.005)
+        if sql_down:  # the doomed process tried to drain and could not
+            async def doomed_failed() -> bool:
+                _, health = await healthz(doomed.url)
+                return bool(health["history_backlog"]["drain_failures"])
+
+            await eventually(doomed_failed, timeout=20, interval=0.1)
         doomed.kill()
         try:
             response = await call
@@ -340,6 +354,8 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None
             pass  # cut off: the answer never came
         else:
             assert response.status_code == 200, response.text  # never 5xx once applied
+        if sql_down:
+            await asyncio.to_thread(allow_connections, pg_db)
 
         # The survivor claims what the dead consumer left (after its lease) and drains it all.
         await wait_drained(survivor.url, timeout=45)
@@ -348,6 +364,7 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None
         assert_gap_free(by_seq, dashboard)
         first_round = {e["session_id"] for e in by_seq.values() if e["kind"] == "extend"}
         assert first_round, "the killed call applied nothing before the kill"
+        print(f"the killed call applied extend to {len(first_round)} of {count} sessions")
 
         # The retry on the survivor: nothing twice, the rest now.
         retry = await post_command(api, exam_id, **body)
@@ -375,6 +392,8 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str) -> None
             await candidate.close()
         await dashboard.close()
     finally:
+        with contextlib.suppress(Exception):
+            allow_connections(pg_db)
         await api_doomed.close()
         await api.close()
         doomed.stop()
@@ -403,7 +422,9 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
         exam_id = exam["id"]
         sessions = await api.create_sessions(exam_id, 12)
         live = [await open_live(server.ws_url, s["access_code"]) for s in sessions]
-        staying, leaving = live[:8], live[8:]
+        # staying: open all along; leaving: drop during the outage and resume after it;
+        # vanished: drop during the outage and never come back
+        staying, leaving, vanished = live[:7], live[7:10], live[10:]
         for i, candidate in enumerate(live):
             await candidate.send({"type": "progress", "position": i + 1, "answered": 0})
 
@@ -427,13 +448,17 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
             )
 
         await eventually(unavailable)
-        for candidate in leaving:
+        for candidate in leaving + vanished:
             await candidate.close()
         # The outage lasts twice the grace; the open pages keep answering pings meanwhile.
         while asyncio.get_running_loop().time() - down_since < 6.0:
             assert not any(c.closed for c in staying), [c.close_code for c in staying]
             await asyncio.sleep(0.2)
         redis.start()
+        # a dashboard on the exam makes this process sweep holders that went silent
+        dashboard = await eventually(
+            lambda: _try_watch(server.ws_url, exam_id), timeout=30, interval=0.2
+        )
 
         async def all_connected() -> bool:
             response = await api.http.get(f"/api/v1/exams/{exam_id}/sessions")
@@ -446,7 +471,7 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
         assert not any(c.closed for c in staying), [c.close_code for c in staying]
 
         back = []
-        for candidate, session in zip(leaving, sessions[8:], strict=True):
+        for candidate, session in zip(leaving, sessions[7:10], strict=True):
             client, reply = await open_candidate(
                 server.ws_url, session["access_code"], resume_token=candidate.resume_token
             )
@@ -465,13 +490,44 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
             ) and all(state[c.session_id]["connected"] for c in back)
 
         await eventually(moved_on, timeout=20)
+
+        closed_codes: list[int | None] = []
+        # no ghosts: the pages that never came back are shown disconnected ("holder lost")
+        async def no_ghosts() -> bool:
+            nonlocal dashboard
+            if dashboard.closed:  # e.g. 4010 after the subscription came back: reconnect
+                closed_codes.append(dashboard.close_code)
+                dashboard = await LiveDashboard.watch(server.ws_url, exam_id)
+            state = {s["id"]: s for s in await list_sessions(api, exam_id)}
+            return not any(state[c.session_id]["connected"] for c in vanished)
+
+        try:
+            await eventually(no_ghosts, timeout=20, interval=0.2)
+        except AssertionError:
+            state = {s["id"]: s for s in await list_sessions(api, exam_id)}
+            print("GHOSTS", closed_codes, dashboard.closed, [
+                {k: state[c.session_id][k] for k in ("id", "connected", "last_seen", "version")}
+                for c in vanished
+            ], time.time())
+            print(server.log()[-6000:])
+            raise
+        state = {s["id"]: s for s in await list_sessions(api, exam_id)}
+        assert all(state[c.session_id]["connected"] for c in staying + back)
         assert not any(c.closed for c in staying + back)
         for candidate in staying + back:
             await candidate.close()
+        await dashboard.close()
     finally:
         await api.close()
         server.stop()
         redis.cleanup()
+
+
+async def _try_watch(ws_url: str, exam_id: str) -> LiveDashboard | None:
+    try:
+        return await LiveDashboard.watch(ws_url, exam_id)
+    except Exception:
+        return None
 
 
 # -- 5: racing opens -----------------------------------------------------------------------------
