@@ -19,8 +19,20 @@ uvicorn with `--workers 2` on one port. Every run starts fresh servers and, per 
 6. opens N sessions of an exam with `lock_sessions` (each open re-locks), drops them all and
    reopens them with their resume tokens (`lock_open`, `lock_reopen`).
 
-Results: `bench-results/results.json`, `bench-results/bench.png` and a table on stdout.
-Everything runs on 127.0.0.1, and every wait is bounded.
+These are the `classic` phases. The comparison phases (`loadtests/compare.py`), run after
+them on the same sockets, are `throughput` (targeted commands at rising `--rates`),
+`pauses` ("pause all" / "resume all" `--pause-repeats` times) and `hall` (progress from every
+candidate every 5 s with commands flowing and a dashboard timing the deltas). With `--peer`
+(default) they also run against `peer:1`, a python-socketio server with a Redis manager
+(`loadtests/peer_socketio.py`), and every headline figure is printed with its ratio to the
+peer's. `--phases new` runs only the comparison phases; `--compare-deflate` measures idle RSS
+per connection with permessage-deflate offered / not offered / off in uvicorn.
+
+    python -m loadtests.bench --configs memory:1,redis:1 --phases new --compare-deflate
+
+Results: `bench-results/results.json`, `bench-results/bench.png` and tables on stdout
+(`--summary FILE`: the comparison as markdown). Everything runs on 127.0.0.1, and every wait
+is bounded.
 """
 
 from __future__ import annotations

@@ -751,6 +751,26 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ratio_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: each real-server run's headline figures, the peer's at the same N, ratio."""
+    peers = {r["n"]: r for r in runs if r.get("backend") == "peer" and "error" not in r}
+    lines = ["| config | N | figure | ours | peer | ratio |", "|---|---:|---|---:|---:|---|"]
+    for run in runs:
+        if run.get("backend") == "peer" or "error" in run:
+            continue
+        peer = peers.get(run["n"])
+        ours_v = headline_values(run)
+        peer_v = headline_values(peer) if peer else {}
+        for key, label, unit, lower, better, worse in HEADLINES:
+            ours, theirs = ours_v.get(key), peer_v.get(key)
+            if ours is None and theirs is None:
+                continue
+            ratio = ratio_text(ours, theirs, lower, better, worse) if peer else "no peer run"
+            cells = [run["config"], run["n"], f"{label} ({unit.strip()})", ours, theirs, ratio]
+            lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def deflate_lines(results: list[dict[str, Any]]) -> list[str]:
     ok = [r for r in results if r.get("kib_per_conn") is not None]
     lines = [f"  {r['label']}: {r['kib_per_conn']} KiB/conn (held {r['held']}, "
@@ -764,7 +784,8 @@ def deflate_lines(results: list[dict[str, Any]]) -> list[str]:
 def write_summary(path: Path, runs: list[dict[str, Any]], rates: list[float],
                   deflate: list[dict[str, Any]]) -> None:
     text = ["# Benchmark comparison", "", compare_table(runs, rates, markdown=True), "",
-            "```", *headlines(runs), "```", "", "Throughput steps:", "", rate_table(runs)]
+            "```", *headlines(runs), "```", "", "Headline figures against the peer:", "",
+            ratio_table(runs), "", "Throughput steps:", "", rate_table(runs)]
     if deflate:
         text += ["", "```", "permessage-deflate, server RSS per idle connection:",
                  *deflate_lines(deflate), "```"]
