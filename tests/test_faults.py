@@ -302,8 +302,21 @@ async def list_sessions(api: Api, exam_id: str) -> list[dict[str, Any]]:
     return sessions
 
 
-@pytest.mark.parametrize("sql_down", [False, True], ids=["sql-up", "sql-down-at-kill"])
-async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str, sql_down: bool) -> None:
+@pytest.fixture(
+    params=[("postgres", False), ("postgres", True), ("sqlite", False)],
+    ids=["postgres", "postgres-down-at-kill", "sqlite"],
+)
+def kill_sql(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, bool]]:
+    """(database URL shared by both processes, whether SQL is down at the kill)."""
+    sql, sql_down = request.param
+    if sql == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", sql_down
+    else:
+        for url in private_database():
+            yield url, sql_down
+
+
+async def test_sigkill_during_a_bulk_command(redis_url: str, kill_sql: tuple[str, bool]) -> None:
     """Kill the process applying a bulk extend as soon as its first delta shows on the other
     process: the survivor drains what the dead one left, SQL equals the event log, and a retry
     with the same command_id extends every session exactly once.
@@ -312,9 +325,11 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str, sql_dow
     kill, so the dead process's drainer cannot have written what it claimed: the survivor has
     to take the exam's outbox over once the dead one's lease runs out."""
     count = 300
+    database_url, sql_down = kill_sql
+    pg_db = database_url
     shared = {
         "redis_url": redis_url,
-        "database_url": pg_db,
+        "database_url": database_url,
         "redis_prefix": f"k{uuid.uuid4().hex[:8]}:",
     }
     doomed = ServerProcess(**shared).start()  # type: ignore[arg-type]
@@ -395,8 +410,9 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, pg_db: str, sql_dow
             await candidate.close()
         await dashboard.close()
     finally:
-        with contextlib.suppress(Exception):
-            allow_connections(pg_db)
+        if sql_down:
+            with contextlib.suppress(Exception):
+                allow_connections(pg_db)
         await api_doomed.close()
         await api.close()
         doomed.stop()
@@ -451,6 +467,11 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
             )
 
         await eventually(unavailable)
+        # a staff command cannot be applied now: 503 "unavailable", and nothing applied
+        extend = {"action": "extend", "minutes": 5, "target": "all", "command_id": "x-outage"}
+        refused = await api.http.post(f"/api/v1/exams/{exam_id}/commands", json=extend)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
         for candidate in leaving + vanished:
             await candidate.close()
         # The outage lasts twice the grace; the open pages keep answering pings meanwhile.
@@ -517,6 +538,11 @@ async def test_redis_outage_longer_than_the_resume_grace(tmp_path: Path) -> None
         state = {s["id"]: s for s in await list_sessions(api, exam_id)}
         assert all(state[c.session_id]["connected"] for c in staying + back)
         assert not any(c.closed for c in staying + back)
+        # the command answered 503 was not applied; its retry now applies it, once
+        assert {s["extra_minutes"] for s in state.values()} == {0}
+        retried = await post_command(api, exam_id, **extend)
+        assert len(retried["applied"]) == len(sessions)
+        assert {s["extra_minutes"] for s in await list_sessions(api, exam_id)} == {5}
         for candidate in staying + back:
             await candidate.close()
         await dashboard.close()
