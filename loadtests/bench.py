@@ -919,7 +919,8 @@ async def run_all(args: argparse.Namespace, out: Path, limit: int,
         configs.append(("peer", 1, 1))
     runs: list[dict[str, Any]] = []
     if args.compare_deflate:
-        backend, servers, workers = next(c for c in configs if c[0] != "peer")
+        backend, servers, workers = next((c for c in configs if c[0] != "peer"),
+                                         ("memory", 1, 1))
         deflate_sizes = [int(s) for s in args.deflate_sizes.split(",") if s] or sizes
         for n in deflate_sizes:
             for label, setting, offered in DEFLATE_CASES:
