@@ -351,6 +351,7 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, kill_sql: tuple[str
         if sql_down:
             await asyncio.to_thread(refuse_connections, pg_db)
         body = {"action": "extend", "minutes": 5, "target": "all", "command_id": "k1"}
+        answered: dict[str, Any] | None = None
         call = asyncio.create_task(
             api_doomed.http.post(f"/api/v1/exams/{exam_id}/commands", json=body)
         )
@@ -372,6 +373,7 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, kill_sql: tuple[str
             pass  # cut off: the answer never came
         else:
             assert response.status_code == 200, response.text  # never 5xx once applied
+            answered = response.json()
         if sql_down:
             await asyncio.to_thread(allow_connections, pg_db)
 
@@ -389,6 +391,10 @@ async def test_sigkill_during_a_bulk_command(redis_url: str, kill_sql: tuple[str
         assert retry["command_id"] == "k1"
         assert sorted(a["session_id"] for a in retry["applied"]) == sorted(ids)
         assert retry["skipped"] == []
+        if answered is not None:  # the killed call did answer: the retry answers the same
+            assert sorted((a["session_id"], a["seq"]) for a in retry["applied"]) == sorted(
+                (a["session_id"], a["seq"]) for a in answered["applied"]
+            )
         for session in await list_sessions(api, exam_id):
             assert session["extra_minutes"] == 5, session
         again = await post_command(api, exam_id, **body)

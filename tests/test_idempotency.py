@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clients import Api, LiveCandidate, eventually, open_candidate
+from clients import Api, LiveCandidate, eventually, open_candidate, watch
 from server import ServerProcess
 
 
@@ -127,5 +127,30 @@ async def test_bulk_retry_applies_once(server: ServerProcess) -> None:
         ]
         for candidate in live:
             await candidate.close()
+    finally:
+        await api.close()
+
+
+async def test_retry_over_rest_of_a_websocket_command(server: ServerProcess) -> None:
+    """The key is the exam's, whichever way the command came: a dashboard sends it over its
+    socket, a script retries it over REST (and the dashboard again): applied once."""
+    api = Api(server.url)
+    try:
+        exam = await api.create_exam()
+        exam_id = exam["id"]
+        sessions = await api.create_sessions(exam_id, 5)
+        ids = [s["id"] for s in sessions]
+        dashboard, _ = await watch(server.ws_url, exam_id)
+        command = {"action": "extend", "minutes": 7, "target": ids, "command_id": "ws-1"}
+        await dashboard.send({"type": "command", "request_id": 1, **command})
+        first = await dashboard.recv("command_result")
+        assert sorted(a["session_id"] for a in first["applied"]) == sorted(ids)
+        again = await post_command(api, exam_id, **command)
+        assert again == {k: v for k, v in first.items() if k not in ("type", "request_id")}
+        await dashboard.send({"type": "command", "request_id": 2, **command})
+        third = await dashboard.recv("command_result")
+        assert third["applied"] == first["applied"] and third["request_id"] == 2
+        assert await extra_minutes(api, exam_id) == dict.fromkeys(ids, 7)
+        await dashboard.close()
     finally:
         await api.close()
