@@ -125,10 +125,10 @@ async def run_through_sql_outage(
     try:
         exam = await api.create_exam(settings={"lock_sessions": True})
         exam_id = exam["id"]
-        sessions = await api.create_sessions(exam_id, count)
+        sessions = await api.create_sessions(exam_id, count + 2)  # 2 first open in the outage
         ids = [s["id"] for s in sessions]
         dashboard = await LiveDashboard.watch(server.ws_url, exam_id)
-        live = [await open_live(server.ws_url, s["access_code"]) for s in sessions]
+        live = [await open_live(server.ws_url, s["access_code"]) for s in sessions[:count]]
         await eventually(lambda: len(dashboard.kinds("opened")) == count)
         await wait_drained(server.url)
 
@@ -160,6 +160,11 @@ async def run_through_sql_outage(
         told = await command(action="notice", target=live[7].session_id, text="one")
         await reaches([live[7]], told)
         await confirm()
+        for session in sessions[count:]:  # first opens (the exam starts for them) during it
+            late_comer = await open_live(server.ws_url, session["access_code"])
+            assert late_comer.opened["session"]["status"] == "active"
+            assert late_comer.opened["relocked"] is True
+            live.append(late_comer)
         backlog_a = await backlog_events(server.url)
 
         # progress and acks from everyone (acks are sent by LiveCandidate on every command)
@@ -169,12 +174,12 @@ async def run_through_sql_outage(
 
         # bulk commands
         everyone = await command(action="notice", target="all", text="ten minutes left")
-        assert len(everyone["applied"]) == count
+        assert len(everyone["applied"]) == len(live)
         await reaches(live, everyone)
         bulk_pause = await command(action="pause", target={"status": "active"})
-        assert len(bulk_pause["applied"]) == count - 4
+        assert len(bulk_pause["applied"]) == len(live) - 4
         bulk_resume = await command(action="resume", target={"status": ["paused"]})
-        assert len(bulk_resume["applied"]) == count
+        assert len(bulk_resume["applied"]) == len(live)
         await reaches(live[5:], bulk_resume)
         acked = {r["command_id"] for r in results}
         await eventually(
@@ -196,6 +201,10 @@ async def run_through_sql_outage(
         await refused_now.close()
         late = await command(action="notice", target="all", text="after the resumes")
         await reaches(live, late)
+        finisher = live.pop()  # submits during the outage
+        await finisher.send({"type": "submit"})
+        await eventually(lambda: finisher.closed)
+        assert finisher.close_code == 4102 and finisher.of_type("submitted")
 
         status, body = await healthz(server.url)
         assert status == 200, body
@@ -215,6 +224,10 @@ async def run_through_sql_outage(
         refusals = [e for e in by_seq.values() if e["kind"] == "refused"]
         assert [e["details"]["reason"] for e in refusals] == ["already_open"]  # the stranger
         assert len([e for e in by_seq.values() if e["kind"] == "reconnected"]) == len(dropped)
+        assert [e["session_id"] for e in by_seq.values() if e["kind"] == "submitted"] == [
+            finisher.session_id
+        ]
+        assert (await api.session(exam_id, finisher.session_id))["status"] == "completed"
         assert not any(c.closed for c in live)
         for candidate in live:
             await candidate.close()
