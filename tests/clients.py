@@ -241,10 +241,15 @@ class LiveCandidate:
             while True:
                 message = await self.client.recv_any(timeout=3600)
                 self.messages.append(message)
-                if message["type"] == "ping":
-                    await self.client.send({"type": "pong", "t": message["t"]})
-                elif message["type"] == "command" and self.ack:
-                    await self.client.send({"type": "ack", "command_id": message["command_id"]})
+                # A send fails once the server's close frame is in, while frames sent before it
+                # (e.g. `superseded`) may still wait to be read: keep reading until recv fails.
+                with contextlib.suppress(ConnectionClosed):
+                    if message["type"] == "ping":
+                        await self.client.send({"type": "pong", "t": message["t"]})
+                    elif message["type"] == "command" and self.ack:
+                        await self.client.send(
+                            {"type": "ack", "command_id": message["command_id"]}
+                        )
         except ConnectionClosed as exc:
             self.close_code = exc.rcvd.code if exc.rcvd else None
         finally:

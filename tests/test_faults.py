@@ -603,7 +603,16 @@ async def test_fifty_racing_opens_leave_exactly_one_live_connection(
         if locking:
             assert len(opened) == 1 and reasons == {"already_open"}
 
-        await eventually(lambda: sum(not c.closed for c in opened) == 1)
+        try:
+            await eventually(lambda: sum(not c.closed for c in opened) == 1)
+        except AssertionError:
+            state = await api.session(exam["id"], session["id"])
+            print("RACE", len(opened), {k: state[k] for k in ("connected", "version")})
+            for c in opened:
+                print(c.closed, c.close_code, c.opened["session"]["version"],
+                      [m["type"] for m in c.messages if m["type"] != "ping"])
+            print(server.log()[-5000:])
+            raise
         [holder] = [c for c in opened if not c.closed]
         for loser in opened:
             if loser is not holder:
