@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import Table, bindparam, event, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -43,6 +44,10 @@ _EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 _EXAMS: Table = ExamRow.__table__  # type: ignore[assignment]
 _SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
 _IRREGULARITIES: Table = IrregularityRow.__table__  # type: ignore[assignment]
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -117,7 +122,12 @@ class Database:
         parsed = normalize_url(url)
         is_sqlite = parsed.get_backend_name() == "sqlite"
         memory = is_sqlite and parsed.database in (None, "", ":memory:")
-        kwargs: dict[str, Any] = {"echo": echo}
+        # orjson for JSON columns: the drainer writes every event's details and changes.
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+        }
         if memory:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         elif is_sqlite:
