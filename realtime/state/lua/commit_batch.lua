@@ -3,42 +3,36 @@
 -- outbox entry and ONE published message for all of them. Doing it in one script keeps seq
 -- order, outbox order and publish order identical for every reader.
 --
--- KEYS[1] exam seq counter, KEYS[2] exam outbox (stream), KEYS[3 .. 2+C] the session hashes,
--- KEYS[3+C ..] command keys (hash session id -> first seq it applied the command with)
--- ARGV[1] pub/sub channel, ARGV[2] now (seconds), ARGV[3] C, ARGV[4] command key TTL (s),
--- then per commit: session id, mode ('v' compare-and-set | 'g' guarded | 'r' record only),
---   expected version, command key index (0: none), live only ('1'/'0'), guard pair count,
---   change pair count, event count, guard field/value pairs, change field/value pairs (values
---   JSON-encoded), event blobs (msgpack, without seq).
+-- KEYS[1] exam seq counter, KEYS[2] exam outbox (stream). The session hashes and command keys
+-- are built from prefixes: every key of one exam shares its hash tag, so they live in the
+-- same slot (declaring 5,000 keys would cost more than the script itself).
+-- ARGV[1] pub/sub channel, ARGV[2] now (seconds), ARGV[3] command key TTL (s),
+-- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: an
+-- array of [session id, mode ('v' compare-and-set | 'g' guarded | 'r' record only),
+-- expected version (string), command id ('' none), live only (0/1), guard field/value list,
+-- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)].
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
 -- 0 no such session, -1 version conflict, -2 command already applied (seq = its first seq),
 -- -3 guard failed. The outbox entry id is "<first seq>-*"; the message "<first seq>:<blobs>".
 
-local C = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[3])
+local commits = cmsgpack.unpack(ARGV[6])
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = seq + 1
 local blobs = {}
 local out = {}
-local pos = 5
-for i = 1, C do
-  local key = KEYS[2 + i]
-  local sid, mode, expected = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
-  local cmd = tonumber(ARGV[pos + 3])
-  local live_only = ARGV[pos + 4] == '1'
-  local nguard, npairs, nevents = tonumber(ARGV[pos + 5]), tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
-  local g0 = pos + 8
-  local p0 = g0 + 2 * nguard
-  local e0 = p0 + 2 * npairs
-  pos = e0 + nevents
+for _, c in ipairs(commits) do
+  local sid, mode, expected, cmd, live_only = c[1], c[2], c[3], c[4], c[5] == 1
+  local guard, pairs_, events = c[6], c[7], c[8]
+  local key = ARGV[4] .. sid
   local status, extra = 1, 0
   local cmdkey = nil
   if redis.call('EXISTS', key) == 0 then
     status = 0
   else
-    if cmd > 0 then
-      cmdkey = KEYS[2 + C + cmd]
+    if cmd ~= '' then
+      cmdkey = ARGV[5] .. cmd
       local prev = redis.call('HGET', cmdkey, sid)
       if prev then
         status, extra = -2, tonumber(prev)
@@ -49,8 +43,8 @@ for i = 1, C do
         status = -1
       end
     elseif status == 1 and mode == 'g' then
-      for j = 0, nguard - 1 do
-        if redis.call('HGET', key, ARGV[g0 + 2 * j]) ~= ARGV[g0 + 2 * j + 1] then
+      for j = 1, #guard, 2 do
+        if redis.call('HGET', key, guard[j]) ~= guard[j + 1] then
           status = -3
           break
         end
@@ -64,17 +58,17 @@ for i = 1, C do
     end
   end
   if status == 1 then
-    if mode ~= 'r' and npairs > 0 then
-      redis.call('HSET', key, unpack(ARGV, p0, e0 - 1))
+    if mode ~= 'r' and #pairs_ > 0 then
+      redis.call('HSET', key, unpack(pairs_))
     end
     if mode == 'v' then
       redis.call('HSET', key, 'version', tonumber(expected) + 1)
     end
-    if nevents > 0 then
+    if #events > 0 then
       extra = seq + 1
-      for j = e0, e0 + nevents - 1 do
+      for j = 1, #events do
         seq = seq + 1
-        blobs[#blobs + 1] = ARGV[j]
+        blobs[#blobs + 1] = events[j]
       end
       if cmdkey then
         redis.call('HSET', cmdkey, sid, extra)
