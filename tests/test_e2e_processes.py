@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clients import JSON, MSGPACK, Api, WsClient, open_candidate, watch
+from clients import JSON, MSGPACK, Api, WsClient, eventually, healthz, open_candidate, watch
 from redis_server import RedisServer
 from server import ServerProcess
 
@@ -208,8 +208,14 @@ async def test_connected_candidates_carry_on_when_redis_loses_its_data(tmp_path:
         assert opened["type"] == "opened"
         dashboard, _ = await watch(server.ws_url, exam["id"])
         await candidate.send({"type": "progress", "position": 3, "answered": 2})
-        await dashboard.recv_event("progress", session["id"])  # durable in SQL by now
+        await dashboard.recv_event("progress", session["id"])
         await dashboard.close()
+
+        async def drained() -> bool:  # a Redis without persistence keeps only what SQL has
+            _, body = await healthz(server.url)
+            return bool(body["history_backlog"]["events"] == 0)
+
+        await eventually(drained)
 
         redis.restart()  # no persistence: everything in Redis is gone
 
