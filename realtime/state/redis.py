@@ -68,18 +68,29 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# Heartbeat: refresh last_seen of sessions this connection still holds; never creates a half
-# session. KEYS: session hash; ARGV: JSON-encoded time, JSON-encoded conn_id.
-# Returns 1 when the holder still holds the session but it was marked disconnected meanwhile.
+# Heartbeat: refresh last_seen of the sessions of one exam that these connections still hold;
+# never creates a half session. One call per exam (the keys share its hash tag).
+# KEYS[1]: the exam's seq counter (declares the slot); ARGV[1]: session key prefix, ARGV[2]:
+# JSON-encoded time, ARGV[3]: msgpack [session id, JSON-encoded conn_id, ...].
+# Returns, per holder, 1 when it still holds the session but it was marked disconnected
+# meanwhile (a sweeper during an outage), else 0.
 _TOUCH_LUA = """
-if redis.call('HGET', KEYS[1], 'conn_id') ~= ARGV[2] then return 0 end
-if redis.call('HGET', KEYS[1], 'connected') == 'true' then
-  redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
-  return 0
+local holders = cmsgpack.unpack(ARGV[3])
+local out = {}
+for i = 1, #holders, 2 do
+  local key = ARGV[1] .. holders[i]
+  local lost = 0
+  if redis.call('HGET', key, 'conn_id') == holders[i + 1] then
+    if redis.call('HGET', key, 'connected') == 'true' then
+      redis.call('HSET', key, 'last_seen', ARGV[2])
+    else
+      local status = redis.call('HGET', key, 'status')
+      if status ~= '"completed"' and status ~= '"terminated"' then lost = 1 end
+    end
+  end
+  out[#out + 1] = lost
 end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"completed"' or status == '"terminated"' then return 0 end
-return 1
+return out
 """
 
 _AUDIT_LUA = """
@@ -572,17 +583,28 @@ class RedisStore:
         if not holders:
             return []
         stamp = _json(now)
-        calls = [
-            [self.keys.session(exam_id, sid), stamp, _json(conn_id)]
-            for exam_id, sid, conn_id in holders
-        ]
+        by_exam: dict[str, list[tuple[str, str, str]]] = {}
+        for holder in holders:
+            by_exam.setdefault(holder[0], []).append(holder)
+        calls = []
+        for exam_id, held in by_exam.items():
+            flat: list[Any] = []
+            for _, sid, conn_id in held:
+                flat += [sid, _json(conn_id)]
+            calls.append(([self.keys.seq(exam_id)], [
+                self.keys.session_prefix(exam_id), stamp,
+                msgpack.packb(flat, use_bin_type=False),
+            ]))
         try:
-            replies = await _run_script(self._client, self._touch_script, 1, calls)
+            replies = await _run_batches(self._client, self._touch_script, calls)
         except (ConnectionError, OSError, RedisConnectionError, RedisTimeoutError):
             self._lost()
             raise
         self._heard()
-        return [holder for holder, lost in zip(holders, replies, strict=True) if lost]
+        lost: list[tuple[str, str, str]] = []
+        for held, reply in zip(by_exam.values(), replies, strict=True):
+            lost += [holder for holder, flag in zip(held, reply, strict=True) if flag]
+        return lost
 
     # -- commands ---------------------------------------------------------------------------
 
