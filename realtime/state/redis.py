@@ -246,38 +246,19 @@ def _fields(raw: Any) -> dict[str, bytes]:
 async def _run_script(
     client: Redis, script: AsyncScript, numkeys: int, calls: list[list[Any]]
 ) -> list[Any]:
-    """Run `script` once per call (keys then args) in one pipeline: one round trip.
-
-    redis-py's own pipelined scripts cost an extra SCRIPT EXISTS round trip each time; here the
-    script is only loaded when Redis answers NOSCRIPT (after a restart), and only the refused
-    calls are sent again: a refused call never ran, so resending it cannot apply it twice.
-    """
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for attempt in range(2):
-        async with client.pipeline(transaction=False) as pipe:
-            for i in todo:
-                pipe.evalsha(script.sha, numkeys, *calls[i])
-            answers = await pipe.execute(raise_on_error=False)
-        refused = []
-        for i, answer in zip(todo, answers, strict=True):
-            if isinstance(answer, NoScriptError) and attempt == 0:
-                refused.append(i)
-            elif isinstance(answer, Exception):
-                raise answer
-            else:
-                replies[i] = answer
-        if not refused:
-            break
-        script.sha = await client.script_load(script.script)
-        todo = refused
-    return replies
+    """Run `script` once per call (keys then args) in one pipeline: see `_run_batches`."""
+    return await _run_batches(client, script, [(c[:numkeys], c[numkeys:]) for c in calls])
 
 
 async def _run_batches(
     client: Redis, script: AsyncScript, calls: list[tuple[list[Any], list[Any]]]
 ) -> list[Any]:
-    """`_run_script` for calls with their own keys: [(keys, args), ...] in one pipeline."""
+    """Run `script` once per (keys, args) call, all in one pipeline: one round trip.
+
+    redis-py's own pipelined scripts cost an extra SCRIPT EXISTS round trip each time; here the
+    script is only loaded when Redis answers NOSCRIPT (after a restart), and only the refused
+    calls are sent again: a refused call never ran, so resending it cannot apply it twice.
+    """
     numkeys = [len(keys) for keys, _ in calls]
     flat = [[*keys, *args] for keys, args in calls]
     replies: list[Any] = [None] * len(calls)
