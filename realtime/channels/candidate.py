@@ -232,7 +232,10 @@ async def _handle(
             link.exam_id,
             link.session_id,
             lambda s: machine.client_event(s, conn_id, actor, name, detail, now),
+            FastPath(dict(link.view), {"conn_id": conn_id}),
         )
+        if isinstance(outcome, machine.Transition):  # the next one counts on from here
+            link.view["alerts"] = outcome.changes.get("alerts", link.view["alerts"])
     elif kind == "ack":
         command_id = required_str(message, "command_id", 64)
         guard = {"conn_id": conn_id}

@@ -73,14 +73,14 @@ class CandidateLink:
         self.progress_task: asyncio.Task[None] | None = None
         self.view: dict[str, Any] = {
             "exam_id": exam_id, "id": session_id, "status": "", "conn_id": conn_id,
-            "notice_id": "",
+            "notice_id": "", "alerts": 0,
         }
 
     def activate(self, version: int, session: dict[str, Any] | None = None) -> None:
         """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
         self.version = version
         if session is not None:
-            for key in ("status", "notice_id"):
+            for key in ("status", "notice_id", "alerts"):
                 self.view[key] = session.get(key, self.view[key])
         self.ready = True
         early, self.early = self.early, []
@@ -103,6 +103,8 @@ class CandidateLink:
             self.view["status"] = changes["status"]
         if "notice_id" in changes:
             self.view["notice_id"] = changes["notice_id"]
+        if "alerts" in changes:  # a counter: an echo of an older commit must not lower it
+            self.view["alerts"] = max(self.view["alerts"], changes["alerts"])
         holder = changes.get("conn_id")
         if holder is not None and holder != self.conn_id:
             self.superseded = True
@@ -249,6 +251,7 @@ class Hub:
             link.version = max(link.version, int(session["version"]))
             link.view["status"] = session.get("status", link.view["status"])
             link.view["notice_id"] = session.get("notice_id", "")
+            link.view["alerts"] = session.get("alerts", link.view["alerts"])
             view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
             link.conn.send({"type": "state", "session": view})
 
