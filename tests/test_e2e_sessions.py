@@ -208,6 +208,28 @@ async def test_candidate_progress_and_focus_loss_reach_the_dashboard(
     await dashboard.close()
 
 
+async def test_a_burst_of_client_events_counts_every_one(
+    server: ServerProcess, api: Api
+) -> None:
+    """Client events skip the store read (decided on the connection's view): a burst of them
+    still counts every one, in order."""
+    exam = await api.create_exam()
+    [session] = await api.create_sessions(exam["id"], 1)
+    dashboard, _ = await watch(server.ws_url, exam["id"])
+    candidate, _ = await open_candidate(server.ws_url, session["access_code"])
+    for i in range(6):
+        await candidate.send({"type": "client_event", "name": f"blur-{i}"})
+    counts = [
+        (await dashboard.recv_event("client_event", session["id"]))["changes"]["alerts"]
+        for _ in range(6)
+    ]
+    assert counts == [1, 2, 3, 4, 5, 6]
+    state = await api.session(exam["id"], session["id"])
+    assert (state["alerts"], state["last_alert"]) == (6, "blur-5")
+    await candidate.close()
+    await dashboard.close()
+
+
 async def test_proctor_sends_commands_on_the_socket(server: ServerProcess, api: Api) -> None:
     """Commands over the proctor socket answer with command_result carrying the request id."""
     exam = await api.create_exam(settings={"requires_authorization": True})
