@@ -15,7 +15,6 @@ connection still holds a live session") instead of a version.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -30,6 +29,7 @@ from realtime.auth.principal import Principal
 from realtime.batching import CommitBatcher
 from realtime.db.database import Database
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from realtime.locks import KeyedLocks
 from realtime.state import machine
 from realtime.state.model import (
     Action,
@@ -156,30 +156,6 @@ class FastPath:
     view: dict[str, Any]
     guard: dict[str, Any]
     live_only: bool = True
-
-
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it: changes a
-    candidate's connections make to one session queue up here instead of racing in the store."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Any) -> Any:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class SessionService:

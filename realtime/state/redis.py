@@ -55,50 +55,6 @@ IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this lon
 _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED = 0, -1, -2, -3
 COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
 
-# Create a session unless it exists (add_sessions must not overwrite live state). Returns 1 if
-# created, 2 if it existed with this access code (a repeated or retried import), else 0.
-# KEYS: session hash, exam session-id set; ARGV: session id, access code (JSON), field/value pairs.
-_CREATE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'access_code') == ARGV[2] then return 2 end
-  return 0
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# Heartbeat: refresh last_seen of the sessions of one exam that these connections still hold;
-# never creates a half session. One call per exam (the keys share its hash tag).
-# KEYS[1]: the exam's seq counter (declares the slot); ARGV[1]: session key prefix, ARGV[2]:
-# JSON-encoded time, ARGV[3]: msgpack [session id, JSON-encoded conn_id, ...].
-# Returns, per holder, 1 when it still holds the session but it was marked disconnected
-# meanwhile (a sweeper during an outage), else 0.
-_TOUCH_LUA = """
-local holders = cmsgpack.unpack(ARGV[3])
-local out = {}
-for i = 1, #holders, 2 do
-  local key = ARGV[1] .. holders[i]
-  local lost = 0
-  if redis.call('HGET', key, 'conn_id') == holders[i + 1] then
-    if redis.call('HGET', key, 'connected') == 'true' then
-      redis.call('HSET', key, 'last_seen', ARGV[2])
-    else
-      local status = redis.call('HGET', key, 'status')
-      if status ~= '"completed"' and status ~= '"terminated"' then lost = 1 end
-    end
-  end
-  out[#out + 1] = lost
-end
-return out
-"""
-
-_AUDIT_LUA = """
-local seq = redis.call('GET', KEYS[1]) or '0'
-redis.call('XADD', KEYS[2], seq .. '-*', 't', ARGV[1], 'a', ARGV[2])
-return 1
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -153,13 +109,6 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}events"
-
-
-_ENSURE_SEQ = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 POOL_SIZE = 64  # connections per client and process
@@ -301,10 +250,11 @@ class RedisStore:
         self._claim_script = self._client.register_script(_lua("outbox_claim.lua"))
         self._ack_script = self._client.register_script(_lua("outbox_ack.lua"))
         self._backlog_script = self._client.register_script(_lua("outbox_backlog.lua"))
-        self._audit_script = self._client.register_script(_AUDIT_LUA)
+        self._audit_script = self._client.register_script(_lua("audit_append.lua"))
         self._snapshot_script = self._client.register_script(_lua("snapshot.lua"))
-        self._create_script = self._client.register_script(_CREATE_LUA)
-        self._touch_script = self._client.register_script(_TOUCH_LUA)
+        self._create_script = self._client.register_script(_lua("session_create.lua"))
+        self._touch_script = self._client.register_script(_lua("touch.lua"))
+        self._ensure_script = self._client.register_script(_lua("ensure_seq.lua"))
         self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
         self._listeners: list[EventListener] = []
         self._resubscribe_listeners: list[Callable[[], None]] = []
@@ -556,7 +506,7 @@ class RedisStore:
 
     async def ensure_seq(self, exam_id: str, minimum: int) -> None:
         key = self.keys.seq(exam_id)
-        await self._client.eval(_ENSURE_SEQ, 1, key, minimum)  # type: ignore[misc]
+        await self._ensure_script(keys=[key], args=[minimum])
 
     async def touch(
         self, holders: list[tuple[str, str, str]], now: float
