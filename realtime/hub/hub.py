@@ -51,7 +51,26 @@ def candidate_command(event: Event) -> dict[str, Any]:
 
 
 class CandidateLink:
-    """A candidate connection as the hub sees it."""
+    """A candidate connection as the hub sees it. Slotted: there is one per socket."""
+
+    __slots__ = (
+        "actor",
+        "conn",
+        "conn_id",
+        "early",
+        "ended",
+        "exam_id",
+        "on_gap",
+        "pending_progress",
+        "progress_task",
+        "ready",
+        "rtt_ms",
+        "session_id",
+        "slot",
+        "superseded",
+        "version",
+        "view",
+    )
 
     def __init__(self, conn: Connection, exam_id: str, session_id: str, conn_id: str) -> None:
         self.conn = conn
