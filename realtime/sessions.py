@@ -55,7 +55,6 @@ COMMAND_FIELDS = (
     "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
     "notice_id", "version",
 )
-RESULT_KEEP = 24 * 3600  # seconds a command's answer is kept for retries with its command_id
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
 
