@@ -69,11 +69,6 @@ class Drainer:
         self._dirty.add(event.exam_id)
         self._wake.set()
 
-    def poke(self, exam_id: str | None = None) -> None:
-        if exam_id:
-            self._dirty.add(exam_id)
-        self._wake.set()
-
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="outbox-drainer")

@@ -753,18 +753,20 @@ class SessionService:
             return
         now = self.clock()
         lost = await self.store.touch(items, now)
+        by_exam: dict[str, dict[str, str]] = {}
         for exam_id, session_id, conn_id in lost:
-            try:
-                await self._reattach(exam_id, session_id, conn_id, now)
-            except NotFound:
-                continue
+            by_exam.setdefault(exam_id, {})[session_id] = conn_id
+        for exam_id, held in by_exam.items():  # one batch per exam, however many came back
+            outcomes = await self._mutate(exam_id, list(held), _reattach_decision(held, now))
+            back = [sid for sid, (o, _) in outcomes.items() if isinstance(o, machine.Transition)]
+            if back:
+                log.info("exam %s: %d sessions still held here, marked connected again",
+                         exam_id, len(back))
 
-    async def _reattach(self, exam_id: str, session_id: str, conn_id: str, now: float) -> None:
-        outcome, _ = await self._mutate_one(
-            exam_id, session_id, lambda s: machine.reattach(s, conn_id, now)
-        )
-        if isinstance(outcome, machine.Transition):
-            log.info("session %s: still held by %s, marked connected again", session_id, conn_id)
+
+def _reattach_decision(held: dict[str, str], now: float) -> Decide:
+    """Decide, per session, whether its holder (session id -> conn id) gets it back."""
+    return lambda session: machine.reattach(session, held[session["id"]], now)
 
 
 def refusal_reason(exc: OpenRefused) -> RefusalReason | str:
