@@ -7,6 +7,8 @@ for the counters it increments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -20,68 +22,39 @@ from realtime.hub.hub import Hub
 class Metrics:
     def __init__(self, hub: Hub, drainer: Drainer | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        gauge = self._gauge
         if drainer is not None:
-            backlog = Gauge(
-                "realtime_history_backlog_events",
-                "Events committed but not yet written to SQL (all exams; refreshed by the "
-                "drainer every 2 s and by /healthz)",
-                registry=self.registry,
-            )
-            backlog.set_function(lambda: drainer.backlog.events)
-            oldest = Gauge(
-                "realtime_history_backlog_oldest_seconds",
-                "Age of the oldest event not yet written to SQL (0: none)",
-                registry=self.registry,
-            )
-            oldest.set_function(drainer.oldest_age)
-            written = Gauge(
-                "realtime_history_written_events",
-                "Events this process's drainer has written to SQL since it started",
-                registry=self.registry,
-            )
-            written.set_function(lambda: drainer.written)
-            failures = Gauge(
-                "realtime_history_drain_failures",
-                "Failed drain rounds (SQL or the state store did not answer) since start",
-                registry=self.registry,
-            )
-            failures.set_function(lambda: drainer.failures)
-        pings = Gauge(
-            "realtime_ping_timeouts",
-            "Candidate sockets closed for not answering pings (4009) since start",
-            registry=self.registry,
-        )
-        pings.set_function(lambda: hub.ping_timeouts)
-        lag = Gauge(
-            "realtime_heartbeat_lag_max_seconds",
-            "Longest the heartbeat ran late (event-loop stall) since start",
-            registry=self.registry,
-        )
-        lag.set_function(lambda: hub.heartbeat_lag_max)
-        candidates = Gauge(
-            "realtime_candidate_connections",
-            "Candidate sockets holding an open session on this process",
-            registry=self.registry,
-        )
-        candidates.set_function(lambda: len(hub.live_candidates()))
-        dashboards = Gauge(
-            "realtime_dashboard_connections",
-            "Dashboard sockets subscribed to an exam on this process",
-            registry=self.registry,
-        )
-        dashboards.set_function(lambda: sum(len(w) for w in hub.watchers.values()))
-        events = Gauge(
-            "realtime_events_dispatched",
-            "Committed events this process has fanned out since it started",
-            registry=self.registry,
-        )
-        events.set_function(lambda: hub.events_seen)
-        overflows = Gauge(
-            "realtime_slow_consumers_dropped",
-            "Connections closed because their send queue overflowed (4008)",
-            registry=self.registry,
-        )
-        overflows.set_function(lambda: Connection.overflows)
+            gauge("realtime_history_backlog_events",
+                  "Events committed but not yet written to SQL (all exams; refreshed by the "
+                  "drainer every 2 s and by /healthz)",
+                  lambda: drainer.backlog.events)
+            gauge("realtime_history_backlog_oldest_seconds",
+                  "Age of the oldest event not yet written to SQL (0: none)",
+                  drainer.oldest_age)
+            gauge("realtime_history_written_events",
+                  "Events this process's drainer has written to SQL since it started",
+                  lambda: drainer.written)
+            gauge("realtime_history_drain_failures",
+                  "Failed drain rounds (SQL or the state store did not answer) since start",
+                  lambda: drainer.failures)
+        gauge("realtime_ping_timeouts",
+              "Candidate sockets closed for not answering pings (4009) since start",
+              lambda: hub.ping_timeouts)
+        gauge("realtime_heartbeat_lag_max_seconds",
+              "Longest the heartbeat ran late (event-loop stall) since start",
+              lambda: hub.heartbeat_lag_max)
+        gauge("realtime_candidate_connections",
+              "Candidate sockets holding an open session on this process",
+              lambda: len(hub.live_candidates()))
+        gauge("realtime_dashboard_connections",
+              "Dashboard sockets subscribed to an exam on this process",
+              lambda: sum(len(w) for w in hub.watchers.values()))
+        gauge("realtime_events_dispatched",
+              "Committed events this process has fanned out since it started",
+              lambda: hub.events_seen)
+        gauge("realtime_slow_consumers_dropped",
+              "Connections closed because their send queue overflowed (4008)",
+              lambda: Connection.overflows)
         self.commands = Counter(
             "realtime_command_targets",
             "Sessions targeted by staff commands, by action and outcome",
@@ -101,6 +74,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def _gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time: the hot path pays nothing for it."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
 
     def observe_command(self, action: str, applied: int, skipped: int, seconds: float) -> None:
         self.commands.labels(action, "applied").inc(applied)

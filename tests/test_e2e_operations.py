@@ -28,6 +28,10 @@ async def test_metrics_count_connections_opens_and_commands(
     assert float(samples['realtime_opens_total{outcome="already_open"}']) >= 1
     assert float(samples['realtime_command_targets_total{action="notice",outcome="applied"}']) >= 1
     assert float(samples['realtime_command_seconds_count{action="notice"}']) >= 1
+    # the history backlog and the heartbeat are reported too
+    for name in ("realtime_history_backlog_events", "realtime_history_backlog_oldest_seconds",
+                 "realtime_history_drain_failures", "realtime_ping_timeouts"):
+        assert float(samples[name]) >= 0
     await candidate.close()
     await rival.close()
 
