@@ -49,7 +49,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +97,6 @@ def stats_ms(samples: list[float]) -> dict[str, float | None]:
         "p99_ms": ms(percentile(samples, 99)),
         "max_ms": ms(max(samples) if samples else None),
     }
-
-
-@dataclass
-class Tracker:
-    """Arrivals of one command id at candidates and at the proctor."""
-
-    started: float
-    expected: int | None = None
-    arrivals: list[float] = field(default_factory=list)
-    dashboard: list[float] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def arrived(self, now: float) -> None:
-        self.arrivals.append(now)
-        self.check()
-
-    def check(self) -> None:
-        if self.expected is not None and len(self.arrivals) >= self.expected:
-            self.done.set()
 
 
 class Candidate:
@@ -274,7 +254,7 @@ class Bench:
         self.deflate: bool = args.deflate
         self.ack = not args.no_ack
         self.timeout: float = args.timeout
-        self.trackers: dict[str, Tracker | Arrivals] = {}
+        self.trackers: dict[str, Arrivals] = {}
         self.pings = 0
         self.commands_received = 0
         self.unexpected_closes = 0
@@ -416,7 +396,7 @@ class Bench:
             busy.add(candidate.id)
             action = "resume" if candidate.id in paused else "pause"
             command_id = f"t{i}-{uuid.uuid4().hex[:8]}"
-            tracker = self.trackers[command_id] = Tracker(time.perf_counter(), expected=1)
+            tracker = self.trackers[command_id] = Arrivals(time.perf_counter(), expected=1)
             try:
                 response = await http.post(f"/api/v1/exams/{exam_id}/commands", json={
                     "action": action, "target": candidate.id, "command_id": command_id})
@@ -459,7 +439,7 @@ class Bench:
 
     async def bulk(self, http: httpx.AsyncClient, exam_id: str, action: str) -> dict[str, Any]:
         command_id = f"bulk-{action}-{uuid.uuid4().hex[:8]}"
-        tracker = self.trackers[command_id] = Tracker(time.perf_counter())
+        tracker = self.trackers[command_id] = Arrivals(time.perf_counter())
         cpu0 = self.server_cpu()
         try:
             response = await http.post(f"/api/v1/exams/{exam_id}/commands", json={

@@ -85,7 +85,7 @@ def deflate_args(setting: str) -> list[str]:
 
 
 class Arrivals:
-    """Where one command id arrived (same interface as `bench.Tracker`)."""
+    """Where one command id arrived: at candidates, and at the proctor (`dashboard`)."""
 
     __slots__ = ("arrivals", "dashboard", "done", "expected", "started")
 

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -48,23 +47,10 @@ class SioPeer(WsPeer):
         self.connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.pings = 0
 
-    def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
-            if isinstance(event, Response):
-                if self.handshake.done():
-                    continue
-                if self.ws.handshake_exc is not None:
-                    self.handshake.set_exception(self.ws.handshake_exc)
-                else:
-                    self.handshake.set_result(None)
-            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self.received += 1
-                self._packet(bytes(event.data).decode())
-        self._flush()
-        if self.ws.close_expected() and self.transport is not None:
-            self.close_code = self.ws.close_code
-            asyncio.get_running_loop().call_later(1.0, self._force_close)
+    def on_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT:
+            self.received += 1
+            self._packet(bytes(frame.data).decode())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.connected.done():

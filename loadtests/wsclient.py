@@ -76,16 +76,20 @@ class WsPeer(asyncio.Protocol):
                 else:
                     self.handshake.set_result(None)
             elif isinstance(event, Frame):
-                if event.opcode is Opcode.BINARY:
-                    self.received += 1
-                    self.on_message(self, decode(bytes(event.data)))
-                elif event.opcode is Opcode.TEXT:
-                    self.received += 1
-                    self.on_message(self, decode(bytes(event.data).decode()))
+                self.on_frame(event)
         self._flush()
         if self.ws.close_expected() and self.transport is not None:
             self.close_code = self.ws.close_code
             asyncio.get_running_loop().call_later(1.0, self._force_close)
+
+    def on_frame(self, frame: Frame) -> None:
+        """A data frame arrived: decode it as a realtime message (subclasses speak others)."""
+        if frame.opcode is Opcode.BINARY:
+            self.received += 1
+            self.on_message(self, decode(bytes(frame.data)))
+        elif frame.opcode is Opcode.TEXT:
+            self.received += 1
+            self.on_message(self, decode(bytes(frame.data).decode()))
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
