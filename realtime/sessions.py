@@ -149,7 +149,7 @@ Outcome = machine.Outcome | AlreadyApplied
 
 @dataclass(slots=True)
 class FastPath:
-    """How a candidate change may skip the read: decide on `view` (the connection's own copy
+    """How a candidate change may skip the read: decide at once on `view` (the connection's own copy
     of its session), commit if `guard` still holds (and the session is not final)."""
 
     view: dict[str, Any]

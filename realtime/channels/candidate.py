@@ -232,7 +232,7 @@ async def _handle(
             link.exam_id,
             link.session_id,
             lambda s: machine.client_event(s, conn_id, actor, name, detail, now),
-            FastPath(dict(link.view), {"conn_id": conn_id}),
+            FastPath(link.view, {"conn_id": conn_id}),
         )
         if isinstance(outcome, machine.Transition):  # the next one counts on from here
             link.view["alerts"] = outcome.changes.get("alerts", link.view["alerts"])
@@ -245,7 +245,7 @@ async def _handle(
             link.exam_id,
             link.session_id,
             lambda s: machine.acknowledge(s, conn_id, actor, command_id, now),
-            FastPath(dict(link.view), guard, live_only=False),
+            FastPath(link.view, guard, live_only=False),
         )
     elif kind == "submit":
         outcome = await service.candidate_update(
@@ -277,7 +277,7 @@ async def _send_progress(conn: Connection, runtime: Runtime, link: CandidateLink
         try:
             outcome = await runtime.service.candidate_update(
                 link.exam_id, link.session_id, _progress_decision(link, report),
-                FastPath(dict(link.view), {"conn_id": link.conn_id}),
+                FastPath(link.view, {"conn_id": link.conn_id}),
             )
         except Exception as exc:
             if not backend_down(exc):
