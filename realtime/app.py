@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
+from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.proctor import proctor_endpoint
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", root),
         Route("/metrics", metrics_endpoint, include_in_schema=False),
         *api_routes,
+        *report_routes,
         *identity_routes,
         *guest_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),

@@ -28,6 +28,7 @@ from realtime.auth.permissions import ACTION_PERMISSION
 from realtime.auth.principal import Principal
 from realtime.batching import CommitBatcher
 from realtime.db.database import Database
+from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from realtime.locks import KeyedLocks
 from realtime.state import machine
@@ -471,6 +472,7 @@ class SessionService:
         resume_token: str | None = None,
         client_id: str = "",
         remote_addr: str = "",
+        user_agent: str = "",
     ) -> Opened:
         exam = await self.get_exam(exam_id)
         token = secrets.token_urlsafe(24)
@@ -481,6 +483,7 @@ class SessionService:
             resume_token=resume_token,
             client_id=client_id,
             remote_addr=remote_addr,
+            user_agent=user_agent,
         )
         now = self.clock()
 
@@ -718,15 +721,26 @@ class SessionService:
         assert isinstance(outcome, machine.Transition)  # decide never rejects
         return outcome.events[0]
 
-    async def history_of(self, exam_id: str, session_id: str) -> list[Event]:
+    async def caught_up(self, exam_id: str) -> None:
+        """Make SQL reads of the exam's history current (for up to the drainer's timeout)."""
         if self.catch_up is not None:
             await self.catch_up(exam_id)
-        return await self.db.history(session_id)
 
-    async def irregularities(self, exam_id: str) -> list[dict[str, Any]]:
-        if self.catch_up is not None:
-            await self.catch_up(exam_id)
-        return await self.db.irregularities(exam_id)
+    async def history_page(
+        self, exam_id: str, session_id: str | None, flt: HistoryFilter
+    ) -> tuple[list[Event], bool]:
+        """A page of one session's history (or, with `session_id` None, the whole exam's),
+        made current first; and whether more lie beyond it."""
+        await self.caught_up(exam_id)
+        if session_id is None:
+            return await self.db.exam_history_page(exam_id, flt)
+        return await self.db.session_history_page(session_id, flt)
+
+    async def irregularities(
+        self, exam_id: str, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        await self.caught_up(exam_id)
+        return await self.db.irregularities(exam_id, since, until)
 
     async def sweep_stale(self, exam_id: str) -> int:
         """Disconnect sessions whose holder went silent (e.g. its process crashed).

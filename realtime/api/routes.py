@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,9 +16,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
+from realtime.api.history_query import next_link, parse_history_filter, parse_range
+from realtime.api.reports import ActorNames, natural_key
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.commands import parse_command, parse_target
+from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, ErrorCode, NotFound
 from realtime.identity.web import authenticate_request
 from realtime.runtime import runtime_of
@@ -51,6 +55,25 @@ async def visible_session(
     if not principal.sees(exam.groups, session["group"]):
         raise NotFound("no such session")
     return exam, session
+
+
+async def visible_exam(request: Request, principal: Principal) -> Exam:
+    """The exam named in the path; 404 for an exam outside the caller's scope."""
+    exam = await runtime_of(request).service.get_exam(request.path_params["exam_id"])
+    if not principal.sees(exam.groups):
+        raise NotFound("no such exam")
+    return exam
+
+
+async def visible_sessions(request: Request, principal: Principal) -> list[dict[str, Any]]:
+    """The exam's sessions in the caller's scope, filtered by the query (status, group,
+    search), in natural order of candidate names."""
+    service = runtime_of(request).service
+    exam = await service.get_exam(request.path_params["exam_id"])
+    sessions = await service.list_sessions(exam.id, _filter_from_query(request))
+    visible = [s for s in sessions if principal.sees(exam.groups, s["group"])]
+    visible.sort(key=lambda s: (natural_key(s["candidate_name"]), s["id"]))
+    return visible
 
 
 async def json_body(request: Request) -> Any:
@@ -319,10 +342,7 @@ async def list_sessions(request: Request) -> Response:
       200: {description: "{sessions: [Session]}"}
     """
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
-    service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    sessions = await service.list_sessions(exam.id, _filter_from_query(request))
-    visible = [public_view(s) for s in sessions if principal.sees(exam.groups, s["group"])]
+    visible = [public_view(s) for s in await visible_sessions(request, principal)]
     return JSONResponse({"sessions": visible})
 
 
@@ -360,18 +380,43 @@ async def post_command(request: Request) -> Response:
 
 async def session_history(request: Request) -> Response:
     """
-    summary: A session's history, oldest first
+    summary: A page of a session's history, oldest first, with a link to the next page
+    parameters:
+      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
+      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
+      - {name: after_seq, in: query, schema: {type: integer}, description: "page forward"}
+      - {name: before_seq, in: query, schema: {type: integer}, description: "page backward"}
+      - {name: limit, in: query, schema: {type: integer}, description: "1..1000 (1000)"}
+      - {name: exclude, in: query, schema: {type: string}, description: "e.g. progress,delivered"}
     responses:
-      200: {description: "{events: [Event]}"}
+      200: {description: "{events: [Event], next: URL of the next page or null}"}
+      400: {description: A malformed filter}
     """
     principal = await principal_of(request, Permission.VIEW_HISTORY)
-    service = runtime_of(request).service
+    flt = parse_history_filter(request.query_params)
     exam, session = await visible_session(request, principal)
-    events = await service.history_of(exam.id, session["id"])
-    return JSONResponse({"events": [_public_event(e.to_dict()) for e in events]})
+    return await history_answer(request, exam.id, session["id"], flt,
+                                lambda _sid: str(session["candidate_name"]))
 
 
-def _public_event(data: dict[str, Any]) -> dict[str, Any]:
+async def history_answer(
+    request: Request,
+    exam_id: str,
+    session_id: str | None,
+    flt: HistoryFilter,
+    candidate_name: Callable[[str], str],
+    visible: Callable[[str], bool] = lambda _sid: True,
+) -> Response:
+    """A page of history as JSON: events with their actors named, and the next page's link."""
+    runtime = runtime_of(request)
+    events, more = await runtime.service.history_page(exam_id, session_id, flt)
+    shown = [public_event(e.to_dict()) for e in events if visible(e.session_id)]
+    await ActorNames(runtime.db).name_all(shown, candidate_name)
+    link = next_link(request.url, flt, events[0].seq, events[-1].seq) if more else None
+    return JSONResponse({"events": shown, "next": link})
+
+
+def public_event(data: dict[str, Any]) -> dict[str, Any]:
     data["changes"] = public_view(data.get("changes") or {})
     return data
 
@@ -392,21 +437,24 @@ async def report_irregularity(request: Request) -> Response:
     service = runtime_of(request).service
     exam, session = await visible_session(request, principal)
     event = await service.report_irregularity(exam.id, session["id"], principal, category, note)
-    return JSONResponse(_public_event(event.to_dict()), status_code=201)
+    return JSONResponse(public_event(event.to_dict()), status_code=201)
 
 
 async def list_irregularities(request: Request) -> Response:
     """
-    summary: All irregularities reported in an exam
+    summary: The irregularities reported in an exam, oldest first
+    parameters:
+      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
+      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
     responses:
       200: {description: "{irregularities: [...]}"}
     """
     principal = await principal_of(request, Permission.VIEW_HISTORY)
-    service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    if not principal.sees(exam.groups):
-        raise NotFound("no such exam")
-    rows = await service.irregularities(exam.id)
+    since, until = parse_range(request.query_params)
+    runtime = runtime_of(request)
+    exam = await visible_exam(request, principal)
+    rows = await runtime.service.irregularities(exam.id, since, until)
+    await ActorNames(runtime.db).name_all(rows, lambda _sid: "")
     return JSONResponse({"irregularities": rows})
 
 

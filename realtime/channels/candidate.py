@@ -41,6 +41,7 @@ from realtime.state import machine
 from realtime.state.model import RefusalReason, SkipReason, Status, public_view
 
 log = logging.getLogger(__name__)
+MAX_USER_AGENT = 256  # enough to tell devices apart; history rows stay small
 
 
 def candidate_view(session: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +129,8 @@ async def _open(
     runtime.hub.add_candidate(link)  # before the open, so no event after it is missed
     try:
         opened = await runtime.service.open(
-            exam_id, session_id, link.conn_id, "", resume_token, client_id, remote
+            exam_id, session_id, link.conn_id, "", resume_token, client_id, remote,
+            user_agent=websocket.headers.get("user-agent", "")[:MAX_USER_AGENT],
         )
     except OpenRefused as exc:
         runtime.hub.remove_candidate(link)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import StaticPool
 
 from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
+from realtime.db.history import HistoryFilter, events_page, irregularities_page
 from realtime.db.models import Base, EventRow, ExamRow, IrregularityRow, SessionRow
 from realtime.state.model import Event, Exam, ExamSettings, public_view
 
@@ -511,6 +512,51 @@ class Database:
             )
             return [_event_from_row(row) for row in reversed(rows.all())]
 
+    async def session_history_page(
+        self, session_id: str, flt: HistoryFilter
+    ) -> tuple[list[Event], bool]:
+        """One page of a session's events (see HistoryFilter), oldest first, and whether more
+        lie beyond it in the page's direction."""
+        return await self._history_page(EventRow.session_id == session_id, flt)
+
+    async def exam_history_page(self, exam_id: str, flt: HistoryFilter) -> tuple[list[Event], bool]:
+        """One page of all events of an exam, like `session_history_page`."""
+        return await self._history_page(EventRow.exam_id == exam_id, flt)
+
+    async def _history_page(self, where: Any, flt: HistoryFilter) -> tuple[list[Event], bool]:
+        async with self._read() as session:
+            rows = (await session.scalars(events_page(where, flt))).all()
+        more = len(rows) > flt.limit
+        page = [_event_from_row(row) for row in rows[: flt.limit]]
+        if flt.backward:
+            page.reverse()
+        return page, more
+
+    async def staff_names(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """Full names of staff users by id (ids without a user row are left out)."""
+        from realtime.identity.models import UserRow
+
+        wanted = sorted(set(user_ids))
+        names: dict[str, str] = {}
+        async with self._read() as session:
+            for chunk in _chunks(wanted):
+                found = await session.execute(
+                    select(UserRow.id, UserRow.full_name).where(UserRow.id.in_(chunk))
+                )
+                names.update((uid, name) for uid, name in found)
+        return names
+
+    async def session_directory(self, exam_id: str) -> dict[str, tuple[str, str, str]]:
+        """Every session of an exam: id -> (candidate id, candidate name, group)."""
+        async with self._read() as session:
+            found = await session.execute(
+                select(
+                    SessionRow.id, SessionRow.candidate_id, SessionRow.candidate_name,
+                    SessionRow.group,
+                ).where(SessionRow.exam_id == exam_id)
+            )
+            return {sid: (cid or "", name, group) for sid, cid, name, group in found}
+
     async def exam_events(self, exam_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
         """The exam's events with seq > after_seq, oldest first (page forward with the last)."""
         async with self._read() as session:
@@ -557,14 +603,19 @@ class Database:
             session.add(row)
         return row.id
 
-    async def irregularities(self, exam_id: str) -> list[dict[str, Any]]:
-        """The exam's irregularities, oldest first."""
+    async def irregularities(
+        self,
+        exam_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The exam's irregularities, oldest first: reported in [since, until), after the
+        (at, id) key `after` (paging), at most `limit` (None: all)."""
+        stmt = irregularities_page(exam_id, since, until, after, limit)
         async with self._read() as session:
-            rows = await session.scalars(
-                select(IrregularityRow)
-                .where(IrregularityRow.exam_id == exam_id)
-                .order_by(IrregularityRow.at, IrregularityRow.id)
-            )
+            rows = await session.scalars(stmt)
             return [
                 {
                     "id": row.id,

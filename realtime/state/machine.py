@@ -105,6 +105,7 @@ class OpenRequest:
     resume_token: str | None = None
     client_id: str = ""
     remote_addr: str = ""
+    user_agent: str = ""  # the browser's User-Agent: which device opened, shown in history
     # Seconds since the session's `last_seen` during which the server could not hear anyone
     # (its state store was unreachable): they do not count against the resume grace.
     unheard: float = 0.0
@@ -121,7 +122,8 @@ def open_session(
     status = Status(session["status"])
 
     def refuse(reason: RefusalReason, message: str) -> Rejection:
-        details = {"reason": reason.value, "remote_addr": request.remote_addr}
+        details = {"reason": reason.value, "remote_addr": request.remote_addr,
+                   "user_agent": request.user_agent}
         actor = request.actor or candidate_actor(session)
         event = _event(session, EventKind.REFUSED, actor, now, {}, details)
         return Rejection(reason.value, message, event)
@@ -174,7 +176,8 @@ def open_session(
         else:
             changes.update(_start_changes(session, exam, now))
 
-    details: dict[str, Any] = {"remote_addr": request.remote_addr, "client_id": request.client_id}
+    details: dict[str, Any] = {"remote_addr": request.remote_addr, "client_id": request.client_id,
+                               "user_agent": request.user_agent}
     if live and session["conn_id"] != request.conn_id:
         details["superseded"] = True
     kind = EventKind.RESUMED_CONNECTION if token_ok else EventKind.OPENED
