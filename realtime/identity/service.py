@@ -13,13 +13,13 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, case, delete, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,6 +75,23 @@ class IdentityPolicy:
     max_failures: int = 5
     block_seconds: float = 3600.0
     require_group: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A login attempt as admitted by `_admit`: its number in the current window of failures
+    (0: refused, the login is blocked) and the block's end if it set one or met one."""
+
+    number: int
+    blocked_until: float | None
+
+    @property
+    def refused(self) -> bool:
+        return self.number == 0 and self.blocked_until is not None
+
+
+async def _never_exempt(user_id: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,8 @@ class IdentityService:
         self.clock = clock
         self.hasher = hasher or PasswordHasher()
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        # Accounts never blocked by failed logins (the app points this at the guest pool).
+        self.lockout_exempt: Callable[[str], Awaitable[bool]] = _never_exempt
 
     # -- passwords ---------------------------------------------------------------------------
 
@@ -459,44 +478,66 @@ class IdentityService:
             )
             return row
 
-    async def _blocked_until(self, key: str, now: float) -> float | None:
-        async with self.db._read() as session:
-            until = await session.scalar(
-                select(LoginFailureRow.blocked_until).where(LoginFailureRow.key == key)
-            )
-        return until if until is not None and until > now else None
+    async def _admit(self, key: str, now: float) -> Attempt:
+        """Check the block and count this attempt as a failure, in one SQL statement.
 
-    async def _count_failure(self, key: str, now: float) -> float | None:
-        """Count one failure; the block's end if this one reached the limit (or was blocked)."""
-        table = LoginFailureRow.__table__
+        Every attempt is counted before its password is checked, so of any number of
+        concurrent attempts at most `max_failures` are ever checked per window: the one that
+        reaches the limit sets the block in the same statement, and every later one finds it
+        set. A right password gives its count back afterwards (`_settle`).
+        """
+        table: Table = LoginFailureRow.__table__  # type: ignore[assignment]
+        c = table.c
+        limit, block = self.policy.max_failures, self.policy.block_seconds
+        expired = c.blocked_until.is_not(None) | (now - c.last_failure_at > block)
+        count = case((expired, 1), else_=c.failures + 1)
+        first_block = now + block if limit <= 1 else None
+        stmt = (
+            self.db._insert(table)
+            .values(key=key, failures=1, last_failure_at=now, blocked_until=first_block)
+            .on_conflict_do_update(
+                index_elements=[c.key],
+                set_={
+                    "failures": count,
+                    "last_failure_at": now,
+                    "blocked_until": case((count >= limit, now + block), else_=null()),
+                },
+                where=c.blocked_until.is_(None) | (c.blocked_until <= now),
+            )
+            .returning(c.failures, c.blocked_until)
+        )
+        async with self.db._write() as session:
+            admitted = (await session.execute(stmt)).first()
+            if admitted is None:  # blocked: the conditional update changed nothing
+                until = await session.scalar(select(c.blocked_until).where(c.key == key))
+                return Attempt(0, until if until is not None else now + block)
+        return Attempt(int(admitted[0]), admitted[1])
+
+    async def _settle(self, key: str, attempt: Attempt) -> None:
+        """A right password: take back this attempt's count and the ones admitted before it
+        (a success ends the window), keep those admitted after it; lift a block they did not
+        reach on their own."""
+        table: Table = LoginFailureRow.__table__  # type: ignore[assignment]
+        c = table.c
+        left = c.failures - attempt.number
         async with self.db._write() as session:
             await session.execute(
-                self.db._insert(table)  # type: ignore[arg-type]
-                .values(key=key, failures=0, last_failure_at=now, blocked_until=None)
-                .on_conflict_do_nothing()
+                update(table)
+                .where(c.key == key)
+                .values(
+                    failures=case((left > 0, left), else_=0),
+                    blocked_until=case((left >= self.policy.max_failures, c.blocked_until),
+                                       else_=null()),
+                )
             )
-            row = await session.scalar(
-                select(LoginFailureRow).where(LoginFailureRow.key == key).with_for_update()
-            )
-            assert row is not None
-            if row.blocked_until is not None and row.blocked_until > now:
-                return row.blocked_until  # a concurrent attempt reached the limit first
-            expired = row.blocked_until is not None or (
-                now - row.last_failure_at > self.policy.block_seconds
-            )
-            row.failures = 1 if expired else row.failures + 1
-            row.last_failure_at, row.blocked_until = now, None
-            if row.failures >= self.policy.max_failures:
-                row.failures, row.blocked_until = 0, now + self.policy.block_seconds
-                return row.blocked_until
-        return None
 
     async def login(self, login: str, password: str, ip: str = "") -> Login:
         """Check the password; a bearer token on success.
 
         Raises LoginBlocked while the login is blocked (also for the right password),
         Unauthorized for a wrong login or password, Forbidden for an account that is not
-        active (only once the password was right).
+        active (only once the password was right). Accounts for which `lockout_exempt` says
+        so (guest accounts) are never blocked: the per-address limit protects them.
         """
         now = self.clock()
         if not isinstance(login, str) or not login.strip() or not isinstance(password, str):
@@ -505,25 +546,28 @@ class IdentityService:
         key = row.id if row is not None else "login:" + login.strip().lower()[:320]
         subject = f"user:{row.id}" if row is not None else f"login:{login.strip().lower()[:64]}"
         anonymous = Ctx("anonymous", ip)
-        until = await self._blocked_until(key, now)
-        if until is not None:
-            await self.audit.record(anonymous, "login_blocked", subject, blocked_until=until)
-            raise LoginBlocked(until)
+        exempt = row is not None and await self.lockout_exempt(row.id)
+        attempt = Attempt(0, None) if exempt else await self._admit(key, now)
+        if attempt.refused:
+            await self.audit.record(anonymous, "login_blocked", subject,
+                                    blocked_until=attempt.blocked_until)
+            raise LoginBlocked(attempt.blocked_until)  # type: ignore[arg-type]
         ok = await self._verify(row.password_hash if row else None, password[:MAX_PASSWORD])
         if not ok or row is None:
-            until = await self._count_failure(key, now)
             await self.audit.record(anonymous, "login_failed", subject)
-            if until is not None:
-                await self.audit.record(anonymous, "lockout", subject, blocked_until=until)
-                raise LoginBlocked(until)
+            if attempt.blocked_until is not None:  # this failure reached the limit
+                await self.audit.record(anonymous, "lockout", subject,
+                                        blocked_until=attempt.blocked_until)
+                raise LoginBlocked(attempt.blocked_until)
             raise Unauthorized("wrong login or password")
+        if not exempt:
+            await self._settle(key, attempt)
         if row.status != ACTIVE:
             await self.audit.record(anonymous, "login_refused", subject, status=row.status)
             raise Forbidden(f"the account is {row.status}")
         token = "rt_" + secrets.token_urlsafe(32)
         expires = now + self.policy.token_ttl
         async with self.db._write() as session:
-            await session.execute(delete(LoginFailureRow).where(LoginFailureRow.key == key))
             session.add(
                 AuthTokenRow(id=token_id(token), user_id=row.id, created_at=now, expires_at=expires,
                              ip=ip[:64])
