@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             forget_tokens=auth.forget, trusted_proxies=parse_networks(settings.trusted_proxies),
         )
         service.may_open = app.state.guests.may_open
+        identity.service.lockout_exempt = app.state.guests.is_guest
         heartbeat = asyncio.create_task(
             run_heartbeat(hub, settings.ping_interval, settings.ping_timeout, service.touch,
                           touch_with_conn=True),

@@ -227,6 +227,25 @@ async def test_a_guest_sits_the_exam_and_is_reassigned(
     await _release_all(staff)
 
 
+async def test_guest_passwords_are_words_and_guesses_never_lock_the_account(
+    staff: Api, anon: httpx.AsyncClient
+) -> None:
+    """A guest password is four short words; a dozen wrong guesses (more than the lockout
+    limit, at once) never block the account, and the right password still logs in."""
+    await _pool(staff, 5)
+    exam_id = await _guest_exam(staff, ["127.0.0.0/8"])
+    reserved = (await _reserve(anon, exam_id)).json()
+    words = reserved["password"].split("-")
+    assert len(words) == 4 and all(w.isalpha() and w.islower() and len(w) <= 5 for w in words)
+    guesses = await asyncio.gather(*(
+        anon.post("/api/v1/auth/login", json={"login": reserved["login"], "password": guess})
+        for guess in [f"wrong-guess-{i}" for i in range(12)]
+    ))
+    assert [g.status_code for g in guesses] == [401] * 12
+    await login(anon, reserved["login"], reserved["password"])
+    await _release_all(staff)
+
+
 # -- the race ------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from realtime.guests.network import client_address, parse_networks, refusal
-from realtime.guests.passwords import COLOURS, digest, new_password
+from realtime.guests.passwords import digest, entropy_bits, new_password, words
 from realtime.state.model import Exam, ExamSettings
 
 TRUSTED = parse_networks(["10.0.0.1/32", "10.0.1.0/24", "::1"])
@@ -50,8 +50,16 @@ def test_refusals() -> None:
     assert refusal(exam, inside, 150.0) is not None  # no lab network: offered nowhere
 
 
-def test_passwords_read_easily() -> None:
-    for _ in range(50):
-        colour, number = new_password().split("-")
-        assert colour in COLOURS and 1000 <= int(number) <= 9999
-    assert digest("k", 1, "red-1234") != digest("k", 2, "red-1234")
+def test_passwords_are_four_short_words_of_over_40_bits() -> None:
+    """Guest passwords: 4 common words of 3-5 lower-case letters, >= 40 bits, rarely alike."""
+    assert entropy_bits() >= 40
+    seen = set()
+    for _ in range(200):
+        password = new_password()
+        parts = password.split("-")
+        assert len(parts) == 4 and all(p in words() for p in parts)
+        assert all(p.isascii() and p.isalpha() and p.islower() and 3 <= len(p) <= 5
+                   for p in parts)
+        seen.add(password)
+    assert len(seen) == 200
+    assert digest("k", 1, "mud-art-list-pace") != digest("k", 2, "mud-art-list-pace")

@@ -124,7 +124,7 @@ async def test_reserve_takes_the_lowest_free_and_never_repeats_a_password(parts:
     assert (first.login, second.login) == ("guest1", "guest2")
     # A free account cannot log in at all.
     with pytest.raises(Unauthorized):
-        await parts.identity.login("guest3", "amber-1234")
+        await parts.identity.login("guest3", "mud-art-list-pace")
     seen = {first.password}
     for _ in range(3):  # release and reserve guest1 again: a new password each time
         await parts.guests.release(Ctx("test"), "guest1")

@@ -1,24 +1,43 @@
-"""Easy-to-read one-time guest passwords: a colour and a number, e.g. "amber-4821"."""
+"""One-time guest passwords that are easy to type from a screen: four short common words,
+e.g. "pagan-cloth-mud-yield".
+
+The words come from the EFF short word list (1,296 words of 3–5 letters, shipped by
+`xkcdpass`), so four of them carry log2(1296) × 4 ≈ 41.4 bits. Guest accounts are never
+blocked by failed logins (a hall of candidates must not lock each other out); the per-address
+login limit is what stops guessing.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import math
 import secrets
 
-COLOURS = (
-    "amber", "aqua", "azure", "beige", "black", "blue", "bronze", "brown", "coral", "cream",
-    "cyan", "gold", "green", "grey", "indigo", "ivory", "jade", "khaki", "lemon", "lilac",
-    "lime", "maroon", "mint", "navy", "olive", "orange", "peach", "pink", "plum", "purple",
-    "red", "rose", "ruby", "rust", "sand", "silver", "teal", "violet", "white", "yellow",
-)
+from xkcdpass import xkcd_password
+
+WORDS_PER_PASSWORD = 4
+SEPARATOR = "-"
+
+
+@functools.cache
+def words() -> tuple[str, ...]:
+    """The word list (lower-case, unique), read once."""
+    wordfile = xkcd_password.locate_wordfile("eff-short")
+    return tuple(sorted(set(xkcd_password.generate_wordlist(wordfile=wordfile, min_length=3,
+                                                            max_length=5))))
+
+
+def entropy_bits() -> float:
+    return WORDS_PER_PASSWORD * math.log2(len(words()))
 
 
 def new_password() -> str:
-    return f"{secrets.choice(COLOURS)}-{secrets.randbelow(9000) + 1000}"
+    return SEPARATOR.join(secrets.choice(words()) for _ in range(WORDS_PER_PASSWORD))
 
 
 def digest(secret: str, number: int, password: str) -> str:
-    """What `guest_passwords` stores: keyed, so the small password space is not a rainbow."""
+    """What `guest_passwords` stores: keyed, so a leaked table is no list of passwords."""
     message = f"{number}:{password}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()

@@ -557,6 +557,16 @@ class GuestService:
         )
         return moved["result"]  # type: ignore[no-any-return]
 
+    async def is_guest(self, user_id: str) -> bool:
+        """Whether a user is a guest account: those are exempt from the login lockout (a
+        hall of candidates must never lock each other out); the per-address login limit
+        protects them instead."""
+        async with self.db._read() as session:
+            found = await session.scalar(
+                select(GuestAccountRow.number).where(GuestAccountRow.user_id == user_id)
+            )
+        return found is not None
+
     async def may_open(self, user_id: str, exam_id: str) -> bool:
         """A guest account opens only the exam it was reserved for; other users anything."""
         async with self.db._read() as session:
