@@ -10,6 +10,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -21,6 +22,7 @@ from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.proctor import proctor_endpoint
+from realtime.channels.transport import TransportMiddleware
 from realtime.config import Settings
 from realtime.db import migrate
 from realtime.db.database import Database
@@ -166,6 +168,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(TransportMiddleware)],
         exception_handlers={
             RealtimeError: error_response,
             HTTPException: error_response,

@@ -46,6 +46,7 @@ class Settings:
     ping_interval: float = 5.0
     ping_timeout: float = 12.0
     send_queue_size: int = 1024
+    send_timeout: float = 10.0  # a peer that reads nothing this long while a send waits: cut off
     max_message_bytes: int = 16 * 1024
     ws_deflate: bool = False  # accept permessage-deflate (costs zlib state per socket)
     event_log_size: int = 10_000
@@ -82,6 +83,7 @@ class Settings:
             ping_interval=_float("REALTIME_PING_INTERVAL", defaults.ping_interval),
             ping_timeout=_float("REALTIME_PING_TIMEOUT", defaults.ping_timeout),
             send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),
+            send_timeout=_float("REALTIME_SEND_TIMEOUT", defaults.send_timeout),
             max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             ws_deflate=_bool("REALTIME_WS_DEFLATE", defaults.ws_deflate),
             event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),

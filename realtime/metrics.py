@@ -55,6 +55,9 @@ class Metrics:
         gauge("realtime_slow_consumers_dropped",
               "Connections closed because their send queue overflowed (4008)",
               lambda: Connection.overflows)
+        gauge("realtime_send_deadline_aborts",
+              "Connections aborted because their peer read nothing within the send deadline",
+              lambda: Connection.send_timeouts)
         self.commands = Counter(
             "realtime_command_targets",
             "Sessions targeted by staff commands, by action and outcome",

@@ -23,6 +23,7 @@ class FakeSocket:
         self.frames: list[bytes | str] = []
         self.closed: tuple[int, str] | None = None
         self.stuck = stuck
+        self.unstuck = asyncio.Event()  # set: a stuck socket's pending send goes out
         self.got_frame = asyncio.Event()
         self.got_close = asyncio.Event()
 
@@ -34,7 +35,7 @@ class FakeSocket:
 
     async def _send(self, data: bytes | str) -> None:
         if self.stuck:
-            await asyncio.Event().wait()
+            await self.unstuck.wait()
         self.frames.append(data)
         self.got_frame.set()
 
@@ -43,8 +44,38 @@ class FakeSocket:
         self.got_close.set()
 
 
-def connection(socket: FakeSocket, codec: str = JSON, queue: int = 8) -> Connection:
-    conn = Connection(cast(WebSocket, socket), CODECS[codec], queue)
+class FakeTransport:
+    """The server's transport under a stuck socket: `buffered` bytes the peer has not read;
+    each look at the buffer finds `reads` fewer (a peer reading slowly), and after `release_after`
+    looks the socket's pending send goes out."""
+
+    def __init__(self, socket: FakeSocket, reads: int = 0, release_after: int = 0) -> None:
+        self.socket = socket
+        self.buffered = 1_000_000
+        self.reads = reads
+        self.release_after = release_after
+        self.looks = 0
+        self.aborted = asyncio.Event()
+
+    def get_write_buffer_size(self) -> int:
+        self.looks += 1
+        self.buffered -= self.reads
+        if self.looks == self.release_after:
+            self.socket.unstuck.set()
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+def connection(
+    socket: FakeSocket,
+    codec: str = JSON,
+    queue: int = 8,
+    send_timeout: float = 0.0,
+    transport: FakeTransport | None = None,
+) -> Connection:
+    conn = Connection(cast(WebSocket, socket), CODECS[codec], queue, send_timeout, transport)
     conn.start()
     return conn
 
@@ -85,6 +116,49 @@ async def test_a_slow_dashboard_is_dropped_and_never_delays_the_others() -> None
     assert len(fast_socket.frames) == 10
     await slow.conn.stop()
     await fast.conn.stop()
+
+
+async def test_a_peer_that_reads_nothing_within_the_send_deadline_is_aborted() -> None:
+    """A send that waits while the peer reads nothing: past the deadline the transport is
+    aborted, the connection closed as slow (4008) and told to stop reading."""
+    socket = FakeSocket(stuck=True)
+    transport = FakeTransport(socket)
+    conn = connection(socket, send_timeout=0.02, transport=transport)
+    before = Connection.send_timeouts
+    assert conn.send({"type": "ping"})
+    await asyncio.wait_for(transport.aborted.wait(), 5)
+    assert (conn.stopped, conn.closing, conn.close_code) == (True, True, 4008)
+    assert Connection.send_timeouts == before + 1
+    assert not conn.send({"type": "ping"})
+    await conn.stop()
+    assert socket.frames == []
+
+
+async def test_a_peer_that_reads_slowly_is_not_cut_off() -> None:
+    """While the peer takes bytes off the buffer, each deadline is renewed until the send
+    goes out; nothing is aborted."""
+    socket = FakeSocket(stuck=True)
+    transport = FakeTransport(socket, reads=1000, release_after=5)
+    conn = connection(socket, send_timeout=0.02, transport=transport)
+    assert conn.send({"type": "ping"})
+    await asyncio.wait_for(socket.got_frame.wait(), 5)
+    await conn.stop()
+    assert not transport.aborted.is_set() and not conn.closing
+    assert transport.looks >= 5
+
+
+async def test_a_pending_close_gets_one_deadline_however_slowly_the_peer_reads() -> None:
+    """A close queued behind a stuck send is not renewed by a trickle of reads: the socket
+    is aborted at the second deadline at the latest (each deadline looks twice: when it is
+    armed and when it expires)."""
+    socket = FakeSocket(stuck=True)
+    transport = FakeTransport(socket, reads=1000)
+    conn = connection(socket, send_timeout=0.02, transport=transport)
+    assert conn.send({"type": "ping"})
+    conn.close(4010, "resync")
+    await asyncio.wait_for(transport.aborted.wait(), 5)
+    assert transport.looks <= 4 and conn.close_code == 4008
+    await conn.stop()
 
 
 async def test_a_broadcast_is_encoded_once_per_codec() -> None:

@@ -59,11 +59,11 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
     except TimeoutError:
         conn.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
     except asyncio.CancelledError:
-        if not conn.timed_out:
+        if not conn.stopped:
             raise
         task = asyncio.current_task()
         if task is not None:
-            task.uncancel()  # the heartbeat stopped a silent peer: clean up below
+            task.uncancel()  # the server cut off a silent or stalled peer: clean up below
     except Exception:
         log.exception("candidate connection failed")
         conn.abort(1011, "internal error")

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from realtime.channels.codec import Codec, choose_codec
+from realtime.channels.transport import transport_of
 from realtime.config import Settings
 from realtime.errors import BadRequest, CloseCode, ErrorCode
 from realtime.hub.connection import Connection
@@ -36,7 +37,9 @@ async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
         await websocket.close(CloseCode.UNSUPPORTED_PROTOCOL, "unsupported subprotocol")
         return None
     await websocket.accept(subprotocol=codec.name if offered else None)
-    conn = Connection(websocket, codec, settings.send_queue_size)
+    conn = Connection(
+        websocket, codec, settings.send_queue_size, settings.send_timeout, transport_of(websocket)
+    )
     conn.start()
     return conn
 
@@ -46,6 +49,7 @@ async def messages(
 ) -> AsyncIterator[dict[str, Any]]:
     """Decoded messages until the peer goes away. Bad frames get an `error`, not a crash.
 
+    Ends without reading further once the server cut the connection off (`conn.stopped`).
     Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer), until
     the heartbeat watches the connection (`conn.watched`): then it times out only pings left
     unanswered (`conn.unanswered_since`, cleared here on every frame), which is cheaper than
@@ -64,7 +68,7 @@ async def messages(
         finally:
             conn.in_receive = False
         conn.unanswered_since = None  # any frame answers the pings sent so far
-        if raw["type"] == "websocket.disconnect":
+        if raw["type"] == "websocket.disconnect" or conn.stopped:
             return
         frame = raw.get("bytes")
         if frame is None:

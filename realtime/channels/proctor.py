@@ -8,6 +8,7 @@ client says which sequence it saw last and the event log still reaches back, wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -64,6 +65,12 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
         interval = runtime.settings.auth_recheck_interval
         async with credential_watch(conn, runtime.auth, token, principal, interval):
             await _serve(websocket, conn, runtime, principal, watcher)
+    except asyncio.CancelledError:
+        if not conn.stopped:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the server cut off a stalled peer: clean up below
     except Exception:
         log.exception("proctor connection failed")
         conn.abort(1011, "internal error")

@@ -4,6 +4,11 @@ Fan-out only ever enqueues, so a slow client cannot delay anybody else; when its
 the connection is closed with `CloseCode.SLOW_CONSUMER` and the client resynchronises on
 reconnect. The writer task exists only while something is queued: an idle connection holds
 no task, which keeps tens of thousands of idle sockets cheap.
+
+A peer that stops reading would otherwise hold its socket (and its session) forever: the close
+frame waits behind data it never reads. So sends have a deadline: while a send waits, one
+timer checks every `send_timeout` that the peer read something; when it read nothing for that
+long (or a close has waited that long), the socket is aborted and its reader stops.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
@@ -21,6 +26,14 @@ from realtime.channels.codec import Codec, Encoded
 from realtime.errors import CloseCode
 
 log = logging.getLogger(__name__)
+
+
+class PeerTransport(Protocol):
+    """What the deadline needs of the server's transport (asyncio's, or uvloop's)."""
+
+    def abort(self) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
 
 
 class _Close:
@@ -59,26 +72,43 @@ class _Resume:
 
 class Connection:
     overflows = 0  # process-wide count of connections dropped as slow (for metrics)
+    send_timeouts = 0  # of those, cut off because the peer read nothing within the deadline
 
     __slots__ = (
+        "_cut",
+        "_deadline",
         "_limit",
+        "_progress",
         "_queue",
+        "_send_timeout",
+        "_sends",
         "_writer",
         "close_code",
         "closing",
         "codec",
         "in_receive",
         "reader",
+        "stopped",
         "timed_out",
+        "transport",
         "unanswered_since",
         "watched",
         "websocket",
     )
 
-    def __init__(self, websocket: WebSocket, codec: Codec, queue_size: int) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        codec: Codec,
+        queue_size: int,
+        send_timeout: float = 0.0,
+        transport: PeerTransport | None = None,
+    ) -> None:
         self.websocket = websocket
         self.codec = codec
+        self.transport = transport  # the server's, to abort a peer that stopped reading
         self.closing = False
+        self.stopped = False  # cut off by the server (ping or send deadline): stop reading
         self.close_code: int | None = None
         # When the oldest ping the peer has not answered yet was queued, on the heartbeat's
         # liveness clock (which leaves out the time the event loop was stalled); None when
@@ -91,6 +121,11 @@ class Connection:
         self._limit = queue_size
         self._queue: deque[bytes | str | _Close] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._send_timeout = send_timeout  # 0: no deadline
+        self._deadline: asyncio.TimerHandle | None = None  # armed only while a send waits
+        self._sends = 0  # sends the writer task completed (progress, for the deadline)
+        self._progress: tuple[int, int, bool] = (0, 0, False)
+        self._cut = False  # aborted by the deadline
 
     def start(self) -> None:
         """Remember the reading task, so a silent peer can be cut off by the heartbeat."""
@@ -120,6 +155,8 @@ class Connection:
 
     def abort(self, code: int, reason: str) -> None:
         """Close now, dropping whatever is still queued."""
+        if self._cut:
+            return
         self.closing = True
         self.close_code = code
         self._queue.clear()
@@ -130,9 +167,67 @@ class Connection:
         the middle of handling one, so no change is cut in half)."""
         if not self.timed_out:
             self.timed_out = True
+            self.stopped = True
             self.abort(CloseCode.PING_TIMEOUT, "no answer to pings")
+        self._stop_reader()
+
+    def _stop_reader(self) -> None:
         if self.in_receive and self.reader is not None and not self.reader.done():
             self.reader.cancel()
+
+    def cut_off(self) -> None:
+        """The peer read nothing within the send deadline: abort the socket (its close frame
+        could not get through either), drop what is queued and stop reading from it. The
+        reader then ends through the usual disconnect path."""
+        if self._cut:
+            return
+        self._cut = True
+        Connection.send_timeouts += 1
+        log.info("peer read nothing for %.1f s: connection aborted", self._send_timeout)
+        self.stopped = True
+        self.closing = True
+        self.close_code = CloseCode.SLOW_CONSUMER
+        self._queue.clear()
+        self._disarm()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+        if self.transport is not None:
+            # The server notices the lost connection and hands the reader a disconnect.
+            self.transport.abort()
+        else:
+            self._stop_reader()
+
+    def _arm(self) -> None:
+        """A send has to wait: check on the peer once per `send_timeout` until it is done."""
+        if self._send_timeout <= 0 or self._deadline is not None or self._cut:
+            return
+        self._progress = self._mark()
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._send_timeout, self._check_deadline
+        )
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _mark(self) -> tuple[int, int, bool]:
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return (self._sends, buffered, self.closing)
+
+    def _check_deadline(self) -> None:
+        self._deadline = None
+        if self._writer is None or self._cut:
+            return
+        sends, buffered, _ = self._mark()
+        last_sends, last_buffered, was_closing = self._progress
+        # Progress: a send went out, or the peer took bytes off the transport's buffer. A
+        # close gets one deadline however slowly the peer reads.
+        if not was_closing and (sends != last_sends or buffered < last_buffered):
+            self._arm()
+            return
+        self.cut_off()
 
     def _enqueue(self, item: bytes | str | _Close) -> None:
         if self._writer is None and not self._queue:
@@ -141,6 +236,7 @@ class Connection:
         self._queue.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain(None))
+            self._arm()
 
     def _send_coro(self, item: bytes | str | _Close) -> Coroutine[Any, Any, None]:
         ws = self.websocket
@@ -169,6 +265,7 @@ class Connection:
         self._writer = asyncio.get_running_loop().create_task(
             self._drain((coro, waiting, isinstance(item, _Close)))
         )
+        self._arm()
 
     def _gone(self, exc: BaseException) -> None:
         log.debug("writer stopped: %r", exc)
@@ -181,12 +278,14 @@ class Connection:
             if started is not None:
                 coro, waiting, was_close = started
                 await _Resume(coro, waiting)
+                self._sends += 1
                 if was_close:
                     queue.clear()
                     return
             while queue:
                 item = queue.popleft()
                 await self._send_coro(item)
+                self._sends += 1
                 if isinstance(item, _Close):
                     queue.clear()
                     return
@@ -196,11 +295,14 @@ class Connection:
             self._gone(exc)
         finally:
             self._writer = None
+            self._disarm()
 
     async def stop(self) -> None:
         """Give the writer a moment to flush a pending close, then stop it."""
+        self.reader = None  # a finished reader's traceback would hold this connection
         writer = self._writer
         if writer is None:
+            self._disarm()
             return
         if self.closing and not writer.done():
             with contextlib.suppress(TimeoutError, Exception):
@@ -209,3 +311,4 @@ class Connection:
             writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
+        self._disarm()

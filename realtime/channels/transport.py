@@ -1,0 +1,41 @@
+"""The server's transport of a WebSocket, so a peer that stopped reading can be aborted.
+
+ASGI gives an application no way to drop a connection whose close frame cannot be delivered
+(the server flushes its buffer first, which a peer that never reads never lets it do). uvicorn's
+`send` is a method of its protocol object, which holds the transport; Starlette wraps `send`
+on the way to the endpoint, so this middleware, outside that wrapping, puts the transport in
+the scope. With another server the key is absent and the deadline falls back to stopping the
+reader (the socket then lingers until the peer reads or the server closes it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from realtime.hub.connection import PeerTransport
+
+SCOPE_KEY = "realtime.transport"
+
+
+class TransportMiddleware:
+    """Records the server's transport of each WebSocket in its scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
+            if callable(getattr(transport, "abort", None)) and callable(
+                getattr(transport, "get_write_buffer_size", None)
+            ):
+                scope[SCOPE_KEY] = transport
+        await self.app(scope, receive, send)
+
+
+def transport_of(websocket: WebSocket) -> PeerTransport | None:
+    transport: PeerTransport | None = websocket.scope.get(SCOPE_KEY)
+    return transport
