@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         app.state.metrics = metrics
+        store.add_commit_listener(hub.on_committed)
         store.add_listener(hub.on_event)
         store.add_listener(drainer.on_event)
         store.add_resubscribe_listener(hub.resynchronise)

@@ -295,3 +295,24 @@ async def test_after_a_lost_subscription_everyone_resynchronises() -> None:
     assert state == {"type": "state", "session": {"id": "s1", "status": "paused", "version": 7}}
     assert link.version == 7
     await link.conn.stop()
+
+
+async def test_own_commits_reach_the_candidate_at_once_and_the_echo_is_not_sent_again() -> None:
+    """`on_committed` (the store's answer) sends a page its versioned change; the same event
+    arriving through the fan-out later is not sent twice; unversioned events wait for it."""
+    hub = Hub()
+    page = FakeSocket()
+    link = CandidateLink(connection(page), "e1", "s1", "conn-1")
+    hub.add_candidate(link)
+    link.activate(1)
+    pause = event(5, kind="pause", status="paused", version=2)
+    note = event(6, kind="notice")  # no version: left to the fan-out
+    hub.on_committed([pause, note])
+    await asyncio.wait_for(page.got_frame.wait(), 5)
+    assert len(page.frames) == 1 and '"action":"pause"' in str(page.frames[0])
+    page.got_frame.clear()
+    hub.on_event(pause)  # the echo
+    hub.on_event(note)
+    await asyncio.wait_for(page.got_frame.wait(), 5)
+    assert len(page.frames) == 2 and '"action":"notice"' in str(page.frames[1])
+    await link.conn.stop()

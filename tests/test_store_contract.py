@@ -557,6 +557,67 @@ async def test_redis_stores_fan_out_to_each_other(redis_url: str) -> None:
             await store.close()
 
 
+async def test_redis_own_commits_reach_commit_listeners_when_redis_answers(
+    redis_url: str,
+) -> None:
+    """A process hands its own commits' events to commit listeners as soon as Redis answers,
+    without waiting for them to come back through its subscription (here: none at all)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    deaf, other = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    early: list[list[Event]] = []
+    deaf.add_commit_listener(early.append)
+    await other.start()  # `deaf` never subscribes: no echo can reach it
+    try:
+        await deaf.add_sessions([session(f"s{i}") for i in range(20)] + [session("s0", B)])
+        committed: list[Event] = []
+        for batch in (
+            [commit(A, f"s{i}", 0, events=2) for i in range(10)] + [commit(B, "s0", 0)],
+            [commit(A, "s0", 0)],  # conflict: nothing to hand out
+            [commit(A, f"s{i}", None) for i in range(10, 20)],
+        ):
+            committed += [e for r in await deaf.commit(batch) for e in r.events]
+            assert [e for events in early for e in events] == committed
+        assert [len(events) for events in early] == [20, 1, 10]
+        await other.commit([commit(A, "s19", None)])  # another process's: not handed out
+        assert len(early) == 3
+    finally:
+        for store in (deaf, other):
+            await store.close()
+
+
+async def test_redis_listeners_see_own_commits_once_whichever_comes_first(
+    redis_url: str,
+) -> None:
+    """Whether Redis's answer or the echo of a commit reaches the process first, its listeners
+    see every event exactly once, in seq order, equal to what another process decodes."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    early: list[Event] = []
+    seen_one, seen_two = Collector(), Collector()
+    one.add_commit_listener(early.extend)
+    one.add_listener(seen_one)
+    two.add_listener(seen_two)
+    for store in (one, two):
+        await store.start()
+    try:
+        await one.add_sessions([session(f"s{i}") for i in range(1000)])
+        committed: list[Event] = []
+        for round_ in range(12):  # small calls' echoes tend to win, large calls' answers
+            size = 1 if round_ % 2 else 1000
+            results = await one.commit([commit(A, f"s{i}", None) for i in range(size)])
+            committed += [e for r in results for e in r.events]
+        results = await two.commit([commit(A, "s0", None)])
+        committed += [e for r in results for e in r.events]
+
+        for collector in (seen_one, seen_two):
+            received = await collector.wait_for(len(committed))
+            assert summary(received) == summary(committed)
+        assert {e.seq for e in early} <= {e.seq for e in committed[:-1]}
+    finally:
+        for store in (one, two):
+            await store.close()
+
+
 async def test_redis_failing_listener_does_not_stop_delivery(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -319,6 +319,22 @@ class Hub:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
 
+    def on_committed(self, events: list[Event]) -> None:
+        """This process's own commit, straight from the store's answer: candidate pages get
+        their session's changes now instead of after the echo. Only versioned changes: a page
+        orders them by version and ignores the echo; the rest waits for `on_event`."""
+        candidates = self.candidates
+        for event in events:
+            if "version" not in event.changes:
+                continue
+            links = candidates.get(event.session_id)
+            if links:
+                for link in list(links):
+                    try:
+                        link.handle(event)
+                    except Exception:
+                        log.exception("candidate dispatch failed for %s", event.session_id)
+
     def flush(self) -> None:
         """Send the pending dashboard deltas, one message per exam, encoded once per codec."""
         self._flush_scheduled = False

@@ -19,6 +19,7 @@ from realtime.state.store import (
     FINAL_STATUSES,
     Backlog,
     Commit,
+    CommitListener,
     CommitResult,
     EventListener,
     OutboxEntry,
@@ -71,6 +72,9 @@ class MemoryStore:
 
     def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
         """Nothing to do: in one process no event can be missed."""
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Nothing to do: the listeners of `add_listener` already run inside `commit`."""
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)

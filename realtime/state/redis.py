@@ -5,8 +5,13 @@ Layout (see `Keys`): every key of one exam carries the exam id as a Redis Cluste
 the Lua scripts that touch a session, the exam's seq counter and its outbox stay in one slot.
 Session hashes hold JSON-encoded values. One commit_batch.lua call applies many commits of one
 exam and appends their events as ONE outbox stream entry (id `<first seq>-*`, field `d` = the
-events' msgpack blobs back to back) and publishes them as ONE message `b"<first seq>:<blobs>"`.
-Drainers read the outbox through the consumer group `drain`, under a per-exam lease.
+events' msgpack blobs back to back) and publishes them as ONE message
+`b"<token>:<first seq>:<blobs>"`, where the token names the call that made it. Drainers read the
+outbox through the consumer group `drain`, under a per-exam lease.
+
+A process already holds the events of its own commits when Redis answers: it hands them to its
+commit listeners at once (candidate pages, ordered by session version, need not wait for the
+echo), and when the echo arrives it reuses them instead of decoding the message again.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
+import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -39,6 +46,7 @@ from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
     Backlog,
     Commit,
+    CommitListener,
     CommitResult,
     EventListener,
     OutboxEntry,
@@ -50,6 +58,7 @@ START_TIMEOUT = 10.0  # seconds start() waits for the event subscription
 RECONNECT_MIN = 0.1  # first back-off after the subscription broke, doubled up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
 IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this long = dead
+MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
 # commit_batch.lua status codes besides 1 (ok)
 _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED = 0, -1, -2, -3
@@ -158,10 +167,16 @@ def decode_events(first_seq: int, blobs: bytes) -> list[Event]:
     return events
 
 
+def split_message(message: bytes) -> tuple[str, int, bytes]:
+    """A published `b"<token>:<first seq>:<blobs>"` message: (token, first seq, blobs)."""
+    token, first, blobs = message.split(b":", 2)
+    return token.decode(), int(first), blobs
+
+
 def decode_message(message: bytes) -> list[Event]:
-    """A published `b"<first seq>:<blobs>"` message back into its events."""
-    first, _, blobs = message.partition(b":")
-    return decode_events(int(first), blobs)
+    """A published message back into its events."""
+    _, first, blobs = split_message(message)
+    return decode_events(first, blobs)
 
 
 def _json(value: Any) -> bytes:
@@ -257,6 +272,15 @@ class RedisStore:
         self._ensure_script = self._client.register_script(_lua("ensure_seq.lua"))
         self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
         self._listeners: list[EventListener] = []
+        self._commit_listeners: list[CommitListener] = []
+        # Own commits and their echoes: a call's token is "<origin>.<n>". Events of answered
+        # calls wait in `_unechoed` for their echo; `_echoed` holds tokens of calls in flight
+        # whose echo came first (the reply must then not hand the events out again).
+        self._origin = secrets.token_hex(6)
+        self._calls = itertools.count()
+        self._in_flight: set[str] = set()
+        self._echoed: set[str] = set()
+        self._unechoed: OrderedDict[str, list[Event]] = OrderedDict()
         self._resubscribe_listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
@@ -311,11 +335,15 @@ class RedisStore:
 
     def _notify_resubscribed(self) -> None:
         """Events published while the subscription was down never reach this process."""
+        self._unechoed.clear()  # their echoes were lost with the subscription
         for listener in list(self._resubscribe_listeners):
             try:
                 listener()
             except Exception:
                 log.exception("resubscribe listener %r failed", listener)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._commit_listeners.append(listener)
 
     def add_listener(self, listener: EventListener) -> None:
         """Listeners run one after another on the subscription task: keep them quick (queue
@@ -384,7 +412,12 @@ class RedisStore:
 
     async def _deliver(self, message: bytes) -> None:
         try:
-            events = decode_message(message)
+            token, first, blobs = split_message(message)
+            events = self._unechoed.pop(token, None)
+            if events is None or events[0].seq != first:
+                events = decode_events(first, blobs)
+                if token in self._in_flight:
+                    self._echoed.add(token)  # the echo beat the reply
         except Exception:
             log.exception("undecodable event on %s: %r", self.keys.events, message[:200])
             return
@@ -584,17 +617,40 @@ class RedisStore:
         by_exam: dict[str, list[int]] = {}
         for index, commit in enumerate(commits):
             by_exam.setdefault(commit.exam_id, []).append(index)
-        calls = [self._batch_args(exam_id, [commits[i] for i in indexes])
-                 for exam_id, indexes in by_exam.items()]
-        replies = await _run_batches(self._commit_client, self._commit_script, calls)
-        results: list[CommitResult | None] = [None] * len(commits)
-        for indexes, reply in zip(by_exam.values(), replies, strict=True):
-            for k, index in enumerate(indexes):
-                results[index] = self._result(commits[index], int(reply[2 * k]),
-                                              int(reply[2 * k + 1]))
+        tokens = [f"{self._origin}.{next(self._calls)}" for _ in by_exam]
+        calls = [self._batch_args(exam_id, [commits[i] for i in indexes], token)
+                 for (exam_id, indexes), token in zip(by_exam.items(), tokens, strict=True)]
+        self._in_flight.update(tokens)
+        try:
+            replies = await _run_batches(self._commit_client, self._commit_script, calls)
+            results: list[CommitResult | None] = [None] * len(commits)
+            for indexes, reply, token in zip(by_exam.values(), replies, tokens, strict=True):
+                events: list[Event] = []
+                for k, index in enumerate(indexes):
+                    result = self._result(commits[index], int(reply[2 * k]), int(reply[2 * k + 1]))
+                    results[index] = result
+                    events += result.events
+                if events and token not in self._echoed:
+                    self._hand_out(token, events)
+        finally:
+            self._in_flight.difference_update(tokens)
+            self._echoed.difference_update(tokens)
         return [r for r in results if r is not None]
 
-    def _batch_args(self, exam_id: str, commits: list[Commit]) -> tuple[list[Any], list[Any]]:
+    def _hand_out(self, token: str, events: list[Event]) -> None:
+        """Give the commit listeners this call's events now, and keep them for the echo."""
+        self._unechoed[token] = events
+        if len(self._unechoed) > MAX_UNECHOED:
+            self._unechoed.popitem(last=False)
+        for listener in self._commit_listeners:
+            try:
+                listener(events)
+            except Exception:  # applied is applied: never let a listener fail the commit
+                log.exception("commit listener %r failed", listener)
+
+    def _batch_args(
+        self, exam_id: str, commits: list[Commit], token: str
+    ) -> tuple[list[Any], list[Any]]:
         """One script call's keys and arguments: the commits travel as ONE msgpack argument
         (packing tens of thousands of separate arguments costs redis-py more than the
         script costs Redis)."""
@@ -617,7 +673,7 @@ class RedisStore:
                 [encode_event(event, version) for event in commit.events],
             ])
         args = [keys.events, repr(time.time()), COMMAND_TTL, keys.session_prefix(exam_id),
-                keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False)]
+                keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False), token]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod

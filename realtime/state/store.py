@@ -17,6 +17,8 @@ from typing import Any, Protocol
 from realtime.state.model import Event, Exam
 
 EventListener = Callable[[Event], Awaitable[None] | None]
+CommitListener = Callable[[list[Event]], None]
+"""Sees the events of this process's own commits as soon as the store has applied them."""
 
 FINAL_STATUSES = ("completed", "terminated")
 
@@ -86,6 +88,13 @@ class StateStore(Protocol):
 
     def add_listener(self, listener: EventListener) -> None:
         """Call `listener` for every committed event of any exam, from any process."""
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call `listener` with the events of each of THIS process's commits as soon as the
+        store has applied them, before they come back through the event fan-out (which still
+        brings them to every `add_listener` listener, in seq order). For latency-critical
+        consumers that are ordered by something of their own (a candidate page by its session
+        version); they must tolerate seeing the event again."""
 
     def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever this process's event subscription came back after a loss:

@@ -10,11 +10,13 @@
 -- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: an
 -- array of [session id, mode ('v' compare-and-set | 'g' guarded | 'r' record only),
 -- expected version (string), command id ('' none), live only (0/1), guard field/value list,
--- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)].
+-- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)],
+-- ARGV[7] the caller's token for this call (it recognises its own message by it).
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
 -- 0 no such session, -1 version conflict, -2 command already applied (seq = its first seq),
--- -3 guard failed. The outbox entry id is "<first seq>-*"; the message "<first seq>:<blobs>".
+-- -3 guard failed. The outbox entry id is "<first seq>-*"; the message
+-- "<token>:<first seq>:<blobs>".
 
 local ttl = tonumber(ARGV[3])
 local commits = cmsgpack.unpack(ARGV[6])
@@ -83,6 +85,6 @@ if #blobs > 0 then
   redis.call('SET', KEYS[1], seq)
   local data = table.concat(blobs)
   redis.call('XADD', KEYS[2], first .. '-*', 't', ARGV[2], 'n', #blobs, 'd', data)
-  redis.call('PUBLISH', ARGV[1], first .. ':' .. data)
+  redis.call('PUBLISH', ARGV[1], ARGV[7] .. ':' .. first .. ':' .. data)
 end
 return out
