@@ -37,10 +37,11 @@ from locust import User, events, task
 from locust.clients import HttpSession
 from locust.env import Environment
 from locust.exception import StopUser
-from locust.runners import MasterRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.common import JSON, MSGPACK, decode, encode, split_hosts, staff_token, ws_url
-from loadtests.setup import create_plan
+from loadtests.setup import close_exams, create_plan
+from loadtests.verdict import judge
 
 log = logging.getLogger("loadtests")
 
@@ -59,6 +60,7 @@ class Scenario:
         self.proctor_wait = (5.0, 15.0)
         self.supervisor_wait = (20.0, 40.0)
         self.rest_share = 0.3
+        self.created = False  # the halls were made by this run (and are closed at its end)
         self.candidates = itertools.count()
         self.proctors = itertools.count()
 
@@ -105,6 +107,13 @@ def _arguments(parser: Any) -> None:
                        help="seconds between bulk commands: min,max")
     group.add_argument("--rest-share", type=float, default=0.3,
                        help="share of proctor commands sent over REST instead of the socket")
+    group.add_argument("--max-failure-ratio", type=float, default=0.01,
+                       help="the run fails above this share of failed requests (0.01)")
+    group.add_argument("--max-command-p95-ms", type=float, default=1000.0,
+                       help="the run fails when the 95th percentile of command latency "
+                       "(WS-CMD) is above this (1000 ms)")
+    group.add_argument("--keep-exams", action="store_true",
+                       help="leave the exams this run created (default: close them at the end)")
 
 
 @events.init.add_listener
@@ -143,11 +152,40 @@ def _test_start(environment: Environment, **_kwargs: Any) -> None:
         scenario.plan = create_plan(
             scenario.hosts[0], scenario.token, options.halls, options.hall_size
         )
+        scenario.created = True
         log.info("created %d halls of %d in %.1fs", options.halls, options.hall_size,
                  time.perf_counter() - started)
         if options.plan_out:
             Path(options.plan_out).parent.mkdir(parents=True, exist_ok=True)
             Path(options.plan_out).write_text(json.dumps(scenario.plan, indent=1))
+
+
+@events.test_stop.add_listener
+def _test_stop(environment: Environment, **_kwargs: Any) -> None:
+    """Close the exams this run created (not those of a --plan), unless --keep-exams."""
+    if isinstance(environment.runner, MasterRunner):
+        return
+    options = environment.parsed_options
+    scenario = SCENARIO
+    if scenario.plan is None or not scenario.created or getattr(options, "keep_exams", False):
+        return
+    exam_ids = [h["exam_id"] for h in scenario.plan["halls"]]
+    for line in close_exams(scenario.hosts[0], scenario.token, exam_ids):
+        log.info("%s", line)
+        print(line, flush=True)
+    scenario.plan, scenario.created = None, False
+
+
+@events.quitting.add_listener
+def _quitting(environment: Environment, **_kwargs: Any) -> None:
+    """One line that says whether the run passed, and exit status 1 when it did not."""
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    options = environment.parsed_options
+    verdict = judge(environment.stats, options.max_failure_ratio, options.max_command_p95_ms)
+    print(verdict.line, flush=True)
+    if not verdict.passed:
+        environment.process_exit_code = 1
 
 
 class SocketUser(User):

@@ -75,6 +75,30 @@ def create_plan(
     return plan
 
 
+def close_exams(host: str, token: str, exam_ids: list[str], timeout: float = 120.0) -> list[str]:
+    """End the exams a load test created: archive (DELETE) them where the server can, else
+    terminate every session and end the exam's window now, so nobody can open them and they
+    show as over. Returns a line per exam saying what was done."""
+    done: list[str] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=host, headers=headers, timeout=timeout) as http:
+        for exam_id in exam_ids:
+            try:
+                deleted = http.delete(f"/api/v1/exams/{exam_id}")
+                if deleted.status_code in (200, 204):
+                    done.append(f"exam {exam_id}: archived")
+                    continue
+                terminated = http.post(f"/api/v1/exams/{exam_id}/commands", json={
+                    "action": "terminate", "target": "all", "reason": "load test over"})
+                _check(terminated, 200)
+                _check(http.patch(f"/api/v1/exams/{exam_id}", json={"ends_at": time.time()}), 200)
+                count = len(terminated.json()["applied"])
+                done.append(f"exam {exam_id}: {count} sessions terminated, window closed")
+            except (httpx.HTTPError, RuntimeError) as exc:
+                done.append(f"exam {exam_id}: not cleaned up ({exc})")
+    return done
+
+
 def _check(response: httpx.Response, status: int) -> None:
     if response.status_code != status:
         raise RuntimeError(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import urllib.request
 from typing import Any
 
+from realtime import devtoken
 from realtime.config import Settings
 
 
@@ -21,21 +21,26 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    kept_in = None
     if args.dev and not settings.bootstrap_staff_token:
-        # Development only: an all-powerful token for this run, printed below, so a newcomer
-        # can use the API and the dashboard at once. Production logs staff in with
-        # `realtime create-admin` and /api/v1/auth/login instead.
-        settings.bootstrap_staff_token = "dev-" + secrets.token_urlsafe(12)
-    base = f"http://{host}:{port}"
+        # Development only: an all-powerful token, kept in a file so it survives restarts,
+        # printed below so a newcomer can use the API and the dashboard at once. Production
+        # logs staff in with `realtime create-admin` and /api/v1/auth/login instead.
+        kept_in = devtoken.token_path(settings.database_url)
+        settings.bootstrap_staff_token = devtoken.load_or_create(kept_in)
+    base = _base_url(host, port)
     backend = settings.redis_url or "memory"
+    token = settings.bootstrap_staff_token
     print(f"realtime: state={backend} database={settings.database_url}", flush=True)
     print(f"  dashboard  {base}/dashboard/", flush=True)
     print(f"  candidate  {base}/candidate/", flush=True)
     print(f"  API        {base}/api/v1/openapi.json", flush=True)
-    if settings.bootstrap_staff_token:
-        print(f"  staff token: {settings.bootstrap_staff_token}", flush=True)
+    if token:
+        origin = f" (kept in {kept_in}; delete it for a new one)" if kept_in else ""
+        print(f"  staff token: {token}{origin}", flush=True)
+        print(f"  sign in to the dashboard: {base}/dashboard/#token={token}", flush=True)
     if args.dev:
-        print(f"  try: realtime demo --url {base} --token <staff token>", flush=True)
+        print(f"  try: REALTIME_STAFF_TOKEN={token} realtime demo --url {base}", flush=True)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -67,9 +72,56 @@ def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any
         return json.loads(response.read())
 
 
+def _base_url(host: str, port: int) -> str:
+    """Where a local client reaches a server listening on host:port."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def _default_url() -> str:
+    settings = Settings.from_env()
+    return _base_url(settings.host, settings.port)
+
+
+def _api_failure(exc: Exception, base: str) -> str:
+    """One line that says what went wrong with a call to the server, for the terminal."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        detail = exc.read().decode(errors="replace")
+        try:
+            error = json.loads(detail)["error"]
+            detail = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            pass
+        if exc.code == 401:
+            return (f"HTTP 401 {detail}: the server did not accept the staff token; pass the one "
+                    "`realtime serve --dev` printed as --token or REALTIME_STAFF_TOKEN")
+        return f"HTTP {exc.code} {detail}"
+    if isinstance(exc, urllib.error.URLError):
+        return (f"cannot reach {base}: {exc.reason}; is the server running there? "
+                "(--url, or REALTIME_HOST / REALTIME_PORT)")
+    return f"cannot reach {base}: {exc}"
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Create a demo exam with candidates on a running server and print how to open them."""
-    base = args.url.rstrip("/")
+    import urllib.error
+
+    base = (args.url or _default_url()).rstrip("/")
+    if not args.token:
+        print("realtime demo: no staff token: pass --token or set REALTIME_STAFF_TOKEN to the "
+              "token `realtime serve --dev` printed", file=sys.stderr)
+        return 2
+    try:
+        return _make_demo(args, base)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"realtime demo: {_api_failure(exc, base)}", file=sys.stderr)
+        return 1
+
+
+def _make_demo(args: argparse.Namespace, base: str) -> int:
     exam = _api(
         base,
         args.token,
@@ -89,8 +141,8 @@ def _demo(args: argparse.Namespace) -> int:
     created = _api(base, args.token, "POST", f"/api/v1/exams/{exam['id']}/sessions",
                    {"candidates": candidates})
     print(f"exam {exam['id']}: {len(created['sessions'])} sessions")
-    print(f"dashboard: {base}/dashboard/?exam={exam['id']}")
-    for s in created["sessions"][:10]:
+    print(f"dashboard: {base}/dashboard/?exam={exam['id']}#token={args.token}")
+    for s in created["sessions"]:
         print(f"  {s['candidate_name']:<14} code {s['access_code']}  "
               f"{base}/candidate/?code={s['access_code']}")
     return 0
@@ -167,7 +219,7 @@ def _guests(args: argparse.Namespace) -> int:
     """Guest accounts, through a running server's REST API (so its live state stays right)."""
     import urllib.error
 
-    base, token = args.url.rstrip("/"), args.token
+    base, token = (args.url or _default_url()).rstrip("/"), args.token
     try:
         if args.guests_command in ("create", "resize"):
             size = args.count if args.count is not None else Settings.from_env().guest_pool_size
@@ -211,17 +263,8 @@ def _guests(args: argparse.Namespace) -> int:
         elif args.guests_command == "release":
             out = _api(base, token, "POST", f"/api/v1/guests/{args.login}/release")
             print(f"{out['login']} is {out['status']}")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            error = json.loads(detail)["error"]
-            detail = f"{error['code']}: {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            pass
-        print(f"realtime: HTTP {exc.code} {detail}", file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        print(f"realtime: cannot reach {base}: {exc.reason}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"realtime: {_api_failure(exc, base)}", file=sys.stderr)
         return 1
     return 0
 
@@ -270,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="create a demo exam with candidates on a running server")
-    demo.add_argument("--url", default="http://127.0.0.1:8000")
+    demo.add_argument("--url", help="the server (default http://REALTIME_HOST:REALTIME_PORT, "
+                      "127.0.0.1:8000)")
     demo.add_argument("--token", default=os.environ.get("REALTIME_STAFF_TOKEN", ""))
     demo.add_argument("--candidates", type=int, default=12)
     demo.add_argument("--lock", action="store_true", help="high-stakes: lock every session")
@@ -290,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     roles.add_argument("--file", help="a roles file (default: the built-in roles)")
     roles.set_defaults(func=_roles)
     guests = sub.add_parser("guests", help="guest accounts (through a running server)")
-    guests.add_argument("--url", default="http://127.0.0.1:8000")
+    guests.add_argument("--url", help="the server (default http://REALTIME_HOST:REALTIME_PORT)")
     guests.add_argument("--token", default=os.environ.get("REALTIME_STAFF_TOKEN", ""),
                         help="a staff token (default REALTIME_STAFF_TOKEN)")
     gsub = guests.add_subparsers(dest="guests_command", required=True)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from server import STAFF_TOKEN, ServerProcess
 
@@ -41,10 +42,22 @@ def test_locust_scenario_records_command_latency(tmp_path: Path) -> None:
             ],
             timeout=60, REALTIME_STAFF_TOKEN=STAFF_TOKEN,
         )
+        plan = json.loads((tmp_path / "plan.json").read_text())
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {STAFF_TOKEN}"}) as http:
+            left = [s["status"] for h in plan["halls"]
+                    for s in http.get(f"/api/v1/exams/{h['exam_id']}/sessions").json()["sessions"]]
+            windows = [http.get(f"/api/v1/exams/{h['exam_id']}").json()["ends_at"]
+                       for h in plan["halls"]]
     finally:
         server.stop()
     output = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 0, output
+    # a verdict line, and the exams it made are over: every session terminated, window closed
+    assert "realtime load test: PASS: " in result.stdout, output
+    assert "sessions terminated, window closed" in result.stdout, output
+    assert left and set(left) == {"terminated"}, left
+    assert all(w is not None for w in windows)
     with (tmp_path / "hall_stats.csv").open() as f:
         rows = list(csv.DictReader(f))
     counts = {(r["Type"], r["Name"]): int(r["Request Count"]) for r in rows}
@@ -55,7 +68,6 @@ def test_locust_scenario_records_command_latency(tmp_path: Path) -> None:
     assert counts.get(("WS-DELTA", "dashboard delta"), 0) > 0, counts
     assert any(kind == "POST" and name.startswith("REST bulk") for kind, name in counts), counts
     assert all(int(r["Failure Count"]) == 0 for r in rows), output
-    plan = json.loads((tmp_path / "plan.json").read_text())
     assert [len(h["sessions"]) for h in plan["halls"]] == [10, 10]
 
 
@@ -155,3 +167,37 @@ def test_benchmark_comparison_with_the_peer(tmp_path: Path) -> None:
     assert all(d["held"] == n and d["kib_per_conn"] is not None for d in deflate)
     assert "(peer " in result.stdout and "cheapest per connection" in result.stdout
     assert "peer:1" in summary.read_text()
+
+
+class _Entry:
+    """What the verdict reads of a locust stats entry (importing locust here would
+    monkey-patch the test process with gevent)."""
+
+    def __init__(self, requests: int, failures: int = 0, p95: float = 0.0) -> None:
+        self.num_requests, self.num_failures, self.p95 = requests, failures, p95
+
+    def get_response_time_percentile(self, _share: float) -> float:
+        return self.p95
+
+
+class _Stats:
+    def __init__(self, entries: dict[tuple[str, str], _Entry]) -> None:
+        self.entries = entries
+        self.total = _Entry(sum(e.num_requests for e in entries.values()),
+                            sum(e.num_failures for e in entries.values()))
+
+
+def test_locust_verdict_fails_on_failures_or_slow_commands() -> None:
+    """The summary line says FAIL (and why) above the failure share or the command p95."""
+    from loadtests.verdict import judge
+
+    fine = _Stats({("command pause", "WS-CMD"): _Entry(99, 0, 20.0)})
+    assert judge(fine, 0.01, 1000).passed
+    failing = _Stats({("command pause", "WS-CMD"): _Entry(99, 0, 20.0),
+                      ("open", "WS"): _Entry(3, 2, 5.0)})
+    verdict = judge(failing, 0.01, 1000)
+    assert not verdict.passed and "failures 1.96% > 1.00%" in verdict.line
+    slow = _Stats({("command pause", "WS-CMD"): _Entry(10, 0, 3000.0)})
+    verdict = judge(slow, 0.01, 1000)
+    assert not verdict.passed and "command p95 3000 ms > 1000 ms" in verdict.line
+    assert not judge(_Stats({}), 0.01, 1000).passed  # nothing measured is no pass

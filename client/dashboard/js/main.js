@@ -117,9 +117,23 @@ function pageFromUrl() {
   return new URLSearchParams(location.search).get("page");
 }
 
+/**
+ * A sign-in link (`/dashboard/#token=…`, printed by `realtime serve --dev` and `realtime demo`):
+ * keep the token in this tab like a pasted one, and take it out of the address bar. The hash
+ * never reaches the server, so the token is in no access log.
+ */
+function takeTokenFromLink() {
+  const match = /^#token=([^&]+)/.exec(location.hash);
+  if (!match) return;
+  tokenStore.set(decodeURIComponent(match[1]));
+  session.me = null;
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
 async function route() {
   const mine = ++generation;
   stop();
+  takeTokenFromLink();
   const activation = activationToken();
   if (activation !== null) {
     show("view-activate");
