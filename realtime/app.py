@@ -12,12 +12,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
+from realtime.api.inputs import RefuseNulInURL
 from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
@@ -36,6 +37,7 @@ from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
 from realtime.identity.audited import AuditedSessionService
 from realtime.identity.setup import build_identity
+from realtime.jsonsafe import JSONResponse
 from realtime.metrics import Metrics
 from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
@@ -169,7 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(TransportMiddleware)],
+        middleware=[Middleware(TransportMiddleware), Middleware(RefuseNulInURL)],
         exception_handlers={
             RealtimeError: error_response,
             HTTPException: error_response,

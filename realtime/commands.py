@@ -13,6 +13,7 @@ from realtime.state.model import Action, Status
 
 MAX_TARGET_IDS = 20_000
 MAX_TEXT = 2000
+MAX_EXTEND_MINUTES = 1440  # one command adds at most a day
 
 
 def _str_list(value: Any, name: str) -> list[str]:
@@ -97,8 +98,12 @@ def parse_command(body: Any) -> tuple[Action, Target, dict[str, Any]]:
         params["reason"] = reason
     if action is Action.EXTEND:
         minutes = body.get("minutes")
-        if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes <= 0:
-            raise BadRequest("extend needs a positive integer 'minutes'")
+        if (
+            not isinstance(minutes, int)
+            or isinstance(minutes, bool)
+            or not 1 <= minutes <= MAX_EXTEND_MINUTES
+        ):
+            raise BadRequest(f"extend needs an integer 'minutes' 1..{MAX_EXTEND_MINUTES}")
         params["minutes"] = minutes
     if action is Action.NOTICE:
         text = body.get("text")

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.api.routes import json_body, principal_of
@@ -23,6 +23,7 @@ from realtime.guests.models import FREE, RESERVED, RETIRED
 from realtime.guests.network import refusal, request_address
 from realtime.guests.service import GuestDetails, GuestError, GuestService
 from realtime.identity.web import ctx_of
+from realtime.jsonsafe import JSONResponse
 from realtime.runtime import runtime_of
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from realtime.api.inputs import int_param
 from realtime.api.routes import json_body
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
@@ -32,9 +33,11 @@ from realtime.identity.web import (
     identity_of,
     request_token,
 )
+from realtime.jsonsafe import JSONResponse
 from realtime.runtime import runtime_of
 
 CSV_TYPE = "text/csv; charset=utf-8"
+MAX_AUDIT_LIMIT = 100_000
 
 
 async def _caller(request: Request, permission: Permission | None = None) -> Principal:
@@ -338,10 +341,7 @@ async def reissue_invitation(request: Request) -> Response:
 
 async def _audit_entries(request: Request) -> list[dict[str, Any]]:
     q = request.query_params
-    try:
-        limit = min(int(q.get("limit", "1000")), 100_000)
-    except ValueError:
-        raise BadRequest("'limit' must be an integer") from None
+    limit = int_param(request, "limit", 1000, 1, MAX_AUDIT_LIMIT)
     return await identity_of(request).audit.query(
         user=q.get("user") or None,
         since=_time_param(request, "from"),

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
@@ -24,19 +22,13 @@ from realtime.commands import parse_command, parse_target
 from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, ErrorCode, NotFound
 from realtime.identity.web import authenticate_request
+from realtime.jsonsafe import JSONResponse, loads
 from realtime.runtime import runtime_of
 from realtime.sessions import Target
 from realtime.state.model import Exam, ExamSettings, public_view
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BULK_SESSIONS = 10_000
-
-
-class FastJSONResponse(JSONResponse):
-    """orjson: a bulk command's answer lists every session; the standard encoder is slow."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 async def principal_of(request: Request, permission: Permission | None = None) -> Principal:
@@ -77,13 +69,12 @@ async def visible_sessions(request: Request, principal: Principal) -> list[dict[
 
 
 async def json_body(request: Request) -> Any:
+    """The JSON body, checked by `jsonsafe.loads` like every WebSocket message (finite,
+    safe numbers; no NUL; bounded nesting): one place for every endpoint's input."""
     raw = await request.body()
     if len(raw) > 4 * 1024 * 1024:
         raise BadRequest("request body too large", ErrorCode.TOO_LARGE)
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", ErrorCode.MALFORMED) from exc
+    return loads(raw or b"null")
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -92,12 +83,19 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
+MAX_EPOCH = 32_503_680_000  # 3000-01-01: later is a typo or an attack
+
+
 def _opt_float(body: dict[str, Any], key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise BadRequest(f"'{key}' must be a number (seconds since the epoch)")
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_EPOCH
+    ):
+        raise BadRequest(f"'{key}' must be a number of seconds since the epoch, 0..{MAX_EPOCH}")
     return float(value)
 
 
@@ -375,7 +373,7 @@ async def post_command(request: Request) -> Response:
     result = await runtime_of(request).service.command(
         request.path_params["exam_id"], action, target, principal, params
     )
-    return FastJSONResponse(result.to_dict())
+    return JSONResponse(result.to_dict())
 
 
 async def session_history(request: Request) -> Response:
@@ -531,13 +529,37 @@ schemas = SchemaGenerator(
 )
 
 
+PATH_PARAMETER = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+
+
+def with_path_parameters(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare every `{name}` of every path as a required string parameter.
+
+    Starlette's generator only copies the docstrings; without these a client generator or a
+    fuzzer (schemathesis) cannot call the operation at all.
+    """
+    for path, operations in document.get("paths", {}).items():
+        names = PATH_PARAMETER.findall(path)
+        if not names:
+            continue
+        for operation in operations.values():
+            declared = operation.setdefault("parameters", [])
+            have = {p.get("name") for p in declared if p.get("in") == "path"}
+            declared.extend(
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in names
+                if name not in have
+            )
+    return document
+
+
 async def openapi(request: Request) -> Response:
     """
     summary: This OpenAPI document
     responses:
       200: {description: OpenAPI 3 JSON}
     """
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    return JSONResponse(with_path_parameters(schemas.get_schema(routes=request.app.routes)))
 
 
 routes = [

@@ -22,6 +22,7 @@ from realtime.channels.common import (
     error_message,
     messages,
     non_negative_int,
+    optional_number,
     optional_str,
     required_str,
 )
@@ -42,6 +43,11 @@ from realtime.state.model import RefusalReason, SkipReason, Status, public_view
 
 log = logging.getLogger(__name__)
 MAX_USER_AGENT = 256  # enough to tell devices apart; history rows stay small
+
+# A pong echoes a ping's `t` (this server's clock): one further in the past than this, or in
+# the future, answers no ping of ours and must not become a round trip.
+MAX_PONG_AGE = 3600.0
+MAX_PONG_AHEAD = 60.0
 
 
 def candidate_view(session: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +218,12 @@ async def _handle(
     conn_id = link.conn_id
     outcome: machine.Outcome
     if kind == "pong":
-        sent = message.get("t")
-        if isinstance(sent, int | float) and not isinstance(sent, bool):
-            link.rtt_ms = max(0.0, round((now - sent) * 1000, 1))
+        sent = optional_number(message, "t")
+        if sent is None:
+            return
+        if not -MAX_PONG_AHEAD <= now - sent <= MAX_PONG_AGE:
+            raise BadRequest("'t' must echo the 't' of a recent ping")
+        link.rtt_ms = max(0.0, round((now - sent) * 1000, 1))
         return
     if kind == "open":
         raise BadRequest("the session is already open on this connection", ErrorCode.OUT_OF_ORDER)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from realtime.errors import BadRequest, ErrorCode
+from realtime.jsonsafe import check_value, dumps, loads
 
 MSGPACK = "realtime.v1.msgpack"
 JSON = "realtime.v1.json"
@@ -23,27 +23,28 @@ class Codec:
     def encode(self, message: dict[str, Any]) -> bytes | str:
         if self.binary:
             return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
-        return json.dumps(message, separators=(",", ":"), default=str)
+        return dumps(message).decode()  # strict: never NaN or Infinity
 
     def decode(self, frame: bytes | str) -> dict[str, Any]:
-        """Decode one frame; raises BadRequest(malformed) for anything that isn't a message."""
-        try:
-            if isinstance(frame, str):
-                if self.binary:
-                    raise BadRequest("expected a binary msgpack frame", ErrorCode.MALFORMED)
-                message = json.loads(frame)
-            else:
-                if not self.binary:
-                    raise BadRequest("expected a text JSON frame", ErrorCode.MALFORMED)
+        """Decode one frame: BadRequest(malformed) for anything that isn't a message, and
+        BadRequest(invalid) for values no message carries (`jsonsafe.check_value`)."""
+        if isinstance(frame, str):
+            if self.binary:
+                raise BadRequest("expected a binary msgpack frame", ErrorCode.MALFORMED)
+            message = loads(frame)
+        else:
+            if not self.binary:
+                raise BadRequest("expected a text JSON frame", ErrorCode.MALFORMED)
+            try:
                 message = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-        except BadRequest:
-            raise
-        except Exception as exc:
-            raise BadRequest(f"cannot decode frame: {exc}", ErrorCode.MALFORMED) from exc
+            except Exception as exc:
+                raise BadRequest(f"cannot decode frame: {exc}", ErrorCode.MALFORMED) from exc
         if not isinstance(message, dict):
             raise BadRequest("a message must be a map", ErrorCode.MALFORMED)
         if not isinstance(message.get("type"), str):
             raise BadRequest("a message needs a string 'type'", ErrorCode.INVALID)
+        if self.binary:
+            check_value(message)  # JSON frames were checked by `loads`
         return message
 
 

@@ -110,3 +110,29 @@ def non_negative_int(message: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
         raise BadRequest(f"'{key}' must be an integer 0..1000000")
     return value
+
+
+def optional_number(message: dict[str, Any], key: str) -> float | None:
+    """A number (int or float) or absent. `decode` already refused non-finite ones."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be a number")
+    return value
+
+
+MAX_REQUEST_ID = 64
+
+
+def request_id_of(message: dict[str, Any]) -> str | int | None:
+    """The client's `request_id`, echoed in the answer: a short string or an integer."""
+    value = message.get("request_id")
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= MAX_REQUEST_ID:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # decode keeps integers within ±(2**53 - 1)
+    raise BadRequest(f"'request_id' must be a string of at most {MAX_REQUEST_ID} characters"
+                     " or an integer")

@@ -17,7 +17,14 @@ from starlette.websockets import WebSocket
 
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
-from realtime.channels.common import accept, error_message, messages, required_str
+from realtime.channels.common import (
+    accept,
+    error_message,
+    messages,
+    optional_number,
+    request_id_of,
+    required_str,
+)
 from realtime.commands import parse_command
 from realtime.errors import (
     BadRequest,
@@ -90,7 +97,11 @@ async def _serve(
 ) -> None:
     async for message in messages(websocket, conn, runtime.settings, None):
         kind = message["type"]
-        request_id = message.get("request_id")
+        try:
+            request_id = request_id_of(message)
+        except BadRequest as exc:
+            conn.send(error_message(exc.code, exc.message, request=kind))
+            continue
         extra = {"request_id": request_id} if request_id is not None else {}
         try:
             if kind == "subscribe":
@@ -106,8 +117,9 @@ async def _serve(
                 )
                 conn.send({"type": "command_result", **extra, **result.to_dict()})
             elif kind in ("pong", "ping"):
+                t = optional_number(message, "t")
                 if kind == "ping":
-                    conn.send({"type": "pong", "t": message.get("t")})
+                    conn.send({"type": "pong", "t": t})
             else:
                 raise BadRequest(f"unknown message type {kind!r}", ErrorCode.UNKNOWN_TYPE)
         except Forbidden as exc:

@@ -7,13 +7,12 @@ permission and cannot be revoked, so they are refused unless explicitly enabled.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable
 
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
-from realtime.auth.tokens import TokenAuthenticator
+from realtime.auth.tokens import TokenAuthenticator, same_secret
 from realtime.errors import backend_down
 from realtime.identity.service import IdentityService, token_id
 
@@ -47,7 +46,7 @@ class IdentityAuthenticator(TokenAuthenticator):
     async def staff(self, token: str) -> Principal | None:
         if not token:
             return None
-        if self._bootstrap and hmac.compare_digest(token, self._bootstrap):
+        if self._bootstrap and same_secret(token, self._bootstrap):
             return Principal(
                 id="admin", name="admin", kind="staff", permissions=ALL_PERMISSIONS,
                 unrestricted=True,

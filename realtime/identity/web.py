@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket
 
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
-from realtime.auth.tokens import TokenAuthenticator
+from realtime.auth.tokens import TokenAuthenticator, same_secret
 from realtime.config import Settings
 from realtime.errors import CloseCode, ErrorCode, Forbidden, Unauthorized
 from realtime.hub.connection import Connection
@@ -91,7 +91,7 @@ async def authenticate_request(
         sent = request.headers.get(CSRF_HEADER, "")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         expected = csrf_for(settings.secret_key, token)
-        if not (sent and hmac.compare_digest(sent, cookie) and hmac.compare_digest(sent, expected)):
+        if not (sent and same_secret(sent, cookie) and same_secret(sent, expected)):
             if identity is not None:
                 await identity.audit.record(
                     ctx_of(principal), "permission_denied", "", reason="csrf",
