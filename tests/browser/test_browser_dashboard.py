@@ -95,7 +95,9 @@ async def test_bulk_pause_by_filter(
         dashboard = await browsers.dashboard(exam["id"])
         await expect(dashboard.locator('#session-rows tr[data-status="active"]')).to_have_count(5)
 
-        await dashboard.get_by_label("Group", exact=True).select_option("Hall A")
+        await dashboard.locator("#group-filter summary").click()
+        await dashboard.get_by_role("checkbox", name="Hall A").check()
+        await dashboard.locator("#group-filter summary").click()
         await dashboard.locator('button[data-counter="active"]').click()
         await expect(dashboard.locator("#session-rows tr[data-session-id]")).to_have_count(2)
         await expect(dashboard.locator("#result-count")).to_have_text("Showing 2 of 6")

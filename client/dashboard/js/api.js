@@ -103,6 +103,15 @@ export async function download(path, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+/** Open a print-friendly report (HTML, fetched with this tab's credentials) in a new tab. */
+export async function openPrintView(path) {
+  const response = await fetch(path, { headers: authHeaders("GET"), credentials: "same-origin" });
+  if (!response.ok) throw new ApiError(response.status, "http_error", `Loading the report failed (${response.status})`);
+  const url = URL.createObjectURL(await response.blob());
+  window.open(url, "_blank", "noopener");
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 const enc = encodeURIComponent;
 
 /** `?a=1&b=2` of the non-empty values. */
@@ -136,10 +145,11 @@ export const api = {
   exam: (examId) => request("GET", `/api/v1/exams/${encodeURIComponent(examId)}`),
   session: (examId, sessionId) =>
     request("GET", `/api/v1/exams/${encodeURIComponent(examId)}/sessions/${encodeURIComponent(sessionId)}`),
-  history: (examId, sessionId) =>
+  /** A page of a session's history (`filters`: from, to, exclude, after_seq…), or the page at `next`. */
+  history: (examId, sessionId, filters = {}, next = null) =>
     request(
       "GET",
-      `/api/v1/exams/${encodeURIComponent(examId)}/sessions/${encodeURIComponent(sessionId)}/history`,
+      next ?? `/api/v1/exams/${encodeURIComponent(examId)}/sessions/${encodeURIComponent(sessionId)}/history${query(filters)}`,
     ),
   reportIrregularity: (examId, sessionId, category, note) =>
     request(

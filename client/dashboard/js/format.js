@@ -91,3 +91,10 @@ const EVENT_LABELS = {
 export function eventLabel(kind) {
   return EVENT_LABELS[kind] ?? actionLabel(kind);
 }
+
+/** A `datetime-local` input's value (the browser's local time) as ISO-8601 UTC, "" for none. */
+export function localToIso(value) {
+  if (!value) return "";
+  const d = new Date(value); // no offset: parsed as local time
+  return Number.isNaN(d.getTime()) ? "" : d.toISOString();
+}

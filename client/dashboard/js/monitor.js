@@ -1,11 +1,11 @@
 // Monitoring one exam: the live connection, the table, the toolbar, commands and the panel.
 
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
-import { api, serverClock } from "./api.js";
+import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
-import { actionDone, actionLabel, clockTime, esc, plural } from "./format.js";
+import { actionDone, actionLabel, clockTime, esc, localToIso, plural } from "./format.js";
 import { SessionPanel } from "./panel.js";
-import { STATUSES, SessionTable, isOffline } from "./table.js";
+import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
 import { askCommand, toast } from "./ui.js";
 
 const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice"]);
@@ -277,21 +277,56 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       if (d.status) el.setAttribute("aria-pressed", String(table.filter.statuses.has(d.status)));
       if (d.flag) el.setAttribute("aria-pressed", String(!!table.filter[d.flag]));
     }
-    const groups = [...new Set([...(conn.exam?.groups ?? []), ...table.groups()])].sort();
+    const groups = [...new Set([...(conn.exam?.groups ?? []), ...table.groups()])].sort(naturalCompare);
     const key = groups.join("\u0000");
     if (key !== knownGroups) {
       knownGroups = key;
-      const select = $("group-filter");
-      const current = select.value;
-      select.innerHTML =
-        `<option value="">All groups</option>` + groups.map((g) => `<option>${esc(g)}</option>`).join("");
-      select.value = groups.includes(current) ? current : "";
+      const chosen = table.filter.groups;
+      for (const g of [...chosen]) if (!groups.includes(g)) chosen.delete(g);
+      $("group-options").innerHTML = groups.length
+        ? groups
+            .map((g) => `<label class="check"><input type="checkbox" value="${esc(g)}"${chosen.has(g) ? " checked" : ""}> ${esc(g)}</label>`)
+            .join("")
+        : `<span class="muted">No groups</span>`;
+      renderGroupSummary();
     }
     renderResultCount();
   }
   table.addEventListener("counts", renderCounts);
   table.addEventListener("visible", renderResultCount);
   table.addEventListener("selection", renderActionBar);
+
+  function renderGroupSummary() {
+    const chosen = [...table.filter.groups].sort(naturalCompare);
+    $("group-filter-summary").textContent = chosen.length === 0 ? "All groups" : chosen.length <= 2 ? chosen.join(", ") : `${chosen.length} groups`;
+  }
+
+  function chosenGroups() {
+    return new Set([...$("group-options").querySelectorAll("input:checked")].map((i) => i.value));
+  }
+
+  /** Download (or open for printing) one of the exam's reports, with this tab's credentials. */
+  async function exportReport(button) {
+    const kind = button.dataset.export;
+    const print = button.hasAttribute("data-print");
+    const params = {};
+    if (kind !== "sessions") {
+      const from = localToIso($("export-from").value);
+      const to = localToIso($("export-to").value);
+      if (from) params.from = from;
+      if (to) params.to = to;
+    }
+    const path = `/api/v1/exams/${encodeURIComponent(examId)}/${kind}.${print ? "html" : "csv"}${query(params)}`;
+    button.disabled = true;
+    try {
+      if (print) await openPrintView(path);
+      else await download(path, `${examId}-${kind}.csv`);
+    } catch (err) {
+      toast(`Could not export the ${kind}: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
 
   function renderResultCount() {
     const total = table.rows.size;
@@ -305,10 +340,11 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   function applyFilters() {
     table.setFilter({
       search: $("search").value,
-      group: $("group-filter").value,
+      groups: chosenGroups(),
       offline: $("only-offline").checked,
       alerts: $("only-alerts").checked,
     });
+    renderGroupSummary();
     renderCounts();
   }
   const onSearch = () => {
@@ -317,13 +353,17 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   };
   const listeners = [
     [$("search"), "input", onSearch],
-    [$("group-filter"), "change", applyFilters],
+    [$("group-options"), "change", applyFilters],
+    [$("downloads"), "click", (e) => {
+      const button = e.target.closest("button[data-export]");
+      if (button) exportReport(button);
+    }],
     [$("only-offline"), "change", applyFilters],
     [$("only-alerts"), "change", applyFilters],
     [$("scope"), "change", () => renderActionBar()],
     [$("clear-filters"), "click", () => {
       $("search").value = "";
-      $("group-filter").value = "";
+      for (const box of $("group-options").querySelectorAll("input:checked")) box.checked = false;
       $("only-offline").checked = false;
       $("only-alerts").checked = false;
       table.filter.statuses.clear();

@@ -1,10 +1,15 @@
 // The side panel: one session's details, its commands, history and the irregularity form.
 
-import { api } from "./api.js";
+import { api, download, openPrintView, query } from "./api.js";
 import { session as signedIn } from "./auth.js";
-import { actionLabel, ago, clockTime, duration, esc, eventLabel } from "./format.js";
+import { actionLabel, ago, clockTime, duration, esc, eventLabel, localToIso } from "./format.js";
 import { isOffline, timeLeft } from "./table.js";
 import { toast } from "./ui.js";
+
+/** Pages of 1,000 history entries the panel shows at most; beyond that, the CSV has them all. */
+const MAX_HISTORY_PAGES = 5;
+/** Entries hidden unless "Progress and deliveries" is ticked. */
+const CHATTY_KINDS = new Set(["progress", "delivered"]);
 
 export class SessionPanel {
   /**
@@ -38,6 +43,17 @@ export class SessionPanel {
       if (button && session) this.onAction(button.dataset.action, session);
     };
     this._onSubmit = (e) => this._report(e);
+    this._onHistoryFilter = (e) => {
+      e.preventDefault();
+      if (this.sessionId) this.loadHistory(this.sessionId);
+    };
+    this._onHistoryExport = (e) => this._exportHistory(e.currentTarget.id === "history-print");
+    this.historyLoad = 0;
+    this.historyShown = { since: null, until: null, all: false };
+    q("history-filter").addEventListener("submit", this._onHistoryFilter);
+    q("history-all").addEventListener("change", this._onHistoryFilter);
+    q("history-csv").addEventListener("click", this._onHistoryExport);
+    q("history-print").addEventListener("click", this._onHistoryExport);
     q("panel-close").addEventListener("click", this._onClose);
     this.el.addEventListener("keydown", this._onKey);
     q("panel-actions").addEventListener("click", this._onActionClick);
@@ -50,6 +66,10 @@ export class SessionPanel {
     this.el.removeEventListener("keydown", this._onKey);
     this.q("panel-actions").removeEventListener("click", this._onActionClick);
     this.q("irregularity-form").removeEventListener("submit", this._onSubmit);
+    this.q("history-filter").removeEventListener("submit", this._onHistoryFilter);
+    this.q("history-all").removeEventListener("change", this._onHistoryFilter);
+    this.q("history-csv").removeEventListener("click", this._onHistoryExport);
+    this.q("history-print").removeEventListener("click", this._onHistoryExport);
   }
 
   get isOpen() {
@@ -71,18 +91,71 @@ export class SessionPanel {
     this.el.focus();
     clearInterval(this.ticker);
     this.ticker = setInterval(() => this.render(), 1000);
+    this.q("history").replaceChildren();
+    this.q("history-filter").hidden = !signedIn.can("sessions.history");
+    if (!signedIn.can("sessions.history")) return;
+    await this.loadHistory(sessionId);
+  }
+
+  /** The history filter as query parameters (from/to in UTC, hidden kinds). */
+  historyFilters() {
+    const filters = {};
+    const since = localToIso(this.q("history-from").value);
+    const until = localToIso(this.q("history-to").value);
+    if (since) filters.from = since;
+    if (until) filters.to = until;
+    if (!this.q("history-all").checked) filters.exclude = [...CHATTY_KINDS].join(",");
+    return filters;
+  }
+
+  /** (Re)load the history with the current filter, following `next` pages (at most a few). */
+  async loadHistory(sessionId) {
+    const load = ++this.historyLoad;
+    const filters = this.historyFilters();
+    const status = this.q("history-status");
     const list = this.q("history");
     list.replaceChildren();
-    if (!signedIn.can("sessions.history")) return;
-    this.q("history-status").textContent = "Loading history…";
+    this.seenEvents = new Set();
+    this.historyShown = {
+      since: filters.from ? Date.parse(filters.from) / 1000 : null,
+      until: filters.to ? Date.parse(filters.to) / 1000 : null,
+      all: !filters.exclude,
+    };
+    status.textContent = "Loading history…";
     try {
-      const { events } = await api.history(this.examId, sessionId);
-      if (this.sessionId !== sessionId) return;
-      list.replaceChildren();
-      for (const event of events) this._append(event);
-      this.q("history-status").textContent = events.length ? "" : "No history yet.";
+      let next = null;
+      let count = 0;
+      let pages = 0;
+      do {
+        const page = await api.history(this.examId, sessionId, filters, next);
+        if (this.sessionId !== sessionId || load !== this.historyLoad) return;
+        for (const event of page.events) this._append(event);
+        count += page.events.length;
+        next = page.next;
+        pages += 1;
+      } while (next && pages < MAX_HISTORY_PAGES);
+      const ranged = filters.from || filters.to;
+      status.textContent = next
+        ? `Showing the first ${count} entries: download the CSV for all of them.`
+        : count
+          ? ""
+          : ranged
+            ? "No history in this period."
+            : "No history yet.";
     } catch (err) {
-      if (this.sessionId === sessionId) this.q("history-status").textContent = `Could not load the history: ${err.message}`;
+      if (this.sessionId === sessionId && load === this.historyLoad) status.textContent = `Could not load the history: ${err.message}`;
+    }
+  }
+
+  async _exportHistory(print) {
+    const sessionId = this.sessionId;
+    if (!sessionId) return;
+    const path = `/api/v1/exams/${encodeURIComponent(this.examId)}/sessions/${encodeURIComponent(sessionId)}/history.${print ? "html" : "csv"}${query(this.historyFilters())}`;
+    try {
+      if (print) await openPrintView(path);
+      else await download(path, `${this.examId}-${sessionId}-history.csv`);
+    } catch (err) {
+      toast(`Could not export the history: ${err.message}`, "error");
     }
   }
 
@@ -100,7 +173,9 @@ export class SessionPanel {
   /** A live delta arrived; append it to the history when it is this session's. */
   onEvent(event) {
     if (!this.isOpen || event.session_id !== this.sessionId) return;
-    if (event.kind !== "progress") this._append(event);
+    const shown = this.historyShown;
+    const inRange = (shown.since == null || event.at >= shown.since) && (shown.until == null || event.at < shown.until);
+    if (event.kind !== "progress" && inRange && (shown.all || !CHATTY_KINDS.has(event.kind))) this._append(event);
     this.q("history-status").textContent = "";
     this.render();
   }
@@ -157,11 +232,16 @@ export class SessionPanel {
     if (d.category) details.push(String(d.category).replaceAll("_", " "));
     if (d.note) details.push(d.note);
     if (event.kind === "progress") details.push(`Q ${event.changes?.position} · ${event.changes?.answered} answered`);
+    // Where an open came from: the address and the browser (User-Agent) it used.
+    const place = [d.remote_addr && `from ${d.remote_addr}`, d.user_agent].filter(Boolean).join(" · ");
+    const me = signedIn.me;
+    const actorName = event.actor_name ?? (me && event.actor === `staff:${me.id}` ? me.name : event.actor);
     li.innerHTML =
       `<time>${esc(clockTime(event.at))}</time>` +
       `<span class="h-kind">${esc(eventLabel(event.kind))}</span>` +
-      `<span class="h-actor muted">${esc(event.actor)}</span>` +
-      (details.length ? `<span class="h-details">${esc(details.join(" · "))}</span>` : "");
+      `<span class="h-actor muted" title="${esc(event.actor)}">${esc(actorName)}</span>` +
+      (details.length ? `<span class="h-details">${esc(details.join(" · "))}</span>` : "") +
+      (place ? `<span class="h-place">${esc(place)}</span>` : "");
     this.q("history").prepend(li);
   }
 

@@ -29,6 +29,9 @@ export function timeLeft(s, nowMs) {
   return s.started_at != null ? Math.min(left, (s.deadline - s.started_at) * 1000) : left;
 }
 
+/** Natural order ("Candidate 2" before "Candidate 10"), case- and accent-insensitive. */
+export const naturalCompare = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" }).compare;
+
 const DELIVERY_TEXT = {
   pending: "sending…",
   sent: "sent",
@@ -46,14 +49,14 @@ const COLUMNS = {
   },
   candidate: {
     fields: ["candidate_name", "candidate_id"],
-    sort: (s) => `${s.candidate_name}\u0000${s.id}`.toLocaleLowerCase(),
+    sort: (s) => `${s.candidate_name}\u0000${s.id}`,
     render: (s) =>
       `<button type="button" class="cand" data-open="${esc(s.id)}">${esc(s.candidate_name)}</button>` +
       `<span class="sub mono">${esc(s.candidate_id)}</span>`,
   },
   group: {
     fields: ["group"],
-    sort: (s) => s.group.toLocaleLowerCase(),
+    sort: (s) => s.group,
     render: (s) => (s.group ? esc(s.group) : `<span class="muted">—</span>`),
   },
   status: {
@@ -181,7 +184,7 @@ export class SessionTable extends EventTarget {
     this.rows = new Map();
     /** @type {Row[]} the filtered, sorted rows, as shown */
     this.visible = [];
-    this.filter = { statuses: new Set(), group: "", search: "", offline: false, alerts: false };
+    this.filter = { statuses: new Set(), groups: new Set(), search: "", offline: false, alerts: false };
     this.sortKey = "candidate";
     this.sortDir = 1;
     this.dirty = new Set();
@@ -320,13 +323,13 @@ export class SessionTable extends EventTarget {
   /** Whether any filter is active. */
   get filtered() {
     const f = this.filter;
-    return f.statuses.size > 0 || !!f.group || !!f.search.trim() || f.offline || f.alerts;
+    return f.statuses.size > 0 || f.groups.size > 0 || !!f.search.trim() || f.offline || f.alerts;
   }
 
   matches(s) {
     const f = this.filter;
     if (f.statuses.size && !f.statuses.has(s.status)) return false;
-    if (f.group && s.group !== f.group) return false;
+    if (f.groups.size && !f.groups.has(s.group)) return false;
     if (f.offline && !isOffline(s)) return false;
     if (f.alerts && !s.alerts) return false;
     const needle = f.search.trim().toLocaleLowerCase();
@@ -344,10 +347,11 @@ export class SessionTable extends EventTarget {
     if (!this.filtered) return "all";
     const target = {};
     if (f.statuses.size) target.status = [...f.statuses];
-    if (f.group) target.group = f.group;
+    if (f.groups.size === 1) target.group = [...f.groups][0];
     if (f.search.trim()) target.search = f.search.trim();
-    // Client-only filters: narrow the server's filter to the sessions shown.
-    if (f.offline || f.alerts) target.session_ids = this.visible.map((r) => r.session.id);
+    // Client-only filters (and several groups, which the server's filter has not): narrow the
+    // server's filter to the sessions shown.
+    if (f.offline || f.alerts || f.groups.size > 1) target.session_ids = this.visible.map((r) => r.session.id);
     if (!target.status && !target.group && !target.search) target.all = true;
     return target;
   }
@@ -466,7 +470,7 @@ export class SessionTable extends EventTarget {
   groups() {
     const groups = new Set();
     for (const { session } of this.rows.values()) if (session.group) groups.add(session.group);
-    return [...groups].sort();
+    return [...groups].sort(naturalCompare);
   }
 
   // -- rendering ----------------------------------------------------------------------------
@@ -512,9 +516,12 @@ export class SessionTable extends EventTarget {
     visible.sort((a, b) => {
       const x = a.sortValue;
       const y = b.sortValue;
-      if (x < y) return -dir;
-      if (x > y) return dir;
-      return a.tieValue < b.tieValue ? -1 : a.tieValue > b.tieValue ? 1 : 0;
+      if (typeof x === "string") {
+        const order = naturalCompare(x, y);
+        if (order) return order * dir;
+      } else if (x < y) return -dir;
+      else if (x > y) return dir;
+      return naturalCompare(a.tieValue, b.tieValue);
     });
     const changed = visible.length !== this.visible.length;
     this.visible = visible;
