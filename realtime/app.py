@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
         hub = Hub(fetch_session=service.get_session)
-        metrics = Metrics(hub, drainer)
+        metrics = Metrics(hub, drainer, store)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         app.state.metrics = metrics

@@ -17,12 +17,25 @@ from starlette.responses import Response
 from realtime.drainer import Drainer
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Hub
+from realtime.state.store import StateStore
 
 
 class Metrics:
-    def __init__(self, hub: Hub, drainer: Drainer | None = None) -> None:
+    def __init__(
+        self, hub: Hub, drainer: Drainer | None = None, store: StateStore | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         gauge = self._gauge
+        if store is not None:
+            gauge("realtime_event_subscription_up",
+                  "1 while this process hears committed events (its subscription is up)",
+                  lambda: float(store.subscription_health()["subscribed"]))
+            gauge("realtime_event_subscription_losses",
+                  "Times the event subscription was lost or re-made since start",
+                  lambda: store.subscription_health()["losses"])
+            gauge("realtime_events_recovered",
+                  "Missed events read back from the outboxes after such a loss, since start",
+                  lambda: store.subscription_health()["recovered_events"])
         if drainer is not None:
             gauge("realtime_history_backlog_events",
                   "Events committed but not yet written to SQL (all exams; refreshed by the "

@@ -20,7 +20,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,7 +249,7 @@ class SessionService:
                         exam_id, len(states))
             return exam
 
-    def store_came_back(self) -> None:
+    def store_came_back(self, recovered: Collection[str] = ()) -> None:
         """The state store answered again after an outage (a resubscribe listener). If it came
         back from an older copy of its data (AOF with `everysec`, a replica), its sequence
         counters may be behind what SQL already holds: move them past it before they are

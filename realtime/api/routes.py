@@ -165,7 +165,9 @@ async def healthz(request: Request) -> Response:
     """
     summary: Liveness and readiness, with the history backlog
     description: >
-      503 when the state store does not answer (nothing can be served). SQL being down is
+      503 when the state store does not answer (nothing can be served) or this process's
+      event subscription is down (`events.subscribed` false: it would not hear commands for
+      its sockets; it is re-made and what was missed read back by itself). SQL being down is
       "degraded" but still 200: commands and candidates keep working from the state store and
       the history catches up when SQL is back; `history_backlog` says how far behind it is.
     responses:
@@ -195,10 +197,14 @@ async def healthz(request: Request) -> Response:
     backlog["drain_failures"] = drainer.failures
     if drainer.last_error:
         backlog["last_error"] = drainer.last_error
-    healthy = all(v == "ok" for v in checks.values())
+    events = runtime.store.subscription_health()
+    healthy = all(v == "ok" for v in checks.values()) and events["subscribed"]
     body = {"status": "ok" if healthy else "degraded", "state_backend": backend, **checks,
-            "history_backlog": backlog}
-    return JSONResponse(body, status_code=200 if checks["state"] == "ok" else 503)
+            "events": events, "history_backlog": backlog}
+    # Deaf (not hearing committed events) is as unready as a state store that does not
+    # answer: this process's pages would miss commands, so a balancer should avoid it.
+    ready = checks["state"] == "ok" and events["subscribed"]
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def list_exams(request: Request) -> Response:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, cast
 
 from realtime.auth.principal import Principal
@@ -350,12 +350,16 @@ class Hub:
                 except Exception:
                     log.exception("watcher dispatch failed for exam %s", exam_id)
 
-    def resynchronise(self) -> None:
+    def resynchronise(self, recovered: Collection[str] = ()) -> None:
         """Events may have been missed (the store's subscription was re-established): every
-        candidate page gets its whole state, every dashboard reconnects with its last seq."""
+        candidate page gets its whole state, every dashboard reconnects with its last seq;
+        except in the exams whose missed events the store `recovered` and delivered."""
         for link in self.live_candidates():
-            self._resync_candidate(link)
-        for watchers in self.watchers.values():
+            if link.exam_id not in recovered:
+                self._resync_candidate(link)
+        for exam_id, watchers in self.watchers.items():
+            if exam_id in recovered:
+                continue
             for watcher in list(watchers):
                 watcher.conn.close(CloseCode.RESYNC, "resync")
 

@@ -70,8 +70,11 @@ class MemoryStore:
         for task in list(self._pending):
             task.cancel()
 
-    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
+    def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Nothing to do: in one process no event can be missed."""
+
+    def subscription_health(self) -> dict[str, Any]:
+        return {"subscribed": True, "losses": 0, "recovered_events": 0}
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Nothing to do: the listeners of `add_listener` already run inside `commit`."""

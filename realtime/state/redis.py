@@ -281,7 +281,11 @@ class RedisStore:
         self._in_flight: set[str] = set()
         self._echoed: set[str] = set()
         self._unechoed: OrderedDict[str, list[Event]] = OrderedDict()
-        self._resubscribe_listeners: list[Callable[[], None]] = []
+        self._resubscribe_listeners: list[Callable[[frozenset[str]], None]] = []
+        self._heard_seq: dict[str, int] = {}  # per exam, the last seq delivered here
+        self.subscribed = False  # the event subscription is up (health checks)
+        self.subscription_losses = 0  # times it was lost or re-made since the start
+        self.recovered_events = 0  # events read back from outboxes after such a loss
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
         self._subscribed = asyncio.Condition()
@@ -308,7 +312,7 @@ class RedisStore:
         await self._client.aclose()
         await self._commit_client.aclose()
 
-    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
+    def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         self._resubscribe_listeners.append(listener)
 
     def unheard(self, since: float, now: float) -> float:
@@ -333,14 +337,47 @@ class RedisStore:
             start, _ = self._outages.pop()
             self._outages.append((start, time.time()))
 
-    def _notify_resubscribed(self) -> None:
-        """Events published while the subscription was down never reach this process."""
-        self._unechoed.clear()  # their echoes were lost with the subscription
+    def _notify_resubscribed(self, recovered: frozenset[str]) -> None:
+        """Events published while the subscription was down never reached this process; those
+        of the exams in `recovered` were read back from the outbox and delivered in order."""
         for listener in list(self._resubscribe_listeners):
             try:
-                listener()
+                listener(recovered)
             except Exception:
                 log.exception("resubscribe listener %r failed", listener)
+
+    async def _recover(self) -> None:
+        """After the subscription was re-made: read what every exam heard so far published
+        meanwhile back from its outbox stream and deliver it, in seq order, before any newer
+        message (the subscription's own messages wait meanwhile). Pages then get commands, not
+        whole-state resyncs. Exams that cannot be recovered (log trimmed, Redis came back
+        without them) are left to the resubscribe listeners' resynchronisation."""
+        self._unechoed.clear()  # their echoes were lost with the subscription
+        recovered: set[str] = set()
+        missed = 0
+        for exam_id, seq in list(self._heard_seq.items()):
+            try:
+                events = await self.events_since(exam_id, seq)
+            except Exception:
+                log.warning("could not read back the events of exam %s", exam_id, exc_info=True)
+                events = None
+            if events is None:
+                # Trimmed, or Redis came back without what we heard (its counter may restart
+                # below it): forget it, or newer events would look old; resynchronise instead.
+                del self._heard_seq[exam_id]
+                continue
+            missed += len(events)
+            if events:
+                await self._dispatch(events)
+            recovered.add(exam_id)
+        self.recovered_events += missed
+        log.warning(
+            "event subscription re-made (lost %d times so far): %d missed events of %d exams "
+            "read back from the outbox; %d exams left to resynchronise",
+            self.subscription_losses, missed, len(recovered),
+            len(self._heard_seq) - len(recovered),
+        )
+        self._notify_resubscribed(frozenset(recovered))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._commit_listeners.append(listener)
@@ -350,6 +387,10 @@ class RedisStore:
         the event, don't process it), or every listener of this process falls behind."""
         self._listeners.append(listener)
 
+    def subscription_health(self) -> dict[str, Any]:
+        return {"subscribed": self.subscribed, "losses": self.subscription_losses,
+                "recovered_events": self.recovered_events}
+
     @property
     def subscriptions(self) -> int:
         """How often the event subscription has been (re)established: for health checks."""
@@ -358,8 +399,8 @@ class RedisStore:
     async def wait_subscribed(self, count: int = 1) -> None:
         """Wait until the subscription has been established `count` times in all.
 
-        After a Redis outage, events committed before the resubscription are lost for this
-        process (pub/sub does not queue); listeners recover them with `events_since`.
+        After a loss, what was committed meanwhile is read back from the outboxes (see
+        `_recover`) before the count goes up.
         """
         async with self._subscribed:
             await self._subscribed.wait_for(lambda: self._subscriptions >= count)
@@ -374,17 +415,24 @@ class RedisStore:
                 async with contextlib.aclosing(self._messages(pubsub)) as messages:
                     async for kind, data in messages:
                         if kind == "subscribe":
+                            if self._subscriptions > 0 and self.subscribed:
+                                # re-made behind our back (redis-py reconnected by itself)
+                                self.subscription_losses += 1
+                            self.subscribed = True
                             self._heard()
                             delay = RECONNECT_MIN
+                            if self._subscriptions > 0:
+                                await self._recover()
                             async with self._subscribed:
                                 self._subscriptions += 1
                                 self._subscribed.notify_all()
-                            if self._subscriptions > 1:
-                                self._notify_resubscribed()
                         elif kind == "message":
                             await self._deliver(data)
             except Exception:
                 self._lost()
+                if self.subscribed:
+                    self.subscribed = False
+                    self.subscription_losses += 1
                 log.warning("event subscription lost; retrying in %.1fs", delay, exc_info=True)
             finally:
                 with contextlib.suppress(Exception):
@@ -421,6 +469,19 @@ class RedisStore:
         except Exception:
             log.exception("undecodable event on %s: %r", self.keys.events, message[:200])
             return
+        if events:
+            await self._dispatch(events)
+
+    async def _dispatch(self, events: list[Event]) -> None:
+        """Deliver one exam's consecutive events, skipping what this process already heard
+        (what `_recover` read back may come again on the new subscription)."""
+        exam_id = events[0].exam_id
+        heard = self._heard_seq.get(exam_id, 0)
+        if events[-1].seq <= heard:
+            return
+        if events[0].seq <= heard:
+            events = [event for event in events if event.seq > heard]
+        self._heard_seq[exam_id] = events[-1].seq
         for event in events:
             for listener in list(self._listeners):
                 try:

@@ -96,9 +96,14 @@ class StateStore(Protocol):
         consumers that are ordered by something of their own (a candidate page by its session
         version); they must tolerate seeing the event again."""
 
-    def add_resubscribe_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener` whenever this process's event subscription came back after a loss:
-        events published meanwhile never reached it, so connections must resynchronise."""
+    def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Call `listener` whenever this process's event subscription came back after a loss,
+        with the exams whose missed events were read back and delivered in order; connections
+        of other exams may have missed events and must resynchronise."""
+
+    def subscription_health(self) -> dict[str, Any]:
+        """For health checks: `subscribed` (this process hears committed events now), `losses`
+        (times the subscription was lost or re-made), `recovered_events` (read back since)."""
 
     def unheard(self, since: float, now: float) -> float:
         """Seconds between `since` and `now` (epoch) in which this process could not reach

@@ -85,6 +85,8 @@ if #blobs > 0 then
   redis.call('SET', KEYS[1], seq)
   local data = table.concat(blobs)
   redis.call('XADD', KEYS[2], first .. '-*', 't', ARGV[2], 'n', #blobs, 'd', data)
-  redis.call('PUBLISH', ARGV[1], ARGV[7] .. ':' .. first .. ':' .. data)
+  -- pcall: the writes above are done and a script is not rolled back, so a refused publish
+  -- must not turn an applied change into an error; listeners read it back from the outbox.
+  redis.pcall('PUBLISH', ARGV[1], ARGV[7] .. ':' .. first .. ':' .. data)
 end
 return out
