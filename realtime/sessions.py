@@ -423,7 +423,12 @@ class SessionService:
                                command_id=command_id)
                     )
                 elif outcome.event is not None:
-                    commits.append(Commit(exam_id, sid, None, {}, [outcome.event]))
+                    # A refusal is recorded only while the session is as it was decided on:
+                    # after a concurrent change (an unlock, or the holder heard from again)
+                    # it is decided again, so history never shows "unlocked", then
+                    # "refused: locked".
+                    guard = {"version": session["version"], "last_seen": session["last_seen"]}
+                    commits.append(Commit(exam_id, sid, None, {}, [outcome.event], guard=guard))
             results = await self.batcher.commit(commits) if commits else []
             by_sid = {c.session_id: r for c, r in zip(commits, results, strict=True)}
             pending = []
