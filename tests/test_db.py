@@ -14,6 +14,7 @@ import pytest
 
 from realtime.db.database import Database, normalize_url
 from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
+from realtime.db.history import HistoryFilter
 from realtime.db.models import Base
 from realtime.state.model import Event, Exam, ExamSettings, new_session
 
@@ -222,6 +223,32 @@ async def test_events_history_order_and_state_merge(db: Database) -> None:
         await db.add_events([_event(0)])
 
 
+async def test_history_pages_ranges_and_hidden_kinds(db: Database) -> None:
+    """Keyset pages forward and backward, an [since, until) range and excluded kinds, on
+    SQLite and PostgreSQL; staff names and the session directory for reports."""
+    await _with_sessions(db)
+    kinds = ["opened", "progress", "delivered", "pause", "progress", "resume", "notice"]
+    await db.add_events([_event(i + 1, kind=k) for i, k in enumerate(kinds)]
+                        + [_event(8, session_id="e1-s2", kind="opened")])
+    page, more = await db.session_history_page("e1-s1", HistoryFilter(limit=3))
+    assert [e.seq for e in page] == [1, 2, 3] and more
+    page, more = await db.session_history_page("e1-s1", HistoryFilter(after_seq=3, limit=4))
+    assert [e.seq for e in page] == [4, 5, 6, 7] and not more
+    page, more = await db.session_history_page("e1-s1", HistoryFilter(before_seq=7, limit=2))
+    assert [e.seq for e in page] == [5, 6] and more
+    hidden = HistoryFilter(exclude=frozenset({"progress", "delivered"}))
+    page, _ = await db.session_history_page("e1-s1", hidden)
+    assert [e.kind for e in page] == ["opened", "pause", "resume", "notice"]
+    ranged = HistoryFilter(since=1002.0, until=1006.0)  # at = 1000 + seq
+    page, _ = await db.session_history_page("e1-s1", ranged)
+    assert [e.seq for e in page] == [2, 3, 4, 5]
+    page, more = await db.exam_history_page("e1", HistoryFilter(after_seq=6))
+    assert [(e.seq, e.session_id) for e in page] == [(7, "e1-s1"), (8, "e1-s2")] and not more
+    directory = await db.session_directory("e1")
+    assert set(directory) == {"e1-s1", "e1-s2", "e1-s3"}
+    assert await db.staff_names(["nobody"]) == {}
+
+
 async def test_duplicate_events_are_ignored(db: Database) -> None:
     await _with_sessions(db)
     first = [_event(1, changes={"position": 1}), _event(2, changes={"position": 2})]
@@ -260,6 +287,10 @@ async def test_irregularities(db: Database) -> None:
     await db.add_irregularity(exam_id="e2", session_id="x", category="c", actor="a", at=1.0)
     rows = await db.irregularities("e1")
     assert [r["id"] for r in rows] == ["fixed", rid]
+    assert [r["id"] for r in await db.irregularities("e1", since=15.0)] == [rid]
+    assert [r["id"] for r in await db.irregularities("e1", until=15.0)] == ["fixed"]
+    assert [r["id"] for r in await db.irregularities("e1", after=(10.0, "fixed"), limit=1)] == [
+        rid]
     assert rows[1] == {
         "id": rid,
         "exam_id": "e1",
