@@ -42,7 +42,7 @@ from realtime.auth.permissions import Permission
 from realtime.db.history import MAX_PAGE, HistoryFilter
 from realtime.errors import NotFound
 from realtime.runtime import runtime_of
-from realtime.state.model import Event
+from realtime.state.model import Event, Exam
 
 Directory = dict[str, tuple[str, str, str]]  # session id -> (candidate id, name, group)
 _NOBODY = ("", "", "")
@@ -168,7 +168,7 @@ async def export_session_history(request: Request) -> Response:
 
 async def _exam_scope(
     request: Request, permission: Permission
-) -> tuple[Any, Directory, Callable[[str], bool]]:
+) -> tuple[Exam, Directory, Callable[[str], bool]]:
     """The exam (404 outside the caller's scope, as its JSON endpoints answer), its sessions'
     directory, and which sessions the caller may see rows of."""
     principal = await principal_of(request, permission)
