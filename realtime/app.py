@@ -39,6 +39,7 @@ from realtime.identity.audited import AuditedSessionService
 from realtime.identity.setup import build_identity
 from realtime.jsonsafe import JSONResponse
 from realtime.metrics import Metrics
+from realtime.presence import NodePresence
 from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
@@ -106,7 +107,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.identity = identity
         service.audit = identity.audit
         auth = identity.auth
-        app.state.runtime = Runtime(settings, store, db, drainer, service, hub, auth)
+        presence = NodePresence(
+            store, settings.node_heartbeat_interval, settings.node_timeout,
+            info=lambda: {"candidates": len(hub.live_candidates()),
+                          "dashboards": sum(len(w) for w in hub.watchers.values()),
+                          "subscribed": store.subscription_health()["subscribed"],
+                          "history_backlog": drainer.backlog.events},
+        )
+        await presence.beat()  # known to the others before it holds any socket
+        service.presence = presence
+        app.state.runtime = Runtime(settings, store, db, drainer, service, hub, auth, presence)
         drainer.start()
         app.state.guests = GuestService(
             db, identity.service, service, store, settings.secret_key,
@@ -120,10 +130,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             name="heartbeat",
         )
         sweeper = asyncio.create_task(
-            run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale),
+            run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale,
+                        dead_nodes=lambda: presence.dead),
             name="sweeper",
         )
-        background = [heartbeat, sweeper]
+        background = [heartbeat, sweeper,
+                      asyncio.create_task(presence.run(), name="node-presence")]
         if settings.gc_freeze_interval > 0:
             background.append(
                 asyncio.create_task(

@@ -43,6 +43,8 @@ class Settings:
     bootstrap_staff_token: str = ""  # a fixed staff token for scripts and the demo
     resume_grace: float = 60.0
     stale_after: float = 15.0
+    node_heartbeat_interval: float = 1.0  # each process records it is alive this often
+    node_timeout: float = 6.0  # a process silent this long is dead: its sessions disconnected
     ping_interval: float = 5.0
     ping_timeout: float = 12.0
     send_queue_size: int = 1024
@@ -80,6 +82,9 @@ class Settings:
             bootstrap_staff_token=os.environ.get("REALTIME_STAFF_TOKEN", ""),
             resume_grace=_float("REALTIME_RESUME_GRACE", defaults.resume_grace),
             stale_after=_float("REALTIME_STALE_AFTER", defaults.stale_after),
+            node_heartbeat_interval=_float("REALTIME_NODE_HEARTBEAT_INTERVAL",
+                                           defaults.node_heartbeat_interval),
+            node_timeout=_float("REALTIME_NODE_TIMEOUT", defaults.node_timeout),
             ping_interval=_float("REALTIME_PING_INTERVAL", defaults.ping_interval),
             ping_timeout=_float("REALTIME_PING_TIMEOUT", defaults.ping_timeout),
             send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),

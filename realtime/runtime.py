@@ -11,6 +11,7 @@ from realtime.config import Settings
 from realtime.db.database import Database
 from realtime.drainer import Drainer
 from realtime.hub.hub import Hub
+from realtime.presence import NodePresence
 from realtime.sessions import SessionService
 from realtime.state.store import StateStore
 
@@ -24,6 +25,7 @@ class Runtime:
     service: SessionService
     hub: Hub
     auth: TokenAuthenticator
+    presence: NodePresence
 
 
 def runtime_of(conn: HTTPConnection) -> Runtime:

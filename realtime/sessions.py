@@ -31,6 +31,7 @@ from realtime.db.database import Database
 from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from realtime.locks import KeyedLocks
+from realtime.presence import NodePresence, node_of
 from realtime.state import machine
 from realtime.state.model import (
     Action,
@@ -54,7 +55,7 @@ EXAM_CACHE_SECONDS = 1.0
 COMMAND_FIELDS = (
     "id", "exam_id", "candidate_id", "candidate_name", "group", "status", "locked", "relock",
     "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
-    "notice_id", "version",
+    "notice_id", "version", "conn_id",
 )
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
@@ -185,6 +186,7 @@ class SessionService:
         self.may_open: Callable[[str, str], Awaitable[bool]] | None = None
         # Makes SQL reads of an exam's history current (the drainer catching up), if wired.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
+        self.presence: NodePresence | None = None  # which nodes are alive (None: all)
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -660,7 +662,7 @@ class SessionService:
                     {"session_id": sid, "reason": outcome.reason, "message": outcome.message}
                 )
             else:
-                connected = bool(before and before["connected"])
+                connected = bool(before and before["connected"] and self.holder_alive(before))
                 seq = outcome.seq if isinstance(outcome, AlreadyApplied) else outcome.events[0].seq
                 result.applied.append(
                     {
@@ -672,6 +674,10 @@ class SessionService:
         if given_id:
             self._background(self._keep_result(exam_id, given_id, result))
         return result
+
+    def holder_alive(self, session: dict[str, Any]) -> bool:
+        """False when the session's holder was on a node that stopped beating."""
+        return self.presence is None or self.presence.holder_alive(session.get("conn_id") or "")
 
     async def _keep_result(self, exam_id: str, command_id: str, result: BulkResult) -> None:
         """Remember the answer for retries. Best effort: without it a retry still applies
@@ -756,11 +762,15 @@ class SessionService:
         now = self.clock()
         if self.unheard(now - 2 * self.liveness.stale_after, now) > 0:
             return 0
-        stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after)
+        presence = self.presence
+        dead = presence.dead if presence is not None else frozenset()
+        stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after, dead)
         if not stale:
             return 0
         outcomes = await self._mutate(
-            exam_id, stale, lambda s: machine.expire_holder(s, now, self.liveness)
+            exam_id, stale, lambda s: machine.expire_holder(
+                s, now, self.liveness, node_lost=node_of(s["conn_id"] or "") in dead
+            )
         )
         return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
 

@@ -494,6 +494,31 @@ async def test_outbox_entries_not_acknowledged_are_claimed_again(store: StateSto
     assert [e.seq for entry in again for e in entry.events][:2] == [1, 2]
 
 
+# -- node presence -------------------------------------------------------------------------------
+
+
+async def test_stale_holders_include_sessions_held_on_dead_nodes(store: StateStore) -> None:
+    now = 1_700_000_000.0
+    await store.add_sessions([
+        session("s1", connected=True, conn_id="nA-1", last_seen=now),
+        session("s2", connected=True, conn_id="nB-2", last_seen=now),
+        session("s3", connected=True, conn_id="legacy", last_seen=now - 100),
+        session("s4", connected=False, conn_id="nA-4", last_seen=now),
+    ])
+    assert sorted(await store.stale_holders(A, now - 15)) == ["s3"]
+    assert sorted(await store.stale_holders(A, now - 15, {"nA"})) == ["s1", "s3"]
+
+
+async def test_node_heartbeats_report_nodes_that_stopped(store: StateStore) -> None:
+    t = 1_700_000_000.0
+    assert await store.node_heartbeat("n1", {"pid": 1}, t, 6.0) == []
+    assert await store.node_heartbeat("n2", {"pid": 2}, t + 3, 6.0) == []
+    assert await store.node_heartbeat("n2", {"pid": 2}, t + 10, 6.0) == ["n1"]
+    assert await store.node_heartbeat("n1", {"pid": 1}, t + 11, 6.0) == []  # back
+    nodes = {n["id"]: n for n in await store.list_nodes()}
+    assert nodes["n1"]["last_beat"] == t + 11 and nodes["n2"]["info"] == {"pid": 2}
+
+
 # -- listeners -----------------------------------------------------------------------------------
 
 

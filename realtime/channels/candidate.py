@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -131,7 +130,7 @@ async def _open(
         return None
     client = websocket.client
     remote = client.host if client else ""
-    link = CandidateLink(conn, exam_id, session_id, uuid.uuid4().hex)
+    link = CandidateLink(conn, exam_id, session_id, runtime.presence.new_conn_id())
     runtime.hub.add_candidate(link)  # before the open, so no event after it is missed
     try:
         opened = await runtime.service.open(

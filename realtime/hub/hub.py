@@ -577,12 +577,26 @@ async def run_heartbeat(
 
 
 async def run_sweeper(
-    hub: Hub, interval: float, sweep: Callable[[str], Awaitable[int]]
+    hub: Hub,
+    interval: float,
+    sweep: Callable[[str], Awaitable[int]],
+    dead_nodes: Callable[[], frozenset[str]] | None = None,
 ) -> None:
     """Every `interval`, for each exam watched from here, disconnect sessions whose holder
-    went silent, so dashboards see a crashed process's candidates as disconnected."""
+    went silent, so dashboards see a crashed process's candidates as disconnected; and within
+    a second of another node being found dead (`dead_nodes` grew), at once."""
+    loop = asyncio.get_running_loop()
+    tick = min(interval, 1.0)
+    next_sweep = loop.time() + interval
+    known_dead: frozenset[str] = dead_nodes() if dead_nodes else frozenset()
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
+        dead = dead_nodes() if dead_nodes else known_dead
+        newly_dead = not dead <= known_dead
+        known_dead = dead
+        if not newly_dead and loop.time() < next_sweep:
+            continue
+        next_sweep = loop.time() + interval
         for exam_id in list(hub.watchers):
             try:
                 swept = await sweep(exam_id)

@@ -298,13 +298,17 @@ def reattach(session: dict[str, Any], conn_id: str, now: float) -> Outcome:
     return Transition(changes, [event])
 
 
-def expire_holder(session: dict[str, Any], now: float, liveness: Liveness) -> Outcome:
-    """A session still marked connected whose holder has not been heard of for too long
-    (its server process died): mark it disconnected so every dashboard sees it."""
-    if not session["connected"] or holder_is_live(session, now, liveness):
+def expire_holder(
+    session: dict[str, Any], now: float, liveness: Liveness, node_lost: bool = False
+) -> Outcome:
+    """A session still marked connected whose holder has not been heard of for too long, or
+    whose holder's server process stopped beating (`node_lost`): mark it disconnected so every
+    dashboard sees it."""
+    if not session["connected"] or (not node_lost and holder_is_live(session, now, liveness)):
         return Rejection("live", "the holder is alive")
     changes = {"connected": False}
-    details = {"reason": "holder lost", "last_seen": session["last_seen"]}
+    details = {"reason": "node lost" if node_lost else "holder lost",
+               "last_seen": session["last_seen"]}
     event = _event(session, EventKind.DISCONNECTED, "system", now, changes, details)
     return Transition(changes, [event])
 

@@ -11,7 +11,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from realtime.state.model import Event, Exam
@@ -61,6 +61,7 @@ class MemoryStore:
         self._results: dict[tuple[str, str], dict[str, Any]] = {}
         self._log_size = log_size
         self._listeners: list[EventListener] = []
+        self._nodes: dict[str, dict[str, Any]] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -139,12 +140,27 @@ class MemoryStore:
             sessions = [dict(s) for s in values]
         return sessions, self._seq.get(exam_id, 0)
 
-    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+    async def stale_holders(
+        self, exam_id: str, seen_before: float, dead_nodes: Collection[str] = ()
+    ) -> list[str]:
+        dead = set(dead_nodes)
         return [
             sid
             for sid, s in self._sessions.get(exam_id, {}).items()
-            if s["connected"] and (s["last_seen"] is None or s["last_seen"] < seen_before)
+            if s["connected"] and (
+                s["last_seen"] is None or s["last_seen"] < seen_before
+                or (dead and str(s["conn_id"] or "").partition("-")[0] in dead)
+            )
         ]
+
+    async def node_heartbeat(
+        self, node_id: str, info: dict[str, Any], now: float, timeout: float
+    ) -> list[str]:
+        self._nodes[node_id] = {"id": node_id, "last_beat": now, "info": info}
+        return [n for n, node in self._nodes.items() if node["last_beat"] < now - timeout]
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return [dict(node) for node in self._nodes.values()]
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         box = self._outboxes.get(exam_id)

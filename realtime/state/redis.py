@@ -25,10 +25,10 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import orjson
@@ -58,6 +58,7 @@ START_TIMEOUT = 10.0  # seconds start() waits for the event subscription
 RECONNECT_MIN = 0.1  # first back-off after the subscription broke, doubled up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
 IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this long = dead
+NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
 # commit_batch.lua status codes besides 1 (ok)
@@ -114,6 +115,13 @@ class Keys:
     @property
     def outboxes(self) -> str:
         return f"{self.prefix}outboxes"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
 
     @property
     def events(self) -> str:
@@ -575,12 +583,39 @@ class RedisStore:
         ]
         return sessions, int(reply[0])
 
-    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+    async def stale_holders(
+        self, exam_id: str, seen_before: float, dead_nodes: Collection[str] = ()
+    ) -> list[str]:
         reply = await self._stale_script(
             keys=[self.keys.sessions(exam_id)],
-            args=[self.keys.session_prefix(exam_id), repr(seen_before)],
+            args=[self.keys.session_prefix(exam_id), repr(seen_before), *sorted(dead_nodes)],
         )
         return [_text(sid) for sid in reply]
+
+    async def node_heartbeat(
+        self, node_id: str, info: dict[str, Any], now: float, timeout: float
+    ) -> list[str]:
+        nodes = self.keys.nodes
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zadd(nodes, {node_id: now})
+            pipe.set(self.keys.node(node_id), orjson.dumps(info), ex=int(NODE_MEMORY))
+            pipe.zremrangebyscore(nodes, "-inf", now - NODE_MEMORY)
+            pipe.zrangebyscore(nodes, now - NODE_MEMORY, now - timeout)
+            *_, dead = await pipe.execute()
+        return [_text(node) for node in dead]
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        beats = cast(list[tuple[bytes, float]], await self._client.zrange(
+            self.keys.nodes, 0, -1, withscores=True
+        ))
+        if not beats:
+            return []
+        ids = [_text(node) for node, _ in beats]
+        infos = await self._client.mget([self.keys.node(node) for node in ids])
+        return [
+            {"id": node, "last_beat": float(score), "info": orjson.loads(info) if info else {}}
+            for node, (_, score), info in zip(ids, beats, infos, strict=True)
+        ]
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         reply = await self._since_script(

@@ -10,7 +10,7 @@ bounded event log dashboards recover gaps from. A store never decides anything:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,9 +132,21 @@ class StateStore(Protocol):
         """All sessions of an exam and the exam sequence number they include (atomically);
         with `fields`, only those fields of each session (cheaper for big exams)."""
 
-    async def stale_holders(self, exam_id: str, seen_before: float) -> list[str]:
+    async def stale_holders(
+        self, exam_id: str, seen_before: float, dead_nodes: Collection[str] = ()
+    ) -> list[str]:
         """Ids of sessions still marked connected whose `last_seen` is before `seen_before`
-        (or unknown): candidates for the sweeper. Cheap: no session is sent back whole."""
+        (or unknown), or whose holder's connection id starts with one of `dead_nodes`
+        (`<node>-…`): candidates for the sweeper. Cheap: no session is sent back whole."""
+
+    async def node_heartbeat(
+        self, node_id: str, info: dict[str, Any], now: float, timeout: float
+    ) -> list[str]:
+        """Record that `node_id` is alive at `now` (with `info` for operators); return the
+        nodes whose last beat is older than `timeout` seconds (forgotten after an hour)."""
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        """Nodes heard of in the last hour: `id`, `last_beat` (epoch s) and their `info`."""
 
     async def events_since(self, exam_id: str, seq: int) -> list[Event] | None:
         """Events after `seq`, or None when the log no longer reaches back that far (or `seq`
