@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
 from realtime.api.inputs import RefuseNulInURL
+from realtime.api.node_routes import routes as node_routes
 from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
 from realtime.channels.candidate import candidate_endpoint
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *report_routes,
         *identity_routes,
         *guest_routes,
+        *node_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]

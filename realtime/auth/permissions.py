@@ -25,6 +25,7 @@ class Permission(enum.StrEnum):
     MANAGE_USERS = "users.manage"
     VIEW_AUDIT = "audit.view"
     EXPORT_USERS = "users.export"
+    VIEW_SYSTEM = "system.view"  # the server processes (nodes) and their health
 
 
 ACTION_PERMISSION: dict[Action, Permission] = {
