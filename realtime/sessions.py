@@ -30,6 +30,7 @@ from realtime.batching import CommitBatcher
 from realtime.db.database import Database
 from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from realtime.identity import scope
 from realtime.locks import KeyedLocks
 from realtime.presence import NodePresence, node_of
 from realtime.state import machine
@@ -116,7 +117,6 @@ class BulkResult:
     action: str
     applied: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    out_of_scope: int = 0  # sessions a filter matched but the actor may not see
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,7 +124,6 @@ class BulkResult:
             "action": self.action,
             "applied": self.applied,
             "skipped": self.skipped,
-            "out_of_scope": self.out_of_scope,
         }
 
     @classmethod
@@ -134,7 +133,6 @@ class BulkResult:
             action=str(data["action"]),
             applied=list(data.get("applied") or []),
             skipped=list(data.get("skipped") or []),
-            out_of_scope=int(data.get("out_of_scope") or 0),
         )
 
 
@@ -236,7 +234,7 @@ class SessionService:
                 return exam  # rebuilt meanwhile
             exam = await self.db.get_exam(exam_id)
             if exam is None:
-                raise NotFound(f"no exam {exam_id!r}")
+                raise scope.exam_not_found(exam_id)
             await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
             states = await self.db.list_session_states(exam_id)
             now = self.clock()
@@ -321,8 +319,41 @@ class SessionService:
             await self.get_exam(exam_id, fresh=True)  # rehydrates the store if it lost the exam
             [session] = await self.store.get_sessions(exam_id, [session_id])
         if session is None:
-            raise NotFound(f"no session {session_id!r} in exam {exam_id!r}")
+            raise scope.session_not_found(exam_id, session_id)
         return session
+
+    async def exam_in_scope(self, exam_id: str, principal: Principal) -> Exam:
+        """The exam, if the principal sees it (`scope`); else the same 404 as an unknown exam.
+
+        Whether a restricted principal sees an exam it does not manage depends on the groups
+        of its sessions: they are read from the state store (which works while SQL is down).
+        """
+        exam = await self.get_exam(exam_id)
+        if scope.depends_on_sessions(principal, exam.groups):
+            groups = (await self.candidate_groups(exam_id)).values()
+            if not scope.sees_exam(principal, exam.groups, scope.own_candidates(principal, groups)):
+                raise scope.exam_not_found(exam_id)
+        return exam
+
+    async def candidate_groups(self, exam_id: str) -> dict[str, str]:
+        """Session id -> candidate group, for every session of the exam."""
+        sessions, _ = await self.store.snapshot(exam_id, ("id", "group"))
+        return {s["id"]: s["group"] for s in sessions}
+
+    async def session_in_scope(
+        self, exam_id: str, session_id: str, principal: Principal
+    ) -> tuple[Exam, dict[str, Any]]:
+        """The exam and session, if the principal sees the session; else exactly the 404 of a
+        session (or, when the exam is not seen either, of an exam) that does not exist."""
+        exam = await self.get_exam(exam_id)
+        try:
+            session: dict[str, Any] | None = await self.get_session(exam.id, session_id)
+        except NotFound:
+            session = None
+        if session is not None and scope.sees_session(principal, exam.groups, session["group"]):
+            return exam, session
+        await self.exam_in_scope(exam_id, principal)
+        raise scope.session_not_found(exam_id, session_id)
 
     async def list_sessions(
         self, exam_id: str, target: Target | None = None
@@ -458,7 +489,7 @@ class SessionService:
         async with self._session_locks.hold((exam_id, session_id)):
             outcome, session = (await self._mutate(exam_id, [session_id], decide))[session_id]
         if outcome is None or session is None:
-            raise NotFound(f"no session {session_id!r} in exam {exam_id!r}")
+            raise scope.session_not_found(exam_id, session_id)
         assert not isinstance(outcome, AlreadyApplied)  # no command id here
         return outcome, session
 
@@ -578,14 +609,15 @@ class SessionService:
         principal: Principal,
         params: dict[str, Any] | None = None,
     ) -> BulkResult:
-        exam = await self.get_exam(exam_id)
+        # The permission first: without it, a known exam and an unknown one answer alike.
+        if not principal.can(ACTION_PERMISSION[action]):
+            raise Forbidden(f"you may not {action.value} sessions")
+        exam = await self.exam_in_scope(exam_id, principal)
         params = dict(params or {})
         given_id = params.get("command_id") or ""
         command_id = given_id or new_id()
         params["command_id"] = command_id
         result = BulkResult(command_id=command_id, action=action.value)
-        if not principal.can(ACTION_PERMISSION[action]):
-            raise Forbidden(f"you may not {action.value} sessions")
         applied_before: dict[str, int] = {}
         fetched: list[dict[str, Any] | None] = []
         ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
@@ -593,7 +625,9 @@ class SessionService:
             stored, applied_before, fetched = await self.store.read_for_command(
                 exam_id, given_id, ids
             )
-            if stored is not None:
+            # Only its own caller gets a kept answer back: it names the sessions it touched,
+            # which another caller (with the same command id) may not see.
+            if stored is not None and stored.get("actor") == principal.actor:
                 return BulkResult.from_dict(stored)
 
         if target.is_filter:
@@ -601,7 +635,11 @@ class SessionService:
             if not sessions:  # nothing, or a state store that lost the exam: make sure
                 await self.get_exam(exam_id, fresh=True)
                 sessions, _ = await self.store.snapshot(exam_id, COMMAND_FIELDS)
-            candidates = [s for s in sessions if target.matches(s)]
+            # Out of scope is as if it did not exist: not counted, not named (scope.py).
+            candidates = [
+                s for s in sessions
+                if target.matches(s) and scope.sees_session(principal, exam.groups, s["group"])
+            ]
             if target.session_ids:
                 wanted = set(target.session_ids)
                 candidates = [s for s in candidates if s["id"] in wanted]
@@ -611,7 +649,8 @@ class SessionService:
                 fetched = await self.store.get_sessions(exam_id, ids)
             candidates = []
             for sid, s in zip(ids, fetched, strict=True):
-                if s is None:
+                if s is None or not scope.sees_session(principal, exam.groups, s["group"]):
+                    # unknown and out of scope: the same skip, in the same place
                     result.skipped.append(
                         {
                             "session_id": sid,
@@ -621,20 +660,7 @@ class SessionService:
                     )
                 else:
                     candidates.append(s)
-        visible = []
-        for s in candidates:
-            if principal.sees(exam.groups, s["group"]):
-                visible.append(s["id"])
-            elif target.is_filter:
-                result.out_of_scope += 1  # filtered out silently, but counted
-            else:
-                result.skipped.append(
-                    {
-                        "session_id": s["id"],
-                        "reason": SkipReason.FORBIDDEN.value,
-                        "message": "outside your groups",
-                    }
-                )
+        visible = [s["id"] for s in candidates]
         now = self.clock()
         known = {s["id"]: s for s in candidates}
         outcomes = await self._mutate(
@@ -672,18 +698,22 @@ class SessionService:
                     }
                 )
         if given_id:
-            self._background(self._keep_result(exam_id, given_id, result))
+            self._background(self._keep_result(exam_id, given_id, result, principal.actor))
         return result
 
     def holder_alive(self, session: dict[str, Any]) -> bool:
         """False when the session's holder was on a node that stopped beating."""
         return self.presence is None or self.presence.holder_alive(session.get("conn_id") or "")
 
-    async def _keep_result(self, exam_id: str, command_id: str, result: BulkResult) -> None:
-        """Remember the answer for retries. Best effort: without it a retry still applies
-        nothing twice (the store remembers per session), it only recomputes the answer."""
+    async def _keep_result(
+        self, exam_id: str, command_id: str, result: BulkResult, actor: str
+    ) -> None:
+        """Remember the answer (and whose it is) for retries. Best effort: without it a retry
+        still applies nothing twice (the store remembers per session), it only recomputes it."""
         try:
-            await self.store.save_command_result(exam_id, command_id, result.to_dict())
+            await self.store.save_command_result(
+                exam_id, command_id, {**result.to_dict(), "actor": actor}
+            )
         except Exception:
             log.warning("could not keep the answer of command %s", command_id, exc_info=True)
 

@@ -187,11 +187,11 @@ async def test_group_scope(idserver: ServerProcess, admin: Api) -> None:
                               json={"action": "lock", "target": "all"})).json()
     assert {a["session_id"] for a in result["applied"]} == {s["id"] for s in a_sessions}
     assert not {s["session_id"] for s in result["skipped"]} & {s["id"] for s in b_sessions}
-    assert result["out_of_scope"] == len(b_sessions)  # left out silently, but counted
-    # explicitly naming a B session: skipped as forbidden
+    assert "out_of_scope" not in result  # left out as if they did not exist, not even counted
+    # explicitly naming a B session: skipped as if it did not exist
     named = (await http.post(f"/api/v1/exams/{mixed['id']}/commands", headers=h,
                              json={"action": "lock", "target": [b0]})).json()
-    assert named["applied"] == [] and named["skipped"][0]["reason"] == "forbidden"
+    assert named["applied"] == [] and named["skipped"][0]["reason"] == "not_found"
     for s in b_sessions:
         assert (await admin.session(mixed["id"], s["id"]))["locked"] is False
     # the WS deltas of the bulk lock are A's only
@@ -202,10 +202,10 @@ async def test_group_scope(idserver: ServerProcess, admin: Api) -> None:
     replay = await ws.recv("events", "snapshot")
     assert replay["type"] == "events" and replay["events"]
     assert {e["session_id"] for e in replay["events"]} <= {s["id"] for s in a_sessions}
-    # subscribing to an exam of group B: an empty snapshot at most
+    # subscribing to an exam of group B: not found, like an exam that does not exist
     await ws.send({"type": "subscribe", "exam_id": other["id"]})
     reply = await ws.recv("snapshot", "error")
-    assert reply["type"] == "error" or reply["sessions"] == []
+    assert (reply["type"], reply["code"]) == ("error", "not_found")
     await ws.close()
 
 

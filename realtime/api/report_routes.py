@@ -41,6 +41,7 @@ from realtime.api.routes import (
 from realtime.auth.permissions import Permission
 from realtime.db.history import MAX_PAGE, HistoryFilter
 from realtime.errors import NotFound
+from realtime.identity import scope
 from realtime.runtime import runtime_of
 from realtime.state.model import Event, Exam
 
@@ -176,7 +177,7 @@ async def _exam_scope(
     directory = await runtime_of(request).db.session_directory(exam.id)
 
     def visible(session_id: str) -> bool:
-        return principal.sees(exam.groups, directory.get(session_id, _NOBODY)[2])
+        return scope.sees_session(principal, exam.groups, directory.get(session_id, _NOBODY)[2])
 
     return exam, directory, visible
 

@@ -20,7 +20,8 @@ from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.commands import parse_command, parse_target
 from realtime.db.history import HistoryFilter
-from realtime.errors import BadRequest, ErrorCode, NotFound
+from realtime.errors import BadRequest, ErrorCode, Forbidden
+from realtime.identity import scope
 from realtime.identity.web import authenticate_request
 from realtime.jsonsafe import JSONResponse, loads
 from realtime.runtime import runtime_of
@@ -40,30 +41,35 @@ async def principal_of(request: Request, permission: Permission | None = None) -
 async def visible_session(
     request: Request, principal: Principal
 ) -> tuple[Exam, dict[str, Any]]:
-    """The exam and session named in the path; 404 for sessions outside the caller's scope."""
-    service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    session = await service.get_session(exam.id, request.path_params["session_id"])
-    if not principal.sees(exam.groups, session["group"]):
-        raise NotFound("no such session")
-    return exam, session
+    """The exam and session named in the path; out of scope answers as if unknown (404)."""
+    return await runtime_of(request).service.session_in_scope(
+        request.path_params["exam_id"], request.path_params["session_id"], principal
+    )
 
 
 async def visible_exam(request: Request, principal: Principal) -> Exam:
-    """The exam named in the path; 404 for an exam outside the caller's scope."""
-    exam = await runtime_of(request).service.get_exam(request.path_params["exam_id"])
-    if not principal.sees(exam.groups):
-        raise NotFound("no such exam")
+    """The exam named in the path; out of scope answers as if unknown (404)."""
+    return await runtime_of(request).service.exam_in_scope(
+        request.path_params["exam_id"], principal
+    )
+
+
+async def managed_exam(request: Request, principal: Principal) -> Exam:
+    """The exam named in the path, to change: 404 if out of scope, 403 if only seen through
+    its candidates (changing an exam needs one of its groups)."""
+    exam = await visible_exam(request, principal)
+    if not scope.manages(principal, exam.groups):
+        raise Forbidden("changing this exam needs one of its groups")
     return exam
 
 
 async def visible_sessions(request: Request, principal: Principal) -> list[dict[str, Any]]:
     """The exam's sessions in the caller's scope, filtered by the query (status, group,
-    search), in natural order of candidate names."""
+    search), in natural order of candidate names; 404 for an exam out of scope."""
     service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
+    exam = await visible_exam(request, principal)
     sessions = await service.list_sessions(exam.id, _filter_from_query(request))
-    visible = [s for s in sessions if principal.sees(exam.groups, s["group"])]
+    visible = [s for s in sessions if scope.sees_session(principal, exam.groups, s["group"])]
     visible.sort(key=lambda s: (natural_key(s["candidate_name"]), s["id"]))
     return visible
 
@@ -220,7 +226,8 @@ async def list_exams(request: Request) -> Response:
     if not principal.unrestricted:  # exams where some of the principal's candidates sit
         with_candidates = await service.db.exam_ids_for_groups(principal.groups)
     visible = [
-        e.to_dict() for e in exams if e.id in with_candidates or principal.sees(e.groups)
+        e.to_dict() for e in exams
+        if scope.sees_exam(principal, e.groups, e.id in with_candidates)
     ]
     return JSONResponse({"exams": visible})
 
@@ -235,41 +242,45 @@ async def create_exam(request: Request) -> Response:
     responses:
       201: {description: The exam}
       400: {description: Invalid input}
+      403: {description: "Missing exams.manage, or a group that is not the caller's"}
       409: {description: The id exists}
     """
-    await principal_of(request, Permission.MANAGE_EXAMS)
+    principal = await principal_of(request, Permission.MANAGE_EXAMS)
     exam = parse_exam(await json_body(request))
+    scope.check_exam_groups(principal, [], exam.groups)
     await runtime_of(request).service.create_exam(exam)
     return JSONResponse(exam.to_dict(), status_code=201)
 
 
 async def get_exam(request: Request) -> Response:
     """
-    summary: One exam, with a count of its sessions per status
+    summary: One exam, with a count of its sessions (those in the caller's scope) per status
     responses:
       200: {description: The exam}
       404: {description: Unknown exam}
     """
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
     service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
-    if not principal.sees(exam.groups):
-        raise NotFound("no such exam")
+    exam = await visible_exam(request, principal)
     counts: dict[str, int] = {}
     for session in await service.list_sessions(exam.id):
-        counts[session["status"]] = counts.get(session["status"], 0) + 1
+        if scope.sees_session(principal, exam.groups, session["group"]):
+            counts[session["status"]] = counts.get(session["status"], 0) + 1
     return JSONResponse({**exam.to_dict(), "counts": counts})
 
 
 async def update_exam(request: Request) -> Response:
     """
-    summary: Change an exam's title, window, duration or settings (e.g. lock_sessions)
+    summary: Change an exam's title, window, duration, groups or settings (e.g. lock_sessions)
     responses:
       200: {description: The updated exam}
+      403: {description: "Missing exams.manage, an exam without the caller's groups, or a group
+        change outside them"}
+      404: {description: Unknown exam (or out of scope)}
     """
-    await principal_of(request, Permission.MANAGE_EXAMS)
+    principal = await principal_of(request, Permission.MANAGE_EXAMS)
     service = runtime_of(request).service
-    exam = await service.get_exam(request.path_params["exam_id"])
+    exam = await managed_exam(request, principal)
     body = _object(await json_body(request))
     editable = {"title", "starts_at", "ends_at", "duration_minutes", "settings", "groups"}
     unknown = set(body) - editable
@@ -278,7 +289,9 @@ async def update_exam(request: Request) -> Response:
     merged = {**exam.to_dict(), **{k: v for k, v in body.items() if k != "settings"}}
     updated = parse_exam(merged)
     updated.settings = parse_settings(body.get("settings"), exam.settings)
+    scope.check_exam_groups(principal, exam.groups, updated.groups)
     await service.update_exam(updated)
+    runtime_of(request).hub.exam_changed(updated.id, updated.groups)
     return JSONResponse(updated.to_dict())
 
 
@@ -291,11 +304,13 @@ async def create_sessions(request: Request) -> Response:
           schema: {$ref: "#/components/schemas/SessionsInput"}
     responses:
       201: {description: "{sessions: [{id, candidate_id, access_code, token}]}"}
+      403: {description: "Missing sessions.create, or an exam without the caller's groups"}
+      404: {description: Unknown exam (or out of scope)}
       409: {description: A candidate or access code already exists; nothing was created}
     """
     principal = await principal_of(request, Permission.CREATE_SESSIONS)
     runtime = runtime_of(request)
-    exam_id = request.path_params["exam_id"]
+    exam_id = (await managed_exam(request, principal)).id
     body = _object(await json_body(request))
     candidates = body.get("candidates")
     if not isinstance(candidates, list) or not candidates:
@@ -446,7 +461,8 @@ async def report_irregularity(request: Request) -> Response:
 
 async def list_irregularities(request: Request) -> Response:
     """
-    summary: The irregularities reported in an exam, oldest first
+    summary: The irregularities reported in an exam (on sessions in the caller's scope), oldest
+      first
     parameters:
       - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
       - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
@@ -458,6 +474,12 @@ async def list_irregularities(request: Request) -> Response:
     runtime = runtime_of(request)
     exam = await visible_exam(request, principal)
     rows = await runtime.service.irregularities(exam.id, since, until)
+    if not scope.manages(principal, exam.groups):
+        groups = await runtime.service.candidate_groups(exam.id)
+        rows = [
+            r for r in rows
+            if scope.sees_session(principal, exam.groups, groups.get(r["session_id"], ""))
+        ]
     await ActorNames(runtime.db).name_all(rows, lambda _sid: "")
     return JSONResponse({"irregularities": rows})
 

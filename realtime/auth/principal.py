@@ -1,4 +1,6 @@
-"""Who is acting: a staff member or a candidate, with what rights and over which groups."""
+"""Who is acting: a staff member or a candidate, with what rights and over which groups.
+
+What the groups allow is decided in one place: `realtime.identity.scope`."""
 
 from __future__ import annotations
 
@@ -28,12 +30,6 @@ class Principal:
 
     def can(self, permission: Permission) -> bool:
         return self.kind == "staff" and permission in self.permissions
-
-    def sees(self, exam_groups: list[str] | frozenset[str], candidate_group: str = "") -> bool:
-        """Group scope: an exam or candidate group must be one of the principal's groups."""
-        if self.unrestricted:
-            return True
-        return bool(self.groups.intersection(exam_groups)) or candidate_group in self.groups
 
 
 class Authenticator(Protocol):

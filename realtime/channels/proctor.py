@@ -4,6 +4,10 @@
 client says which sequence it saw last and the event log still reaches back, with the missed
 `events`. Then ordered `event` deltas follow. `command` messages are answered by a
 `command_result` carrying the client's `request_id`.
+
+Group scope (`realtime.identity.scope`) is checked on subscribe (an exam out of scope answers
+`not_found` like an unknown one), on the snapshot and catch-up, and on every delta; a change of
+the exam's groups that changes what the dashboard may see closes it (4403).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -36,6 +41,7 @@ from realtime.errors import (
 )
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Watcher, public_event
+from realtime.identity import scope
 from realtime.identity.audit import Ctx
 from realtime.identity.web import (
     authenticate_websocket,
@@ -70,7 +76,10 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
             conn.close(refused, "unauthorized" if unauthorized else "forbidden")
             return
         interval = runtime.settings.auth_recheck_interval
-        async with credential_watch(conn, runtime.auth, token, principal, interval):
+        async with (
+            credential_watch(conn, runtime.auth, token, principal, interval),
+            scope_watch(conn, runtime, watcher, interval),
+        ):
             await _serve(websocket, conn, runtime, principal, watcher)
     except asyncio.CancelledError:
         if not conn.stopped:
@@ -86,6 +95,38 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
             runtime.hub.remove_watcher(watcher[0])
         with contextlib.suppress(Exception):
             await conn.stop()
+
+
+async def _rescope(
+    conn: Connection, runtime: Runtime, current: list[Watcher | None], interval: float
+) -> None:
+    while not conn.closing:
+        await asyncio.sleep(interval)
+        watcher = current[0]
+        if watcher is None:
+            continue
+        try:
+            exam = await runtime.service.get_exam(watcher.exam_id)
+        except Exception:
+            log.warning("re-checking the scope of a dashboard failed; trying again",
+                        exc_info=True)
+            continue
+        watcher.regroup(exam.groups)
+
+
+@contextlib.asynccontextmanager
+async def scope_watch(
+    conn: Connection, runtime: Runtime, current: list[Watcher | None], interval: float
+) -> AsyncIterator[None]:
+    """Re-read the subscribed exam's groups every `interval` seconds: a change made by another
+    process re-scopes this dashboard too (one made here does so at once: `Hub.exam_changed`)."""
+    task = asyncio.create_task(_rescope(conn, runtime, current, interval), name="ws-scope")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _serve(
@@ -158,7 +199,7 @@ async def _subscribe(
         raise BadRequest("'last_seq' must be a non-negative integer")
     if not principal.can(Permission.VIEW_SESSIONS):
         raise Forbidden("you may not view sessions")
-    exam = await runtime.service.get_exam(exam_id)
+    exam = await runtime.service.exam_in_scope(exam_id, principal)
     if previous is not None:
         runtime.hub.remove_watcher(previous)
     watcher = Watcher(conn, exam_id, principal, exam.groups)
@@ -179,7 +220,7 @@ async def _subscribe(
         visible = []
         for session in sessions:
             watcher.groups[session["id"]] = session["group"]
-            if principal.sees(exam.groups, session["group"]):
+            if scope.sees_session(principal, exam.groups, session["group"]):
                 visible.append(public_view(session))
         visible.sort(key=lambda s: (s["candidate_name"], s["id"]))
         conn.send(

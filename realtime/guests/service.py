@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from realtime.auth.principal import Principal
 from realtime.db.database import Database
 from realtime.db.models import EventRow, IrregularityRow, SessionRow
-from realtime.errors import BadRequest, ErrorCode, NotFound, RealtimeError
+from realtime.errors import BadRequest, ErrorCode, Forbidden, NotFound, RealtimeError
 from realtime.guests import passwords
 from realtime.guests.models import (
     FREE,
@@ -38,6 +38,7 @@ from realtime.guests.models import (
     GuestUseRow,
 )
 from realtime.guests.network import Network
+from realtime.identity import scope
 from realtime.identity.audit import Ctx
 from realtime.identity.models import AuditRow, AuthTokenRow, LoginFailureRow, UserRow
 from realtime.identity.roles import CANDIDATE
@@ -468,12 +469,13 @@ class GuestService:
 
     async def guest_sessions(self, exam_id: str, principal: Principal) -> list[dict[str, Any]]:
         """The exam's sessions still held by guest accounts, with what the guests typed."""
-        exam = await self.sessions.get_exam(exam_id)
+        exam = await self.sessions.exam_in_scope(exam_id, principal)
         guests = await self.guest_user_ids()
         live = await self.sessions.list_sessions(exam.id)
         held = [
             s for s in live
-            if s["candidate_id"] in guests and principal.sees(exam.groups, s["group"])
+            if s["candidate_id"] in guests
+            and scope.sees_session(principal, exam.groups, s["group"])
         ]
         if not held:
             return []
@@ -523,10 +525,7 @@ class GuestService:
         for key, value in (("candidate_name", candidate_name), ("group", group)):
             if value is not None and (not isinstance(value, str) or len(value) > 200):
                 raise BadRequest(f"'{key}' must be a string of at most 200 characters")
-        exam = await self.sessions.get_exam(exam_id)
-        live = await self.sessions.get_session(exam.id, session_id)
-        if not principal.sees(exam.groups, live["group"]):
-            raise NotFound("no such session")
+        exam, live = await self.sessions.session_in_scope(exam_id, session_id, principal)
         if live["status"] in BUSY:
             raise GuestError(409, "guest_session_active",
                              f"the session is still {live['status']}: end it first")
@@ -541,6 +540,8 @@ class GuestService:
                              f"{candidate_id!r} already has session {taken.get('id')!r} here")
         name, new_group = await self._candidate_defaults(exam, candidate_id, candidate_name,
                                                          group, live["group"])
+        if not scope.sees_session(principal, exam.groups, new_group):
+            raise Forbidden(f"group {new_group!r} would take the session out of your scope")
         if self.sessions.catch_up is not None:
             # The history rows move in SQL: every event of the session must be there first.
             await self.sessions.catch_up(exam.id)

@@ -19,8 +19,9 @@ from typing import Any, cast
 
 from realtime.auth.principal import Principal
 from realtime.channels.codec import Encoded
-from realtime.errors import CloseCode
+from realtime.errors import CloseCode, ErrorCode
 from realtime.hub.connection import Connection
+from realtime.identity import scope
 from realtime.state.model import PRIVATE_FIELDS, Action, Event
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,27 @@ class Watcher:
         self.groups: dict[str, str] = {}  # session id -> candidate group, for scope checks
 
     def visible(self, event: Event) -> bool:
+        """Whether this dashboard may see the event (`scope`): checked for every delta."""
         if self.principal.unrestricted:
             return True
         group = event.changes.get("group")
         if isinstance(group, str):
             self.groups[event.session_id] = group
-        return self.principal.sees(self.exam_groups, self.groups.get(event.session_id, ""))
+        return scope.sees_session(
+            self.principal, self.exam_groups, self.groups.get(event.session_id, "")
+        )
+
+    def regroup(self, exam_groups: list[str]) -> None:
+        """The exam's groups changed. If that changes whether this dashboard manages the exam,
+        what it was shown no longer matches its scope: it must subscribe again (4403)."""
+        if list(exam_groups) == list(self.exam_groups):
+            return
+        before = scope.manages(self.principal, self.exam_groups)
+        self.exam_groups = list(exam_groups)
+        if before != scope.manages(self.principal, self.exam_groups):
+            self.conn.send({"type": "error", "code": str(ErrorCode.FORBIDDEN),
+                            "message": "the exam's groups changed; subscribe again"})
+            self.conn.close(CloseCode.FORBIDDEN, "scope changed")
 
     def activate(self, seq: int) -> None:
         """The snapshot (or catch-up) up to `seq` is sent: deliver what arrived meanwhile."""
@@ -295,6 +311,12 @@ class Hub:
             watchers.discard(watcher)
             if not watchers:
                 del self.watchers[watcher.exam_id]
+
+    def exam_changed(self, exam_id: str, exam_groups: list[str]) -> None:
+        """An exam's groups may have changed (here): re-scope its dashboards at once. Other
+        processes notice within their dashboards' re-check interval (`scope_watch`)."""
+        for watcher in list(self.watchers.get(exam_id, ())):
+            watcher.regroup(exam_groups)
 
     def live_candidates(self) -> list[CandidateLink]:
         return [link for links in self.candidates.values() for link in links if link.ready]

@@ -3,11 +3,14 @@
 The defaults can be changed without code: `REALTIME_ROLES_FILE` names a JSON file such as
 
     {"roles": {"proctor": {"permissions": ["sessions.view", "sessions.pause"]},
-               "auditor": {"permissions": ["audit.view"], "description": "Reads the audit log"},
+               "auditor": {"permissions": ["audit.view"], "unrestricted": true,
+                           "description": "Reads the audit log"},
                "supervisor": {"permissions": "*", "unrestricted": true}}}
 
 Each named role replaces the built-in role of that name (or adds a new one). `"*"` means every
-permission. The `admin` role always exists, holds every permission and sees every group.
+permission. The `admin` role always exists, holds every permission and sees every group. The
+organisation-wide permissions (users, user export, audit log) only count in unrestricted roles
+(`realtime.identity.scope`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from realtime.auth.tokens import TokenAuthenticator, same_secret
 from realtime.config import Settings
 from realtime.errors import CloseCode, ErrorCode, Forbidden, Unauthorized
 from realtime.hub.connection import Connection
+from realtime.identity import scope
 from realtime.identity.audit import AuditLog, Ctx
 from realtime.identity.authenticator import IdentityAuthenticator
 from realtime.identity.service import IdentityService
@@ -98,13 +99,13 @@ async def authenticate_request(
                     method=request.method, path=request.url.path,
                 )
             raise Forbidden("missing or wrong X-CSRF-Token header")
-    if permission is not None and not principal.can(permission):
+    if permission is not None and not scope.grants(principal, permission):
         if identity is not None:
             await identity.audit.record(
                 ctx_of(principal), "permission_denied", "", permission=permission.value,
                 method=request.method, path=request.url.path,
             )
-        raise Forbidden(f"missing permission {permission.value}")
+        raise Forbidden(scope.refusal(principal, permission))
     return principal
 
 
