@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import JSON, WsClient
+from redis_server import RedisServer
 from server import STAFF_TOKEN, ServerProcess
 from websockets.exceptions import ConnectionClosed
 
@@ -104,22 +106,26 @@ class World:
     tokens: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
 
     def token(self, role: str, groups: tuple[str, ...]) -> str:
-        """A real login of a user with `role` and `groups` (made once per module)."""
-        key = (role, groups)
-        if key not in self.tokens:
-            email = f"{role}-{uuid.uuid4().hex[:8]}@example.org"
-            r = self.admin.post("/api/v1/users", json={
+        """The login token of the module's user with `role` and `groups`."""
+        return self.tokens[(role, groups)]
+
+    def new_login(self, role: str, groups: tuple[str, ...]) -> str:
+        """A new active user with `role` and `groups`, and a real login of it."""
+        email = f"{role}-{uuid.uuid4().hex[:8]}@example.org"
+        with httpx.Client(base_url=self.server.url, timeout=60,
+                          headers={"Authorization": f"Bearer {STAFF_TOKEN}"}) as http:
+            r = http.post("/api/v1/users", json={
                 "full_name": f"{role} of {groups}", "email": email, "roles": [role],
                 "groups": list(groups)})
             assert r.status_code == 201, r.text
-            r2 = self.admin.post("/api/v1/auth/activate", json={
+            r2 = http.post("/api/v1/auth/activate", json={
                 "token": r.json()["activation_token"], "password": PASSWORD})
             assert r2.status_code == 200, r2.text
-            r3 = self.admin.post("/api/v1/auth/login", json={"login": email, "password": PASSWORD},
-                                 headers={"Authorization": ""})
+            r3 = http.post("/api/v1/auth/login", json={"login": email, "password": PASSWORD},
+                           headers={"Authorization": ""})
             assert r3.status_code == 200, r3.text
-            self.tokens[key] = r3.json()["token"]
-        return self.tokens[key]
+            token: str = r3.json()["token"]
+            return token
 
     def client(self, role: str, relation: str) -> httpx.Client:
         token = self.token(role, RELATIONS[relation].user_groups)
@@ -163,10 +169,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             r = admin.post(f"/api/v1/exams/{EXAMS[exam_key][0]}/sessions", json={
                 "candidates": [{"candidate_id": f"cand-{key}", "name": name, "group": group}]})
             assert r.status_code == 201, r.text
-            w.sessions[key] = r.json()["sessions"][0]["id"]
+            w.sessions[key] = WORLD_IDS[key] = r.json()["sessions"][0]["id"]
             r = admin.post(f"/api/v1/exams/{EXAMS[exam_key][0]}/sessions/{w.sessions[key]}"
                            "/irregularities", json={"category": "setup", "note": key})
             assert r.status_code == 201, r.text
+        # every user at once: their password hashing runs in the server's threads
+        users = sorted({(role, rel.user_groups) for role in ROLES for rel in RELATIONS.values()})
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            tokens = pool.map(lambda user: w.new_login(*user), users)
+            w.tokens.update(zip(users, tokens, strict=True))
         yield w
     finally:
         admin.close()
@@ -198,7 +209,8 @@ class Case:
 def case_of(world: World, role: str, relation: str) -> Case:
     rel = RELATIONS[relation]
     exam_id, exam_groups = EXAMS[rel.exam]
-    visible, hidden = [], []
+    visible: list[str] = []
+    hidden: list[str] = []
     for key, (exam_key, group, _) in SESSIONS.items():
         if exam_key != rel.exam:
             continue
@@ -442,6 +454,49 @@ def test_guest_sessions_and_reassign(world: World, role: str, relation: str) -> 
             assert world.fingerprint(case.exam_key) == before
 
 
+# -- history and exports --------------------------------------------------------------------
+
+
+def hidden_names(case: Case) -> list[str]:
+    keys = {sid: key for key, sid in WORLD_IDS.items()}
+    return [SESSIONS[keys[sid]][2] for sid in case.hidden]
+
+
+WORLD_IDS: dict[str, str] = {}  # session key -> id, filled by the world fixture
+
+
+@pytest.mark.parametrize(("role", "relation"), MATRIX)
+def test_exam_history_and_exports(world: World, role: str, relation: str) -> None:
+    """The exam's history and its exports show only the sessions in scope; an exam out of
+    scope is the 404 of an unknown one."""
+    case = case_of(world, role, relation)
+    base = f"/api/v1/exams/{case.exam_id}"
+    with world.client(role, relation) as http:
+        for path, permission in ((base + "/history", "sessions.history"),
+                                 (base + "/history.csv", "sessions.history"),
+                                 (base + "/irregularities.csv", "sessions.history"),
+                                 (base + "/sessions.csv", "sessions.view"),
+                                 (base + "/sessions.html", "sessions.view")):
+            r = http.get(path)
+            expected = expect_exam_access(case, permission)
+            if expected != 200:
+                assert_denied(r, expected, no_exam(case.exam_id) if expected == 404 else None)
+                continue
+            assert r.status_code == 200, (path, r.text)
+            for leaked in case.hidden + hidden_names(case):
+                assert leaked not in r.text, (path, leaked)
+            for shown in case.visible:
+                assert shown in r.text or path.endswith(("sessions.csv", "sessions.html")), path
+        for sid, seen in session_targets(world, case):
+            r = http.get(f"{base}/sessions/{sid}/history.csv")
+            if not has(role, "sessions.history"):
+                assert_denied(r, 403)
+            elif seen:
+                assert r.status_code == 200, r.text
+            else:
+                assert_denied(r, 404, no_session(case, sid))
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -638,3 +693,43 @@ async def test_exam_regrouped_away_closes_its_dashboards(world: World) -> None:
         assert not [m for m in ws.received if m["type"] in ("event", "event_batch")]
     finally:
         await ws.close()
+
+
+async def test_exam_regrouped_on_another_process(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two processes sharing Redis and SQL: a dashboard on one is re-scoped (and closed, 4403)
+    when the exam's groups are changed through the other."""
+    redis_server.start()
+    shared = {"redis_url": redis_server.url, "redis_prefix": f"sc{uuid.uuid4().hex[:8]}:",
+              "database_url": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+              "auth_recheck_interval": 0.3}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = ServerProcess(workdir=tmp_path / "one", **shared).start()  # type: ignore[arg-type]
+    two = ServerProcess(workdir=tmp_path / "two", **shared).start()  # type: ignore[arg-type]
+    ws: WsClient | None = None
+    try:
+        w = World(one, httpx.Client(base_url=one.url, timeout=30,
+                                    headers={"Authorization": f"Bearer {STAFF_TOKEN}"}))
+        token = w.new_login("proctor", ("A",))
+        assert w.admin.post("/api/v1/exams", json={"id": "moved", "title": "moved",
+                                                   "groups": ["A"]}).status_code == 201
+        ws = await WsClient.connect(f"{two.ws_url}/ws/proctor", JSON,
+                                    additional_headers={"Authorization": f"Bearer {token}"})
+        await ws.send({"type": "subscribe", "exam_id": "moved"})
+        assert (await ws.recv("snapshot"))["sessions"] == []
+        assert w.admin.patch("/api/v1/exams/moved", json={"groups": ["B"]}).status_code == 200
+        error = await ws.recv("error")
+        assert (error["code"], error["message"]) == (
+            "forbidden", "the exam's groups changed; subscribe again")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.recv_any()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        w.admin.close()
+    finally:
+        if ws is not None:
+            await ws.close()
+        one.stop()
+        two.stop()
