@@ -23,15 +23,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`realtime.app:create_app` under uvicorn, configured through the environment."""
+    """`realtime.app:create_app` under plain uvicorn (its defaults: proxy headers on), or with
+    `cli=True` as `realtime serve`; configured through the environment."""
 
     def __init__(
         self,
         redis_url: str = "",
         database_url: str | None = None,
         workdir: Path | None = None,
+        cli: bool = False,
         **settings: str | float,
     ) -> None:
+        self.cli = cli
         self.port = free_port()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="rt-server-"))
         self.database_url = database_url or f"sqlite+aiosqlite:///{self.workdir / 'rt.db'}"
@@ -58,8 +61,10 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         log = self.log_path.open("ab")
+        serve = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "warning"]
         self.process = subprocess.Popen(
-            [
+            serve if self.cli else [
                 sys.executable,
                 "-m",
                 "uvicorn",
