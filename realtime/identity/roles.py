@@ -9,8 +9,8 @@ The defaults can be changed without code: `REALTIME_ROLES_FILE` names a JSON fil
 
 Each named role replaces the built-in role of that name (or adds a new one). `"*"` means every
 permission. The `admin` role always exists, holds every permission and sees every group. The
-organisation-wide permissions (users, user export, audit log) only count in unrestricted roles
-(`realtime.identity.scope`).
+organisation-wide permissions (users, user export, audit log, nodes) only count in unrestricted
+roles (`realtime.identity.scope`).
 """
 
 from __future__ import annotations

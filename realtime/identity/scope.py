@@ -16,8 +16,8 @@ Every REST route, both sockets and the services ask here; nothing else compares 
   (`exam_not_found`, `session_not_found`), a `not_found` skip for a named session, and filters
   count only what is in scope. In scope but not allowed (no permission, or an exam seen only
   through its candidates) is 403: the caller already knows the object exists.
-* Organisation-wide permissions (users, the user export, the audit log) count only for
-  unrestricted roles: their data spans every group.
+* Organisation-wide permissions (users, the user export, the audit log, the server nodes)
+  count only for unrestricted roles: their data spans every group.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from realtime.auth.principal import Principal
 from realtime.errors import Forbidden, NotFound
 
 ORGANISATION_WIDE = frozenset(
-    {Permission.MANAGE_USERS, Permission.EXPORT_USERS, Permission.VIEW_AUDIT}
+    {Permission.MANAGE_USERS, Permission.EXPORT_USERS, Permission.VIEW_AUDIT,
+     Permission.VIEW_SYSTEM}
 )
 
 
