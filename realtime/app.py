@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service = AuditedSessionService(store, db, liveness)
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
-        hub = Hub(fetch_session=service.get_session)
+        hub = Hub(fetch_session=service.get_session, interest=store)
         metrics = Metrics(hub, drainer, store)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
@@ -101,6 +101,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store.add_commit_listener(hub.on_committed)
         store.add_listener(hub.on_event)
         store.add_listener(drainer.on_event)
+        # Exams not served here are not heard: this process's own commits still wake its
+        # drainer (other exams are found by its rescan of the outboxes).
+        store.add_commit_listener(lambda events: drainer.on_event(events[0]))
         store.add_resubscribe_listener(hub.resynchronise)
         store.add_resubscribe_listener(service.store_came_back)
         await store.start()

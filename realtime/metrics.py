@@ -33,6 +33,13 @@ class Metrics:
             gauge("realtime_event_subscription_losses",
                   "Times the event subscription was lost or re-made since start",
                   lambda: store.subscription_health()["losses"])
+            gauge("realtime_exams_served",
+                  "Exams whose events this process hears (sockets of theirs are open here)",
+                  lambda: store.subscription_health()["exams_served"] or 0)
+            gauge("realtime_events_received",
+                  "Events this process took from the state store's subscription since start "
+                  "(only those of the exams it serves)",
+                  lambda: store.subscription_health()["events_received"] or 0)
             gauge("realtime_events_recovered",
                   "Missed events read back from the outboxes after such a loss, since start",
                   lambda: store.subscription_health()["recovered_events"])

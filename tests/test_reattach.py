@@ -25,6 +25,7 @@ async def test_the_heartbeat_marks_a_still_held_session_connected_again(
             arrived.set()
 
     store.add_listener(listen)
+    await store.serve("e1")
     service = SessionService(store, db, machine.Liveness(stale_after=0.5))
     exam = await service.create_exam(Exam(id="e1", title="Exam"))
     sessions = await service.create_sessions(

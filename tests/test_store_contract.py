@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from clients import eventually
 from redis.crc import key_slot
 from redis_server import RedisServer
 
@@ -526,6 +527,8 @@ async def test_listeners_receive_every_event_in_order(store: StateStore) -> None
     plain, coroutine = Collector(), Collector()
     store.add_listener(plain)
     store.add_listener(coroutine.listen)
+    for exam_id in (A, B):
+        await store.serve(exam_id)
     await store.add_sessions([session("s1"), session("s2"), session("s1", exam_id=B)])
 
     committed: list[Event] = []
@@ -563,6 +566,7 @@ async def test_redis_stores_fan_out_to_each_other(redis_url: str) -> None:
     for store, collector in ((one, seen_one), (two, seen_two), (elsewhere, seen_elsewhere)):
         store.add_listener(collector)
         await store.start()
+        await store.serve(A)
     try:
         await one.add_sessions([session("s1"), session("s2")])
         await elsewhere.add_sessions([session("s1")])
@@ -624,6 +628,7 @@ async def test_redis_listeners_see_own_commits_once_whichever_comes_first(
     two.add_listener(seen_two)
     for store in (one, two):
         await store.start()
+        await store.serve(A)
     try:
         await one.add_sessions([session(f"s{i}") for i in range(1000)])
         committed: list[Event] = []
@@ -643,6 +648,40 @@ async def test_redis_listeners_see_own_commits_once_whichever_comes_first(
             await store.close()
 
 
+async def test_redis_a_process_hears_only_the_exams_it_serves(redis_url: str) -> None:
+    """Fan-out by exam: a process subscribes to an exam's channel while it serves the exam
+    (from the moment `serve` returns) and hears nothing of the others."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    listener, writer = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    seen = Collector()
+    listener.add_listener(seen)
+    for store in (listener, writer):
+        await store.start()
+    try:
+        await writer.add_sessions([session("s1"), session("s1", B)])
+        await writer.commit([commit(B, "s1", 0)])  # served by nobody: heard by nobody
+        await listener.serve(A)
+        await writer.commit([commit(A, "s1", 0), commit(B, "s1", 1)])
+        [heard] = await seen.wait_for(1)
+        assert (heard.exam_id, heard.seq) == (A, 1)
+        health = listener.subscription_health()
+        assert (health["exams_served"], health["events_received"]) == (1, 1)
+
+        await listener.serve(B)
+        await writer.commit([commit(B, "s1", 2)])
+        assert [(e.exam_id, e.seq) for e in await seen.wait_for(2)] == [(A, 1), (B, 3)]
+
+        listener.release(A, linger=0.0)  # the last holder of A left
+        await eventually(lambda: listener.subscription_health()["exams_served"] == 1)
+        await eventually(lambda: f"{prefix}{{{A}}}:events" not in listener._channels)
+        await writer.commit([commit(A, "s1", 1), commit(B, "s1", 3)])
+        assert [(e.exam_id, e.seq) for e in await seen.wait_for(3)][-1] == (B, 4)
+        assert len(seen.events) == 3  # A's second commit was not heard
+    finally:
+        for store in (listener, writer):
+            await store.close()
+
+
 async def test_redis_failing_listener_does_not_stop_delivery(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -659,6 +698,7 @@ async def test_redis_failing_listener_does_not_stop_delivery(
     for listener in (broken, broken_later, seen):
         store.add_listener(listener)
     await store.start()
+    await store.serve(A)
     try:
         await store.add_sessions([session("s1")])
         await store.commit([commit(A, "s1", 0, events=2)])
@@ -681,6 +721,7 @@ async def test_redis_listener_survives_an_outage(outage: Callable[[RedisServer],
         seen = Collector()
         store.add_listener(seen)
         await store.start()
+        await store.serve(A)
         try:
             await store.add_sessions([session("s1")])
             await store.commit([commit(A, "s1", 0)])

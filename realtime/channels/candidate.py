@@ -131,8 +131,8 @@ async def _open(
     client = websocket.client
     remote = client.host if client else ""
     link = CandidateLink(conn, exam_id, session_id, runtime.presence.new_conn_id())
-    runtime.hub.add_candidate(link)  # before the open, so no event after it is missed
     try:
+        await runtime.hub.attach_candidate(link)  # before the open: no event after it is missed
         opened = await runtime.service.open(
             exam_id, session_id, link.conn_id, "", resume_token, client_id, remote,
             user_agent=websocket.headers.get("user-agent", "")[:MAX_USER_AGENT],

@@ -207,7 +207,7 @@ async def _subscribe(
     if previous is not None:
         runtime.hub.remove_watcher(previous)
     watcher = Watcher(conn, exam_id, principal, exam.groups)
-    runtime.hub.add_watcher(watcher)  # before reading, so nothing committed meanwhile is lost
+    await runtime.hub.attach_watcher(watcher)  # before reading: nothing committed meanwhile is lost
     try:
         if last_seq is not None:
             if not principal.unrestricted:  # scope checks need each session's group

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from realtime.auth.principal import Principal
 from realtime.channels.codec import Encoded
@@ -66,6 +66,7 @@ class CandidateLink:
         "progress_task",
         "ready",
         "rtt_ms",
+        "served",
         "session_id",
         "slot",
         "superseded",
@@ -78,6 +79,7 @@ class CandidateLink:
         self.exam_id = exam_id
         self.session_id = session_id
         self.conn_id = conn_id
+        self.served = False  # attached through `Hub.attach_candidate`
         self.actor = f"candidate:{session_id}"  # set from the session when it opens
         self.ready = False
         self.version = 0
@@ -168,6 +170,7 @@ class Watcher:
         self.last_seq = 0
         self.buffer: list[Event] = []
         self.groups: dict[str, str] = {}  # session id -> candidate group, for scope checks
+        self.served = False  # attached through `Hub.attach_watcher`
 
     def visible(self, event: Event) -> bool:
         """Whether this dashboard may see the event (`scope`): checked for every delta."""
@@ -231,10 +234,22 @@ class Watcher:
 FetchSession = Callable[[str, str], Awaitable[dict[str, Any]]]
 
 
+class Interest(Protocol):
+    """Tells the state store which exams this process serves (fan-out by exam)."""
+
+    async def serve(self, exam_id: str) -> None: ...
+
+    def release(self, exam_id: str) -> None: ...
+
+
 class Hub:
     def __init__(
-        self, clock: Callable[[], float] = time.time, fetch_session: FetchSession | None = None
+        self,
+        clock: Callable[[], float] = time.time,
+        fetch_session: FetchSession | None = None,
+        interest: Interest | None = None,
     ) -> None:
+        self.interest = interest
         self.candidates: dict[str, list[CandidateLink]] = {}
         self.watchers: dict[str, set[Watcher]] = {}
         self.clock = clock
@@ -256,6 +271,21 @@ class Hub:
         self.touched = 0  # sessions refreshed by them
 
     # -- registration ------------------------------------------------------------------------
+
+    async def attach_candidate(self, link: CandidateLink) -> None:
+        """Serve the link's exam (its events reach this process from now on), then add it.
+        Call before reading the session: nothing committed after the read can be missed."""
+        if self.interest is not None:
+            await self.interest.serve(link.exam_id)
+            link.served = True
+        self.add_candidate(link)
+
+    async def attach_watcher(self, watcher: Watcher) -> None:
+        """The same for a dashboard, before its snapshot is read."""
+        if self.interest is not None:
+            await self.interest.serve(watcher.exam_id)
+            watcher.served = True
+        self.add_watcher(watcher)
 
     def add_candidate(self, link: CandidateLink) -> None:
         link.on_gap = self._resync_candidate
@@ -295,6 +325,9 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     def remove_candidate(self, link: CandidateLink) -> None:
+        if link.served and self.interest is not None:
+            link.served = False
+            self.interest.release(link.exam_id)
         self._slots[link.slot].discard(link)
         links = self.candidates.get(link.session_id)
         if links and link in links:
@@ -306,6 +339,9 @@ class Hub:
         self.watchers.setdefault(watcher.exam_id, set()).add(watcher)
 
     def remove_watcher(self, watcher: Watcher) -> None:
+        if watcher.served and self.interest is not None:
+            watcher.served = False
+            self.interest.release(watcher.exam_id)
         watchers = self.watchers.get(watcher.exam_id)
         if watchers is not None:
             watchers.discard(watcher)

@@ -75,10 +75,17 @@ class MemoryStore:
         """Nothing to do: in one process no event can be missed."""
 
     def subscription_health(self) -> dict[str, Any]:
-        return {"subscribed": True, "losses": 0, "recovered_events": 0}
+        return {"subscribed": True, "losses": 0, "recovered_events": 0, "exams_served": None,
+                "events_received": None}
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Nothing to do: the listeners of `add_listener` already run inside `commit`."""
+
+    async def serve(self, exam_id: str) -> None:
+        """Nothing to do: one process hears every exam."""
+
+    def release(self, exam_id: str) -> None:
+        """Nothing to do."""
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)

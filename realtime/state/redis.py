@@ -59,6 +59,7 @@ RECONNECT_MIN = 0.1  # first back-off after the subscription broke, doubled up t
 RECONNECT_MAX = 5.0
 IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this long = dead
 NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
+UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket here left
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
 # commit_batch.lua status codes besides 1 (ok)
@@ -125,7 +126,13 @@ class Keys:
 
     @property
     def events(self) -> str:
+        """The process-wide channel: always subscribed, so the connection exists (and its
+        loss is noticed) even while no exam is served."""
         return f"{self.prefix}events"
+
+    def exam_events(self, exam_id: str) -> str:
+        """An exam's events channel (in the exam's slot: sharded pub/sub on a cluster)."""
+        return f"{self._exam(exam_id)}:events"
 
 
 POOL_SIZE = 64  # connections per client and process
@@ -294,6 +301,13 @@ class RedisStore:
         self.subscribed = False  # the event subscription is up (health checks)
         self.subscription_losses = 0  # times it was lost or re-made since the start
         self.recovered_events = 0  # events read back from outboxes after such a loss
+        # Fan-out by exam: the exams served here (sockets of theirs are open) and how many
+        # holders each has; their channels are subscribed on the one subscription connection.
+        self._served: dict[str, int] = {}
+        self._channels: set[str] = set()  # exam channels confirmed subscribed
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._pubsub: PubSub | None = None
+        self.events_received = 0  # events this process took from the subscription
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
         self._subscribed = asyncio.Condition()
@@ -397,7 +411,8 @@ class RedisStore:
 
     def subscription_health(self) -> dict[str, Any]:
         return {"subscribed": self.subscribed, "losses": self.subscription_losses,
-                "recovered_events": self.recovered_events}
+                "recovered_events": self.recovered_events, "exams_served": len(self._served),
+                "events_received": self.events_received}
 
     @property
     def subscriptions(self) -> int:
@@ -413,16 +428,85 @@ class RedisStore:
         async with self._subscribed:
             await self._subscribed.wait_for(lambda: self._subscriptions >= count)
 
+    # -- fan-out by exam -------------------------------------------------------------------------
+
+    async def serve(self, exam_id: str) -> None:
+        """This process holds a socket of `exam_id`: hear its events. Returns once its channel
+        is subscribed, so nothing committed after the return can be missed; raises
+        `ConnectionError` when the subscription is down (the caller answers "try again")."""
+        self._served[exam_id] = self._served.get(exam_id, 0) + 1
+        channel = self.keys.exam_events(exam_id)
+        if channel in self._channels:
+            return
+        try:
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                pubsub = self._pubsub
+                if pubsub is None or not self.subscribed:
+                    raise ConnectionError("the event subscription is down")
+                await pubsub.subscribe(channel)
+            async with asyncio.timeout(START_TIMEOUT):
+                await confirmed.wait()
+        except BaseException:
+            self.release(exam_id, linger=0.0)
+            raise
+
+    def release(self, exam_id: str, linger: float = UNSERVE_LINGER) -> None:
+        """One holder of `exam_id` here is gone; the last one's leaving unsubscribes its
+        channel after `linger` seconds (a page reconnecting at once keeps it)."""
+        left = self._served.get(exam_id, 0) - 1
+        if left > 0:
+            self._served[exam_id] = left
+            return
+        self._served.pop(exam_id, None)
+        asyncio.get_running_loop().call_later(
+            linger, lambda: asyncio.ensure_future(self._unserve(exam_id))
+        )
+
+    async def _unserve(self, exam_id: str) -> None:
+        if exam_id in self._served:
+            return  # served again meanwhile
+        channel = self.keys.exam_events(exam_id)
+        self._channels.discard(channel)
+        self._confirmed.pop(channel, None)
+        self._heard_seq.pop(exam_id, None)  # not heard from now on: nothing to read back
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe(channel)
+
+    @property
+    def served_exams(self) -> int:
+        return len(self._served)
+
+    def _on_subscribed(self, channel: str) -> None:
+        if channel == self.keys.events:
+            return
+        self._channels.add(channel)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = self._confirmed[channel] = asyncio.Event()
+        confirmed.set()
+
     async def _listen(self) -> None:
         """Keep the one subscription of this process alive until cancelled."""
         delay = RECONNECT_MIN
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.subscribe(self.keys.events)
+                # The process channel first, then every served exam's channel again.
+                self._channels.clear()
+                for confirmed in self._confirmed.values():
+                    confirmed.clear()
+                served = [self.keys.exam_events(exam_id) for exam_id in self._served]
+                await pubsub.subscribe(self.keys.events, *served)
+                self._pubsub = pubsub
                 async with contextlib.aclosing(self._messages(pubsub)) as messages:
-                    async for kind, data in messages:
-                        if kind == "subscribe":
+                    async for kind, data, channel in messages:
+                        if kind == "subscribe" and channel != self.keys.events:
+                            self._on_subscribed(channel)
+                        elif kind == "subscribe":
                             if self._subscriptions > 0 and self.subscribed:
                                 # re-made behind our back (redis-py reconnected by itself)
                                 self.subscription_losses += 1
@@ -443,13 +527,15 @@ class RedisStore:
                     self.subscription_losses += 1
                 log.warning("event subscription lost; retrying in %.1fs", delay, exc_info=True)
             finally:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
-    async def _messages(self, pubsub: PubSub) -> AsyncGenerator[tuple[str, Any], None]:
-        """Messages as (type, data); raises when the connection is gone or silently dead.
+    async def _messages(self, pubsub: PubSub) -> AsyncGenerator[tuple[str, Any, str], None]:
+        """Messages as (type, data, channel); raises when the connection is gone or silently
+        dead.
 
         redis-py reconnects and resubscribes by itself on some errors, which shows up here as
         another "subscribe" message; a half-open TCP connection is caught by pinging.
@@ -464,7 +550,7 @@ class RedisStore:
                 await pubsub.ping()
                 continue
             heard = loop.time()
-            yield _text(message["type"]), message["data"]
+            yield _text(message["type"]), message["data"], _text(message["channel"] or "")
 
     async def _deliver(self, message: bytes) -> None:
         try:
@@ -478,6 +564,7 @@ class RedisStore:
             log.exception("undecodable event on %s: %r", self.keys.events, message[:200])
             return
         if events:
+            self.events_received += len(events)
             await self._dispatch(events)
 
     async def _dispatch(self, events: list[Event]) -> None:
@@ -734,10 +821,12 @@ class RedisStore:
         return [r for r in results if r is not None]
 
     def _hand_out(self, token: str, events: list[Event]) -> None:
-        """Give the commit listeners this call's events now, and keep them for the echo."""
-        self._unechoed[token] = events
-        if len(self._unechoed) > MAX_UNECHOED:
-            self._unechoed.popitem(last=False)
+        """Give the commit listeners this call's events now, and keep them for the echo (if
+        it is coming: the exam is served here)."""
+        if events[0].exam_id in self._served:
+            self._unechoed[token] = events
+            if len(self._unechoed) > MAX_UNECHOED:
+                self._unechoed.popitem(last=False)
         for listener in self._commit_listeners:
             try:
                 listener(events)
@@ -768,7 +857,8 @@ class RedisStore:
                 [] if mode == "r" else _encode_fields(fields),
                 [encode_event(event, version) for event in commit.events],
             ])
-        args = [keys.events, repr(time.time()), COMMAND_TTL, keys.session_prefix(exam_id),
+        args = [keys.exam_events(exam_id), repr(time.time()), COMMAND_TTL,
+                keys.session_prefix(exam_id),
                 keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False), token]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 

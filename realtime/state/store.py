@@ -87,7 +87,15 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
     def add_listener(self, listener: EventListener) -> None:
-        """Call `listener` for every committed event of any exam, from any process."""
+        """Call `listener` for every committed event, from any process, of the exams this
+        process serves (see `serve`), in seq order per exam."""
+
+    async def serve(self, exam_id: str) -> None:
+        """Hear `exam_id`'s events from now on (one more holder here: a socket); returns once
+        nothing committed after it can be missed. Raises if that cannot be promised now."""
+
+    def release(self, exam_id: str) -> None:
+        """One holder fewer; once none is left the exam may stop being heard."""
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener` with the events of each of THIS process's commits as soon as the
@@ -103,7 +111,8 @@ class StateStore(Protocol):
 
     def subscription_health(self) -> dict[str, Any]:
         """For health checks: `subscribed` (this process hears committed events now), `losses`
-        (times the subscription was lost or re-made), `recovered_events` (read back since)."""
+        (times the subscription was lost or re-made), `recovered_events` (read back since),
+        `exams_served` and `events_received` (None where every exam is heard in-process)."""
 
     def unheard(self, since: float, now: float) -> float:
         """Seconds between `since` and `now` (epoch) in which this process could not reach

@@ -1,0 +1,68 @@
+"""Fan-out by exam: three processes on one Redis, each hearing only the exams it serves;
+commands and dashboard deltas still cross nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from clients import Api, LiveCandidate, LiveDashboard, eventually, open_candidate
+from redis_server import RedisServer
+from server import ServerProcess
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        for line in (await http.get("/metrics")).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(tmp_path: Path) -> None:
+    redis = RedisServer()
+    redis.start()
+    first = ServerProcess(redis_url=redis.url, workdir=tmp_path).start()
+    nodes = [first] + [
+        ServerProcess(redis_url=redis.url, database_url=first.database_url,
+                      workdir=tmp_path).start()
+        for _ in range(2)
+    ]
+    api = Api(first.url)
+    pages: list[LiveCandidate] = []
+    try:
+        exams = [(await api.create_exam(title=f"Hall {i}"))["id"] for i in range(3)]
+        by_exam: dict[str, list[LiveCandidate]] = {}
+        for node, exam_id in zip(nodes, exams, strict=True):  # exam i's pages on node i
+            for session in await api.create_sessions(exam_id, 3):
+                client, opened = await open_candidate(node.ws_url, session["access_code"])
+                assert opened["type"] == "opened", opened
+                by_exam.setdefault(exam_id, []).append(LiveCandidate(client, opened))
+        pages = [p for exam_pages in by_exam.values() for p in exam_pages]
+        dashboard = await LiveDashboard.watch(nodes[1].ws_url, exams[0])  # exam 0 on node 1
+
+        assert [await metric(n, "realtime_exams_served") for n in nodes] == [1, 2, 1]
+        quiet = await metric(nodes[0], "realtime_events_received")
+
+        # Exam 2's commands, sent to node 0, reach its pages on node 2; node 0 hears none.
+        for n in range(5):
+            result = await api.command(exams[2], action="notice", target="all", text=f"n{n}")
+            assert {a["delivery"] for a in result["applied"]} == {"sent"}
+        await eventually(lambda: all(len(p.commands("notice")) == 5 for p in by_exam[exams[2]]))
+        assert await metric(nodes[2], "realtime_events_received") > 0
+        assert await metric(nodes[0], "realtime_events_received") == quiet
+
+        # Exam 0's command through node 2: its pages on node 0 and the dashboard on node 1.
+        via_node_2 = Api(nodes[2].url)
+        await via_node_2.command(exams[0], action="pause", target="all")
+        await via_node_2.close()
+        await eventually(lambda: all(p.commands("pause") for p in by_exam[exams[0]]))
+        await eventually(lambda: len(dashboard.kinds("pause")) == 3)
+        await dashboard.close()
+    finally:
+        for page in pages:
+            await page.close()
+        await api.close()
+        for node in nodes:
+            node.stop()
+        redis.cleanup()
