@@ -529,22 +529,38 @@ class Bench:
                 timeout=60, limits=httpx.Limits(max_connections=64),
             ) as http:
                 started = time.perf_counter()
-                main = await self.create_exam(http, "main", self.n, lock=False)
+                exams = max(1, self.args.exams)
+                per_exam = max(1, self.n // exams)
+                main = await self.create_exam(http, "main", per_exam if exams > 1 else self.n,
+                                              lock=False)
+                others = [await self.create_exam(http, f"exam-{k}", per_exam, lock=False)
+                          for k in range(1, exams)]
                 locked = (await self.create_exam(http, "locked", self.lock_size, lock=True)
                           if classic else [])
                 self.result["setup_s"] = round(time.perf_counter() - started, 2)
                 await asyncio.sleep(1.0)
                 rss_base = self.server_rss()
-                candidates = [Candidate(self, s, urls[i % len(urls)]) for i, s in enumerate(main)]
+                if exams > 1:  # exam k's candidates on server k: fan-out by exam shows
+                    candidates = [Candidate(self, s, urls[0]) for s in main]
+                    bystanders = [Candidate(self, s, urls[k % len(urls)])
+                                  for k, sessions in enumerate(others, start=1)
+                                  for s in sessions]
+                else:
+                    candidates = [Candidate(self, s, urls[i % len(urls)])
+                                  for i, s in enumerate(main)]
+                    bystanders = []
                 proctor = Proctor(self)
                 snapshot_s = await proctor.watch(urls[0], "main")
+                if bystanders:
+                    self.result["open_other_exams"] = await self.open_all(bystanders)
                 self.result["open"] = await self.open_all(candidates)
                 self.result["open"]["snapshot_ms"] = ms(snapshot_s)
                 await asyncio.sleep(self.args.settle)
                 rss_open = self.server_rss()
                 self.result["hold"] = await self.hold(candidates, self.args.hold)
                 rss_held = self.server_rss()
-                opened = max(1, self.result["open"]["ok"])
+                opened = max(1, self.result["open"]["ok"]
+                             + self.result.get("open_other_exams", {}).get("ok", 0))
                 self.result["memory"] = {
                     "rss_base_mb": round(rss_base / 2**20, 1),
                     "rss_open_mb": round(rss_open / 2**20, 1),
@@ -571,7 +587,8 @@ class Bench:
                     await run_new_phases(self, urls[0], candidates, proctor, peer=False,
                                          rewatch=rewatch)
                 self.result["still_open"] = sum(1 for c in candidates if c.alive)
-                await self.close_all(candidates)
+                self.result["fan_out"] = await fan_out_figures(self.servers)
+                await self.close_all(candidates + bystanders)
                 if proctor.peer is not None:
                     proctor.peer.close()
                 if classic:
@@ -745,6 +762,24 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+async def fan_out_figures(servers: list[ServerProcess]) -> list[dict[str, Any]]:
+    """Per server: exams it serves and events it took from the subscription (fan-out by
+    exam: a server hears only the exams it has sockets of)."""
+    figures = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for index, server in enumerate(servers):
+            values: dict[str, Any] = {"server": index}
+            with contextlib.suppress(Exception):
+                text = (await http.get(server.url + "/metrics")).text
+                for line in text.splitlines():
+                    name, _, value = line.partition(" ")
+                    if name in ("realtime_exams_served", "realtime_events_received",
+                                "realtime_candidate_connections"):
+                        values[name.removeprefix("realtime_")] = int(float(value))
+            figures.append(values)
+    return figures
+
+
 def parse_config(raw: str) -> tuple[str, int, int]:
     backend, _, count = raw.partition(":")
     if backend == "peer":  # the python-socketio peer (one process, Redis manager)
@@ -782,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--command-rate", type=float, default=50.0, help="targeted commands/s")
     parser.add_argument("--progress-seconds", type=float, default=5.0,
                         help="spread each candidate's one progress report over this long")
+    parser.add_argument("--exams", type=int, default=1,
+                        help="split N over this many exams, exam k's candidates on server "
+                        "k mod servers; the phases drive the first one (N/exams candidates)")
     parser.add_argument("--lock-size", type=int, default=0,
                         help="sessions of the lock_sessions exam (default N)")
     parser.add_argument("--open-concurrency", type=int, default=200)

@@ -732,6 +732,12 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
         ours_v = headline_values(run)
         peer_v = headline_values(peer) if peer else {}
         lines.append(f"{run['config']} N={run['n']}:")
+        for node in run.get("fan_out") or []:
+            if "events_received" in node:
+                lines.append(
+                    f"  server {node['server']}: {node.get('candidate_connections')} candidates,"
+                    f" {node.get('exams_served')} exams served, "
+                    f"{node['events_received']} events received")
         for key, label, unit, lower, better, worse in HEADLINES:
             ours, theirs = ours_v.get(key), peer_v.get(key)
             if ours is None and theirs is None:
