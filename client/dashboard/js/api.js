@@ -134,6 +134,7 @@ export const api = {
   updateUser: (id, fields) => request("PATCH", `/api/v1/users/${enc(id)}`, fields),
   userAction: (id, action) => request("POST", `/api/v1/users/${enc(id)}/${action}`),
   audit: (filters = {}) => request("GET", `/api/v1/audit${query(filters)}`),
+  nodes: () => request("GET", "/api/v1/nodes"),
   // guests
   guestStatus: () => request("GET", "/api/v1/guests/status"),
   resizePool: (size) => request("PUT", "/api/v1/guests/pool", { size }),

@@ -1,10 +1,11 @@
 // The dashboard app: sign-in, the exam list, monitoring one exam (`?exam=ID`), the admin pages
-// (`?page=users|audit|guests`) and account activation (`#/activate?token=…`).
+// (`?page=users|audit|guests|nodes`) and account activation (`#/activate?token=…`).
 
 import { api, onUnauthorized } from "./api.js";
 import { activationToken, startActivation } from "./activate.js";
 import { showAudit } from "./admin-audit.js";
 import { showGuests } from "./admin-guests.js";
+import { showNodes } from "./admin-nodes.js";
 import { showUsers } from "./admin-users.js";
 import { obtainLogin, session, tokenStore } from "./auth.js";
 import { esc, plural } from "./format.js";
@@ -12,7 +13,7 @@ import { startMonitor } from "./monitor.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["view-login", "view-activate", "view-exams", "view-monitor", "view-users", "view-audit", "view-guests"];
+const VIEWS = ["view-login", "view-activate", "view-exams", "view-monitor", "view-users", "view-audit", "view-guests", "view-nodes"];
 
 /** The admin pages and who sees them. */
 const PAGES = {
@@ -24,9 +25,10 @@ const PAGES = {
     allowed: () => session.canAny("users.manage", "guests.reassign"),
     show: showGuests,
   },
+  nodes: { view: "view-nodes", title: "Nodes", allowed: () => session.can("system.view"), show: showNodes },
 };
 
-let stopMonitor = null;
+let stopView = null;
 let signingIn = null;
 let generation = 0;
 
@@ -46,9 +48,9 @@ function show(view) {
 }
 
 function stop() {
-  if (stopMonitor) {
-    stopMonitor();
-    stopMonitor = null;
+  if (stopView) {
+    stopView();
+    stopView = null;
   }
 }
 
@@ -154,14 +156,15 @@ async function route() {
     }
     show(page.view);
     document.title = `${page.title} · Proctor dashboard`;
-    page.show();
+    const stopPage = page.show(); // a page that refreshes itself returns how to stop it
+    if (typeof stopPage === "function") stopView = stopPage;
   } else if (examId) {
     show("view-monitor");
     $("crumb-exam").textContent = examId;
     $("exam-title").textContent = examId;
     $("exam-meta").textContent = "";
     $("sync-info").textContent = "";
-    stopMonitor = startMonitor({
+    stopView = startMonitor({
       examId,
       token: tokenStore.get(), // null with a login: /ws/proctor then uses the cookie
       onUnauthorized: (message) => {
