@@ -9,11 +9,11 @@ from typing import Any
 
 from realtime.errors import BadRequest, ErrorCode
 from realtime.sessions import Target
+from realtime.state.machine import MAX_EXTEND_MINUTES
 from realtime.state.model import Action, Status
 
 MAX_TARGET_IDS = 20_000
 MAX_TEXT = 2000
-MAX_EXTEND_MINUTES = 1440  # one command adds at most a day
 
 
 def _str_list(value: Any, name: str) -> list[str]:

@@ -100,6 +100,21 @@ async def test_audit_limit_out_of_range_is_400(http: httpx.AsyncClient, limit: s
     assert (await http.get("/api/v1/audit", params={"limit": "5"})).status_code == 200
 
 
+@pytest.mark.parametrize("param", ["after_seq", "before_seq"])
+async def test_history_seq_beyond_the_sql_column_is_400(
+    http: httpx.AsyncClient, param: str
+) -> None:
+    """Found by the REST fuzzer: a `seq` bound past 32 bits was a PostgreSQL error (500)."""
+    exam = (await http.post("/api/v1/exams", json={"title": "seq"})).json()
+    created = await http.post(f"/api/v1/exams/{exam['id']}/sessions",
+                              json={"candidates": [{"candidate_id": "seq-1"}]})
+    session_id = created.json()["sessions"][0]["id"]
+    path = f"/api/v1/exams/{exam['id']}/sessions/{session_id}/history"
+    error = assert_client_error(await http.get(path, params={param: "3151427388"}))
+    assert param in error["message"]
+    assert (await http.get(path, params={param: "2147483647"})).status_code == 200
+
+
 @pytest.mark.parametrize("token", ["é", "ключ", "\u2603" * 40, "rt_é"])
 async def test_non_ascii_tokens_are_401(pg_server: ServerProcess, token: str) -> None:
     """A token that is not ASCII is an invalid token (401), not a TypeError (500)."""

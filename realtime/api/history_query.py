@@ -20,6 +20,8 @@ from realtime.state.model import Action, EventKind
 _SPACED_OFFSET = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 # Commands are recorded under their action's name.
 EVENT_KINDS = frozenset(k.value for k in EventKind) | frozenset(a.value for a in Action)
+# The SQL column of `seq` is a 32-bit integer: a larger bound would be a database error.
+MAX_SEQ = 2**31 - 1
 
 
 def parse_time(text: str, name: str) -> float:
@@ -62,8 +64,8 @@ def parse_range(query: QueryParams) -> tuple[float | None, float | None]:
 def parse_history_filter(query: QueryParams, limit: int = MAX_PAGE) -> HistoryFilter:
     """The filter a history request asks for (`limit` is the page size when not given)."""
     since, until = parse_range(query)
-    after_seq = _int(query, "after_seq", 0, 2**62)
-    before_seq = _int(query, "before_seq", 1, 2**62)
+    after_seq = _int(query, "after_seq", 0, MAX_SEQ)
+    before_seq = _int(query, "before_seq", 1, MAX_SEQ)
     if after_seq is not None and before_seq is not None:
         raise BadRequest("give 'after_seq' or 'before_seq', not both")
     exclude = frozenset(k for part in query.getlist("exclude") for k in part.split(",") if k)
