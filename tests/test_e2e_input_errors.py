@@ -8,6 +8,7 @@ parameters, and an OpenAPI document that omitted path parameters.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -98,6 +99,36 @@ async def test_audit_limit_out_of_range_is_400(http: httpx.AsyncClient, limit: s
         error = assert_client_error(await http.get(path, params={"limit": limit}))
         assert "limit" in error["message"]
     assert (await http.get("/api/v1/audit", params={"limit": "5"})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "length"),
+    [("candidate_id", 129), ("access_code", 65), ("group", 129), ("name", 201)],
+)
+async def test_oversized_session_fields_are_400(
+    http: httpx.AsyncClient, field: str, length: int
+) -> None:
+    """Fields longer than their documented limit are 400 (an indexed one past PostgreSQL's
+    index row size was a database error); nothing is created."""
+    exam = (await http.post("/api/v1/exams", json={"title": "long"})).json()
+    value = secrets.token_hex(5000)[:length] if length > 3000 else "x" * length
+    candidate = {"candidate_id": "long-1", field: value}
+    response = await http.post(f"/api/v1/exams/{exam['id']}/sessions",
+                               json={"candidates": [candidate]})
+    assert field in assert_client_error(response)["message"]
+    listed = await http.get(f"/api/v1/exams/{exam['id']}/sessions")
+    assert listed.json()["sessions"] == []
+
+
+async def test_huge_access_code_is_400_not_a_postgres_index_error(
+    http: httpx.AsyncClient
+) -> None:
+    """A 10 000-character access code would not fit PostgreSQL's unique index."""
+    exam = (await http.post("/api/v1/exams", json={"title": "huge"})).json()
+    candidate = {"candidate_id": "huge-1", "access_code": secrets.token_hex(5000)}
+    response = await http.post(f"/api/v1/exams/{exam['id']}/sessions",
+                               json={"candidates": [candidate]})
+    assert_client_error(response)
 
 
 @pytest.mark.parametrize("param", ["after_seq", "before_seq"])

@@ -30,6 +30,9 @@ from realtime.state.model import Exam, ExamSettings, public_view
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BULK_SESSIONS = 10_000
+# Lengths of a candidate's fields; an access code longer than `open` accepts could never be used.
+CANDIDATE_FIELDS = {"candidate_id": (1, 128), "name": (0, 200), "group": (0, 128),
+                    "access_code": (0, 64)}
 
 
 async def principal_of(request: Request, permission: Permission | None = None) -> Principal:
@@ -320,9 +323,12 @@ async def create_sessions(request: Request) -> Response:
     for candidate in candidates:
         if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate_id"), str):
             raise BadRequest("each candidate needs a string 'candidate_id'")
-        for key in ("name", "group", "access_code"):
-            if key in candidate and not isinstance(candidate[key], str):
-                raise BadRequest(f"candidate '{key}' must be a string")
+        for key, (low, high) in CANDIDATE_FIELDS.items():
+            if key not in candidate:
+                continue
+            value = candidate[key]
+            if not isinstance(value, str) or not low <= len(value) <= high:
+                raise BadRequest(f"candidate '{key}' must be a string of {low}..{high} characters")
     sessions = await runtime.service.create_sessions(exam_id, candidates, principal.actor)
     out = [
         {
