@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from clients import Api, open_candidate
+from clients import Api, eventually, open_candidate
 from redis_server import RedisServer
 from server import ServerProcess
 
@@ -59,7 +59,13 @@ async def test_healthz_reports_a_lost_redis_and_recovers() -> None:
             assert down.json()["state"].startswith("error")
             assert down.json()["database"] == "ok"
             redis.start()
-            assert (await http.get("/healthz")).status_code == 200
+
+            async def green() -> bool:  # once its event subscription is re-made (backoff)
+                back = await http.get("/healthz")
+                return back.status_code == 200 and back.json()["events"]["subscribed"]
+
+            await eventually(green, timeout=20)
+            assert (await http.get("/healthz")).json()["events"]["losses"] >= 1
     finally:
         server.stop()
         redis.cleanup()
