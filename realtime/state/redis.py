@@ -410,7 +410,10 @@ class RedisStore:
         self._listeners.append(listener)
 
     def subscription_health(self) -> dict[str, Any]:
-        return {"subscribed": self.subscribed, "losses": self.subscription_losses,
+        pubsub = self._pubsub
+        connected = bool(pubsub is not None and pubsub.connection is not None
+                         and pubsub.connection.is_connected)
+        return {"subscribed": self.subscribed and connected, "losses": self.subscription_losses,
                 "recovered_events": self.recovered_events, "exams_served": len(self._served),
                 "events_received": self.events_received}
 
