@@ -1,9 +1,11 @@
-"""The garbage-collection policy: survivors are frozen, and everything is unfrozen at the end."""
+"""The garbage-collection policy: survivors are frozen, garbage is not, and everything is
+unfrozen at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import pytest
 
@@ -53,4 +55,43 @@ async def test_a_full_interval_unfreezes_and_collects_cycles() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         gc.set_threshold(*before)
+    assert gc.get_freeze_count() == 0
+
+
+class _Node:
+    """An object that can sit in a reference cycle and be watched with a weak reference."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+async def test_garbage_is_collected_before_a_freeze_not_frozen() -> None:
+    """A reference cycle that died before a freeze is gone after it, not kept frozen until
+    the next full collection (the handshake garbage of every reconnect)."""
+    before = gc.get_threshold()
+    freezes = 0
+    real_freeze = gc.freeze
+    frozen_twice = asyncio.Event()
+
+    def freeze() -> None:
+        nonlocal freezes
+        real_freeze()
+        freezes += 1
+        if freezes == 2:
+            frozen_twice.set()
+
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    watch = weakref.ref(a)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gc, "freeze", freeze)
+        task = asyncio.create_task(run_gc_policy(freeze_interval=0.01, full_interval=3600))
+        try:
+            del a, b  # garbage now, in a cycle: only a collection frees it
+            await asyncio.wait_for(frozen_twice.wait(), 10)
+            assert watch() is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            gc.set_threshold(*before)
     assert gc.get_freeze_count() == 0
