@@ -161,6 +161,29 @@ async def test_a_pending_close_gets_one_deadline_however_slowly_the_peer_reads()
     await conn.stop()
 
 
+async def test_without_the_servers_transport_a_stalled_peer_still_stops_being_read() -> None:
+    """Under a server whose transport the app cannot reach, the deadline cancels the reader
+    waiting for the peer's next frame, so the endpoint runs its disconnect path."""
+    socket = FakeSocket(stuck=True)
+    conn = Connection(cast(WebSocket, socket), CODECS[JSON], 8, 0.02, None)
+
+    waiting = asyncio.Event()
+
+    async def read_forever() -> None:
+        conn.start()
+        conn.in_receive = True
+        waiting.set()
+        await asyncio.Event().wait()  # the peer sends nothing
+
+    reader = asyncio.create_task(read_forever())
+    await waiting.wait()
+    assert conn.send({"type": "ping"})
+    await asyncio.wait_for(asyncio.gather(reader, return_exceptions=True), 5)
+    assert reader.cancelled()
+    assert conn.stopped and conn.close_code == 4008
+    await conn.stop()
+
+
 async def test_a_broadcast_is_encoded_once_per_codec() -> None:
     """Many watchers on two codecs share two encodings of the same delta."""
     hub = Hub()
