@@ -142,6 +142,8 @@ class ServerProcess:
             "REALTIME_SECRET_KEY": "bench-secret-key",
             "REALTIME_REDIS_PREFIX": "bench:",
             "PYTHONUNBUFFERED": "1",
+            # every simulated candidate connects from 127.0.0.1: no per-address handshake limit
+            "REALTIME_HANDSHAKE_RATE": "0",
             **(env or {}),
         }
         self.profile = profile  # "py-spy:<out.svg>" or "" (run under py-spy record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from realtime.config import Settings
 from realtime.db import migrate
 from realtime.db.database import Database
 from realtime.drainer import Drainer
-from realtime.errors import CloseCode, RealtimeError, backend_down
+from realtime.errors import CloseCode, RateLimited, RealtimeError, backend_down
 from realtime.gcpolicy import run_gc_policy
 from realtime.guests import models as _guest_tables  # noqa: F401 (tables for create_all)
 from realtime.guests.network import parse_networks
@@ -39,6 +40,8 @@ from realtime.identity import models as _identity_tables  # noqa: F401 (tables f
 from realtime.identity.audited import AuditedSessionService
 from realtime.identity.setup import build_identity
 from realtime.jsonsafe import JSONResponse
+from realtime.limits.body import BodyLimit
+from realtime.limits.setup import build_limits, rate_limited_response
 from realtime.metrics import Metrics
 from realtime.presence import NodePresence
 from realtime.runtime import Runtime
@@ -49,6 +52,9 @@ from realtime.state.store import StateStore
 log = logging.getLogger(__name__)
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+# The endpoints that genuinely take bulk input (REALTIME_MAX_BULK_BODY_BYTES): sessions for a
+# whole exam, and commands naming up to 20 000 sessions.
+BULK_BODY_PATHS = re.compile(r"^/api/v1/exams/[^/]+/(sessions|commands)$")
 
 
 def build_store(settings: Settings) -> StateStore:
@@ -63,6 +69,8 @@ def build_store(settings: Settings) -> StateStore:
 
 
 async def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RateLimited):
+        return rate_limited_response(exc)
     if isinstance(exc, RealtimeError):
         body = {"error": {"code": str(exc.code), "message": exc.message}}
         return JSONResponse(body, status_code=exc.status)
@@ -79,6 +87,45 @@ async def error_response(request: Request, exc: Exception) -> Response:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+
+async def _shut_down(
+    settings: Settings,
+    background: list[asyncio.Task[None]],
+    hub: Hub,
+    service: AuditedSessionService,
+    drainer: Drainer,
+    store: StateStore,
+    db: Database,
+) -> None:
+    """Stop within REALTIME_SHUTDOWN_TIMEOUT, whatever the backends do.
+
+    Commits in flight and the outbox get the time that is left; what does not reach SQL by
+    then stays in Redis's outbox (the next process drains it) — on the memory store it is
+    lost, which is logged. The connections and the pool are closed in any case.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_timeout
+    for task in background:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+    try:
+        async with asyncio.timeout_at(deadline):
+            await service.batcher.close()
+            await drainer.close(flush_timeout=max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        where = ("stays in Redis's outbox for the next process" if settings.redis_url
+                 else "is LOST (memory store)")
+        log.error("shutdown took over REALTIME_SHUTDOWN_TIMEOUT (%s s): history not yet in "
+                  "SQL %s", settings.shutdown_timeout, where)
+    for close in (store.close, db.close):
+        try:
+            async with asyncio.timeout_at(max(deadline, loop.time() + 1.0)):
+                await close()
+        except Exception as exc:
+            log.warning("shutdown: closing %s failed: %r", close.__qualname__, exc)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -99,6 +146,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         app.state.metrics = metrics
         store.add_commit_listener(hub.on_committed)
+        app.state.limits = build_limits(
+            settings, lambda kind: metrics.rate_limited.labels(kind.value).inc()
+        )
         store.add_listener(hub.on_event)
         store.add_listener(drainer.on_event)
         # Exams not served here are not heard: this process's own commits still wake its
@@ -150,15 +200,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
-            await service.batcher.close()
-            await drainer.close()
-            await store.close()
-            await db.close()
+            await _shut_down(settings, background, hub, service, drainer, store, db)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/dashboard/")
@@ -188,7 +230,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(TransportMiddleware), Middleware(RefuseNulInURL)],
+        middleware=[
+            Middleware(TransportMiddleware),
+            Middleware(RefuseNulInURL),
+            Middleware(BodyLimit, limit=settings.max_body_bytes,
+                       larger=[(BULK_BODY_PATHS, settings.max_bulk_body_bytes)]),
+        ],
         exception_handlers={
             RealtimeError: error_response,
             HTTPException: error_response,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import urllib.request
@@ -56,6 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
         # X-Forwarded-For only from REALTIME_TRUSTED_PROXIES (none by default), as the app does
         forwarded_allow_ips=settings.trusted_proxies,
+        # SIGTERM: sockets get this long to close (then their tasks are cancelled), and the
+        # lifespan gets as long again to flush (realtime.app._shut_down)
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
     )
     return 0
 

@@ -69,6 +69,22 @@ class Settings:
     # guest accounts
     guest_pool_size: int = 100  # guest1..guestN made by `realtime guests create` / PUT pool
     trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
+    # limits (docs/operations.md, "Limits"); a rate of 0 turns that limit off
+    max_body_bytes: int = 64 * 1024  # a larger request body is refused (413) while it streams
+    max_bulk_body_bytes: int = 4 * 1024 * 1024  # creating sessions and commands, in bulk
+    candidate_message_rate: float = 10.0  # messages/s per candidate socket, sustained
+    candidate_message_burst: int = 100  # ... and at once (a reopen flushes up to ~60)
+    dashboard_message_rate: float = 20.0  # messages/s per dashboard socket
+    dashboard_message_burst: int = 100
+    handshake_rate: float = 50.0  # WebSocket handshakes/s per client address
+    handshake_burst: int = 500  # a hall behind one NAT address reconnecting at once
+    # An attempt in flight holds one until it turns out right, so bursts leave room for a
+    # hall behind one NAT address opening or logging in at the same moment.
+    access_code_rate: float = 1.0  # wrong access codes/s per client address
+    access_code_burst: int = 100
+    login_rate: float = 0.5  # failed logins/s per client address (right passwords are free)
+    login_burst: int = 30
+    shutdown_timeout: float = 10.0  # SIGTERM: seconds for sockets to close, then for the flush
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -110,4 +126,22 @@ class Settings:
                                       defaults.legacy_staff_tokens),
             guest_pool_size=_int("REALTIME_GUEST_POOL_SIZE", defaults.guest_pool_size),
             trusted_proxies=_list("REALTIME_TRUSTED_PROXIES", []),
+            max_body_bytes=_int("REALTIME_MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_bulk_body_bytes=_int("REALTIME_MAX_BULK_BODY_BYTES",
+                                     defaults.max_bulk_body_bytes),
+            candidate_message_rate=_float("REALTIME_CANDIDATE_MESSAGE_RATE",
+                                          defaults.candidate_message_rate),
+            candidate_message_burst=_int("REALTIME_CANDIDATE_MESSAGE_BURST",
+                                         defaults.candidate_message_burst),
+            dashboard_message_rate=_float("REALTIME_DASHBOARD_MESSAGE_RATE",
+                                          defaults.dashboard_message_rate),
+            dashboard_message_burst=_int("REALTIME_DASHBOARD_MESSAGE_BURST",
+                                         defaults.dashboard_message_burst),
+            handshake_rate=_float("REALTIME_HANDSHAKE_RATE", defaults.handshake_rate),
+            handshake_burst=_int("REALTIME_HANDSHAKE_BURST", defaults.handshake_burst),
+            access_code_rate=_float("REALTIME_ACCESS_CODE_RATE", defaults.access_code_rate),
+            access_code_burst=_int("REALTIME_ACCESS_CODE_BURST", defaults.access_code_burst),
+            login_rate=_float("REALTIME_LOGIN_RATE", defaults.login_rate),
+            login_burst=_int("REALTIME_LOGIN_BURST", defaults.login_burst),
+            shutdown_timeout=_float("REALTIME_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         )

@@ -6,6 +6,8 @@
      ├── Forbidden         (403: not allowed)
      ├── NotFound          (404)
      ├── Conflict          (409: duplicates, state that forbids the request)
+     ├── PayloadTooLarge   (413: a request body over its limit)
+     ├── RateLimited       (429: too many attempts from one address; retry after a while)
      └── Unavailable       (503: a backend does not answer; nothing was applied, retry)
 """
 
@@ -30,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_ACTION = "unknown_action"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"  # a backend does not answer; nothing was applied; retry
+    RATE_LIMITED = "rate_limited"  # too many messages or attempts; slow down, retry later
 
 
 class CloseCode(enum.IntEnum):
@@ -43,6 +46,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4008  # the send queue overflowed; reconnect and resynchronise
     PING_TIMEOUT = 4009  # no answer to pings; reconnect
     RESYNC = 4010  # this process missed events; reconnect with last_seq to catch up
+    RATE_LIMITED = 4029  # kept sending over the message rate limit; reconnect after a backoff
     # terminal
     SUPERSEDED = 4100  # another connection took the session over
     TERMINATED = 4101  # staff terminated the session
@@ -91,6 +95,22 @@ class NotFound(RealtimeError):
 class Conflict(RealtimeError):
     status = 409
     code = ErrorCode.CONFLICT
+
+
+class PayloadTooLarge(RealtimeError):
+    status = 413
+    code = ErrorCode.TOO_LARGE
+
+
+class RateLimited(RealtimeError):
+    """Too many attempts from one address; `retry_after` seconds until the next is allowed."""
+
+    status = 429
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(RealtimeError):

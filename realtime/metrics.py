@@ -97,6 +97,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "realtime_rate_limited",
+            "Refused by a rate limit, by kind: handshake, access_code, login (per address), "
+            "candidate_message, dashboard_message (messages dropped on a socket)",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def _gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time: the hot path pays nothing for it."""

@@ -19,7 +19,7 @@ from realtime.api.inputs import int_param
 from realtime.api.routes import json_body
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
-from realtime.errors import BadRequest
+from realtime.errors import BadRequest, Unauthorized
 from realtime.identity.audit import Ctx, audit_csv
 from realtime.identity.csvutil import iso
 from realtime.identity.service import STATUSES, LoginBlocked, users_csv
@@ -34,6 +34,8 @@ from realtime.identity.web import (
     request_token,
 )
 from realtime.jsonsafe import JSONResponse
+from realtime.limits.refusals import Kind
+from realtime.limits.setup import limits_of
 from realtime.runtime import runtime_of
 
 CSV_TYPE = "text/csv; charset=utf-8"
@@ -89,11 +91,17 @@ async def login(request: Request) -> Response:
       200: {description: "{token, token_type, expires_at, csrf_token, user}"}
       401: {description: Wrong login or password}
       403: {description: The account is invited or deactivated}
-      429: {description: "Blocked after too many failures: error.blocked_until"}
+      429: {description: "login_blocked (too many failures for this login: error.blocked_until)
+        or rate_limited (too many failed logins from this address: Retry-After)"}
     """
     identity = identity_of(request)
-    body = _object(await json_body(request))
+    addresses = limits_of(request).addresses
+    # Every login, staff, candidate or guest, spends one of the address's attempts
+    # (REALTIME_LOGIN_RATE/BURST) before the password is checked, so parallel guesses cannot
+    # overtake the count; a right password gives it back.
+    key = addresses.take(Kind.LOGIN, request)
     try:
+        body = _object(await json_body(request))
         done = await identity.service.login(
             body.get("login"), body.get("password"), client_ip(request)  # type: ignore[arg-type]
         )
@@ -106,6 +114,12 @@ async def login(request: Request) -> Response:
             status_code=429,
             headers={"Retry-After": str(retry)},
         )
+    except (Unauthorized, BadRequest):
+        raise  # a wrong password (or none): the attempt counts
+    except BaseException:
+        addresses.give_back(Kind.LOGIN, key)  # a right password (inactive account), SQL down
+        raise
+    addresses.give_back(Kind.LOGIN, key)
     csrf = csrf_for(identity.settings.secret_key, done.token)
     user = (await identity.service.get_user(done.user["id"]))
     response = JSONResponse(

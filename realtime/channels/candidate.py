@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +31,14 @@ from realtime.errors import (
     CloseCode,
     ErrorCode,
     NotFound,
+    RateLimited,
     RealtimeError,
     backend_down,
 )
 from realtime.hub.connection import Connection
 from realtime.hub.hub import CandidateLink
+from realtime.limits.refusals import Kind
+from realtime.limits.setup import limits_of
 from realtime.runtime import Runtime, runtime_of
 from realtime.sessions import FastPath, OpenRefused
 from realtime.state import machine
@@ -90,9 +94,15 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
         await conn.stop()
 
 
-async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str]:
+async def _resolve(
+    websocket: WebSocket, runtime: Runtime, message: dict[str, Any]
+) -> tuple[str, str]:
     """(exam id, session id) from an access code, a session token, or a candidate's
-    login token plus `exam_id` (the session is then created on first open)."""
+    login token plus `exam_id` (the session is then created on first open).
+
+    Access codes are short enough to guess, so each address has a budget of wrong ones
+    (REALTIME_ACCESS_CODE_RATE/BURST); a code that exists costs nothing. Raises RateLimited
+    when the budget is spent (before the code is looked at, so guessing learns nothing)."""
     code = optional_str(message, "access_code", 64)
     token = optional_str(message, "token", 2048)
     if token:
@@ -108,7 +118,16 @@ async def _resolve(runtime: Runtime, message: dict[str, Any]) -> tuple[str, str]
         session_id = await runtime.service.session_for_candidate(exam_id, person)
         return exam_id, session_id
     if code:
-        exam_id, session_id = await runtime.service.resolve_code(code.strip().upper())
+        addresses = limits_of(websocket).addresses
+        key = addresses.take(Kind.ACCESS_CODE, websocket)
+        try:
+            exam_id, session_id = await runtime.service.resolve_code(code.strip().upper())
+        except NotFound:
+            raise  # a wrong code: the attempt counts
+        except BaseException:
+            addresses.give_back(Kind.ACCESS_CODE, key)  # e.g. Redis down: not the client's fault
+            raise
+        addresses.give_back(Kind.ACCESS_CODE, key)
         return exam_id, session_id
     raise BadRequest("open needs an 'access_code' or a 'token'")
 
@@ -117,9 +136,14 @@ async def _open(
     websocket: WebSocket, conn: Connection, runtime: Runtime, message: dict[str, Any]
 ) -> CandidateLink | None:
     try:
-        exam_id, session_id = await _resolve(runtime, message)
+        exam_id, session_id = await _resolve(websocket, runtime, message)
         resume_token = optional_str(message, "resume_token", 256)
         client_id = optional_str(message, "client_id", 128) or ""
+    except RateLimited as exc:
+        retry = max(1, math.ceil(exc.retry_after))
+        conn.send(error_message(exc.code, exc.message, request="open", retry_after=retry))
+        conn.close(CloseCode.RATE_LIMITED, "too many attempts")
+        return None
     except NotFound as exc:
         conn.send({"type": "refused", "reason": RefusalReason.NOT_FOUND, "message": exc.message})
         conn.close(CloseCode.REFUSED, RefusalReason.NOT_FOUND)
@@ -172,7 +196,8 @@ async def _serve(
 ) -> None:
     settings = runtime.settings
     link: CandidateLink | None = None
-    async for message in messages(websocket, conn, settings, settings.ping_timeout):
+    limiter = limits_of(websocket).message_limiter(Kind.CANDIDATE_MESSAGE, websocket)
+    async for message in messages(websocket, conn, settings, settings.ping_timeout, limiter):
         kind = message["type"]
         try:
             if link is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +13,11 @@ from starlette.websockets import WebSocket
 from realtime.channels.codec import Codec, choose_codec
 from realtime.channels.transport import transport_of
 from realtime.config import Settings
-from realtime.errors import BadRequest, CloseCode, ErrorCode
+from realtime.errors import BadRequest, CloseCode, ErrorCode, RateLimited
 from realtime.hub.connection import Connection
+from realtime.limits.messages import MessageLimiter, Verdict
+from realtime.limits.refusals import Kind
+from realtime.limits.setup import limits_of, rate_limited_response
 
 
 def error_message(code: ErrorCode | str, message: str, **extra: Any) -> dict[str, Any]:
@@ -26,8 +31,22 @@ def origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     return origin is None or origin in settings.allowed_origins
 
 
+async def refuse_handshake(websocket: WebSocket, exc: RateLimited) -> None:
+    """Answer the upgrade with 429 + Retry-After (the browser sees 1006 and backs off)."""
+    try:
+        await websocket.send_denial_response(rate_limited_response(exc))
+    except RuntimeError:  # a server without the denial-response extension: a plain 403
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, "rate limited")
+
+
 async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
-    """Check origin and subprotocol, accept, and start the connection's writer."""
+    """Check the address's handshake rate, origin and subprotocol, accept, and start the
+    connection's writer."""
+    try:
+        limits_of(websocket).addresses.take(Kind.HANDSHAKE, websocket)
+    except RateLimited as exc:
+        await refuse_handshake(websocket, exc)
+        return None
     if not origin_allowed(websocket, settings):
         await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
         return None
@@ -45,9 +64,16 @@ async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
 
 
 async def messages(
-    websocket: WebSocket, conn: Connection, settings: Settings, idle_timeout: float | None
+    websocket: WebSocket,
+    conn: Connection,
+    settings: Settings,
+    idle_timeout: float | None,
+    limiter: MessageLimiter | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Decoded messages until the peer goes away. Bad frames get an `error`, not a crash.
+
+    Frames over the `limiter`'s rate are dropped before they are decoded (so nothing over it
+    is ever applied); a peer that keeps on is closed with 4029 and no more is read from it.
 
     Ends without reading further once the server cut the connection off (`conn.stopped`).
     Raises TimeoutError when nothing arrives for `idle_timeout` seconds (a dead peer), until
@@ -75,6 +101,21 @@ async def messages(
             frame = raw.get("text")
         if frame is None:
             continue
+        if limiter is not None:
+            verdict = limiter.admit(time.monotonic())
+            if verdict is not Verdict.HANDLE:
+                if verdict is Verdict.WARN:
+                    retry = max(1, math.ceil(limiter.retry_after()))
+                    conn.send(error_message(
+                        ErrorCode.RATE_LIMITED,
+                        "too many messages: this one and the next until the rate is back "
+                        "under the limit are dropped; keep on and the socket is closed (4029)",
+                        retry_after=retry,
+                    ))
+                elif verdict is Verdict.CLOSE:
+                    conn.close(CloseCode.RATE_LIMITED, "too many messages")
+                    return
+                continue
         size = len(frame)
         if isinstance(frame, str) and size * 4 > limit:  # only then can UTF-8 exceed it
             size = len(frame.encode())

@@ -49,6 +49,8 @@ from realtime.identity.web import (
     credential_watch,
     identity_of,
 )
+from realtime.limits.refusals import Kind
+from realtime.limits.setup import limits_of
 from realtime.runtime import Runtime, runtime_of
 from realtime.state.model import public_view
 
@@ -140,7 +142,8 @@ async def _serve(
     principal: Principal,
     current: list[Watcher | None],
 ) -> None:
-    async for message in messages(websocket, conn, runtime.settings, None):
+    limiter = limits_of(websocket).message_limiter(Kind.DASHBOARD_MESSAGE, websocket)
+    async for message in messages(websocket, conn, runtime.settings, None, limiter):
         kind = message["type"]
         try:
             request_id = request_id_of(message)
