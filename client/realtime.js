@@ -54,6 +54,7 @@ export const CloseCode = Object.freeze({
   SLOW_CONSUMER: 4008, // the send queue overflowed; reconnect and resynchronise
   PING_TIMEOUT: 4009, // no answer to pings; reconnect
   RESYNC: 4010, // the server missed events; reconnect with last_seq
+  RATE_LIMITED: 4029, // too many messages (or wrong access codes): reconnect after the backoff
   SUPERSEDED: 4100, // another connection took the session over
   TERMINATED: 4101, // staff terminated the session
   COMPLETED: 4102, // the candidate submitted

@@ -52,8 +52,8 @@ async def test_close_codes_decide_reconnects(browsers: Browsers) -> None:
         browsers,
         """
         const out = {};
-        for (const code of [1000, 1001, 1006, 1011, 4008, 4009, 4010, 4100, 4101, 4102, 4103,
-                            4401, 4403, 4406]) {
+        for (const code of [1000, 1001, 1006, 1011, 4008, 4009, 4010, 4029, 4100, 4101, 4102,
+                            4103, 4401, 4403, 4406]) {
           sockets.length = 0;
           const conn = new rt.CandidateConnection({ accessCode: "abcd", WebSocket: FakeSocket,
             storage: memory(), backoff: { initial: 5, max: 10 } });
@@ -70,7 +70,7 @@ async def test_close_codes_decide_reconnects(browsers: Browsers) -> None:
         return out;
         """,
     )
-    for code in (1000, 1001, 1006, 1011, 4008, 4009, 4010):
+    for code in (1000, 1001, 1006, 1011, 4008, 4009, 4010, 4029):
         assert result[str(code)]["reopened"], code
     for code in (4100, 4101, 4102, 4103, 4401, 4403, 4406):
         assert not result[str(code)]["reopened"], code
