@@ -140,7 +140,10 @@ class Hall:
 
 @pytest.fixture(scope="module")
 def fuzz_server(pg_url: str) -> Iterator[ServerProcess]:
-    process = ServerProcess(database_url=pg_url).start()
+    # Message rates off: a frame over the rate is dropped unanswered (tests/test_limits_e2e.py),
+    # and every sentinel here must be answered.
+    process = ServerProcess(database_url=pg_url, candidate_message_rate=0,
+                            dashboard_message_rate=0).start()
     yield process
     process.stop()
 
