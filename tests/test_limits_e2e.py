@@ -118,6 +118,7 @@ async def post_streamed(
                 writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
                 await writer.drain()
                 sent += len(piece)
+                await asyncio.sleep(0)  # a drain with room does not yield: let the reader look
             if not answered.done():
                 writer.write(b'2\r\n"}\r\n0\r\n\r\n')
                 await writer.drain()
