@@ -21,6 +21,9 @@ class Kind(enum.StrEnum):
     DASHBOARD_MESSAGE = "dashboard_message"  # a message dropped on a dashboard socket
 
 
+PER_SOCKET = frozenset({Kind.CANDIDATE_MESSAGE, Kind.DASHBOARD_MESSAGE})
+
+
 class Refusals:
     def __init__(
         self,
@@ -45,8 +48,8 @@ class Refusals:
             return
         self._reported_at[kind] = now
         self._unreported[kind] = 0
+        hint = "" if kind in PER_SOCKET else "; behind a proxy, check REALTIME_TRUSTED_PROXIES"
         log.warning(
-            "rate limit: %d %s refused since the last report (latest: %s%s); behind a proxy, "
-            "check REALTIME_TRUSTED_PROXIES", unreported, kind.value, who or "unknown address",
-            f", {detail}" if detail else "",
+            "rate limit: %d %s refused since the last report (latest: %s%s)%s", unreported,
+            kind.value, who or "unknown address", f", {detail}" if detail else "", hint,
         )
