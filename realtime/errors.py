@@ -127,6 +127,7 @@ def backend_down(exc: BaseException) -> bool:
     path can fail, so such an error means nothing was applied: 503, retry.
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -139,6 +140,10 @@ def backend_down(exc: BaseException) -> bool:
             or "connect" in text
             or "locked" in text
         )
+    if isinstance(exc, ReadOnlyError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("NOREPLICAS")
+    ):
+        return True  # a replica, or a master without its replicas: it refused, applied nothing
     return isinstance(
         exc,
         RedisConnectionError | RedisTimeoutError | PoolTimeout | ConnectionError | OSError

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import msgpack
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -40,8 +40,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.maint_notifications import MaintNotificationsConfig
 
+from realtime.state.connect import RedisConnector
 from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
     Backlog,
@@ -58,6 +58,7 @@ START_TIMEOUT = 10.0  # seconds start() waits for the event subscription
 RECONNECT_MIN = 0.1  # first back-off after the subscription broke, doubled up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
 IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this long = dead
+MASTER_CHECK = 1.0  # Sentinel: ask this often whether the subscription is on the master
 NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
 UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket here left
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
@@ -133,28 +134,6 @@ class Keys:
     def exam_events(self, exam_id: str) -> str:
         """An exam's events channel (in the exam's slot: sharded pub/sub on a cluster)."""
         return f"{self._exam(exam_id)}:events"
-
-
-POOL_SIZE = 64  # connections per client and process
-POOL_WAIT = 10.0  # seconds a call may wait for one
-
-
-def _connect(url: str, retry: Retry) -> Redis:
-    # Maintenance notifications off: redis-py 8.1 then skips its check for pooled connections
-    # the server closed (redis/redis-py#4252), and the first command after a Redis restart
-    # fails on each of them. Plain Redis does not send these notifications anyway.
-    # A blocking pool: callers wait for a free connection instead of failing. redis-py's
-    # default pool raises "Too many connections" past 100 concurrent calls, which a hall of
-    # candidates sitting down (or acking a "pause all") easily reaches.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=POOL_WAIT,
-        retry=retry,
-        socket_keepalive=True,
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
-    )
-    return Redis.from_pool(pool)
 
 
 def _lua(name: str) -> str:
@@ -271,10 +250,13 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._log_size = log_size
         # Everything but commits is idempotent, so it may be resent after a dropped connection.
-        self._client = _connect(url, Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3))
+        self._connector = RedisConnector(url)  # redis:// or redis+sentinel://
+        self._client = self._connector.client(
+            Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3)
+        )
         # Commits must not be: a resent commit.lua would report a conflict for a commit that
         # went through, or record its events twice. A failed commit raises; callers re-read.
-        self._commit_client = _connect(url, Retry(NoBackoff(), 0))
+        self._commit_client = self._connector.client(Retry(NoBackoff(), 0))
         self._commit_script = self._commit_client.register_script(_lua("commit_batch.lua"))
         self._since_script = self._client.register_script(_lua("events_since.lua"))
         self._claim_script = self._client.register_script(_lua("outbox_claim.lua"))
@@ -333,6 +315,7 @@ class RedisStore:
             self._task = None
         await self._client.aclose()
         await self._commit_client.aclose()
+        await self._connector.aclose()
 
     def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         self._resubscribe_listeners.append(listener)
@@ -377,6 +360,7 @@ class RedisStore:
         self._unechoed.clear()  # their echoes were lost with the subscription
         recovered: set[str] = set()
         missed = 0
+        heard = len(self._heard_seq)
         for exam_id, seq in list(self._heard_seq.items()):
             try:
                 events = await self.events_since(exam_id, seq)
@@ -396,8 +380,7 @@ class RedisStore:
         log.warning(
             "event subscription re-made (lost %d times so far): %d missed events of %d exams "
             "read back from the outbox; %d exams left to resynchronise",
-            self.subscription_losses, missed, len(recovered),
-            len(self._heard_seq) - len(recovered),
+            self.subscription_losses, missed, len(recovered), heard - len(recovered),
         )
         self._notify_resubscribed(frozenset(recovered))
 
@@ -544,16 +527,36 @@ class RedisStore:
         another "subscribe" message; a half-open TCP connection is caught by pinging.
         """
         loop = asyncio.get_running_loop()
-        heard = loop.time()
-        while True:
-            message = await pubsub.get_message(timeout=IDLE_PING)
-            if message is None:
-                if loop.time() - heard > 3 * IDLE_PING:
-                    raise ConnectionError("no reply from Redis on the event subscription")
-                await pubsub.ping()
-                continue
-            heard = loop.time()
-            yield _text(message["type"]), message["data"], _text(message["channel"] or "")
+        heard = checked = pinged = loop.time()
+        sentinel = self._connector.sentinel is not None
+        # Sentinel: whether the subscription is on the master is asked beside the reading (a
+        # slow sentinel must not hold up the events), every MASTER_CHECK seconds.
+        check: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=MASTER_CHECK if sentinel else IDLE_PING)
+                now = loop.time()
+                if check is not None and check.done():
+                    if not check.result():
+                        # A failover moved the master: re-subscribe there (and read back what
+                        # was missed) rather than rely on this server still getting publishes.
+                        raise ConnectionError("the event subscription is not on the master")
+                    check = None
+                if sentinel and check is None and now - checked >= MASTER_CHECK:
+                    checked = now
+                    check = asyncio.create_task(self._connector.on_master(pubsub))
+                if message is None:
+                    if now - heard > 3 * IDLE_PING:
+                        raise ConnectionError("no reply from Redis on the event subscription")
+                    if not sentinel or now - max(heard, pinged) >= IDLE_PING:
+                        pinged = now
+                        await pubsub.ping()
+                    continue
+                heard = now
+                yield _text(message["type"]), message["data"], _text(message["channel"] or "")
+        finally:
+            if check is not None:
+                check.cancel()
 
     async def _deliver(self, message: bytes) -> None:
         try:
