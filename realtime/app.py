@@ -23,6 +23,7 @@ from realtime.api.inputs import RefuseNulInURL
 from realtime.api.node_routes import routes as node_routes
 from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
+from realtime.api.token_routes import routes as token_routes
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.proctor import proctor_endpoint
 from realtime.channels.transport import TransportMiddleware
@@ -33,7 +34,6 @@ from realtime.drainer import Drainer
 from realtime.errors import CloseCode, RateLimited, RealtimeError, backend_down
 from realtime.gcpolicy import run_gc_policy
 from realtime.guests import models as _guest_tables  # noqa: F401 (tables for create_all)
-from realtime.guests.network import parse_networks
 from realtime.guests.service import GuestService
 from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
@@ -44,6 +44,7 @@ from realtime.limits.body import BodyLimit
 from realtime.limits.setup import build_limits, rate_limited_response
 from realtime.metrics import Metrics
 from realtime.presence import NodePresence
+from realtime.proxies import Proxies, parse_networks
 from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
@@ -130,6 +131,7 @@ async def _shut_down(
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    settings.check()  # refuse to start on settings that would fail silently (ConfigError)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -174,7 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         drainer.start()
         app.state.guests = GuestService(
             db, identity.service, service, store, settings.secret_key,
-            forget_tokens=auth.forget, trusted_proxies=parse_networks(settings.trusted_proxies),
+            forget_tokens=auth.forget,
         )
         service.may_open = app.state.guests.may_open
         identity.service.lockout_exempt = app.state.guests.is_guest
@@ -217,6 +219,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *identity_routes,
         *guest_routes,
         *node_routes,
+        *token_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]
@@ -227,7 +230,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 routes.append(
                     Mount(f"/{page}", StaticFiles(directory=CLIENT_DIR / page, html=True))
                 )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -242,3 +245,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: error_response,
         },
     )
+    # REALTIME_TRUSTED_PROXIES is the only authority on forwarded headers (realtime.proxies)
+    app.state.proxies = Proxies(parse_networks(settings.trusted_proxies))
+    return app

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from realtime import devtoken
-from realtime.config import Settings
+from realtime.config import ConfigError, Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,6 +20,11 @@ def _serve(args: argparse.Namespace) -> int:
     from realtime.app import create_app
 
     settings = Settings.from_env()
+    try:
+        settings.check()
+    except ConfigError as exc:
+        print(f"realtime: {exc}", file=sys.stderr)
+        return 2
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     kept_in = None
@@ -55,8 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
         # its own (see docs/performance.md for the memory per connection with and without).
         ws_per_message_deflate=settings.ws_deflate,
         lifespan="on",
-        # X-Forwarded-For only from REALTIME_TRUSTED_PROXIES (none by default), as the app does
-        forwarded_allow_ips=settings.trusted_proxies,
+        # The app alone decides which forwarded headers to believe (REALTIME_TRUSTED_PROXIES,
+        # realtime.proxies); uvicorn's own handling would trust 127.0.0.1 by default.
+        proxy_headers=False,
         # SIGTERM: sockets get this long to close (then their tasks are cancelled), and the
         # lifespan gets as long again to flush (realtime.app._shut_down)
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),

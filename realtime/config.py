@@ -31,6 +31,10 @@ def _list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+class ConfigError(ValueError):
+    """Settings that cannot work together; the server refuses to start with them."""
+
+
 @dataclass(slots=True)
 class Settings:
     """Every knob of the server. `Settings.from_env()` is what `realtime serve` uses."""
@@ -39,7 +43,11 @@ class Settings:
     database_url: str = "sqlite+aiosqlite:///realtime.db"
     redis_prefix: str = "rt:"
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    secret_key_set: bool = True  # False: REALTIME_SECRET_KEY unset, the key is this process's own
     staff_token_ttl: float = 12 * 3600
+    # candidate session tokens: valid this long after the later of their issue and their
+    # exam's end, and always while their session runs (0: no expiry)
+    candidate_token_ttl: float = 30 * 24 * 3600
     bootstrap_staff_token: str = ""  # a fixed staff token for scripts and the demo
     resume_grace: float = 60.0
     stale_after: float = 15.0
@@ -94,7 +102,10 @@ class Settings:
             database_url=os.environ.get("REALTIME_DATABASE_URL", defaults.database_url),
             redis_prefix=os.environ.get("REALTIME_REDIS_PREFIX", defaults.redis_prefix),
             secret_key=os.environ.get("REALTIME_SECRET_KEY") or defaults.secret_key,
+            secret_key_set=bool(os.environ.get("REALTIME_SECRET_KEY")),
             staff_token_ttl=_float("REALTIME_STAFF_TOKEN_TTL", defaults.staff_token_ttl),
+            candidate_token_ttl=_float("REALTIME_CANDIDATE_TOKEN_TTL",
+                                       defaults.candidate_token_ttl),
             bootstrap_staff_token=os.environ.get("REALTIME_STAFF_TOKEN", ""),
             resume_grace=_float("REALTIME_RESUME_GRACE", defaults.resume_grace),
             stale_after=_float("REALTIME_STALE_AFTER", defaults.stale_after),
@@ -145,3 +156,18 @@ class Settings:
             login_burst=_int("REALTIME_LOGIN_BURST", defaults.login_burst),
             shutdown_timeout=_float("REALTIME_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         )
+
+    def check(self) -> None:
+        """Refuse settings that would fail silently later (raises ConfigError).
+
+        With Redis, several processes serve one exam; each signing with a random key of its
+        own would reject the others' tokens, logins and CSRF cookies at random.
+        """
+        if self.redis_url and not self.secret_key_set:
+            raise ConfigError(
+                "REALTIME_REDIS_URL is set (several processes may serve this exam) but "
+                "REALTIME_SECRET_KEY is not: every process would sign tokens with a random key "
+                "of its own and reject the others'. Set REALTIME_SECRET_KEY to the same long "
+                "random value on every process (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)."
+            )

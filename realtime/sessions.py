@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import secrets
 import time
 import uuid
@@ -61,8 +62,35 @@ COMMAND_FIELDS = (
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
 
+ACCESS_CODE_MIN, ACCESS_CODE_MAX, ACCESS_CODE_MIN_DISTINCT = 8, 64, 5
+_CUSTOM_CODE = re.compile(r"^[A-Z0-9-]+$")
+
+
 def new_access_code(length: int = 8) -> str:
     return "".join(secrets.choice(ACCESS_CODE_ALPHABET) for _ in range(length))
+
+
+def custom_access_code(raw: str) -> str:
+    """A staff-chosen access code, trimmed and upper-cased; BadRequest if it is guessable.
+
+    A code is all a candidate needs to open a session, so it must not be short or
+    repetitive: at least 8 letters or digits (A-Z, 0-9, and '-' between them), at least 5
+    different ones. Generated codes (8 of 32 symbols, 40 bits) are the better choice.
+    """
+    code = raw.strip().upper()
+    symbols = code.replace("-", "")
+    if (
+        not ACCESS_CODE_MIN <= len(symbols) <= len(code) <= ACCESS_CODE_MAX
+        or not _CUSTOM_CODE.match(code)
+        or len(set(symbols)) < ACCESS_CODE_MIN_DISTINCT
+    ):
+        raise BadRequest(
+            f"access code {raw[:ACCESS_CODE_MAX]!r} is too easy to guess: use at least "
+            f"{ACCESS_CODE_MIN} letters or digits (A-Z, 0-9, '-' allowed, at most "
+            f"{ACCESS_CODE_MAX} characters) with at least {ACCESS_CODE_MIN_DISTINCT} different "
+            "ones, or leave 'access_code' out for a generated one"
+        )
+    return code
 
 
 def new_id() -> str:
@@ -289,9 +317,8 @@ class SessionService:
                     candidate_id=candidate_id,
                     candidate_name=str(candidate.get("name") or candidate_id),
                     group=str(candidate.get("group") or ""),
-                    access_code=str(candidate.get("access_code") or new_access_code())
-                    .strip()
-                    .upper(),
+                    access_code=custom_access_code(str(candidate["access_code"]))
+                    if candidate.get("access_code") else new_access_code(),
                 )
             )
         await self.db.add_sessions(sessions)
@@ -782,6 +809,24 @@ class SessionService:
     ) -> list[dict[str, Any]]:
         await self.caught_up(exam_id)
         return await self.db.irregularities(exam_id, since, until)
+
+    async def revoke_candidate_tokens(self, exam_id: str, session_id: str, actor: str) -> int:
+        """Move the session's token generation on: every candidate token issued before stops
+        opening it (an open socket stays). Returns the new generation, for a new token."""
+        now = self.clock()
+
+        def decide(session: dict[str, Any]) -> machine.Outcome:
+            generation = int(session.get("token_gen") or 0) + 1
+            event = Event(
+                exam_id=exam_id, session_id=session_id, kind=EventKind.TOKEN_REVOKED,
+                actor=actor, at=now, before=session["status"], after=session["status"],
+                details={"generation": generation}, changes={"token_gen": generation},
+            )
+            return machine.Transition({"token_gen": generation}, [event])
+
+        outcome, _ = await self._mutate_one(exam_id, session_id, decide)
+        assert isinstance(outcome, machine.Transition)  # decide never rejects
+        return int(outcome.changes["token_gen"])
 
     async def sweep_stale(self, exam_id: str) -> int:
         """Disconnect sessions whose holder went silent (e.g. its process crashed).

@@ -20,10 +20,11 @@ from realtime.api.routes import json_body, principal_of
 from realtime.auth.permissions import Permission
 from realtime.errors import BadRequest, NotFound
 from realtime.guests.models import FREE, RESERVED, RETIRED
-from realtime.guests.network import refusal, request_address
+from realtime.guests.network import refusal
 from realtime.guests.service import GuestDetails, GuestError, GuestService
 from realtime.identity.web import ctx_of
 from realtime.jsonsafe import JSONResponse
+from realtime.proxies import proxies_of
 from realtime.runtime import runtime_of
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -68,7 +69,7 @@ async def offer(request: Request) -> Response:
     """
     runtime = runtime_of(request)
     guests = guests_of(request)
-    address = request_address(request, guests.trusted_proxies)
+    address = proxies_of(request).client(request)
     now = guests.clock()
     exams = [
         _exam_summary(e) for e in await runtime.service.list_exams()
@@ -111,7 +112,7 @@ async def reserve(request: Request) -> Response:
         exam = await runtime.service.get_exam(exam_id)
     except NotFound:
         raise GuestError(403, "guest_not_offered", "no such exam offers guest accounts") from None
-    address = request_address(request, guests.trusted_proxies)
+    address = proxies_of(request).client(request)
     reason = refusal(exam, address, guests.clock())
     if reason is not None:
         raise GuestError(403, "guest_not_offered", reason)

@@ -36,6 +36,7 @@ from realtime.identity.web import (
 from realtime.jsonsafe import JSONResponse
 from realtime.limits.refusals import Kind
 from realtime.limits.setup import limits_of
+from realtime.proxies import proxies_of
 from realtime.runtime import runtime_of
 
 CSV_TYPE = "text/csv; charset=utf-8"
@@ -127,7 +128,9 @@ async def login(request: Request) -> Response:
          "csrf_token": csrf, "user": _user_out(user)}
     )
     max_age = max(1, int(done.expires_at - identity.service.clock()))
-    secure = identity.settings.cookie_secure
+    # Secure whenever the browser came over HTTPS (directly or via a trusted proxy's
+    # X-Forwarded-Proto), not only when REALTIME_COOKIE_SECURE says so.
+    secure = identity.settings.cookie_secure or proxies_of(request).https(request)
     response.set_cookie(TOKEN_COOKIE, done.token, max_age=max_age, path="/", secure=secure,
                         httponly=True, samesite="strict")
     response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, path="/", secure=secure,

@@ -1,6 +1,8 @@
 """Simple signed tokens: a staff token and a per-session candidate token.
 
 Signed with the server's secret (itsdangerous), so any process sharing the secret accepts them.
+A candidate token carries its session's token generation and its issue time; whether it still
+opens the session (not revoked, not expired) is `realtime.auth.candidate_tokens`' rule.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class TokenAuthenticator:
     def issue_staff_token(self, name: str) -> str:
         return self._staff.dumps({"name": name})
 
-    def issue_candidate_token(self, exam_id: str, session_id: str) -> str:
-        return self._candidate.dumps({"exam": exam_id, "session": session_id})
+    def issue_candidate_token(self, exam_id: str, session_id: str, generation: int = 0) -> str:
+        return self._candidate.dumps({"exam": exam_id, "session": session_id,
+                                      "gen": generation})
 
     async def staff(self, token: str) -> Principal | None:
         if self._bootstrap and same_secret(token, self._bootstrap):
@@ -48,8 +51,10 @@ class TokenAuthenticator:
 
     async def candidate(self, token: str) -> Principal | None:
         try:
-            data = self._candidate.loads(token)
+            data, issued = self._candidate.loads(token, return_timestamp=True)
         except BadSignature:
+            return None
+        if not isinstance(data, dict):
             return None
         session_id = str(data.get("session", ""))
         return Principal(
@@ -58,4 +63,6 @@ class TokenAuthenticator:
             kind="candidate",
             exam_id=str(data.get("exam", "")),
             session_id=session_id,
+            extra={"token_gen": str(data.get("gen", 0)),
+                   "issued_at": str(issued.timestamp())},
         )

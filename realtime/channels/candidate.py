@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from realtime.auth.candidate_tokens import token_refusal
+from realtime.auth.principal import Principal
 from realtime.channels.common import (
     accept,
     error_message,
@@ -37,6 +39,7 @@ from realtime.errors import (
 )
 from realtime.hub.connection import Connection
 from realtime.hub.hub import CandidateLink
+from realtime.identity.web import client_ip
 from realtime.limits.refusals import Kind
 from realtime.limits.setup import limits_of
 from realtime.runtime import Runtime, runtime_of
@@ -108,6 +111,7 @@ async def _resolve(
     if token:
         principal = await runtime.auth.candidate(token)
         if principal is not None:
+            await _check_session_token(runtime, principal)
             return principal.exam_id, principal.session_id
         exam_id = optional_str(message, "exam_id", 128)
         person = await runtime.auth.staff(token)  # a login token, of any kind of user
@@ -132,6 +136,22 @@ async def _resolve(
     raise BadRequest("open needs an 'access_code' or a 'token'")
 
 
+async def _check_session_token(runtime: Runtime, principal: Principal) -> None:
+    """NotFound (refused `not_found`, with why) for a revoked or expired session token."""
+    session = await runtime.service.get_session(principal.exam_id, principal.session_id)
+    exam = await runtime.service.get_exam(principal.exam_id)
+    try:
+        generation = int(principal.extra.get("token_gen", "0"))
+        issued_at = float(principal.extra.get("issued_at", "0"))
+    except ValueError:
+        raise NotFound("invalid candidate token") from None
+    reason = token_refusal(generation=generation, issued_at=issued_at, session=session,
+                           exam_ends_at=exam.ends_at, ttl=runtime.settings.candidate_token_ttl,
+                           now=time.time())
+    if reason is not None:
+        raise NotFound(reason)
+
+
 async def _open(
     websocket: WebSocket, conn: Connection, runtime: Runtime, message: dict[str, Any]
 ) -> CandidateLink | None:
@@ -152,8 +172,7 @@ async def _open(
         conn.send({"type": "refused", "reason": exc.reason, "message": exc.message})
         conn.close(CloseCode.REFUSED, exc.reason)
         return None
-    client = websocket.client
-    remote = client.host if client else ""
+    remote = client_ip(websocket)
     link = CandidateLink(conn, exam_id, session_id, runtime.presence.new_conn_id())
     try:
         await runtime.hub.attach_candidate(link)  # before the open: no event after it is missed

@@ -1,8 +1,8 @@
 """One-time guest passwords that are easy to type from a screen: four short common words,
 e.g. "pagan-cloth-mud-yield".
 
-The words come from the EFF short word list (1,296 words of 3–5 letters, shipped by
-`xkcdpass`), so four of them carry log2(1296) × 4 ≈ 41.4 bits. Guest accounts are never
+The words come from the EFF short word list (1,295 words of 3–5 letters, shipped by
+`xkcdpass`), so four of them carry log2(1295) × 4 ≈ 41.4 bits. Guest accounts are never
 blocked by failed logins (a hall of candidates must not lock each other out); the per-address
 login limit is what stops guessing.
 """
@@ -23,10 +23,11 @@ SEPARATOR = "-"
 
 @functools.cache
 def words() -> tuple[str, ...]:
-    """The word list (lower-case, unique), read once."""
+    """The word list (lower-case letters only, unique), read once. ("yo-yo" is left out: the
+    hyphen separates words.)"""
     wordfile = xkcd_password.locate_wordfile("eff-short")
-    return tuple(sorted(set(xkcd_password.generate_wordlist(wordfile=wordfile, min_length=3,
-                                                            max_length=5))))
+    listed = xkcd_password.generate_wordlist(wordfile=wordfile, min_length=3, max_length=5)
+    return tuple(sorted({w.lower() for w in listed if w.isascii() and w.isalpha()}))
 
 
 def entropy_bits() -> float:

@@ -37,7 +37,6 @@ from realtime.guests.models import (
     GuestPasswordRow,
     GuestUseRow,
 )
-from realtime.guests.network import Network
 from realtime.identity import scope
 from realtime.identity.audit import Ctx
 from realtime.identity.models import AuditRow, AuthTokenRow, LoginFailureRow, UserRow
@@ -192,7 +191,6 @@ class GuestService:
         secret: str,
         clock: Callable[[], float] = time.time,
         forget_tokens: Callable[[], None] | None = None,
-        trusted_proxies: list[Network] | None = None,
     ) -> None:
         self.db = db
         self.identity = identity
@@ -201,7 +199,6 @@ class GuestService:
         self.secret = secret
         self.clock = clock
         self.forget_tokens = forget_tokens or (lambda: None)  # drop cached token lookups
-        self.trusted_proxies = list(trusted_proxies or [])  # X-Forwarded-For believed from these
         # Called between the steps of a reassignment, inside its transaction; tests raise here
         # to prove that nothing is half-moved.
         self.checkpoint: Callable[[str], Awaitable[None]] = _no_checkpoint

@@ -25,6 +25,7 @@ from realtime.identity import scope
 from realtime.identity.audit import AuditLog, Ctx
 from realtime.identity.authenticator import IdentityAuthenticator
 from realtime.identity.service import IdentityService
+from realtime.proxies import proxies_of
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def identity_of(conn: HTTPConnection) -> Identity:
 
 
 def client_ip(conn: HTTPConnection) -> str:
-    return conn.client.host if conn.client is not None else ""
+    """The caller's address ("" if unknown); forwarded headers count only from trusted
+    proxies (`realtime.proxies`)."""
+    return proxies_of(conn).host(conn)
 
 
 def csrf_for(secret: str, token: str) -> str:

@@ -53,6 +53,7 @@ class EventKind(enum.StrEnum):
     SUBMITTED = "submitted"
     IRREGULARITY = "irregularity"
     REASSIGNED = "reassigned"  # a guest session moved to the real candidate
+    TOKEN_REVOKED = "token_revoked"  # earlier candidate session tokens no longer open it
 
 
 class RefusalReason(enum.StrEnum):
@@ -146,10 +147,11 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "notice": "",  # the latest staff notice until the candidate's page acknowledges it
     "notice_id": "",
     "version": 0,
+    "token_gen": 0,  # candidate session tokens of another generation are revoked
 }
 
 # Fields hidden from staff and candidates (secrets and internals).
-PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id"})
+PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id", "token_gen"})
 
 
 def new_session(**fields: Any) -> dict[str, Any]:
