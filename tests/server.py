@@ -23,8 +23,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`realtime.app:create_app` under plain uvicorn (its defaults: proxy headers on), or with
-    `cli=True` as `realtime serve`; configured through the environment."""
+    """`realtime.app:create_app` under plain uvicorn as operations.md runs it (proxy headers
+    off: REALTIME_TRUSTED_PROXIES decides; `proxy_headers=True` for uvicorn's own default), or
+    with `cli=True` as `realtime serve`; configured through the environment."""
 
     def __init__(
         self,
@@ -32,9 +33,11 @@ class ServerProcess:
         database_url: str | None = None,
         workdir: Path | None = None,
         cli: bool = False,
+        proxy_headers: bool = False,
         **settings: str | float,
     ) -> None:
         self.cli = cli
+        self.proxy_headers = proxy_headers
         self.port = free_port()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="rt-server-"))
         self.database_url = database_url or f"sqlite+aiosqlite:///{self.workdir / 'rt.db'}"
@@ -80,6 +83,7 @@ class ServerProcess:
                 "0",
                 "--log-level",
                 "warning",
+                *([] if self.proxy_headers else ["--no-proxy-headers"]),
             ],
             env=self.env,
             stdout=log,

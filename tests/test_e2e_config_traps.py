@@ -95,8 +95,8 @@ def test_the_embedded_defaults_still_start_without_a_secret_key(tmp_path: Path) 
 def cserver(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     """Plain uvicorn exactly as it starts by default (proxy headers on, trusting 127.0.0.1),
     and `realtime serve`; 127.0.0.2 is the trusted proxy."""
-    process = ServerProcess(cli=request.param == "realtime serve", trusted_proxies="127.0.0.2/32",
-                            candidate_token_ttl=TOKEN_TTL)
+    process = ServerProcess(cli=request.param == "realtime serve", proxy_headers=True,
+                            trusted_proxies="127.0.0.2/32", candidate_token_ttl=TOKEN_TTL)
     process.env.pop("FORWARDED_ALLOW_IPS", None)
     process.start()
     yield process
