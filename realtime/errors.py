@@ -132,6 +132,10 @@ def backend_down(exc: BaseException) -> bool:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+    from realtime.state.cluster import slot_in_motion
+
+    if slot_in_motion(exc):  # a Redis Cluster slot moving or failing over: nothing applied
+        return True
     if isinstance(exc, DBAPIError):
         text = str(exc).lower()
         return (

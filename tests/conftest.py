@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from clients import Api
 from postgres import private_database
+from redis_cluster import LocalCluster
 from redis_server import RedisServer
 from server import ServerProcess
 
@@ -38,11 +39,25 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster shared by the run (tests that reshard or fail over start
+    their own)."""
+    cluster = LocalCluster(masters=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_backend(request: pytest.FixtureRequest) -> str | None:
     """None for the memory store, else a Redis URL (Redis only starts when a test needs it)."""
     if request.param == "memory":
         return None
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
     url: str = request.getfixturevalue("redis_url")
     return url
 

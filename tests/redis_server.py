@@ -30,8 +30,11 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1; `restart()` keeps the port so clients reconnect."""
 
-    def __init__(self, binary: str = REDIS_SERVER, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str = REDIS_SERVER, port: int | None = None, *extra: str
+    ) -> None:
         self.binary = binary
+        self.extra = list(extra)  # more redis-server arguments (cluster mode, ...)
         self.port = port or free_port()
         if self.port == SYSTEM_PORT:
             raise ValueError("refusing to run a test Redis on the system Redis port")
@@ -60,6 +63,7 @@ class RedisServer:
                     "--appendonly", "no",
                     "--dir", str(self.dir),
                     "--daemonize", "no",
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

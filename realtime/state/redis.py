@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import json
@@ -41,6 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from realtime.state.cluster import ShardedSubscription, connect_cluster, is_cluster_url
 from realtime.state.connect import RedisConnector
 from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
@@ -136,6 +138,12 @@ class Keys:
         return f"{self._exam(exam_id)}:events"
 
 
+def _connect_cluster(url: str, retry: Retry) -> Redis:
+    """A `redis+cluster://` URL's client. Typed as `Redis`: the store only uses what both
+    clients offer (keyed commands, scripts, non-transactional pipelines)."""
+    return cast(Redis, connect_cluster(url, retry))
+
+
 def _lua(name: str) -> str:
     return resources.files("realtime.state").joinpath("lua", name).read_text(encoding="utf-8")
 
@@ -224,7 +232,9 @@ async def _run_batches(
     for attempt in range(2):
         async with client.pipeline(transaction=False) as pipe:
             for i in todo:
-                pipe.evalsha(script.sha, numkeys[i], *flat[i])
+                # (not pipe.evalsha: redis-py refuses that name in a cluster pipeline, though
+                # the command itself is routed by its keys like any other)
+                pipe.execute_command("EVALSHA", script.sha, numkeys[i], *flat[i])
             answers = await pipe.execute(raise_on_error=False)
         refused = []
         for i, answer in zip(todo, answers, strict=True):
@@ -251,12 +261,13 @@ class RedisStore:
         self._log_size = log_size
         # Everything but commits is idempotent, so it may be resent after a dropped connection.
         self._connector = RedisConnector(url)  # redis:// or redis+sentinel://
-        self._client = self._connector.client(
-            Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3)
-        )
+        self.cluster = is_cluster_url(url)  # redis+cluster://: sharded pub/sub for the events
+        connect = (functools.partial(_connect_cluster, url) if self.cluster
+                   else self._connector.client)
+        self._client = connect(Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3))
         # Commits must not be: a resent commit.lua would report a conflict for a commit that
         # went through, or record its events twice. A failed commit raises; callers re-read.
-        self._commit_client = self._connector.client(Retry(NoBackoff(), 0))
+        self._commit_client = connect(Retry(NoBackoff(), 0))
         self._commit_script = self._commit_client.register_script(_lua("commit_batch.lua"))
         self._since_script = self._client.register_script(_lua("events_since.lua"))
         self._claim_script = self._client.register_script(_lua("outbox_claim.lua"))
@@ -280,6 +291,7 @@ class RedisStore:
         self._unechoed: OrderedDict[str, list[Event]] = OrderedDict()
         self._resubscribe_listeners: list[Callable[[frozenset[str]], None]] = []
         self._heard_seq: dict[str, int] = {}  # per exam, the last seq delivered here
+        self._handed_seq: dict[str, int] = {}  # per exam, the last seq of own commits handed out
         self.subscribed = False  # the event subscription is up (health checks)
         self.subscription_losses = 0  # times it was lost or re-made since the start
         self.recovered_events = 0  # events read back from outboxes after such a loss
@@ -288,7 +300,7 @@ class RedisStore:
         self._served: dict[str, int] = {}
         self._channels: set[str] = set()  # exam channels confirmed subscribed
         self._confirmed: dict[str, asyncio.Event] = {}
-        self._pubsub: PubSub | None = None
+        self._pubsub: PubSub | ShardedSubscription | None = None
         self.events_received = 0  # events this process took from the subscription
         self._task: asyncio.Task[None] | None = None
         self._subscriptions = 0
@@ -457,6 +469,7 @@ class RedisStore:
         self._channels.discard(channel)
         self._confirmed.pop(channel, None)
         self._heard_seq.pop(exam_id, None)  # not heard from now on: nothing to read back
+        self._handed_seq.pop(exam_id, None)
         pubsub = self._pubsub
         if pubsub is not None:
             with contextlib.suppress(Exception):
@@ -479,16 +492,20 @@ class RedisStore:
         """Keep the one subscription of this process alive until cancelled."""
         delay = RECONNECT_MIN
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = self._new_subscription()
             try:
                 # The process channel first, then every served exam's channel again.
                 self._channels.clear()
                 for confirmed in self._confirmed.values():
                     confirmed.clear()
                 served = [self.keys.exam_events(exam_id) for exam_id in self._served]
+                if isinstance(pubsub, ShardedSubscription):
+                    await pubsub.refresh()
                 await pubsub.subscribe(self.keys.events, *served)
                 self._pubsub = pubsub
-                async with contextlib.aclosing(self._messages(pubsub)) as messages:
+                stream = (pubsub.messages() if isinstance(pubsub, ShardedSubscription)
+                          else self._messages(pubsub))
+                async with contextlib.aclosing(stream) as messages:
                     async for kind, data, channel in messages:
                         if kind == "subscribe" and channel != self.keys.events:
                             self._on_subscribed(channel)
@@ -518,6 +535,13 @@ class RedisStore:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    def _new_subscription(self) -> PubSub | ShardedSubscription:
+        """A single Redis: one pub/sub connection, plain SUBSCRIBE. A cluster: SSUBSCRIBE on
+        each node owning a served exam's slot (see `realtime.state.cluster`)."""
+        if self.cluster:
+            return ShardedSubscription(cast(Any, self._client), self.keys.events, IDLE_PING)
+        return self._client.pubsub()
 
     async def _messages(self, pubsub: PubSub) -> AsyncGenerator[tuple[str, Any, str], None]:
         """Messages as (type, data, channel); raises when the connection is gone or silently
@@ -704,7 +728,10 @@ class RedisStore:
         if not beats:
             return []
         ids = [_text(node) for node, _ in beats]
-        infos = await self._client.mget([self.keys.node(node) for node in ids])
+        async with self._client.pipeline(transaction=False) as pipe:  # keys of many slots
+            for node in ids:
+                pipe.get(self.keys.node(node))
+            infos = await pipe.execute()
         return [
             {"id": node, "last_beat": float(score), "info": orjson.loads(info) if info else {}}
             for node, (_, score), info in zip(ids, beats, infos, strict=True)
@@ -828,11 +855,21 @@ class RedisStore:
 
     def _hand_out(self, token: str, events: list[Event]) -> None:
         """Give the commit listeners this call's events now, and keep them for the echo (if
-        it is coming: the exam is served here)."""
-        if events[0].exam_id in self._served:
+        it is coming: the exam is served here).
+
+        Only when they follow what this process has heard of the exam: if another process's
+        earlier events are still on their way (or unheard: the subscription is down or being
+        re-made after a slot moved), a page given these first would take the earlier ones for
+        old and drop them. The echo then brings them, in seq order, after those."""
+        exam_id = events[0].exam_id
+        if exam_id in self._served:
             self._unechoed[token] = events
             if len(self._unechoed) > MAX_UNECHOED:
                 self._unechoed.popitem(last=False)
+            last = max(self._heard_seq.get(exam_id, -1), self._handed_seq.get(exam_id, -1))
+            if not self.subscribed or events[0].seq != last + 1:
+                return
+            self._handed_seq[exam_id] = events[-1].seq
         for listener in self._commit_listeners:
             try:
                 listener(events)
@@ -865,7 +902,8 @@ class RedisStore:
             ])
         args = [keys.exam_events(exam_id), repr(time.time()), COMMAND_TTL,
                 keys.session_prefix(exam_id),
-                keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False), token]
+                keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False), token,
+                "s" if self.cluster else "p"]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod
@@ -943,19 +981,11 @@ class RedisStore:
         backlog = Backlog()
         if not exams:
             return backlog
-        async with self._client.pipeline(transaction=False) as pipe:
-            for exam_id in exams:
-                pipe.evalsha(
-                    self._backlog_script.sha, 3, self.keys.seq(exam_id),
-                    self.keys.outbox(exam_id), self.keys.drain_state(exam_id),
-                )
-            try:
-                replies = await pipe.execute()
-            except NoScriptError:
-                self._backlog_script.sha = await self._client.script_load(
-                    self._backlog_script.script
-                )
-                return await self.outbox_backlog(now)
+        replies = await _run_batches(self._client, self._backlog_script, [
+            ([self.keys.seq(exam_id), self.keys.outbox(exam_id), self.keys.drain_state(exam_id)],
+             [])
+            for exam_id in exams
+        ])
         for behind, at in replies:
             if int(behind) <= 0:
                 continue

@@ -11,7 +11,9 @@
 -- array of [session id, mode ('v' compare-and-set | 'g' guarded | 'r' record only),
 -- expected version (string), command id ('' none), live only (0/1), guard field/value list,
 -- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)],
--- ARGV[7] the caller's token for this call (it recognises its own message by it).
+-- ARGV[7] the caller's token for this call (it recognises its own message by it),
+-- ARGV[8] 's' on a Redis Cluster (SPUBLISH: the channel is in the exam's slot, heard on the
+-- slot's nodes only), 'p' on a single Redis (PUBLISH).
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
 -- 0 no such session, -1 version conflict, -2 command already applied (seq = its first seq),
@@ -20,6 +22,14 @@
 
 local ttl = tonumber(ARGV[3])
 local commits = cmsgpack.unpack(ARGV[6])
+-- Touch every key before writing any: on a cluster slot half-way through a migration, a key
+-- that already left makes Redis abort the script, and it must abort here, before any write.
+for _, c in ipairs(commits) do
+  redis.call('EXISTS', ARGV[4] .. c[1])
+  if c[4] ~= '' then
+    redis.call('EXISTS', ARGV[5] .. c[4])
+  end
+end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = seq + 1
 local blobs = {}
@@ -87,6 +97,10 @@ if #blobs > 0 then
   redis.call('XADD', KEYS[2], first .. '-*', 't', ARGV[2], 'n', #blobs, 'd', data)
   -- pcall: the writes above are done and a script is not rolled back, so a refused publish
   -- must not turn an applied change into an error; listeners read it back from the outbox.
-  redis.pcall('PUBLISH', ARGV[1], ARGV[7] .. ':' .. first .. ':' .. data)
+  local publish = 'PUBLISH'
+  if ARGV[8] == 's' then
+    publish = 'SPUBLISH'
+  end
+  redis.pcall(publish, ARGV[1], ARGV[7] .. ':' .. first .. ':' .. data)
 end
 return out
