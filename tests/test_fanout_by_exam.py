@@ -1,12 +1,16 @@
-"""Fan-out by exam: three processes on one Redis, each hearing only the exams it serves;
-commands and dashboard deltas still cross nodes."""
+"""Fan-out by exam: three processes on one Redis (and on a 3-master Redis Cluster), each
+hearing only the exams it serves; commands and dashboard deltas still cross nodes."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from clients import Api, LiveCandidate, LiveDashboard, eventually, open_candidate
+from redis_cluster import LocalCluster
 from redis_server import RedisServer
 from server import ServerProcess
 
@@ -19,13 +23,29 @@ async def metric(server: ServerProcess, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(tmp_path: Path) -> None:
+@pytest.fixture(params=["redis", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private Redis, or the run's 3-master cluster (events by sharded pub/sub)."""
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        yield cluster.url
+        return
     redis = RedisServer()
     redis.start()
-    first = ServerProcess(redis_url=redis.url, workdir=tmp_path).start()
+    try:
+        yield redis.url
+    finally:
+        redis.cleanup()
+
+
+async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    prefix = f"x{uuid.uuid4().hex[:8]}:"
+    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
     nodes = [first] + [
-        ServerProcess(redis_url=redis.url, database_url=first.database_url,
-                      workdir=tmp_path).start()
+        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
+                      workdir=tmp_path, redis_prefix=prefix).start()
         for _ in range(2)
     ]
     api = Api(first.url)
@@ -65,4 +85,3 @@ async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(tmp_path:
         await api.close()
         for node in nodes:
             node.stop()
-        redis.cleanup()

@@ -125,6 +125,14 @@ class ShardedSubscription:
         self._early: list[Any] = []  # exam messages that came before that
         self._queue: asyncio.Queue[tuple[str, Any, str] | BaseException] = asyncio.Queue()
 
+    @property
+    def connected(self) -> bool:
+        """Every pub/sub connection of this subscription is up (health checks)."""
+        return bool(self._pubsubs) and all(
+            pubsub.connection is not None and pubsub.connection.is_connected
+            for pubsub in self._pubsubs.values()
+        )
+
     async def refresh(self) -> None:
         """Read the slot map again (it may have changed while the subscription was down)."""
         await self._cluster.initialize()

@@ -406,8 +406,11 @@ class RedisStore:
 
     def subscription_health(self) -> dict[str, Any]:
         pubsub = self._pubsub
-        connected = bool(pubsub is not None and pubsub.connection is not None
-                         and pubsub.connection.is_connected)
+        if isinstance(pubsub, ShardedSubscription):
+            connected = pubsub.connected
+        else:
+            connected = bool(pubsub is not None and pubsub.connection is not None
+                             and pubsub.connection.is_connected)
         return {"subscribed": self.subscribed and connected, "losses": self.subscription_losses,
                 "recovered_events": self.recovered_events, "exams_served": len(self._served),
                 "events_received": self.events_received}
