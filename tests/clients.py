@@ -58,9 +58,15 @@ class Api:
         return data
 
     async def history(self, exam_id: str, session_id: str) -> list[dict[str, Any]]:
-        response = await self.http.get(f"/api/v1/exams/{exam_id}/sessions/{session_id}/history")
-        assert response.status_code == 200, response.text
-        events: list[dict[str, Any]] = response.json()["events"]
+        """The session's whole history, following the pages (1,000 events each)."""
+        events: list[dict[str, Any]] = []
+        url: str | None = f"/api/v1/exams/{exam_id}/sessions/{session_id}/history"
+        while url:
+            response = await self.http.get(url)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            events += page["events"]
+            url = page.get("next")
         return events
 
 

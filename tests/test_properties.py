@@ -47,11 +47,14 @@ from realtime.auth.principal import Principal
 from realtime.batching import CommitBatcher
 from realtime.channels import candidate as channel
 from realtime.channels.codec import CODECS, JSON
+from realtime.config import Settings
 from realtime.db.database import Database
 from realtime.drainer import Drainer
 from realtime.errors import CloseCode
 from realtime.hub.connection import Connection
 from realtime.hub.hub import CandidateLink, Hub, holding
+from realtime.limits.setup import build_limits
+from realtime.presence import NodePresence
 from realtime.sessions import FastPath, OpenRefused, SessionService, Target
 from realtime.state import machine
 from realtime.state.memory import MemoryStore
@@ -297,6 +300,8 @@ class Page:
 
     client = None  # no peer address
     headers: dict[str, str] = {}  # no User-Agent
+    # the server's per-address and per-socket limits, as `realtime serve` builds them
+    app = SimpleNamespace(state=SimpleNamespace(limits=build_limits(Settings())))
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
@@ -333,7 +338,8 @@ class Process:
         liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
         self.service = SessionService(store, db, liveness, clock=CLOCK.time)
         self.hub = Hub(fetch_session=self.service.get_session)
-        self.runtime = SimpleNamespace(service=self.service, hub=self.hub, auth=None)
+        self.runtime = SimpleNamespace(service=self.service, hub=self.hub, auth=None,
+                                       presence=NodePresence(store))
         store.add_listener(self.hub.on_event)
         store.add_listener(seen)
         self.seen = 0  # highest seq this process's subscription delivered
@@ -370,6 +376,7 @@ class World:
             self.processes.append(process)
         for store in {id(p.store): p.store for p in self.processes}.values():
             await store.start()
+            await store.serve(self.exam_id)  # as a dashboard watching it would: hear it all
         service = self.processes[0].service
         await service.create_exam(Exam(id=self.exam_id, title="Props", settings=exam))
         created = await service.create_sessions(
