@@ -446,8 +446,12 @@ class SessionService:
         decide: Decide,
         known: dict[str, dict[str, Any]] | None = None,
         command_id: str = "",
+        unversioned: tuple[str, ...] = (),
     ) -> dict[str, tuple[Outcome | None, dict[str, Any] | None]]:
         """Decide and commit for many sessions, deciding again for those that lost a race.
+
+        `unversioned` names fields the decision depends on that change without a new version
+        (`last_seen`): the commit also checks they are as they were read.
 
         Returns, per session id, the outcome and the session as it was when decided (None for
         unknown sessions). Refusal events are recorded too. Nobody is refused because of
@@ -478,9 +482,10 @@ class SessionService:
                 outcome = decide(session)
                 decided.append((sid, session, outcome))
                 if isinstance(outcome, machine.Transition):
+                    guard = {name: session[name] for name in unversioned} or None
                     commits.append(
                         Commit(exam_id, sid, session["version"], outcome.changes, outcome.events,
-                               command_id=command_id)
+                               guard=guard, command_id=command_id)
                     )
                 elif outcome.event is not None:
                     # A refusal is recorded only while the session is as it was decided on:
@@ -842,10 +847,11 @@ class SessionService:
         stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after, dead)
         if not stale:
             return 0
-        outcomes = await self._mutate(
+        outcomes = await self._mutate(  # not if the holder was heard from meanwhile
             exam_id, stale, lambda s: machine.expire_holder(
                 s, now, self.liveness, node_lost=node_of(s["conn_id"] or "") in dead
-            )
+            ),
+            unversioned=("last_seen",),
         )
         return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
 

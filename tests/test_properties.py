@@ -36,7 +36,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -280,9 +279,11 @@ class Reference:
                 s.connected = False
                 self._bump(s, "disconnected")
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, process: int) -> None:
+        """One process refreshes the sessions its connections hold."""
         for name, conn in self.conns.items():
-            s = self._holds(name) if conn.state == "live" else None
+            live = conn.state == "live" and conn.process == process
+            s = self._holds(name) if live else None
             if s is None:
                 continue
             if s.connected:
@@ -435,7 +436,7 @@ class World:
 class Op:
     """One change in a race."""
 
-    kind: str  # open | command | progress | client_event | ack | submit | drop
+    kind: str  # open | command | progress | client_event | ack | submit | drop | sweep | heartbeat
     process: int = 0
     name: str = ""  # the connection (new for an open)
     token: str | None = None  # an open's resume token (by the name it was issued to)
@@ -447,6 +448,13 @@ class Op:
 
 
 ACTIONS = list(Action)
+PICK = st.integers(0, 15)  # which of the connections (or commands) there are, cyclically
+# An open (with no token or the current one) or a staff command, on process 0 or 1:
+# (is an open, process, token, action, minutes).
+STAFF_OR_OPEN = st.tuples(
+    st.booleans(), st.integers(0, 1), st.sampled_from(["none", "current"]),
+    st.sampled_from(list(Action)), st.integers(1, 30),
+)
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -595,10 +603,17 @@ class SessionMachine(RuleBasedStateMachine):
         assert got == expected, (got, expected)
         self.settle()
 
-    @precondition(lambda self: self.model is not None and self.names("live"))
-    @rule(data=st.data(), position=st.integers(0, 200), answered=st.integers(0, 200))
-    def progress(self, data: st.DataObject, position: int, answered: int) -> None:
-        name = data.draw(st.sampled_from(self.names("live")))
+    def pick(self, names: list[str], which: int) -> str | None:
+        """The `which`-th of `names` (cyclically), or None. Rules draw a plain number and pick
+        here: what is live depends on how earlier races came out, and hypothesis needs each
+        step to draw the same way whatever the state."""
+        return names[which % len(names)] if names else None
+
+    @rule(which=PICK, position=st.integers(0, 200), answered=st.integers(0, 200))
+    def progress(self, which: int, position: int, answered: int) -> None:
+        name = self.pick(self.names("live"), which)
+        if name is None:
+            return
         message = {"type": "progress", "position": position, "answered": answered}
         before = len(self.live[name].page.frames)
         self.run(self._message(name, message))
@@ -606,21 +621,23 @@ class SessionMachine(RuleBasedStateMachine):
         self.settle()
         self.check_answer(name, before, accepted)
 
-    @precondition(lambda self: self.model is not None and self.names("live"))
-    @rule(data=st.data())
-    def client_event(self, data: st.DataObject) -> None:
-        name = data.draw(st.sampled_from(self.names("live")))
+    @rule(which=PICK)
+    def client_event(self, which: int) -> None:
+        name = self.pick(self.names("live"), which)
+        if name is None:
+            return
         before = len(self.live[name].page.frames)
         self.run(self._message(name, {"type": "client_event", "name": "blur"}))
         accepted = self.m.client_event(name)
         self.settle()
         self.check_answer(name, before, accepted)
 
-    @precondition(lambda self: self.model is not None and self.names("live"))
-    @rule(data=st.data(), shown=st.booleans())
-    def ack(self, data: st.DataObject, shown: bool) -> None:
+    @rule(which=PICK, shown=st.booleans())
+    def ack(self, which: int, shown: bool) -> None:
         """The page confirms a command: the notice it shows, or some other command."""
-        name = data.draw(st.sampled_from(self.names("live")))
+        name = self.pick(self.names("live"), which)
+        if name is None:
+            return
         link = self.live[name].link
         assert link is not None
         command_id = link.view["notice_id"] if shown else f"cmd-{next(self.counter)}"
@@ -632,10 +649,11 @@ class SessionMachine(RuleBasedStateMachine):
         self.settle()
         self.check_answer(name, before, accepted)
 
-    @precondition(lambda self: self.model is not None and self.names("live"))
-    @rule(data=st.data())
-    def submit(self, data: st.DataObject) -> None:
-        name = data.draw(st.sampled_from(self.names("live")))
+    @rule(which=PICK)
+    def submit(self, which: int) -> None:
+        name = self.pick(self.names("live"), which)
+        if name is None:
+            return
         before = len(self.live[name].page.frames)
         self.run(self._message(name, {"type": "submit"}))
         accepted = self.m.submit(name)
@@ -645,13 +663,12 @@ class SessionMachine(RuleBasedStateMachine):
             assert page.last("submitted") is not None and page.close_code == CloseCode.COMPLETED
         self.check_answer(name, before, accepted)
 
-    @precondition(
-        lambda self: self.model is not None and self.names("live", "superseded", "ended")
-    )
-    @rule(data=st.data())
-    def drop(self, data: st.DataObject) -> None:
+    @rule(which=PICK)
+    def drop(self, which: int) -> None:
         """A socket closes (the page went away, or the server closed it)."""
-        name = data.draw(st.sampled_from(self.names("live", "superseded", "ended")))
+        name = self.pick(self.names("live", "superseded", "ended"), which)
+        if name is None:
+            return
         self.run(self._drop(name))
         self.m.drop(name)
         self.settle()
@@ -681,12 +698,13 @@ class SessionMachine(RuleBasedStateMachine):
         assert got == expected, (action, got, expected)
         self.settle()
 
-    @precondition(lambda self: self.model is not None and self.commands)
-    @rule(data=st.data(), process=st.integers(0, 1))
-    def retry(self, data: st.DataObject, process: int) -> None:
+    @rule(which=PICK, process=st.integers(0, 1))
+    def retry(self, which: int, process: int) -> None:
         """A staff client retries a command (same command_id): nothing is applied twice and
         the answer is the first one."""
-        action, target, params, answer = data.draw(st.sampled_from(self.commands))
+        if not self.commands:
+            return
+        action, target, params, answer = self.commands[which % len(self.commands)]
         service = self.w.processes[process].service
         again = self.run(service.command(self.w.exam_id, action, target, STAFF, dict(params)))
         assert again.to_dict() == answer
@@ -694,33 +712,39 @@ class SessionMachine(RuleBasedStateMachine):
 
     # -- rules: races ----------------------------------------------------------------------
 
-    @precondition(lambda self: self.model is not None)
-    @rule(data=st.data(), index=st.integers(0, SESSIONS - 1))
-    def race(self, data: st.DataObject, index: int) -> None:
-        """Two or three changes of one session at once, spread over both processes: opens
-        (first, resume or takeover), a staff command, and something from the page holding
-        it. What was committed must be what some serial order of them gives."""
+    @rule(
+        index=st.integers(0, SESSIONS - 1),
+        first=STAFF_OR_OPEN,
+        second=st.none() | STAFF_OR_OPEN,
+        liveness=st.none() | st.tuples(st.sampled_from(["sweep", "heartbeat"]), st.integers(0, 1)),
+        page=st.none() | st.sampled_from(["progress", "client_event", "ack", "submit", "drop"]),
+    )
+    def race(
+        self,
+        index: int,
+        first: tuple[bool, int, str, Action, int],
+        second: tuple[bool, int, str, Action, int] | None,
+        liveness: tuple[str, int] | None,
+        page: str | None,
+    ) -> None:
+        """Changes of one session at once, spread over both processes: opens (first, resume
+        or takeover), staff commands, a sweep or a heartbeat, and something from the page
+        holding it. What was committed must be what some serial order of them gives."""
         ops: list[Op] = []
-        for _ in range(data.draw(st.integers(1, 2))):
-            process = data.draw(st.integers(0, 1))
-            if data.draw(st.booleans()):
-                token = self.token_for(index, data.draw(st.sampled_from(["none", "current"])))
+        for is_open, process, token, action, minutes in filter(None, (first, second)):
+            if is_open:
                 ops.append(Op("open", process, name=self.new_name(),
-                              token=token))
+                              token=self.token_for(index, token)))
             else:
-                action = data.draw(st.sampled_from(ACTIONS))
                 ops.append(Op("command", process, action=action,
-                              params=self.params_for(action, data.draw(st.integers(1, 30)))))
+                              params=self.params_for(action, minutes)))
+        if liveness is not None:
+            ops.append(Op(liveness[0], liveness[1]))
         mine = [n for n in self.names("live") if self.m.conns[n].session == index]
-        if mine or len(ops) == 1:
-            kinds = ["progress", "client_event", "ack", "submit", "drop"] if mine else ["open"]
-            kind = data.draw(st.sampled_from(kinds))
-            if kind == "open":
-                ops.append(Op("open", 1, name=self.new_name()))
-            else:
-                link = self.live[mine[0]].link
-                assert link is not None
-                ops.append(Op(kind, name=mine[0], notice=link.view["notice_id"] or "cmd-0"))
+        if page is not None and mine:
+            link = self.live[mine[0]].link
+            assert link is not None
+            ops.append(Op(page, name=mine[0], notice=link.view["notice_id"] or "cmd-0"))
         got = self.run(self._race(index, ops))
         self.settle()
         observed = self.run(self.observe(index))
@@ -755,6 +779,12 @@ class SessionMachine(RuleBasedStateMachine):
             if op.kind == "drop":
                 await self._drop(op.name)
                 return None
+            if op.kind == "sweep":
+                await self.w.processes[op.process].service.sweep_stale(self.w.exam_id)
+                return None
+            if op.kind == "heartbeat":
+                await self._heartbeat(op.process)
+                return None
             message: dict[str, Any] = {"type": op.kind}
             if op.kind == "progress":
                 message.update(position=7, answered=5)
@@ -785,6 +815,10 @@ class SessionMachine(RuleBasedStateMachine):
             model.submit(op.name)
         elif op.kind == "drop":
             model.drop(op.name)
+        elif op.kind == "sweep":
+            model.sweep()
+        elif op.kind == "heartbeat":
+            model.heartbeat(op.process)
         return None
 
     async def observe(self, index: int) -> dict[str, Any]:
@@ -819,11 +853,15 @@ class SessionMachine(RuleBasedStateMachine):
     @rule()
     def heartbeat(self) -> None:
         """Each process refreshes the sessions it holds (as `run_heartbeat` does)."""
-        for proc in self.w.processes:
-            held = [link for link in proc.hub.live_candidates() if holding(link)]
-            self.run(proc.service.touch([(k.exam_id, k.session_id, k.conn_id) for k in held]))
-        self.m.heartbeat()
+        for process in range(len(self.w.processes)):
+            self.run(self._heartbeat(process))
+            self.m.heartbeat(process)
         self.settle()
+
+    async def _heartbeat(self, process: int) -> None:
+        proc = self.w.processes[process]
+        held = [link for link in proc.hub.live_candidates() if holding(link)]
+        await proc.service.touch([(k.exam_id, k.session_id, k.conn_id) for k in held])
 
     @rule(process=st.integers(0, 1))
     def sweep(self, process: int) -> None:
@@ -1002,16 +1040,19 @@ def test_sessions_agree_with_the_model_on_redis(
 
 
 class PausingBatcher(CommitBatcher):
-    """A batcher that runs `before` once, just before it commits a refusal: the moment another
-    process changes the session between the refusal's read and its commit."""
+    """A batcher that runs `before` once, just before it commits an event of `kind`: the
+    moment another process changes the session between this one's read and its commit."""
 
-    def __init__(self, store: StateStore, before: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(
+        self, store: StateStore, before: Callable[[], Awaitable[Any]], kind: str = "refused"
+    ) -> None:
         super().__init__(store)
         self.before: Callable[[], Awaitable[Any]] | None = before
+        self.kind = kind
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
-        refusal = any(e.kind == "refused" for c in commits for e in c.events)
-        if refusal and self.before is not None:
+        hit = any(e.kind == self.kind for c in commits for e in c.events)
+        if hit and self.before is not None:
             before, self.before = self.before, None
             await before()
         return await super().commit(commits)
@@ -1094,5 +1135,47 @@ async def test_a_refusal_is_decided_on_the_holder_as_last_heard(
         ]
     finally:
         await second_tab.batcher.close()
+        await holder_side.batcher.close()
+        await db.close()
+
+
+async def test_a_sweep_racing_the_holders_progress_leaves_it_connected(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """The sweeper (another process) finds a holder silent for longer than `stale_after` just
+    as its progress arrives: the session stays connected. It was marked disconnected after
+    the progress ("holder lost" although it had just been heard), until the next heartbeat."""
+    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await db.create_all()
+    clock = Clock()
+    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
+    holder_side = SessionService(store, db, liveness, clock=clock.time)
+    exam = await holder_side.create_exam(Exam(id="e-race", title="Race"))
+    [created] = await holder_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
+    sid = created["id"]
+    await holder_side.open(exam.id, sid, "conn-1", "")
+    clock.now += STALE_AFTER + 1  # silent for too long: the sweeper's candidate
+
+    async def progress() -> None:  # heard from again, between the sweeper's read and commit
+        outcome = await holder_side.candidate_update(
+            exam.id, sid,
+            lambda s: machine.report_progress(s, "conn-1", "c", 3, 2, clock.now),
+            FastPath({"id": sid, "exam_id": exam.id, "status": "active",
+                      "conn_id": "conn-1"}, {"conn_id": "conn-1"}),
+        )
+        assert isinstance(outcome, machine.Transition)
+
+    sweeper = SessionService(
+        store, db, liveness, clock=clock.time,
+        batcher=PausingBatcher(store, progress, kind="disconnected"),
+    )
+    try:
+        assert await sweeper.sweep_stale(exam.id) == 0
+        [session] = await store.get_sessions(exam.id, [sid])
+        assert session is not None and session["connected"] is True
+        events = await store.events_since(exam.id, 0)
+        assert events is not None and events[-1].kind == "progress"
+    finally:
+        await sweeper.batcher.close()
         await holder_side.batcher.close()
         await db.close()

@@ -403,6 +403,28 @@ async def test_guarded_commit_applies_while_the_guard_holds(store: StateStore) -
     assert await current_seq(store, A) == 2
 
 
+async def test_a_versioned_commit_also_checks_its_guard(store: StateStore) -> None:
+    """A decision on a field that changes without a version (the sweeper on `last_seen`):
+    the version must match and the guard must hold, else nothing is applied."""
+    await store.add_sessions([session("s1", connected=True, last_seen=10.5, version=3)])
+    stale = commit(A, "s1", 3, connected=False)
+    stale.guard = {"last_seen": 9.0}
+
+    [result] = await store.commit([stale])
+
+    assert (result.ok, result.found, result.guard_failed, result.events) == (False, True, True, [])
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["connected"], s1["version"]) == (True, 3)
+    assert await current_seq(store, A) == 0
+
+    current = commit(A, "s1", 3, connected=False)
+    current.guard = {"last_seen": 10.5}
+    [result] = await store.commit([current])
+    assert result.ok and result.events[0].seq == 1 and result.events[0].changes["version"] == 4
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["connected"], s1["version"]) == (False, 4)
+
+
 async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
     await store.add_sessions([session("s1"), session("s2")])
     first = [commit(A, sid, 0, status="paused") for sid in ("s1", "s2")]

@@ -211,19 +211,19 @@ class MemoryStore:
             first = applied.get(commit.session_id)
             if first is not None:
                 return CommitResult(ok=False, duplicate_seq=first)
-        if commit.expected_version is not None:
-            if session["version"] != commit.expected_version:
-                return CommitResult(ok=False)
-            session.update(commit.changes)
-            session["version"] = commit.expected_version + 1
-            for event in commit.events:
-                event.changes["version"] = session["version"]
-        elif commit.guard is not None:
-            if any(session.get(k) != v for k, v in commit.guard.items()) or (
+        versioned = commit.expected_version is not None
+        if versioned and session["version"] != commit.expected_version:
+            return CommitResult(ok=False)
+        if versioned or commit.guard is not None:
+            if any(session.get(k) != v for k, v in (commit.guard or {}).items()) or (
                 commit.live_only and session["status"] in FINAL_STATUSES
             ):
                 return CommitResult(ok=False, guard_failed=True)
             session.update(commit.changes)
+        if commit.expected_version is not None:
+            session["version"] = commit.expected_version + 1
+            for event in commit.events:
+                event.changes["version"] = session["version"]
         events = []
         for event in commit.events:
             seq = self._seq.get(commit.exam_id, 0) + 1

@@ -30,7 +30,9 @@ class Commit:
     Three kinds, by what must still hold when the store applies it:
 
     * `expected_version` set: compare-and-set. The session's version must still be the one the
-      decision was made on; the store applies `changes` and bumps the version.
+      decision was made on (and the `guard`, if given, must hold too: for decisions on fields
+      that change without a version, such as `last_seen`); the store applies `changes` and
+      bumps the version.
     * `guard` set (and no expected version): the named fields must still have these values
       (e.g. the holder's `conn_id`), and with `live_only` the session must not be final. The
       store applies `changes` without bumping the version: for frequent candidate traffic

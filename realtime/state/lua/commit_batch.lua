@@ -1,5 +1,5 @@
--- Many commits of one exam, atomically each, in one call: compare-and-set (or guard check) per
--- session, the exam's next sequence numbers for the events of those that apply, then ONE
+-- Many commits of one exam, atomically each, in one call: compare-and-set and/or guard check
+-- per session, the exam's next sequence numbers for the events of those that apply, then ONE
 -- outbox entry and ONE published message for all of them. Doing it in one script keeps seq
 -- order, outbox order and publish order identical for every reader.
 --
@@ -8,7 +8,8 @@
 -- same slot (declaring 5,000 keys would cost more than the script itself).
 -- ARGV[1] pub/sub channel, ARGV[2] now (seconds), ARGV[3] command key TTL (s),
 -- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: an
--- array of [session id, mode ('v' compare-and-set | 'g' guarded | 'r' record only),
+-- array of [session id, mode ('v' compare-and-set, and the guard if any | 'g' guarded |
+-- 'r' record only),
 -- expected version (string), command id ('' none), live only (0/1), guard field/value list,
 -- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)],
 -- ARGV[7] the caller's token for this call (it recognises its own message by it),
@@ -54,7 +55,8 @@ for _, c in ipairs(commits) do
       if redis.call('HGET', key, 'version') ~= expected then
         status = -1
       end
-    elseif status == 1 and mode == 'g' then
+    end
+    if status == 1 and mode ~= 'r' then
       for j = 1, #guard, 2 do
         if redis.call('HGET', key, guard[j]) ~= guard[j + 1] then
           status = -3
