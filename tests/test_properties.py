@@ -338,9 +338,12 @@ class Process:
         self.store = store
         liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
         self.service = SessionService(store, db, liveness, clock=CLOCK.time)
-        self.hub = Hub(fetch_session=self.service.get_session)
-        self.runtime = SimpleNamespace(service=self.service, hub=self.hub, auth=None,
-                                       presence=NodePresence(store))
+        self.hub = Hub(fetch_session=self.service.get_session, interest=store)
+        self.runtime = SimpleNamespace(
+            service=self.service, hub=self.hub, auth=None, presence=NodePresence(store)
+        )
+        # wired as `create_app` wires them
+        store.add_commit_listener(self.hub.on_committed)
         store.add_listener(self.hub.on_event)
         store.add_listener(seen)
         self.seen = 0  # highest seq this process's subscription delivered
@@ -377,7 +380,8 @@ class World:
             self.processes.append(process)
         for store in {id(p.store): p.store for p in self.processes}.values():
             await store.start()
-            await store.serve(self.exam_id)  # as a dashboard watching it would: hear it all
+        for process in self.processes:  # as if a dashboard watched it from every process
+            await process.store.serve(self.exam_id)
         service = self.processes[0].service
         await service.create_exam(Exam(id=self.exam_id, title="Props", settings=exam))
         created = await service.create_sessions(
