@@ -7,16 +7,34 @@ import csv
 import io
 import math
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from clients import Api, WsClient, eventually, open_candidate
+from redis_server import RedisServer
 from server import ServerProcess
 
 PASSWORD = "a good long password"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FORMULAS = ["=1+2", "+SUM(A1)", "-3+4", "@cmd", "\tx", "\rx"]
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
+    """As conftest's, with the per-socket message rate off: a test sends 1,100 client events
+    as fast as it can (the limit itself is tested in test_limits_e2e.py)."""
+    redis_url = ""
+    if request.param == "redis":
+        redis_server.start()
+        redis_url = redis_server.url
+    process = ServerProcess(redis_url=redis_url, redis_prefix=f"e{uuid.uuid4().hex[:8]}:",
+                            candidate_message_rate=0)
+    process.start()
+    yield process
+    process.stop()
 
 
 def rows_of(response: httpx.Response) -> list[dict[str, str]]:
