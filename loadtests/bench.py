@@ -5,6 +5,7 @@
     python -m loadtests.bench --sizes 20 --configs memory:1 --quick   # a smoke run
 
 A config is `<backend>:<servers>`: `memory:1` is one uvicorn process on the in-memory store;
+`cluster:3` is three processes on a private 3-master Redis Cluster (sharded pub/sub);
 `redis:2` is two uvicorn processes on two ports sharing a private redis-server (and one SQLite
 file), with candidates spread over both and commands sent to the first. `:2w` instead runs one
 uvicorn with `--workers 2` on one port. Every run starts fresh servers and, per size N:
@@ -71,6 +72,7 @@ from loadtests.compare import (
 )
 from loadtests.servers import (
     BENCH_STAFF_TOKEN,
+    RedisClusterProcess,
     RedisProcess,
     ServerProcess,
     cpu_seconds,
@@ -260,7 +262,7 @@ class Bench:
         self.unexpected_closes = 0
         self.dashboard_closes: dict[str, int] = {}
         self.errors: dict[str, int] = {}
-        self.redis: RedisProcess | None = None
+        self.redis: RedisProcess | RedisClusterProcess | None = None
         self.servers: list[ServerProcess] = []
         self.phases: set[str] = set(phase_list(args))
         self.server_args: list[str] = deflate_args(args.server_deflate)
@@ -277,8 +279,9 @@ class Bench:
 
     def start_servers(self, root: Path) -> None:
         redis_url = ""
-        if self.backend == "redis":
-            self.redis = RedisProcess(root)
+        if self.backend in ("redis", "cluster"):
+            self.redis = (RedisProcess(root) if self.backend == "redis"
+                          else RedisClusterProcess(root))
             self.redis.start()
             redis_url = self.redis.url
         env = {"REALTIME_PING_INTERVAL": str(self.args.ping_interval)}
@@ -566,7 +569,7 @@ class Bench:
                     "rss_open_mb": round(rss_open / 2**20, 1),
                     "rss_held_mb": round(rss_held / 2**20, 1),
                     "kib_per_conn": round((rss_held - rss_base) / opened / 1024, 2),
-                    "redis_rss_mb": (round(rss_bytes([self.redis.pid]) / 2**20, 1)
+                    "redis_rss_mb": (round(rss_bytes(self.redis.pids) / 2**20, 1)
                                      if self.redis else None),
                 }
                 if classic:
@@ -602,7 +605,7 @@ class Bench:
                     await self.close_all(lock_candidates)
                 self.result["server_cpu_s"] = round(self.server_cpu(), 2)
                 if self.redis is not None:
-                    self.result["redis_cpu_s"] = round(cpu_seconds([self.redis.pid]), 2)
+                    self.result["redis_cpu_s"] = round(cpu_seconds(self.redis.pids), 2)
         finally:
             await asyncio.to_thread(self.stop_servers)
         self.result["harness_cpu_s"] = round(sum(harness.cpu_times()[:2]) - harness_cpu0, 2)
@@ -784,7 +787,7 @@ def parse_config(raw: str) -> tuple[str, int, int]:
     backend, _, count = raw.partition(":")
     if backend == "peer":  # the python-socketio peer (one process, Redis manager)
         return backend, 1, 1
-    if backend not in ("memory", "redis"):
+    if backend not in ("memory", "redis", "cluster"):
         raise argparse.ArgumentTypeError(f"unknown backend in {raw!r}")
     count = count or "1"
     if count.endswith("w"):

@@ -570,7 +570,7 @@ async def run_peer(bench: Bench) -> dict[str, Any]:
             "rss_base_mb": round(rss_base / 2**20, 1),
             "rss_held_mb": round(rss_held / 2**20, 1),
             "kib_per_conn": round((rss_held - rss_base) / opened / 1024, 2),
-            "redis_rss_mb": round(rss_bytes([bench.redis.pid]) / 2**20, 1)
+            "redis_rss_mb": round(rss_bytes(bench.redis.pids) / 2**20, 1)
             if bench.redis else None,
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import shutil
 import signal
@@ -20,6 +21,7 @@ import psutil
 
 SYSTEM_REDIS_PORT = 6379
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 BENCH_STAFF_TOKEN = "bench-staff-token"
 
 
@@ -70,22 +72,28 @@ def cpu_seconds(pids: list[int]) -> float:
 class RedisProcess:
     """A throwaway redis-server (no persistence) on a free port; never the system 6379."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir / "redis"
+    def __init__(self, workdir: Path, port: int | None = None, name: str = "redis",
+                 extra: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.pid]
+
     def start(self, timeout: float = 10.0) -> None:
         with (self.dir / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no",
-                 "--maxclients", "10000"],
+                 "--maxclients", "10000", *self.extra],
                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_limits,
             )
         deadline = time.monotonic() + timeout
@@ -114,6 +122,68 @@ class RedisProcess:
                 self.process.kill()
                 self.process.wait(5)
         self.process = None
+
+
+def _cluster_port() -> int:
+    """A free port at most 55535: a cluster node also listens on port + 10000."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        try:
+            with socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterProcess:
+    """A throwaway Redis Cluster of `masters` masters (no replicas, no persistence)."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisProcess(workdir, _cluster_port(), f"redis-cluster-{i}",
+                         ("--cluster-enabled", "yes", "--cluster-config-file",
+                          str(workdir / f"redis-cluster-{i}" / "nodes.conf"),
+                          "--cluster-node-timeout", "5000"))
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [subprocess.run([REDIS_CLI, "-p", str(n.port), "cluster", "info"],
+                                    capture_output=True, text=True, timeout=5).stdout
+                     for n in self.nodes]
+            if all("cluster_state:ok" in info for info in infos):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the benchmark's Redis Cluster did not become ready")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class ServerProcess:
