@@ -1,15 +1,17 @@
-"""Fan-out by exam: three processes on one Redis (and on a 3-master Redis Cluster), each
-hearing only the exams it serves; commands and dashboard deltas still cross nodes."""
+"""Three processes on one Redis (and on a 3-master Redis Cluster): each hears only the exams
+it serves (fan-out by exam); commands and dashboard deltas cross nodes; 50 opens racing through
+all three leave one live holder; a dashboard switching nodes catches up without a gap."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from clients import Api, LiveCandidate, LiveDashboard, eventually, open_candidate
+from clients import Api, LiveCandidate, LiveDashboard, eventually, open_candidate, watch
 from redis_cluster import LocalCluster
 from redis_server import RedisServer
 from server import ServerProcess
@@ -83,5 +85,94 @@ async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(
         for page in pages:
             await page.close()
         await api.close()
+        for node in nodes:
+            node.stop()
+
+
+async def test_fifty_racing_opens_across_three_nodes_leave_one_live_holder(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    """The same session opened 50 times at once through three processes: every racer is
+    opened (then superseded) or refused with a documented reason; one live holder remains."""
+    prefix = f"r{uuid.uuid4().hex[:8]}:"
+    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
+    nodes = [first] + [
+        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
+                      workdir=tmp_path, redis_prefix=prefix).start()
+        for _ in range(2)
+    ]
+    api = Api(first.url)
+    try:
+        exam = await api.create_exam()
+        [session] = await api.create_sessions(exam["id"], 1)
+        results = await asyncio.gather(*(
+            open_candidate(nodes[i % 3].ws_url, session["access_code"]) for i in range(50)
+        ))
+        replies = [reply for _, reply in results]
+        assert {r["type"] for r in replies} <= {"opened", "refused"}
+        assert {r["reason"] for r in replies if r["type"] == "refused"} <= {
+            "already_open", "locked"}
+        opened = [LiveCandidate(c, r) for c, r in results if r["type"] == "opened"]
+        assert opened
+        await eventually(lambda: sum(not c.closed for c in opened) == 1, timeout=30)
+        [holder] = [c for c in opened if not c.closed]
+        assert all(c.close_code == 4100 for c in opened if c is not holder)
+        await holder.send({"type": "progress", "position": 9, "answered": 1})
+
+        async def held() -> bool:
+            state = await api.session(exam["id"], session["id"])
+            return bool(state["connected"] and state["position"] == 9)
+
+        await eventually(held)
+        for candidate in opened:
+            await candidate.close()
+        for client, reply in results:
+            if reply["type"] == "refused":
+                await client.close()
+    finally:
+        await api.close()
+        for node in nodes:
+            node.stop()
+
+
+async def test_a_dashboard_switching_nodes_catches_up_without_a_gap(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    """A dashboard drops from one process and comes back on another with its last seq: it
+    gets exactly what was committed meanwhile (through a third process), then live deltas."""
+    prefix = f"d{uuid.uuid4().hex[:8]}:"
+    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
+    nodes = [first] + [
+        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
+                      workdir=tmp_path, redis_prefix=prefix).start()
+        for _ in range(2)
+    ]
+    api, via_third = Api(first.url), Api(nodes[2].url)
+    try:
+        exam = await api.create_exam()
+        sessions = await api.create_sessions(exam["id"], 3)
+        dashboard = await LiveDashboard.watch(nodes[0].ws_url, exam["id"])
+        await via_third.command(exam["id"], action="lock", target="all")
+        await eventually(lambda: len(dashboard.kinds("lock")) == 3)
+        last = dashboard.last_seq
+        await dashboard.close()
+
+        for text in ("while away 1", "while away 2"):
+            await via_third.command(exam["id"], action="notice", target="all", text=text)
+        client, caught_up = await watch(nodes[1].ws_url, exam["id"], last_seq=last)
+        assert caught_up["type"] == "events", caught_up
+        seqs = [e["seq"] for e in caught_up["events"]]
+        assert seqs == list(range(last + 1, last + 7)), seqs  # 2 notices x 3 sessions
+        assert {e["kind"] for e in caught_up["events"]} == {"notice"}
+        assert caught_up["seq"] == seqs[-1]
+
+        await via_third.command(exam["id"], action="unlock", target=sessions[0]["id"])
+        live = await client.recv("event", "event_batch")
+        events = [live["event"]] if live["type"] == "event" else live["events"]
+        assert [(e["seq"], e["kind"]) for e in events] == [(seqs[-1] + 1, "unlock")]
+        await client.close()
+    finally:
+        await api.close()
+        await via_third.close()
         for node in nodes:
             node.stop()
