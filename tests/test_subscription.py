@@ -102,7 +102,9 @@ async def test_a_squeezed_subscription_is_cut_and_every_command_still_arrives(ha
     """The pub/sub output buffer limit cuts the subscription at every notice burst: each cut
     is counted and logged, and the notices reach every page as commands, in order."""
     await hall.admin.config_set("client-output-buffer-limit", "pubsub 1kb 0 0")
-    texts = [f"notice {n}" for n in range(5)]
+    # Redis counts only what overflows a client's 16 KiB reply buffer against the limit: each
+    # burst (12 notices of ~1,900 characters, one message) overflows it whatever the timing.
+    texts = [f"notice {n} " + "x" * 1900 for n in range(5)]
     for text in texts:
         await hall.notice_all(text)
     await hall.everyone_got(texts)
