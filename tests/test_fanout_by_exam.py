@@ -25,6 +25,16 @@ async def metric(server: ServerProcess, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+def start_nodes(count: int, redis_url: str, workdir: Path, prefix: str) -> list[ServerProcess]:
+    """`count` processes on one Redis (or cluster) and one SQLite file."""
+    first = ServerProcess(redis_url=redis_url, workdir=workdir, redis_prefix=prefix).start()
+    return [first] + [
+        ServerProcess(redis_url=redis_url, database_url=first.database_url, workdir=workdir,
+                      redis_prefix=prefix).start()
+        for _ in range(count - 1)
+    ]
+
+
 @pytest.fixture(params=["redis", "cluster"])
 def shared_redis(request: pytest.FixtureRequest) -> Iterator[str]:
     """A private Redis, or the run's 3-master cluster (events by sharded pub/sub)."""
@@ -44,13 +54,8 @@ async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(
     tmp_path: Path, shared_redis: str
 ) -> None:
     prefix = f"x{uuid.uuid4().hex[:8]}:"
-    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
-    nodes = [first] + [
-        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
-                      workdir=tmp_path, redis_prefix=prefix).start()
-        for _ in range(2)
-    ]
-    api = Api(first.url)
+    nodes = start_nodes(3, shared_redis, tmp_path, prefix)
+    api = Api(nodes[0].url)
     pages: list[LiveCandidate] = []
     try:
         exams = [(await api.create_exam(title=f"Hall {i}"))["id"] for i in range(3)]
@@ -95,13 +100,8 @@ async def test_fifty_racing_opens_across_three_nodes_leave_one_live_holder(
     """The same session opened 50 times at once through three processes: every racer is
     opened (then superseded) or refused with a documented reason; one live holder remains."""
     prefix = f"r{uuid.uuid4().hex[:8]}:"
-    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
-    nodes = [first] + [
-        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
-                      workdir=tmp_path, redis_prefix=prefix).start()
-        for _ in range(2)
-    ]
-    api = Api(first.url)
+    nodes = start_nodes(3, shared_redis, tmp_path, prefix)
+    api = Api(nodes[0].url)
     try:
         exam = await api.create_exam()
         [session] = await api.create_sessions(exam["id"], 1)
@@ -141,13 +141,8 @@ async def test_a_dashboard_switching_nodes_catches_up_without_a_gap(
     """A dashboard drops from one process and comes back on another with its last seq: it
     gets exactly what was committed meanwhile (through a third process), then live deltas."""
     prefix = f"d{uuid.uuid4().hex[:8]}:"
-    first = ServerProcess(redis_url=shared_redis, workdir=tmp_path, redis_prefix=prefix).start()
-    nodes = [first] + [
-        ServerProcess(redis_url=shared_redis, database_url=first.database_url,
-                      workdir=tmp_path, redis_prefix=prefix).start()
-        for _ in range(2)
-    ]
-    api, via_third = Api(first.url), Api(nodes[2].url)
+    nodes = start_nodes(3, shared_redis, tmp_path, prefix)
+    api, via_third = Api(nodes[0].url), Api(nodes[2].url)
     try:
         exam = await api.create_exam()
         sessions = await api.create_sessions(exam["id"], 3)

@@ -362,13 +362,7 @@ class Hub:
     def on_event(self, event: Event) -> None:
         """Dispatch one committed event to this process's connections. Never blocks."""
         self.events_seen += 1
-        links = self.candidates.get(event.session_id)
-        if links:
-            for link in list(links):
-                try:
-                    link.handle(event)
-                except Exception:
-                    log.exception("candidate dispatch failed for %s", event.session_id)
+        self._to_candidates(event)
         if event.exam_id in self.watchers:
             # Dashboards get what arrives in one burst (a bulk command) as one message, sent
             # when this burst has been read: one frame per watcher instead of thousands.
@@ -381,17 +375,18 @@ class Hub:
         """This process's own commit, straight from the store's answer: candidate pages get
         their session's changes now instead of after the echo. Only versioned changes: a page
         orders them by version and ignores the echo; the rest waits for `on_event`."""
-        candidates = self.candidates
         for event in events:
-            if "version" not in event.changes:
-                continue
-            links = candidates.get(event.session_id)
-            if links:
-                for link in list(links):
-                    try:
-                        link.handle(event)
-                    except Exception:
-                        log.exception("candidate dispatch failed for %s", event.session_id)
+            if "version" in event.changes:
+                self._to_candidates(event)
+
+    def _to_candidates(self, event: Event) -> None:
+        links = self.candidates.get(event.session_id)
+        if links:
+            for link in list(links):
+                try:
+                    link.handle(event)
+                except Exception:
+                    log.exception("candidate dispatch failed for %s", event.session_id)
 
     def flush(self) -> None:
         """Send the pending dashboard deltas, one message per exam, encoded once per codec."""
