@@ -9,7 +9,10 @@
 // for this computer, a guest account (reserve → the account and password shown once → log in
 // with them → open).
 
+import { formatTime, initI18n, languageSwitch, localize, onLanguageChange, plain, t } from "/client/i18n.js";
 import { CandidateConnection, State } from "/client/realtime.js";
+
+await initI18n(); // the catalogues first, so that no English flashes up
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,21 +44,8 @@ const QUESTIONS = 20;
 const LOGIN_KEY = "realtime.candidate.login"; // {token, examId} of a signed-in candidate (this tab)
 const SCREENS = ["code", "signin", "guest", "guest-account", "connecting", "waiting", "exam", "final", "refused"];
 
-const REFUSALS = {
-  locked: {
-    title: "Your session is locked",
-    text: "This exam session is locked to the device where it was started. Ask your supervisor to unlock it, then try again.",
-  },
-  already_open: {
-    title: "Already open elsewhere",
-    text: "This exam session is already open in another window or on another device. Ask your supervisor for help.",
-  },
-  outside_window: {
-    title: "The exam is not open",
-    text: "This exam cannot be started right now. Check the start time with your supervisor.",
-  },
-  not_found: { title: "Unknown access code", text: "That access code was not recognised. Check it and try again." },
-};
+/** Refusals the page explains (candidate.refusal.<reason>.title/.text in the catalogues). */
+const KNOWN_REFUSALS = new Set(["locked", "already_open", "outside_window", "not_found"]);
 
 let conn = null;
 let answers = new Map(); // question number -> choice
@@ -157,7 +147,7 @@ function start({ code, token, examId }) {
   conn.addEventListener("refused", onRefused);
   conn.addEventListener("ended", onEnded);
   conn.addEventListener("error", (e) => console.warn("realtime:", e.detail.code, e.detail.message));
-  $("connecting-text").textContent = "Opening your exam session.";
+  localize($("connecting-text"), "candidate.connecting.opening");
   show("connecting");
   conn.connect();
 }
@@ -182,7 +172,7 @@ $("code-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const code = $("code-input").value.trim().toUpperCase();
   if (!code) {
-    $("code-error").textContent = "Enter your access code.";
+    localize($("code-error"), "candidate.code.missing");
     $("code-error").hidden = false;
     $("code-input").focus();
     return;
@@ -192,7 +182,7 @@ $("code-form").addEventListener("submit", (e) => {
 });
 
 $("retry").addEventListener("click", () => {
-  $("connecting-text").textContent = "Opening your exam session.";
+  localize($("connecting-text"), "candidate.connecting.opening");
   show("connecting");
   conn.connect();
 });
@@ -216,15 +206,15 @@ function onState(e) {
   const { state, retryAt } = e.detail;
   const net = $("net");
   net.dataset.state = state;
-  $("net-text").textContent = state === State.OPEN ? "Connected" : state === State.RECONNECTING ? "Reconnecting" : "Offline";
+  localize($("net-text"), state === State.OPEN ? "candidate.net.open" : state === State.RECONNECTING ? "candidate.net.reconnecting" : "candidate.net.offline");
   if (state === State.RECONNECTING) {
     if (everOpened && !["final", "refused"].includes(document.body.dataset.screen)) {
       $("reconnecting").hidden = false;
       const left = retryAt ? Math.max(0, Math.round((retryAt - Date.now()) / 1000)) : 0;
-      $("reconnecting-text").textContent =
-        `Your answers are kept. The exam continues by itself when the connection is back${left > 1 ? ` (next try in ${left} s)` : ""}.`;
+      if (left > 1) localize($("reconnecting-text"), "candidate.reconnecting.textRetry", { count: left });
+      else localize($("reconnecting-text"), "candidate.reconnecting.text");
     } else if (!everOpened) {
-      $("connecting-text").textContent = "The exam server cannot be reached yet. Trying again…";
+      localize($("connecting-text"), "candidate.connecting.unreachable");
     }
   } else {
     $("reconnecting").hidden = true;
@@ -236,8 +226,8 @@ function onOpened(e) {
   const first = !everOpened;
   everOpened = true;
   $("reconnecting").hidden = true;
-  $("exam-title").textContent = exam.title;
-  document.title = `${exam.title} · Exam`;
+  plain($("exam-title"), exam.title);
+  updateTitle();
   $("candidate-name").textContent = session.candidate_name;
   if (first) {
     position = Math.min(Math.max(session.position || 1, 1), QUESTIONS);
@@ -249,8 +239,8 @@ function onOpened(e) {
   }
   if (relocked && !resumed) {
     pushMessage({
-      title: "Session locked to this window",
-      text: "For this exam your session is locked to this window. Do not close it: opening the exam anywhere else needs your supervisor.",
+      title: t("candidate.message.relockedTitle"),
+      text: t("candidate.message.relockedText"),
       icon: "lock",
       kind: "lock",
     });
@@ -265,30 +255,30 @@ function onCommand(e) {
   switch (action) {
     case "lock":
       pushMessage({
-        title: "Session locked",
-        text: "The proctor locked your session to this window. Do not close it; opening the exam anywhere else needs your supervisor.",
+        title: t("candidate.message.lockedTitle"),
+        text: t("candidate.message.lockedText"),
         icon: "lock",
         kind: "lock",
       });
       break;
     case "notice":
-      pushMessage({ title: "Message from the proctor", text: details.text ?? "", icon: "mail", kind: "notice" });
+      pushMessage({ title: t("candidate.message.notice"), text: details.text ?? "", icon: "mail", kind: "notice" });
       break;
     case "extend": {
       const minutes = details.minutes ?? 0;
       pushMessage({
-        title: "Extra time",
-        text: `The proctor gave you ${minutes} more minute${minutes === 1 ? "" : "s"}.`,
+        title: t("candidate.message.extendTitle"),
+        text: t("candidate.message.extendText", { count: minutes }),
         icon: "plus",
         kind: "extend",
       });
       break;
     }
     case "authorize":
-      announce("The proctor let you in. The exam has started.");
+      announce(t("candidate.announce.authorized"));
       break;
     case "resume":
-      announce("The exam continues.");
+      announce(t("candidate.announce.resumed"));
       break;
     default:
       break;
@@ -299,26 +289,30 @@ function onCommand(e) {
 function onRefused(e) {
   const { reason, message } = e.detail;
   if (reason === "closed") {
-    showFinal("Exam finished", "This exam session has already ended.", "check", "ended");
+    showFinal("candidate.final.finished", "candidate.final.alreadyEnded", "check", "ended");
     return;
   }
   if (reason === "not_found" && !everOpened && conn?.token && conn.examId) {
     storage()?.removeItem(LOGIN_KEY);
-    showSignIn("This exam was not found, or your sign-in has expired. Check the exam and sign in again.");
+    showSignIn(t("candidate.signin.notFound"));
     return;
   }
   if (reason === "not_found" && !everOpened) {
     storage()?.removeItem(CODE_KEY);
     show("code");
-    $("code-error").textContent = REFUSALS.not_found.text;
+    localize($("code-error"), "candidate.refusal.not_found.text");
     $("code-error").hidden = false;
     $("code-input").focus();
     return;
   }
-  const known = REFUSALS[reason] ?? { title: "This exam cannot be opened here", text: message };
-  $("refused-title").textContent = known.title;
-  $("refused-text").textContent = known.text;
-  $("refused-reason").textContent = `Reason: ${reason}`;
+  if (KNOWN_REFUSALS.has(reason)) {
+    localize($("refused-title"), `candidate.refusal.${reason}.title`);
+    localize($("refused-text"), `candidate.refusal.${reason}.text`);
+  } else {
+    localize($("refused-title"), "candidate.refused.title");
+    plain($("refused-text"), message);
+  }
+  localize($("refused-reason"), "candidate.refused.reason", { reason });
   $("screen-refused").dataset.reason = reason;
   show("refused");
   $("retry").focus();
@@ -327,27 +321,25 @@ function onRefused(e) {
 function onEnded(e) {
   const { reason } = e.detail;
   if (reason === "terminated") {
-    showFinal("Your exam was ended", "The proctor ended your exam session. Your answers up to now have been kept.", "stop", "terminated");
+    showFinal("candidate.final.terminatedTitle", "candidate.final.terminatedText", "stop", "terminated");
   } else if (reason === "completed") {
-    showFinal("Answers submitted", "Your exam has been submitted. Thank you.", "check", "completed");
+    showFinal("candidate.final.completedTitle", "candidate.final.completedText", "check", "completed");
   } else if (reason === "superseded") {
-    showFinal(
-      "Opened in another window",
-      "Your exam was opened in another window or on another device, so this window was disconnected.",
-      "windows",
-      "superseded",
-    );
+    showFinal("candidate.final.supersededTitle", "candidate.final.supersededText", "windows", "superseded");
   } else if (reason !== "refused") {
-    showFinal("Disconnected", "The connection to the exam server was closed. Ask your supervisor for help.", "alert", "closed");
+    showFinal("candidate.final.closedTitle", "candidate.final.closedText", "alert", "closed");
   }
 }
 
-function showFinal(title, text, icon, kind) {
+/** The final screen; `titleKey` and `textKey` are catalogue keys. */
+function showFinal(titleKey, textKey, icon, kind) {
   clearInterval(clockTimer);
   messageQueue.length = 0;
   hideOverlay("overlay-message");
-  $("final-title").textContent = title;
-  $("final-text").textContent = text;
+  localize($("final-title"), titleKey);
+  localize($("final-text"), textKey);
+  const title = t(titleKey);
+  const text = t(textKey);
   setIcon($("final-icon"), icon);
   $("final-card").dataset.kind = kind;
   $("screen-final").dataset.reason = kind;
@@ -367,7 +359,7 @@ function render() {
   if (s.status === "paused") {
     if ($("overlay-paused").hidden) {
       showOverlay("overlay-paused");
-      announce("Paused by the proctor. Your time is stopped.");
+      announce(t("candidate.announce.paused"));
       if ($("overlay-message").hidden) $("overlay-paused").focus();
     }
   } else if (!$("overlay-paused").hidden) {
@@ -399,19 +391,20 @@ $("question-list").addEventListener("click", (e) => {
 const CHOICES = ["A", "B", "C", "D"];
 
 function renderQuestion() {
-  $("question-count").textContent = `Question ${position} of ${QUESTIONS}`;
-  $("question-title").textContent = `Question ${position}`;
-  $("question-text").textContent =
-    "This is a placeholder question. The exam-delivery system shows the real item here; choose an answer to report progress.";
+  $("question-count").textContent = t("candidate.exam.questionOf", { n: position, total: QUESTIONS });
+  $("question-title").textContent = t("candidate.exam.question", { n: position });
+  $("question-text").textContent = t("candidate.exam.placeholder");
   const fieldset = $("choices");
   const current = answers.get(position);
-  if (fieldset.dataset.q !== String(position)) {
+  if (fieldset.dataset.q !== String(position) || fieldset.dataset.lang !== document.documentElement.lang) {
     fieldset.dataset.q = String(position);
+    fieldset.dataset.lang = document.documentElement.lang;
     fieldset.querySelectorAll("label").forEach((l) => l.remove());
     for (const c of CHOICES) {
       const label = document.createElement("label");
       label.className = "choice";
-      label.innerHTML = `<input type="radio" name="answer" value="${c}"><span class="letter">${c}</span><span>Option ${c}</span>`;
+      label.innerHTML = `<input type="radio" name="answer" value="${c}"><span class="letter">${c}</span><span></span>`;
+      label.lastChild.textContent = t("candidate.exam.option", { letter: c });
       fieldset.append(label);
     }
   }
@@ -423,10 +416,10 @@ function renderQuestion() {
     b.classList.toggle("answered", answers.has(q));
     if (q === position) b.setAttribute("aria-current", "step");
     else b.removeAttribute("aria-current");
-    b.setAttribute("aria-label", `Question ${q}${answers.has(q) ? ", answered" : ""}`);
+    b.setAttribute("aria-label", t(answers.has(q) ? "candidate.exam.questionAnswered" : "candidate.exam.question", { n: q }));
   }
   const answered = answers.size;
-  const text = `${answered} of ${QUESTIONS} answered`;
+  const text = t("candidate.exam.answered", { count: answered, total: QUESTIONS });
   if ($("progress-text").textContent !== text) $("progress-text").textContent = text;
   $("progress-bar").style.width = `${(answered / QUESTIONS) * 100}%`;
 }
@@ -455,8 +448,9 @@ function sendProgress() {
 
 $("submit").addEventListener("click", () => {
   const left = QUESTIONS - answers.size;
-  $("sd-text").textContent =
-    (left ? `${left} question${left === 1 ? " is" : "s are"} not answered. ` : "") + "You cannot change your answers after submitting.";
+  $("sd-text").textContent = left
+    ? `${t("candidate.submit.unanswered", { count: left })} ${t("candidate.submit.final")}`
+    : t("candidate.submit.final");
   $("submit-dialog").showModal();
 });
 
@@ -465,7 +459,12 @@ $("submit-dialog").addEventListener("close", async () => {
   try {
     await conn.submit();
   } catch (err) {
-    pushMessage({ title: "Not submitted", text: `Your exam could not be submitted (${err.message}). Try again.`, icon: "alert", kind: "error" });
+    pushMessage({
+      title: t("candidate.message.notSubmittedTitle"),
+      text: t("candidate.message.notSubmittedText", { error: err.message }),
+      icon: "alert",
+      kind: "error",
+    });
   }
 });
 
@@ -505,13 +504,13 @@ function renderClock() {
     for (const mark of [5, 1]) {
       if (s.status === "active" && left <= mark * 60000 && left > (mark * 60000 - 5000) && !announcedLow.has(mark)) {
         announcedLow.add(mark);
-        announce(`${mark} minute${mark === 1 ? "" : "s"} left.`);
+        announce(t("candidate.announce.minutesLeft", { count: mark }));
       }
     }
   }
   if (value.textContent !== text) value.textContent = text;
   clock.dataset.state = state;
-  clock.setAttribute("aria-label", `Time left: ${text}${state === "paused" ? " (paused)" : ""}`);
+  clock.setAttribute("aria-label", t(state === "paused" ? "candidate.clock.ariaPaused" : "candidate.clock.aria", { time: text }));
 }
 
 // -- focus loss -------------------------------------------------------------------------------
@@ -556,7 +555,7 @@ async function postJson(path, body) {
       credentials: "omit",
     });
   } catch {
-    throw Object.assign(new Error("The exam server cannot be reached. Check the network and try again."), { status: 0 });
+    throw Object.assign(new Error(t("candidate.error.unreachable")), { status: 0 });
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -576,11 +575,11 @@ async function signInAndOpen(login, password, examId) {
 
 function loginErrorText(err) {
   if (err.code === "login_blocked" && err.data?.blocked_until) {
-    const until = new Date(err.data.blocked_until * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    return `Too many failed sign-ins: your login is blocked until ${until}. Ask your supervisor.`;
+    const until = formatTime(err.data.blocked_until, { seconds: false });
+    return t("candidate.error.blocked", { until });
   }
-  if (err.status === 401) return "Wrong login or password.";
-  if (err.status === 403) return `You cannot sign in (${err.message}). Ask your supervisor.`;
+  if (err.status === 401) return t("candidate.error.wrongPassword");
+  if (err.status === 403) return t("candidate.error.forbidden", { error: err.message });
   return err.message;
 }
 
@@ -617,7 +616,13 @@ $("signin-form").addEventListener("submit", async (e) => {
   const login = $("signin-login").value.trim();
   const password = $("signin-password").value;
   const examId = $("signin-exam").value.trim();
-  const missing = !login ? ["Enter your login or e-mail.", "signin-login"] : !password ? ["Enter your password.", "signin-password"] : !examId ? ["Enter the exam.", "signin-exam"] : null;
+  const missing = !login
+    ? [t("candidate.signin.missingLogin"), "signin-login"]
+    : !password
+      ? [t("candidate.signin.missingPassword"), "signin-password"]
+      : !examId
+        ? [t("candidate.signin.missingExam"), "signin-exam"]
+        : null;
   if (missing) {
     setError("signin-error", missing[0]);
     $(missing[1]).focus();
@@ -672,7 +677,13 @@ $("guest-form").addEventListener("submit", async (e) => {
   const email = $("guest-email").value.trim();
   if (number) body.student_number = number;
   if (email) body.email = email;
-  const missing = !body.title ? ["Enter your title.", "guest-title-input"] : !body.first_name ? ["Enter your first name.", "guest-first"] : !body.surname ? ["Enter your surname.", "guest-surname"] : null;
+  const missing = !body.title
+    ? [t("candidate.guest.missingTitle"), "guest-title-input"]
+    : !body.first_name
+      ? [t("candidate.guest.missingFirst"), "guest-first"]
+      : !body.surname
+        ? [t("candidate.guest.missingSurname"), "guest-surname"]
+        : null;
   if (missing) {
     setError("guest-error", missing[0]);
     $(missing[1]).focus();
@@ -685,9 +696,9 @@ $("guest-form").addEventListener("submit", async (e) => {
     setError(
       "guest-error",
       err.code === "no_guest_free"
-        ? "No guest account is free at the moment. Ask your supervisor."
+        ? t("candidate.guest.noneFree")
         : err.code === "guest_not_offered"
-          ? "Guest accounts are not offered for this exam on this computer. Ask your supervisor."
+          ? t("candidate.guest.notOffered")
           : err.message,
     );
     return;
@@ -697,12 +708,12 @@ $("guest-form").addEventListener("submit", async (e) => {
   const exam = offer.exams.find((x) => x.id === reserved.exam_id);
   $("ga-login").textContent = reserved.login;
   $("ga-password").textContent = reserved.password;
-  $("ga-exam").textContent = exam ? `For the exam “${exam.title}”.` : "";
+  $("ga-exam").textContent = exam ? t("candidate.ga.forExam", { title: exam.title }) : "";
   $("ga-confirm").checked = false;
   $("ga-continue").disabled = true;
   setError("ga-error", "");
   show("guest-account");
-  announce(`Your guest account is ${reserved.login}. Write down the account and the password.`);
+  announce(t("candidate.announce.guestAccount", { login: reserved.login }));
   $("ga-title").focus?.();
 });
 
@@ -724,6 +735,23 @@ $("ga-continue").addEventListener("click", async () => {
   reserved = null;
   $("ga-login").textContent = "";
   $("ga-password").textContent = "";
+});
+
+// -- language ---------------------------------------------------------------------------------
+
+function updateTitle() {
+  document.title = conn?.exam?.title ? `${conn.exam.title} · ${t("candidate.exam")}` : t("candidate.exam");
+}
+
+languageSwitch($("language"));
+updateTitle();
+onLanguageChange(() => {
+  // Static text and localize()d text are re-translated already; redraw what is made from data.
+  updateTitle();
+  if (conn?.session && ["waiting", "exam"].includes(document.body.dataset.screen)) {
+    renderQuestion();
+    renderClock();
+  }
 });
 
 // -- boot -------------------------------------------------------------------------------------
