@@ -25,6 +25,7 @@ from realtime.api.report_routes import routes as report_routes
 from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
 from realtime.channels.candidate import candidate_endpoint
+from realtime.channels.event_stream import exam_events
 from realtime.channels.proctor import proctor_endpoint
 from realtime.channels.transport import TransportMiddleware
 from realtime.config import Settings
@@ -215,6 +216,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", root),
         Route("/metrics", metrics_endpoint, include_in_schema=False),
         *api_routes,
+        # a stream: documented in docs/protocol.md, not in the OpenAPI document the fuzzer runs
+        Route("/api/v1/exams/{exam_id}/events", exam_events, methods=["GET"],
+              include_in_schema=False),
         *report_routes,
         *identity_routes,
         *guest_routes,

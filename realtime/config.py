@@ -57,6 +57,7 @@ class Settings:
     ping_timeout: float = 12.0
     send_queue_size: int = 1024
     send_timeout: float = 10.0  # a peer that reads nothing this long while a send waits: cut off
+    sse_heartbeat: float = 15.0  # an idle event stream gets a comment this often (proxies)
     max_message_bytes: int = 16 * 1024
     ws_deflate: bool = False  # accept permessage-deflate (costs zlib state per socket)
     event_log_size: int = 10_000
@@ -117,6 +118,7 @@ class Settings:
             ping_timeout=_float("REALTIME_PING_TIMEOUT", defaults.ping_timeout),
             send_queue_size=_int("REALTIME_SEND_QUEUE", defaults.send_queue_size),
             send_timeout=_float("REALTIME_SEND_TIMEOUT", defaults.send_timeout),
+            sse_heartbeat=_float("REALTIME_SSE_HEARTBEAT", defaults.sse_heartbeat),
             max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             ws_deflate=_bool("REALTIME_WS_DEFLATE", defaults.ws_deflate),
             event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),

@@ -226,3 +226,39 @@ async def test_candidates_through_nginx_survive_a_killed_process(
             await page.close()
         await api.close()
 
+
+
+async def test_event_stream_through_nginx_is_not_buffered(
+    deployment: tuple[str, list[ServerProcess]],
+) -> None:
+    """An event stream through nginx gets each event as it commits (nginx does not hold it
+    back in a buffer), and resumes through nginx with Last-Event-ID."""
+    url, _ = deployment
+    api = Api(url)
+    try:
+        exam = await api.create_exam()
+        [session] = await api.create_sessions(exam["id"], 1)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            headers = {"Authorization": api.http.headers["Authorization"]}
+            path = f"/api/v1/exams/{exam['id']}/events"
+            async with http.stream("GET", path, headers=headers) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                async for line in lines:
+                    if line.startswith("id: "):
+                        first = int(line[4:])
+                        break
+                await api.command(exam["id"], action="notice", target=session["id"], text="a")
+                async for line in lines:
+                    if line.startswith("id: "):
+                        assert int(line[4:]) == first + 1
+                        break
+            await api.command(exam["id"], action="notice", target=session["id"], text="b")
+            async with http.stream("GET", path, headers={**headers, "Last-Event-ID": str(first + 1)}
+                                   ) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        assert '"text":"b"' in line
+                        break
+    finally:
+        await api.close()

@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.websockets import WebSocket
 
-from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.channels.common import (
     accept,
@@ -30,6 +28,7 @@ from realtime.channels.common import (
     request_id_of,
     required_str,
 )
+from realtime.channels.watching import scope_watch, start_watching
 from realtime.commands import parse_command
 from realtime.errors import (
     BadRequest,
@@ -40,8 +39,7 @@ from realtime.errors import (
     backend_down,
 )
 from realtime.hub.connection import Connection
-from realtime.hub.hub import Watcher, public_event
-from realtime.identity import scope
+from realtime.hub.hub import Watcher
 from realtime.identity.audit import Ctx
 from realtime.identity.web import (
     authenticate_websocket,
@@ -52,7 +50,6 @@ from realtime.identity.web import (
 from realtime.limits.refusals import Kind
 from realtime.limits.setup import limits_of
 from realtime.runtime import Runtime, runtime_of
-from realtime.state.model import public_view
 
 log = logging.getLogger(__name__)
 
@@ -99,42 +96,6 @@ async def proctor_endpoint(websocket: WebSocket) -> None:
             await conn.stop()
 
 
-async def _rescope(
-    conn: Connection, runtime: Runtime, current: list[Watcher | None], interval: float
-) -> None:
-    while not conn.closing:
-        await asyncio.sleep(interval)
-        watcher = current[0]
-        if watcher is None:
-            continue
-        try:
-            exam = await runtime.service.get_exam(watcher.exam_id)
-        except Exception:  # a backend outage: reported elsewhere; try again next time
-            log.debug("re-checking the scope of a dashboard failed", exc_info=True)
-            continue
-        watcher.regroup(exam.groups)
-
-
-@contextlib.asynccontextmanager
-async def scope_watch(
-    conn: Connection, runtime: Runtime, principal: Principal, current: list[Watcher | None],
-    interval: float,
-) -> AsyncIterator[None]:
-    """Re-read the subscribed exam's groups every `interval` seconds: a change made by another
-    process re-scopes this dashboard too (one made here does so at once: `Hub.exam_changed`).
-    Unrestricted principals see every exam whatever its groups: nothing to watch."""
-    if principal.unrestricted:
-        yield
-        return
-    task = asyncio.create_task(_rescope(conn, runtime, current, interval), name="ws-scope")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
 async def _serve(
     websocket: WebSocket,
     conn: Connection,
@@ -153,7 +114,7 @@ async def _serve(
         extra = {"request_id": request_id} if request_id is not None else {}
         try:
             if kind == "subscribe":
-                current[0] = await _subscribe(conn, runtime, principal, message, current[0])
+                current[0] = await _subscribe(runtime, conn, principal, message, current[0])
             elif kind == "command":
                 if current[0] is None:
                     raise BadRequest(
@@ -192,8 +153,8 @@ async def _serve(
 
 
 async def _subscribe(
-    conn: Connection,
     runtime: Runtime,
+    conn: Connection,
     principal: Principal,
     message: dict[str, Any],
     previous: Watcher | None,
@@ -204,42 +165,4 @@ async def _subscribe(
         not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0
     ):
         raise BadRequest("'last_seq' must be a non-negative integer")
-    if not principal.can(Permission.VIEW_SESSIONS):
-        raise Forbidden("you may not view sessions")
-    exam = await runtime.service.exam_in_scope(exam_id, principal)
-    if previous is not None:
-        runtime.hub.remove_watcher(previous)
-    watcher = Watcher(conn, exam_id, principal, exam.groups)
-    await runtime.hub.attach_watcher(watcher)  # before reading: nothing committed meanwhile is lost
-    try:
-        if last_seq is not None:
-            if not principal.unrestricted:  # scope checks need each session's group
-                sessions, _ = await runtime.store.snapshot(exam_id)
-                watcher.groups.update({s["id"]: s["group"] for s in sessions})
-            missed = await runtime.store.events_since(exam_id, last_seq)
-            if missed is not None:
-                events = [public_event(e) for e in missed if watcher.visible(e)]
-                seq = missed[-1].seq if missed else last_seq
-                conn.send({"type": "events", "exam_id": exam_id, "events": events, "seq": seq})
-                watcher.activate(seq)
-                return watcher
-        sessions, seq = await runtime.store.snapshot(exam_id)
-        visible = []
-        for session in sessions:
-            watcher.groups[session["id"]] = session["group"]
-            if scope.sees_session(principal, exam.groups, session["group"]):
-                visible.append(public_view(session))
-        visible.sort(key=lambda s: (s["candidate_name"], s["id"]))
-        conn.send(
-            {
-                "type": "snapshot",
-                "exam": exam.to_dict(),
-                "sessions": visible,
-                "seq": seq,
-            }
-        )
-        watcher.activate(seq)
-        return watcher
-    except BaseException:
-        runtime.hub.remove_watcher(watcher)
-        raise
+    return await start_watching(runtime, conn, principal, exam_id, last_seq, previous)

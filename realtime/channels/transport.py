@@ -1,4 +1,5 @@
-"""The server's transport of a WebSocket, so a peer that stopped reading can be aborted.
+"""The server's transport of a WebSocket or an event stream, so a peer that stopped reading
+can be aborted.
 
 ASGI gives an application no way to drop a connection whose close frame cannot be delivered
 (the server flushes its buffer first, which a peer that never reads never lets it do). uvicorn's
@@ -21,21 +22,32 @@ SCOPE_KEY = "realtime.transport"
 
 
 class TransportMiddleware:
-    """Records the server's transport of each WebSocket in its scope."""
+    """Records the server's transport of each WebSocket and event stream in its scope."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
-            if callable(getattr(transport, "abort", None)) and callable(
-                getattr(transport, "get_write_buffer_size", None)
-            ):
-                scope[SCOPE_KEY] = transport
+            owner = getattr(send, "__self__", None)
+        elif scope["type"] == "http" and scope["path"].endswith("/events"):
+            # Starlette's error middleware wraps an HTTP `send`; uvicorn's `receive` is a
+            # method of the same request cycle, which holds the transport.
+            owner = getattr(receive, "__self__", None)
+        else:
+            owner = None
+        transport: Any = getattr(owner, "transport", None)
+        if callable(getattr(transport, "abort", None)) and callable(
+            getattr(transport, "get_write_buffer_size", None)
+        ):
+            scope[SCOPE_KEY] = transport
         await self.app(scope, receive, send)
 
 
 def transport_of(websocket: WebSocket) -> PeerTransport | None:
-    transport: PeerTransport | None = websocket.scope.get(SCOPE_KEY)
+    return transport_in(websocket.scope)
+
+
+def transport_in(scope: Scope) -> PeerTransport | None:
+    transport: PeerTransport | None = scope.get(SCOPE_KEY)
     return transport

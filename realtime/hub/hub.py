@@ -152,12 +152,26 @@ def delta_message(events: list[Event]) -> dict[str, Any]:
     }
 
 
+class Outlet(Protocol):
+    """Where a watcher's messages go: a dashboard socket (`Connection`) or an event stream
+    (`realtime.channels.event_stream.EventStream`). Sending never waits; a full outlet closes
+    itself (its client resumes from its last seq)."""
+
+    closing: bool
+
+    def send(self, message: dict[str, Any]) -> bool: ...
+
+    def send_encoded(self, message: Encoded) -> bool: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
 class Watcher:
-    """A dashboard connection subscribed to one exam."""
+    """A dashboard connection (or event stream) subscribed to one exam."""
 
     def __init__(
         self,
-        conn: Connection,
+        conn: Outlet,
         exam_id: str,
         principal: Principal,
         exam_groups: list[str],

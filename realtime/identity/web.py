@@ -20,7 +20,7 @@ from realtime.auth.principal import Principal
 from realtime.auth.tokens import TokenAuthenticator, same_secret
 from realtime.config import Settings
 from realtime.errors import CloseCode, ErrorCode, Forbidden, Unauthorized
-from realtime.hub.connection import Connection
+from realtime.hub.hub import Outlet
 from realtime.identity import scope
 from realtime.identity.audit import AuditLog, Ctx
 from realtime.identity.authenticator import IdentityAuthenticator
@@ -147,7 +147,7 @@ def _rights(p: Principal) -> tuple[object, ...]:
 
 
 async def _recheck(
-    conn: Connection, auth: TokenAuthenticator, token: str, principal: Principal,
+    conn: Outlet, auth: TokenAuthenticator, token: str, principal: Principal,
     interval: float,
 ) -> None:
     while not conn.closing:
@@ -171,10 +171,10 @@ async def _recheck(
 
 @contextlib.asynccontextmanager
 async def credential_watch(
-    conn: Connection, auth: TokenAuthenticator, token: str, principal: Principal,
+    conn: Outlet, auth: TokenAuthenticator, token: str, principal: Principal,
     interval: float,
 ) -> AsyncIterator[None]:
-    """Close the socket (4401/4403) once its token is revoked or its rights change."""
+    """Close the socket or stream (4401/4403) once its token is revoked or its rights change."""
     task = asyncio.create_task(_recheck(conn, auth, token, principal, interval),
                                name="ws-credentials")
     try:
