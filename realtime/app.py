@@ -17,11 +17,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from realtime.api.exam_routes import routes as exam_routes
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
 from realtime.api.inputs import RefuseNulInURL
 from realtime.api.node_routes import routes as node_routes
 from realtime.api.report_routes import routes as report_routes
+from realtime.api.roster_routes import routes as roster_routes
 from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
 from realtime.channels.candidate import candidate_endpoint
@@ -55,8 +57,8 @@ log = logging.getLogger(__name__)
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 # The endpoints that genuinely take bulk input (REALTIME_MAX_BULK_BODY_BYTES): sessions for a
-# whole exam, and commands naming up to 20 000 sessions.
-BULK_BODY_PATHS = re.compile(r"^/api/v1/exams/[^/]+/(sessions|commands)$")
+# whole exam (as JSON or a roster CSV), and commands naming up to 20 000 sessions.
+BULK_BODY_PATHS = re.compile(r"^/api/v1/exams/[^/]+/(sessions|commands|roster)$")
 
 
 def build_store(settings: Settings) -> StateStore:
@@ -219,6 +221,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # a stream: documented in docs/protocol.md, not in the OpenAPI document the fuzzer runs
         Route("/api/v1/exams/{exam_id}/events", exam_events, methods=["GET"],
               include_in_schema=False),
+        *exam_routes,
+        *roster_routes,
         *report_routes,
         *identity_routes,
         *guest_routes,

@@ -295,6 +295,36 @@ def test_update_exam(world: World, role: str, relation: str) -> None:
     assert world.admin.get(f"/api/v1/exams/{case.exam_id}").json()["title"] == title
 
 
+@pytest.mark.parametrize(("role", "relation"), MATRIX)
+def test_exam_management(world: World, role: str, relation: str) -> None:
+    """Archive and restore (exams.manage), a roster import and the access-code exports
+    (sessions.create) act only on an exam the caller manages; each denial changed nothing."""
+    case = case_of(world, role, relation)
+    base = f"/api/v1/exams/{case.exam_id}"
+    # one row with a guessable code: reported as an error, so even an allowed import adds none
+    roster = b"candidate_id,access_code\r\nscope-new,ABC\r\n"
+    calls = [("DELETE", "", None, "exams.manage"), ("POST", "/restore", None, "exams.manage"),
+             ("POST", "/roster", roster, "sessions.create"),
+             ("GET", "/access-codes.csv", None, "sessions.create"),
+             ("GET", "/access-codes.html", None, "sessions.create")]
+    before = world.fingerprint(case.exam_key)
+    with world.client(role, relation) as http:
+        for method, suffix, body, permission in calls:
+            r = http.request(method, base + suffix, content=body)
+            expected = expect_exam_access(case, permission, change=True)
+            if expected != 200:
+                assert_denied(r, expected, no_exam(case.exam_id) if expected == 404 else None)
+                continue
+            assert r.status_code == 200, (suffix, r.text)
+            if suffix == "/roster":
+                assert r.json()["errors"] == 1 and r.json()["created"] == 0
+            if suffix.startswith("/access-codes"):
+                for leaked in case.hidden + hidden_names(case):
+                    assert leaked not in r.text, (suffix, leaked)
+    assert world.admin.get(base).json()["archived_at"] is None  # restored, or never archived
+    assert world.fingerprint(case.exam_key) == before
+
+
 @pytest.mark.parametrize("change", ["add_foreign_group", "drop_all_groups"])
 @pytest.mark.parametrize(("role", "relation"), MATRIX)
 def test_change_exam_groups(world: World, role: str, relation: str, change: str) -> None:

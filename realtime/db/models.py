@@ -28,6 +28,9 @@ class ExamRow(Base):
     duration_minutes: Mapped[int] = mapped_column(Integer, default=60)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
+    # Archived (soft-deleted): hidden from the exam list by default, kept with all its history.
+    archived_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    archived_by: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class SessionRow(Base):
