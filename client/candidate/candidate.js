@@ -10,6 +10,7 @@
 // with them → open).
 
 import { formatTime, initI18n, languageSwitch, localize, onLanguageChange, plain, t } from "/client/i18n.js";
+import { listenKeys, setUpHelpDialog } from "/client/keys.js";
 import { CandidateConnection, State } from "/client/realtime.js";
 
 await initI18n(); // the catalogues first, so that no English flashes up
@@ -753,6 +754,25 @@ onLanguageChange(() => {
     renderClock();
   }
 });
+
+// -- keyboard shortcuts (listed in the help dialog) ------------------------------------------
+
+const openHelp = setUpHelpDialog($("help-dialog"));
+$("help-open").addEventListener("click", openHelp);
+const inExam = () => document.body.dataset.screen === "exam" && !$("main").inert;
+function choose(index) {
+  const input = $("choices").querySelectorAll("input[name='answer']")[index];
+  if (!input) return;
+  input.checked = true;
+  input.focus();
+  input.dispatchEvent(new Event("change", { bubbles: true })); // as a click would
+}
+const examKeys = {
+  n: () => inExam() && !$("next").disabled && $("next").click(),
+  b: () => inExam() && !$("prev").disabled && $("prev").click(),
+  ...Object.fromEntries(CHOICES.map((_, i) => [String(i + 1), () => inExam() && choose(i)])),
+};
+listenKeys({ ...examKeys, "?": openHelp }, { blocked: () => $("main").inert });
 
 // -- boot -------------------------------------------------------------------------------------
 

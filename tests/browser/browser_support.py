@@ -41,10 +41,16 @@ class Browsers:
         self.errors: list[str] = []
 
     async def context(
-        self, viewport: dict[str, int] | None = None, token: str | None = None
+        self,
+        viewport: dict[str, int] | None = None,
+        token: str | None = None,
+        color_scheme: str = "light",
     ) -> Any:
+        """A fresh context; `color_scheme` is what prefers-color-scheme says ("light", "dark")."""
         context = await self.browser.new_context(
-            viewport=viewport or DASHBOARD_VIEWPORT, base_url=self.server.url
+            viewport=viewport or DASHBOARD_VIEWPORT,
+            base_url=self.server.url,
+            color_scheme=color_scheme,
         )
         context.set_default_timeout(10_000)
         if token is not None:
@@ -59,17 +65,26 @@ class Browsers:
         page.on("pageerror", lambda err: self.errors.append(f"{page.url}: {err}"))
         return page
 
-    async def dashboard(self, exam_id: str | None = None, token: str = STAFF_TOKEN) -> Any:
+    async def dashboard(
+        self,
+        exam_id: str | None = None,
+        token: str = STAFF_TOKEN,
+        color_scheme: str = "light",
+        viewport: dict[str, int] | None = None,
+    ) -> Any:
         """A signed-in dashboard; with `exam_id`, monitoring that exam and synchronised."""
-        page = await self.page(await self.context(DASHBOARD_VIEWPORT, token))
+        context = await self.context(viewport or DASHBOARD_VIEWPORT, token, color_scheme)
+        page = await self.page(context)
         await page.goto(f"/dashboard/?exam={exam_id}" if exam_id else "/dashboard/")
         if exam_id:
             await page.locator("#sync-info[data-sync]").wait_for()
         return page
 
-    async def candidate(self, code: str | None = None, context: Any = None) -> Any:
+    async def candidate(
+        self, code: str | None = None, context: Any = None, color_scheme: str = "light"
+    ) -> Any:
         """A candidate page (in a new context unless one is given)."""
-        context = context or await self.context(CANDIDATE_VIEWPORT)
+        context = context or await self.context(CANDIDATE_VIEWPORT, color_scheme=color_scheme)
         page = await self.page(context)
         await page.goto(f"/candidate/?code={code}" if code else "/candidate/")
         return page

@@ -9,6 +9,7 @@ import { showNodes } from "./admin-nodes.js";
 import { showUsers } from "./admin-users.js";
 import { obtainLogin, session, tokenStore } from "./auth.js";
 import { esc, plural } from "./format.js";
+import { listenKeys, setUpHelpDialog } from "/client/keys.js";
 import { startMonitor } from "./monitor.js";
 import { toast } from "./ui.js";
 
@@ -243,5 +244,10 @@ onUnauthorized((message) => {
   if (signingIn) return; // the sign-in form reports it
   ensureSignedIn(message || "Your session expired. Sign in again.").then(route);
 });
+
+// Keyboard shortcuts on every view ("?" for the list); the monitor adds the table's own.
+const openHelp = setUpHelpDialog($("help-dialog"));
+$("help-open").addEventListener("click", openHelp);
+listenKeys({ "?": openHelp });
 
 route();

@@ -1,5 +1,6 @@
 // Monitoring one exam: the live connection, the table, the toolbar, commands and the panel.
 
+import { listenKeys } from "/client/keys.js";
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
 import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
@@ -374,18 +375,43 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       const button = e.target.closest("button[data-action]");
       if (button) runCommand(button.dataset.action, { scope: $("scope").value });
     }],
-    [document, "keydown", (e) => {
-      if (e.key === "/" && !e.target.closest("input, textarea, select, dialog")) {
-        e.preventDefault();
-        $("search").focus();
-      }
-    }],
   ];
   for (const [el, type, fn] of listeners) {
     el.addEventListener(type, fn);
     cleanups.push(() => el.removeEventListener(type, fn));
   }
   table.addEventListener("open", (e) => panel.open(e.detail.id));
+
+  // -- keyboard shortcuts (listed in the help dialog, index.html) --------------------------
+
+  /** p / r / l: the open panel's session, else the selected ones, else the current row. */
+  function commandByKey(action) {
+    const button = $("actionbar").querySelector(`button[data-action="${action}"]`);
+    if (!button || button.hidden) return; // the user's roles do not allow it
+    const open = panel.sessionId && conn.sessions.get(panel.sessionId);
+    const current = table.cursorId && conn.sessions.get(table.cursorId);
+    if (open) runCommand(action, { single: open });
+    else if (table.selected.length) runCommand(action, { scope: "selected" });
+    else if (current && table.visible.some((r) => r.session.id === current.id)) runCommand(action, { single: current });
+    else toast("Select a session first (j / k to move, x to select).", "warn");
+  }
+  cleanups.push(
+    listenKeys({
+      "/": () => $("search").focus(),
+      j: () => table.moveCursor(1),
+      k: () => table.moveCursor(-1),
+      x: () => table.toggleCursorSelection(),
+      Enter: (e) => {
+        if (e.target.closest("button, a, summary, input, dialog")) return false; // their own Enter
+        if (!table.cursorId) return false;
+        panel.open(table.cursorId);
+      },
+      p: () => commandByKey("pause"),
+      r: () => commandByKey("resume"),
+      l: () => commandByKey("lock"),
+      Escape: () => (panel.isOpen ? panel.close() : false),
+    }),
+  );
 
   function renderActionBar() {
     const selected = table.selected.length;

@@ -7,7 +7,8 @@
 // view (plus an overscan) are attached, between two spacer rows that keep the scroll height, so
 // the browser lays out a few dozen rows whatever the size of the exam. Rows that change while
 // detached are re-rendered when they scroll into view. The clock-driven cells (time left, last
-// seen) tick once a second for the attached rows only.
+// seen) tick once a second for the attached rows only. For printing (beforeprint, or print
+// media) every shown row is attached, in order, until printing ends.
 
 import { actionLabel, ago, duration, esc } from "./format.js";
 
@@ -197,6 +198,9 @@ export class SessionTable extends EventTarget {
     this.windowDirty = true;
     this.rowHeight = 0; // measured from the first attached row
     this.overscan = 12;
+    this.printing = false;
+    /** The current row for keyboard moves (j / k), a session id. */
+    this.cursorId = null;
     this.topSpacer = spacer();
     this.bottomSpacer = spacer();
     els.tbody.replaceChildren(this.topSpacer, this.bottomSpacer);
@@ -208,8 +212,16 @@ export class SessionTable extends EventTarget {
     this.resizeObserver = new ResizeObserver(this._onScroll);
     this.resizeObserver.observe(els.wrap);
     this.ticker = setInterval(() => this.tick(), 1000);
+    const printMedia = matchMedia("print");
     this.listeners = [
       [els.tbody, "click", (e) => this._onClick(e)],
+      [els.tbody, "focusin", (e) => {
+        const id = e.target.closest("tr[data-session-id]")?.dataset.sessionId;
+        if (id) this.setCursor(id);
+      }],
+      [window, "beforeprint", () => this.setPrinting(true)],
+      [window, "afterprint", () => this.setPrinting(printMedia.matches)],
+      [printMedia, "change", (e) => this.setPrinting(e.matches)],
       [els.selectAll, "change", () => this.selectAllVisible(els.selectAll.checked)],
       ...[...els.table.querySelectorAll("th[data-sort]")].map((th) => [
         th.querySelector("button"),
@@ -451,6 +463,49 @@ export class SessionTable extends EventTarget {
     this._selectionChanged();
   }
 
+  // -- keyboard cursor ----------------------------------------------------------------------
+
+  setCursor(sessionId) {
+    if (sessionId === this.cursorId) return;
+    const before = this.rows.get(this.cursorId);
+    this.cursorId = sessionId;
+    if (before) this._markDirty(before);
+    const row = this.rows.get(sessionId);
+    if (row) this._markDirty(row);
+    this._schedule();
+  }
+
+  /** Move the current row by `delta` among the shown rows and focus it (scrolled into view). */
+  moveCursor(delta) {
+    const total = this.visible.length;
+    if (!total) return;
+    const at = this.visible.findIndex((r) => r.session.id === this.cursorId);
+    const index = at < 0 ? (delta > 0 ? 0 : total - 1) : Math.min(total - 1, Math.max(0, at + delta));
+    const row = this.visible[index];
+    this.setCursor(row.session.id);
+    if (!row.tr.isConnected) this.reveal(row.session.id);
+    this.flush(); // attach it now, to focus it
+    row.tr.querySelector("button.cand")?.focus();
+  }
+
+  /** Select or unselect the current row (x). */
+  toggleCursorSelection() {
+    const row = this.rows.get(this.cursorId);
+    if (!row || !this.visible.includes(row)) return;
+    this.select([row.session.id], !row.selected);
+    this.lastAnchor = row;
+  }
+
+  // -- printing -----------------------------------------------------------------------------
+
+  /** Attach every shown row while printing (paper has no scrolling), the window after. */
+  setPrinting(on) {
+    if (on === this.printing || this.frame < 0) return;
+    this.printing = on;
+    this.windowDirty = true;
+    this.flush(); // before the page is laid out for paper: beforeprint gives no frame
+  }
+
   // -- counts -------------------------------------------------------------------------------
 
   counts() {
@@ -540,8 +595,8 @@ export class SessionTable extends EventTarget {
     const headHeight = this.els.table.tHead?.offsetHeight ?? 0;
     const top = Math.max(0, wrap.scrollTop - headHeight);
     const total = this.visible.length;
-    let start = Math.max(0, Math.floor(top / height) - this.overscan);
-    let end = Math.min(total, Math.ceil((top + wrap.clientHeight) / height) + this.overscan);
+    let start = this.printing ? 0 : Math.max(0, Math.floor(top / height) - this.overscan);
+    let end = this.printing ? total : Math.min(total, Math.ceil((top + wrap.clientHeight) / height) + this.overscan);
     if (end < start) end = start;
     if (start > total) start = total;
     const slice = this.visible.slice(start, end);
@@ -566,7 +621,7 @@ export class SessionTable extends EventTarget {
     this.attached = slice;
     this.topSpacer.firstChild.style.height = `${start * height}px`;
     this.bottomSpacer.firstChild.style.height = `${(total - end) * height}px`;
-    if (!this.rowHeight && slice.length) {
+    if (!this.rowHeight && slice.length && !this.printing) {
       this.rowHeight = slice[0].tr.getBoundingClientRect().height || 48;
       if (Math.abs(this.rowHeight - height) > 0.5) this.windowDirty = true;
     }
@@ -587,7 +642,8 @@ export class SessionTable extends EventTarget {
         row.cells[i].innerHTML = html;
       }
     }
-    const classes = `${isOffline(s) ? "offline " : ""}${row.selected ? "selected " : ""}${s.status === "paused" ? "paused " : ""}`;
+    const cursor = s.id === this.cursorId ? "cursor " : "";
+    const classes = `${isOffline(s) ? "offline " : ""}${row.selected ? "selected " : ""}${s.status === "paused" ? "paused " : ""}${cursor}`;
     if (classes !== row.classes) {
       row.classes = classes;
       row.tr.className = classes;
