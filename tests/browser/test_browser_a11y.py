@@ -127,7 +127,8 @@ async def test_dashboard_monitor_panel_and_dialogs(
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 async def test_dashboard_admin_pages(browsers: Browsers, rt_api: Api, scheme: str) -> None:
-    """Users, audit, guests and nodes, as an admin who signed in with a password."""
+    """Every section an admin (signed in with a password) is offered: users, audit, guests,
+    nodes, and whatever page is added to the top bar later."""
     admin = await make_user(rt_api, ["admin"], name="Ada Admin")
     await make_exam(rt_api, 1, settings={"allow_guests": True, "lab_networks": ["127.0.0.0/8"]})
     page = await browsers.page(await browsers.context(color_scheme=scheme))
@@ -135,13 +136,20 @@ async def test_dashboard_admin_pages(browsers: Browsers, rt_api: Api, scheme: st
     await sign_in(page, admin["login"])
     await expect(page.locator("#view-exams")).to_be_visible()
 
-    checks = {
+    content = {  # what shows once a page has loaded
         "users": "#users-rows tr",
         "audit": "#audit-rows tr",
         "guests": "#pool-stats dt",
         "nodes": "#nodes-rows tr",
     }
-    for name, content in checks.items():
-        await page.goto(f"/dashboard/?page={name}")
-        await expect(page.locator(content).first).to_be_visible()
+    links = page.locator("#sections a[data-nav]:visible")
+    pages = await links.evaluate_all("els => els.map((a) => [a.dataset.nav, a.search])")
+    sections = {name: href for name, href in pages if name != "exams"}
+    assert set(content) <= set(sections), sections
+    for name, href in sections.items():
+        await page.goto(f"/dashboard/{href}")  # "?page=…"
+        await expect(page.locator("main > .view:not([hidden])")).to_have_count(1)
+        if name in content:
+            await expect(page.locator(content[name]).first).to_be_visible()
+        await page.wait_for_load_state("networkidle")
         await assert_accessible(page, f"dashboard {name} page ({scheme})")
