@@ -26,6 +26,7 @@ from realtime.api.report_routes import routes as report_routes
 from realtime.api.roster_routes import routes as roster_routes
 from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
+from realtime.api.webhook_routes import routes as webhook_routes
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.event_stream import exam_events
 from realtime.channels.proctor import proctor_endpoint
@@ -52,6 +53,8 @@ from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
 from realtime.state.store import StateStore
+from realtime.webhooks.dispatcher import Dispatcher, RetryPolicy
+from realtime.webhooks.store import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service.presence = presence
         app.state.runtime = Runtime(settings, store, db, drainer, service, hub, auth, presence)
         drainer.start()
+        webhooks = WebhookStore(db)
+        dispatcher = Dispatcher(
+            webhooks, timeout=settings.webhook_timeout,
+            policy=RetryPolicy(settings.webhook_max_attempts, settings.webhook_backoff,
+                               settings.webhook_backoff_max),
+        )
+        webhooks.on_new_deliveries = dispatcher.wake
+        db.outbox_hooks.append(webhooks)  # deliveries are written with their drained events
+        app.state.webhooks = webhooks
+        dispatcher.start()
         app.state.guests = GuestService(
             db, identity.service, service, store, settings.secret_key,
             forget_tokens=auth.forget,
@@ -205,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await dispatcher.close()
             await _shut_down(settings, background, hub, service, drainer, store, db)
 
     async def root(request: Request) -> Response:
@@ -228,6 +242,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *guest_routes,
         *node_routes,
         *token_routes,
+        *webhook_routes,
         WebSocketRoute("/ws/candidate", candidate_endpoint),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]

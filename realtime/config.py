@@ -95,6 +95,13 @@ class Settings:
     login_rate: float = 0.5  # failed logins/s per client address (right passwords are free)
     login_burst: int = 100
     shutdown_timeout: float = 10.0  # SIGTERM: seconds for sockets to close, then for the flush
+    # webhooks (docs/webhooks.md)
+    webhook_timeout: float = 10.0  # seconds a receiver has to answer one attempt
+    webhook_max_attempts: int = 10  # then the delivery is `failed`
+    webhook_backoff: float = 10.0  # seconds before the 2nd attempt, doubled for each next one
+    webhook_backoff_max: float = 3600.0  # longest wait between two attempts
+    # hosts a subscription may name: names and CIDRs (empty: any); checked on the URL as typed
+    webhook_allowed_hosts: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -158,6 +165,14 @@ class Settings:
             login_rate=_float("REALTIME_LOGIN_RATE", defaults.login_rate),
             login_burst=_int("REALTIME_LOGIN_BURST", defaults.login_burst),
             shutdown_timeout=_float("REALTIME_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+            webhook_timeout=_float("REALTIME_WEBHOOK_TIMEOUT", defaults.webhook_timeout),
+            webhook_max_attempts=_int("REALTIME_WEBHOOK_MAX_ATTEMPTS",
+                                      defaults.webhook_max_attempts),
+            webhook_backoff=_float("REALTIME_WEBHOOK_BACKOFF", defaults.webhook_backoff),
+            webhook_backoff_max=_float("REALTIME_WEBHOOK_BACKOFF_MAX",
+                                       defaults.webhook_backoff_max),
+            webhook_allowed_hosts=_list("REALTIME_WEBHOOK_ALLOWED_HOSTS",
+                                        defaults.webhook_allowed_hosts),
         )
 
     def check(self) -> None:

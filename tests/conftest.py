@@ -20,6 +20,7 @@ from realtime.identity import models as _identity_tables  # noqa: F401
 from realtime.state.memory import MemoryStore
 from realtime.state.redis import RedisStore
 from realtime.state.store import StateStore
+from realtime.webhooks import models as _webhook_tables  # noqa: F401
 
 StoreFactory = Callable[..., Awaitable[StateStore]]
 

@@ -141,9 +141,11 @@ class Hall:
 @pytest.fixture(scope="module")
 def fuzz_server(pg_url: str) -> Iterator[ServerProcess]:
     # Message rates off: a frame over the rate is dropped unanswered (tests/test_limits_e2e.py),
-    # and every sentinel here must be answered.
+    # and every sentinel here must be answered. Webhooks the fuzzer subscribes may only point
+    # at 127.0.0.1 (no traffic elsewhere).
     process = ServerProcess(database_url=pg_url, candidate_message_rate=0,
-                            dashboard_message_rate=0).start()
+                            dashboard_message_rate=0,
+                            webhook_allowed_hosts="127.0.0.1/32").start()
     yield process
     process.stop()
 

@@ -26,6 +26,7 @@ class Permission(enum.StrEnum):
     VIEW_AUDIT = "audit.view"
     EXPORT_USERS = "users.export"
     VIEW_SYSTEM = "system.view"  # the server processes (nodes) and their health
+    MANAGE_WEBHOOKS = "webhooks.manage"  # subscriptions, their secrets and delivery logs
 
 
 ACTION_PERMISSION: dict[Action, Permission] = {

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import Table, bindparam, event, func, insert, select, tuple_, update
@@ -97,6 +97,17 @@ def _event_from_row(row: EventRow) -> Event:
     )
 
 
+class OutboxHook(Protocol):
+    """Something written in the drainer's transaction for the events it stores (webhook
+    deliveries): it commits or rolls back with them, so it is never missing nor extra."""
+
+    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> None:
+        """Add rows for `events` (only those new to SQL) in the open transaction."""
+
+    def committed(self) -> None:
+        """Called after a transaction that staged events committed."""
+
+
 def event_id(event: Event) -> str:
     """The event's id, or one derived from (exam, seq) so a retried write has the same key."""
     return event.id or f"{event.exam_id}:{event.seq}"
@@ -114,6 +125,7 @@ class Database:
         # One shared connection (StaticPool) must not run two transactions interleaved.
         self._read_lock = self._write_lock if memory else None
         self._write_engine = engine.execution_options(rt_write=True)
+        self.outbox_hooks: list[OutboxHook] = []
 
     @classmethod
     async def connect(
@@ -380,6 +392,12 @@ class Database:
                 )
             if audit:
                 await self._add_audit_in(session, audit)
+            if fresh:
+                for hook in self.outbox_hooks:
+                    await hook.stage(session, fresh)
+        if fresh:
+            for hook in self.outbox_hooks:
+                hook.committed()
         return len(fresh)
 
     async def _add_audit_in(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
