@@ -404,6 +404,7 @@ def test_fuzz_proctor_socket(hall: Hall, protocol: str) -> None:
     assert_bystander_unaffected(hall)
 
 
+@pytest.mark.timeout(300)  # every operation of a growing API, on two busy cores
 def test_fuzz_rest_api_from_its_openapi_document(hall: Hall) -> None:
     """Every operation of the OpenAPI document, with schema-conforming and violating input
     (schemathesis), as a staff user: never a 5xx."""

@@ -135,6 +135,15 @@ export const api = {
   userAction: (id, action) => request("POST", `/api/v1/users/${enc(id)}/${action}`),
   audit: (filters = {}) => request("GET", `/api/v1/audit${query(filters)}`),
   nodes: () => request("GET", "/api/v1/nodes"),
+  // webhooks
+  webhooks: () => request("GET", "/api/v1/webhooks"),
+  createWebhook: (fields) => request("POST", "/api/v1/webhooks", fields),
+  updateWebhook: (id, fields) => request("PATCH", `/api/v1/webhooks/${enc(id)}`, fields),
+  deleteWebhook: (id) => request("DELETE", `/api/v1/webhooks/${enc(id)}`),
+  testWebhook: (id) => request("POST", `/api/v1/webhooks/${enc(id)}/test`),
+  webhookDeliveries: (id) => request("GET", `/api/v1/webhooks/${enc(id)}/deliveries`),
+  retryWebhookDelivery: (id, deliveryId) =>
+    request("POST", `/api/v1/webhooks/${enc(id)}/deliveries/${enc(deliveryId)}/retry`),
   // guests
   guestStatus: () => request("GET", "/api/v1/guests/status"),
   resizePool: (size) => request("PUT", "/api/v1/guests/pool", { size }),

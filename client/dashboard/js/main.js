@@ -1,5 +1,5 @@
 // The dashboard app: sign-in, the exam list, monitoring one exam (`?exam=ID`), the admin pages
-// (`?page=users|audit|guests|nodes`) and account activation (`#/activate?token=…`).
+// (`?page=users|audit|guests|nodes|webhooks`) and account activation (`#/activate?token=…`).
 
 import { api, onUnauthorized } from "./api.js";
 import { activationToken, startActivation } from "./activate.js";
@@ -7,6 +7,7 @@ import { showAudit } from "./admin-audit.js";
 import { showGuests } from "./admin-guests.js";
 import { showNodes } from "./admin-nodes.js";
 import { showUsers } from "./admin-users.js";
+import { showWebhooks } from "./admin-webhooks.js";
 import { obtainLogin, session, tokenStore } from "./auth.js";
 import { esc, plural } from "./format.js";
 import { listenKeys, setUpHelpDialog } from "/client/keys.js";
@@ -14,7 +15,7 @@ import { startMonitor } from "./monitor.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["view-login", "view-activate", "view-exams", "view-monitor", "view-users", "view-audit", "view-guests", "view-nodes"];
+const VIEWS = ["view-login", "view-activate", "view-exams", "view-monitor", "view-users", "view-audit", "view-guests", "view-nodes", "view-webhooks"];
 
 /** The admin pages and who sees them. */
 const PAGES = {
@@ -27,6 +28,7 @@ const PAGES = {
     show: showGuests,
   },
   nodes: { view: "view-nodes", title: "Nodes", allowed: () => session.can("system.view"), show: showNodes },
+  webhooks: { view: "view-webhooks", title: "Webhooks", allowed: () => session.can("webhooks.manage"), show: showWebhooks },
 };
 
 let stopView = null;
