@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from browser_axe import assert_accessible
 from browser_support import Browsers, screenshot
 from clients import Api
 from playwright.async_api import expect
@@ -63,6 +64,7 @@ async def test_webhooks_page_creates_tests_and_logs(
     # (a test run never changes tracked files).
     await page.locator("#wh-secret-close").click()
     await screenshot(page, "dashboard-webhooks")
+    await assert_accessible(page, "webhooks page with a delivery log")
 
     await row.get_by_role("button", name="Disable").click()
     await expect(row.locator('[data-col="state"]')).to_have_text("Disabled")
