@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from realtime.alerts import DropAlerts
 from realtime.api.exam_routes import routes as exam_routes
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
@@ -159,6 +160,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         store.add_listener(hub.on_event)
         store.add_listener(drainer.on_event)
+        drop_alerts = DropAlerts(store, service.get_exam, service.batcher.commit)
+        store.add_listener(drop_alerts.on_event)
         # Exams not served here are not heard: this process's own commits still wake its
         # drainer (other exams are found by its rescan of the outboxes).
         store.add_commit_listener(lambda events: drainer.on_event(events[0]))
@@ -219,6 +222,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await dispatcher.close()
+            await drop_alerts.close()
             await _shut_down(settings, background, hub, service, drainer, store, db)
 
     async def root(request: Request) -> Response:

@@ -57,7 +57,7 @@ EXAM_CACHE_SECONDS = 1.0
 COMMAND_FIELDS = (
     "id", "exam_id", "candidate_id", "candidate_name", "group", "status", "locked", "relock",
     "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
-    "notice_id", "version", "conn_id",
+    "notice_id", "version", "conn_id", "hand_raised",
 )
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 

@@ -28,7 +28,13 @@ from realtime.identity.web import authenticate_request
 from realtime.jsonsafe import JSONResponse, loads
 from realtime.runtime import runtime_of
 from realtime.sessions import Target
-from realtime.state.model import Exam, ExamSettings, public_view
+from realtime.state.model import (
+    DEFAULT_INDICATORS,
+    INDICATORS,
+    Exam,
+    ExamSettings,
+    public_view,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BULK_SESSIONS = 10_000
@@ -135,7 +141,8 @@ def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
         return base
     if not isinstance(raw, dict):
         raise BadRequest("'settings' must be an object")
-    unknown = set(raw) - {"requires_authorization", "lock_sessions", "allow_guests", "lab_networks"}
+    unknown = set(raw) - {"requires_authorization", "lock_sessions", "allow_guests", "lab_networks",
+                          "drop_alert_count", "drop_alert_window_seconds", "indicators"}
     if unknown:
         raise BadRequest(f"unknown settings: {sorted(unknown)}")
     networks = raw.get("lab_networks", base.lab_networks)
@@ -153,7 +160,57 @@ def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
         lock_sessions=_bool(raw, "lock_sessions", base.lock_sessions),
         allow_guests=_bool(raw, "allow_guests", base.allow_guests),
         lab_networks=list(networks),
+        drop_alert_count=_int_in(raw, "drop_alert_count", base.drop_alert_count,
+                                 0, MAX_DROP_ALERT_COUNT),
+        drop_alert_window_seconds=_int_in(raw, "drop_alert_window_seconds",
+                                          base.drop_alert_window_seconds, 1,
+                                          MAX_DROP_ALERT_WINDOW),
+        indicators=parse_indicators(raw.get("indicators"), base.indicators),
     )
+
+
+MAX_DROP_ALERT_COUNT = 100_000
+MAX_DROP_ALERT_WINDOW = 3600
+MAX_INDICATOR = 10_000_000
+
+
+def _int_in(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"'{key}' must be an integer {low}..{high}")
+    return value
+
+
+def parse_indicators(
+    raw: Any, base: dict[str, dict[str, float | None]]
+) -> dict[str, dict[str, float | None]]:
+    """Row indicator thresholds, merged into `base` per indicator and level: `{"rtt_ms":
+    {"warning": 500, "danger": 2000}, "offline_seconds": {...}, "alerts": {...}}`. A level is
+    a number 0..10,000,000 or null (off); warning must not exceed danger."""
+    merged = {name: dict(base.get(name) or DEFAULT_INDICATORS[name]) for name in INDICATORS}
+    if raw is None:
+        return merged
+    if not isinstance(raw, dict):
+        raise BadRequest("'indicators' must be an object")
+    unknown = set(raw) - set(INDICATORS)
+    if unknown:
+        raise BadRequest(f"unknown indicators: {sorted(unknown)}; expected {list(INDICATORS)}")
+    for name, levels in raw.items():
+        if not isinstance(levels, dict) or set(levels) - {"warning", "danger"}:
+            raise BadRequest(f"'indicators.{name}' must be an object with 'warning' and/or "
+                             "'danger'")
+        for level, value in levels.items():
+            if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool)
+                or not 0 <= value <= MAX_INDICATOR
+            ):
+                raise BadRequest(f"'indicators.{name}.{level}' must be a number "
+                                 f"0..{MAX_INDICATOR} or null")
+            merged[name][level] = value
+        warning, danger = merged[name].get("warning"), merged[name].get("danger")
+        if warning is not None and danger is not None and warning > danger:
+            raise BadRequest(f"'indicators.{name}': warning must not exceed danger")
+    return merged
 
 
 def parse_exam(body: Any) -> Exam:
@@ -365,6 +422,24 @@ async def list_sessions(request: Request) -> Response:
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
     visible = [public_view(s) for s in await visible_sessions(request, principal)]
     return JSONResponse({"sessions": visible})
+
+
+async def list_alerts(request: Request) -> Response:
+    """
+    summary: The exam's active hall-wide drop alert (none or one)
+    description: >
+      An alert is active from the drop that raised it until ten minutes after the latest drop
+      counted towards it; dashboards get it with their snapshot and as a `drop_alert` event.
+      Listed only when the caller sees the session whose drop raised it (as its event).
+    responses:
+      200: {description: "{alerts: [{id, count, window_seconds, sessions, groups, group, ...}]}"}
+      404: {description: Unknown exam}
+    """
+    principal = await principal_of(request, Permission.VIEW_SESSIONS)
+    seen = {s["id"] for s in await visible_sessions(request, principal)}
+    exam_id = request.path_params["exam_id"]
+    alerts = await runtime_of(request).store.active_alerts(exam_id)
+    return JSONResponse({"alerts": [a for a in alerts if a.get("session_id") in seen]})
 
 
 async def get_session(request: Request) -> Response:
@@ -601,6 +676,7 @@ routes = [
     Route("/api/v1/exams/{exam_id}/sessions", list_sessions, methods=["GET"]),
     Route("/api/v1/exams/{exam_id}/sessions", create_sessions, methods=["POST"]),
     Route("/api/v1/exams/{exam_id}/sessions/{session_id}", get_session, methods=["GET"]),
+    Route("/api/v1/exams/{exam_id}/alerts", list_alerts, methods=["GET"]),
     Route(
         "/api/v1/exams/{exam_id}/sessions/{session_id}/history", session_history, methods=["GET"]
     ),

@@ -38,6 +38,7 @@ ACTION_PERMISSION: dict[Action, Permission] = {
     Action.TERMINATE: Permission.TERMINATE,
     Action.EXTEND: Permission.EXTEND,
     Action.NOTICE: Permission.NOTICE,
+    Action.ACKNOWLEDGE_HAND: Permission.NOTICE,  # answering a candidate, like a notice
 }
 
 ALL_PERMISSIONS = frozenset(Permission)

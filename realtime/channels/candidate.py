@@ -38,7 +38,7 @@ from realtime.errors import (
     backend_down,
 )
 from realtime.hub.connection import Connection
-from realtime.hub.hub import CandidateLink
+from realtime.hub.hub import ACK_FIELDS, CandidateLink
 from realtime.identity.web import client_ip
 from realtime.limits.refusals import Kind
 from realtime.limits.setup import limits_of
@@ -293,14 +293,21 @@ async def _handle(
     elif kind == "ack":
         command_id = required_str(message, "command_id", 64)
         guard = {"conn_id": conn_id}
-        if command_id == link.view["notice_id"]:
-            guard["notice_id"] = command_id  # clear the notice only if it is still this one
+        for key in ACK_FIELDS:
+            if command_id == link.view.get(key):
+                guard[key] = command_id  # clear it only if it is still this one
         outcome = await service.candidate_update(
             link.exam_id,
             link.session_id,
             lambda s: machine.acknowledge(s, conn_id, actor, command_id, now),
             FastPath(link.view, guard, live_only=False),
         )
+    elif kind == "raise_hand":
+        outcome = await service.candidate_update(
+            link.exam_id, link.session_id, lambda s: machine.raise_hand(s, conn_id, actor, now)
+        )
+        if isinstance(outcome, machine.Transition):
+            conn.send({"type": "hand_raised", "at": now})
     elif kind == "submit":
         outcome = await service.candidate_update(
             link.exam_id, link.session_id, lambda s: machine.submit(s, conn_id, actor, now)

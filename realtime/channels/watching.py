@@ -64,7 +64,11 @@ async def start_watching(
             if scope.sees_session(principal, exam.groups, session["group"]):
                 visible.append(public_view(session))
         visible.sort(key=lambda s: (s["candidate_name"], s["id"]))
-        outlet.send({"type": "snapshot", "exam": exam.to_dict(), "sessions": visible, "seq": seq})
+        seen = {s["id"] for s in visible}
+        alerts = [a for a in await runtime.store.active_alerts(exam_id)
+                  if a.get("session_id") in seen]  # scope: as its event (on that session)
+        outlet.send({"type": "snapshot", "exam": exam.to_dict(), "sessions": visible, "seq": seq,
+                     "alerts": alerts})
         watcher.activate(seq)
         return watcher
     except BaseException:

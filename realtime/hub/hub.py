@@ -27,6 +27,10 @@ from realtime.state.model import PRIVATE_FIELDS, Action, Event
 log = logging.getLogger(__name__)
 
 COMMAND_KINDS = frozenset(a.value for a in Action)
+# Fields of its session a candidate link keeps in its own view: the command ids an `ack`
+# may clear (decided without a read), and the fields below.
+ACK_FIELDS = ("notice_id", "status_command_id", "lock_command_id")
+VIEW_FIELDS = ("status", "alerts", *ACK_FIELDS)
 HEARTBEAT_TICKS = 25  # the heartbeat visits 1/25 of the connections at a time
 
 
@@ -95,14 +99,14 @@ class CandidateLink:
         self.progress_task: asyncio.Task[None] | None = None
         self.view: dict[str, Any] = {
             "exam_id": exam_id, "id": session_id, "status": "", "conn_id": conn_id,
-            "notice_id": "", "alerts": 0,
+            "notice_id": "", "alerts": 0, "status_command_id": "", "lock_command_id": "",
         }
 
     def activate(self, version: int, session: dict[str, Any] | None = None) -> None:
         """The `opened` message is sent: deliver what arrived meanwhile, then go live."""
         self.version = version
         if session is not None:
-            for key in ("status", "notice_id", "alerts"):
+            for key in VIEW_FIELDS:
                 self.view[key] = session.get(key, self.view[key])
         self.ready = True
         early, self.early = self.early, []
@@ -123,8 +127,9 @@ class CandidateLink:
         changes = event.changes
         if "status" in changes:
             self.view["status"] = changes["status"]
-        if "notice_id" in changes:
-            self.view["notice_id"] = changes["notice_id"]
+        for key in ACK_FIELDS:
+            if key in changes:
+                self.view[key] = changes[key]
         if "alerts" in changes:  # a counter: an echo of an older commit must not lower it
             self.view["alerts"] = max(self.view["alerts"], changes["alerts"])
         holder = changes.get("conn_id")
@@ -329,7 +334,8 @@ class Hub:
                 return
             link.version = max(link.version, int(session["version"]))
             link.view["status"] = session.get("status", link.view["status"])
-            link.view["notice_id"] = session.get("notice_id", "")
+            for key in ACK_FIELDS:
+                link.view[key] = session.get(key, "")
             link.view["alerts"] = session.get("alerts", link.view["alerts"])
             view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
             link.conn.send({"type": "state", "session": view})

@@ -246,6 +246,10 @@ def apply_command(
         if not session["locked"]:
             return Rejection(SkipReason.NOT_LOCKED.value, "not locked")
         changes = {"locked": False}
+    elif action is Action.ACKNOWLEDGE_HAND:
+        if not session.get("hand_raised"):
+            return Rejection(SkipReason.HAND_NOT_RAISED.value, "no hand is raised")
+        changes = {"hand_raised": False, "hand_acked_at": now, "hand_acked_by": actor}
     elif action is Action.TERMINATE:
         changes = {"status": Status.TERMINATED.value, "connected": False}
     elif action is Action.EXTEND:
@@ -273,7 +277,22 @@ def apply_command(
         changes = {"notice": text, "notice_id": params.get("command_id", "")}
     else:  # pragma: no cover - Action is a closed enum
         raise ValueError(action)
+    # Kept until the page acknowledges it: a page that was offline shows the resulting state
+    # on reopen and acks this id, which makes the queued command `delivered`.
+    tracked = DELIVERY_TRACKED.get(action)
+    if tracked is not None:
+        changes[tracked] = params.get("command_id", "")
     return Transition(changes, [_event(session, action.value, actor, now, changes, details)])
+
+
+# Commands whose effect a page shows from the session's state (so it can acknowledge them
+# after a reconnect), and the session field that remembers the latest one until it does.
+DELIVERY_TRACKED: dict[Action, str] = {
+    Action.PAUSE: "status_command_id",
+    Action.RESUME: "status_command_id",
+    Action.LOCK: "lock_command_id",
+    Action.UNLOCK: "lock_command_id",
+}
 
 
 def disconnect(session: dict[str, Any], conn_id: str, now: float, reason: str) -> Outcome:
@@ -358,8 +377,24 @@ def acknowledge(
     changes: dict[str, Any] = {"last_seen": now}
     if command_id and command_id == session["notice_id"]:
         changes.update(notice="", notice_id="")
+    for tracked in ("status_command_id", "lock_command_id"):
+        if command_id and command_id == session.get(tracked):
+            changes[tracked] = ""
     details = {"command_id": command_id}
     return Transition(changes, [_event(session, EventKind.DELIVERED, actor, now, changes, details)])
+
+
+def raise_hand(session: dict[str, Any], conn_id: str, actor: str, now: float) -> Outcome:
+    """The candidate asks for a proctor. Once per raise: a raised hand stays up until staff
+    acknowledge it."""
+    rejected = _require_holder(session, conn_id)
+    if rejected:
+        return rejected
+    if session.get("hand_raised"):
+        return Rejection("already_raised", "your hand is already raised")
+    changes = {"hand_raised": True, "hand_raised_at": now, "hand_acked_at": None,
+               "hand_acked_by": "", "last_seen": now}
+    return Transition(changes, [_event(session, EventKind.HAND_RAISED, actor, now, changes)])
 
 
 def submit(session: dict[str, Any], conn_id: str, actor: str, now: float) -> Outcome:

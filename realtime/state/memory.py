@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
 
+from realtime.state.drops import Drop, alert_for
 from realtime.state.model import Event, Exam
 from realtime.state.store import (
     FINAL_STATUSES,
@@ -63,6 +64,8 @@ class MemoryStore:
         self._listeners: list[EventListener] = []
         self._nodes: dict[str, dict[str, Any]] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._drops: dict[str, dict[str, Drop]] = {}  # exam -> recent drops by member
+        self._alerts: dict[str, tuple[float, dict[str, Any]]] = {}  # exam -> (until, alert)
 
     async def start(self) -> None:
         return None
@@ -340,3 +343,30 @@ class MemoryStore:
             if backlog.oldest_at is None or first < backlog.oldest_at:
                 backlog.oldest_at = first
         return backlog
+
+    # -- drop alerts ---------------------------------------------------------------------------
+
+    async def record_drops(
+        self, exam_id: str, drops: list[Drop], window: float, threshold: int, active: float
+    ) -> dict[str, Any] | None:
+        recent = self._drops.setdefault(exam_id, {})
+        for drop in drops:
+            recent[drop.member] = drop
+        newest = max(d.at for d in recent.values()) if recent else 0.0
+        for member in [m for m, d in recent.items() if d.at < newest - window]:
+            del recent[member]
+        now = self._clock()
+        current = self._alerts.get(exam_id)
+        if current is not None and current[0] > now:
+            self._alerts[exam_id] = (now + active, current[1])  # still dropping
+            return None
+        alert = alert_for(exam_id, list(recent.values()), window, threshold)
+        if alert is not None:
+            self._alerts[exam_id] = (now + active, alert)
+        return alert
+
+    async def active_alerts(self, exam_id: str) -> list[dict[str, Any]]:
+        current = self._alerts.get(exam_id)
+        if current is None or current[0] <= self._clock():
+            return []
+        return [dict(current[1])]

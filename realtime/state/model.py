@@ -36,6 +36,7 @@ class Action(enum.StrEnum):
     TERMINATE = "terminate"
     EXTEND = "extend"
     NOTICE = "notice"
+    ACKNOWLEDGE_HAND = "acknowledge_hand"  # staff saw a raised hand (needs sessions.notice)
 
 
 class EventKind(enum.StrEnum):
@@ -54,6 +55,8 @@ class EventKind(enum.StrEnum):
     IRREGULARITY = "irregularity"
     REASSIGNED = "reassigned"  # a guest session moved to the real candidate
     TOKEN_REVOKED = "token_revoked"  # earlier candidate session tokens no longer open it
+    HAND_RAISED = "hand_raised"  # the candidate asks for a proctor
+    DROP_ALERT = "drop_alert"  # many candidates of the exam dropped within a short time
 
 
 class RefusalReason(enum.StrEnum):
@@ -79,6 +82,21 @@ class SkipReason(enum.StrEnum):
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
     INVALID_PARAMS = "invalid_params"
+    HAND_NOT_RAISED = "hand_not_raised"
+
+
+# Row indicators (as Safe Exam Browser Server has them): per indicator a warning and a danger
+# threshold (None: that level is off). The dashboard colours a row by the worst level reached.
+INDICATORS = ("rtt_ms", "offline_seconds", "alerts")
+DEFAULT_INDICATORS: dict[str, dict[str, float | None]] = {
+    "rtt_ms": {"warning": 500, "danger": 2000},
+    "offline_seconds": {"warning": 30, "danger": 120},
+    "alerts": {"warning": 1, "danger": 3},
+}
+
+
+def default_indicators() -> dict[str, dict[str, float | None]]:
+    return {name: dict(levels) for name, levels in DEFAULT_INDICATORS.items()}
 
 
 @dataclass(slots=True)
@@ -87,6 +105,11 @@ class ExamSettings:
     lock_sessions: bool = False
     allow_guests: bool = False
     lab_networks: list[str] = field(default_factory=list)
+    # Hall-wide drop alert: this many `disconnected` events within this many seconds raise
+    # one `drop_alert` (0 = off).
+    drop_alert_count: int = 10
+    drop_alert_window_seconds: int = 60
+    indicators: dict[str, dict[str, float | None]] = field(default_factory=default_indicators)
 
 
 @dataclass(slots=True)
@@ -148,6 +171,15 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "notice_id": "",
     "version": 0,
     "token_gen": 0,  # candidate session tokens of another generation are revoked
+    "hand_raised": False,  # the candidate asked for a proctor; cleared by acknowledge_hand
+    "hand_raised_at": None,
+    "hand_acked_at": None,
+    "hand_acked_by": "",
+    # The command that set the current status (pause/resume) or lock (lock/unlock), until the
+    # page acknowledges it: a page that was offline shows the state on reopen and acks it, so
+    # the queued command becomes `delivered`.
+    "status_command_id": "",
+    "lock_command_id": "",
 }
 
 # Fields hidden from staff and candidates (secrets and internals).

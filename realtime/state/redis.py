@@ -23,6 +23,7 @@ import inspect
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -44,6 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.state.cluster import ShardedSubscription, connect_cluster, is_cluster_url
 from realtime.state.connect import RedisConnector
+from realtime.state.drops import MAX_ALERT_SESSIONS, Drop
 from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
     Backlog,
@@ -108,6 +110,14 @@ class Keys:
 
     def command_result(self, exam_id: str, command_id: str) -> str:
         return f"{self._exam(exam_id)}:cmdres:{command_id}"
+
+    def drops(self, exam_id: str) -> str:
+        """The exam's recent candidate drops (drop alerts)."""
+        return f"{self._exam(exam_id)}:drops"
+
+    def drop_alert(self, exam_id: str) -> str:
+        """The exam's active drop alert."""
+        return f"{self._exam(exam_id)}:dropalert"
 
     def exam(self, exam_id: str) -> str:
         return f"{self.prefix}exam:{exam_id}"
@@ -279,6 +289,7 @@ class RedisStore:
         self._touch_script = self._client.register_script(_lua("touch.lua"))
         self._ensure_script = self._client.register_script(_lua("ensure_seq.lua"))
         self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
+        self._drops_script = self._client.register_script(_lua("drops_record.lua"))
         self._listeners: list[EventListener] = []
         self._commit_listeners: list[CommitListener] = []
         # Own commits and their echoes: a call's token is "<origin>.<n>". Events of answered
@@ -999,3 +1010,31 @@ class RedisStore:
                 if backlog.oldest_at is None or appended < backlog.oldest_at:
                     backlog.oldest_at = appended
         return backlog
+
+    # -- drop alerts ---------------------------------------------------------------------------
+
+    async def record_drops(
+        self, exam_id: str, drops: list[Drop], window: float, threshold: int, active: float
+    ) -> dict[str, Any] | None:
+        if not drops:
+            return None
+        args: list[Any] = [repr(float(window)), int(threshold), max(1, math.ceil(active)),
+                           exam_id, MAX_ALERT_SESSIONS]
+        for drop in drops:
+            args += [repr(float(drop.at)), drop.member]
+        reply = await self._drops_script(
+            keys=[self.keys.drops(exam_id), self.keys.drop_alert(exam_id)], args=args
+        )
+        return None if reply is None else _alert(reply)
+
+    async def active_alerts(self, exam_id: str) -> list[dict[str, Any]]:
+        raw = await self._client.get(self.keys.drop_alert(exam_id))
+        return [] if raw is None else [_alert(raw)]
+
+
+def _alert(raw: bytes | str) -> dict[str, Any]:
+    """An alert as drops_record.lua stored it (cjson writes an empty list as an object)."""
+    alert: dict[str, Any] = orjson.loads(raw)
+    if not isinstance(alert.get("sessions"), list):
+        alert["sessions"] = []
+    return alert

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from realtime.state.drops import Drop
 from realtime.state.model import Event, Exam
 
 EventListener = Callable[[Event], Awaitable[None] | None]
@@ -221,6 +222,19 @@ class StateStore(Protocol):
 
     async def outbox_backlog(self, now: float) -> Backlog:
         """What is committed but not yet acknowledged as written to SQL."""
+
+    # -- drop alerts (realtime/state/drops.py) -------------------------------------------------
+
+    async def record_drops(
+        self, exam_id: str, drops: list[Drop], window: float, threshold: int, active: float
+    ) -> dict[str, Any] | None:
+        """Count these drops (idempotent per seq, whichever process reports them) among the
+        exam's drops of the last `window` seconds. Returns the alert when THIS call raised it:
+        `threshold` different candidates dropped and no alert was active. An active alert
+        stays active for `active` seconds after the latest drop; none is raised meanwhile."""
+
+    async def active_alerts(self, exam_id: str) -> list[dict[str, Any]]:
+        """The exam's active drop alert (none or one), for dashboards that connect later."""
 
 
 def apply_locally(
