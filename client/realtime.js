@@ -373,7 +373,10 @@ const CLIENT_ID_KEY = "realtime.client_id";
  * - `session` `{session, fields}`: the session changed (status, locked, deadline, ...).
  * - `command` `{command_id, action, details, session, at}`: a staff command arrived; it has
  *   already been acknowledged when listeners run (`action`: authorize, pause, resume, lock,
- *   unlock, terminate, extend (`details.minutes`), notice (`details.text`)).
+ *   unlock, terminate, extend (`details.minutes`), notice (`details.text`), acknowledge_hand).
+ *   After a reopen, a notice, pause/resume or lock/unlock applied while the page was away is
+ *   emitted again with `replayed: true` (and acknowledged).
+ * - `hand_raised` `{at}`: the server recorded this page's {@link CandidateConnection#raiseHand}.
  * - `refused` `{reason, message}`: the open was refused (`locked`, `already_open`, `closed`,
  *   `not_found`, `outside_window`). No automatic retry; call `connect()` to try again.
  * - `submitted` `{status}`: the submission was accepted.
@@ -477,6 +480,15 @@ export class CandidateConnection extends RealtimeConnection {
   }
 
   /**
+   * Ask for a proctor. The server answers `hand_raised` (emitted as `hand_raised`); staff
+   * acknowledge it with the `acknowledge_hand` command (emitted as `command`). Returns false
+   * when not connected (nothing is queued: the candidate presses again).
+   */
+  raiseHand() {
+    return this.isOpen && this.send({ type: "raise_hand" });
+  }
+
+  /**
    * Submit the exam. Resolves when the server accepted it (the connection then ends with
    * reason `completed`); rejects with a {@link RealtimeError} otherwise.
    * @returns {Promise<void>}
@@ -542,6 +554,19 @@ export class CandidateConnection extends RealtimeConnection {
             details: { text: m.session.notice }, session: this.session, replayed: true,
           });
         }
+        // A pause/resume or lock/unlock applied while this page was away (or whose ack was
+        // lost): the page shows its state now (the listeners above rendered it), so it is
+        // acknowledged, and the proctor sees the queued command `delivered`.
+        const replays = [
+          ["status_command_id", m.session.status === "paused" ? "pause" : "resume"],
+          ["lock_command_id", m.session.locked ? "lock" : "unlock"],
+        ];
+        for (const [field, action] of replays) {
+          const id = m.session[field];
+          if (!id) continue;
+          this._emit("command", { type: "command", action, command_id: id, details: {}, session: this.session, replayed: true });
+          this.send({ type: "ack", command_id: id });
+        }
         this._flush();
         break;
       }
@@ -564,6 +589,13 @@ export class CandidateConnection extends RealtimeConnection {
         if (Object.keys(changes).length) this._emit("session", { session: this.session, fields: Object.keys(changes) });
         break;
       }
+      case "hand_raised": // our raise_hand is recorded; a proctor acknowledges it later
+        if (this.session) {
+          Object.assign(this.session, { hand_raised: true, hand_raised_at: m.at, hand_acked_at: null, hand_acked_by: "" });
+          this._emit("session", { session: this.session, fields: ["hand_raised"] });
+        }
+        this._emit("hand_raised", { at: m.at });
+        break;
       case "refused":
         this._ended = "refused";
         this._emit("refused", { reason: m.reason, message: m.message });
@@ -635,6 +667,9 @@ export class CandidateConnection extends RealtimeConnection {
  *   whose values differ from before.
  * - `event` `{event}`: every applied delta (history entry: kind, actor, details, before/after).
  * - `delivered` `{session_id, command_id, event}`: a candidate acknowledged a command.
+ * - `alert` `{alert, event}`: a hall-wide drop alert (`alert.id`, `count`, `window_seconds`,
+ *   `groups`, `sessions`): live (`event` set) or still active when the snapshot was taken
+ *   (`event` null). The same alert may arrive both ways: tell them apart by `alert.id`.
  * - `unauthorized` `{message}`: the token was refused (terminal; obtain a new token, then
  *   `setToken()` and `connect()`).
  * - `state`, `close`, `error`, `message`: see {@link RealtimeConnection}.
@@ -816,6 +851,7 @@ export class DashboardConnection extends RealtimeConnection {
     this.sessions = sessions;
     this.exam = m.exam;
     this.lastSeq = m.seq;
+    for (const alert of m.alerts ?? []) this._emit("alert", { alert, event: null });
     this._synced("snapshot", { missed: null });
   }
 
@@ -858,6 +894,7 @@ export class DashboardConnection extends RealtimeConnection {
     if (event.kind === "delivered" && event.details?.command_id) {
       this._emit("delivered", { session_id: event.session_id, command_id: event.details.command_id, event });
     }
+    if (event.kind === "drop_alert") this._emit("alert", { alert: event.details, event });
   }
 
   _dropRequests(all) {

@@ -31,6 +31,7 @@ const ICONS = {
   alert: svg('<path d="M12 7v6"/><circle cx="12" cy="17" r="0.6" fill="currentColor"/>'),
   info: svg('<path d="M12 11v6"/><circle cx="12" cy="7.5" r="0.6" fill="currentColor"/>'),
   pause: svg('<path d="M9 7v10M15 7v10" stroke-width="3"/>'),
+  hand: svg('<path d="M8 12V6.5a1.5 1.5 0 0 1 3 0V11M11 10V5a1.5 1.5 0 0 1 3 0v6M14 10V6.5a1.5 1.5 0 0 1 3 0V14a6 6 0 0 1-6 6h-.5a6 6 0 0 1-4.8-2.4L4 15.2a1.5 1.5 0 0 1 2.3-1.9L8 15"/>'),
 };
 
 function setIcon(el, name) {
@@ -130,6 +131,31 @@ function nextMessage() {
 
 $("message-ok").addEventListener("click", nextMessage);
 
+// -- raise hand -------------------------------------------------------------------------------
+
+/** The raise-hand button and its status: up until a proctor acknowledges it. */
+function renderHand() {
+  const s = conn?.session;
+  const raised = !!s?.hand_raised;
+  const button = $("raise-hand");
+  button.setAttribute("aria-pressed", String(raised));
+  button.disabled = raised;
+  button.dataset.state = raised ? "raised" : "idle";
+  $("raise-hand-text").textContent = t(raised ? "candidate.hand.raised" : "candidate.hand.raise");
+  const status = $("hand-status");
+  if (raised) {
+    status.textContent = t("candidate.hand.waiting");
+  } else if (s?.hand_acked_at) {
+    status.textContent = t("candidate.hand.coming");
+  }
+  status.hidden = !raised && !s?.hand_acked_at;
+  status.dataset.state = raised ? "raised" : "acked";
+}
+
+$("raise-hand").addEventListener("click", () => {
+  if (!conn?.raiseHand()) announce(t("candidate.hand.offline"));
+});
+
 // -- starting ---------------------------------------------------------------------------------
 
 function start({ code, token, examId }) {
@@ -145,6 +171,10 @@ function start({ code, token, examId }) {
   conn.addEventListener("opened", onOpened);
   conn.addEventListener("session", () => render());
   conn.addEventListener("command", onCommand);
+  conn.addEventListener("hand_raised", () => {
+    renderHand();
+    announce(t("candidate.hand.announce"));
+  });
   conn.addEventListener("refused", onRefused);
   conn.addEventListener("ended", onEnded);
   conn.addEventListener("error", (e) => console.warn("realtime:", e.detail.code, e.detail.message));
@@ -281,6 +311,14 @@ function onCommand(e) {
     case "resume":
       announce(t("candidate.announce.resumed"));
       break;
+    case "acknowledge_hand":
+      pushMessage({
+        title: t("candidate.hand.ackTitle"),
+        text: t("candidate.hand.ackText"),
+        icon: "hand",
+        kind: "hand",
+      });
+      break;
     default:
       break;
   }
@@ -368,6 +406,7 @@ function render() {
   }
   renderQuestion();
   renderClock();
+  renderHand();
 }
 
 function buildQuestionList() {
@@ -752,6 +791,7 @@ onLanguageChange(() => {
   if (conn?.session && ["waiting", "exam"].includes(document.body.dataset.screen)) {
     renderQuestion();
     renderClock();
+    renderHand();
   }
 });
 

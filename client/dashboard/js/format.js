@@ -47,6 +47,7 @@ const ACTION_LABELS = {
   terminate: "Terminate",
   extend: "Extend",
   notice: "Notice",
+  acknowledge_hand: "Acknowledge hand",
 };
 
 export function actionLabel(action) {
@@ -65,6 +66,7 @@ export function actionDone(action) {
       terminate: "Terminated",
       extend: "Extended",
       notice: "Sent the notice to",
+      acknowledge_hand: "Acknowledged the raised hand of",
     }[action] ?? action
   );
 }
@@ -86,6 +88,8 @@ const EVENT_LABELS = {
   delivered: "Command delivered",
   submitted: "Submitted",
   irregularity: "Irregularity reported",
+  hand_raised: "Hand raised",
+  drop_alert: "Hall-wide drop alert",
 };
 
 export function eventLabel(kind) {

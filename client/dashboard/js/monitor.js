@@ -8,8 +8,9 @@ import { actionDone, actionLabel, clockTime, esc, localToIso, plural } from "./f
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
 import { askCommand, toast } from "./ui.js";
+import { AlertBanner, notifyStaff } from "./alerts.js";
 
-const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice"]);
+const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice", "acknowledge_hand"]);
 const DELIVERY_RANK = { pending: 0, failed: 1, skipped: 1, sent: 2, queued: 2, delivered: 3 };
 
 const SKIP_TEXT = {
@@ -22,6 +23,7 @@ const SKIP_TEXT = {
   forbidden: "outside your groups",
   conflict: "busy, try again",
   invalid_params: "invalid parameters",
+  hand_not_raised: "no hand raised",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -53,6 +55,14 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     onAction: (action, session) => runCommand(action, { single: session }),
     now,
   });
+  const banner = new AlertBanner($("alert-banner"), (ids) => {
+    // "Show them": filter the table down to the sessions the alert names.
+    $("search").value = "";
+    table.setFilter({ search: "" });
+    table.clearSelection();
+    table.select(ids.filter((id) => table.get(id)));
+    table.reveal(ids.find((id) => table.get(id)));
+  });
   const earlyDeliveries = new Map(); // command id -> Set(session id) delivered before the result
   const cleanups = [];
   let knownGroups = "";
@@ -69,6 +79,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     const { mode, missed } = e.detail;
     if (mode === "snapshot") {
       renderExam(conn.exam);
+      table.setIndicators(conn.exam?.settings?.indicators);
       table.reset([...conn.sessions.values()]);
     }
     const info = $("sync-info");
@@ -87,10 +98,22 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     if (!conn.synced) return; // replaying missed events: the sync message says enough
     if (fields.includes("connected") && isOffline(session)) noteForScreenReader("offline", session);
     if (fields.includes("alerts") && session.alerts) noteForScreenReader("alerts", session);
+    if (fields.includes("hand_raised") && session.hand_raised) {
+      noteForScreenReader("hands", session);
+      notifyStaff({ title: "Hand raised", text: `${session.candidate_name} raised their hand.`, level: "warning" });
+    }
+  });
+
+  // Hall-wide drop alerts: live, or still active when the snapshot was taken.
+  conn.addEventListener("alert", (e) => {
+    const { alert, event } = e.detail;
+    if (banner.add(alert, event != null && conn.synced)) {
+      $("announcer").textContent = `Alert: ${alert.count} candidates lost their connection.`;
+    }
   });
 
   // Screen readers hear what needs attention, grouped every few seconds (not every delta).
-  const notes = { offline: [], alerts: [] };
+  const notes = { offline: [], alerts: [], hands: [] };
   let notesTimer = null;
   function noteForScreenReader(kind, session) {
     notes[kind].push(session.candidate_name);
@@ -104,6 +127,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       };
       say(notes.offline.splice(0), "disconnected");
       say(notes.alerts.splice(0), "raised an alert");
+      say(notes.hands.splice(0), "raised their hand");
       if (parts.length) $("announcer").textContent = `${parts.join(". ")}.`;
     }, 3000);
   }
@@ -246,6 +270,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     { key: "offline", label: "Disconnected", flag: "offline" },
     { key: "locked", label: "Locked" },
     { key: "alerts", label: "With alerts", flag: "alerts" },
+    { key: "hands", label: "Hands raised", flag: "hands" },
   ];
   const counters = $("counters");
   counters.innerHTML =
@@ -262,6 +287,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     if (def.status) table.toggleStatus(def.status);
     else if (def.flag === "offline") $("only-offline").checked = !$("only-offline").checked;
     else if (def.flag === "alerts") $("only-alerts").checked = !$("only-alerts").checked;
+    else if (def.flag === "hands") $("only-hands").checked = !$("only-hands").checked;
     applyFilters();
   };
   counters.addEventListener("click", onCounter);
@@ -344,6 +370,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       groups: chosenGroups(),
       offline: $("only-offline").checked,
       alerts: $("only-alerts").checked,
+      hands: $("only-hands").checked,
     });
     renderGroupSummary();
     renderCounts();
@@ -361,12 +388,14 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     }],
     [$("only-offline"), "change", applyFilters],
     [$("only-alerts"), "change", applyFilters],
+    [$("only-hands"), "change", applyFilters],
     [$("scope"), "change", () => renderActionBar()],
     [$("clear-filters"), "click", () => {
       $("search").value = "";
       for (const box of $("group-options").querySelectorAll("input:checked")) box.checked = false;
       $("only-offline").checked = false;
       $("only-alerts").checked = false;
+      $("only-hands").checked = false;
       table.filter.statuses.clear();
       applyFilters();
     }],
@@ -381,6 +410,10 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     cleanups.push(() => el.removeEventListener(type, fn));
   }
   table.addEventListener("open", (e) => panel.open(e.detail.id));
+  table.addEventListener("ack-hand", (e) => {
+    const session = conn.sessions.get(e.detail.id);
+    if (session) runCommand("acknowledge_hand", { single: session });
+  });
 
   // -- keyboard shortcuts (listed in the help dialog, index.html) --------------------------
 
@@ -531,12 +564,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   function applyPermissions() {
     let any = false;
     for (const b of document.querySelectorAll("#actionbar [data-action], #panel-actions [data-action]")) {
-      const allowed = signedIn.can(`sessions.${b.dataset.action}`);
+      const allowed = signedIn.can(b.dataset.permission ?? `sessions.${b.dataset.action}`);
       b.hidden = !allowed;
       any ||= allowed;
     }
     $("actionbar").hidden = !any;
     $("panel-actions").hidden = !any;
+    table.setCanAckHand(signedIn.can("sessions.notice"));
     $("irregularity-form").closest("section").hidden = !signedIn.can("sessions.irregularity");
     $("history").closest("section").hidden = !signedIn.can("sessions.history");
   }
@@ -544,7 +578,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   // -- start ------------------------------------------------------------------------------
 
   // Debug/test hook: the live connection and the table.
-  globalThis.__realtime = { connection: conn, table, panel };
+  globalThis.__realtime = { connection: conn, table, panel, banner };
   renderActionBar();
   conn.connect();
 
@@ -554,6 +588,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     clearTimeout(notesTimer);
     table.destroy();
     panel.destroy();
+    banner.destroy();
     for (const fn of cleanups) fn();
     $("conn-pill").hidden = true;
     delete globalThis.__realtime;

@@ -11,6 +11,7 @@
 // media) every shown row is attached, in order, until printing ends.
 
 import { actionLabel, ago, duration, esc } from "./format.js";
+import { indicatorLevels, offlineSeconds } from "./indicators.js";
 
 export const STATUSES = ["ready", "awaiting", "active", "paused", "completed", "terminated"];
 const STATUS_RANK = Object.fromEntries(STATUSES.map((s, i) => [s, i]));
@@ -32,6 +33,16 @@ export function timeLeft(s, nowMs) {
 
 /** Natural order ("Candidate 2" before "Candidate 10"), case- and accent-insensitive. */
 export const naturalCompare = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" }).compare;
+
+const HAND_ICON =
+  `<svg aria-hidden="true" viewBox="0 0 24 24" width="15" height="15" fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round"><path d="M8 12V6.5a1.5 1.5 0 0 1 3 0V11M11 10V5a1.5 1.5 0 0 1 3 0v6M14 10V6.5a1.5 1.5 0 0 1 3 0V14a6 6 0 0 1-6 6h-.5a6 6 0 0 1-4.8-2.4L4 15.2a1.5 1.5 0 0 1 2.3-1.9L8 15"/></svg>`;
+
+/** A level mark for an indicator value: a class and a tooltip when over a threshold. */
+function mark(row, name, text, what) {
+  const level = row.levels?.[name] ?? "ok";
+  if (level === "ok") return text;
+  return `<span class="ind ind-${level}" title="${esc(`${what}: ${level}`)}">${text}</span>`;
+}
 
 const DELIVERY_TEXT = {
   pending: "sending…",
@@ -76,14 +87,14 @@ const COLUMNS = {
   connection: {
     fields: ["connected", "status", "rtt_ms", "reconnects"],
     sort: (s) => (isOffline(s) ? 0 : s.connected ? 1 : 2),
-    render: (s) => {
+    render: (s, row) => {
       let state;
       if (s.connected) state = `<span class="conn online"><span class="dot"></span>Online</span>`;
       else if (isOffline(s)) state = `<span class="conn offline"><span class="dot"></span>Disconnected</span>`;
       else if (s.status === "ready") state = `<span class="conn idle">Not started</span>`;
       else state = `<span class="conn idle">Closed</span>`;
       const extra = [];
-      if (s.connected && s.rtt_ms != null) extra.push(`${Math.round(s.rtt_ms)} ms`);
+      if (s.connected && s.rtt_ms != null) extra.push(mark(row, "rtt_ms", `${Math.round(s.rtt_ms)} ms`, "Round trip"));
       if (s.reconnects) extra.push(`<span title="Reconnects">↻ ${s.reconnects}</span>`);
       return extra.length ? `${state}<span class="sub">${extra.join(" · ")}</span>` : state;
     },
@@ -93,9 +104,13 @@ const COLUMNS = {
     clock: true,
     sort: (s) => -(s.last_seen ?? 0),
     render: (s, row, now) => {
-      if (s.connected) return `<span class="muted">now</span>`;
+      // Offline time is an indicator: shown once it reaches a threshold.
+      const offline = row.levels?.offline_seconds && row.levels.offline_seconds !== "ok"
+        ? `<span class="sub">${mark(row, "offline_seconds", `offline ${duration(offlineSeconds(s, now) * 1000)}`, "Time offline")}</span>`
+        : "";
+      if (s.connected) return `<span class="muted">now</span>${offline}`;
       if (s.last_seen == null) return `<span class="muted">—</span>`;
-      return `<time datetime="${new Date(s.last_seen * 1000).toISOString()}">${ago(s.last_seen, now)}</time>`;
+      return `<time datetime="${new Date(s.last_seen * 1000).toISOString()}">${ago(s.last_seen, now)}</time>${offline}`;
     },
   },
   progress: {
@@ -121,10 +136,27 @@ const COLUMNS = {
   alerts: {
     fields: ["alerts", "last_alert"],
     sort: (s) => -s.alerts,
-    render: (s) =>
+    render: (s, row) =>
       s.alerts
-        ? `<span class="alerts" title="Last: ${esc(s.last_alert)}">${s.alerts}</span><span class="sub">${esc(s.last_alert.replaceAll("_", " "))}</span>`
+        ? `${mark(row, "alerts", `<span class="alerts" title="Last: ${esc(s.last_alert)}">${s.alerts}</span>`, "Client alerts")}<span class="sub">${esc(s.last_alert.replaceAll("_", " "))}</span>`
         : `<span class="muted">0</span>`,
+  },
+  hand: {
+    fields: ["hand_raised", "hand_raised_at", "hand_acked_at"],
+    clock: true,
+    // Raised hands first, the longest waiting on top.
+    sort: (s) => (s.hand_raised ? s.hand_raised_at ?? 0 : Number.MAX_SAFE_INTEGER),
+    render: (s, row, now) => {
+      if (s.hand_raised) {
+        const since = s.hand_raised_at != null ? ` <span class="sub">${ago(s.hand_raised_at, now)}</span>` : "";
+        const ack = row.canAckHand
+          ? `<button type="button" class="btn small hand-ack" data-ack-hand="${esc(s.id)}">Acknowledge</button>`
+          : "";
+        return `<span class="hand up">${HAND_ICON}Raised</span>${since}${ack}`;
+      }
+      if (s.hand_acked_at != null) return `<span class="hand seen" title="Acknowledged by ${esc(s.hand_acked_by ?? "")}">Seen</span>`;
+      return `<span class="muted">—</span>`;
+    },
   },
   command: {
     fields: [],
@@ -143,7 +175,7 @@ const COLUMNS = {
 };
 const COLUMN_KEYS = Object.keys(COLUMNS);
 const CLOCK_COLUMNS = COLUMN_KEYS.filter((k) => COLUMNS[k].clock);
-const FILTER_FIELDS = new Set(["status", "group", "candidate_name", "candidate_id", "connected", "alerts"]);
+const FILTER_FIELDS = new Set(["status", "group", "candidate_name", "candidate_id", "connected", "alerts", "hand_raised"]);
 
 class Row {
   constructor(session) {
@@ -166,6 +198,8 @@ class Row {
     this.cells[0].append(this.check);
     this.checkLabel = "";
     this.classes = "";
+    this.levels = null; // indicator levels, from the exam's thresholds
+    this.canAckHand = false;
   }
 }
 
@@ -185,7 +219,9 @@ export class SessionTable extends EventTarget {
     this.rows = new Map();
     /** @type {Row[]} the filtered, sorted rows, as shown */
     this.visible = [];
-    this.filter = { statuses: new Set(), groups: new Set(), search: "", offline: false, alerts: false };
+    this.filter = { statuses: new Set(), groups: new Set(), search: "", offline: false, alerts: false, hands: false };
+    this.indicators = null; // exam.settings.indicators
+    this.canAckHand = false;
     this.sortKey = "candidate";
     this.sortDir = 1;
     this.dirty = new Set();
@@ -288,6 +324,20 @@ export class SessionTable extends EventTarget {
     this._schedule();
   }
 
+  /** The exam's indicator thresholds (`settings.indicators`): rows are coloured by them. */
+  setIndicators(thresholds) {
+    this.indicators = thresholds ?? null;
+    for (const row of this.rows.values()) this._markDirty(row);
+    this._schedule();
+  }
+
+  /** Whether this user may acknowledge raised hands (a button in the row). */
+  setCanAckHand(can) {
+    this.canAckHand = !!can;
+    for (const row of this.rows.values()) this._markDirty(row);
+    this._schedule();
+  }
+
   /** Set a session's last-command delivery state. */
   setDelivery(sessionId, delivery) {
     const row = this.rows.get(sessionId);
@@ -335,7 +385,7 @@ export class SessionTable extends EventTarget {
   /** Whether any filter is active. */
   get filtered() {
     const f = this.filter;
-    return f.statuses.size > 0 || f.groups.size > 0 || !!f.search.trim() || f.offline || f.alerts;
+    return f.statuses.size > 0 || f.groups.size > 0 || !!f.search.trim() || f.offline || f.alerts || f.hands;
   }
 
   matches(s) {
@@ -344,6 +394,7 @@ export class SessionTable extends EventTarget {
     if (f.groups.size && !f.groups.has(s.group)) return false;
     if (f.offline && !isOffline(s)) return false;
     if (f.alerts && !s.alerts) return false;
+    if (f.hands && !s.hand_raised) return false;
     const needle = f.search.trim().toLocaleLowerCase();
     if (needle) {
       // The same haystack as the server's filter (sessions.Target.matches).
@@ -363,7 +414,7 @@ export class SessionTable extends EventTarget {
     if (f.search.trim()) target.search = f.search.trim();
     // Client-only filters (and several groups, which the server's filter has not): narrow the
     // server's filter to the sessions shown.
-    if (f.offline || f.alerts || f.groups.size > 1) target.session_ids = this.visible.map((r) => r.session.id);
+    if (f.offline || f.alerts || f.hands || f.groups.size > 1) target.session_ids = this.visible.map((r) => r.session.id);
     if (!target.status && !target.group && !target.search) target.all = true;
     return target;
   }
@@ -433,6 +484,11 @@ export class SessionTable extends EventTarget {
   }
 
   _onClick(event) {
+    const ack = event.target.closest("button[data-ack-hand]");
+    if (ack) {
+      this.dispatchEvent(new CustomEvent("ack-hand", { detail: { id: ack.dataset.ackHand } }));
+      return;
+    }
     const open = event.target.closest("button.cand");
     if (open) {
       this.dispatchEvent(new CustomEvent("open", { detail: { id: open.dataset.open } }));
@@ -509,7 +565,7 @@ export class SessionTable extends EventTarget {
   // -- counts -------------------------------------------------------------------------------
 
   counts() {
-    const c = { total: 0, offline: 0, locked: 0, alerts: 0 };
+    const c = { total: 0, offline: 0, locked: 0, alerts: 0, hands: 0 };
     for (const s of STATUSES) c[s] = 0;
     for (const { session: s } of this.rows.values()) {
       c.total += 1;
@@ -517,6 +573,7 @@ export class SessionTable extends EventTarget {
       if (isOffline(s)) c.offline += 1;
       if (s.locked) c.locked += 1;
       if (s.alerts) c.alerts += 1;
+      if (s.hand_raised) c.hands += 1;
     }
     return c;
   }
@@ -635,6 +692,8 @@ export class SessionTable extends EventTarget {
       row.checkLabel = label;
       row.check.setAttribute("aria-label", label);
     }
+    row.levels = indicatorLevels(s, this.indicators, now);
+    row.canAckHand = this.canAckHand;
     for (let i = 1; i < COLUMN_KEYS.length; i++) {
       const html = COLUMNS[COLUMN_KEYS[i]].render(s, row, now);
       if (html !== row.html[i]) {
@@ -642,14 +701,11 @@ export class SessionTable extends EventTarget {
         row.cells[i].innerHTML = html;
       }
     }
-    const cursor = s.id === this.cursorId ? "cursor " : "";
-    const classes = `${isOffline(s) ? "offline " : ""}${row.selected ? "selected " : ""}${s.status === "paused" ? "paused " : ""}${cursor}`;
-    if (classes !== row.classes) {
-      row.classes = classes;
-      row.tr.className = classes;
-    }
+    this._renderClasses(row);
     const tr = row.tr;
     if (tr.dataset.status !== s.status) tr.dataset.status = s.status;
+    const hand = String(!!s.hand_raised);
+    if (tr.dataset.hand !== hand) tr.dataset.hand = hand;
     const connected = String(!!s.connected);
     if (tr.dataset.connected !== connected) tr.dataset.connected = connected;
     const locked = String(!!s.locked);
@@ -658,11 +714,26 @@ export class SessionTable extends EventTarget {
     if (tr.getAttribute("aria-selected") !== aria) tr.setAttribute("aria-selected", aria);
   }
 
-  /** Once a second: the clock-driven cells of the attached rows. */
+  /** The row's classes: offline, selected, paused, and its worst indicator level. */
+  _renderClasses(row) {
+    const s = row.session;
+    const worst = row.levels?.worst ?? "ok";
+    const cursor = s.id === this.cursorId ? "cursor " : "";
+    const classes = `${isOffline(s) ? "offline " : ""}${row.selected ? "selected " : ""}${s.status === "paused" ? "paused " : ""}${cursor}${worst !== "ok" ? `ind-${worst} ` : ""}${s.hand_raised ? "hand-raised " : ""}`;
+    if (classes !== row.classes) {
+      row.classes = classes;
+      row.tr.className = classes;
+    }
+    if (row.tr.dataset.indicator !== worst) row.tr.dataset.indicator = worst;
+  }
+
+  /** Once a second: the clock-driven cells of the attached rows (and time offline). */
   tick() {
     const now = this.now();
     for (const row of this.attached) {
       if (!row.tr.isConnected) continue;
+      row.levels = indicatorLevels(row.session, this.indicators, now);
+      this._renderClasses(row);
       for (const key of CLOCK_COLUMNS) {
         const i = COLUMN_KEYS.indexOf(key);
         const html = COLUMNS[key].render(row.session, row, now);
