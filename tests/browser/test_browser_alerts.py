@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from browser_axe import assert_accessible
 from browser_exams import make_exam
 from browser_support import REPO, Browsers, ScriptedCandidates, row, screenshot
 from clients import Api
@@ -58,6 +59,7 @@ async def test_drop_alert_banner_and_indicator_colours(
             line = row(dashboard, s["id"])
             await expect(line).to_have_attribute("data-connected", "false")
             await expect(line).to_have_attribute("data-indicator", "warning")  # offline
+        await assert_accessible(dashboard, "dashboard with a drop alert and coloured rows")
         path = await screenshot(dashboard, "dashboard-drop-alert")
         shutil.copy(path, DOCS_SCREENSHOTS / "dashboard-drop-alert.png")
 
@@ -94,6 +96,7 @@ async def test_raise_hand_is_shown_filtered_and_acknowledged(
     await expect(hand).to_be_disabled()
     await expect(hand).to_have_text("Hand raised")
     await expect(candidate.locator("#hand-status")).to_have_text("Waiting for a proctor")
+    await assert_accessible(candidate, "candidate page with a raised hand")
     path = await screenshot(candidate, "candidate-hand-raised")
     shutil.copy(path, DOCS_SCREENSHOTS / "candidate-hand-raised.png")
 
@@ -105,6 +108,7 @@ async def test_raise_hand_is_shown_filtered_and_acknowledged(
     await expect(dashboard.locator("#session-rows tr[data-session-id]")).to_have_count(1)
     await dashboard.locator('th[data-sort="hand"] button').click()
 
+    await assert_accessible(dashboard, "dashboard with a raised hand")
     await line.get_by_role("button", name="Acknowledge").click()
     ack = candidate.get_by_role("alertdialog", name="A proctor has seen your hand")
     await expect(ack).to_be_visible()
