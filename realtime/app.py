@@ -190,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                settings.webhook_backoff_max),
         )
         webhooks.on_new_deliveries = dispatcher.wake
+        metrics.watch_webhooks(dispatcher)
         db.outbox_hooks.append(webhooks)  # deliveries are written with their drained events
         app.state.webhooks = webhooks
         dispatcher.start()

@@ -18,6 +18,7 @@ from realtime.drainer import Drainer
 from realtime.hub.connection import Connection
 from realtime.hub.hub import Hub
 from realtime.state.store import StateStore
+from realtime.webhooks.dispatcher import Dispatcher
 
 
 class Metrics:
@@ -108,6 +109,22 @@ class Metrics:
     def _gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time: the hot path pays nothing for it."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def watch_webhooks(self, dispatcher: Dispatcher) -> None:
+        """Gauges of this process's webhook dispatcher (built after the metrics)."""
+        gauge = self._gauge
+        gauge("realtime_webhook_delivered",
+              "Webhook deliveries this process sent successfully (2xx) since start",
+              lambda: dispatcher.delivered)
+        gauge("realtime_webhook_attempts_failed",
+              "Webhook attempts of this process that failed (non-2xx, timeout, refused)",
+              lambda: dispatcher.failed_attempts)
+        gauge("realtime_webhook_given_up",
+              "Webhook deliveries this process marked failed after their last attempt",
+              lambda: dispatcher.given_up)
+        gauge("realtime_webhook_dispatch_errors",
+              "Dispatcher rounds that failed (SQL did not answer) since start",
+              lambda: dispatcher.errors)
 
     def observe_command(self, action: str, applied: int, skipped: int, seconds: float) -> None:
         self.commands.labels(action, "applied").inc(applied)

@@ -103,6 +103,11 @@ async def test_a_failing_receiver_gets_the_event_after_500_timeout_and_refusal(
     event = ok.body["event"]
     assert event["exam_id"] == exam["id"] and event["kind"] == "lock" and event["seq"] >= 1
     assert "changes" not in event
+    metrics = (await admin.http.get("/metrics")).text
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("realtime_webhook_")}
+    assert values["realtime_webhook_attempts_failed"] >= 3
+    assert values["realtime_webhook_delivered"] >= 1
 
 
 async def test_subscriptions_filter_by_exam_and_kind(admin: Api, receiver: Receiver) -> None:
@@ -262,3 +267,38 @@ async def test_a_server_killed_mid_delivery_loses_none(
         await api.close()
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+async def test_two_processes_on_postgres_send_each_delivery_once(
+    redis_server: RedisServer, pg_url: str, receiver: Receiver
+) -> None:
+    """Two processes sharing Redis and PostgreSQL both run a dispatcher; the claims (FOR UPDATE
+    SKIP LOCKED, then a lease) give each delivery to one of them: without a crash, every event
+    reaches the receiver exactly once."""
+    redis_server.start()
+    shared: dict[str, Any] = {"redis_url": redis_server.url, "database_url": pg_url,
+                              "redis_prefix": f"wh{uuid.uuid4().hex[:8]}:", **FAST}
+    first = ServerProcess(**shared).start()
+    second = ServerProcess(**shared).start()
+    apis = [Api(first.url), Api(second.url)]
+    try:
+        sub = await subscribe(apis[1], receiver, kinds=["created"])  # every exam: fresh server
+        for api in apis:
+            exam = await api.create_exam()
+            await api.create_sessions(exam["id"], 30)
+        await eventually(lambda: len(receiver.accepted()) >= 60, timeout=60)
+
+        async def all_logged() -> bool:
+            log = await deliveries(apis[0], sub["id"], limit="1000")
+            return len(log) == 60 and all(d["status"] == "delivered" for d in log)
+
+        await eventually(all_logged)
+        ids = [r.delivery_id for r in receiver.received]
+        assert len(ids) == len(set(ids)) == 60, "a delivery was sent twice"
+        assert len({r.body["event"]["id"] for r in receiver.received}) == 60
+    finally:
+        for api in apis:
+            await api.close()
+        first.stop()
+        second.stop()

@@ -70,7 +70,11 @@ class Dispatcher:
         self.clock = clock
         # Held past the longest attempt, so a live sender never loses its claim to another.
         self.lease = 2 * timeout + 5.0
-        self.attempts = 0  # made by this process
+        self.attempts = 0  # made by this process (counters for the metrics)
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.given_up = 0
+        self.errors = 0  # failed rounds (SQL)
         self.last_error = ""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -115,6 +119,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("webhook dispatch failed (%s); retrying in %.1fs",
                             self.last_error, delay)
@@ -145,7 +150,11 @@ class Dispatcher:
         retry_at = None
         if not ok and attempts < self.policy.max_attempts:
             retry_at = self.clock() + self.policy.delay(attempts)
-        if not ok:
+        if ok:
+            self.delivered += 1
+        else:
+            self.failed_attempts += 1
+            self.given_up += retry_at is None
             log.info("webhook delivery %s to %s failed (attempt %d): %s",
                      claimed.id, claimed.url, attempts, error)
         await self.store.finish(self.owner, claimed, ok=ok, status_code=status_code,
