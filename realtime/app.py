@@ -22,6 +22,8 @@ from realtime.api.exam_routes import routes as exam_routes
 from realtime.api.guest_routes import routes as guest_routes
 from realtime.api.identity_routes import routes as identity_routes
 from realtime.api.inputs import RefuseNulInURL
+from realtime.api.mail_routes import MailDesk
+from realtime.api.mail_routes import routes as mail_routes
 from realtime.api.node_routes import routes as node_routes
 from realtime.api.report_routes import routes as report_routes
 from realtime.api.roster_routes import routes as roster_routes
@@ -43,10 +45,13 @@ from realtime.guests.service import GuestService
 from realtime.hub.hub import Hub, run_heartbeat, run_sweeper
 from realtime.identity import models as _identity_tables  # noqa: F401 (tables for create_all)
 from realtime.identity.audited import AuditedSessionService
+from realtime.identity.password_reset import PasswordResets
 from realtime.identity.setup import build_identity
 from realtime.jsonsafe import JSONResponse
 from realtime.limits.body import BodyLimit
 from realtime.limits.setup import build_limits, rate_limited_response
+from realtime.mail import models as _mail_tables  # noqa: F401 (tables for create_all)
+from realtime.mail.mailer import Mailer, SmtpServer
 from realtime.metrics import Metrics
 from realtime.presence import NodePresence
 from realtime.proxies import Proxies, parse_networks
@@ -171,6 +176,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         identity = build_identity(settings, db)
         app.state.identity = identity
         service.audit = identity.audit
+        mailer = Mailer(SmtpServer.from_settings(settings), db, identity.audit,
+                        settings.smtp_retries, settings.smtp_retry_backoff)
+        app.state.mail = MailDesk(
+            mailer, PasswordResets(identity.service, settings.password_reset_ttl),
+            settings.public_url,
+        )
         auth = identity.auth
         presence = NodePresence(
             store, settings.node_heartbeat_interval, settings.node_timeout,
@@ -224,6 +235,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await dispatcher.close()
             await drop_alerts.close()
+            await mailer.close()
             await _shut_down(settings, background, hub, service, drainer, store, db)
 
     async def root(request: Request) -> Response:
@@ -244,6 +256,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *roster_routes,
         *report_routes,
         *identity_routes,
+        *mail_routes,
         *guest_routes,
         *node_routes,
         *token_routes,

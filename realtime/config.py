@@ -75,6 +75,19 @@ class Settings:
     auth_recheck_interval: float = 3.0  # open staff sockets re-check their token this often
     cookie_secure: bool = False  # mark login cookies Secure (set it behind HTTPS)
     legacy_staff_tokens: bool = False  # accept `realtime token` signed all-powerful tokens
+    password_reset_ttl: float = 3600.0  # a password-reset link (single use)
+    # e-mail (SMTP): invitations and password resets; without a host the token is shown once
+    smtp_host: str = ""
+    smtp_port: int = 0  # 0: 465 with smtp_tls, else 587 with smtp_starttls, else 25
+    smtp_starttls: bool = False  # upgrade a plain connection with STARTTLS
+    smtp_tls: bool = False  # TLS from the first byte (SMTPS)
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_timeout: float = 10.0
+    smtp_retries: int = 5  # attempts per message before it counts as not sent
+    smtp_retry_backoff: float = 2.0  # seconds before the 2nd attempt, doubling after
+    public_url: str = ""  # the address staff open (links in e-mails), e.g. https://exam.example.org
     # guest accounts
     guest_pool_size: int = 100  # guest1..guestN made by `realtime guests create` / PUT pool
     trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
@@ -145,6 +158,18 @@ class Settings:
             cookie_secure=_bool("REALTIME_COOKIE_SECURE", defaults.cookie_secure),
             legacy_staff_tokens=_bool("REALTIME_LEGACY_STAFF_TOKENS",
                                       defaults.legacy_staff_tokens),
+            password_reset_ttl=_float("REALTIME_PASSWORD_RESET_TTL", defaults.password_reset_ttl),
+            smtp_host=os.environ.get("REALTIME_SMTP_HOST", defaults.smtp_host),
+            smtp_port=_int("REALTIME_SMTP_PORT", defaults.smtp_port),
+            smtp_starttls=_bool("REALTIME_SMTP_STARTTLS", defaults.smtp_starttls),
+            smtp_tls=_bool("REALTIME_SMTP_TLS", defaults.smtp_tls),
+            smtp_user=os.environ.get("REALTIME_SMTP_USER", defaults.smtp_user),
+            smtp_password=os.environ.get("REALTIME_SMTP_PASSWORD", defaults.smtp_password),
+            smtp_from=os.environ.get("REALTIME_SMTP_FROM", defaults.smtp_from),
+            smtp_timeout=_float("REALTIME_SMTP_TIMEOUT", defaults.smtp_timeout),
+            smtp_retries=_int("REALTIME_SMTP_RETRIES", defaults.smtp_retries),
+            smtp_retry_backoff=_float("REALTIME_SMTP_RETRY_BACKOFF", defaults.smtp_retry_backoff),
+            public_url=os.environ.get("REALTIME_PUBLIC_URL", defaults.public_url).rstrip("/"),
             guest_pool_size=_int("REALTIME_GUEST_POOL_SIZE", defaults.guest_pool_size),
             trusted_proxies=_list("REALTIME_TRUSTED_PROXIES", []),
             max_body_bytes=_int("REALTIME_MAX_BODY_BYTES", defaults.max_body_bytes),
@@ -189,3 +214,11 @@ class Settings:
                 "random value on every process (e.g. `python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'`)."
             )
+        if self.smtp_host and not (self.smtp_from and self.public_url):
+            raise ConfigError(
+                "REALTIME_SMTP_HOST is set but REALTIME_SMTP_FROM or REALTIME_PUBLIC_URL is not: "
+                "e-mails need a sender, and their links the address staff open (e.g. "
+                "REALTIME_PUBLIC_URL=https://exam.example.org)."
+            )
+        if self.smtp_tls and self.smtp_starttls:
+            raise ConfigError("REALTIME_SMTP_TLS and REALTIME_SMTP_STARTTLS exclude each other")

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.api.inputs import int_param
+from realtime.api.mail_routes import invite, with_invitations
 from realtime.api.routes import json_body
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
@@ -232,7 +233,8 @@ async def list_users(request: Request) -> Response:
       200: {description: "{users: [User]} with blocked_until, logged_in, last_login_at, ..."}
     """
     await _caller(request, Permission.MANAGE_USERS)
-    return JSONResponse({"users": [_user_out(u) for u in await _filtered_users(request)]})
+    users = await with_invitations(request, await _filtered_users(request))
+    return JSONResponse({"users": [_user_out(u) for u in users]})
 
 
 async def export_users(request: Request) -> Response:
@@ -262,16 +264,17 @@ async def create_user(request: Request) -> Response:
                                 roles: {type: array, items: {type: string}},
                                 groups: {type: array, items: {type: string}}}}
     responses:
-      201: {description: "{user, activation_token, activation_expires_at}"}
+      201: {description: "{user, activation_token, activation_expires_at, invitation}: with
+        SMTP set up the token is e-mailed (invitation = its delivery) instead of returned"}
       409: {description: The e-mail or login is taken}
     """
     principal = await _caller(request, Permission.MANAGE_USERS)
     service = identity_of(request).service
     user, token = await service.create_user(ctx_of(principal), _object(await json_body(request)))
+    sent = await invite(request, user, token, service.clock() + service.policy.activation_ttl)
     return JSONResponse(
-        {"user": _user_out({**user, "blocked_until": None, "logged_in": False}),
-         "activation_token": token,
-         "activation_expires_at": service.clock() + service.policy.activation_ttl},
+        {"user": _user_out({**user, "blocked_until": None, "logged_in": False,
+                            "invitation": sent["invitation"]}), **sent},
         status_code=201,
     )
 
@@ -284,6 +287,7 @@ async def get_user(request: Request) -> Response:
     """
     await _caller(request, Permission.MANAGE_USERS)
     user = await identity_of(request).service.get_user(request.path_params["user_id"])
+    [user] = await with_invitations(request, [user])
     return JSONResponse(_user_out(user))
 
 
@@ -321,13 +325,15 @@ async def reactivate_user(request: Request) -> Response:
     """
     summary: Reactivate a deactivated user
     responses:
-      200: {description: "{user, activation_token (if the user never set a password)}"}
+      200: {description: "{user, activation_token (if the user never set a password; e-mailed
+        instead with SMTP set up: invitation)}"}
     """
     principal = await _caller(request, Permission.MANAGE_USERS)
-    user, token = await identity_of(request).service.reactivate(
-        ctx_of(principal), request.path_params["user_id"]
-    )
-    return JSONResponse({"user": user, "activation_token": token})
+    service = identity_of(request).service
+    user, token = await service.reactivate(ctx_of(principal), request.path_params["user_id"])
+    sent = await invite(request, user, token, service.clock() + service.policy.activation_ttl)
+    return JSONResponse({"user": user, "activation_token": sent["activation_token"],
+                         "invitation": sent["invitation"]})
 
 
 async def unlock_user(request: Request) -> Response:
@@ -345,15 +351,15 @@ async def unlock_user(request: Request) -> Response:
 
 async def reissue_invitation(request: Request) -> Response:
     """
-    summary: A new activation token for an invited user
+    summary: A new activation token for an invited user (e-mailed with SMTP set up)
     responses:
-      200: {description: "{activation_token, activation_expires_at}"}
+      200: {description: "{activation_token, activation_expires_at, invitation}"}
     """
     principal = await _caller(request, Permission.MANAGE_USERS)
-    token, expires = await identity_of(request).service.reissue_activation(
-        ctx_of(principal), request.path_params["user_id"]
-    )
-    return JSONResponse({"activation_token": token, "activation_expires_at": expires})
+    service = identity_of(request).service
+    user_id = request.path_params["user_id"]
+    token, expires = await service.reissue_activation(ctx_of(principal), user_id)
+    return JSONResponse(await invite(request, await service.get_user(user_id), token, expires))
 
 
 async def _audit_entries(request: Request) -> list[dict[str, Any]]:

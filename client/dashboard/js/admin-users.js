@@ -72,18 +72,39 @@ function renderRow(u) {
   if (u.blocked_until) actions.push(`<button type="button" class="btn small primary" data-user-action="unlock">Unlock</button>`);
   if (u.status === "deactivated") actions.push(`<button type="button" class="btn small" data-user-action="reactivate">Reactivate</button>`);
   else actions.push(`<button type="button" class="btn small danger" data-user-action="deactivate">Deactivate…</button>`);
-  if (u.status === "invited") actions.push(`<button type="button" class="btn small" data-user-action="invitation">New activation link</button>`);
+  if (u.status === "invited") {
+    const label = u.invitation ? "Resend invitation" : "New activation link";
+    actions.push(`<button type="button" class="btn small" data-user-action="invitation">${label}</button>`);
+  }
   return `<tr data-user-id="${esc(u.id)}" data-status="${esc(u.status)}" data-blocked="${!!u.blocked_until}">
     <td><span class="strong">${esc(u.full_name)}</span><span class="sub">${esc(u.email)}${u.login ? ` · ${esc(u.login)}` : ""}</span></td>
     <td>${u.roles.map((r) => `<span class="flag">${esc(r)}</span>`).join(" ")}</td>
     <td>${esc(u.groups.join(", ")) || `<span class="muted">—</span>`}</td>
-    <td><span class="badge us-${esc(u.status)}">${esc(u.status)}</span></td>
+    <td><span class="badge us-${esc(u.status)}">${esc(u.status)}</span>${invitationNote(u)}</td>
     <td class="col-blocked">${blocked}</td>
     <td class="col-online">${online}</td>
     <td>${u.last_login_at ? esc(clockTime(u.last_login_at)) : `<span class="muted">never</span>`}</td>
     <td>${u.last_logout_at ? esc(clockTime(u.last_logout_at)) : `<span class="muted">—</span>`}</td>
     <td><div class="row-actions">${actions.join("")}</div></td>
   </tr>`;
+}
+
+/** How the latest invitation e-mail of an invited user went (with SMTP set up). */
+function invitationNote(u) {
+  const mail = u.status === "invited" ? u.invitation : null;
+  if (!mail) return "";
+  if (mail.status === "sent") return `<span class="sub invitation" data-mail="sent">Invitation e-mailed ${esc(clockTime(mail.sent_at))}</span>`;
+  if (mail.status === "failed") {
+    return `<span class="sub invitation error-text" data-mail="failed" title="${esc(mail.last_error)}">Invitation NOT sent: ${esc(mail.last_error)}</span>`;
+  }
+  return `<span class="sub invitation" data-mail="pending">Invitation being sent (attempt ${mail.attempts + 1})</span>`;
+}
+
+/** After an action that made a new activation token: the link itself (no SMTP) or where the
+ * e-mail carrying it went. */
+function announceInvitation(user, result) {
+  if (result?.activation_token) showInvitation(user, result.activation_token, result.activation_expires_at);
+  else if (result?.invitation) toast(`Invitation e-mailed to ${result.invitation.recipient}`, "ok");
 }
 
 function bind() {
@@ -142,7 +163,7 @@ async function act(action, user, button) {
       invitation: `New activation link for ${user.full_name}`,
     }[action];
     toast(done, "ok");
-    if (result?.activation_token) showInvitation(user, result.activation_token, result.activation_expires_at);
+    announceInvitation(user, result);
   } catch (err) {
     toast(`${action[0].toUpperCase()}${action.slice(1)} failed: ${err.message}`, "error", 10000);
   } finally {
@@ -200,7 +221,7 @@ async function onSave(event) {
       const created = await api.createUser(fields);
       $("user-dialog").close();
       toast(`Created ${fields.full_name}`, "ok");
-      showInvitation(created.user, created.activation_token, created.activation_expires_at);
+      announceInvitation(created.user, created);
     }
   } catch (err) {
     error.textContent = err.message;

@@ -128,6 +128,9 @@ export const api = {
   me: (opts) => request("GET", "/api/v1/auth/me", undefined, opts),
   logout: () => request("POST", "/api/v1/auth/logout", undefined, { quiet: true }),
   activate: (token, password) => request("POST", "/api/v1/auth/activate", { token, password }, { anonymous: true }),
+  requestReset: (email) => request("POST", "/api/v1/auth/password-reset", { email }, { anonymous: true }),
+  confirmReset: (token, password) =>
+    request("POST", "/api/v1/auth/password-reset/confirm", { token, password }, { anonymous: true }),
   roles: () => request("GET", "/api/v1/roles"),
   users: (filters = {}) => request("GET", `/api/v1/users${query(filters)}`),
   createUser: (fields) => request("POST", "/api/v1/users", fields),
