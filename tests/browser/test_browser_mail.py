@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from browser_axe import assert_accessible
 from browser_support import Browsers, screenshot
 from browser_users import PASSWORD, sign_in
 from clients import Api, eventually
@@ -74,12 +75,14 @@ async def test_mailed_links_activate_and_reset(
         await page.get_by_label("E-mail address of your account").fill(email)
         await page.get_by_role("button", name="E-mail me a reset link").click()
         await expect(page.locator("#forgot-status")).to_contain_text("on its way")
+        await assert_accessible(page, "sign-in with the password-reset request")
         [reset] = await eventually(lambda: [m for m in smtp.to(email) if m is not invitation])
         reset_link, kind, _ = link_of(reset)
         assert kind == "reset"
         await page.goto(reset_link)
         await expect(page.get_by_role("heading", name="Choose a new password")).to_be_visible()
         await screenshot(page, "dashboard-password-reset")
+        await assert_accessible(page, "password reset page")
         await choose_password(page, NEW_PASSWORD)
         await expect(page.get_by_role("heading", name="Your password is changed")).to_be_visible()
         await page.get_by_role("link", name="Go to sign-in").click()
