@@ -14,6 +14,7 @@ from realtime.db.database import Database
 from realtime.db.models import Base
 from realtime.guests import models as _guests  # noqa: F401 - all tables on Base.metadata
 from realtime.identity import models as _identity  # noqa: F401
+from realtime.mail import models as _mail  # noqa: F401
 from realtime.webhooks import models as _webhooks  # noqa: F401
 
 

@@ -11,8 +11,8 @@ from alembic import context
 from realtime.db.models import Base
 from realtime.guests import models as _guests  # noqa: F401 - registers the guest tables
 from realtime.identity import models as _identity  # noqa: F401 - registers the identity tables
-from realtime.webhooks import models as _webhooks  # noqa: F401 - registers the webhook tables
 from realtime.mail import models as _mail  # noqa: F401 - registers the mail tables
+from realtime.webhooks import models as _webhooks  # noqa: F401 - registers the webhook tables
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")
