@@ -85,3 +85,6 @@ async def test_deliveries_are_written_with_their_events_once_and_claimed_by_one(
     failed = (await store.deliveries(sub["id"]))[0]
     assert failed["status"] == "failed" and failed["attempts"] == 1
     assert failed["errors"][0]["status_code"] == 500
+    retried = await store.retry(failed["id"])
+    assert retried is not None and retried["status"] == "pending" and retried["attempts"] == 1
+    assert [c.id for c in await store.claim("p3", 10, lease=30)] == [failed["id"]]

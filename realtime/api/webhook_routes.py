@@ -238,7 +238,7 @@ async def list_deliveries(request: Request) -> Response:
 
 async def retry_delivery(request: Request) -> Response:
     """
-    summary: Try a failed delivery again now (attempts counted afresh)
+    summary: Try a failed or pending delivery again now (one more attempt)
     responses:
       200: {description: The delivery}
       404: {description: "Unknown delivery or subscription (or out of scope)"}

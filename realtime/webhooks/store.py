@@ -219,13 +219,14 @@ class WebhookStore:
         return delivery_dict(row)
 
     async def retry(self, delivery_id: str) -> dict[str, Any] | None:
-        """Send a failed (or pending) delivery again now, with a fresh count of attempts."""
+        """Send a failed (or pending) delivery again now: one more attempt, counted on top of
+        the earlier ones (a failed one that fails again stays failed)."""
         async with self.db._write() as session:
             row = await session.get(Delivery, delivery_id)
             if row is None:
                 return None
             if row.status != DELIVERED:
-                row.status, row.attempts, row.next_attempt_at = PENDING, 0, self.clock()
+                row.status, row.next_attempt_at = PENDING, self.clock()
             found = delivery_dict(row)
         self.on_new_deliveries()
         return found
