@@ -104,10 +104,11 @@ class EventStream:
         self._wake.set()
 
     def abort(self, code: int, reason: str) -> None:
-        """End the stream now, dropping what is queued."""
+        """End the stream now, dropping what is queued (and any close already asked for)."""
         self._queue.clear()
-        self.closing = False
-        self.close(code, reason)
+        self.closing = True
+        self._final = (code, reason)
+        self._wake.set()
 
     async def chunks(self, heartbeat: float) -> AsyncIterator[bytes]:
         """The response body: frames as they are queued, a comment every `heartbeat` seconds

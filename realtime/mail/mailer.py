@@ -121,11 +121,13 @@ class Mailer:
         return view
 
     async def _deliver(self, mail_id: str, message: EmailMessage) -> None:
-        assert self._send is not None
+        send = self._send
+        if send is None:  # `queue` is only called when configured
+            return
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             try:
-                await self._send(message)
+                await send(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
