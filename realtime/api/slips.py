@@ -21,7 +21,8 @@ header p{margin:0;color:#444}
 .slip .code-label{margin:0;font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:#444}
 .slip .code{font:700 22px/1.2 ui-monospace,Menlo,Consolas,monospace;letter-spacing:.08em;
   margin:0 0 .5em}
-.slip .url{margin:0;word-break:break-all}
+.slip .url{margin:0}
+.slip .url strong{overflow-wrap:anywhere}
 .slip::before{content:"\\2702";position:absolute;top:-.75em;left:.5em;background:#fff;
   color:#777;font-size:12px;line-height:1}
 .empty{color:#444}

@@ -57,18 +57,19 @@ export function authHeaders(method = "GET") {
 
 /**
  * One JSON request. Throws ApiError. `quiet`: a 401 does not notify the sign-in listeners,
- * `anonymous`: no credentials at all (login, activation).
+ * `anonymous`: no credentials at all (login, activation), `contentType`: a body sent as it is
+ * (e.g. "text/csv") instead of as JSON.
  */
-export async function request(method, path, body, { quiet = false, anonymous = false } = {}) {
+export async function request(method, path, body, { quiet = false, anonymous = false, contentType = "application/json" } = {}) {
   const headers = { Accept: "application/json", ...(anonymous ? {} : authHeaders(method)) };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (body !== undefined) headers["Content-Type"] = contentType;
   const sentAt = Date.now();
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : contentType === "application/json" ? JSON.stringify(body) : body,
       credentials: anonymous ? "omit" : "same-origin",
     });
   } catch (err) {
@@ -154,7 +155,14 @@ export const api = {
   reassignGuest: (examId, sessionId, body) =>
     request("POST", `/api/v1/exams/${enc(examId)}/guest-sessions/${enc(sessionId)}/reassign`, body),
   // exams and sessions
-  listExams: () => request("GET", "/api/v1/exams"),
+  listExams: (filters = {}) => request("GET", `/api/v1/exams${query(filters)}`),
+  createExam: (fields) => request("POST", "/api/v1/exams", fields),
+  updateExam: (examId, fields) => request("PATCH", `/api/v1/exams/${enc(examId)}`, fields),
+  archiveExam: (examId, force = false) => request("DELETE", `/api/v1/exams/${enc(examId)}${force ? "?force=true" : ""}`),
+  restoreExam: (examId) => request("POST", `/api/v1/exams/${enc(examId)}/restore`),
+  /** One piece of a roster CSV (the header and some rows); `firstLine`: the line of its first row in the file. */
+  importRoster: (examId, csvText, firstLine) =>
+    request("POST", `/api/v1/exams/${enc(examId)}/roster?first_line=${firstLine}`, csvText, { contentType: "text/csv" }),
   exam: (examId) => request("GET", `/api/v1/exams/${encodeURIComponent(examId)}`),
   session: (examId, sessionId) =>
     request("GET", `/api/v1/exams/${encodeURIComponent(examId)}/sessions/${encodeURIComponent(sessionId)}`),

@@ -1,5 +1,6 @@
-// The dashboard app: sign-in, the exam list, monitoring one exam (`?exam=ID`), the admin pages
-// (`?page=users|audit|guests|nodes|webhooks`) and account activation (`#/activate?token=…`).
+// The dashboard app: sign-in, the exam list (exams.js), monitoring one exam (`?exam=ID`), the
+// admin pages (`?page=users|audit|guests|nodes|webhooks`) and account activation
+// (`#/activate?token=…`).
 
 import { api, onUnauthorized } from "./api.js";
 import { activationToken, startActivation } from "./activate.js";
@@ -8,8 +9,8 @@ import { showGuests } from "./admin-guests.js";
 import { showNodes } from "./admin-nodes.js";
 import { showUsers } from "./admin-users.js";
 import { showWebhooks } from "./admin-webhooks.js";
+import { showExams } from "./exams.js";
 import { obtainLogin, session, tokenStore } from "./auth.js";
-import { esc, plural } from "./format.js";
 import { listenKeys, setUpHelpDialog } from "/client/keys.js";
 import { startMonitor } from "./monitor.js";
 import { toast } from "./ui.js";
@@ -177,39 +178,8 @@ async function route() {
   } else {
     show("view-exams");
     document.title = "Exams · Proctor dashboard";
-    await loadExams(mine);
+    showExams();
   }
-}
-
-async function loadExams(mine) {
-  const status = $("exams-status");
-  const list = $("exam-list");
-  status.textContent = "Loading exams…";
-  let exams;
-  try {
-    ({ exams } = await api.listExams());
-  } catch (err) {
-    if (mine === generation && err.status !== 401) status.textContent = `Could not load the exams: ${err.message}`;
-    return;
-  }
-  if (mine !== generation) return;
-  exams.sort((a, b) => (b.starts_at ?? 0) - (a.starts_at ?? 0) || a.title.localeCompare(b.title));
-  status.textContent = exams.length ? plural(exams.length, "exam") : "No exams yet.";
-  list.innerHTML = exams
-    .map((e) => {
-      const meta = [e.id, `${e.duration_minutes} min`];
-      if (e.groups?.length) meta.push(`groups: ${e.groups.join(", ")}`);
-      if (e.starts_at) meta.push(`starts ${new Date(e.starts_at * 1000).toLocaleString()}`);
-      const flags = [];
-      if (e.settings?.lock_sessions) flags.push(`<span class="flag">Locks on open</span>`);
-      if (e.settings?.requires_authorization) flags.push(`<span class="flag">Authorization</span>`);
-      return `<li class="exam-item"><a href="?exam=${encodeURIComponent(e.id)}" data-exam="${esc(e.id)}">
-          <span class="exam-name">${esc(e.title)}</span>
-          <span class="exam-meta muted">${esc(meta.join(" · "))}</span>
-          <span class="flags">${flags.join("")}</span>
-          <span class="go" aria-hidden="true">Monitor →</span></a></li>`;
-    })
-    .join("");
 }
 
 function navigate(url) {
@@ -218,13 +188,12 @@ function navigate(url) {
 }
 
 document.addEventListener("click", (e) => {
-  const link = e.target.closest("a[data-exam], #crumb-exams, #home-link, #sections a[data-nav]");
+  const link = e.target.closest("a[data-exam], a[data-monitor], #crumb-exams, #home-link, #sections a[data-nav]");
   if (!link || e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
   e.preventDefault();
   navigate(link.getAttribute("href"));
 });
 window.addEventListener("popstate", route);
-$("reload-exams").addEventListener("click", () => loadExams(generation));
 $("sign-out").addEventListener("click", async () => {
   stop();
   if (session.mode === "cookie") {

@@ -1,0 +1,294 @@
+// The Exams page (the home view): the list with dates, status, session counts and filters;
+// archive and restore; create and edit (exams.manage); roster import and access codes as CSV
+// or printable slips (sessions.create).
+
+import { api, download, openPrintView } from "./api.js";
+import { session } from "./auth.js";
+import { esc, plural } from "./format.js";
+import { openRosterImport } from "./roster-import.js";
+import { askCommand, toast } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+
+const STATUS_LABELS = { scheduled: "Scheduled", running: "Running", ended: "Ended", archived: "Archived" };
+const SESSION_ORDER = ["ready", "awaiting", "active", "paused", "completed", "terminated"];
+
+let bound = false;
+let exams = new Map();
+let loadSeq = 0;
+let searchTimer = null;
+let editing = null; // the exam being edited, null when creating
+
+/** Show the page; the list reloads when a filter changes. */
+export function showExams() {
+  if (!bound) bind();
+  $("exam-new").hidden = !session.can("exams.manage");
+  load();
+}
+
+/** A `date` input's value as the ISO time of that local midnight (+ `days`), "" for none. */
+function dayStart(value, days = 0) {
+  if (!value) return "";
+  const d = new Date(`${value}T00:00`);
+  if (Number.isNaN(d.getTime())) return "";
+  d.setDate(d.getDate() + days);
+  return d.toISOString();
+}
+
+function filters() {
+  const state = $("exams-state").value;
+  return {
+    search: $("exams-search").value.trim(),
+    status: state === "all" ? "" : state,
+    archived: state === "all" ? "true" : "",
+    from: dayStart($("exams-from").value),
+    to: dayStart($("exams-to").value, 1), // the whole "to" day
+  };
+}
+
+/** Reload the list with the current filters (the latest request wins). */
+export async function load() {
+  const mine = ++loadSeq;
+  const status = $("exams-status");
+  status.textContent = "Loading exams…";
+  let list;
+  try {
+    ({ exams: list } = await api.listExams(filters()));
+  } catch (err) {
+    if (mine === loadSeq && err.status !== 401) status.textContent = `Could not load the exams: ${err.message}`;
+    return;
+  }
+  if (mine !== loadSeq) return;
+  list.sort(
+    (a, b) =>
+      (a.status === "archived") - (b.status === "archived") ||
+      (b.starts_at ?? b.created_at ?? 0) - (a.starts_at ?? a.created_at ?? 0) ||
+      a.title.localeCompare(b.title),
+  );
+  exams = new Map(list.map((e) => [e.id, e]));
+  status.textContent = list.length ? plural(list.length, "exam") : "";
+  $("exam-rows").innerHTML =
+    list.map(renderRow).join("") ||
+    `<tr><td colspan="5" class="empty-state">${
+      Object.values(filters()).some(Boolean) ? "No exam matches these filters." : "No exams yet."
+    }</td></tr>`;
+}
+
+function when(epoch) {
+  return new Date(epoch * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+function windowText(e) {
+  if (e.starts_at == null && e.ends_at == null) return `<span class="muted">Always open</span>`;
+  const from = e.starts_at != null ? esc(when(e.starts_at)) : `<span class="muted">any time</span>`;
+  const to = e.ends_at != null ? esc(when(e.ends_at)) : `<span class="muted">open end</span>`;
+  return `<span class="nowrap">${from}</span> – <span class="nowrap">${to}</span>`;
+}
+
+function countsText(e) {
+  const counts = SESSION_ORDER.filter((s) => e.counts?.[s]).map(
+    (s) => `<span class="badge st-${s}" title="${esc(s)}">${e.counts[s]} ${esc(s)}</span>`,
+  );
+  return `<span class="strong">${e.sessions ?? 0}</span><span class="exam-counts">${counts.join("")}</span>`;
+}
+
+function renderRow(e) {
+  const meta = [e.id, `${e.duration_minutes} min`];
+  if (e.groups?.length) meta.push(`groups: ${e.groups.join(", ")}`);
+  const flags = [];
+  if (e.settings?.lock_sessions) flags.push(`<span class="flag">Locks on open</span>`);
+  if (e.settings?.requires_authorization) flags.push(`<span class="flag">Authorization</span>`);
+  const manage = session.can("exams.manage");
+  const create = session.can("sessions.create");
+  const actions = [`<a class="btn small" href="?exam=${encodeURIComponent(e.id)}" data-monitor>Monitor</a>`];
+  if (manage) actions.push(`<button type="button" class="btn small" data-exam-action="edit">Edit…</button>`);
+  if (create) {
+    actions.push(`<button type="button" class="btn small" data-exam-action="roster">Import roster…</button>`);
+    actions.push(`<button type="button" class="btn small" data-exam-action="codes">Codes (CSV)</button>`);
+    actions.push(`<button type="button" class="btn small" data-exam-action="slips">Print slips</button>`);
+  }
+  if (manage && e.status === "archived") actions.push(`<button type="button" class="btn small" data-exam-action="restore">Restore</button>`);
+  else if (manage) actions.push(`<button type="button" class="btn small danger" data-exam-action="archive">Archive…</button>`);
+  return `<tr data-exam-id="${esc(e.id)}" data-status="${esc(e.status)}">
+    <td><a class="strong" href="?exam=${encodeURIComponent(e.id)}" data-exam="${esc(e.id)}">${esc(e.title)}</a>
+      <span class="sub">${esc(meta.join(" · "))}</span>${flags.length ? `<span class="flags">${flags.join("")}</span>` : ""}</td>
+    <td>${windowText(e)}</td>
+    <td><span class="badge ex-${esc(e.status)}">${esc(STATUS_LABELS[e.status] ?? e.status)}</span></td>
+    <td>${countsText(e)}</td>
+    <td><div class="row-actions">${actions.join("")}</div></td>
+  </tr>`;
+}
+
+function bind() {
+  bound = true;
+  const later = (ms) => () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(load, ms);
+  };
+  $("exams-search").addEventListener("input", later(200));
+  for (const id of ["exams-state", "exams-from", "exams-to"]) $(id).addEventListener("change", load);
+  $("exam-filters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    load();
+  });
+  $("reload-exams").addEventListener("click", load);
+  $("exam-new").addEventListener("click", () => openEditor(null));
+  $("exam-rows").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-exam-action]");
+    if (!button) return;
+    const exam = exams.get(button.closest("tr").dataset.examId);
+    if (exam) act(button.dataset.examAction, exam, button);
+  });
+  $("ed-form").addEventListener("submit", onSave);
+}
+
+async function act(action, exam, button) {
+  const path = `/api/v1/exams/${encodeURIComponent(exam.id)}`;
+  try {
+    if (action === "edit") return openEditor(exam);
+    if (action === "roster") return openRosterImport(exam, load);
+    if (action === "codes") return await download(`${path}/access-codes.csv`, `${exam.id}-access-codes.csv`);
+    if (action === "slips") return await openPrintView(`${path}/access-codes.html`);
+    button.disabled = true;
+    if (action === "restore") {
+      await api.restoreExam(exam.id);
+      toast(`Restored ${exam.title}`, "ok");
+    } else if (action === "archive") {
+      await archive(exam);
+    }
+  } catch (err) {
+    toast(`${exam.title}: ${err.message}`, "error", 10000);
+  } finally {
+    button.disabled = false;
+  }
+  await load();
+}
+
+/** Archive after a confirmation; with candidates connected the server refuses (409) until a
+ * second, explicit confirmation forces it. */
+async function archive(exam) {
+  const ok = await askCommand({
+    title: `Archive ${exam.title}?`,
+    body: "It leaves the exam list (choose “Archived” to see it again). Its sessions and history are kept, and it can be restored.",
+    confirmLabel: "Archive",
+    danger: true,
+    reason: false,
+  });
+  if (!ok) return;
+  try {
+    await api.archiveExam(exam.id);
+  } catch (err) {
+    if (err.status !== 409) throw err;
+    const force = await askCommand({
+      title: `Candidates are connected to ${exam.title}`,
+      body: `${err.message.split(":")[0]}. Archive it anyway? Connected candidates keep working.`,
+      confirmLabel: "Archive anyway",
+      danger: true,
+      reason: false,
+    });
+    if (!force) return;
+    await api.archiveExam(exam.id, true);
+  }
+  toast(`Archived ${exam.title}`, "ok");
+}
+
+/** epoch seconds <-> a `datetime-local` value in the browser's time zone. */
+function toLocalInput(epoch) {
+  if (epoch == null) return "";
+  const d = new Date(epoch * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+function fromLocalInput(value) {
+  if (!value) return null;
+  const ms = new Date(value).getTime();
+  return Number.isNaN(ms) ? undefined : ms / 1000;
+}
+
+const list = (value) =>
+  value
+    .split(",")
+    .map((v) => v.trim())
+    .filter(Boolean);
+
+function openEditor(exam) {
+  editing = exam;
+  $("ed-title").textContent = exam ? `Edit ${exam.title}` : "New exam";
+  $("ed-confirm").textContent = exam ? "Save" : "Create exam";
+  $("ed-id-field").hidden = !!exam;
+  $("ed-id").value = "";
+  $("ed-name").value = exam?.title ?? "";
+  $("ed-starts").value = toLocalInput(exam?.starts_at);
+  $("ed-ends").value = toLocalInput(exam?.ends_at);
+  $("ed-duration").value = exam?.duration_minutes ?? 60;
+  $("ed-groups").value = exam?.groups.join(", ") ?? session.me?.groups?.join(", ") ?? "";
+  $("ed-lock").checked = !!exam?.settings?.lock_sessions;
+  $("ed-authorize").checked = !!exam?.settings?.requires_authorization;
+  $("ed-guests").checked = !!exam?.settings?.allow_guests;
+  $("ed-networks").value = exam?.settings?.lab_networks?.join(", ") ?? "";
+  $("ed-error").hidden = true;
+  $("exam-dialog").returnValue = "";
+  $("exam-dialog").showModal();
+  $("ed-name").focus();
+}
+
+/** The form's fields as the API takes them, or a message saying what to fix. */
+function readForm() {
+  const title = $("ed-name").value.trim();
+  const starts = fromLocalInput($("ed-starts").value);
+  const ends = fromLocalInput($("ed-ends").value);
+  const duration = Number($("ed-duration").value);
+  const id = $("ed-id").value.trim();
+  if (!title) return { problem: "Enter the exam's title." };
+  if (!editing && id && !/^[A-Za-z0-9_.-]{1,64}$/.test(id)) return { problem: "The id may only have letters, digits, “_”, “.” and “-”." };
+  if (starts === undefined || ends === undefined) return { problem: "Enter a complete date and time (or none)." };
+  if (starts != null && ends != null && ends <= starts) return { problem: "The exam must close after it opens." };
+  if (!Number.isInteger(duration) || duration < 1 || duration > 1440) return { problem: "The duration is a whole number of minutes, 1 to 1440." };
+  const fields = {
+    title,
+    starts_at: starts,
+    ends_at: ends,
+    duration_minutes: duration,
+    groups: list($("ed-groups").value),
+    settings: {
+      lock_sessions: $("ed-lock").checked,
+      requires_authorization: $("ed-authorize").checked,
+      allow_guests: $("ed-guests").checked,
+      lab_networks: list($("ed-networks").value),
+    },
+  };
+  if (!editing && id) fields.id = id;
+  return { fields };
+}
+
+async function onSave(event) {
+  if (event.submitter?.value !== "confirm") return; // Cancel closes the dialog
+  event.preventDefault();
+  const error = $("ed-error");
+  const { fields, problem } = readForm();
+  if (problem) {
+    error.textContent = problem;
+    error.hidden = false;
+    return;
+  }
+  const button = $("ed-confirm");
+  button.disabled = true;
+  try {
+    if (editing) {
+      await api.updateExam(editing.id, fields);
+      toast(`Saved ${fields.title}`, "ok");
+    } else {
+      const created = await api.createExam(fields);
+      toast(`Created ${created.title} (${created.id})`, "ok");
+    }
+    $("exam-dialog").close();
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  await load();
+}
