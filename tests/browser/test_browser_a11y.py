@@ -76,7 +76,7 @@ async def test_dashboard_sign_in_and_exams(browsers: Browsers, rt_api: Api, sche
     await assert_accessible(page, f"dashboard sign-in error ({scheme})")
 
     page = await browsers.dashboard(color_scheme=scheme)
-    await expect(page.locator("#exam-list li").first).to_be_visible()
+    await expect(page.locator("#exam-rows tr[data-exam-id]").first).to_be_visible()
     await assert_accessible(page, f"dashboard exam list ({scheme})")
 
 

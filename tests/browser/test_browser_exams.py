@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from browser_axe import assert_accessible
 from browser_exams import person
 from browser_support import Browsers, ScriptedCandidates, screenshot
 from clients import Api
@@ -65,6 +66,7 @@ async def test_create_edit_archive_and_restore_an_exam(
         await dialog.get_by_label("Title").fill("Term exam: History")
         await dialog.get_by_label("Duration (minutes)").fill("45")
         await dialog.get_by_label("Lock sessions on open").check()
+        await assert_accessible(page, "new exam dialog")
         await dialog.get_by_role("button", name="Create exam").click()
         await expect(dialog).to_be_hidden()
         history = exam_row(page, "Term exam: History")
@@ -139,6 +141,7 @@ async def test_roster_import_shows_progress_and_the_rows_in_error(
     await expect(errors.first).to_contain_text("r777")
     await expect(errors.first).to_contain_text("too easy to guess")
     await screenshot(page, "dashboard-roster-import")  # docs/screenshots has a copy
+    await assert_accessible(page, "roster import report")
 
     await dialog.get_by_role("button", name="Import").click()  # the same file again
     await expect(summary).to_have_text(
@@ -176,3 +179,4 @@ async def test_access_codes_download_and_print_slips(browsers: Browsers, rt_api:
     await expect(first).to_contain_text("/candidate/")
     await slips.set_viewport_size({"width": 900, "height": 700})
     await screenshot(slips, "access-code-slips")  # docs/screenshots has a copy
+    await assert_accessible(slips, "access-code slips")
