@@ -376,7 +376,17 @@ async def test_scope_and_permissions_of_exam_management(api: Api) -> None:
         assert {e["id"] for e in await listed(scheduler, search=t)} == {mine["id"]}
         assert {e["id"] for e in await listed(viewer, search=t)} == {mine["id"]}
         [item] = await listed(viewer, search=t)
-        assert item["counts"] == {"ready": 2}
+        assert item["counts"] == {"ready": 2} and item["manages"] is True
+        outsider = await user_api(api, ["viewer"], [f"B{t}"])
+        try:  # sees `mine` only through its candidate of group B
+            await api.http.post(f"/api/v1/exams/{mine['id']}/sessions", json={
+                "candidates": [{"candidate_id": f"b{t}", "group": f"B{t}"}]})
+            seen = {e["id"]: e for e in await listed(outsider, search=t)}
+            assert seen[mine["id"]]["manages"] is False
+            assert seen[mine["id"]]["counts"] == {"ready": 1}
+            assert seen[theirs["id"]]["manages"] is True
+        finally:
+            await outsider.close()
     finally:
         await scheduler.close()
         await viewer.close()

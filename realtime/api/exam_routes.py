@@ -39,8 +39,9 @@ from realtime.runtime import runtime_of
 def exam_item(
     record: ExamRecord, counts: GroupCounts, principal: Principal, now: float
 ) -> dict[str, Any]:
-    """An exam as the list shows it: its fields, status, dates and the number of its sessions
-    (those the principal sees) per status."""
+    """An exam as the list shows it: its fields, status, dates, the number of its sessions
+    (those the principal sees) per status, and whether the principal manages it (may change
+    it, import a roster, export its codes) or only sees it through its candidates."""
     by_status: dict[str, int] = {}
     for (group, status), n in counts.items():
         if scope.sees_session(principal, record.exam.groups, group):
@@ -53,6 +54,7 @@ def exam_item(
         "archived_by": record.archived_by,
         "sessions": sum(by_status.values()),
         "counts": by_status,
+        "manages": scope.manages(principal, record.exam.groups),
     }
 
 
@@ -73,7 +75,8 @@ async def list_exams(request: Request) -> Response:
       - {name: search, in: query, schema: {type: string}, description: "in the title or id"}
       - {name: archived, in: query, schema: {type: boolean}, description: "include archived"}
     responses:
-      200: {description: "{exams: [Exam with status, created_at, archived_at, sessions, counts]}"}
+      200: {description: "{exams: [Exam with status, created_at, archived_at, sessions, counts,
+        manages]}"}
       400: {description: A malformed filter}
     """
     principal = await principal_of(request, Permission.VIEW_SESSIONS)

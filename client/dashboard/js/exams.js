@@ -98,8 +98,9 @@ function renderRow(e) {
   const flags = [];
   if (e.settings?.lock_sessions) flags.push(`<span class="flag">Locks on open</span>`);
   if (e.settings?.requires_authorization) flags.push(`<span class="flag">Authorization</span>`);
-  const manage = session.can("exams.manage");
-  const create = session.can("sessions.create");
+  // Seen only through its candidates (another group's exam): watch it, change nothing.
+  const manage = e.manages !== false && session.can("exams.manage");
+  const create = e.manages !== false && session.can("sessions.create");
   const actions = [`<a class="btn small" href="?exam=${encodeURIComponent(e.id)}" data-monitor>Monitor</a>`];
   if (manage) actions.push(`<button type="button" class="btn small" data-exam-action="edit">Edit…</button>`);
   if (create) {
