@@ -141,8 +141,14 @@ async def test_pause_queued_offline_is_delivered_after_reconnect(
     await line.get_by_role("button", name=session["candidate_name"]).click()
     await dashboard.locator("#panel").get_by_role("button", name="Pause", exact=True).click()
     await expect(line.locator(".delivery")).to_have_text("queued")
+    # A dashboard opened now knows it from the session (status_command_id) too.
+    later = await browsers.dashboard(exam["id"])
+    later_line = row(later, session["id"])
+    await expect(later_line.locator(".delivery")).to_have_text("queued")
+    await expect(later_line.locator(".cmd")).to_have_text("Pause")
 
     await candidate.context.set_offline(False)
     await expect(candidate.locator("#overlay-paused")).to_be_visible()
     await expect(line).to_have_attribute("data-connected", "true")
     await expect(line.locator(".delivery")).to_have_text("delivered")
+    await expect(later_line.locator(".delivery")).to_have_text("delivered")

@@ -81,6 +81,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       renderExam(conn.exam);
       table.setIndicators(conn.exam?.settings?.indicators);
       table.reset([...conn.sessions.values()]);
+      showUnacknowledged();
     }
     const info = $("sync-info");
     info.dataset.sync = mode;
@@ -184,6 +185,22 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       conn.close();
     }
   });
+
+  /** A pause/resume or lock/unlock the page has not acknowledged yet (it was offline, or
+   * this dashboard was opened since): shown as the row's last command until `delivered`. */
+  function showUnacknowledged() {
+    for (const s of conn.sessions.values()) {
+      const pending = [
+        [s.status_command_id, s.status === "paused" ? "pause" : "resume"],
+        [s.lock_command_id, s.locked ? "lock" : "unlock"],
+      ].filter(([id]) => id);
+      for (const [commandId, action] of pending) {
+        if (table.delivery(s.id)) continue;
+        table.setDelivery(s.id, { commandId, action, state: s.connected ? "sent" : "queued", reason: "", at: 0 });
+        takeEarly(commandId, s.id);
+      }
+    }
+  }
 
   function takeEarly(commandId, sessionId) {
     const set = earlyDeliveries.get(commandId);
