@@ -18,6 +18,7 @@ from redis_server import RedisServer
 from server import STAFF_TOKEN, ServerProcess
 from websockets.exceptions import InvalidStatus
 
+from realtime.auth.permissions import ACTION_PERMISSION
 from realtime.identity.roles import RoleSet
 from realtime.state.model import Action
 
@@ -98,7 +99,7 @@ async def test_role_action_matrix(idserver: ServerProcess, admin: Api) -> None:
         staff = role.staff
         # session commands over REST
         for action in Action:
-            perm = f"sessions.{action.value}"
+            perm = ACTION_PERMISSION[action].value  # acknowledge_hand: sessions.notice
             allowed = staff and perm in {p.value for p in role.permissions}
             r = await http.post(f"/api/v1/exams/{exam['id']}/commands", headers=h,
                                 json={"action": action.value, "target": sessions[0]["id"],
@@ -133,7 +134,7 @@ async def test_role_action_matrix(idserver: ServerProcess, admin: Api) -> None:
         await ws.send({"type": "subscribe", "exam_id": exam["id"]})
         assert (await ws.recv("snapshot", "error"))["type"] == "snapshot"
         for i, action in enumerate(Action):
-            allowed = f"sessions.{action.value}" in {p.value for p in role.permissions}
+            allowed = ACTION_PERMISSION[action].value in {p.value for p in role.permissions}
             await ws.send({"type": "command", "request_id": i, "action": action.value,
                            "target": sessions[1]["id"], **PARAMS.get(action.value, {})})
             reply = await ws.recv("command_result", "error")

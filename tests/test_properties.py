@@ -220,6 +220,9 @@ class Reference:
             s.extra_minutes += params["minutes"]
         elif action is Action.NOTICE:
             s.notice_id = params["command_id"]
+        elif action is Action.ACKNOWLEDGE_HAND:
+            # No rule here raises a hand (raise_hand is tested in test_e2e_alerts.py).
+            return ("skipped", "hand_not_raised")
         self._bump(s, action.value)
         return ("applied", "sent" if was_connected else "queued")
 
