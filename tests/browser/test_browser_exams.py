@@ -146,6 +146,12 @@ async def test_roster_import_shows_progress_and_the_rows_in_error(
     await dialog.get_by_role("button", name="Import").click()  # the same file again
     await expect(summary).to_have_text(
         "0 sessions created, 1199 already in the exam (left as they were), 1 row with errors.")
+
+    await dialog.get_by_label("Roster file").set_input_files(
+        {"name": "wrong.csv", "mimeType": "text/csv", "buffer": b"id,email\r\nx,x@example.org\r\n"})
+    await dialog.get_by_role("button", name="Import").click()
+    await expect(dialog.get_by_role("alert")).to_contain_text("unknown column(s) ['id', 'email']")
+    await expect(dialog.locator("#rd-progress-text")).to_have_text("Stopped after 0 of 1 row.")
     await dialog.get_by_role("button", name="Close").click()
     await expect(dialog).to_be_hidden()
     listed = (await rt_api.http.get(f"/api/v1/exams/{exam['id']}/sessions")).json()["sessions"]
