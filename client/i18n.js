@@ -11,6 +11,8 @@
 // (attributes); `translate()` fills them in. Text set from JS through `localize(el, key, params)`
 // is re-translated when the language changes, like the static text.
 
+import { browserTimeZone } from "./timezone.js";
+
 /** The complete languages, by code, each named in itself (what the switch shows). */
 export const LANGUAGES = { en: "English", fr: "Français" };
 export const DEFAULT_LANGUAGE = "en";
@@ -86,9 +88,11 @@ export function language() {
   return current;
 }
 
-/** Call `listener` after every language change (to re-render text made from data). */
+/** Call `listener` after every language change (to re-render text made from data); returns
+ * the function that stops it. */
 export function onLanguageChange(listener) {
   changes.addEventListener("change", listener);
+  return () => changes.removeEventListener("change", listener);
 }
 
 function lookup(key) {
@@ -166,11 +170,6 @@ export function languageSwitch(select) {
 }
 
 // -- dates and times --------------------------------------------------------------------------
-
-/** The browser's time zone (IANA name, "Europe/Paris"). */
-export function browserTimeZone() {
-  return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-}
 
 /**
  * An epoch-seconds time in the current language, always with its time zone ("14:05:09 CET").

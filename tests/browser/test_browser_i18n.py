@@ -10,9 +10,17 @@ from typing import Any
 
 import pytest
 from browser_exams import make_exam
-from browser_support import CANDIDATE_VIEWPORT, Browsers, screenshot
+from browser_support import (
+    CANDIDATE_VIEWPORT,
+    DASHBOARD_VIEWPORT,
+    TOKEN_KEY,
+    Browsers,
+    screenshot,
+)
+from browser_users import make_user
 from clients import Api
 from playwright.async_api import expect
+from server import STAFF_TOKEN
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
@@ -41,7 +49,8 @@ def english_only_patterns(code: str) -> list[str]:
     return patterns
 
 
-# Visible text nodes (screen-reader-only text counts: it is read out) matching a pattern.
+# Visible text nodes (screen-reader-only text counts: it is read out) matching a pattern; data
+# such as a user's name is marked translate="no" (the HTML attribute for it) and skipped.
 VISIBLE_MATCHES = """(patterns) => {
   const tests = patterns.map((p) => new RegExp(`^${p}$`, "s"));
   const found = [];
@@ -50,6 +59,7 @@ VISIBLE_MATCHES = """(patterns) => {
     const text = node.textContent.trim();
     const el = node.parentElement;
     if (!text || !el || !el.checkVisibility({ visibilityProperty: true })) continue;
+    if (el.closest('[translate="no"]')) continue; // names and other data, not interface text
     if (tests.some((re) => re.test(text))) found.push(text);
   }
   return found;
@@ -148,3 +158,157 @@ async def test_candidate_exam_screens_have_no_english_in_french(
     # Switched live on the final screen: its text follows.
     await page.get_by_label("Langue").select_option("en")
     await expect(page.get_by_role("heading", name="Answers submitted")).to_be_visible()
+
+
+async def french_dashboard(browsers: Browsers, path: str = "/dashboard/") -> Any:
+    """A dashboard signed in with the staff token, in a browser speaking French in Paris."""
+    context = await localized_context(browsers, "fr-FR", viewport=DASHBOARD_VIEWPORT)
+    await context.add_init_script(
+        f"sessionStorage.setItem({json.dumps(TOKEN_KEY)}, {json.dumps(STAFF_TOKEN)})"
+    )
+    page = await browsers.page(context)
+    await page.goto(path)
+    return page
+
+
+# "14:05:09 UTC+1": a French time carries its zone (Paris: UTC+1 in winter, UTC+2 in summer).
+PARIS_TIME = re.compile(r"\d{2}:\d{2}(:\d{2})? UTC\+[12]")
+
+
+async def test_dashboard_sign_in_and_admin_pages_in_french(
+    browsers: Browsers, rt_api: Api
+) -> None:
+    """Sign-in, exams, users, audit, guests, nodes and webhooks come up in French, times with
+    their zone."""
+    context = await localized_context(browsers, "fr-FR", viewport=DASHBOARD_VIEWPORT)
+    page = await browsers.page(context)
+    await page.goto("/dashboard/")
+    await expect(page.locator("html")).to_have_attribute("lang", "fr")
+    await expect(page.get_by_role("heading", name="Connexion du personnel")).to_be_visible()
+    assert await english_left(page) == []
+    await page.get_by_role("button", name="Utiliser plutôt un jeton du personnel").click()
+    await page.get_by_label("Jeton du personnel").fill("not-a-token")
+    await page.get_by_role("button", name="Continuer").click()
+    await expect(page.locator("#login-error")).to_have_text(
+        "Ce jeton n’a pas été accepté. Vérifiez-le et réessayez."
+    )
+    assert await english_left(page) == []
+
+    exam, _ = await make_exam(rt_api, 2, title="Chimie")
+    await page.get_by_label("Jeton du personnel").fill(STAFF_TOKEN)
+    await page.get_by_role("button", name="Continuer").click()
+    await expect(page.locator(f'a[data-exam="{exam["id"]}"]')).to_contain_text("Chimie")
+    await expect(page.locator("#whoami-role")).to_have_text("jeton du personnel")
+    assert await english_left(page) == []
+
+    await page.locator("#sections").get_by_role("link", name="Utilisateurs").click()
+    await expect(page.get_by_role("heading", name="Utilisateurs", exact=True)).to_be_visible()
+    await expect(page.locator("#users-count")).to_contain_text("utilisateur")
+    assert await english_left(page) == []
+
+    await make_user(rt_api, ["proctor"])  # an entry in the audit log
+    await page.locator("#sections").get_by_role("link", name="Journal").click()
+    await expect(page.get_by_role("heading", name="Journal d’audit")).to_be_visible()
+    first_time = page.locator("#audit-rows tr[data-action] td").first
+    await expect(first_time).to_have_text(PARIS_TIME)
+    assert await english_left(page) == []
+
+    await page.locator("#sections").get_by_role("link", name="Invités").click()
+    await expect(page.get_by_role("heading", name="Comptes invités")).to_be_visible()
+    await expect(page.locator("#gs-status")).to_have_text(
+        "Choisissez un examen pour voir ses sessions invitées."
+    )
+    assert await english_left(page) == []
+
+    await page.locator("#sections").get_by_role("link", name="Nœuds").click()
+    await expect(page.locator("#nodes-summary")).to_contain_text("nœud actif")
+    await expect(page.locator("#nodes-status")).to_contain_text("UTC+")
+    assert await english_left(page) == []
+
+    await page.locator("#sections").get_by_role("link", name="Webhooks").click()
+    await expect(page.get_by_role("heading", name="Nouvel abonnement")).to_be_visible()
+    await expect(page.locator("#wh-status")).to_contain_text("actualisé toutes les")
+    assert await english_left(page) == []
+
+
+async def test_dashboard_monitor_in_french_switches_live_and_remembers(
+    browsers: Browsers, rt_api: Api
+) -> None:
+    """The monitor, its panel and a command dialog in French; English live, then after a
+    reload; the session's start time shows its zone."""
+    exam, sessions = await make_exam(rt_api, 3, groups=["Salle A"], title="Géographie")
+    candidate = await browsers.candidate(sessions[0]["access_code"])
+    await expect(candidate.locator("#screen-exam")).to_be_visible()
+    page = await french_dashboard(browsers, f"/dashboard/?exam={exam['id']}")
+    await page.locator("#sync-info[data-sync]").wait_for()
+    synced = re.compile(r"^Synchronisé à .*UTC\+[12]$")
+    await expect(page.locator("#sync-info")).to_have_text(synced)
+    await expect(page.locator("#result-count")).to_have_text("3 sessions")
+    line = page.locator(f'#session-rows tr[data-session-id="{sessions[0]["id"]}"]')
+    await expect(line.locator(".conn")).to_have_text("En ligne")
+    assert await english_left(page) == []
+
+    await line.get_by_role("button", name=sessions[0]["candidate_name"]).click()
+    panel = page.locator("#panel")
+    await expect(panel.locator("#panel-details")).to_contain_text("Commencée")
+    started = panel.locator("#panel-details div", has_text="Commencée").locator("dd")
+    await expect(started).to_have_text(PARIS_TIME)
+    await expect(panel.locator("#history li").first).to_be_visible()
+    assert await english_left(page) == []
+    await screenshot(page, "dashboard-fr")
+
+    await page.locator("#select-all").check()
+    await page.locator("#actionbar").get_by_role("button", name="Suspendre").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.get_by_role("heading")).to_have_text("Suspendre 3 sessions ?")
+    assert await english_left(page) == []
+    await dialog.get_by_role("button", name="Annuler").click()
+
+    await page.get_by_label("Langue").select_option("en")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.locator("#result-count")).to_have_text("3 sessions")
+    await expect(line.locator(".conn")).to_have_text("Online")
+    await expect(page.locator("#sync-info")).to_contain_text("Synchronised at")
+    await expect(panel.locator("#panel-details")).to_contain_text("Started")
+    await expect(page.locator("#actionbar").get_by_role("button", name="Pause")).to_be_visible()
+
+    await page.reload()
+    await expect(page.locator("#actionbar").get_by_role("button", name="Pause")).to_be_visible()
+    await expect(page.get_by_label("Language")).to_have_value("en")
+
+
+ZONE_CASES = [
+    # (wall-clock time, zone): around Paris's spring and autumn changes, far east and west
+    ("2026-11-26T09:30", "Europe/Paris"),
+    ("2026-07-01T09:30", "Europe/Paris"),
+    ("2026-03-29T03:30", "Europe/Paris"),
+    ("2026-10-25T01:30", "Europe/Paris"),
+    ("2026-06-15T23:45", "America/New_York"),
+    ("2026-01-01T00:00", "Asia/Kolkata"),
+    ("2026-12-31T23:59", "Pacific/Auckland"),
+    ("2026-05-05T12:00", "UTC"),
+]
+
+
+async def test_a_time_entered_in_a_zone_is_the_right_utc_instant(browsers: Browsers) -> None:
+    """timezone.js turns a wall-clock time in a named zone into the epoch seconds Python's
+    zoneinfo gives for it (and back), whatever zone the browser itself is in."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    page = await browsers.page(await localized_context(browsers, "en-US", "Asia/Tokyo"))
+    await page.goto("/candidate/")
+    results = await page.evaluate(
+        """async (cases) => {
+          const tz = await import("/client/timezone.js");
+          return cases.map(([wall, zone]) => {
+            const epoch = tz.zonedToEpoch(wall, zone);
+            return [epoch, tz.epochToZoned(epoch, zone)];
+          });
+        }""",
+        ZONE_CASES,
+    )
+    for (wall, zone), (epoch, back) in zip(ZONE_CASES, results, strict=True):
+        expected = datetime.fromisoformat(wall).replace(tzinfo=ZoneInfo(zone)).timestamp()
+        assert epoch == expected, (wall, zone)
+        assert back == wall, (wall, zone)

@@ -3,30 +3,34 @@
 // `/dashboard/#/reset?token=…` (`POST /api/v1/auth/password-reset/confirm`). Both choose a
 // password on the same form. Also the sign-in page's "Forgot your password?" request.
 
+import { localize, plain, t } from "/client/i18n.js";
 import { api } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** The two kinds of link; their texts are catalogue keys. */
 const MODES = {
   activate: {
-    title: "Activate your account",
-    intro: "Choose a password (at least 8 characters) to finish setting up your staff account.",
-    submit: "Activate",
-    done: "Your account is active",
-    doneText: "You can now sign in with your login or e-mail and the password you chose.",
+    title: "dashboard.activate.activateTitle",
+    intro: "dashboard.activate.chooseAPasswordAt",
+    submit: "dashboard.activate.activateSubmit",
+    done: "dashboard.activate.yourAccountIsActive",
+    doneText: "dashboard.activate.youCanNowSign",
     send: (token, password) => api.activate(token, password),
-    what: "activation link",
-    askAgain: "Ask your administrator for a new one.",
+    noToken: "dashboard.activate.noToken",
+    unknown: "dashboard.activate.unknown",
+    expired: "dashboard.activate.expired",
   },
   reset: {
-    title: "Choose a new password",
-    intro: "Choose a new password (at least 8 characters). You will be signed out everywhere else.",
-    submit: "Set the password",
-    done: "Your password is changed",
-    doneText: "You can now sign in with your login or e-mail and the new password.",
+    title: "dashboard.reset.title",
+    intro: "dashboard.reset.intro",
+    submit: "dashboard.reset.submit",
+    done: "dashboard.reset.done",
+    doneText: "dashboard.reset.doneText",
     send: (token, password) => api.confirmReset(token, password),
-    what: "reset link",
-    askAgain: "Ask for a new one on the sign-in page.",
+    noToken: "dashboard.reset.noToken",
+    unknown: "dashboard.reset.unknown",
+    expired: "dashboard.reset.expired",
   },
 };
 
@@ -53,7 +57,12 @@ function setError(text) {
   $("activate-error").hidden = !text;
 }
 
-const noToken = () => `This link has no token. ${mode.askAgain}`;
+const noToken = () => t(mode.noToken);
+
+/** The catalogue key of the page title for the link in the address bar. */
+export function linkTitleKey() {
+  return MODES[linkOf(location.hash) ?? "activate"].title;
+}
 
 async function onSubmit(event) {
   event.preventDefault();
@@ -62,11 +71,11 @@ async function onSubmit(event) {
   if (!current) return setError(noToken());
   if (password.length < 8) {
     $("activate-password").focus();
-    return setError("Choose a password of at least 8 characters.");
+    return setError(t("dashboard.activate.tooShort"));
   }
   if (password !== confirm) {
     $("activate-confirm").focus();
-    return setError("The two passwords differ.");
+    return setError(t("dashboard.activate.differ"));
   }
   const button = $("activate-submit");
   button.disabled = true;
@@ -75,9 +84,9 @@ async function onSubmit(event) {
   } catch (err) {
     setError(
       err.status === 404
-        ? `This ${mode.what} is unknown or was already used. ${mode.askAgain}`
+        ? t(mode.unknown)
         : err.status === 409
-          ? `This ${mode.what} has expired. ${mode.askAgain}`
+          ? t(mode.expired)
           : err.message,
     );
     return;
@@ -97,12 +106,11 @@ export function startActivation(token) {
     bound = true;
     $("activate-form").addEventListener("submit", onSubmit);
   }
-  $("activate-title").textContent = mode.title;
-  $("activate-intro").textContent = mode.intro;
-  $("activate-submit").textContent = mode.submit;
-  $("activate-done-title").textContent = mode.done;
-  $("activate-done-text").textContent = mode.doneText;
-  document.title = `${mode.title} · Proctor dashboard`;
+  localize($("activate-title"), mode.title);
+  localize($("activate-intro"), mode.intro);
+  localize($("activate-submit"), mode.submit);
+  localize($("activate-done-title"), mode.done);
+  localize($("activate-done-text"), mode.doneText);
   $("activate-form").hidden = false;
   $("activate-done").hidden = true;
   $("activate-password").value = "";
@@ -118,18 +126,17 @@ async function onForgot(event) {
   const email = $("forgot-email").value.trim();
   const status = $("forgot-status");
   if (!email) {
-    status.textContent = "Enter the e-mail address of your account.";
+    localize(status, "dashboard.forgot.missingEmail");
     return;
   }
   const button = $("forgot-submit");
   button.disabled = true;
   try {
     const answer = await api.requestReset(email);
-    status.textContent = answer.message;
+    plain(status, answer.message);
   } catch (err) {
-    status.textContent = err.status === 404
-      ? "Password reset by e-mail is not set up here. Ask your administrator."
-      : err.message;
+    if (err.status === 404) localize(status, "dashboard.forgot.notSetUp");
+    else plain(status, err.message);
   } finally {
     button.disabled = false;
   }

@@ -2,7 +2,8 @@
 
 import { api, download, query } from "./api.js";
 import { session } from "./auth.js";
-import { esc, plural } from "./format.js";
+import { formatTime, localize, plain, t } from "/client/i18n.js";
+import { esc } from "./format.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -32,7 +33,7 @@ function who(ref) {
   // "staff:<id>", "user:<id>", "login:<name>", "anonymous", "guest:<login>" ...
   const [kind, id] = ref.includes(":") ? [ref.slice(0, ref.indexOf(":")), ref.slice(ref.indexOf(":") + 1)] : [ref, ""];
   if ((kind === "staff" || kind === "user") && names.has(id)) return `${names.get(id)}`;
-  if (kind === "staff" && id === "admin") return "staff token";
+  if (kind === "staff" && id === "admin") return t("dashboard.top.staffToken");
   return ref;
 }
 
@@ -45,7 +46,7 @@ export async function showAudit() {
       const select = $("audit-user");
       const current = select.value;
       select.innerHTML =
-        `<option value="">Everyone</option>` +
+        `<option value="" data-i18n="dashboard.audit.everyone">${esc(t("dashboard.audit.everyone"))}</option>` +
         users.map((u) => `<option value="${esc(u.id)}">${esc(u.full_name)} (${esc(u.email)})</option>`).join("");
       select.value = current;
     } catch {
@@ -59,31 +60,31 @@ async function load() {
   const mine = ++loadSeq;
   const f = filters();
   $("audit-csv").href = `/api/v1/audit.csv${query(f)}`;
-  $("audit-count").textContent = "Loading…";
+  localize($("audit-count"), "dashboard.common.loading");
   let entries;
   try {
     ({ entries } = await api.audit({ ...f, limit: LIMIT, order: "desc" }));
   } catch (err) {
-    if (mine === loadSeq) $("audit-count").textContent = `Could not load the audit log: ${err.message}`;
+    if (mine === loadSeq) plain($("audit-count"), t("dashboard.audit.loadFailed", { error: err.message }));
     return;
   }
   if (mine !== loadSeq) return;
-  $("audit-count").textContent =
-    entries.length >= LIMIT ? `The latest ${LIMIT} entries: narrow the dates to see earlier ones` : plural(entries.length, "entry", "entries");
+  if (entries.length >= LIMIT) localize($("audit-count"), "dashboard.audit.limited", { count: LIMIT });
+  else localize($("audit-count"), "dashboard.audit.count", { count: entries.length });
   $("audit-rows").innerHTML =
     entries
       .map((e) => {
         const details = Object.keys(e.details ?? {}).length ? JSON.stringify(e.details) : "";
         return `<tr data-action="${esc(e.action)}">
-          <td class="nowrap">${esc(new Date(e.at * 1000).toLocaleString())}</td>
-          <td title="${esc(e.actor)}">${esc(who(e.actor))}</td>
+          <td class="nowrap">${esc(formatTime(e.at, { date: true }))}</td>
+          <td translate="no" title="${esc(e.actor)}">${esc(who(e.actor))}</td>
           <td class="mono">${esc(e.ip || "—")}</td>
           <td><span class="flag">${esc(e.action)}</span></td>
-          <td title="${esc(e.subject)}">${esc(e.subject ? who(e.subject) : "—")}</td>
+          <td translate="no" title="${esc(e.subject)}">${esc(e.subject ? who(e.subject) : "—")}</td>
           <td class="mono details-cell">${esc(details)}</td>
         </tr>`;
       })
-      .join("") || `<tr><td colspan="6" class="empty-state">No entries for these filters.</td></tr>`;
+      .join("") || `<tr><td colspan="6" class="empty-state">${esc(t("dashboard.audit.empty"))}</td></tr>`;
 }
 
 function bind() {

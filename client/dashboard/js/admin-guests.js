@@ -4,7 +4,8 @@
 
 import { api } from "./api.js";
 import { session } from "./auth.js";
-import { clockTime, esc, plural } from "./format.js";
+import { localize, plain, t } from "/client/i18n.js";
+import { clockTime, esc, statusLabel } from "./format.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -25,14 +26,14 @@ async function loadPool() {
     renderPool(s);
     if (document.activeElement !== $("pool-size")) $("pool-size").value = String(s.size);
   } catch (err) {
-    $("pool-status").textContent = `Could not load the pool: ${err.message}`;
+    plain($("pool-status"), t("dashboard.guests.poolFailed", { error: err.message }));
   }
 }
 
 function renderPool(s) {
-  const items = [["Accounts", s.size], ["Free", s.free], ["Reserved", s.reserved], ["Retired", s.retired]];
+  const items = [["accounts", s.size], ["free", s.free], ["reserved", s.reserved], ["retired", s.retired]];
   $("pool-stats").innerHTML = items
-    .map(([k, v]) => `<div data-stat="${k.toLowerCase()}"><dt>${k}</dt><dd>${v ?? 0}</dd></div>`)
+    .map(([k, v]) => `<div data-stat="${k}"><dt data-i18n="dashboard.guests.stat.${k}">${esc(t(`dashboard.guests.stat.${k}`))}</dt><dd>${v ?? 0}</dd></div>`)
     .join("");
 }
 
@@ -43,11 +44,13 @@ async function loadExams() {
     exams.sort((a, b) => (b.starts_at ?? 0) - (a.starts_at ?? 0) || a.title.localeCompare(b.title));
     const current = select.value || new URLSearchParams(location.search).get("exam") || "";
     select.innerHTML =
-      `<option value="">Choose an exam…</option>` +
-      exams.map((e) => `<option value="${esc(e.id)}">${esc(e.title)} (${esc(e.id)})${e.settings?.allow_guests ? " · guests allowed" : ""}</option>`).join("");
+      `<option value="" data-i18n="dashboard.guests.chooseExam">${esc(t("dashboard.guests.chooseExam"))}</option>` +
+      exams
+        .map((e) => `<option value="${esc(e.id)}">${esc(e.title)} (${esc(e.id)})${e.settings?.allow_guests ? ` · ${esc(t("dashboard.guests.allowed"))}` : ""}</option>`)
+        .join("");
     if (exams.some((e) => e.id === current)) select.value = current;
   } catch (err) {
-    $("gs-status").textContent = `Could not load the exams: ${err.message}`;
+    plain($("gs-status"), t("dashboard.exams.loadFailed", { error: err.message }));
     return;
   }
   await loadSessions();
@@ -60,21 +63,22 @@ async function loadSessions() {
   $("gs-warning").hidden = true;
   if (!examId) {
     list.replaceChildren();
-    $("gs-status").textContent = "Choose an exam to see its guest sessions.";
+    localize($("gs-status"), "dashboard.guests.chooseToSee");
     return;
   }
-  $("gs-status").textContent = "Loading…";
+  localize($("gs-status"), "dashboard.common.loading");
   let data;
   try {
     data = await api.guestSessions(examId);
   } catch (err) {
-    if (mine === loadSeq) $("gs-status").textContent = `Could not load the guest sessions: ${err.message}`;
+    if (mine === loadSeq) plain($("gs-status"), t("dashboard.guests.sessionsFailed", { error: err.message }));
     return;
   }
   if (mine !== loadSeq) return;
   $("gs-warning").textContent = data.warning ?? "";
   $("gs-warning").hidden = !data.warning;
-  $("gs-status").textContent = data.sessions.length ? plural(data.sessions.length, "guest session") : "No session of this exam was taken with a guest account.";
+  if (data.sessions.length) localize($("gs-status"), "dashboard.guests.count", { count: data.sessions.length });
+  else localize($("gs-status"), "dashboard.guests.none");
   const canReassign = session.can("guests.reassign");
   list.innerHTML = data.sessions.map((s) => renderSession(s, canReassign)).join("");
 }
@@ -86,32 +90,32 @@ function renderSession(s, canReassign) {
   const form = !canReassign
     ? ""
     : live
-      ? `<p class="muted small">Reassign once the session is finished (it is ${esc(s.status)}).</p>`
+      ? `<p class="muted small">${esc(t("dashboard.guests.reassignLater", { status: statusLabel(s.status) }))}</p>`
       : `<form class="reassign-form" data-session-id="${esc(s.session_id)}">
-          <p class="reassign-title">Reassign to…</p>
+          <p class="reassign-title">${esc(t("dashboard.guests.reassignTo"))}</p>
           <div class="inline-fields">
-            <div class="field"><label for="ra-id-${esc(s.session_id)}">Candidate id</label>
+            <div class="field"><label for="ra-id-${esc(s.session_id)}">${esc(t("dashboard.guests.candidateId"))}</label>
               <input id="ra-id-${esc(s.session_id)}" name="candidate_id" type="text" required maxlength="128" autocomplete="off" value="${esc(g.student_number ?? "")}"></div>
-            <div class="field"><label for="ra-name-${esc(s.session_id)}">Candidate name</label>
+            <div class="field"><label for="ra-name-${esc(s.session_id)}">${esc(t("dashboard.guests.candidateName"))}</label>
               <input id="ra-name-${esc(s.session_id)}" name="candidate_name" type="text" maxlength="200" autocomplete="off" value="${esc([g.first_name, g.surname].filter(Boolean).join(" "))}"></div>
-            <div class="field"><label for="ra-group-${esc(s.session_id)}">Group</label>
+            <div class="field"><label for="ra-group-${esc(s.session_id)}">${esc(t("dashboard.monitor.group"))}</label>
               <input id="ra-group-${esc(s.session_id)}" name="group" type="text" maxlength="200" autocomplete="off" value="${esc(s.group ?? "")}"></div>
           </div>
           <p class="error-text" role="alert" hidden></p>
-          <button type="submit" class="btn small primary">Reassign</button>
+          <button type="submit" class="btn small primary">${esc(t("dashboard.guests.reassign"))}</button>
         </form>`;
   return `<li class="gs-item card" data-session-id="${esc(s.session_id)}" data-account="${esc(s.account)}">
     <div class="gs-head">
       <span class="strong">${esc(s.account)}</span>
-      <span class="badge st-${esc(s.status)}">${esc(s.status)}</span>
-      <span class="muted mono small">session ${esc(s.session_id)}</span>
+      <span class="badge st-${esc(s.status)}">${esc(statusLabel(s.status))}</span>
+      <span class="muted mono small">${esc(t("dashboard.guests.session", { id: s.session_id }))}</span>
     </div>
     <dl class="details">
-      <div><dt>Name typed</dt><dd>${esc(typed)}</dd></div>
-      <div><dt>Student number</dt><dd>${esc(g.student_number || "—")}</dd></div>
-      <div><dt>E-mail</dt><dd>${esc(g.email || "—")}</dd></div>
-      <div><dt>Reserved</dt><dd>${esc(g.reserved_at ? clockTime(g.reserved_at) : "—")}</dd></div>
-      <div><dt>From</dt><dd class="mono">${esc(g.ip || g.address || "—")}</dd></div>
+      <div><dt>${esc(t("dashboard.guests.nameTyped"))}</dt><dd>${esc(typed)}</dd></div>
+      <div><dt>${esc(t("dashboard.guests.studentNumber"))}</dt><dd>${esc(g.student_number || "—")}</dd></div>
+      <div><dt>${esc(t("dashboard.userDialog.eMail"))}</dt><dd>${esc(g.email || "—")}</dd></div>
+      <div><dt>${esc(t("dashboard.guests.reserved"))}</dt><dd>${esc(g.reserved_at ? clockTime(g.reserved_at) : "—")}</dd></div>
+      <div><dt>${esc(t("dashboard.guests.from"))}</dt><dd class="mono">${esc(g.ip || g.address || "—")}</dd></div>
     </dl>
     ${form}
   </li>`;
@@ -125,7 +129,7 @@ async function onReassign(event) {
   const data = Object.fromEntries(new FormData(form));
   const body = { candidate_id: data.candidate_id.trim() };
   if (!body.candidate_id) {
-    error.textContent = "Enter the real candidate's id.";
+    error.textContent = t("dashboard.guests.missingId");
     error.hidden = false;
     return;
   }
@@ -135,7 +139,7 @@ async function onReassign(event) {
   button.disabled = true;
   try {
     const r = await api.reassignGuest($("gs-exam").value, form.dataset.sessionId, body);
-    toast(`Reassigned the session of ${r.guest_account} to ${r.candidate_name || r.candidate_id}`, "ok", 10000);
+    toast(t("dashboard.guests.reassigned", { account: r.guest_account, candidate: r.candidate_name || r.candidate_id }), "ok", 10000);
   } catch (err) {
     error.textContent = err.message;
     error.hidden = false;
@@ -153,16 +157,16 @@ function bind() {
     e.preventDefault();
     const size = Number($("pool-size").value);
     if (!Number.isInteger(size) || size < 0) {
-      $("pool-status").textContent = "Enter a whole number of accounts.";
+      localize($("pool-status"), "dashboard.guests.badSize");
       return;
     }
-    $("pool-status").textContent = "Resizing…";
+    localize($("pool-status"), "dashboard.guests.resizing");
     try {
       const s = await api.resizePool(size);
       renderPool(s);
-      $("pool-status").textContent = `The pool has ${plural(s.size, "account")} (${s.created ?? 0} created).`;
+      localize($("pool-status"), "dashboard.guests.resized", { count: s.size, created: s.created ?? 0 });
     } catch (err) {
-      $("pool-status").textContent = `Not resized: ${err.message}`;
+      plain($("pool-status"), t("dashboard.guests.notResized", { error: err.message }));
     }
   });
 }

@@ -2,7 +2,8 @@
 // the state store describe them (GET /api/v1/nodes), refreshed every few seconds while shown.
 
 import { api } from "./api.js";
-import { clockTime, esc, plural } from "./format.js";
+import { language, localize, plain, t } from "/client/i18n.js";
+import { clockTime, esc } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 export const REFRESH_MS = 2000;
@@ -10,42 +11,45 @@ export const REFRESH_MS = 2000;
 /** "3 s", "4 min", "2 h 5 min": a length of time in seconds. */
 function span(seconds) {
   const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 60) return t("dashboard.time.seconds", { count: s });
+  if (s < 3600) return t("dashboard.time.minutes", { count: Math.floor(s / 60) });
   const m = Math.floor((s % 3600) / 60);
-  return `${Math.floor(s / 3600)} h${m ? ` ${m} min` : ""}`;
+  const h = Math.floor(s / 3600);
+  return m ? t("dashboard.time.hoursMinutes", { h, m }) : t("dashboard.time.hours", { count: h });
 }
 
 function count(value) {
-  return typeof value === "number" ? value.toLocaleString() : "—";
+  return typeof value === "number" ? value.toLocaleString(language()) : "—";
 }
 
 function stateCell(node, now) {
-  if (node.alive) return `<span class="badge node-alive">Alive</span>`;
-  return `<span class="badge node-dead">Dead</span> <span class="muted">since ${esc(clockTime(node.last_beat))} (${esc(span(now - node.last_beat))} ago)</span>`;
+  if (node.alive) return `<span class="badge node-alive">${esc(t("dashboard.nodes.alive"))}</span>`;
+  const since = t("dashboard.nodes.deadSince", { time: clockTime(node.last_beat), ago: span(now - node.last_beat) });
+  return `<span class="badge node-dead">${esc(t("dashboard.nodes.dead"))}</span> <span class="muted">${esc(since)}</span>`;
 }
 
 function subscriptionCell(node) {
   const subscribed = node.info.subscribed;
   if (subscribed === undefined) return "—";
-  if (!node.alive) return `<span class="muted">${subscribed ? "Subscribed" : "Not subscribed"} (last known)</span>`;
-  return subscribed ? `<span class="badge node-alive">Subscribed</span>` : `<span class="badge node-dead">Not subscribed</span>`;
+  const text = esc(t(subscribed ? "dashboard.nodes.subscribed" : "dashboard.nodes.notSubscribed"));
+  if (!node.alive) return `<span class="muted">${esc(t("dashboard.nodes.lastKnown", { state: t(subscribed ? "dashboard.nodes.subscribed" : "dashboard.nodes.notSubscribed") }))}</span>`;
+  return subscribed ? `<span class="badge node-alive">${text}</span>` : `<span class="badge node-dead">${text}</span>`;
 }
 
 function row(node, now) {
   const info = node.info ?? {};
   const started = typeof info.started_at === "number" ? info.started_at : null;
-  const uptime = started !== null && node.alive ? ` <span class="muted">(up ${esc(span(now - started))})</span>` : "";
+  const uptime = started !== null && node.alive ? ` <span class="muted">${esc(t("dashboard.nodes.uptime", { span: span(now - started) }))}</span>` : "";
   return `<tr data-node="${esc(node.id)}" data-alive="${node.alive}">
-    <td class="mono" data-col="id">${esc(node.id)}${node.this ? ` <span class="flag" title="This page's requests are answered by this process">this</span>` : ""}</td>
-    <td data-col="process">${esc(info.host ?? "—")} <span class="muted mono">pid ${esc(info.pid ?? "—")}</span></td>
+    <td class="mono" data-col="id">${esc(node.id)}${node.this ? ` <span class="flag" title="${esc(t("dashboard.nodes.thisTitle"))}">${esc(t("dashboard.nodes.this"))}</span>` : ""}</td>
+    <td data-col="process">${esc(info.host ?? "—")} <span class="muted mono">${esc(t("dashboard.nodes.pid", { pid: info.pid ?? "—" }))}</span></td>
     <td data-col="state">${stateCell(node, now)}</td>
     <td class="num" data-col="candidates">${count(info.candidates)}</td>
     <td class="num" data-col="dashboards">${count(info.dashboards)}</td>
     <td data-col="subscription">${subscriptionCell({ ...node, info })}</td>
     <td class="num" data-col="backlog">${count(info.history_backlog)}</td>
     <td class="nowrap" data-col="started">${started !== null ? esc(clockTime(started)) : "—"}${uptime}</td>
-    <td class="nowrap" data-col="last-beat">${esc(span(now - node.last_beat))} ago</td>
+    <td class="nowrap" data-col="last-beat">${esc(t("dashboard.nodes.ago", { span: span(now - node.last_beat) }))}</td>
   </tr>`;
 }
 
@@ -53,10 +57,10 @@ function summary(nodes) {
   const alive = nodes.filter((n) => n.alive);
   const total = (key) => alive.reduce((sum, n) => sum + (typeof n.info?.[key] === "number" ? n.info[key] : 0), 0);
   const parts = [
-    `${plural(alive.length, "node")} alive`,
-    nodes.length > alive.length ? `${nodes.length - alive.length} dead` : null,
-    plural(total("candidates"), "candidate"),
-    plural(total("dashboards"), "dashboard"),
+    t("dashboard.nodes.aliveCount", { count: alive.length }),
+    nodes.length > alive.length ? t("dashboard.nodes.deadCount", { count: nodes.length - alive.length }) : null,
+    t("dashboard.nodes.candidateCount", { count: total("candidates") }),
+    t("dashboard.nodes.dashboardCount", { count: total("dashboards") }),
   ];
   return parts.filter(Boolean).join(" · ");
 }
@@ -71,16 +75,16 @@ export function showNodes() {
     try {
       body = await api.nodes();
     } catch (err) {
-      if (!stopped) $("nodes-status").textContent = `Could not load the nodes: ${err.message} (retrying)`;
+      if (!stopped) plain($("nodes-status"), t("dashboard.nodes.loadFailed", { error: err.message }));
       return;
     }
     if (stopped) return;
     const { now, nodes } = body;
     $("nodes-summary").textContent = summary(nodes);
-    $("nodes-status").textContent = `Updated ${clockTime(now)}; refreshes every ${REFRESH_MS / 1000} s`;
+    plain($("nodes-status"), t("dashboard.nodes.updated", { time: clockTime(now), count: REFRESH_MS / 1000 }));
     $("nodes-rows").innerHTML =
       nodes.map((n) => row(n, now)).join("") ||
-      `<tr><td colspan="9" class="empty-state">No node has reported in the last hour.</td></tr>`;
+      `<tr><td colspan="9" class="empty-state">${esc(t("dashboard.nodes.empty"))}</td></tr>`;
   }
 
   async function loop() {
@@ -88,7 +92,7 @@ export function showNodes() {
     if (!stopped) timer = setTimeout(loop, REFRESH_MS);
   }
 
-  $("nodes-status").textContent = "Loading…";
+  localize($("nodes-status"), "dashboard.common.loading");
   loop();
   return () => {
     stopped = true;

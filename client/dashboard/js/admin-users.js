@@ -3,7 +3,8 @@
 
 import { api, download, query } from "./api.js";
 import { session } from "./auth.js";
-import { clockTime, esc, plural } from "./format.js";
+import { formatTime, localize, plain, t } from "/client/i18n.js";
+import { clockTime, esc, roleName } from "./format.js";
 import { askCommand, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -36,9 +37,10 @@ export async function showUsers() {
       roles = (await api.roles()).roles;
       const select = $("users-role");
       select.innerHTML =
-        `<option value="">All roles</option>` + roles.map((r) => `<option value="${esc(r.name)}">${esc(r.name)}</option>`).join("");
+        `<option value="" data-i18n="dashboard.users.allRoles">${esc(t("dashboard.users.allRoles"))}</option>` +
+        roles.map((r) => `<option value="${esc(r.name)}">${esc(roleName(r.name))}</option>`).join("");
     } catch (err) {
-      toast(`Could not load the roles: ${err.message}`, "error");
+      toast(t("dashboard.users.rolesFailed", { error: err.message }), "error");
     }
   }
   await load();
@@ -48,42 +50,43 @@ export async function showUsers() {
 export async function load() {
   const mine = ++loadSeq;
   $("users-csv").href = csvPath();
-  $("users-count").textContent = "Loading…";
+  localize($("users-count"), "dashboard.common.loading");
   let list;
   try {
     ({ users: list } = await api.users(filters()));
   } catch (err) {
-    if (mine === loadSeq) $("users-count").textContent = `Could not load the users: ${err.message}`;
+    if (mine === loadSeq) plain($("users-count"), t("dashboard.users.loadFailed", { error: err.message }));
     return;
   }
   if (mine !== loadSeq) return;
   users = new Map(list.map((u) => [u.id, u]));
-  $("users-count").textContent = plural(list.length, "user");
+  localize($("users-count"), "dashboard.users.count", { count: list.length });
   $("users-rows").innerHTML = list.map(renderRow).join("") ||
-    `<tr><td colspan="9" class="empty-state">No user matches these filters.</td></tr>`;
+    `<tr><td colspan="9" class="empty-state">${esc(t("dashboard.users.empty"))}</td></tr>`;
 }
 
 function renderRow(u) {
   const blocked = u.blocked_until
-    ? `<span class="error-text blocked">Blocked until ${esc(clockTime(u.blocked_until))}</span>`
+    ? `<span class="error-text blocked">${esc(t("dashboard.users.blockedUntil", { time: clockTime(u.blocked_until) }))}</span>`
     : `<span class="muted">—</span>`;
-  const online = u.logged_in ? `<span class="conn online"><span class="dot"></span>Yes</span>` : `<span class="muted">No</span>`;
-  const actions = [`<button type="button" class="btn small" data-user-action="edit">Edit…</button>`];
-  if (u.blocked_until) actions.push(`<button type="button" class="btn small primary" data-user-action="unlock">Unlock</button>`);
-  if (u.status === "deactivated") actions.push(`<button type="button" class="btn small" data-user-action="reactivate">Reactivate</button>`);
-  else actions.push(`<button type="button" class="btn small danger" data-user-action="deactivate">Deactivate…</button>`);
-  if (u.status === "invited") {
-    const label = u.invitation ? "Resend invitation" : "New activation link";
-    actions.push(`<button type="button" class="btn small" data-user-action="invitation">${label}</button>`);
-  }
+  const online = u.logged_in
+    ? `<span class="conn online"><span class="dot"></span>${esc(t("dashboard.common.yes"))}</span>`
+    : `<span class="muted">${esc(t("dashboard.common.no"))}</span>`;
+  const button = (action, cls = "", key = action) =>
+    `<button type="button" class="btn small${cls}" data-user-action="${action}">${esc(t(`dashboard.users.button.${key}`))}</button>`;
+  const actions = [button("edit")];
+  if (u.blocked_until) actions.push(button("unlock", " primary"));
+  if (u.status === "deactivated") actions.push(button("reactivate"));
+  else actions.push(button("deactivate", " danger"));
+  if (u.status === "invited") actions.push(button("invitation", "", u.invitation ? "resend" : "invitation"));
   return `<tr data-user-id="${esc(u.id)}" data-status="${esc(u.status)}" data-blocked="${!!u.blocked_until}">
     <td><span class="strong">${esc(u.full_name)}</span><span class="sub">${esc(u.email)}${u.login ? ` · ${esc(u.login)}` : ""}</span></td>
-    <td>${u.roles.map((r) => `<span class="flag">${esc(r)}</span>`).join(" ")}</td>
+    <td>${u.roles.map((r) => `<span class="flag">${esc(roleName(r))}</span>`).join(" ")}</td>
     <td>${esc(u.groups.join(", ")) || `<span class="muted">—</span>`}</td>
-    <td><span class="badge us-${esc(u.status)}">${esc(u.status)}</span>${invitationNote(u)}</td>
+    <td><span class="badge us-${esc(u.status)}">${esc(t(`dashboard.userStatus.${u.status}`))}</span>${invitationNote(u)}</td>
     <td class="col-blocked">${blocked}</td>
     <td class="col-online">${online}</td>
-    <td>${u.last_login_at ? esc(clockTime(u.last_login_at)) : `<span class="muted">never</span>`}</td>
+    <td>${u.last_login_at ? esc(clockTime(u.last_login_at)) : `<span class="muted">${esc(t("dashboard.users.never"))}</span>`}</td>
     <td>${u.last_logout_at ? esc(clockTime(u.last_logout_at)) : `<span class="muted">—</span>`}</td>
     <td><div class="row-actions">${actions.join("")}</div></td>
   </tr>`;
@@ -93,18 +96,20 @@ function renderRow(u) {
 function invitationNote(u) {
   const mail = u.status === "invited" ? u.invitation : null;
   if (!mail) return "";
-  if (mail.status === "sent") return `<span class="sub invitation" data-mail="sent">Invitation e-mailed ${esc(clockTime(mail.sent_at))}</span>`;
-  if (mail.status === "failed") {
-    return `<span class="sub invitation error-text" data-mail="failed" title="${esc(mail.last_error)}">Invitation NOT sent: ${esc(mail.last_error)}</span>`;
+  if (mail.status === "sent") {
+    return `<span class="sub invitation" data-mail="sent">${esc(t("dashboard.users.invitationSent", { time: clockTime(mail.sent_at) }))}</span>`;
   }
-  return `<span class="sub invitation" data-mail="pending">Invitation being sent (attempt ${mail.attempts + 1})</span>`;
+  if (mail.status === "failed") {
+    return `<span class="sub invitation error-text" data-mail="failed" title="${esc(mail.last_error)}">${esc(t("dashboard.users.invitationFailed", { error: mail.last_error }))}</span>`;
+  }
+  return `<span class="sub invitation" data-mail="pending">${esc(t("dashboard.users.invitationSending", { attempt: mail.attempts + 1 }))}</span>`;
 }
 
 /** After an action that made a new activation token: the link itself (no SMTP) or where the
  * e-mail carrying it went. */
 function announceInvitation(user, result) {
   if (result?.activation_token) showInvitation(user, result.activation_token, result.activation_expires_at);
-  else if (result?.invitation) toast(`Invitation e-mailed to ${result.invitation.recipient}`, "ok");
+  else if (result?.invitation) toast(t("dashboard.users.invitationMailed", { recipient: result.invitation.recipient }), "ok");
 }
 
 function bind() {
@@ -134,7 +139,7 @@ function bind() {
   $("inv-copy").addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText($("inv-link").value);
-      toast("Link copied", "ok");
+      toast(t("dashboard.invite.copied"), "ok");
     } catch {
       $("inv-link").select();
     }
@@ -145,9 +150,9 @@ async function act(action, user, button) {
   if (action === "edit") return openEditor(user);
   if (action === "deactivate") {
     const ok = await askCommand({
-      title: `Deactivate ${user.full_name}?`,
-      body: "They are signed out everywhere at once and cannot sign in until reactivated. Their history is kept.",
-      confirmLabel: "Deactivate",
+      title: t("dashboard.users.deactivateTitle", { name: user.full_name }),
+      body: t("dashboard.users.deactivateBody"),
+      confirmLabel: t("dashboard.users.deactivateConfirm"),
       danger: true,
       reason: false,
     });
@@ -156,16 +161,10 @@ async function act(action, user, button) {
   button.disabled = true;
   try {
     const result = await api.userAction(user.id, action);
-    const done = {
-      unlock: `Unlocked the login of ${user.full_name}`,
-      deactivate: `Deactivated ${user.full_name}`,
-      reactivate: `Reactivated ${user.full_name}`,
-      invitation: `New activation link for ${user.full_name}`,
-    }[action];
-    toast(done, "ok");
+    toast(t(`dashboard.users.done.${action}`, { name: user.full_name }), "ok");
     announceInvitation(user, result);
   } catch (err) {
-    toast(`${action[0].toUpperCase()}${action.slice(1)} failed: ${err.message}`, "error", 10000);
+    toast(t(`dashboard.users.failed.${action}`, { error: err.message }), "error", 10000);
   } finally {
     button.disabled = false;
   }
@@ -174,8 +173,9 @@ async function act(action, user, button) {
 
 function openEditor(user) {
   editing = user;
-  $("ud-title").textContent = user ? `Edit ${user.full_name}` : "New user";
-  $("ud-confirm").textContent = user ? "Save" : "Create user";
+  if (user) plain($("ud-title"), t("dashboard.userDialog.editTitle", { name: user.full_name }));
+  else localize($("ud-title"), "dashboard.userDialog.udTitle");
+  localize($("ud-confirm"), user ? "dashboard.userDialog.save" : "dashboard.userDialog.udConfirm");
   $("ud-name").value = user?.full_name ?? "";
   $("ud-email").value = user?.email ?? "";
   $("ud-login").value = user?.login ?? "";
@@ -183,7 +183,7 @@ function openEditor(user) {
   const have = new Set(user?.roles ?? []);
   $("ud-roles").innerHTML = (roles ?? [])
     .map(
-      (r) => `<label class="check" title="${esc(r.description ?? "")}"><input type="checkbox" name="role" value="${esc(r.name)}"${have.has(r.name) ? " checked" : ""}> ${esc(r.name)}</label>`,
+      (r) => `<label class="check" title="${esc(r.description ?? "")}"><input type="checkbox" name="role" value="${esc(r.name)}"${have.has(r.name) ? " checked" : ""}> ${esc(roleName(r.name))}</label>`,
     )
     .join("");
   $("ud-error").hidden = true;
@@ -203,7 +203,13 @@ async function onSave(event) {
     roles: [...$("ud-roles").querySelectorAll("input:checked")].map((i) => i.value),
     groups: $("ud-groups").value.split(",").map((g) => g.trim()).filter(Boolean),
   };
-  const missing = !fields.full_name ? "Enter the full name." : !fields.email ? "Enter the e-mail address." : !fields.roles.length ? "Choose at least one role." : "";
+  const missing = !fields.full_name
+    ? t("dashboard.userDialog.missingName")
+    : !fields.email
+      ? t("dashboard.userDialog.missingEmail")
+      : !fields.roles.length
+        ? t("dashboard.userDialog.missingRole")
+        : "";
   if (missing) {
     error.textContent = missing;
     error.hidden = false;
@@ -215,12 +221,12 @@ async function onSave(event) {
   try {
     if (editing) {
       await api.updateUser(editing.id, fields);
-      toast(`Saved ${fields.full_name}`, "ok");
+      toast(t("dashboard.users.saved", { name: fields.full_name }), "ok");
       $("user-dialog").close();
     } else {
       const created = await api.createUser(fields);
       $("user-dialog").close();
-      toast(`Created ${fields.full_name}`, "ok");
+      toast(t("dashboard.users.created", { name: fields.full_name }), "ok");
       announceInvitation(created.user, created);
     }
   } catch (err) {
@@ -236,10 +242,12 @@ async function onSave(event) {
 /** The activation link, shown once (the server keeps only its hash). */
 function showInvitation(user, token, expiresAt) {
   const link = `${location.origin}/dashboard/#/activate?token=${encodeURIComponent(token)}`;
-  $("inv-title").textContent = `Activation link for ${user.full_name}`;
+  plain($("inv-title"), t("dashboard.invite.titleFor", { name: user.full_name }));
   $("inv-link").value = link;
   $("inv-token").value = token;
-  $("inv-expires").textContent = expiresAt ? `Valid until ${new Date(expiresAt * 1000).toLocaleString()}. It is shown only this once.` : "It is shown only this once.";
+  $("inv-expires").textContent = expiresAt
+    ? t("dashboard.invite.validUntil", { time: formatTime(expiresAt, { date: true, seconds: false }) })
+    : t("dashboard.invite.onceOnly");
   $("invite-dialog").showModal();
   $("inv-link").select();
 }

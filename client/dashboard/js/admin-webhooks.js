@@ -3,7 +3,8 @@
 // refreshed every few seconds while shown. A new subscription's secret is shown once.
 
 import { api } from "./api.js";
-import { clockTime, esc, plural } from "./format.js";
+import { localize, plain, t } from "/client/i18n.js";
+import { clockTime, esc } from "./format.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,11 +15,11 @@ let selected = null; // the subscription whose log is shown
 let refreshNow = () => {};
 
 function examLabel(sub) {
-  return sub.exam_id ? esc(sub.exam_id) : `<span class="flag">Every exam</span>`;
+  return sub.exam_id ? esc(sub.exam_id) : `<span class="flag">${esc(t("dashboard.webhooks.everyExam"))}</span>`;
 }
 
 function kindsLabel(kinds) {
-  return kinds.length ? esc(kinds.join(", ")) : `<span class="muted">every kind</span>`;
+  return kinds.length ? esc(kinds.join(", ")) : `<span class="muted">${esc(t("dashboard.webhooks.everyKind"))}</span>`;
 }
 
 function subscriptionRow(sub) {
@@ -27,16 +28,18 @@ function subscriptionRow(sub) {
   return `<tr data-sub="${esc(sub.id)}" data-active="${sub.active}"${isSelected ? ' aria-selected="true" class="selected"' : ""}>
     <td data-col="url"><span class="mono small-text">${esc(sub.url)}</span>${sub.description ? `<br><span class="muted">${esc(sub.description)}</span>` : ""}</td>
     <td data-col="exam">${examLabel(sub)}</td>
-    <td data-col="kinds" class="details-cell">${kindsLabel(sub.kinds)}</td>
-    <td data-col="state">${sub.active ? `<span class="badge node-alive">Active</span>` : `<span class="badge node-dead">Disabled</span>`}</td>
+    <td data-col="kinds" class="details-cell" translate="no">${kindsLabel(sub.kinds)}</td>
+    <td data-col="state">${sub.active
+      ? `<span class="badge node-alive">${esc(t("dashboard.webhooks.active"))}</span>`
+      : `<span class="badge node-dead">${esc(t("dashboard.webhooks.disabled"))}</span>`}</td>
     <td class="num" data-col="pending">${c.pending ?? 0}</td>
     <td class="num" data-col="delivered">${c.delivered ?? 0}</td>
     <td class="num" data-col="failed">${c.failed ?? 0}</td>
     <td><div class="row-actions">
-      <button type="button" class="btn small" data-act="test">Send test</button>
-      <button type="button" class="btn small" data-act="log" aria-pressed="${isSelected}">Delivery log</button>
-      <button type="button" class="btn small" data-act="toggle">${sub.active ? "Disable" : "Enable"}</button>
-      <button type="button" class="btn small danger" data-act="delete">Delete</button>
+      <button type="button" class="btn small" data-act="test">${esc(t("dashboard.webhooks.sendTest"))}</button>
+      <button type="button" class="btn small" data-act="log" aria-pressed="${isSelected}">${esc(t("dashboard.webhooks.whLogTitle"))}</button>
+      <button type="button" class="btn small" data-act="toggle">${esc(t(sub.active ? "dashboard.webhooks.disable" : "dashboard.webhooks.enable"))}</button>
+      <button type="button" class="btn small danger" data-act="delete">${esc(t("dashboard.webhooks.delete"))}</button>
     </div></td>
   </tr>`;
 }
@@ -44,13 +47,13 @@ function subscriptionRow(sub) {
 function deliveryRow(d) {
   const where = d.exam_id ? `${esc(d.exam_id)} <span class="muted">#${esc(d.seq)}</span>` : "—";
   const next = d.status === "pending" && d.next_attempt_at ? esc(clockTime(d.next_attempt_at)) : "—";
-  const retry = d.status === "delivered" ? "" : `<button type="button" class="btn small" data-retry="${esc(d.id)}">Retry now</button>`;
+  const retry = d.status === "delivered" ? "" : `<button type="button" class="btn small" data-retry="${esc(d.id)}">${esc(t("dashboard.top.retryNow"))}</button>`;
   const history = (d.errors ?? []).map((e) => `${e.attempt}: ${e.error}`).join("\n");
   return `<tr data-delivery="${esc(d.id)}" data-status="${esc(d.status)}">
     <td class="nowrap" data-col="created">${esc(clockTime(d.created_at))}</td>
-    <td data-col="kind">${esc(d.kind)}</td>
+    <td data-col="kind" translate="no">${esc(d.kind)}</td>
     <td data-col="where">${where}</td>
-    <td data-col="status"><span class="badge wh-${esc(d.status)}">${esc(d.status)}</span></td>
+    <td data-col="status"><span class="badge wh-${esc(d.status)}">${esc(t(`dashboard.webhooks.st.${d.status}`))}</span></td>
     <td class="num" data-col="attempts">${esc(d.attempts)}</td>
     <td class="details-cell" data-col="error" title="${esc(history)}">${esc(d.last_error || "—")}</td>
     <td class="nowrap" data-col="next">${next}</td>
@@ -64,10 +67,10 @@ async function loadExams() {
     const select = $("wh-exam");
     const current = select.value;
     select.innerHTML =
-      `<option value="">Every exam</option>` + exams.map((e) => `<option value="${esc(e.id)}">${esc(e.title)} (${esc(e.id)})</option>`).join("");
+      `<option value="" data-i18n="dashboard.webhooks.everyExam">${esc(t("dashboard.webhooks.everyExam"))}</option>` + exams.map((e) => `<option value="${esc(e.id)}">${esc(e.title)} (${esc(e.id)})</option>`).join("");
     select.value = exams.some((e) => e.id === current) ? current : "";
   } catch (err) {
-    toast(`Could not load the exams: ${err.message}`, "error");
+    toast(t("dashboard.exams.loadFailed", { error: err.message }), "error");
   }
 }
 
@@ -85,28 +88,28 @@ async function refresh(stopped) {
   try {
     body = await api.webhooks();
   } catch (err) {
-    if (!stopped()) $("wh-status").textContent = `Could not load the subscriptions: ${err.message} (retrying)`;
+    if (!stopped()) plain($("wh-status"), t("dashboard.webhooks.loadFailed", { error: err.message }));
     return;
   }
   if (stopped()) return;
   renderKinds(body.kinds);
   const subs = body.subscriptions;
   if (selected && !subs.some((s) => s.id === selected)) selected = null;
-  $("wh-status").textContent = `${plural(subs.length, "subscription")}; refreshes every ${REFRESH_MS / 1000} s`;
+  localize($("wh-status"), "dashboard.webhooks.count", { count: subs.length, seconds: REFRESH_MS / 1000 });
   $("wh-rows").innerHTML =
-    subs.map(subscriptionRow).join("") || `<tr><td colspan="8" class="empty-state">No subscription yet: create one above.</td></tr>`;
+    subs.map(subscriptionRow).join("") || `<tr><td colspan="8" class="empty-state">${esc(t("dashboard.webhooks.none"))}</td></tr>`;
   const log = $("wh-log");
   log.hidden = !selected;
   if (!selected) return;
   const sub = subs.find((s) => s.id === selected);
-  $("wh-log-title").textContent = `Delivery log · ${sub.url}`;
+  plain($("wh-log-title"), `${t("dashboard.webhooks.whLogTitle")} · ${sub.url}`);
   try {
     const { deliveries } = await api.webhookDeliveries(selected);
     if (stopped()) return;
     $("wh-log-rows").innerHTML =
-      deliveries.map(deliveryRow).join("") || `<tr><td colspan="8" class="empty-state">Nothing delivered yet. "Send test" sends a ping.</td></tr>`;
+      deliveries.map(deliveryRow).join("") || `<tr><td colspan="8" class="empty-state">${esc(t("dashboard.webhooks.noDeliveries"))}</td></tr>`;
   } catch (err) {
-    if (!stopped()) $("wh-log-rows").innerHTML = `<tr><td colspan="8">Could not load the log: ${esc(err.message)}</td></tr>`;
+    if (!stopped()) $("wh-log-rows").innerHTML = `<tr><td colspan="8">${esc(t("dashboard.webhooks.logFailed", { error: err.message }))}</td></tr>`;
   }
 }
 
@@ -128,7 +131,7 @@ async function onCreate(event) {
     $("wh-secret").hidden = false;
     form.reset();
     selected = created.id;
-    toast("Subscription created", "ok");
+    toast(t("dashboard.webhooks.createdToast"), "ok");
     refreshNow();
   } catch (err) {
     error.textContent = err.message;
@@ -141,9 +144,9 @@ async function onRowAction(event) {
   if (retry) {
     try {
       await api.retryWebhookDelivery(selected, retry.dataset.retry);
-      toast("Sending again", "ok");
+      toast(t("dashboard.webhooks.sendingAgain"), "ok");
     } catch (err) {
-      toast(`Retry failed: ${err.message}`, "error");
+      toast(t("dashboard.webhooks.retryFailed", { error: err.message }), "error");
     }
     refreshNow();
     return;
@@ -156,16 +159,16 @@ async function onRowAction(event) {
     if (button.dataset.act === "test") {
       await api.testWebhook(id);
       selected = id;
-      toast("Test ping queued", "ok");
+      toast(t("dashboard.webhooks.testQueued"), "ok");
     } else if (button.dataset.act === "log") {
       selected = selected === id ? null : id;
     } else if (button.dataset.act === "toggle") {
       await api.updateWebhook(id, { active: row.dataset.active !== "true" });
     } else if (button.dataset.act === "delete") {
-      if (!confirm("Delete this subscription and its delivery log?")) return;
+      if (!confirm(t("dashboard.webhooks.confirmDelete"))) return;
       await api.deleteWebhook(id);
       if (selected === id) selected = null;
-      toast("Subscription deleted", "ok");
+      toast(t("dashboard.webhooks.deleted"), "ok");
     }
   } catch (err) {
     toast(err.message, "error");
@@ -201,7 +204,7 @@ export function showWebhooks() {
       timer = setTimeout(loop, REFRESH_MS);
     }
   }
-  $("wh-status").textContent = "Loading…";
+  localize($("wh-status"), "dashboard.common.loading");
   loadExams();
   loop();
   return () => {

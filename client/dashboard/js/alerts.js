@@ -4,7 +4,8 @@
 // active, with the snapshot; the same alert may come both ways, so alerts are kept by id. A
 // dismissed alert stays dismissed in this browser (localStorage), also after a reload.
 
-import { clockTime, esc, plural } from "./format.js";
+import { t } from "/client/i18n.js";
+import { clockTime, esc } from "./format.js";
 
 const DISMISSED_KEY = "realtime.dismissedAlerts";
 const KEEP_DISMISSED = 100;
@@ -67,7 +68,7 @@ export class AlertBanner {
     this.alerts.set(alert.id, alert);
     if (this.dismissed.has(alert.id)) return false;
     this.render();
-    if (live) notifyStaff({ title: "Candidates dropped", text: describe(alert), level: "danger" });
+    if (live) notifyStaff({ title: t("dashboard.dropAlert.notifyTitle"), text: describe(alert), level: "danger" });
     return true;
   }
 
@@ -95,9 +96,9 @@ export class AlertBanner {
         (a) =>
           `<div class="alert-item" data-alert-id="${esc(a.id)}">` +
           `<svg aria-hidden="true" viewBox="0 0 24 24" width="22" height="22"><path d="M12 3 2 20h20L12 3z" fill="none" stroke="currentColor" stroke-width="2.2" stroke-linejoin="round"/><path d="M12 10v4.5M12 17.2v.3" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"/></svg>` +
-          `<div class="alert-text"><strong>Hall-wide drop</strong> ${esc(describe(a))}</div>` +
-          `<button type="button" class="btn small" data-alert="${esc(a.id)}" data-do="show">Show them</button>` +
-          `<button type="button" class="btn small ghost" data-alert="${esc(a.id)}" data-do="dismiss" aria-label="Dismiss this alert">Dismiss</button>` +
+          `<div class="alert-text"><strong>${esc(t("dashboard.dropAlert.title"))}</strong> ${esc(describe(a))}</div>` +
+          `<button type="button" class="btn small" data-alert="${esc(a.id)}" data-do="show">${esc(t("dashboard.dropAlert.show"))}</button>` +
+          `<button type="button" class="btn small ghost" data-alert="${esc(a.id)}" data-do="dismiss" aria-label="${esc(t("dashboard.dropAlert.dismissLabel"))}">${esc(t("dashboard.common.dismiss"))}</button>` +
           `</div>`,
       )
       .join("");
@@ -108,10 +109,10 @@ export class AlertBanner {
 export function describe(alert) {
   const groups = Object.entries(alert.groups ?? {}).filter(([g]) => g);
   const where = alert.group
-    ? ` of ${alert.group}`
+    ? t("dashboard.dropAlert.ofGroup", { group: alert.group })
     : groups.length
       ? ` (${groups.map(([g, n]) => `${g}: ${n}`).join(", ")})`
       : "";
-  const at = alert.raised_at ? `, at ${clockTime(alert.raised_at)}` : "";
-  return `${plural(alert.count ?? 0, "candidate")}${where} lost their connection within ${alert.window_seconds} s${at}.`;
+  const at = alert.raised_at ? t("dashboard.dropAlert.at", { time: clockTime(alert.raised_at) }) : "";
+  return t("dashboard.dropAlert.describe", { count: alert.count ?? 0, where, seconds: alert.window_seconds, at });
 }

@@ -3,6 +3,8 @@
 
 import { CSRF_COOKIE, readCookie, tokenStore } from "./auth.js";
 
+import { t } from "/client/i18n.js";
+
 const SAFE = new Set(["GET", "HEAD", "OPTIONS"]);
 
 export class ApiError extends Error {
@@ -73,7 +75,7 @@ export async function request(method, path, body, { quiet = false, anonymous = f
       credentials: anonymous ? "omit" : "same-origin",
     });
   } catch (err) {
-    throw new ApiError(0, "network", "The server cannot be reached. Check the network and try again.");
+    throw new ApiError(0, "network", t("dashboard.error.network"));
   }
   serverClock.observe(response, sentAt);
   let data = null;

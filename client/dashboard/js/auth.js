@@ -14,6 +14,8 @@
 // `session.me` is the caller as `GET /api/v1/auth/me` describes it (name, roles, permissions);
 // the views offer only what `session.can(permission)` allows.
 
+import { formatTime, t } from "/client/i18n.js";
+
 const KEY = "realtime.staffToken";
 export const CSRF_COOKIE = "realtime_csrf";
 
@@ -70,11 +72,7 @@ export const session = {
 
 /** A readable "blocked until …" for a `login_blocked` answer. */
 export function blockedText(blockedUntil) {
-  const d = new Date(blockedUntil * 1000);
-  const sameDay = d.toDateString() === new Date().toDateString();
-  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  const when = sameDay ? time : `${d.toLocaleDateString()} ${time}`;
-  return `Too many failed sign-ins: this login is blocked until ${when}. Try again later or ask an administrator to unlock it.`;
+  return t("dashboard.login.blocked", { when: formatTime(blockedUntil, { seconds: false }) });
 }
 
 /**
@@ -118,7 +116,7 @@ export function obtainLogin({ login, verify, message, mode = "password" }) {
       const name = $("login-name").value.trim();
       const password = $("login-password").value;
       if (!name || !password) {
-        setError(!name ? "Enter your login or e-mail." : "Enter your password.");
+        setError(t(!name ? "dashboard.login.missingLogin" : "dashboard.login.missingPassword"));
         (!name ? $("login-name") : $("login-password")).focus();
         return;
       }
@@ -131,9 +129,9 @@ export function obtainLogin({ login, verify, message, mode = "password" }) {
         if (err?.code === "login_blocked" && err.data?.blocked_until) {
           setError(blockedText(err.data.blocked_until));
         } else if (err?.status === 401) {
-          setError("Wrong login or password.");
+          setError(t("dashboard.login.wrongPassword"));
         } else if (err?.status === 403) {
-          setError(`You cannot sign in: ${err.message}. Ask an administrator.`);
+          setError(t("dashboard.login.forbidden", { error: err.message }));
         } else {
           setError(err?.message ?? String(err));
         }
@@ -150,7 +148,7 @@ export function obtainLogin({ login, verify, message, mode = "password" }) {
       event.preventDefault();
       const token = $("token-input").value.trim();
       if (!token) {
-        setError("Enter your staff token.");
+        setError(t("dashboard.login.missingToken"));
         $("token-input").focus();
         return;
       }
@@ -161,7 +159,7 @@ export function obtainLogin({ login, verify, message, mode = "password" }) {
         await verify(token);
       } catch (err) {
         tokenStore.clear();
-        setError(err?.status === 401 ? "This token was not accepted. Check it and try again." : err.message);
+        setError(err?.status === 401 ? t("dashboard.login.badToken") : err.message);
         $("token-input").select();
         return;
       } finally {

@@ -4,13 +4,14 @@
 
 import { api, download, openPrintView } from "./api.js";
 import { session } from "./auth.js";
-import { esc, plural } from "./format.js";
+import { formatTime, localize, plain, t } from "/client/i18n.js";
+import { browserTimeZone, epochToZoned, fillZoneSelect, zonedToEpoch } from "/client/timezone.js";
+import { esc, statusLabel } from "./format.js";
 import { openRosterImport } from "./roster-import.js";
 import { askCommand, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
-const STATUS_LABELS = { scheduled: "Scheduled", running: "Running", ended: "Ended", archived: "Archived" };
 const SESSION_ORDER = ["ready", "awaiting", "active", "paused", "completed", "terminated"];
 
 let bound = false;
@@ -50,12 +51,12 @@ function filters() {
 export async function load() {
   const mine = ++loadSeq;
   const status = $("exams-status");
-  status.textContent = "Loading exams…";
+  localize(status, "dashboard.exams.loading");
   let list;
   try {
     ({ exams: list } = await api.listExams(filters()));
   } catch (err) {
-    if (mine === loadSeq && err.status !== 401) status.textContent = `Could not load the exams: ${err.message}`;
+    if (mine === loadSeq && err.status !== 401) plain(status, t("dashboard.exams.loadFailed", { error: err.message }));
     return;
   }
   if (mine !== loadSeq) return;
@@ -66,58 +67,68 @@ export async function load() {
       a.title.localeCompare(b.title),
   );
   exams = new Map(list.map((e) => [e.id, e]));
-  status.textContent = list.length ? plural(list.length, "exam") : "";
+  if (list.length) localize(status, "dashboard.exams.count", { count: list.length });
+  else plain(status, "");
   $("exam-rows").innerHTML =
     list.map(renderRow).join("") ||
     `<tr><td colspan="5" class="empty-state">${
-      Object.values(filters()).some(Boolean) ? "No exam matches these filters." : "No exams yet."
+      esc(t(Object.values(filters()).some(Boolean) ? "dashboard.exams.noMatch" : "dashboard.exams.none"))
     }</td></tr>`;
 }
 
 function when(epoch) {
-  return new Date(epoch * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  return formatTime(epoch, { date: true, seconds: false });
 }
 
 function windowText(e) {
-  if (e.starts_at == null && e.ends_at == null) return `<span class="muted">Always open</span>`;
-  const from = e.starts_at != null ? esc(when(e.starts_at)) : `<span class="muted">any time</span>`;
-  const to = e.ends_at != null ? esc(when(e.ends_at)) : `<span class="muted">open end</span>`;
+  if (e.starts_at == null && e.ends_at == null) return `<span class="muted">${esc(t("dashboard.exams.alwaysOpen"))}</span>`;
+  const from = e.starts_at != null ? esc(when(e.starts_at)) : `<span class="muted">${esc(t("dashboard.exams.anyTime"))}</span>`;
+  const to = e.ends_at != null ? esc(when(e.ends_at)) : `<span class="muted">${esc(t("dashboard.exams.openEnd"))}</span>`;
   return `<span class="nowrap">${from}</span> – <span class="nowrap">${to}</span>`;
 }
 
 function countsText(e) {
   const counts = SESSION_ORDER.filter((s) => e.counts?.[s]).map(
-    (s) => `<span class="badge st-${s}" title="${esc(s)}">${e.counts[s]} ${esc(s)}</span>`,
+    (s) => `<span class="badge st-${s}" title="${esc(statusLabel(s))}">${e.counts[s]} ${esc(statusLabel(s))}</span>`,
   );
   return `<span class="strong">${e.sessions ?? 0}</span><span class="exam-counts">${counts.join("")}</span>`;
 }
 
 function renderRow(e) {
-  const meta = [e.id, `${e.duration_minutes} min`];
-  if (e.groups?.length) meta.push(`groups: ${e.groups.join(", ")}`);
+  const meta = [e.id, t("dashboard.exams.minutes", { count: e.duration_minutes })];
+  if (e.groups?.length) meta.push(t("dashboard.exams.groups", { groups: e.groups.join(", ") }));
   const flags = [];
-  if (e.settings?.lock_sessions) flags.push(`<span class="flag">Locks on open</span>`);
-  if (e.settings?.requires_authorization) flags.push(`<span class="flag">Authorization</span>`);
+  if (e.settings?.lock_sessions) flags.push(`<span class="flag">${esc(t("dashboard.exams.locksOnOpen"))}</span>`);
+  if (e.settings?.requires_authorization) flags.push(`<span class="flag">${esc(t("dashboard.exams.authorization"))}</span>`);
   // Seen only through its candidates (another group's exam): watch it, change nothing.
   const manage = e.manages !== false && session.can("exams.manage");
   const create = e.manages !== false && session.can("sessions.create");
-  const actions = [`<a class="btn small" href="?exam=${encodeURIComponent(e.id)}" data-monitor>Monitor</a>`];
-  if (manage) actions.push(`<button type="button" class="btn small" data-exam-action="edit">Edit…</button>`);
+  const button = (action, cls = "") =>
+    `<button type="button" class="btn small${cls}" data-exam-action="${action}">${esc(t(`dashboard.exams.button.${action}`))}</button>`;
+  const actions = [`<a class="btn small" href="?exam=${encodeURIComponent(e.id)}" data-monitor>${esc(t("dashboard.exams.button.monitor"))}</a>`];
+  if (manage) actions.push(button("edit"));
   if (create) {
-    actions.push(`<button type="button" class="btn small" data-exam-action="roster">Import roster…</button>`);
-    actions.push(`<button type="button" class="btn small" data-exam-action="codes">Codes (CSV)</button>`);
-    actions.push(`<button type="button" class="btn small" data-exam-action="slips">Print slips</button>`);
+    actions.push(button("roster"));
+    actions.push(button("codes"));
+    actions.push(button("slips"));
   }
-  if (manage && e.status === "archived") actions.push(`<button type="button" class="btn small" data-exam-action="restore">Restore</button>`);
-  else if (manage) actions.push(`<button type="button" class="btn small danger" data-exam-action="archive">Archive…</button>`);
+  if (manage && e.status === "archived") actions.push(button("restore"));
+  else if (manage) actions.push(button("archive", " danger"));
   return `<tr data-exam-id="${esc(e.id)}" data-status="${esc(e.status)}">
     <td><a class="strong" href="?exam=${encodeURIComponent(e.id)}" data-exam="${esc(e.id)}">${esc(e.title)}</a>
       <span class="sub">${esc(meta.join(" · "))}</span>${flags.length ? `<span class="flags">${flags.join("")}</span>` : ""}</td>
     <td>${windowText(e)}</td>
-    <td><span class="badge ex-${esc(e.status)}">${esc(STATUS_LABELS[e.status] ?? e.status)}</span></td>
+    <td><span class="badge ex-${esc(e.status)}">${esc(examStatusLabel(e.status))}</span></td>
     <td>${countsText(e)}</td>
     <td><div class="row-actions">${actions.join("")}</div></td>
   </tr>`;
+}
+
+/** An exam's status (scheduled, running, ended, archived) in the page's language. */
+function examStatusLabel(status) {
+  const key = `dashboard.examStatus.${status}`;
+  const text = t(key);
+  return text === key ? status : text;
 }
 
 function bind() {
@@ -141,6 +152,7 @@ function bind() {
     if (exam) act(button.dataset.examAction, exam, button);
   });
   $("ed-form").addEventListener("submit", onSave);
+  $("ed-zone").addEventListener("change", onZoneChange);
 }
 
 async function act(action, exam, button) {
@@ -153,7 +165,7 @@ async function act(action, exam, button) {
     button.disabled = true;
     if (action === "restore") {
       await api.restoreExam(exam.id);
-      toast(`Restored ${exam.title}`, "ok");
+      toast(t("dashboard.exams.restored", { title: exam.title }), "ok");
     } else if (action === "archive") {
       await archive(exam);
     }
@@ -169,9 +181,9 @@ async function act(action, exam, button) {
  * second, explicit confirmation forces it. */
 async function archive(exam) {
   const ok = await askCommand({
-    title: `Archive ${exam.title}?`,
-    body: "It leaves the exam list (choose “Archived” to see it again). Its sessions and history are kept, and it can be restored.",
-    confirmLabel: "Archive",
+    title: t("dashboard.exams.archiveTitle", { title: exam.title }),
+    body: t("dashboard.exams.archiveBody"),
+    confirmLabel: t("dashboard.exams.archiveConfirm"),
     danger: true,
     reason: false,
   });
@@ -181,30 +193,38 @@ async function archive(exam) {
   } catch (err) {
     if (err.status !== 409) throw err;
     const force = await askCommand({
-      title: `Candidates are connected to ${exam.title}`,
-      body: `${err.message.split(":")[0]}. Archive it anyway? Connected candidates keep working.`,
-      confirmLabel: "Archive anyway",
+      title: t("dashboard.exams.connectedTitle", { title: exam.title }),
+      body: t("dashboard.exams.connectedBody", { reason: err.message.split(":")[0] }),
+      confirmLabel: t("dashboard.exams.archiveAnyway"),
       danger: true,
       reason: false,
     });
     if (!force) return;
     await api.archiveExam(exam.id, true);
   }
-  toast(`Archived ${exam.title}`, "ok");
+  toast(t("dashboard.exams.archived", { title: exam.title }), "ok");
 }
 
-/** epoch seconds <-> a `datetime-local` value in the browser's time zone. */
-function toLocalInput(epoch) {
-  if (epoch == null) return "";
-  const d = new Date(epoch * 1000);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+/** The window's wall-clock times are read in the zone chosen beside them (the browser's by
+ * default): epoch seconds <-> a `datetime-local` value in that zone. */
+function toZonedInput(epoch) {
+  return epoch == null ? "" : epochToZoned(epoch, $("ed-zone").value);
 }
 
-function fromLocalInput(value) {
+function fromZonedInput(value) {
   if (!value) return null;
-  const ms = new Date(value).getTime();
-  return Number.isNaN(ms) ? undefined : ms / 1000;
+  return zonedToEpoch(value, $("ed-zone").value) ?? undefined;
+}
+
+/** A new zone keeps the instants: the inputs are rewritten as the same times seen from it. */
+let shownZone = null;
+function onZoneChange() {
+  const zone = $("ed-zone").value;
+  for (const id of ["ed-starts", "ed-ends"]) {
+    const epoch = $(id).value ? zonedToEpoch($(id).value, shownZone) : null;
+    if (epoch != null) $(id).value = epochToZoned(epoch, zone);
+  }
+  shownZone = zone;
 }
 
 const list = (value) =>
@@ -215,13 +235,16 @@ const list = (value) =>
 
 function openEditor(exam) {
   editing = exam;
-  $("ed-title").textContent = exam ? `Edit ${exam.title}` : "New exam";
-  $("ed-confirm").textContent = exam ? "Save" : "Create exam";
+  if (exam) plain($("ed-title"), t("dashboard.examDialog.editTitle", { title: exam.title }));
+  else localize($("ed-title"), "dashboard.examDialog.edTitle");
+  localize($("ed-confirm"), exam ? "dashboard.userDialog.save" : "dashboard.examDialog.edConfirm");
+  fillZoneSelect($("ed-zone"), browserTimeZone());
+  shownZone = $("ed-zone").value;
   $("ed-id-field").hidden = !!exam;
   $("ed-id").value = "";
   $("ed-name").value = exam?.title ?? "";
-  $("ed-starts").value = toLocalInput(exam?.starts_at);
-  $("ed-ends").value = toLocalInput(exam?.ends_at);
+  $("ed-starts").value = toZonedInput(exam?.starts_at);
+  $("ed-ends").value = toZonedInput(exam?.ends_at);
   $("ed-duration").value = exam?.duration_minutes ?? 60;
   $("ed-groups").value = exam?.groups.join(", ") ?? session.me?.groups?.join(", ") ?? "";
   $("ed-lock").checked = !!exam?.settings?.lock_sessions;
@@ -237,15 +260,15 @@ function openEditor(exam) {
 /** The form's fields as the API takes them, or a message saying what to fix. */
 function readForm() {
   const title = $("ed-name").value.trim();
-  const starts = fromLocalInput($("ed-starts").value);
-  const ends = fromLocalInput($("ed-ends").value);
+  const starts = fromZonedInput($("ed-starts").value);
+  const ends = fromZonedInput($("ed-ends").value);
   const duration = Number($("ed-duration").value);
   const id = $("ed-id").value.trim();
-  if (!title) return { problem: "Enter the exam's title." };
-  if (!editing && id && !/^[A-Za-z0-9_.-]{1,64}$/.test(id)) return { problem: "The id may only have letters, digits, “_”, “.” and “-”." };
-  if (starts === undefined || ends === undefined) return { problem: "Enter a complete date and time (or none)." };
-  if (starts != null && ends != null && ends <= starts) return { problem: "The exam must close after it opens." };
-  if (!Number.isInteger(duration) || duration < 1 || duration > 1440) return { problem: "The duration is a whole number of minutes, 1 to 1440." };
+  if (!title) return { problem: t("dashboard.examDialog.missingTitle") };
+  if (!editing && id && !/^[A-Za-z0-9_.-]{1,64}$/.test(id)) return { problem: t("dashboard.examDialog.badId") };
+  if (starts === undefined || ends === undefined) return { problem: t("dashboard.examDialog.incomplete") };
+  if (starts != null && ends != null && ends <= starts) return { problem: t("dashboard.examDialog.closesBeforeOpens") };
+  if (!Number.isInteger(duration) || duration < 1 || duration > 1440) return { problem: t("dashboard.examDialog.badDuration") };
   const fields = {
     title,
     starts_at: starts,
@@ -278,10 +301,10 @@ async function onSave(event) {
   try {
     if (editing) {
       await api.updateExam(editing.id, fields);
-      toast(`Saved ${fields.title}`, "ok");
+      toast(t("dashboard.users.saved", { name: fields.title }), "ok");
     } else {
       const created = await api.createExam(fields);
-      toast(`Created ${created.title} (${created.id})`, "ok");
+      toast(t("dashboard.exams.created", { title: created.title, id: created.id }), "ok");
     }
     $("exam-dialog").close();
   } catch (err) {

@@ -1,4 +1,6 @@
-// Small formatting helpers shared by the dashboard modules.
+// Small formatting helpers shared by the dashboard modules, in the page's language.
+
+import { formatTime, has, t } from "/client/i18n.js";
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -21,79 +23,54 @@ export function duration(ms) {
 export function ago(epochSeconds, nowMs) {
   if (epochSeconds == null) return "—";
   const s = Math.max(0, Math.round(nowMs / 1000 - epochSeconds));
-  if (s < 5) return "just now";
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
+  if (s < 5) return t("dashboard.time.justNow");
+  if (s < 60) return t("dashboard.time.secondsAgo", { count: s });
+  if (s < 3600) return t("dashboard.time.minutesAgo", { count: Math.floor(s / 60) });
+  if (s < 86400) return t("dashboard.time.hoursAgo", { count: Math.floor(s / 3600) });
+  return t("dashboard.time.daysAgo", { count: Math.floor(s / 86400) });
 }
 
-/** An epoch-seconds time as a local clock time (with date when not today). */
+/** An epoch-seconds time as a clock time with its time zone (with the date when not today). */
 export function clockTime(epochSeconds) {
-  if (epochSeconds == null) return "—";
-  const d = new Date(epochSeconds * 1000);
-  const today = new Date();
-  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-  if (d.toDateString() === today.toDateString()) return time;
-  return `${d.toLocaleDateString()} ${time}`;
+  return formatTime(epochSeconds);
 }
 
-const ACTION_LABELS = {
-  authorize: "Authorize",
-  pause: "Pause",
-  resume: "Resume",
-  lock: "Lock",
-  unlock: "Unlock",
-  terminate: "Terminate",
-  extend: "Extend",
-  notice: "Notice",
-  acknowledge_hand: "Acknowledge hand",
-};
-
+/** A command's name ("Pause"); unknown actions as they are. */
 export function actionLabel(action) {
-  return ACTION_LABELS[action] ?? action;
+  return has(`dashboard.action.${action}`) ? t(`dashboard.action.${action}`) : action;
 }
 
-/** Past tense for toasts: "Paused 3 sessions". */
-export function actionDone(action) {
-  return (
-    {
-      authorize: "Authorized",
-      pause: "Paused",
-      resume: "Resumed",
-      lock: "Locked",
-      unlock: "Unlocked",
-      terminate: "Terminated",
-      extend: "Extended",
-      notice: "Sent the notice to",
-      acknowledge_hand: "Acknowledged the raised hand of",
-    }[action] ?? action
-  );
+/** A toast for a command applied to `count` sessions: "Paused 3 sessions". */
+export function actionDone(action, count) {
+  return has(`dashboard.done.${action}`)
+    ? t(`dashboard.done.${action}`, { count })
+    : t("dashboard.done.other", { action, count });
 }
 
+/** "3 sessions", in English only: kept for callers not yet on the catalogues. */
 export function plural(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
 }
 
-const EVENT_LABELS = {
-  created: "Created",
-  opened: "Opened",
-  reconnected: "Reconnected",
-  refused: "Open refused",
-  relocked: "Locked again on open",
-  superseded: "Superseded",
-  disconnected: "Disconnected",
-  progress: "Progress",
-  client_event: "Client alert",
-  delivered: "Command delivered",
-  submitted: "Submitted",
-  irregularity: "Irregularity reported",
-  hand_raised: "Hand raised",
-  drop_alert: "Hall-wide drop alert",
-};
-
+/** A history entry's kind ("Open refused"); commands by their action name. */
 export function eventLabel(kind) {
-  return EVENT_LABELS[kind] ?? actionLabel(kind);
+  return has(`dashboard.event.${kind}`) ? t(`dashboard.event.${kind}`) : actionLabel(kind);
+}
+
+/** A session status in the page's language ("awaiting" → "Waiting"…). */
+export function statusLabel(status) {
+  return has(`dashboard.status.${status}`) ? t(`dashboard.status.${status}`) : status;
+}
+
+/** A candidate alert or an irregularity category in words ("focus_lost" → "focus lost"). */
+export function alertLabel(name) {
+  const key = `dashboard.alert.${name}`;
+  return has(key) ? t(key) : String(name ?? "").replaceAll("_", " ");
+}
+
+/** A role's name in the page's language (its id when the catalogues do not know it). */
+export function roleName(role) {
+  return has(`dashboard.role.${role}`) ? t(`dashboard.role.${role}`) : role;
 }
 
 /** A `datetime-local` input's value (the browser's local time) as ISO-8601 UTC, "" for none. */

@@ -3,7 +3,7 @@
 // (`#/activate?token=…`).
 
 import { api, onUnauthorized } from "./api.js";
-import { activationToken, startActivation } from "./activate.js";
+import { activationToken, linkTitleKey, startActivation } from "./activate.js";
 import { showAudit } from "./admin-audit.js";
 import { showGuests } from "./admin-guests.js";
 import { showNodes } from "./admin-nodes.js";
@@ -11,7 +11,9 @@ import { showUsers } from "./admin-users.js";
 import { showWebhooks } from "./admin-webhooks.js";
 import { showExams } from "./exams.js";
 import { obtainLogin, session, tokenStore } from "./auth.js";
+import { initI18n, languageSwitch, onLanguageChange, plain, t } from "/client/i18n.js";
 import { listenKeys, setUpHelpDialog } from "/client/keys.js";
+import { roleName } from "./format.js";
 import { startMonitor } from "./monitor.js";
 import { toast } from "./ui.js";
 
@@ -20,16 +22,16 @@ const VIEWS = ["view-login", "view-activate", "view-exams", "view-monitor", "vie
 
 /** The admin pages and who sees them. */
 const PAGES = {
-  users: { view: "view-users", title: "Users", allowed: () => session.can("users.manage"), show: showUsers },
-  audit: { view: "view-audit", title: "Audit log", allowed: () => session.can("audit.view"), show: showAudit },
+  users: { view: "view-users", title: "dashboard.title.users", allowed: () => session.can("users.manage"), show: showUsers },
+  audit: { view: "view-audit", title: "dashboard.title.audit", allowed: () => session.can("audit.view"), show: showAudit },
   guests: {
     view: "view-guests",
-    title: "Guest accounts",
+    title: "dashboard.title.guests",
     allowed: () => session.canAny("users.manage", "guests.reassign"),
     show: showGuests,
   },
-  nodes: { view: "view-nodes", title: "Nodes", allowed: () => session.can("system.view"), show: showNodes },
-  webhooks: { view: "view-webhooks", title: "Webhooks", allowed: () => session.can("webhooks.manage"), show: showWebhooks },
+  nodes: { view: "view-nodes", title: "dashboard.title.nodes", allowed: () => session.can("system.view"), show: showNodes },
+  webhooks: { view: "view-webhooks", title: "dashboard.title.webhooks", allowed: () => session.can("webhooks.manage"), show: showWebhooks },
 };
 
 let stopView = null;
@@ -63,9 +65,11 @@ function renderIdentity() {
   const me = session.me;
   if (!me) return;
   $("whoami-name").textContent = me.name;
-  const role = me.roles?.length ? me.roles.join(", ") : session.mode === "token" ? "staff token" : me.kind;
+  const role = me.roles?.length ? me.roles.map(roleName).join(", ") : session.mode === "token" ? t("dashboard.top.staffToken") : me.kind;
   $("whoami-role").textContent = role;
-  $("whoami").title = `${me.name} (${role})${me.groups?.length ? ` · groups: ${me.groups.join(", ")}` : ""}`;
+  $("whoami").title = me.groups?.length
+    ? t("dashboard.top.whoamiGroups", { name: me.name, role, groups: me.groups.join(", ") })
+    : t("dashboard.top.whoami", { name: me.name, role });
   for (const [name, page] of Object.entries(PAGES)) {
     document.querySelector(`#sections a[data-nav="${name}"]`).hidden = !page.allowed();
   }
@@ -85,9 +89,9 @@ async function ensureSignedIn(message) {
       return;
     } catch (err) {
       if (err.status !== 401) {
-        message = `Cannot check your sign-in: ${err.message}`;
+        message = t("dashboard.login.cannotCheck", { error: err.message });
       } else if (tokenStore.get()) {
-        message = "Your staff token was not accepted. Sign in again.";
+        message = t("dashboard.login.tokenRefused");
       }
     }
   }
@@ -97,7 +101,7 @@ async function ensureSignedIn(message) {
     if (message) tokenStore.clear();
     session.me = null;
     show("view-login");
-    document.title = "Sign in · Proctor dashboard";
+    setTitle("dashboard.title.signIn");
     signingIn = obtainLogin({
       message,
       mode,
@@ -143,7 +147,7 @@ async function route() {
   const activation = activationToken();
   if (activation !== null) {
     show("view-activate");
-    document.title = "Activate your account · Proctor dashboard";
+    setTitle(linkTitleKey());
     startActivation(activation);
     return;
   }
@@ -154,20 +158,20 @@ async function route() {
   const page = PAGES[pageName];
   if (page) {
     if (!page.allowed()) {
-      toast(`Your role does not allow the ${page.title.toLowerCase()} page.`, "warn");
+      toast(t("dashboard.top.notAllowed", { page: t(page.title) }), "warn");
       navigate("./");
       return;
     }
     show(page.view);
-    document.title = `${page.title} · Proctor dashboard`;
+    setTitle(page.title);
     const stopPage = page.show(); // a page that refreshes itself returns how to stop it
     if (typeof stopPage === "function") stopView = stopPage;
   } else if (examId) {
     show("view-monitor");
     $("crumb-exam").textContent = examId;
-    $("exam-title").textContent = examId;
-    $("exam-meta").textContent = "";
-    $("sync-info").textContent = "";
+    plain($("exam-title"), examId);
+    plain($("exam-meta"), "");
+    plain($("sync-info"), "");
     stopView = startMonitor({
       examId,
       token: tokenStore.get(), // null with a login: /ws/proctor then uses the cookie
@@ -177,7 +181,7 @@ async function route() {
     });
   } else {
     show("view-exams");
-    document.title = "Exams · Proctor dashboard";
+    setTitle("dashboard.title.exams");
     showExams();
   }
 }
@@ -201,7 +205,7 @@ $("sign-out").addEventListener("click", async () => {
     try {
       await api.logout();
     } catch (err) {
-      if (err.status !== 401) toast(`Sign-out failed: ${err.message}`, "error");
+      if (err.status !== 401) toast(t("dashboard.top.signOutFailed", { error: err.message }), "error");
     }
   }
   // A pasted token is only forgotten by this tab (scripts may share it).
@@ -213,7 +217,7 @@ $("sign-out").addEventListener("click", async () => {
 window.addEventListener("hashchange", route);
 onUnauthorized((message) => {
   if (signingIn) return; // the sign-in form reports it
-  ensureSignedIn(message || "Your session expired. Sign in again.").then(route);
+  ensureSignedIn(message || t("dashboard.login.expired")).then(route);
 });
 
 // Keyboard shortcuts on every view ("?" for the list); the monitor adds the table's own.
@@ -221,4 +225,18 @@ const openHelp = setUpHelpDialog($("help-dialog"));
 $("help-open").addEventListener("click", openHelp);
 listenKeys({ "?": openHelp });
 
+/** The tab's title: a page's name (a catalogue key) and the dashboard's. */
+let titleKey = null;
+function setTitle(key) {
+  titleKey = key;
+  document.title = `${t(key)} · ${t("dashboard.top.proctorDashboard")}`;
+}
+
+await initI18n();
+languageSwitch($("language"));
+onLanguageChange(() => {
+  if (titleKey) setTitle(titleKey);
+  renderIdentity();
+  if (document.body.dataset.view === "exams") showExams();
+});
 route();

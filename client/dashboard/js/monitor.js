@@ -4,7 +4,8 @@ import { listenKeys } from "/client/keys.js";
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
 import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
-import { actionDone, actionLabel, clockTime, esc, localToIso, plural } from "./format.js";
+import { localize, onLanguageChange, plain, t } from "/client/i18n.js";
+import { actionDone, actionLabel, clockTime, esc, localToIso } from "./format.js";
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
 import { askCommand, toast } from "./ui.js";
@@ -13,18 +14,12 @@ import { AlertBanner, notifyStaff } from "./alerts.js";
 const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice", "acknowledge_hand"]);
 const DELIVERY_RANK = { pending: 0, failed: 1, skipped: 1, sent: 2, queued: 2, delivered: 3 };
 
-const SKIP_TEXT = {
-  final_status: "already finished",
-  invalid_status: "not in a status that allows it",
-  already_locked: "already locked",
-  not_locked: "not locked",
-  already_authorized: "already authorized",
-  not_found: "not found",
-  forbidden: "outside your groups",
-  conflict: "busy, try again",
-  invalid_params: "invalid parameters",
-  hand_not_raised: "no hand raised",
-};
+/** Why a session was skipped, in words (dashboard.skip.<reason>; the code when unknown). */
+function skipText(reason) {
+  const key = `dashboard.skip.${reason}`;
+  const text = t(key);
+  return text === key ? reason : text;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -86,10 +81,8 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     const info = $("sync-info");
     info.dataset.sync = mode;
     info.dataset.seq = String(conn.lastSeq);
-    info.textContent =
-      mode === "events"
-        ? `Caught up at ${clockTime(now() / 1000)}: ${plural(missed, "missed event")} replayed`
-        : `Synchronised at ${clockTime(now() / 1000)}`;
+    if (mode === "events") localize(info, "dashboard.monitor.caughtUp", { time: clockTime(now() / 1000), count: missed });
+    else localize(info, "dashboard.monitor.synchronised", { time: clockTime(now() / 1000) });
     $("view-monitor").dataset.stale = "false";
   });
 
@@ -101,7 +94,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     if (fields.includes("alerts") && session.alerts) noteForScreenReader("alerts", session);
     if (fields.includes("hand_raised") && session.hand_raised) {
       noteForScreenReader("hands", session);
-      notifyStaff({ title: "Hand raised", text: `${session.candidate_name} raised their hand.`, level: "warning" });
+      notifyStaff({ title: t("dashboard.event.hand_raised"), text: t("dashboard.hand.notify", { name: session.candidate_name }), level: "warning" });
     }
   });
 
@@ -109,7 +102,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   conn.addEventListener("alert", (e) => {
     const { alert, event } = e.detail;
     if (banner.add(alert, event != null && conn.synced)) {
-      $("announcer").textContent = `Alert: ${alert.count} candidates lost their connection.`;
+      $("announcer").textContent = t("dashboard.dropAlert.announce", { count: alert.count });
     }
   });
 
@@ -123,12 +116,12 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       const parts = [];
       const say = (names, what) => {
         if (!names.length) return;
-        const who = names.length <= 3 ? names.join(", ") : plural(names.length, "session");
-        parts.push(`${who} ${what}`);
+        const who = names.length <= 3 ? names.join(", ") : t("dashboard.monitor.sessionCount", { count: names.length });
+        parts.push(t(what, { who, count: names.length }));
       };
-      say(notes.offline.splice(0), "disconnected");
-      say(notes.alerts.splice(0), "raised an alert");
-      say(notes.hands.splice(0), "raised their hand");
+      say(notes.offline.splice(0), "dashboard.announce.disconnected");
+      say(notes.alerts.splice(0), "dashboard.announce.alert");
+      say(notes.hands.splice(0), "dashboard.announce.hand");
       if (parts.length) $("announcer").textContent = `${parts.join(". ")}.`;
     }, 3000);
   }
@@ -149,7 +142,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
           commandId,
           action: event.kind,
           state: session.connected || event.kind === "terminate" ? "sent" : "queued",
-          reason: `by ${event.actor}`,
+          reason: t("dashboard.monitor.byActor", { actor: event.actor }),
           at: Date.now(),
         });
         takeEarly(commandId, session.id);
@@ -174,13 +167,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   conn.addEventListener("state", (e) => renderPill(e.detail));
   conn.addEventListener("unauthorized", (e) => {
     conn.close();
-    onUnauthorized(e.detail.message || "Your session expired. Sign in again.");
+    onUnauthorized(e.detail.message || t("dashboard.login.expired"));
   });
   conn.addEventListener("error", (e) => {
     const m = e.detail;
     if (m.request === "subscribe") {
-      $("exam-title").textContent = m.code === "not_found" ? "Exam not found" : "Cannot watch this exam";
-      $("exam-meta").textContent = m.message;
+      localize($("exam-title"), m.code === "not_found" ? "dashboard.monitor.notFound" : "dashboard.monitor.cannotWatch");
+      plain($("exam-meta"), m.message);
       toast(m.message, "error");
       conn.close();
     }
@@ -239,27 +232,28 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     $("view-monitor").dataset.stale = String(stale);
     switch (detail.state) {
       case State.CONNECTING:
-        text.textContent = "Connecting…";
+        localize(text, "dashboard.pill.connecting");
         break;
       case State.OPEN:
-        text.textContent = "Live";
+        localize(text, "dashboard.pill.live");
         break;
       case State.RECONNECTING: {
         retry.hidden = false;
         const update = () => {
           const left = detail.retryAt ? Math.max(0, Math.ceil((detail.retryAt - Date.now()) / 1000)) : 0;
-          text.textContent = left > 0 ? `Connection lost · retrying in ${left} s` : "Reconnecting…";
+          if (left > 0) localize(text, "dashboard.pill.retrying", { count: left });
+          else localize(text, "dashboard.pill.reconnecting");
         };
         update();
         pillTimer = setInterval(update, 500);
         break;
       }
       case State.CLOSED:
-        text.textContent = "Disconnected";
+        localize(text, "dashboard.pill.disconnected");
         retry.hidden = false;
         break;
       default:
-        text.textContent = "Not connected";
+        localize(text, "dashboard.top.notConnected");
     }
   }
   const onRetry = () => {
@@ -273,29 +267,29 @@ export function startMonitor({ examId, token, onUnauthorized }) {
 
   function renderExam(exam) {
     if (!exam) return;
-    $("exam-title").textContent = exam.title;
+    plain($("exam-title"), exam.title);
     $("crumb-exam").textContent = exam.title;
-    document.title = `${exam.title} · Proctor dashboard`;
-    const parts = [exam.id, `${exam.duration_minutes} min`];
-    if (exam.settings?.lock_sessions) parts.push("sessions lock on open");
-    if (exam.settings?.requires_authorization) parts.push("authorization required");
-    $("exam-meta").textContent = parts.join(" · ");
+    document.title = `${exam.title} · ${t("dashboard.top.proctorDashboard")}`;
+    const parts = [exam.id, t("dashboard.exams.minutes", { count: exam.duration_minutes })];
+    if (exam.settings?.lock_sessions) parts.push(t("dashboard.monitor.locksOnOpen"));
+    if (exam.settings?.requires_authorization) parts.push(t("dashboard.monitor.authorizationRequired"));
+    plain($("exam-meta"), parts.join(" · "));
   }
 
   const COUNTER_DEFS = [
-    ...STATUSES.map((s) => ({ key: s, label: s[0].toUpperCase() + s.slice(1), status: s })),
-    { key: "offline", label: "Disconnected", flag: "offline" },
-    { key: "locked", label: "Locked" },
-    { key: "alerts", label: "With alerts", flag: "alerts" },
-    { key: "hands", label: "Hands raised", flag: "hands" },
+    ...STATUSES.map((s) => ({ key: s, label: `dashboard.status.${s}`, status: s })),
+    { key: "offline", label: "dashboard.counter.offline", flag: "offline" },
+    { key: "locked", label: "dashboard.counter.locked" },
+    { key: "alerts", label: "dashboard.monitor.withAlerts", flag: "alerts" },
+    { key: "hands", label: "dashboard.monitor.handsRaised", flag: "hands" },
   ];
   const counters = $("counters");
   counters.innerHTML =
-    `<div class="counter total"><span class="n" id="count-total">0</span><span class="l">Sessions</span></div>` +
+    `<div class="counter total"><span class="n" id="count-total">0</span><span class="l" data-i18n="dashboard.counter.total">${esc(t("dashboard.counter.total"))}</span></div>` +
     COUNTER_DEFS.map((d) => {
       const tag = d.status || d.flag ? "button" : "div";
       const attrs = tag === "button" ? ` type="button" aria-pressed="false"` : "";
-      return `<${tag} class="counter c-${d.key}" data-counter="${d.key}"${attrs}><span class="n">0</span><span class="l">${d.label}</span></${tag}>`;
+      return `<${tag} class="counter c-${d.key}" data-counter="${d.key}"${attrs}><span class="n">0</span><span class="l" data-i18n="${d.label}">${esc(t(d.label))}</span></${tag}>`;
     }).join("");
   const onCounter = (e) => {
     const button = e.target.closest("button[data-counter]");
@@ -331,7 +325,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
         ? groups
             .map((g) => `<label class="check"><input type="checkbox" value="${esc(g)}"${chosen.has(g) ? " checked" : ""}> ${esc(g)}</label>`)
             .join("")
-        : `<span class="muted">No groups</span>`;
+        : `<span class="muted" data-i18n="dashboard.monitor.noGroups">${esc(t("dashboard.monitor.noGroups"))}</span>`;
       renderGroupSummary();
     }
     renderResultCount();
@@ -342,7 +336,9 @@ export function startMonitor({ examId, token, onUnauthorized }) {
 
   function renderGroupSummary() {
     const chosen = [...table.filter.groups].sort(naturalCompare);
-    $("group-filter-summary").textContent = chosen.length === 0 ? "All groups" : chosen.length <= 2 ? chosen.join(", ") : `${chosen.length} groups`;
+    if (chosen.length === 0) localize($("group-filter-summary"), "dashboard.monitor.groupFilterSummary");
+    else if (chosen.length <= 2) plain($("group-filter-summary"), chosen.join(", "));
+    else localize($("group-filter-summary"), "dashboard.monitor.groupsChosen", { count: chosen.length });
   }
 
   function chosenGroups() {
@@ -366,7 +362,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       if (print) await openPrintView(path);
       else await download(path, `${examId}-${kind}.csv`);
     } catch (err) {
-      toast(`Could not export the ${kind}: ${err.message}`, "error");
+      toast(t(`dashboard.monitor.exportFailed.${kind}`, { error: err.message }), "error");
     } finally {
       button.disabled = false;
     }
@@ -375,7 +371,8 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   function renderResultCount() {
     const total = table.rows.size;
     const shown = table.visible.length;
-    $("result-count").textContent = table.filtered ? `Showing ${shown} of ${total}` : `${plural(total, "session")}`;
+    if (table.filtered) localize($("result-count"), "dashboard.monitor.showing", { shown, count: total });
+    else localize($("result-count"), "dashboard.monitor.sessionCount", { count: total });
     $("clear-filters").hidden = !table.filtered;
     renderActionBar();
   }
@@ -443,7 +440,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     if (open) runCommand(action, { single: open });
     else if (table.selected.length) runCommand(action, { scope: "selected" });
     else if (current && table.visible.some((r) => r.session.id === current.id)) runCommand(action, { single: current });
-    else toast("Select a session first (j / k to move, x to select).", "warn");
+    else toast(t("dashboard.keys.selectFirst"), "warn");
   }
   cleanups.push(
     listenKeys({
@@ -466,10 +463,9 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   function renderActionBar() {
     const selected = table.selected.length;
     const scope = $("scope");
-    scope.options[0].textContent = `Selected sessions (${selected})`;
-    scope.options[1].textContent = table.filtered
-      ? `All ${table.visible.length} matching the filter`
-      : `Whole exam (${table.rows.size})`;
+    localize(scope.options[0], "dashboard.monitor.scopeSelected", { count: selected });
+    if (table.filtered) localize(scope.options[1], "dashboard.monitor.scopeFiltered", { count: table.visible.length });
+    else localize(scope.options[1], "dashboard.monitor.scopeAll", { count: table.rows.size });
     const count = scope.value === "selected" ? selected : table.visible.length;
     for (const b of $("actionbar").querySelectorAll("button[data-action]")) b.disabled = count === 0;
     $("clear-selection").hidden = selected === 0;
@@ -493,14 +489,16 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     } else if (scope === "selected") {
       sessions = table.selected;
       target = sessions.map((s) => s.id);
-      description = plural(sessions.length, "selected session");
+      description = t("dashboard.command.whoSelected", { count: sessions.length });
     } else {
       sessions = table.visible.map((r) => r.session);
       target = table.filterTarget();
-      description = table.filtered ? `all ${plural(sessions.length, "session")} matching the filter` : `every session of the exam (${sessions.length})`;
+      description = table.filtered
+        ? t("dashboard.command.whoFiltered", { count: sessions.length })
+        : t("dashboard.command.whoAll", { count: sessions.length });
     }
     if (!sessions.length) {
-      toast("Select one or more sessions first.", "warn");
+      toast(t("dashboard.command.selectFirst"), "warn");
       return;
     }
     const label = actionLabel(action);
@@ -510,18 +508,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     const confirmNeeded = danger || input || sessions.length > 1 || (!single && scope === "filter");
     let params = {};
     if (confirmNeeded) {
-      const texts = {
-        terminate: `Terminate ${description}? The candidates' exams end now; this cannot be undone.`,
-        unlock: `Unlock ${description}? An unlocked session can be opened from another device or tab.`,
-        extend: `Give ${description} more time.`,
-        notice: `Send a notice to ${description}. It is shown on their screen at once.`,
-      };
+      const count = sessions.length;
       params = await askCommand({
-        title: action === "notice" ? "Send a notice" : action === "extend" ? "Extend time" : `${label} ${plural(sessions.length, "session")}?`,
-        body: texts[action] ?? `${label} ${description}?`,
+        title: t(`dashboard.command.title.${action}`, { count }),
+        body: t(`dashboard.command.body.${action}`, { who: description, count }),
         names,
-        count: sessions.length,
-        confirmLabel: action === "notice" ? "Send notice" : action === "extend" ? "Extend" : `${label} ${plural(sessions.length, "session")}`,
+        count,
+        confirmLabel: t(`dashboard.command.confirm.${action}`, { count }),
         danger,
         input,
         reason: action !== "notice",
@@ -541,7 +534,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
           table.setDelivery(s.id, { state: "failed", reason: err.message });
         }
       }
-      toast(`${label} failed: ${err.message}`, "error", 10000);
+      toast(t("dashboard.command.failed", { action: label, error: err.message }), "error", 10000);
       return;
     }
     for (const a of result.applied) {
@@ -556,7 +549,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     const explicit = new Set(single || scope === "selected" ? sessions.map((s) => s.id) : []);
     const reasons = new Map();
     for (const k of result.skipped) {
-      const text = SKIP_TEXT[k.reason] ?? k.reason;
+      const text = skipText(k.reason);
       reasons.set(text, (reasons.get(text) ?? 0) + 1);
       if (explicit.has(k.session_id)) {
         table.setDelivery(k.session_id, { commandId, action, state: "skipped", reason: k.message || text, at });
@@ -564,13 +557,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     }
     for (const s of sessions) {
       const d = table.delivery(s.id);
-      if (d?.commandId === commandId && d.state === "pending") table.setDelivery(s.id, { state: "skipped", reason: "not applied" });
+      if (d?.commandId === commandId && d.state === "pending") table.setDelivery(s.id, { state: "skipped", reason: t("dashboard.skip.not_applied") });
     }
     const n = result.applied.length;
-    let message = n ? `${actionDone(action)} ${plural(n, "session")}` : `${label}: nothing to do`;
+    let message = n ? actionDone(action, n) : t("dashboard.command.nothingToDo", { action: label });
     if (result.skipped.length) {
       const why = [...reasons].map(([text, count]) => `${count} ${text}`).join(", ");
-      message += `; ${result.skipped.length} skipped (${why})`;
+      message += t("dashboard.command.skipped", { count: result.skipped.length, why });
     }
     toast(message, n ? "ok" : "warn");
   }
@@ -593,6 +586,18 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   }
 
   // -- start ------------------------------------------------------------------------------
+
+  // A new language: redraw what is made from data (static and localize()d text follow by themselves).
+  cleanups.push(
+    onLanguageChange(() => {
+      renderExam(conn.exam);
+      renderPill({ state: conn.state });
+      renderGroupSummary();
+      renderCounts();
+      table.redraw?.();
+      panel.redraw?.();
+    }),
+  );
 
   // Debug/test hook: the live connection and the table.
   globalThis.__realtime = { connection: conn, table, panel, banner };

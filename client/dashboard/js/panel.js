@@ -2,7 +2,8 @@
 
 import { api, download, openPrintView, query } from "./api.js";
 import { session as signedIn } from "./auth.js";
-import { actionLabel, ago, clockTime, duration, esc, eventLabel, localToIso } from "./format.js";
+import { localize, plain, t } from "/client/i18n.js";
+import { actionLabel, ago, alertLabel, clockTime, duration, esc, eventLabel, localToIso, statusLabel } from "./format.js";
 import { isOffline, timeLeft } from "./table.js";
 import { toast } from "./ui.js";
 
@@ -84,7 +85,7 @@ export class SessionPanel {
     this.seenEvents = new Set();
     this.el.hidden = false;
     this.el.dataset.sessionId = sessionId;
-    this.q("irr-status").textContent = "";
+    plain(this.q("irr-status"), "");
     this.q("irr-note").value = "";
     this.render();
     this.el.scrollTop = 0;
@@ -121,7 +122,7 @@ export class SessionPanel {
       until: filters.to ? Date.parse(filters.to) / 1000 : null,
       all: !filters.exclude,
     };
-    status.textContent = "Loading history…";
+    localize(status, "dashboard.panel.loadingHistory");
     try {
       let next = null;
       let count = 0;
@@ -135,15 +136,11 @@ export class SessionPanel {
         pages += 1;
       } while (next && pages < MAX_HISTORY_PAGES);
       const ranged = filters.from || filters.to;
-      status.textContent = next
-        ? `Showing the first ${count} entries: download the CSV for all of them.`
-        : count
-          ? ""
-          : ranged
-            ? "No history in this period."
-            : "No history yet.";
+      if (next) localize(status, "dashboard.panel.historyCapped", { count });
+      else if (count) plain(status, "");
+      else localize(status, ranged ? "dashboard.panel.noHistoryInPeriod" : "dashboard.panel.noHistory");
     } catch (err) {
-      if (this.sessionId === sessionId && load === this.historyLoad) status.textContent = `Could not load the history: ${err.message}`;
+      if (this.sessionId === sessionId && load === this.historyLoad) plain(status, t("dashboard.panel.historyFailed", { error: err.message }));
     }
   }
 
@@ -155,7 +152,7 @@ export class SessionPanel {
       if (print) await openPrintView(path);
       else await download(path, `${this.examId}-${sessionId}-history.csv`);
     } catch (err) {
-      toast(`Could not export the history: ${err.message}`, "error");
+      toast(t("dashboard.panel.exportFailed", { error: err.message }), "error");
     }
   }
 
@@ -176,8 +173,15 @@ export class SessionPanel {
     const shown = this.historyShown;
     const inRange = (shown.since == null || event.at >= shown.since) && (shown.until == null || event.at < shown.until);
     if (event.kind !== "progress" && inRange && (shown.all || !CHATTY_KINDS.has(event.kind))) this._append(event);
-    this.q("history-status").textContent = "";
+    plain(this.q("history-status"), "");
     this.render();
+  }
+
+  /** The language changed: the details and the history again, in it. */
+  redraw() {
+    if (!this.isOpen) return;
+    this.render();
+    if (signedIn.can("sessions.history")) this.loadHistory(this.sessionId);
   }
 
   /** Refresh the details (status, connection, time left). */
@@ -185,32 +189,35 @@ export class SessionPanel {
     const s = this.sessionId && this.getSession(this.sessionId);
     if (!s) return;
     const now = this.now();
-    this.q("panel-title").textContent = s.candidate_name;
-    this.q("panel-sub").textContent = `${s.candidate_id} · session ${s.id}`;
+    plain(this.q("panel-title"), s.candidate_name);
+    this.q("panel-sub").textContent = t("dashboard.panel.sub", { candidate: s.candidate_id, id: s.id });
     const left = timeLeft(s, now);
     const d = this.getDelivery(s.id);
     const connection = s.connected
-      ? `Online${s.rtt_ms != null ? ` · ${Math.round(s.rtt_ms)} ms` : ""}`
+      ? `${t("dashboard.table.online")}${s.rtt_ms != null ? ` · ${Math.round(s.rtt_ms)} ms` : ""}`
       : isOffline(s)
-        ? `Disconnected ${ago(s.last_seen, now)}`
+        ? t("dashboard.panel.disconnectedAgo", { ago: ago(s.last_seen, now) })
         : s.status === "ready"
-          ? "Not started"
-          : "Closed";
+          ? t("dashboard.table.notStarted")
+          : t("dashboard.table.closed");
     const reconnects = s.reconnects ? ` · ↻ ${s.reconnects}` : "";
-    const extra = s.extra_minutes ? ` <span class="muted">(+${s.extra_minutes} min)</span>` : "";
+    const extra = s.extra_minutes ? ` <span class="muted">(${esc(t("dashboard.panel.extraMinutes", { count: s.extra_minutes }))})</span>` : "";
+    const progress = t("dashboard.panel.progress", { position: s.position, count: s.answered });
     const rows = [
-      ["Status", `<span class="badge st-${esc(s.status)}">${esc(s.status)}</span>`],
-      ["Lock", s.locked ? '<span class="lock on">Locked</span>' : '<span class="lock off">Unlocked</span>'],
-      ["Group", esc(s.group || "—")],
-      ["Connection", `<span class="${isOffline(s) ? "error-text" : ""}">${esc(connection + reconnects)}</span>`],
-      ["Progress", s.position || s.answered ? `Q ${s.position} · ${s.answered} answered` : "—"],
-      ["Time left", (left == null ? "—" : left <= 0 ? "0:00" : duration(left)) + extra],
-      ["Started", esc(clockTime(s.started_at))],
-      ["Alerts", s.alerts ? `${s.alerts} <span class="muted">(${esc(s.last_alert.replaceAll("_", " "))})</span>` : "0"],
-      ["Address", `<span class="mono">${esc(s.remote_addr || "—")}</span>`],
-      ["Last command", d ? `${esc(actionLabel(d.action))} · ${esc(d.state)}` : "—"],
+      ["dashboard.monitor.status", `<span class="badge st-${esc(s.status)}">${esc(statusLabel(s.status))}</span>`],
+      ["dashboard.monitor.lock", s.locked
+        ? `<span class="lock on">${esc(t("dashboard.table.locked"))}</span>`
+        : `<span class="lock off">${esc(t("dashboard.table.unlocked"))}</span>`],
+      ["dashboard.monitor.group", esc(s.group || "—")],
+      ["dashboard.monitor.connection", `<span class="${isOffline(s) ? "error-text" : ""}">${esc(connection + reconnects)}</span>`],
+      ["dashboard.monitor.progress", s.position || s.answered ? esc(progress) : "—"],
+      ["dashboard.monitor.timeLeft", (left == null ? "—" : left <= 0 ? "0:00" : duration(left)) + extra],
+      ["dashboard.panel.started", esc(clockTime(s.started_at))],
+      ["dashboard.monitor.alerts", s.alerts ? `${s.alerts} <span class="muted">(${esc(alertLabel(s.last_alert))})</span>` : "0"],
+      ["dashboard.audit.address", `<span class="mono">${esc(s.remote_addr || "—")}</span>`],
+      ["dashboard.monitor.lastCommand", d ? `${esc(actionLabel(d.action))} · ${esc(t(`dashboard.delivery.${d.state}`))}` : "—"],
     ];
-    const html = rows.map(([k, v]) => `<div><dt>${k}</dt><dd>${v}</dd></div>`).join("");
+    const html = rows.map(([k, v]) => `<div><dt>${esc(t(k))}</dt><dd>${v}</dd></div>`).join("");
     const details = this.q("panel-details");
     if (details.innerHTML !== html) details.innerHTML = html;
   }
@@ -224,22 +231,22 @@ export class SessionPanel {
     li.className = `h-${event.kind}`;
     const details = [];
     const d = event.details ?? {};
-    if (event.before && event.after && event.before !== event.after) details.push(`${event.before} → ${event.after}`);
-    if (d.reason) details.push(`reason: ${d.reason}`);
-    if (d.minutes) details.push(`+${d.minutes} min`);
+    if (event.before && event.after && event.before !== event.after) details.push(`${statusLabel(event.before)} → ${statusLabel(event.after)}`);
+    if (d.reason) details.push(t("dashboard.history.reason", { reason: d.reason }));
+    if (d.minutes) details.push(t("dashboard.panel.extraMinutes", { count: d.minutes }));
     if (d.text) details.push(`“${d.text}”`);
-    if (d.name) details.push(String(d.name).replaceAll("_", " "));
-    if (d.category) details.push(String(d.category).replaceAll("_", " "));
+    if (d.name) details.push(alertLabel(d.name));
+    if (d.category) details.push(alertLabel(d.category));
     if (d.note) details.push(d.note);
-    if (event.kind === "progress") details.push(`Q ${event.changes?.position} · ${event.changes?.answered} answered`);
+    if (event.kind === "progress") details.push(t("dashboard.panel.progress", { position: event.changes?.position, count: event.changes?.answered }));
     // Where an open came from: the address and the browser (User-Agent) it used.
-    const place = [d.remote_addr && `from ${d.remote_addr}`, d.user_agent].filter(Boolean).join(" · ");
+    const place = [d.remote_addr && t("dashboard.history.from", { address: d.remote_addr }), d.user_agent].filter(Boolean).join(" · ");
     const me = signedIn.me;
     const actorName = event.actor_name ?? (me && event.actor === `staff:${me.id}` ? me.name : event.actor);
     li.innerHTML =
       `<time>${esc(clockTime(event.at))}</time>` +
       `<span class="h-kind">${esc(eventLabel(event.kind))}</span>` +
-      `<span class="h-actor muted" title="${esc(event.actor)}">${esc(actorName)}</span>` +
+      `<span class="h-actor muted" translate="no" title="${esc(event.actor)}">${esc(actorName)}</span>` +
       (details.length ? `<span class="h-details">${esc(details.join(" · "))}</span>` : "") +
       (place ? `<span class="h-place">${esc(place)}</span>` : "");
     this.q("history").prepend(li);
@@ -254,17 +261,17 @@ export class SessionPanel {
     const status = this.q("irr-status");
     const button = event.target.querySelector("button[type=submit]");
     button.disabled = true;
-    status.textContent = "Reporting…";
+    localize(status, "dashboard.panel.reporting");
     try {
       const created = await api.reportIrregularity(this.examId, sessionId, category, note);
       if (this.sessionId === sessionId) {
         this._append(created);
         this.q("irr-note").value = "";
-        status.textContent = "Irregularity reported.";
+        localize(status, "dashboard.panel.reported");
       }
-      toast("Irregularity reported", "ok");
+      toast(t("dashboard.panel.reportedToast"), "ok");
     } catch (err) {
-      status.textContent = `Not reported: ${err.message}`;
+      plain(status, t("dashboard.panel.notReported", { error: err.message }));
     } finally {
       button.disabled = false;
     }

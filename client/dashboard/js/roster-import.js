@@ -4,7 +4,8 @@
 // candidates already in the exam as they are.
 
 import { api } from "./api.js";
-import { esc, plural } from "./format.js";
+import { plain, t } from "/client/i18n.js";
+import { esc } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 export const PIECE_ROWS = 500;
@@ -58,7 +59,7 @@ export function openRosterImport(target, done) {
   if (!bound) bind();
   exam = target;
   onDone = done;
-  $("rd-title").textContent = `Import a roster into ${target.title}`;
+  plain($("rd-title"), t("dashboard.roster.titleFor", { title: target.title }));
   $("rd-file").value = "";
   $("rd-file").disabled = false;
   $("rd-start").disabled = false;
@@ -89,15 +90,15 @@ function fail(message) {
 async function start() {
   const file = $("rd-file").files[0];
   $("rd-error").hidden = true;
-  if (!file) return fail("Choose the roster file first.");
+  if (!file) return fail(t("dashboard.roster.noFile"));
   let text;
   try {
     text = await file.text();
   } catch (err) {
-    return fail(`Cannot read ${file.name}: ${err.message}`);
+    return fail(t("dashboard.roster.unreadable", { file: file.name, error: err.message }));
   }
   const { header, pieces: parts } = pieces(text);
-  if (!header.trim() || !parts.length) return fail(`${file.name} has no rows: it needs a header line and one row per candidate.`);
+  if (!header.trim() || !parts.length) return fail(t("dashboard.roster.noRows", { file: file.name }));
   const total = parts.reduce((n, p) => n + p.rows, 0);
   const progress = $("rd-progress");
   progress.max = total;
@@ -114,7 +115,7 @@ async function start() {
   let stopped = null;
   try {
     for (const part of parts) {
-      $("rd-progress-text").textContent = `Importing… ${done} of ${plural(total, "row")}`;
+      $("rd-progress-text").textContent = t("dashboard.roster.importing", { done, count: total });
       let report;
       try {
         report = await api.importRoster(exam.id, part.body, part.firstLine);
@@ -133,15 +134,19 @@ async function start() {
     $("rd-start").disabled = false;
     $("rd-file").disabled = false;
   }
-  $("rd-progress-text").textContent = stopped ? `Stopped after ${done} of ${plural(total, "row")}.` : `Done: ${plural(total, "row")} read.`;
-  if (stopped) fail(`The import stopped: ${stopped}${done ? " Rows before this point were imported; importing the file again is safe." : ""}`);
+  $("rd-progress-text").textContent = stopped
+    ? t("dashboard.roster.stoppedAfter", { done, count: total })
+    : t("dashboard.roster.done", { count: total });
+  if (stopped) fail(t(done ? "dashboard.roster.stoppedPartly" : "dashboard.roster.stopped", { error: stopped }));
   showReport(totals, errors);
 }
 
 function showReport(totals, errors) {
-  $("rd-summary").textContent =
-    `${plural(totals.created, "session")} created, ${totals.existing} already in the exam (left as they were), ` +
-    `${plural(totals.errors, "row")} with errors.`;
+  $("rd-summary").textContent = [
+    t("dashboard.roster.created", { count: totals.created }),
+    t("dashboard.roster.existing", { count: totals.existing }),
+    t("dashboard.roster.errors", { count: totals.errors }),
+  ].join(", ") + ".";
   $("rd-errors-wrap").hidden = !errors.length;
   $("rd-error-rows").innerHTML = errors
     .map((r) => `<tr data-line="${r.row}"><td>${r.row}</td><td>${esc(r.candidate_id) || `<span class="muted">—</span>`}</td><td>${esc(r.message)}</td></tr>`)

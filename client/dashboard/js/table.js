@@ -10,7 +10,8 @@
 // seen) tick once a second for the attached rows only. For printing (beforeprint, or print
 // media) every shown row is attached, in order, until printing ends.
 
-import { actionLabel, ago, duration, esc } from "./format.js";
+import { t } from "/client/i18n.js";
+import { actionLabel, ago, alertLabel, duration, esc, statusLabel } from "./format.js";
 import { indicatorLevels, offlineSeconds } from "./indicators.js";
 
 export const STATUSES = ["ready", "awaiting", "active", "paused", "completed", "terminated"];
@@ -37,21 +38,21 @@ export const naturalCompare = new Intl.Collator(undefined, { numeric: true, sens
 const HAND_ICON =
   `<svg aria-hidden="true" viewBox="0 0 24 24" width="15" height="15" fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round"><path d="M8 12V6.5a1.5 1.5 0 0 1 3 0V11M11 10V5a1.5 1.5 0 0 1 3 0v6M14 10V6.5a1.5 1.5 0 0 1 3 0V14a6 6 0 0 1-6 6h-.5a6 6 0 0 1-4.8-2.4L4 15.2a1.5 1.5 0 0 1 2.3-1.9L8 15"/></svg>`;
 
-/** A level mark for an indicator value: a class and a tooltip when over a threshold. */
+/** A level mark for an indicator value: a class and a tooltip when over a threshold.
+ * `what` is the indicator's catalogue key. */
 function mark(row, name, text, what) {
   const level = row.levels?.[name] ?? "ok";
   if (level === "ok") return text;
-  return `<span class="ind ind-${level}" title="${esc(`${what}: ${level}`)}">${text}</span>`;
+  const title = t("dashboard.indicator.title", { what: t(what), level: t(`dashboard.indicator.level.${level}`) });
+  return `<span class="ind ind-${level}" title="${esc(title)}">${text}</span>`;
 }
 
-const DELIVERY_TEXT = {
-  pending: "sending…",
-  sent: "sent",
-  queued: "queued",
-  delivered: "delivered",
-  skipped: "skipped",
-  failed: "failed",
-};
+/** A command's delivery state in words (dashboard.delivery.<state>). */
+function deliveryText(state) {
+  const key = `dashboard.delivery.${state}`;
+  const text = t(key);
+  return text === key ? state : text;
+}
 
 /** Columns: how to render a cell, and what to sort by. */
 const COLUMNS = {
@@ -74,28 +75,28 @@ const COLUMNS = {
   status: {
     fields: ["status"],
     sort: (s) => STATUS_RANK[s.status] ?? 99,
-    render: (s) => `<span class="badge st-${esc(s.status)}">${esc(s.status)}</span>`,
+    render: (s) => `<span class="badge st-${esc(s.status)}">${esc(statusLabel(s.status))}</span>`,
   },
   locked: {
     fields: ["locked"],
     sort: (s) => (s.locked ? 0 : 1),
     render: (s) =>
       s.locked
-        ? `<span class="lock on" title="Locked: a new device or tab needs an unlock"><svg aria-hidden="true" viewBox="0 0 16 16"><path d="M4 7V5a4 4 0 1 1 8 0v2h.5A1.5 1.5 0 0 1 14 8.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 13.5v-5A1.5 1.5 0 0 1 3.5 7H4zm2 0h4V5a2 2 0 1 0-4 0v2z"/></svg>Locked</span>`
-        : `<span class="lock off">Unlocked</span>`,
+        ? `<span class="lock on" title="${esc(t("dashboard.table.lockedTitle"))}"><svg aria-hidden="true" viewBox="0 0 16 16"><path d="M4 7V5a4 4 0 1 1 8 0v2h.5A1.5 1.5 0 0 1 14 8.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 13.5v-5A1.5 1.5 0 0 1 3.5 7H4zm2 0h4V5a2 2 0 1 0-4 0v2z"/></svg>${esc(t("dashboard.table.locked"))}</span>`
+        : `<span class="lock off">${esc(t("dashboard.table.unlocked"))}</span>`,
   },
   connection: {
     fields: ["connected", "status", "rtt_ms", "reconnects"],
     sort: (s) => (isOffline(s) ? 0 : s.connected ? 1 : 2),
     render: (s, row) => {
       let state;
-      if (s.connected) state = `<span class="conn online"><span class="dot"></span>Online</span>`;
-      else if (isOffline(s)) state = `<span class="conn offline"><span class="dot"></span>Disconnected</span>`;
-      else if (s.status === "ready") state = `<span class="conn idle">Not started</span>`;
-      else state = `<span class="conn idle">Closed</span>`;
+      if (s.connected) state = `<span class="conn online"><span class="dot"></span>${esc(t("dashboard.table.online"))}</span>`;
+      else if (isOffline(s)) state = `<span class="conn offline"><span class="dot"></span>${esc(t("dashboard.counter.offline"))}</span>`;
+      else if (s.status === "ready") state = `<span class="conn idle">${esc(t("dashboard.table.notStarted"))}</span>`;
+      else state = `<span class="conn idle">${esc(t("dashboard.table.closed"))}</span>`;
       const extra = [];
-      if (s.connected && s.rtt_ms != null) extra.push(mark(row, "rtt_ms", `${Math.round(s.rtt_ms)} ms`, "Round trip"));
-      if (s.reconnects) extra.push(`<span title="Reconnects">↻ ${s.reconnects}</span>`);
+      if (s.connected && s.rtt_ms != null) extra.push(mark(row, "rtt_ms", `${Math.round(s.rtt_ms)} ms`, "dashboard.indicator.rtt"));
+      if (s.reconnects) extra.push(`<span title="${esc(t("dashboard.table.reconnects"))}">↻ ${s.reconnects}</span>`);
       return extra.length ? `${state}<span class="sub">${extra.join(" · ")}</span>` : state;
     },
   },
@@ -106,9 +107,9 @@ const COLUMNS = {
     render: (s, row, now) => {
       // Offline time is an indicator: shown once it reaches a threshold.
       const offline = row.levels?.offline_seconds && row.levels.offline_seconds !== "ok"
-        ? `<span class="sub">${mark(row, "offline_seconds", `offline ${duration(offlineSeconds(s, now) * 1000)}`, "Time offline")}</span>`
+        ? `<span class="sub">${mark(row, "offline_seconds", esc(t("dashboard.table.offlineFor", { span: duration(offlineSeconds(s, now) * 1000) })), "dashboard.indicator.offline")}</span>`
         : "";
-      if (s.connected) return `<span class="muted">now</span>${offline}`;
+      if (s.connected) return `<span class="muted">${esc(t("dashboard.table.now"))}</span>${offline}`;
       if (s.last_seen == null) return `<span class="muted">—</span>`;
       return `<time datetime="${new Date(s.last_seen * 1000).toISOString()}">${ago(s.last_seen, now)}</time>${offline}`;
     },
@@ -118,7 +119,7 @@ const COLUMNS = {
     sort: (s) => -(s.position * 1e6 + s.answered),
     render: (s) =>
       s.position || s.answered
-        ? `<span class="prog" title="At item ${s.position}, ${s.answered} answered">Q ${s.position}</span> <span class="sub">${s.answered} answered</span>`
+        ? `<span class="prog" title="${esc(t("dashboard.table.progressTitle", { position: s.position, count: s.answered }))}">${esc(t("dashboard.table.position", { position: s.position }))}</span> <span class="sub">${esc(t("dashboard.table.answered", { count: s.answered }))}</span>`
         : `<span class="muted">—</span>`,
   },
   time_left: {
@@ -129,7 +130,7 @@ const COLUMNS = {
       const left = timeLeft(s, now);
       if (left == null) return `<span class="muted">—</span>`;
       const cls = left <= 0 ? "time over" : left < 5 * 60000 ? "time low" : "time";
-      const paused = s.status === "paused" ? ` <span class="sub">paused</span>` : "";
+      const paused = s.status === "paused" ? ` <span class="sub">${esc(t("dashboard.table.paused"))}</span>` : "";
       return `<span class="${cls}">${left <= 0 ? "0:00" : duration(left)}</span>${paused}`;
     },
   },
@@ -138,7 +139,7 @@ const COLUMNS = {
     sort: (s) => -s.alerts,
     render: (s, row) =>
       s.alerts
-        ? `${mark(row, "alerts", `<span class="alerts" title="Last: ${esc(s.last_alert)}">${s.alerts}</span>`, "Client alerts")}<span class="sub">${esc(s.last_alert.replaceAll("_", " "))}</span>`
+        ? `${mark(row, "alerts", `<span class="alerts" title="${esc(t("dashboard.table.lastAlert", { alert: s.last_alert }))}">${s.alerts}</span>`, "dashboard.indicator.alerts")}<span class="sub">${esc(alertLabel(s.last_alert))}</span>`
         : `<span class="muted">0</span>`,
   },
   hand: {
@@ -150,11 +151,14 @@ const COLUMNS = {
       if (s.hand_raised) {
         const since = s.hand_raised_at != null ? ` <span class="sub">${ago(s.hand_raised_at, now)}</span>` : "";
         const ack = row.canAckHand
-          ? `<button type="button" class="btn small hand-ack" data-ack-hand="${esc(s.id)}">Acknowledge</button>`
+          ? `<button type="button" class="btn small hand-ack" data-ack-hand="${esc(s.id)}">${esc(t("dashboard.hand.acknowledge"))}</button>`
           : "";
-        return `<span class="hand up">${HAND_ICON}Raised</span>${since}${ack}`;
+        return `<span class="hand up">${HAND_ICON}${esc(t("dashboard.hand.raised"))}</span>${since}${ack}`;
       }
-      if (s.hand_acked_at != null) return `<span class="hand seen" title="Acknowledged by ${esc(s.hand_acked_by ?? "")}">Seen</span>`;
+      if (s.hand_acked_at != null) {
+        const title = t("dashboard.hand.ackedBy", { who: s.hand_acked_by ?? "" });
+        return `<span class="hand seen" title="${esc(title)}">${esc(t("dashboard.hand.seen"))}</span>`;
+      }
       return `<span class="muted">—</span>`;
     },
   },
@@ -164,11 +168,11 @@ const COLUMNS = {
     render: (s, row) => {
       const d = row.delivery;
       if (!d) return `<span class="muted">—</span>`;
-      const why = d.state === "queued" ? "Offline: applied, shown when the candidate reconnects" : d.reason;
+      const why = d.state === "queued" ? t("dashboard.table.queuedTitle") : d.reason;
       const title = why ? ` title="${esc(why)}"` : "";
       return (
         `<span class="cmd">${esc(actionLabel(d.action))}</span>` +
-        `<span class="delivery d-${d.state}"${title} data-command-id="${esc(d.commandId)}">${DELIVERY_TEXT[d.state] ?? d.state}</span>`
+        `<span class="delivery d-${d.state}"${title} data-command-id="${esc(d.commandId)}">${esc(deliveryText(d.state))}</span>`
       );
     },
   },
@@ -687,7 +691,7 @@ export class SessionTable extends EventTarget {
   _renderRow(row, now) {
     const s = row.session;
     if (row.check.checked !== row.selected) row.check.checked = row.selected;
-    const label = `Select ${s.candidate_name}`;
+    const label = t("dashboard.table.select", { name: s.candidate_name });
     if (label !== row.checkLabel) {
       row.checkLabel = label;
       row.check.setAttribute("aria-label", label);
@@ -725,6 +729,12 @@ export class SessionTable extends EventTarget {
       row.tr.className = classes;
     }
     if (row.tr.dataset.indicator !== worst) row.tr.dataset.indicator = worst;
+  }
+
+  /** Render every row again (the language changed): attached ones now, the rest when shown. */
+  redraw() {
+    for (const row of this.rows.values()) this.dirty.add(row);
+    this._schedule();
   }
 
   /** Once a second: the clock-driven cells of the attached rows (and time offline). */

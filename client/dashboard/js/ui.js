@@ -1,5 +1,6 @@
 // Toasts, screen-reader announcements and the command dialog.
 
+import { plain, t } from "/client/i18n.js";
 import { esc } from "./format.js";
 
 /**
@@ -12,7 +13,7 @@ export function toast(text, kind = "info", timeout = 6000) {
   const el = document.createElement("div");
   el.className = `toast toast-${kind}`;
   el.setAttribute("role", kind === "error" ? "alert" : "status");
-  el.innerHTML = `<span>${esc(text)}</span><button type="button" class="btn ghost small" aria-label="Dismiss">✕</button>`;
+  el.innerHTML = `<span>${esc(text)}</span><button type="button" class="btn ghost small" aria-label="${esc(t("dashboard.common.dismiss"))}">✕</button>`;
   el.querySelector("button").addEventListener("click", () => el.remove());
   box.append(el);
   while (box.children.length > 4) box.firstElementChild.remove();
@@ -37,7 +38,7 @@ export function toast(text, kind = "info", timeout = 6000) {
 export function askCommand({ title, body, names = [], count = names.length, confirmLabel, danger = false, input = null, reason = true }) {
   const dialog = document.getElementById("command-dialog");
   const q = (id) => document.getElementById(id);
-  q("cd-title").textContent = title;
+  plain(q("cd-title"), title);
   q("cd-body").textContent = body;
   const list = q("cd-names");
   list.innerHTML = "";
@@ -50,7 +51,7 @@ export function askCommand({ title, body, names = [], count = names.length, conf
   if (count > shown.length && shown.length) {
     const li = document.createElement("li");
     li.className = "muted";
-    li.textContent = `and ${count - shown.length} more`;
+    li.textContent = t("dashboard.command.andMore", { count: count - shown.length });
     list.append(li);
   }
   list.hidden = shown.length === 0;
@@ -62,7 +63,7 @@ export function askCommand({ title, body, names = [], count = names.length, conf
   q("cd-minutes").value = "10";
   q("cd-error").hidden = true;
   const confirm = q("cd-confirm");
-  confirm.textContent = confirmLabel;
+  plain(confirm, confirmLabel);
   confirm.className = `btn ${danger ? "danger" : "primary"}`;
 
   return new Promise((resolve) => {
@@ -75,7 +76,7 @@ export function askCommand({ title, body, names = [], count = names.length, conf
         const minutes = Number(q("cd-minutes").value);
         if (!Number.isInteger(minutes) || minutes < 1 || minutes > 1440) {
           event.preventDefault();
-          q("cd-error").textContent = "Enter a whole number of minutes between 1 and 1440.";
+          q("cd-error").textContent = t("dashboard.command.badMinutes");
           q("cd-error").hidden = false;
           q("cd-minutes").focus();
           return;
@@ -86,7 +87,7 @@ export function askCommand({ title, body, names = [], count = names.length, conf
         const text = q("cd-text").value.trim();
         if (!text) {
           event.preventDefault();
-          q("cd-error").textContent = "Write the message to send.";
+          q("cd-error").textContent = t("dashboard.command.noText");
           q("cd-error").hidden = false;
           q("cd-text").focus();
           return;
