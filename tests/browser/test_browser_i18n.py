@@ -41,8 +41,8 @@ def english_only_patterns(code: str) -> list[str]:
         forms = value.values() if isinstance(value, dict) else [value]
         theirs = other[key].values() if isinstance(other[key], dict) else [other[key]]
         for form in forms:
-            if form in theirs:
-                continue
+            if form in theirs or not re.search(r"[A-Za-z]{3}", re.sub(r"\{\w+\}", "", form)):
+                continue  # the same in both, or no words of its own ("{what}: {level}")
             pattern = re.escape(form)
             pattern = re.sub(r"\\\{\w+\\\}", ".+", pattern)
             patterns.append(pattern)
