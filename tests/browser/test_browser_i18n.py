@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,43 @@ async def test_a_time_entered_in_a_zone_is_the_right_utc_instant(browsers: Brows
         expected = datetime.fromisoformat(wall).replace(tzinfo=ZoneInfo(zone)).timestamp()
         assert epoch == expected, (wall, zone)
         assert back == wall, (wall, zone)
+
+
+async def test_an_exam_window_entered_in_a_zone_is_stored_as_its_utc_instant(
+    browsers: Browsers, rt_api: Api
+) -> None:
+    """The exam form's window is read in the zone chosen beside it (the browser's by default):
+    09:00-11:00 in New York from a browser in Paris is stored as 14:00-16:00 UTC, shown again in
+    Paris time when edited, and switching the zone keeps the instants."""
+    from datetime import UTC, datetime
+
+    exam_id = f"tz-{uuid.uuid4().hex[:8]}"
+    page = await french_dashboard(browsers)
+    await page.get_by_role("button", name="Nouvel examen…").click()
+    dialog = page.get_by_role("dialog", name="Nouvel examen")
+    zone = dialog.get_by_label("Fuseau horaire du créneau")
+    await expect(zone).to_have_value("Europe/Paris")  # the browser's zone
+    await dialog.get_by_label("Titre").fill("Histoire, session de New York")
+    await dialog.get_by_label("Identifiant").fill(exam_id)
+    await zone.select_option("America/New_York")
+    await dialog.locator("#ed-starts").fill("2030-12-02T09:00")
+    await dialog.locator("#ed-ends").fill("2030-12-02T11:00")
+    assert await english_left(page) == []
+    await screenshot(page, "dashboard-exam-zone-fr")
+    await dialog.get_by_role("button", name="Créer l’examen").click()
+    await expect(dialog).to_be_hidden()
+
+    response = await rt_api.http.get(f"/api/v1/exams/{exam_id}")
+    assert response.status_code == 200, response.text
+    exam = response.json()
+    assert exam["starts_at"] == datetime(2030, 12, 2, 14, 0, tzinfo=UTC).timestamp()
+    assert exam["ends_at"] == datetime(2030, 12, 2, 16, 0, tzinfo=UTC).timestamp()
+
+    row = page.locator(f'tr[data-exam-id="{exam_id}"]')
+    await expect(row).to_contain_text("15:00 UTC+1")  # the list shows Paris time with its zone
+    await row.get_by_role("button", name="Modifier…").click()
+    dialog = page.get_by_role("dialog", name="Modifier Histoire, session de New York")
+    await expect(dialog.locator("#ed-starts")).to_have_value("2030-12-02T15:00")
+    await dialog.get_by_label("Fuseau horaire du créneau").select_option("Asia/Tokyo")
+    await expect(dialog.locator("#ed-starts")).to_have_value("2030-12-02T23:00")
+    await expect(dialog.locator("#ed-ends")).to_have_value("2030-12-03T01:00")

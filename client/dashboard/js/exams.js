@@ -89,7 +89,7 @@ function windowText(e) {
 
 function countsText(e) {
   const counts = SESSION_ORDER.filter((s) => e.counts?.[s]).map(
-    (s) => `<span class="badge st-${s}" title="${esc(statusLabel(s))}">${e.counts[s]} ${esc(statusLabel(s))}</span>`,
+    (s) => `<span class="badge st-${s}" title="${esc(statusLabel(s))}">${esc(t(`dashboard.statusCount.${s}`, { count: e.counts[s] }))}</span>`,
   );
   return `<span class="strong">${e.sessions ?? 0}</span><span class="exam-counts">${counts.join("")}</span>`;
 }
