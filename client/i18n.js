@@ -117,6 +117,15 @@ export function t(key, params = {}) {
   return text.replace(/\{(\w+)\}/g, (whole, name) => (Object.hasOwn(params, name) ? String(params[name]) : whole));
 }
 
+/**
+ * A server error for the page: the server's message (English, with the details) inside the
+ * page's own words for its code (`common.error.<code>`), or as it is for codes without them.
+ */
+export function errorText(code, message) {
+  const key = `common.error.${code}`;
+  return has(key) ? t(key, { detail: message ?? "" }) : message ?? "";
+}
+
 /** Set an element's text from the catalogue, and keep it translated across language changes. */
 export function localize(el, key, params) {
   el.dataset.i18n = key;

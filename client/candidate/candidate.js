@@ -9,7 +9,7 @@
 // for this computer, a guest account (reserve → the account and password shown once → log in
 // with them → open).
 
-import { formatTime, initI18n, languageSwitch, localize, onLanguageChange, plain, t } from "/client/i18n.js";
+import { errorText, formatTime, initI18n, languageSwitch, localize, onLanguageChange, plain, t } from "/client/i18n.js";
 import { listenKeys, setUpHelpDialog } from "/client/keys.js";
 import { CandidateConnection, State } from "/client/realtime.js";
 
@@ -501,7 +501,7 @@ $("submit-dialog").addEventListener("close", async () => {
   } catch (err) {
     pushMessage({
       title: t("candidate.message.notSubmittedTitle"),
-      text: t("candidate.message.notSubmittedText", { error: err.message }),
+      text: t("candidate.message.notSubmittedText", { error: errorText(err.code, err.message) }),
       icon: "alert",
       kind: "error",
     });
@@ -600,7 +600,8 @@ async function postJson(path, body) {
   const data = await response.json().catch(() => null);
   if (!response.ok) {
     const err = data?.error ?? {};
-    throw Object.assign(new Error(err.message ?? response.statusText), { status: response.status, code: err.code, data: err });
+    const message = errorText(err.code, err.message ?? response.statusText);
+    throw Object.assign(new Error(message), { status: response.status, code: err.code, data: err });
   }
   return data;
 }
@@ -619,7 +620,7 @@ function loginErrorText(err) {
     return t("candidate.error.blocked", { until });
   }
   if (err.status === 401) return t("candidate.error.wrongPassword");
-  if (err.status === 403) return t("candidate.error.forbidden", { error: err.message });
+  if (err.status === 403) return t("candidate.error.forbidden", { error: err.data?.message ?? err.message });
   return err.message;
 }
 

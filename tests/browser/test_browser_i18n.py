@@ -206,6 +206,15 @@ async def test_dashboard_sign_in_and_admin_pages_in_french(
     await expect(page.get_by_role("heading", name="Utilisateurs", exact=True)).to_be_visible()
     await expect(page.locator("#users-count")).to_contain_text("utilisateur")
     assert await english_left(page) == []
+    # A server error shows in the page's words for its code, with the server's details.
+    await page.get_by_role("button", name="Nouvel utilisateur…").click()
+    dialog = page.get_by_role("dialog", name="Nouvel utilisateur")
+    await dialog.get_by_label("Nom complet").fill("Zoé Test")
+    await dialog.get_by_label("Adresse e-mail").fill("pas une adresse")
+    await dialog.get_by_label("surveillant", exact=True).check()
+    await dialog.get_by_role("button", name="Créer l’utilisateur").click()
+    await expect(dialog.locator("#ud-error")).to_contain_text("Données invalides : ")
+    await dialog.get_by_role("button", name="Annuler").click()
 
     await make_user(rt_api, ["proctor"])  # an entry in the audit log
     await page.locator("#sections").get_by_role("link", name="Journal").click()

@@ -3,7 +3,7 @@
 
 import { CSRF_COOKIE, readCookie, tokenStore } from "./auth.js";
 
-import { t } from "/client/i18n.js";
+import { errorText, t } from "/client/i18n.js";
 
 const SAFE = new Set(["GET", "HEAD", "OPTIONS"]);
 
@@ -87,7 +87,10 @@ export async function request(method, path, body, { quiet = false, anonymous = f
   if (!response.ok) {
     const err = data?.error ?? {};
     if (response.status === 401 && !quiet && !anonymous) for (const l of unauthorizedListeners) l(err.message);
-    throw new ApiError(response.status, err.code ?? "http_error", err.message ?? response.statusText, err);
+    // The page's words for the code around the server's (English) message; `data.message` keeps
+    // the server's own.
+    const code = err.code ?? "http_error";
+    throw new ApiError(response.status, code, errorText(code, err.message ?? response.statusText), err);
   }
   return data;
 }
@@ -95,7 +98,7 @@ export async function request(method, path, body, { quiet = false, anonymous = f
 /** Download a CSV (or any file) with this tab's credentials, under `filename`. */
 export async function download(path, filename) {
   const response = await fetch(path, { headers: authHeaders("GET"), credentials: "same-origin" });
-  if (!response.ok) throw new ApiError(response.status, "http_error", `Download failed (${response.status})`);
+  if (!response.ok) throw new ApiError(response.status, "http_error", t("dashboard.error.download", { status: response.status }));
   const url = URL.createObjectURL(await response.blob());
   const a = document.createElement("a");
   a.href = url;
@@ -109,7 +112,7 @@ export async function download(path, filename) {
 /** Open a print-friendly report (HTML, fetched with this tab's credentials) in a new tab. */
 export async function openPrintView(path) {
   const response = await fetch(path, { headers: authHeaders("GET"), credentials: "same-origin" });
-  if (!response.ok) throw new ApiError(response.status, "http_error", `Loading the report failed (${response.status})`);
+  if (!response.ok) throw new ApiError(response.status, "http_error", t("dashboard.error.report", { status: response.status }));
   const url = URL.createObjectURL(await response.blob());
   window.open(url, "_blank", "noopener");
   setTimeout(() => URL.revokeObjectURL(url), 60000);

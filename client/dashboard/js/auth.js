@@ -131,7 +131,7 @@ export function obtainLogin({ login, verify, message, mode = "password" }) {
         } else if (err?.status === 401) {
           setError(t("dashboard.login.wrongPassword"));
         } else if (err?.status === 403) {
-          setError(t("dashboard.login.forbidden", { error: err.message }));
+          setError(t("dashboard.login.forbidden", { error: err.data?.message ?? err.message }));
         } else {
           setError(err?.message ?? String(err));
         }

@@ -194,7 +194,7 @@ async function archive(exam) {
     if (err.status !== 409) throw err;
     const force = await askCommand({
       title: t("dashboard.exams.connectedTitle", { title: exam.title }),
-      body: t("dashboard.exams.connectedBody", { reason: err.message.split(":")[0] }),
+      body: t("dashboard.exams.connectedBody", { reason: (err.data?.message ?? err.message).split(":")[0] }),
       confirmLabel: t("dashboard.exams.archiveAnyway"),
       danger: true,
       reason: false,

@@ -4,7 +4,7 @@ import { listenKeys } from "/client/keys.js";
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
 import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
-import { localize, onLanguageChange, plain, t } from "/client/i18n.js";
+import { errorText, localize, onLanguageChange, plain, t, zoneName } from "/client/i18n.js";
 import { actionDone, actionLabel, clockTime, esc, localToIso } from "./format.js";
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
@@ -534,7 +534,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
           table.setDelivery(s.id, { state: "failed", reason: err.message });
         }
       }
-      toast(t("dashboard.command.failed", { action: label, error: err.message }), "error", 10000);
+      toast(t("dashboard.command.failed", { action: label, error: errorText(err.code, err.message) }), "error", 10000);
       return;
     }
     for (const a of result.applied) {
@@ -586,6 +586,9 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   }
 
   // -- start ------------------------------------------------------------------------------
+
+  // The export range is typed in this browser's zone: say which.
+  localize($("export-hint"), "dashboard.monitor.historyAndIrregularitiesOptionally", { zone: zoneName() });
 
   // A new language: redraw what is made from data (static and localize()d text follow by themselves).
   cleanups.push(
