@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,46 @@ def test_every_key_the_pages_use_exists() -> None:
             keys += [pair.split(":", 1)[1].strip() for pair in spec.split(";") if ":" in pair]
         missing += [f"{path.relative_to(CLIENT)}: {k}" for k in keys if k not in ENGLISH]
     assert missing == []
+
+
+class _Untranslated(HTMLParser):
+    """Text in client HTML that no `data-i18n` covers (code, keys and `translate="no"` aside)."""
+
+    EXEMPT = {"code", "kbd", "script", "style", "title"}
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, bool]] = []  # (tag, its text needs no key)
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        names = dict(attrs)
+        inherited = bool(self.stack) and self.stack[-1][0] in self.EXEMPT | {"no"}
+        exempt = tag in self.EXEMPT or names.get("translate") == "no" or inherited
+        name = "no" if names.get("translate") == "no" else tag
+        self.stack.append((name, exempt or "data-i18n" in names))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] in (tag, "no"):
+                del self.stack[i:]
+                break
+
+    def handle_data(self, data: str) -> None:
+        text = " ".join(data.split())
+        if self.stack and re.search(r"[A-Za-z]{2}", text) and not self.stack[-1][1]:
+            self.found.append(f"<{self.stack[-1][0]}> {text[:60]}")
+
+
+def test_no_page_text_is_left_outside_the_catalogues() -> None:
+    """Every piece of visible text in client HTML carries a data-i18n key (a new string added
+    without one fails here, naming it)."""
+    left = []
+    for path in client_sources(".html"):
+        parser = _Untranslated()
+        parser.feed(path.read_text(encoding="utf-8"))
+        left += [f"{path.relative_to(CLIENT)}: {item}" for item in parser.found]
+    assert left == []
