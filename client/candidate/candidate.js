@@ -698,7 +698,8 @@ $("show-guest").addEventListener("click", () => {
   const wanted = params.get("exam");
   select.innerHTML = offer.exams.map((e) => `<option value="${escapeAttr(e.id)}">${escapeAttr(e.title)}</option>`).join("");
   if (offer.exams.some((e) => e.id === wanted)) select.value = wanted;
-  $("guest-exam-field").hidden = offer.exams.length === 1;
+  // A link that names an offered exam (or a lab with only one) needs no choice.
+  $("guest-exam-field").hidden = offer.exams.length === 1 || select.value === wanted;
   setError("guest-error", "");
   show("guest");
   $("guest-title-input").focus();

@@ -40,7 +40,7 @@ async def test_guest_account_end_to_end_and_reassignment(
     await candidate.goto(f"/candidate/?exam={exam['id']}")
     await candidate.get_by_role("button", name="I can't sign in — use a guest account").click()
     form = candidate.locator("#guest-form")
-    await expect(form.get_by_label("Exam")).to_be_hidden()  # one exam offered: no choice
+    await expect(form.get_by_label("Exam")).to_be_hidden()  # the link names the exam: no choice
     await form.get_by_label("Title").fill("Ms")
     await form.get_by_label("First name").fill("Grace")
     await form.get_by_label("Surname").fill("Hopper")
