@@ -240,6 +240,14 @@ async def test_dashboard_sign_in_and_admin_pages_in_french(
     await expect(page.locator("#wh-status")).to_contain_text("actualisé toutes les")
     assert await english_left(page) == []
 
+    # Switched live on an admin page: its list is drawn again in English.
+    await page.locator("#sections").get_by_role("link", name="Utilisateurs").click()
+    await expect(page.locator("#users-rows")).to_contain_text("Modifier…")
+    await page.get_by_label("Langue").select_option("en")
+    await expect(page.get_by_role("heading", name="Users", exact=True)).to_be_visible()
+    await expect(page.locator("#users-rows")).to_contain_text("Edit…")
+    await expect(page.locator("#users-rows")).not_to_contain_text("Modifier…")
+
 
 async def test_dashboard_monitor_in_french_switches_live_and_remembers(
     browsers: Browsers, rt_api: Api

@@ -237,6 +237,8 @@ languageSwitch($("language"));
 onLanguageChange(() => {
   if (titleKey) setTitle(titleKey);
   renderIdentity();
-  if (document.body.dataset.view === "exams") showExams();
+  // Lists are drawn from data: load them again in the new language (the monitor redraws its
+  // own; sign-in and activation keep what is typed and follow through their keys).
+  if (["exams", ...Object.keys(PAGES)].includes(document.body.dataset.view)) route();
 });
 route();
