@@ -57,7 +57,7 @@ EXAM_CACHE_SECONDS = 1.0
 COMMAND_FIELDS = (
     "id", "exam_id", "candidate_id", "candidate_name", "group", "status", "locked", "relock",
     "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
-    "notice_id", "version", "conn_id", "hand_raised",
+    "notice_id", "version", "conn_id", "hand_raised", "offline_since", "offline_seconds",
 )
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
@@ -487,6 +487,12 @@ class SessionService:
                         Commit(exam_id, sid, session["version"], outcome.changes, outcome.events,
                                guard=guard, command_id=command_id)
                     )
+                elif outcome.event is not None and outcome.changes:
+                    # A refusal that counts an incident: compare-and-set like a transition
+                    # (the count must not lose a concurrent one), guarded like the others.
+                    guard = {"last_seen": session["last_seen"]}
+                    commits.append(Commit(exam_id, sid, session["version"], outcome.changes,
+                                          [outcome.event], guard=guard))
                 elif outcome.event is not None:
                     # A refusal is recorded only while the session is as it was decided on:
                     # after a concurrent change (an unlock, or the holder heard from again)
@@ -579,10 +585,13 @@ class SessionService:
             relocked=EventKind.RELOCKED in kinds,
         )
 
-    async def disconnect(self, exam_id: str, session_id: str, conn_id: str, reason: str) -> bool:
+    async def disconnect(
+        self, exam_id: str, session_id: str, conn_id: str, reason: str, dropped: bool = False
+    ) -> bool:
+        """The holder's connection ended; `dropped`: lost without a close (an incident)."""
         now = self.clock()
         outcome, _ = await self._mutate_one(
-            exam_id, session_id, lambda s: machine.disconnect(s, conn_id, now, reason)
+            exam_id, session_id, lambda s: machine.disconnect(s, conn_id, now, reason, dropped)
         )
         return isinstance(outcome, machine.Transition)
 

@@ -163,7 +163,7 @@ class Reference:
         token_ok = bool(token) and token == s.token
         recent = live or (s.last_seen is not None and self.now - s.last_seen <= RESUME_GRACE)
         if s.locked and not (token_ok and recent):
-            s.kinds.append("refused")
+            self._bump(s, "refused")  # counts an incident: a change of its own
             return "already_open" if live else "locked"
         for other, conn in self.conns.items():
             if conn.session == index and conn.state == "live" and other != name:

@@ -133,7 +133,8 @@ async def export_sessions(request: Request) -> Response:
     principal = await principal_of(request, Permission.VIEW_SESSIONS)
     _format(request)
     exam = await runtime_of(request).service.get_exam(request.path_params["exam_id"])
-    rows = [session_row(s) for s in await visible_sessions(request, principal)]
+    now = runtime_of(request).service.clock()
+    rows = [session_row(s, now) for s in await visible_sessions(request, principal)]
 
     async def pages() -> AsyncIterator[list[list[Any]]]:
         for start in range(0, len(rows), MAX_PAGE):

@@ -12,6 +12,7 @@ from typing import Any
 
 from realtime.db.database import Database
 from realtime.identity.csvutil import csv_lines, iso
+from realtime.state import incidents
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -73,16 +74,20 @@ SESSION_COLUMNS = (
     "session_id", "candidate_id", "candidate_name", "group", "access_code", "status", "locked",
     "connected", "authorized", "started_at", "deadline", "extra_minutes", "paused_at",
     "position", "answered", "reconnects", "alerts", "last_alert", "remote_addr", "last_seen",
+    "incidents", "last_incident", "last_incident_text", "last_incident_at", "offline_seconds",
 )
 
 
-def session_row(s: dict[str, Any]) -> list[Any]:
+def session_row(s: dict[str, Any], now: float) -> list[Any]:
+    """One session; `offline_seconds` includes the spell still going on at `now`."""
     return [
         s["id"], s["candidate_id"], s["candidate_name"], s["group"], s["access_code"],
         s["status"], s["locked"], s["connected"], s["authorized"], iso(s["started_at"]),
         iso(s["deadline"]), s["extra_minutes"], iso(s["paused_at"]), s["position"],
         s["answered"], s["reconnects"], s["alerts"], s["last_alert"], s["remote_addr"],
-        iso(s["last_seen"]),
+        iso(s["last_seen"]), s.get("incidents") or 0, s.get("last_incident") or "",
+        s.get("last_incident_text") or "", iso(s.get("last_incident_at")),
+        round(incidents.offline_total(s, now)),
     ]
 
 

@@ -87,14 +87,32 @@ async def candidate_endpoint(websocket: WebSocket) -> None:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(task), 2.0)
             if not link.superseded and not link.ended:
-                reason = "closed" if conn.close_code is None else f"close {conn.close_code}"
+                reason, dropped = _how_it_ended(conn)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
                         runtime.service.disconnect(
-                            link.exam_id, link.session_id, link.conn_id, reason
+                            link.exam_id, link.session_id, link.conn_id, reason, dropped
                         )
                     )
         await conn.stop()
+
+
+# Peer close codes of a page that closed on purpose (left, reloaded, closed its socket).
+# Uvicorn reports a connection lost without a close frame as 1005 (or 1006): a drop.
+_CLEAN_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
+# The server cut the peer off because it went silent or stopped reading.
+_SILENT_CUTS = frozenset({CloseCode.PING_TIMEOUT, CloseCode.SLOW_CONSUMER})
+
+
+def _how_it_ended(conn: Connection) -> tuple[str, bool]:
+    """The disconnect reason for history, and whether the connection was lost without a close
+    (no close frame from the peer, or cut off by the server for silence): an incident."""
+    if conn.close_code is not None:
+        return f"close {conn.close_code}", conn.close_code in _SILENT_CUTS
+    peer = conn.peer_close_code
+    if peer is None or peer in _CLEAN_CLOSES:  # None: the server ended it (an error)
+        return "closed", False
+    return f"lost {peer}", True
 
 
 async def _resolve(

@@ -94,7 +94,10 @@ async def messages(
         finally:
             conn.in_receive = False
         conn.unanswered_since = None  # any frame answers the pings sent so far
-        if raw["type"] == "websocket.disconnect" or conn.stopped:
+        if raw["type"] == "websocket.disconnect":
+            conn.peer_close_code = raw.get("code")
+            return
+        if conn.stopped:
             return
         frame = raw.get("bytes")
         if frame is None:

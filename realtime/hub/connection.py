@@ -87,6 +87,7 @@ class Connection:
         "closing",
         "codec",
         "in_receive",
+        "peer_close_code",
         "reader",
         "stopped",
         "timed_out",
@@ -109,7 +110,8 @@ class Connection:
         self.transport = transport  # the server's, to abort a peer that stopped reading
         self.closing = False
         self.stopped = False  # cut off by the server (ping or send deadline): stop reading
-        self.close_code: int | None = None
+        self.close_code: int | None = None  # set when the server closes
+        self.peer_close_code: int | None = None  # the peer's, when it went away first
         # When the oldest ping the peer has not answered yet was queued, on the heartbeat's
         # liveness clock (which leaves out the time the event loop was stalled); None when
         # the peer has sent something since. Any frame from the peer counts as an answer.

@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.state import incidents
+from realtime.state.incidents import Incident, IncidentKind
 from realtime.state.model import (
     Action,
     Event,
@@ -41,6 +43,9 @@ class Rejection:
     reason: str
     message: str
     event: Event | None = None  # refusals of opens are recorded too
+    # What the recorded refusal changes (an incident's count and text): committed against
+    # the version decided on, like a transition.
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 Outcome = Transition | Rejection
@@ -122,11 +127,16 @@ def open_session(
     status = Status(session["status"])
 
     def refuse(reason: RefusalReason, message: str) -> Rejection:
-        details = {"reason": reason.value, "remote_addr": request.remote_addr,
-                   "user_agent": request.user_agent}
+        details: dict[str, Any] = {"reason": reason.value, "remote_addr": request.remote_addr,
+                                   "user_agent": request.user_agent}
+        changes: dict[str, Any] = {}
+        if reason in _INCIDENT_REFUSALS:
+            found = [(IncidentKind.REFUSED, _refusal_text(reason, request.remote_addr))]
+            changes = incidents.record(session, found, now)
+            details["incidents"] = incidents.kinds(found)
         actor = request.actor or candidate_actor(session)
-        event = _event(session, EventKind.REFUSED, actor, now, {}, details)
-        return Rejection(reason.value, message, event)
+        event = _event(session, EventKind.REFUSED, actor, now, changes, details)
+        return Rejection(reason.value, message, event, changes)
 
     if status.final:
         return refuse(RefusalReason.CLOSED, f"the session is {status.value}")
@@ -170,6 +180,17 @@ def open_session(
     }
     if token_ok:
         changes["reconnects"] = int(session["reconnects"]) + 1
+    device = incidents.device_of(request.user_agent)
+    if device:
+        changes["device"] = device
+    found = _open_incidents(session, request, device, live, token_ok)
+    offline = session
+    if not live and session["connected"] and session["conn_id"]:
+        # The holder went silent and nobody marked it yet: offline since it was last heard.
+        found.append((IncidentKind.DROPPED, "Connection lost (no sign of life)"))
+        offline = {**session, **incidents.went_offline(session, last_seen or now)}
+    changes.update(incidents.back_online(offline, now))
+    changes.update(incidents.record(session, found, now))
     if status is Status.READY:
         if exam.settings.requires_authorization and not session["authorized"]:
             changes["status"] = Status.AWAITING.value
@@ -180,6 +201,8 @@ def open_session(
                                "user_agent": request.user_agent}
     if live and session["conn_id"] != request.conn_id:
         details["superseded"] = True
+    if found:
+        details["incidents"] = incidents.kinds(found)
     kind = EventKind.RESUMED_CONNECTION if token_ok else EventKind.OPENED
     actor = request.actor or candidate_actor(session)
     events = [_event(session, kind, actor, now, changes, details)]
@@ -192,6 +215,33 @@ def open_session(
             relock.before = relock.after = changes.get("status", session["status"])
             events.append(relock)
     return Transition(changes, events)
+
+
+_INCIDENT_REFUSALS = (RefusalReason.LOCKED, RefusalReason.ALREADY_OPEN)
+
+
+def _refusal_text(reason: RefusalReason, remote_addr: str) -> str:
+    where = f" (from {remote_addr})" if remote_addr else ""
+    if reason is RefusalReason.ALREADY_OPEN:
+        return f"Open refused: already open elsewhere{where}"
+    return f"Open refused: locked{where}"
+
+
+def _open_incidents(
+    session: dict[str, Any], request: OpenRequest, device: str, live: bool, token_ok: bool
+) -> list[Incident]:
+    """What an accepted open tells staff: another tab or device took over, or the session
+    came back from another address or browser than it was last opened from."""
+    found: list[Incident] = []
+    if live and session["conn_id"] != request.conn_id and not token_ok:
+        found.append((IncidentKind.TAKEOVER, "Taken over by another tab or device"))
+    before = session.get("device") or ""
+    if device and before and device != before:
+        found.append((IncidentKind.DEVICE_CHANGED, "Opened from another browser or device"))
+    old, new = session["remote_addr"], request.remote_addr
+    if old and new and old != new:
+        found.append((IncidentKind.ADDRESS_CHANGED, f"Address changed: {old} → {new}"))
+    return found
 
 
 def apply_command(
@@ -252,6 +302,7 @@ def apply_command(
         changes = {"hand_raised": False, "hand_acked_at": now, "hand_acked_by": actor}
     elif action is Action.TERMINATE:
         changes = {"status": Status.TERMINATED.value, "connected": False}
+        changes.update(incidents.back_online(session, now))  # offline time ends with it
     elif action is Action.EXTEND:
         minutes = params.get("minutes")
         if not isinstance(minutes, int) or isinstance(minutes, bool):
@@ -295,12 +346,23 @@ DELIVERY_TRACKED: dict[Action, str] = {
 }
 
 
-def disconnect(session: dict[str, Any], conn_id: str, now: float, reason: str) -> Outcome:
-    """The connection `conn_id` went away. Only the current holder can disconnect the session."""
+def disconnect(
+    session: dict[str, Any], conn_id: str, now: float, reason: str, dropped: bool = False
+) -> Outcome:
+    """The connection `conn_id` went away. Only the current holder can disconnect the session.
+
+    `dropped`: it was lost without a close (no answer to pings, no close frame): an incident."""
     if session["conn_id"] != conn_id or not session["connected"]:
         return Rejection("not_holder", "connection does not hold the session")
-    changes = {"connected": False, "last_seen": now}
-    event = _event(session, EventKind.DISCONNECTED, "system", now, changes, {"reason": reason})
+    changes: dict[str, Any] = {"connected": False, "last_seen": now}
+    details: dict[str, Any] = {"reason": reason}
+    if not Status(session["status"]).final:
+        changes.update(incidents.went_offline(session, now))
+    if dropped:
+        found = [(IncidentKind.DROPPED, f"Connection lost ({reason})")]
+        changes.update(incidents.record(session, found, now))
+        details["incidents"] = incidents.kinds(found)
+    event = _event(session, EventKind.DISCONNECTED, "system", now, changes, details)
     return Transition(changes, [event])
 
 
@@ -311,7 +373,9 @@ def reattach(session: dict[str, Any], conn_id: str, now: float) -> Outcome:
         return Rejection("not_holder", "connection does not hold a disconnected session")
     if Status(session["status"]).final:
         return Rejection("closed", f"the session is {session['status']}")
-    changes = {"connected": True, "last_seen": now}
+    changes: dict[str, Any] = {"connected": True, "last_seen": now}
+    # Never offline: only marked so while this server could not hear it.
+    changes.update(incidents.back_online(session, now, count=False))
     details = {"reason": "still connected", "client_id": session["client_id"]}
     event = _event(session, EventKind.RESUMED_CONNECTION, "system", now, changes, details)
     return Transition(changes, [event])
@@ -325,9 +389,16 @@ def expire_holder(
     dashboard sees it."""
     if not session["connected"] or (not node_lost and holder_is_live(session, now, liveness)):
         return Rejection("live", "the holder is alive")
-    changes = {"connected": False}
-    details = {"reason": "node lost" if node_lost else "holder lost",
-               "last_seen": session["last_seen"]}
+    changes: dict[str, Any] = {"connected": False}
+    reason = "node lost" if node_lost else "holder lost"
+    details: dict[str, Any] = {"reason": reason, "last_seen": session["last_seen"]}
+    if not Status(session["status"]).final:
+        # Offline since it was last heard of, not since this sweep noticed.
+        changes.update(incidents.went_offline(session, session["last_seen"] or now))
+    text = "server process lost" if node_lost else "no sign of life"
+    found = [(IncidentKind.DROPPED, f"Connection lost ({text})")]
+    changes.update(incidents.record(session, found, now))
+    details["incidents"] = incidents.kinds(found)
     event = _event(session, EventKind.DISCONNECTED, "system", now, changes, details)
     return Transition(changes, [event])
 

@@ -167,6 +167,14 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "resume_hash": "",
     "alerts": 0,
     "last_alert": "",
+    # Connection trouble staff should notice (realtime.state.incidents): a count and the latest.
+    "incidents": 0,
+    "last_incident": "",  # an IncidentKind value
+    "last_incident_text": "",
+    "last_incident_at": None,
+    "offline_seconds": 0.0,  # time offline so far, spells that ended
+    "offline_since": None,  # when the current spell offline began (None: not offline)
+    "device": "",  # fingerprint of the last opening browser's User-Agent
     "notice": "",  # the latest staff notice until the candidate's page acknowledges it
     "notice_id": "",
     "version": 0,
@@ -183,7 +191,7 @@ SESSION_DEFAULTS: dict[str, Any] = {
 }
 
 # Fields hidden from staff and candidates (secrets and internals).
-PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id", "token_gen"})
+PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id", "token_gen", "device"})
 
 
 def new_session(**fields: Any) -> dict[str, Any]:
