@@ -15,6 +15,7 @@ import { initI18n, languageSwitch, onLanguageChange, plain, t } from "/client/i1
 import { listenKeys, setUpHelpDialog } from "/client/keys.js";
 import { roleName } from "./format.js";
 import { startMonitor } from "./monitor.js";
+import { bindNotifyControls } from "./notify.js";
 import { toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -35,6 +36,7 @@ const PAGES = {
 };
 
 let stopView = null;
+bindNotifyControls();
 let signingIn = null;
 let generation = 0;
 
@@ -45,6 +47,7 @@ function show(view) {
   $("sign-out").hidden = !signedIn;
   $("whoami").hidden = !signedIn || !session.me;
   $("sections").hidden = !signedIn;
+  $("notify-settings").hidden = view !== "view-monitor";
   const current = view.replace("view-", "");
   for (const a of document.querySelectorAll("#sections a[data-nav]")) {
     if (a.dataset.nav === current || (current === "monitor" && a.dataset.nav === "exams")) a.setAttribute("aria-current", "page");

@@ -2,14 +2,16 @@
 
 import { listenKeys } from "/client/keys.js";
 import { DashboardConnection, State, randomId } from "/client/realtime.js";
+import { AlertBanner } from "./alerts.js";
 import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
 import { errorText, localize, onLanguageChange, plain, t, zoneName } from "/client/i18n.js";
 import { actionDone, actionLabel, clockTime, esc, localToIso } from "./format.js";
+import { incidentLabel, incidentLevel, setIncidentsSeenAt } from "./incidents.js";
+import { notifyStaff, onNotifyChange } from "./notify.js";
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
 import { askCommand, toast } from "./ui.js";
-import { AlertBanner, notifyStaff } from "./alerts.js";
 
 const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice", "acknowledge_hand"]);
 const DELIVERY_RANK = { pending: 0, failed: 1, skipped: 1, sent: 2, queued: 2, delivered: 3 };
@@ -92,6 +94,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     if (!conn.synced) return; // replaying missed events: the sync message says enough
     if (fields.includes("connected") && isOffline(session)) noteForScreenReader("offline", session);
     if (fields.includes("alerts") && session.alerts) noteForScreenReader("alerts", session);
+    if (fields.includes("incidents") && session.incidents) {
+      notifyStaff({
+        title: t("dashboard.incident.notify", { name: session.candidate_name, what: incidentLabel(session.last_incident) }),
+        text: session.last_incident_text,
+        level: incidentLevel(session.last_incident),
+      });
+    }
     if (fields.includes("hand_raised") && session.hand_raised) {
       noteForScreenReader("hands", session);
       notifyStaff({ title: t("dashboard.event.hand_raised"), text: t("dashboard.hand.notify", { name: session.candidate_name }), level: "warning" });
@@ -105,6 +114,16 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       $("announcer").textContent = t("dashboard.dropAlert.announce", { count: alert.count });
     }
   });
+
+  // Incidents after this moment are new (filled badges) until the user acknowledges them.
+  setIncidentsSeenAt(now() / 1000);
+  cleanups.push(
+    onNotifyChange(({ unseen }) => {
+      if (unseen) return;
+      setIncidentsSeenAt(now() / 1000);
+      table.refreshAll();
+    }),
+  );
 
   // Screen readers hear what needs attention, grouped every few seconds (not every delta).
   const notes = { offline: [], alerts: [], hands: [] };
@@ -282,6 +301,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     { key: "locked", label: "dashboard.counter.locked" },
     { key: "alerts", label: "dashboard.monitor.withAlerts", flag: "alerts" },
     { key: "hands", label: "dashboard.monitor.handsRaised", flag: "hands" },
+    { key: "incidents", label: "dashboard.monitor.withIncidents", flag: "incidents" },
   ];
   const counters = $("counters");
   counters.innerHTML =
@@ -299,6 +319,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     else if (def.flag === "offline") $("only-offline").checked = !$("only-offline").checked;
     else if (def.flag === "alerts") $("only-alerts").checked = !$("only-alerts").checked;
     else if (def.flag === "hands") $("only-hands").checked = !$("only-hands").checked;
+    else if (def.flag === "incidents") $("only-incidents").checked = !$("only-incidents").checked;
     applyFilters();
   };
   counters.addEventListener("click", onCounter);
@@ -333,6 +354,12 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   table.addEventListener("counts", renderCounts);
   table.addEventListener("visible", renderResultCount);
   table.addEventListener("selection", renderActionBar);
+  const renderSortButton = () => {
+    const on = table.sortKey === "incidents" && table.sortDir === 1;
+    $("incidents-first").setAttribute("aria-pressed", String(on));
+  };
+  table.addEventListener("sort", renderSortButton);
+  renderSortButton();
 
   function renderGroupSummary() {
     const chosen = [...table.filter.groups].sort(naturalCompare);
@@ -385,6 +412,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       offline: $("only-offline").checked,
       alerts: $("only-alerts").checked,
       hands: $("only-hands").checked,
+      incidents: $("only-incidents").checked,
     });
     renderGroupSummary();
     renderCounts();
@@ -403,6 +431,11 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     [$("only-offline"), "change", applyFilters],
     [$("only-alerts"), "change", applyFilters],
     [$("only-hands"), "change", applyFilters],
+    [$("only-incidents"), "change", applyFilters],
+    [$("incidents-first"), "click", () => {
+      if (table.sortKey === "incidents") table.sortBy("candidate", 1);
+      else table.sortBy("incidents", 1);
+    }],
     [$("scope"), "change", () => renderActionBar()],
     [$("clear-filters"), "click", () => {
       $("search").value = "";
@@ -410,6 +443,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       $("only-offline").checked = false;
       $("only-alerts").checked = false;
       $("only-hands").checked = false;
+      $("only-incidents").checked = false;
       table.filter.statuses.clear();
       applyFilters();
     }],

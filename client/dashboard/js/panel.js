@@ -4,6 +4,7 @@ import { api, download, openPrintView, query } from "./api.js";
 import { session as signedIn } from "./auth.js";
 import { localize, plain, t } from "/client/i18n.js";
 import { actionLabel, ago, alertLabel, clockTime, duration, esc, eventLabel, localToIso, statusLabel } from "./format.js";
+import { incidentDetails } from "./incidents.js";
 import { isOffline, timeLeft } from "./table.js";
 import { toast } from "./ui.js";
 
@@ -213,6 +214,7 @@ export class SessionPanel {
       ["dashboard.monitor.progress", s.position || s.answered ? esc(progress) : "—"],
       ["dashboard.monitor.timeLeft", (left == null ? "—" : left <= 0 ? "0:00" : duration(left)) + extra],
       ["dashboard.panel.started", esc(clockTime(s.started_at))],
+      ...incidentDetails(s, now),
       ["dashboard.monitor.alerts", s.alerts ? `${s.alerts} <span class="muted">(${esc(alertLabel(s.last_alert))})</span>` : "0"],
       ["dashboard.audit.address", `<span class="mono">${esc(s.remote_addr || "—")}</span>`],
       ["dashboard.monitor.lastCommand", d ? `${esc(actionLabel(d.action))} · ${esc(t(`dashboard.delivery.${d.state}`))}` : "—"],

@@ -13,6 +13,7 @@
 import { t } from "/client/i18n.js";
 import { actionLabel, ago, alertLabel, duration, esc, statusLabel } from "./format.js";
 import { indicatorLevels, offlineSeconds } from "./indicators.js";
+import { incidentCell, incidentSort } from "./incidents.js";
 
 export const STATUSES = ["ready", "awaiting", "active", "paused", "completed", "terminated"];
 const STATUS_RANK = Object.fromEntries(STATUSES.map((s, i) => [s, i]));
@@ -105,9 +106,11 @@ const COLUMNS = {
     clock: true,
     sort: (s) => -(s.last_seen ?? 0),
     render: (s, row, now) => {
-      // Offline time is an indicator: shown once it reaches a threshold.
-      const offline = row.levels?.offline_seconds && row.levels.offline_seconds !== "ok"
-        ? `<span class="sub">${mark(row, "offline_seconds", esc(t("dashboard.table.offlineFor", { span: duration(offlineSeconds(s, now) * 1000) })), "dashboard.indicator.offline")}</span>`
+      // Time offline in all (kept by the server across reconnects), coloured once it reaches
+      // an indicator threshold.
+      const seconds = offlineSeconds(s, now);
+      const offline = seconds >= 1
+        ? `<span class="sub offline-total">${mark(row, "offline_seconds", esc(t("dashboard.table.offlineFor", { span: duration(seconds * 1000) })), "dashboard.indicator.offline")}</span>`
         : "";
       if (s.connected) return `<span class="muted">${esc(t("dashboard.table.now"))}</span>${offline}`;
       if (s.last_seen == null) return `<span class="muted">—</span>`;
@@ -162,6 +165,11 @@ const COLUMNS = {
       return `<span class="muted">—</span>`;
     },
   },
+  incidents: {
+    fields: ["incidents", "last_incident", "last_incident_text", "last_incident_at"],
+    sort: incidentSort,
+    render: (s) => incidentCell(s),
+  },
   command: {
     fields: [],
     sort: (s, now, row) => (row.delivery ? -row.delivery.at : 0),
@@ -179,7 +187,7 @@ const COLUMNS = {
 };
 const COLUMN_KEYS = Object.keys(COLUMNS);
 const CLOCK_COLUMNS = COLUMN_KEYS.filter((k) => COLUMNS[k].clock);
-const FILTER_FIELDS = new Set(["status", "group", "candidate_name", "candidate_id", "connected", "alerts", "hand_raised"]);
+const FILTER_FIELDS = new Set(["status", "group", "candidate_name", "candidate_id", "connected", "alerts", "hand_raised", "incidents"]);
 
 class Row {
   constructor(session) {
@@ -223,7 +231,7 @@ export class SessionTable extends EventTarget {
     this.rows = new Map();
     /** @type {Row[]} the filtered, sorted rows, as shown */
     this.visible = [];
-    this.filter = { statuses: new Set(), groups: new Set(), search: "", offline: false, alerts: false, hands: false };
+    this.filter = { statuses: new Set(), groups: new Set(), search: "", offline: false, alerts: false, hands: false, incidents: false };
     this.indicators = null; // exam.settings.indicators
     this.canAckHand = false;
     this.sortKey = "candidate";
@@ -389,7 +397,7 @@ export class SessionTable extends EventTarget {
   /** Whether any filter is active. */
   get filtered() {
     const f = this.filter;
-    return f.statuses.size > 0 || f.groups.size > 0 || !!f.search.trim() || f.offline || f.alerts || f.hands;
+    return f.statuses.size > 0 || f.groups.size > 0 || !!f.search.trim() || f.offline || f.alerts || f.hands || f.incidents;
   }
 
   matches(s) {
@@ -399,6 +407,7 @@ export class SessionTable extends EventTarget {
     if (f.offline && !isOffline(s)) return false;
     if (f.alerts && !s.alerts) return false;
     if (f.hands && !s.hand_raised) return false;
+    if (f.incidents && !s.incidents) return false;
     const needle = f.search.trim().toLocaleLowerCase();
     if (needle) {
       // The same haystack as the server's filter (sessions.Target.matches).
@@ -418,19 +427,26 @@ export class SessionTable extends EventTarget {
     if (f.search.trim()) target.search = f.search.trim();
     // Client-only filters (and several groups, which the server's filter has not): narrow the
     // server's filter to the sessions shown.
-    if (f.offline || f.alerts || f.hands || f.groups.size > 1) target.session_ids = this.visible.map((r) => r.session.id);
+    if (f.offline || f.alerts || f.hands || f.incidents || f.groups.size > 1) target.session_ids = this.visible.map((r) => r.session.id);
     if (!target.status && !target.group && !target.search) target.all = true;
     return target;
   }
 
-  sortBy(key) {
-    if (this.sortKey === key) this.sortDir = -this.sortDir;
-    else {
-      this.sortKey = key;
-      this.sortDir = 1;
-    }
+  /** Sort by a column; again by the same one reverses it, unless `dir` (1, -1) is given. */
+  sortBy(key, dir) {
+    if (dir) this.sortDir = dir;
+    else if (this.sortKey === key) this.sortDir = -this.sortDir;
+    else this.sortDir = 1;
+    this.sortKey = key;
     this._renderSortHeaders();
     this.orderDirty = true;
+    this._schedule();
+    this.dispatchEvent(new CustomEvent("sort", { detail: { key: this.sortKey, dir: this.sortDir } }));
+  }
+
+  /** Re-render every row (e.g. incidents acknowledged: their badges are no longer new). */
+  refreshAll() {
+    for (const row of this.rows.values()) this._markDirty(row);
     this._schedule();
   }
 
@@ -569,7 +585,7 @@ export class SessionTable extends EventTarget {
   // -- counts -------------------------------------------------------------------------------
 
   counts() {
-    const c = { total: 0, offline: 0, locked: 0, alerts: 0, hands: 0 };
+    const c = { total: 0, offline: 0, locked: 0, alerts: 0, hands: 0, incidents: 0 };
     for (const s of STATUSES) c[s] = 0;
     for (const { session: s } of this.rows.values()) {
       c.total += 1;
@@ -578,6 +594,7 @@ export class SessionTable extends EventTarget {
       if (s.locked) c.locked += 1;
       if (s.alerts) c.alerts += 1;
       if (s.hand_raised) c.hands += 1;
+      if (s.incidents) c.incidents += 1;
     }
     return c;
   }
