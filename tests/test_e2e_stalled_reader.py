@@ -166,7 +166,7 @@ async def test_a_candidate_that_stops_reading_is_cut_off_and_shown_disconnected(
         await eventually(listed_disconnected, timeout=10)
         history = await api.history(exam["id"], stalled.session_id)
         assert [e["details"] for e in history if e["kind"] == "disconnected"] == [
-            {"reason": "close 4008"}
+            {"reason": "close 4008", "incidents": ["dropped"]}  # cut off: a drop for staff
         ]
         metrics = (await api.http.get("/metrics")).text
         assert "realtime_send_deadline_aborts 1.0" in metrics
