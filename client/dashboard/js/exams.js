@@ -115,7 +115,7 @@ function renderRow(e) {
   if (manage && e.status === "archived") actions.push(button("restore"));
   else if (manage) actions.push(button("archive", " danger"));
   return `<tr data-exam-id="${esc(e.id)}" data-status="${esc(e.status)}">
-    <td><a class="strong" href="?exam=${encodeURIComponent(e.id)}" data-exam="${esc(e.id)}">${esc(e.title)}</a>
+    <td><a class="strong" href="?exam=${encodeURIComponent(e.id)}" data-exam="${esc(e.id)}" translate="no">${esc(e.title)}</a>
       <span class="sub">${esc(meta.join(" · "))}</span>${flags.length ? `<span class="flags">${flags.join("")}</span>` : ""}</td>
     <td>${windowText(e)}</td>
     <td><span class="badge ex-${esc(e.status)}">${esc(examStatusLabel(e.status))}</span></td>
