@@ -84,8 +84,9 @@ async def test_dashboard_sign_in_and_exams(browsers: Browsers, rt_api: Api, sche
 async def test_dashboard_monitor_panel_and_dialogs(
     browsers: Browsers, rt_api: Api, rt_server: ServerProcess, scheme: str
 ) -> None:
-    """A live exam with every kind of row (active, paused, locked, offline, selected, a
-    delivered command), the session panel with its history, the command and help dialogs."""
+    """A live exam with every kind of row (active, paused, locked, offline with its incident,
+    a raised hand, selected, a delivered command), the session panel with its history, the
+    command and help dialogs."""
     exam, sessions = await make_exam(rt_api, 8, groups=["Hall A", "Hall B"])
     scripted = ScriptedCandidates(rt_server.ws_url)
     try:
@@ -93,9 +94,11 @@ async def test_dashboard_monitor_panel_and_dialogs(
         await rt_api.command(exam["id"], action="pause", target=[sessions[0]["id"]])
         await rt_api.command(exam["id"], action="lock", target=[sessions[1]["id"]])
         await scripted.close(sessions[2]["access_code"])  # offline
+        await scripted.send(sessions[4]["access_code"], {"type": "raise_hand"})
         page = await browsers.dashboard(exam["id"], color_scheme=scheme)
         await expect(row(page, sessions[2]["id"])).to_have_attribute("data-connected", "false")
         await expect(row(page, sessions[0]["id"])).to_have_attribute("data-status", "paused")
+        await expect(row(page, sessions[4]["id"])).to_have_attribute("data-hand", "true")
         await row(page, sessions[3]["id"]).get_by_role("checkbox").check()
         await page.locator("#actionbar").get_by_role("button", name="Resume").click()
         await expect(row(page, sessions[3]["id"]).locator(".delivery")).to_be_visible()
