@@ -45,7 +45,7 @@ from realtime.limits.setup import limits_of
 from realtime.runtime import Runtime, runtime_of
 from realtime.sessions import FastPath, OpenRefused
 from realtime.state import machine
-from realtime.state.model import RefusalReason, SkipReason, Status, public_view
+from realtime.state.model import RefusalReason, SkipReason, Status, candidate_view
 
 log = logging.getLogger(__name__)
 MAX_USER_AGENT = 256  # enough to tell devices apart; history rows stay small
@@ -54,10 +54,6 @@ MAX_USER_AGENT = 256  # enough to tell devices apart; history rows stay small
 # the future, answers no ping of ours and must not become a round trip.
 MAX_PONG_AGE = 3600.0
 MAX_PONG_AHEAD = 60.0
-
-
-def candidate_view(session: dict[str, Any]) -> dict[str, Any]:
-    return public_view(session)
 
 
 async def candidate_endpoint(websocket: WebSocket) -> None:

@@ -22,7 +22,13 @@ from realtime.channels.codec import Encoded
 from realtime.errors import CloseCode, ErrorCode
 from realtime.hub.connection import Connection
 from realtime.identity import scope
-from realtime.state.model import PRIVATE_FIELDS, Action, Event
+from realtime.state.model import (
+    HIDDEN_FROM_CANDIDATE,
+    PRIVATE_FIELDS,
+    Action,
+    Event,
+    candidate_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ def public_event(event: Event) -> dict[str, Any]:
 def candidate_command(event: Event) -> dict[str, Any]:
     """The message a candidate's page gets for a staff command."""
     details = {k: v for k, v in event.details.items() if k != "command_id"}
-    changes = {k: v for k, v in event.changes.items() if k not in PRIVATE_FIELDS}
+    changes = {k: v for k, v in event.changes.items() if k not in HIDDEN_FROM_CANDIDATE}
     return {
         "type": "command",
         "command_id": event.details.get("command_id", ""),
@@ -337,8 +343,7 @@ class Hub:
             for key in ACK_FIELDS:
                 link.view[key] = session.get(key, "")
             link.view["alerts"] = session.get("alerts", link.view["alerts"])
-            view = {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
-            link.conn.send({"type": "state", "session": view})
+            link.conn.send({"type": "state", "session": candidate_view(session)})
 
         task = asyncio.get_running_loop().create_task(resync())
         self._tasks.add(task)

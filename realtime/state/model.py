@@ -192,6 +192,13 @@ SESSION_DEFAULTS: dict[str, Any] = {
 
 # Fields hidden from staff and candidates (secrets and internals).
 PRIVATE_FIELDS = frozenset({"resume_hash", "conn_id", "token_gen", "device"})
+# Fields for staff only: an incident's text may name the address of another device that
+# tried to open the session, which its candidate has no business seeing.
+STAFF_ONLY_FIELDS = frozenset({
+    "incidents", "last_incident", "last_incident_text", "last_incident_at",
+    "offline_seconds", "offline_since",
+})
+HIDDEN_FROM_CANDIDATE = PRIVATE_FIELDS | STAFF_ONLY_FIELDS
 
 
 def new_session(**fields: Any) -> dict[str, Any]:
@@ -204,8 +211,13 @@ def new_session(**fields: Any) -> dict[str, Any]:
 
 
 def public_view(session: dict[str, Any]) -> dict[str, Any]:
-    """The session as staff and the candidate see it: no secrets."""
+    """The session as staff see it: no secrets."""
     return {k: v for k, v in session.items() if k not in PRIVATE_FIELDS}
+
+
+def candidate_view(session: dict[str, Any]) -> dict[str, Any]:
+    """The session as its candidate's page sees it: no secrets, no staff-only fields."""
+    return {k: v for k, v in session.items() if k not in HIDDEN_FROM_CANDIDATE}
 
 
 @dataclass(slots=True)
