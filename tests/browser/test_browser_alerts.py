@@ -4,6 +4,7 @@ acknowledgement, and a pause queued while the page was offline shown `delivered`
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -55,6 +56,10 @@ async def test_drop_alert_banner_and_indicator_colours(
         await expect(banner).to_be_visible()
         await expect(banner.locator(".alert-item")).to_have_count(1)
         await expect(banner).to_contain_text("3 candidates of hall-A lost their connection")
+        # Staff are told without staring (js/notify.js): the live region and the tab title.
+        await expect(dashboard.locator("#notify-live")).to_contain_text(
+            "3 candidates of hall-A lost their connection")
+        await expect(dashboard).to_have_title(re.compile(r"^\(\d+\) "))
         for s in sessions[2:5]:
             line = row(dashboard, s["id"])
             await expect(line).to_have_attribute("data-connected", "false")

@@ -2,25 +2,15 @@
 //
 // An alert arrives live (a `drop_alert` event) or, for a dashboard that connects while it is
 // active, with the snapshot; the same alert may come both ways, so alerts are kept by id. A
-// dismissed alert stays dismissed in this browser (localStorage), also after a reload.
+// dismissed alert stays dismissed in this browser (localStorage), also after a reload. A new
+// live alert also goes to `notifyStaff` (js/notify.js), like incidents and raised hands.
 
 import { t } from "/client/i18n.js";
 import { clockTime, esc } from "./format.js";
+import { notifyStaff } from "./notify.js"; // tab-title count, aria-live, opt-in sound/desktop
 
 const DISMISSED_KEY = "realtime.dismissedAlerts";
 const KEEP_DISMISSED = 100;
-
-/**
- * Tell staff about something new without making them stare at the table: the `incidents`
- * work's notify.js (sound, desktop notification, tab-title count) when it is there. Loaded on
- * first use; without it this does nothing.
- * @param {{title: string, text: string, level?: "info"|"warning"|"danger"}} note
- */
-let notifier = null;
-export function notifyStaff(note) {
-  notifier ??= import("./notify.js").then((m) => m.notifyStaff, () => null);
-  notifier.then((fn) => fn?.(note)).catch(() => {});
-}
 
 function dismissedIds() {
   try {
