@@ -257,6 +257,7 @@ class Bench:
         self.ack = not args.no_ack
         self.timeout: float = args.timeout
         self.trackers: dict[str, Arrivals] = {}
+        self.idle_cpu_rate = 0.0  # server CPU seconds per second while idle (comparison phases)
         self.pings = 0
         self.commands_received = 0
         self.unexpected_closes = 0
@@ -309,6 +310,9 @@ class Bench:
 
     def server_cpu(self) -> float:
         return cpu_seconds(self.pids)
+
+    def redis_cpu(self) -> float:
+        return cpu_seconds(self.redis.pids) if self.redis is not None else 0.0
 
     def server_rss(self) -> int:
         return rss_bytes(self.pids)
@@ -587,7 +591,8 @@ class Bench:
                     return fresh
 
                 if self.phases & set(NEW_PHASES):
-                    await run_new_phases(self, urls[0], candidates, proctor, peer=False,
+                    rest = urls if self.args.rest_to == "all" else urls[:1]
+                    await run_new_phases(self, rest, candidates, proctor, peer=False,
                                          rewatch=rewatch)
                 self.result["still_open"] = sum(1 for c in candidates if c.alive)
                 self.result["fan_out"] = await fan_out_figures(self.servers)
@@ -779,6 +784,9 @@ async def fan_out_figures(servers: list[ServerProcess]) -> list[dict[str, Any]]:
                     if name in ("realtime_exams_served", "realtime_events_received",
                                 "realtime_candidate_connections"):
                         values[name.removeprefix("realtime_")] = int(float(value))
+                    elif name.startswith("realtime_command_seconds_count"):
+                        # staff commands this server answered (REST spread by --rest-to)
+                        values["commands"] = values.get("commands", 0) + int(float(value))
             figures.append(values)
     return figures
 
@@ -859,6 +867,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="throughput: seconds between steps")
     new.add_argument("--http-workers", type=int, default=64,
                      help="concurrent HTTP workers (and pooled connections) sending commands")
+    new.add_argument("--profile-phases", default="",
+                     help="comma-separated comparison phases (throughput, pauses) to record "
+                          "with py-spy attached to the first server (raw stacks in --out)")
+    new.add_argument("--rest-to", choices=["all", "first"], default="all",
+                     help="comparison phases: REST commands round robin over every server "
+                          "(as behind a balancer) or all to the first")
     new.add_argument("--pause-repeats", type=int, default=5,
                      help='"pause all" + "resume all" this many times')
     new.add_argument("--pause-gap", type=float, default=1.0,

@@ -22,6 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -208,10 +212,17 @@ class PeerProctor:
 
 
 class Commander:
-    """Commands over aiohttp (pooled): the real server's REST API or the peer's `/command`."""
+    """Commands over aiohttp (pooled): the real server's REST API or the peer's `/command`.
 
-    def __init__(self, base_url: str, peer: bool, workers: int, exam: str = EXAM) -> None:
-        self.base_url = base_url.rstrip("/")
+    With several base URLs, commands go to them in turn (round robin), as a balancer in front of
+    interchangeable processes would send them.
+    """
+
+    def __init__(self, base_url: str | list[str], peer: bool, workers: int,
+                 exam: str = EXAM) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = [u.rstrip("/") for u in urls] or [""]
+        self.turn = 0
         self.peer = peer
         self.exam = exam
         self.workers = workers
@@ -232,17 +243,27 @@ class Commander:
     async def command(self, target: str | list[str], action: str, command_id: str) -> int:
         """Send one command; the number of sessions it applied to (0: refused or skipped)."""
         assert self.http is not None
+        base_url = self.base_urls[self.turn % len(self.base_urls)]
+        self.turn += 1
         if self.peer:
-            url = f"{self.base_url}/command"
+            url = f"{base_url}/command"
             body: dict[str, Any] = {"exam": self.exam, "target": target, "action": action,
                                     "command_id": command_id}
         else:
-            url = f"{self.base_url}/api/v1/exams/{self.exam}/commands"
+            url = f"{base_url}/api/v1/exams/{self.exam}/commands"
             body = {"action": action, "target": target, "command_id": command_id}
-        async with self.http.post(url, json=body) as response:
-            data = await response.json(content_type=None)
-            if response.status != 200 or not isinstance(data, dict):
-                return 0
+        for attempt in range(2):
+            try:
+                async with self.http.post(url, json=body) as response:
+                    data = await response.json(content_type=None)
+                    if response.status != 200 or not isinstance(data, dict):
+                        return 0
+                break
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                # a pooled connection the server had just closed (keep-alive): the command id
+                # is an idempotency key, so sending it again applies nothing twice
+                if attempt or self.peer:
+                    raise
         applied = data.get("applied")
         if isinstance(applied, list):
             return len(applied)
@@ -322,6 +343,7 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
                 bench.trackers.pop(command_id, None)
 
     cpu0 = bench.server_cpu()
+    redis_cpu0 = bench.redis_cpu()
     harness = psutil.Process()
     harness_cpu0 = sum(harness.cpu_times()[:2])
     workers = max(1, min(args.http_workers, count))
@@ -330,6 +352,11 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
     harness_cpu = (sum(harness.cpu_times()[:2]) - harness_cpu0) / max(
         1e-6, time.perf_counter() - started)
     await wait_trackers(applied, time.perf_counter() + args.lost_after)
+    server_cpu = bench.server_cpu() - cpu0  # sent, applied, delivered, acked (mostly)
+    redis_cpu = bench.redis_cpu() - redis_cpu0
+    raw_cpu = server_cpu
+    # less what the server spends idle meanwhile (heartbeat, sweeper, presence)
+    server_cpu = max(0.0, server_cpu - bench.idle_cpu_rate * (time.perf_counter() - started))
     delivery = [t.arrivals[0] - t.started for t in applied if t.arrivals]
     for key in [k for k, t in bench.trackers.items() if t in applied]:
         bench.trackers.pop(key, None)
@@ -352,7 +379,10 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
         "p50_ms": p_ms(delivery, 50), "p99_ms": p_ms(delivery, 99),
         "max_ms": ms(max(delivery) if delivery else None),
         "rest_p50_ms": p_ms(rest, 50), "rest_p99_ms": p_ms(rest, 99),
-        "http_errors": errors, "server_cpu_s": round(bench.server_cpu() - cpu0, 3),
+        "http_errors": errors, "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_ms_per_command": round(1000 * server_cpu / sent, 3) if sent else None,
+        "server_cpu_raw_ms_per_command": round(1000 * raw_cpu / sent, 3) if sent else None,
+        "redis_cpu_ms_per_command": round(1000 * redis_cpu / sent, 3) if sent else None,
     }
 
 
@@ -375,7 +405,8 @@ async def throughput(bench: Bench, cmd: Commander, candidates: list[Any]) -> dic
                     f"REST p50 {step['rest_p50_ms']} ms with {step['workers']} workers)")
         print(f"  {bench.result['config']} N={bench.n} rate {rate:g}/s: sent {step['sent']} "
               f"at {step['achieved_per_s']}/s{note}, delivery p99 {step['p99_ms']} ms, "
-              f"lost {step['lost']}", flush=True)
+              f"lost {step['lost']}, server CPU {step.get('server_cpu_ms_per_command')} ms "
+              f"per command (Redis {step.get('redis_cpu_ms_per_command')} ms)", flush=True)
         await asyncio.sleep(args.step_pause)
     if paused and not cmd.peer:  # everyone active again for the next phases
         with contextlib.suppress(Exception):
@@ -394,6 +425,7 @@ async def throughput(bench: Bench, cmd: Commander, candidates: list[Any]) -> dic
 
 async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) -> dict[str, Any]:
     command_id = f"bulk-{action}-{uuid.uuid4().hex[:8]}"
+    cpu0, redis_cpu0 = bench.server_cpu(), bench.redis_cpu()
     tracker = Arrivals(time.perf_counter())
     bench.trackers[command_id] = tracker
     try:
@@ -406,6 +438,11 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
                 await tracker.done.wait()
     finally:
         bench.trackers.pop(command_id, None)
+    server_cpu = bench.server_cpu() - cpu0  # the command, its fan-out and the acks so far
+    redis_cpu = bench.redis_cpu() - redis_cpu0
+    raw_cpu = server_cpu
+    server_cpu = max(0.0, server_cpu - bench.idle_cpu_rate * (time.perf_counter()
+                                                               - tracker.started))
     arrivals = [t - tracker.started for t in tracker.arrivals]
     dashboard = [t - tracker.started for t in tracker.dashboard]
     return {
@@ -414,6 +451,8 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
         "last_ms": ms(max(arrivals) if arrivals else None),
         "p50_ms": p_ms(arrivals, 50), "rest_ms": ms(rest_seconds),
         "dashboard_last_ms": ms(max(dashboard) if dashboard else None),
+        "server_cpu_ms": round(1000 * server_cpu, 1), "server_cpu_raw_ms": round(1000 * raw_cpu, 1),
+        "redis_cpu_ms": round(1000 * redis_cpu, 1),
     }
 
 
@@ -426,6 +465,11 @@ async def pause_repeats(bench: Bench, cmd: Commander, candidates: list[Any]) -> 
             break
         expected = sum(1 for c in candidates if c.alive)
         pauses.append(await bulk_once(bench, cmd, "pause", expected))
+        print(f"  {bench.result['config']} N={bench.n} pause all: last {pauses[-1]['last_ms']} "
+              f"ms, REST {pauses[-1]['rest_ms']} ms, server CPU "
+              f"{pauses[-1]['server_cpu_ms']} ms ({pauses[-1]['server_cpu_raw_ms']} ms before "
+              f"taking off idle work), Redis CPU {pauses[-1]['redis_cpu_ms']} ms",
+              flush=True)
         await asyncio.sleep(args.pause_gap)
         resumes.append(await bulk_once(bench, cmd, "resume", expected))
         await asyncio.sleep(args.pause_gap)
@@ -435,6 +479,9 @@ async def pause_repeats(bench: Bench, cmd: Commander, candidates: list[Any]) -> 
         "pause_rest_p50_ms": median([p["rest_ms"] for p in pauses]),
         "resume_last_p50_ms": median([r["last_ms"] for r in resumes]),
         "resume_rest_p50_ms": median([r["rest_ms"] for r in resumes]),
+        "pause_server_cpu_p50_ms": median([p["server_cpu_ms"] for p in pauses]),
+        "pause_server_cpu_raw_p50_ms": median([p["server_cpu_raw_ms"] for p in pauses]),
+        "pause_redis_cpu_p50_ms": median([p["redis_cpu_ms"] for p in pauses]),
         "last_p50_ms": median([b["last_ms"] for b in pauses + resumes]),
         "applied": sum(b["applied"] for b in pauses + resumes),
         "received": sum(b["received"] for b in pauses + resumes),
@@ -522,16 +569,51 @@ async def hall(bench: Bench, cmd: Commander, candidates: list[Any], proctor: Any
 NEW_PHASES = ("throughput", "pauses", "hall")
 
 
-async def run_new_phases(bench: Bench, base_url: str, candidates: list[Any], proctor: Any,
+@contextlib.contextmanager
+def phase_profile(bench: Bench, phase: str) -> Any:
+    """`--profile-phases`: py-spy attached to the first server for this phase only (raw
+    collapsed stacks), so a profile shows the phase and not the opens before it."""
+    wanted = [p for p in bench.args.profile_phases.split(",") if p.strip()]
+    if phase not in wanted or not bench.servers or bench.args.profile:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(bench.args.out) / f"phase-{phase}-{bench.result['config']}-{bench.n}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recorder = subprocess.Popen(
+        [spy, "record", "-r", "250", "--format", "raw", "-o", str(out.resolve()),
+         "--pid", str(bench.servers[0].server_pids()[0])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait(5)
+
+
+async def run_new_phases(bench: Bench, base_url: str | list[str], candidates: list[Any],
+                         proctor: Any,
                          peer: bool, rewatch: Any = None) -> None:
     """The comparison phases selected by `--phases`, results into `bench.result`."""
     phases = bench.phases
+    # The server's idle CPU (heartbeat, sweeper, presence) per second, taken off the CPU the
+    # phases report per command and per bulk command.
+    cpu0, idle0 = bench.server_cpu(), time.perf_counter()
+    await asyncio.sleep(bench.args.settle)
+    bench.idle_cpu_rate = (bench.server_cpu() - cpu0) / max(1e-3, time.perf_counter() - idle0)
+    bench.result["idle_server_cpu_ms_per_s"] = round(1000 * bench.idle_cpu_rate, 1)
     async with Commander(base_url, peer, bench.args.http_workers) as cmd:
         if "throughput" in phases:
-            bench.result["throughput"] = await throughput(bench, cmd, candidates)
+            with phase_profile(bench, "throughput"):
+                bench.result["throughput"] = await throughput(bench, cmd, candidates)
             await asyncio.sleep(bench.args.settle)
         if "pauses" in phases:
-            bench.result["pause_repeats"] = await pause_repeats(bench, cmd, candidates)
+            with phase_profile(bench, "pauses"):
+                bench.result["pause_repeats"] = await pause_repeats(bench, cmd, candidates)
             await asyncio.sleep(bench.args.settle)
         if "hall" in phases:
             if not proctor.alive and rewatch is not None:
@@ -621,6 +703,7 @@ def compare_columns(rates: list[float]) -> list[tuple[str, Any]]:
         ("max rate p99<=25", lambda r: r["throughput"]["max_rate_p99_25ms"]),
         ("pause-all last p50", lambda r: r["pause_repeats"]["pause_last_p50_ms"]),
         ("pause REST p50", lambda r: r["pause_repeats"]["pause_rest_p50_ms"]),
+        ("pause CPU ms", lambda r: r["pause_repeats"].get("pause_server_cpu_p50_ms")),
         ("hall msgs/s", lambda r: r["hall"]["progress_acks_per_s"]),
         ("hall dash p50", lambda r: r["hall"]["p50_ms"]),
         ("hall dash p99", lambda r: r["hall"]["p99_ms"]),
@@ -737,7 +820,8 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
                 lines.append(
                     f"  server {node['server']}: {node.get('candidate_connections')} candidates,"
                     f" {node.get('exams_served')} exams served, "
-                    f"{node['events_received']} events received")
+                    f"{node['events_received']} events received, "
+                    f"{node.get('commands', 0)} staff commands answered")
         for key, label, unit, lower, better, worse in HEADLINES:
             ours, theirs = ours_v.get(key), peer_v.get(key)
             if ours is None and theirs is None:

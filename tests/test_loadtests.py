@@ -169,6 +169,32 @@ def test_benchmark_comparison_with_the_peer(tmp_path: Path) -> None:
     assert "peer:1" in summary.read_text()
 
 
+@pytest.mark.timeout(170)
+def test_benchmark_spreads_rest_commands_over_the_servers(tmp_path: Path) -> None:
+    """With two servers, the comparison phases send REST commands to both in turn (as a
+    balancer would); `--rest-to first` keeps them all on the first. Each pause-all reports the
+    server CPU it cost."""
+    n = 10
+    counts = {}
+    for mode in ("all", "first"):
+        out = tmp_path / mode
+        result = _run(
+            [sys.executable, "-m", "loadtests.bench", "--sizes", str(n), "--configs", "redis:2",
+             "--phases", "throughput,pauses", "--no-peer", "--quick", "--no-chart",
+             "--rest-to", mode, "--out", str(out)],
+            timeout=80,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        [run] = json.loads((out / "results.json").read_text())["runs"]
+        assert "error" not in run, run
+        assert run["lost_total"] == 0, run
+        assert all(b["server_cpu_ms"] is not None for b in run["pause_repeats"]["pause"])
+        assert all(s["server_cpu_ms_per_command"] is not None for s in run["throughput"]["steps"])
+        counts[mode] = [node.get("commands", 0) for node in run["fan_out"]]
+    assert len(counts["all"]) == 2 and min(counts["all"]) > 0, counts
+    assert counts["first"][0] > 0 and counts["first"][1] == 0, counts
+
+
 class _Entry:
     """What the verdict reads of a locust stats entry (importing locust here would
     monkey-patch the test process with gevent)."""
