@@ -1,0 +1,121 @@
+"""CPU cost of the staff command path alone, in-process, on a private Redis (or the memory store).
+
+    python -m loadtests.command_cpu --sessions 5000 --bulk-repeats 6 --targeted 500
+
+Times `SessionService.command` with `time.process_time()` (CPU of this process, so other work on
+the machine barely moves it): a "pause/resume all" of N active sessions, and targeted pause/resume
+commands one after the other. No sockets: the fan-out to candidates, their acks and the SQL
+drain are not in these figures (the benchmark's `server_cpu_ms` per pause-all has them all).
+What it isolates is what a change to the command path itself (target read, decide, commit,
+answer) is worth. The exam is served by the store, so the echo of each commit is decoded and
+dispatched as on a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+from typing import Any
+
+from loadtests.servers import RedisProcess, workdir
+from realtime.auth.permissions import ALL_PERMISSIONS
+from realtime.auth.principal import Principal
+from realtime.sessions import SessionService, Target
+from realtime.state import machine
+from realtime.state.memory import MemoryStore
+from realtime.state.model import Action, Exam, new_session
+from realtime.state.redis import RedisStore
+from realtime.state.store import StateStore
+
+STAFF = Principal(id="bench", name="bench", kind="staff", permissions=ALL_PERMISSIONS)
+EXAM = "cpu"
+
+
+async def measure(store: StateStore, sessions: int, bulk_repeats: int,
+                  targeted: int) -> dict[str, Any]:
+    service = SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds here
+                             liveness=machine.Liveness(stale_after=15, resume_grace=60))
+    await store.put_exam(Exam(id=EXAM, title="cpu"))
+    await store.serve(EXAM)
+    rows = [new_session(id=f"s{i}", exam_id=EXAM, candidate_id=f"c{i}",
+                        candidate_name=f"Candidate {i}", access_code=f"CODE{i:06d}",
+                        status="active", authorized=True)
+            for i in range(sessions)]
+    for start in range(0, sessions, 1000):
+        await store.add_sessions(rows[start:start + 1000])
+    bulk: list[float] = []
+    for rep in range(max(1, min(bulk_repeats, 50))):
+        action = Action.PAUSE if rep % 2 == 0 else Action.RESUME
+        gc.collect()
+        started = time.process_time()
+        result = await service.command(EXAM, action, Target(all=True), STAFF,
+                                       {"command_id": f"bulk{rep}"})
+        bulk.append(1000 * (time.process_time() - started))
+        if len(result.applied) != sessions:
+            raise RuntimeError(f"bulk {action.value} applied {len(result.applied)}/{sessions}")
+    per_command: list[float] = []
+    count = max(1, min(targeted, sessions))
+    active = len(bulk) % 2 == 0  # every session is active again after an even number
+    for rep in range(3):  # the same sessions each round: each command applies
+        action = Action.PAUSE if active else Action.RESUME
+        active = not active
+        gc.collect()
+        started = time.process_time()
+        applied = 0
+        for i in range(count):
+            result = await service.command(EXAM, action, Target(session_ids=[f"s{i}"]), STAFF,
+                                           {"command_id": f"t{rep}-{i}"})
+            applied += len(result.applied)
+        per_command.append(1000 * (time.process_time() - started) / count)
+        if applied != count:
+            raise RuntimeError(f"targeted {action.value} applied {applied}/{count}")
+    await asyncio.sleep(0.2)  # background answers kept for retries
+    return {
+        "sessions": sessions,
+        "bulk_cpu_ms": [round(v, 1) for v in bulk],
+        "bulk_cpu_ms_median": round(statistics.median(bulk), 1),
+        "targeted_cpu_ms": [round(v, 3) for v in per_command],
+        "targeted_cpu_ms_median": round(statistics.median(per_command), 3),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    redis: RedisProcess | None = None
+    store: StateStore
+    if args.store == "redis":
+        redis = RedisProcess(workdir("rt-cpu-"))
+        redis.start()
+        store = RedisStore(redis.url, prefix="cpu:")
+    else:
+        store = MemoryStore()
+    try:
+        await store.start()
+        try:
+            return await measure(store, args.sessions, args.bulk_repeats, args.targeted)
+        finally:
+            await store.close()
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["redis", "memory"], default="redis")
+    parser.add_argument("--sessions", type=int, default=5000)
+    parser.add_argument("--bulk-repeats", type=int, default=6)
+    parser.add_argument("--targeted", type=int, default=500, help="per round (3 rounds)")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    print(f"{args.store} N={result['sessions']}: pause/resume all CPU "
+          f"{result['bulk_cpu_ms']} ms, median {result['bulk_cpu_ms_median']} ms; targeted "
+          f"{result['targeted_cpu_ms']} ms per command, median "
+          f"{result['targeted_cpu_ms_median']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
