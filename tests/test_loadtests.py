@@ -195,6 +195,19 @@ def test_benchmark_spreads_rest_commands_over_the_servers(tmp_path: Path) -> Non
     assert counts["first"][0] > 0 and counts["first"][1] == 0, counts
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_command_cpu_measures_the_command_path(store: str) -> None:
+    """The in-process measurement applies every command it times (else it would time refusals)."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.command_cpu", "--store", store, "--sessions", "40",
+         "--bulk-repeats", "3", "--targeted", "10"],
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{store} N=40: pause/resume all CPU" in result.stdout
+    assert "per command, median" in result.stdout
+
+
 class _Entry:
     """What the verdict reads of a locust stats entry (importing locust here would
     monkey-patch the test process with gevent)."""
