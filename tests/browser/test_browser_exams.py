@@ -95,6 +95,8 @@ async def test_create_edit_archive_and_restore_an_exam(
         await expect(chem_row).to_have_count(0)
         await expect(rows).to_have_count(3)  # Physics, Biology, Modern history
 
+        # the filter's option reads "Archived" (it once showed the toast's "Archived {title}")
+        await expect(page.locator("#exams-state option[value=archived]")).to_have_text("Archived")
         await page.locator("#exams-state").select_option("archived")
         await expect(rows).to_have_count(1)
         await expect(chem_row.locator("td:nth-child(3)")).to_have_text("Archived")
