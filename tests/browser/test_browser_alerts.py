@@ -114,6 +114,8 @@ async def test_raise_hand_is_shown_filtered_and_acknowledged(
     await dashboard.locator('th[data-sort="hand"] button').click()
 
     await assert_accessible(dashboard, "dashboard with a raised hand")
+    path = await screenshot(dashboard, "dashboard-hand-raised")
+    shutil.copy(path, DOCS_SCREENSHOTS / "dashboard-hand-raised.png")
     await line.get_by_role("button", name="Acknowledge").click()
     ack = candidate.get_by_role("alertdialog", name="A proctor has seen your hand")
     await expect(ack).to_be_visible()
