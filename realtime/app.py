@@ -55,6 +55,7 @@ from realtime.mail.mailer import Mailer, SmtpServer
 from realtime.metrics import Metrics
 from realtime.presence import NodePresence
 from realtime.proxies import Proxies, parse_networks
+from realtime.reasons import ReasonPolicy
 from realtime.runtime import Runtime
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
@@ -144,6 +145,8 @@ async def _shut_down(
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     settings.check()  # refuse to start on settings that would fail silently (ConfigError)
+    # the reason categories too (ReasonsError): a typo in the file must not surface mid-exam
+    reasons = ReasonPolicy.load(settings.reason_categories_file, settings.reason_category_required)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await migrate.upgrade(db)
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
         service = AuditedSessionService(store, db, liveness)
+        service.reasons = reasons
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
         hub = Hub(fetch_session=service.get_session, interest=store)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from realtime.errors import BadRequest, ErrorCode
+from realtime.reasons import MAX_CATEGORY_LENGTH
 from realtime.sessions import Target
 from realtime.state.machine import MAX_EXTEND_MINUTES
 from realtime.state.model import Action, Status
@@ -96,14 +97,26 @@ def parse_command(body: Any) -> tuple[Action, Target, dict[str, Any]]:
         if not isinstance(reason, str) or len(reason) > MAX_TEXT:
             raise BadRequest(f"'reason' must be a string of at most {MAX_TEXT} characters")
         params["reason"] = reason
-    if action is Action.EXTEND:
+    if action is Action.REOPEN and not params.get("reason", "").strip():
+        raise BadRequest("reopen needs a 'reason' (kept in the session's history and the audit)")
+    category = body.get("reason_category")
+    if category is not None:
+        # Checked against the deployment's tree by the service (`realtime.reasons`).
+        if not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH:
+            raise BadRequest(
+                f"'reason_category' must be a string of 1..{MAX_CATEGORY_LENGTH} characters"
+            )
+        params["reason_category"] = category
+    if action in (Action.EXTEND, Action.REDUCE):
         minutes = body.get("minutes")
         if (
             not isinstance(minutes, int)
             or isinstance(minutes, bool)
             or not 1 <= minutes <= MAX_EXTEND_MINUTES
         ):
-            raise BadRequest(f"extend needs an integer 'minutes' 1..{MAX_EXTEND_MINUTES}")
+            raise BadRequest(
+                f"{action.value} needs an integer 'minutes' 1..{MAX_EXTEND_MINUTES}"
+            )
         params["minutes"] = minutes
     if action is Action.NOTICE:
         text = body.get("text")

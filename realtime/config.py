@@ -49,7 +49,11 @@ class Settings:
     # exam's end, and always while their session runs (0: no expiry)
     candidate_token_ttl: float = 30 * 24 * 3600
     bootstrap_staff_token: str = ""  # a fixed staff token for scripts and the demo
+    # a tab may resume its locked session this long after a drop (0: strict); exams may set
+    # their own (`settings.resume_grace_seconds`)
     resume_grace: float = 60.0
+    reason_categories_file: str = ""  # JSON category tree (empty: the built-in, TAO's)
+    reason_category_required: list[str] = field(default_factory=list)  # e.g. pause,terminate
     stale_after: float = 15.0
     node_heartbeat_interval: float = 1.0  # each process records it is alive this often
     node_timeout: float = 6.0  # a process silent this long is dead: its sessions disconnected
@@ -130,6 +134,8 @@ class Settings:
                                        defaults.candidate_token_ttl),
             bootstrap_staff_token=os.environ.get("REALTIME_STAFF_TOKEN", ""),
             resume_grace=_float("REALTIME_RESUME_GRACE", defaults.resume_grace),
+            reason_categories_file=os.environ.get("REALTIME_REASON_CATEGORIES_FILE", ""),
+            reason_category_required=_list("REALTIME_REASON_CATEGORY_REQUIRED", []),
             stale_after=_float("REALTIME_STALE_AFTER", defaults.stale_after),
             node_heartbeat_interval=_float("REALTIME_NODE_HEARTBEAT_INTERVAL",
                                            defaults.node_heartbeat_interval),

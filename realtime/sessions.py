@@ -34,6 +34,7 @@ from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailab
 from realtime.identity import scope
 from realtime.locks import KeyedLocks
 from realtime.presence import NodePresence, node_of
+from realtime.reasons import ReasonPolicy
 from realtime.state import machine
 from realtime.state.model import (
     Action,
@@ -56,7 +57,7 @@ EXAM_CACHE_SECONDS = 1.0
 # over a whole exam reads these, not every field).
 COMMAND_FIELDS = (
     "id", "exam_id", "candidate_id", "candidate_name", "group", "status", "locked", "relock",
-    "connected", "authorized", "deadline", "paused_at", "extra_minutes", "notice",
+    "connected", "authorized", "started_at", "deadline", "paused_at", "extra_minutes", "notice",
     "notice_id", "version", "conn_id", "hand_raised", "offline_since", "offline_seconds",
 )
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
@@ -213,6 +214,7 @@ class SessionService:
         # Makes SQL reads of an exam's history current (the drainer catching up), if wired.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
         self.presence: NodePresence | None = None  # which nodes are alive (None: all)
+        self.reasons = ReasonPolicy()  # reason categories, and which commands need one
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -653,8 +655,9 @@ class SessionService:
         # The permission first: without it, a known exam and an unknown one answer alike.
         if not principal.can(ACTION_PERMISSION[action]):
             raise Forbidden(f"you may not {action.value} sessions")
-        exam = await self.exam_in_scope(exam_id, principal)
         params = dict(params or {})
+        self.reasons.check_command(action, params)
+        exam = await self.exam_in_scope(exam_id, principal)
         given_id = params.get("command_id") or ""
         command_id = given_id or new_id()
         params["command_id"] = command_id

@@ -271,7 +271,7 @@ async def test_history_records_actor_and_transitions(server: ServerProcess, api:
     await candidate.close()
     response = await api.http.post(
         f"/api/v1/exams/{exam['id']}/sessions/{session['id']}/irregularities",
-        json={"category": "phone", "note": "phone on desk"},
+        json={"category": "examinee/unauthorized_material", "note": "phone on desk"},
     )
     assert response.status_code == 201
     events = await api.history(exam["id"], session["id"])
@@ -284,7 +284,7 @@ async def test_history_records_actor_and_transitions(server: ServerProcess, api:
     assert pause["details"]["reason"] == "noise"
     listed = (await api.http.get(f"/api/v1/exams/{exam['id']}/irregularities")).json()
     assert [(i["category"], i["note"]) for i in listed["irregularities"]] == [
-        ("phone", "phone on desk")
+        ("examinee/unauthorized_material", "phone on desk")
     ]
 
 

@@ -24,7 +24,8 @@ from realtime.state.model import Action
 
 PASSWORD = "a good long password"
 ROLES = RoleSet.default()
-PARAMS: dict[str, dict[str, Any]] = {"extend": {"minutes": 5}, "notice": {"text": "hello"}}
+PARAMS: dict[str, dict[str, Any]] = {"extend": {"minutes": 5}, "notice": {"text": "hello"},
+                                     "reduce": {"minutes": 1}, "reopen": {"reason": "mistake"}}
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -112,7 +113,7 @@ async def test_role_action_matrix(idserver: ServerProcess, admin: Api) -> None:
              f"/api/v1/exams/{exam['id']}/sessions/{sessions[1]['id']}/history", None),
             ("sessions.irregularity", "POST",
              f"/api/v1/exams/{exam['id']}/sessions/{sessions[1]['id']}/irregularities",
-             {"category": "phone"}),
+             {"category": "examinee/behaviour"}),
             ("exams.manage", "POST", "/api/v1/exams", {"title": "x", "groups": ["A"]}),
             ("sessions.create", "POST", f"/api/v1/exams/{exam['id']}/sessions",
              {"candidates": [{"candidate_id": f"n-{role_name}", "group": "A"}]}),

@@ -171,7 +171,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert r.status_code == 201, r.text
             w.sessions[key] = WORLD_IDS[key] = r.json()["sessions"][0]["id"]
             r = admin.post(f"/api/v1/exams/{EXAMS[exam_key][0]}/sessions/{w.sessions[key]}"
-                           "/irregularities", json={"category": "setup", "note": key})
+                           "/irregularities",
+                           json={"category": "technical/workstation", "note": key})
             assert r.status_code == 201, r.text
         # every user at once: their password hashing runs in the server's threads
         users = sorted({(role, rel.user_groups) for role in ROLES for rel in RELATIONS.values()})
@@ -434,7 +435,7 @@ def test_report_irregularity(world: World, role: str, relation: str) -> None:
         for sid, seen in session_targets(world, case):
             before = world.fingerprint(case.exam_key)
             r = http.post(f"/api/v1/exams/{case.exam_id}/sessions/{sid}/irregularities",
-                          json={"category": "phone", "note": f"{role} {relation}"})
+                          json={"category": "examinee/behaviour", "note": f"{role} {relation}"})
             if has(role, "sessions.irregularity") and seen:
                 assert r.status_code == 201, r.text
                 continue

@@ -249,14 +249,147 @@ def test_disconnect_by_a_stale_connection_changes_nothing() -> None:
 
 @given(st.lists(st.sampled_from(list(Action)), min_size=1, max_size=30))
 def test_any_command_sequence_keeps_the_session_consistent(actions: list[Action]) -> None:
-    """Whatever staff do, final stays final and the status is always a known one."""
-    s = session(status="active", deadline=NOW + 3600)
+    """Whatever staff do, only a reopen leaves a final status (and only `terminated`), the
+    status is always a known one, and time is never taken away past now."""
+    s = session(status="active", started_at=NOW, deadline=NOW + 3600)
     was_final = False
     for i, action in enumerate(actions):
-        params = {"minutes": 5, "text": "hello"}
-        outcome = machine.apply_command(s, exam(), action, "p", NOW + i, params)
+        params = {"minutes": 5, "text": "hello", "reason": "why"}
+        before = s["status"]
+        outcome = machine.apply_command(s, exam(), action, "p", NOW + i * 60, params)
         if isinstance(outcome, Transition):
-            assert not was_final
+            assert not was_final or (action is Action.REOPEN and before == "terminated")
             s = after(s, outcome)
+            if action is Action.REDUCE and s["status"] == "active":
+                assert s["deadline"] >= NOW + i * 60
         was_final = Status(s["status"]).final
         assert s["status"] in {x.value for x in Status}
+
+
+# -- corrections: reopen, reduce, strict mode per exam ----------------------------------------
+
+
+def test_terminate_stops_the_clock_and_reopen_gives_the_time_back() -> None:
+    """Terminating an active session records when its clock stopped; reopening makes it
+    paused from that moment, so a resume later restores exactly the time it had left."""
+    s = session(status="active", started_at=NOW, deadline=NOW + 600, locked=True, relock=True)
+    s = after(s, machine.apply_command(s, exam(), Action.TERMINATE, "staff:sup", NOW + 100))
+    assert s["paused_at"] == NOW + 100
+    t = applied(machine.apply_command(s, exam(), Action.REOPEN, "staff:sup", NOW + 5000,
+                                      {"reason": "terminated by mistake"}))
+    assert t.changes == {"status": "paused", "paused_at": NOW + 100, "locked": False}
+    event = t.events[0]
+    assert (event.kind, event.before, event.after, event.actor) == (
+        "reopen", "terminated", "paused", "staff:sup")
+    assert event.details["reason"] == "terminated by mistake"
+    s = after(s, t)
+    resumed = after(s, machine.apply_command(s, exam(), Action.RESUME, "p", NOW + 6000))
+    assert resumed["deadline"] - (NOW + 6000) == 500  # the 500 s it had left at termination
+
+
+def test_reopen_of_a_session_that_never_started_makes_it_ready_and_openable() -> None:
+    """A terminated session without a start goes back to ready; the candidate opens it."""
+    s = session(status="terminated")
+    s = after(s, machine.apply_command(s, exam(), Action.REOPEN, "p", NOW, {"reason": "r"}))
+    assert s["status"] == "ready"
+    opened = applied(machine.open_session(s, exam(), request(), NOW + 1, LIVE))
+    assert opened.changes["status"] == "active"
+
+
+def test_a_reopened_locked_session_opens_once_from_a_new_tab_and_locks_again() -> None:
+    """Reopen unlocks like an unlock does: one new open, which locks the session again."""
+    s = session(status="terminated", started_at=NOW, deadline=NOW + 600, paused_at=NOW + 10,
+                locked=True, relock=True)
+    s = after(s, machine.apply_command(s, exam(), Action.REOPEN, "p", NOW + 20, {"reason": "r"}))
+    opened = applied(machine.open_session(s, exam(), request("new"), NOW + 30, LIVE))
+    assert opened.changes["locked"] is True
+    assert opened.changes.get("status") is None  # still paused until a proctor resumes
+
+
+@pytest.mark.parametrize(
+    ("fields", "params", "reason"),
+    [
+        ({"status": "active"}, {"reason": "r"}, "invalid_status"),
+        ({"status": "completed"}, {"reason": "r"}, "invalid_status"),
+        ({"status": "terminated"}, {}, "invalid_params"),
+    ],
+)
+def test_reopen_needs_a_terminated_session_and_a_reason(
+    fields: dict[str, Any], params: dict[str, Any], reason: str
+) -> None:
+    """Only terminated sessions reopen (a submission stays final), and never without a reason."""
+    outcome = machine.apply_command(session(**fields), exam(), Action.REOPEN, "p", NOW, params)
+    assert rejected(outcome).reason == reason
+
+
+def test_reduce_takes_time_away_but_never_past_now() -> None:
+    """Reduce moves the deadline earlier; taking more than is left is refused, not clamped."""
+    s = session(status="active", started_at=NOW - 600, deadline=NOW + 600, extra_minutes=5)
+    t = applied(machine.apply_command(s, exam(), Action.REDUCE, "p", NOW, {"minutes": 10}))
+    assert t.changes == {"extra_minutes": -5, "deadline": NOW}
+    assert t.events[0].details["minutes"] == 10
+    too_much = rejected(machine.apply_command(s, exam(), Action.REDUCE, "p", NOW,
+                                              {"minutes": 11}))
+    assert too_much.reason == "not_enough_time"
+    assert "10.0 min left" in too_much.message
+    for bad in (0, -5, "10", 2.5, True, 1441):
+        outcome = machine.apply_command(s, exam(), Action.REDUCE, "p", NOW, {"minutes": bad})
+        assert rejected(outcome).reason == "invalid_params"
+
+
+def test_reduce_of_a_paused_session_counts_from_when_its_clock_stopped() -> None:
+    """Paused, the time left is what it had at the pause, however long the pause lasts."""
+    s = session(status="paused", started_at=NOW - 600, deadline=NOW + 300, paused_at=NOW)
+    ok = machine.apply_command(s, exam(), Action.REDUCE, "p", NOW + 3000, {"minutes": 5})
+    assert applied(ok).changes["deadline"] == NOW
+    over = machine.apply_command(s, exam(), Action.REDUCE, "p", NOW + 3000, {"minutes": 6})
+    assert rejected(over).reason == "not_enough_time"
+
+
+def test_reduce_before_the_start_shortens_the_exam_to_at_least_a_minute() -> None:
+    """A session not started yet gets less time when it starts; at least one minute stays."""
+    s = session()
+    t = applied(machine.apply_command(s, exam(), Action.REDUCE, "p", NOW, {"minutes": 59}))
+    assert t.changes == {"extra_minutes": -59}
+    s = after(s, t)
+    assert applied(machine.open_session(s, exam(), request(), NOW, LIVE)).changes[
+        "deadline"] == NOW + 60
+    assert rejected(machine.apply_command(s, exam(), Action.REDUCE, "p", NOW,
+                                          {"minutes": 1})).reason == "not_enough_time"
+
+
+def test_reason_and_category_are_kept_in_the_event() -> None:
+    """A command's reason and reason category are recorded in its history event."""
+    t = applied(machine.apply_command(
+        session(status="active"), exam(), Action.PAUSE, "p", NOW,
+        {"reason": "fire alarm", "reason_category": "environment/disturbance"},
+    ))
+    assert t.events[0].details == {"reason": "fire alarm",
+                                   "reason_category": "environment/disturbance"}
+
+
+def _dropped_locked() -> dict[str, Any]:
+    s = after(
+        session(),
+        machine.open_session(session(), exam(lock_sessions=True), request("a"), NOW, LIVE),
+    )
+    return after(s, machine.disconnect(s, "a", NOW + 1, "network"))
+
+
+def test_a_strict_exam_refuses_the_same_tab_while_a_lenient_one_lets_it_back() -> None:
+    """The exam's resume_grace_seconds wins over the deployment's grace: 0 is strict (no
+    resume without an unlock), a longer one lets the tab back later than the default."""
+    s = _dropped_locked()
+    strict = exam(lock_sessions=True, resume_grace_seconds=0)
+    assert rejected(
+        machine.open_session(s, strict, request("b", "a-token"), NOW + 2, LIVE)
+    ).reason == "locked"
+    lenient = exam(lock_sessions=True, resume_grace_seconds=600)
+    back = machine.open_session(s, lenient, request("b", "a-token"), NOW + 300, LIVE)
+    assert applied(back).events[0].kind == "reconnected"
+    default = exam(lock_sessions=True)  # unset: the deployment's 60 s
+    assert rejected(
+        machine.open_session(s, default, request("b", "a-token"), NOW + 300, LIVE)
+    ).reason == "locked"
+    assert machine.resume_grace(default, LIVE) == 60
+    assert machine.resume_grace(strict, Liveness(resume_grace=0)) == 0

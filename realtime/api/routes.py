@@ -113,6 +113,7 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 MAX_EPOCH = 32_503_680_000  # 3000-01-01: later is a typo or an attack
+MAX_GRACE = 24 * 3600  # an exam's resume grace, seconds
 
 
 def _opt_float(body: dict[str, Any], key: str) -> float | None:
@@ -142,7 +143,8 @@ def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
     if not isinstance(raw, dict):
         raise BadRequest("'settings' must be an object")
     unknown = set(raw) - {"requires_authorization", "lock_sessions", "allow_guests", "lab_networks",
-                          "drop_alert_count", "drop_alert_window_seconds", "indicators"}
+                          "drop_alert_count", "drop_alert_window_seconds", "indicators",
+                          "resume_grace_seconds"}
     if unknown:
         raise BadRequest(f"unknown settings: {sorted(unknown)}")
     networks = raw.get("lab_networks", base.lab_networks)
@@ -155,6 +157,14 @@ def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
             ipaddress.ip_network(network, strict=False)
         except ValueError as exc:
             raise BadRequest(f"invalid network {network!r}") from exc
+    grace = raw.get("resume_grace_seconds", base.resume_grace_seconds)
+    if grace is not None and (
+        not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE
+    ):
+        raise BadRequest(
+            f"'resume_grace_seconds' must be an integer 0..{MAX_GRACE} (0: strict, no resume "
+            "without an unlock) or null (the deployment's REALTIME_RESUME_GRACE)"
+        )
     return ExamSettings(
         requires_authorization=_bool(raw, "requires_authorization", base.requires_authorization),
         lock_sessions=_bool(raw, "lock_sessions", base.lock_sessions),
@@ -166,6 +176,7 @@ def parse_settings(raw: Any, base: ExamSettings | None = None) -> ExamSettings:
                                           base.drop_alert_window_seconds, 1,
                                           MAX_DROP_ALERT_WINDOW),
         indicators=parse_indicators(raw.get("indicators"), base.indicators),
+        resume_grace_seconds=grace,
     )
 
 
@@ -520,17 +531,23 @@ def public_event(data: dict[str, Any]) -> dict[str, Any]:
 async def report_irregularity(request: Request) -> Response:
     """
     summary: Report an irregularity on a session (category, note)
+    description: >
+      `category` must name a leaf of the deployment's category tree
+      (`GET /api/v1/reason-categories`), e.g. `examinee/behaviour` or `other`.
     responses:
       201: {description: The history event}
+      400: {description: "Unknown category, or a note over 4000 characters"}
     """
     principal = await principal_of(request, Permission.REPORT_IRREGULARITY)
     body = _object(await json_body(request))
+    service = runtime_of(request).service
     category, note = body.get("category"), body.get("note", "")
-    if not isinstance(category, str) or not 1 <= len(category) <= 64:
-        raise BadRequest("'category' is required (1..64 characters)")
+    if category is None:
+        raise BadRequest("'category' is required, e.g. 'technical/network' "
+                         "(GET /api/v1/reason-categories)")
+    service.reasons.check(category)
     if not isinstance(note, str) or len(note) > 4000:
         raise BadRequest("'note' must be a string of at most 4000 characters")
-    service = runtime_of(request).service
     exam, session = await visible_session(request, principal)
     event = await service.report_irregularity(exam.id, session["id"], principal, category, note)
     return JSONResponse(public_event(event.to_dict()), status_code=201)
@@ -561,6 +578,21 @@ async def list_irregularities(request: Request) -> Response:
     return JSONResponse({"irregularities": rows})
 
 
+async def reason_categories(request: Request) -> Response:
+    """
+    summary: The reason categories of this deployment, and which commands must name one
+    description: >
+      `categories` is the tree staff pick from (irregularities always, commands' optional
+      `reason_category`); a category is named by its path, `<id>/<sub id>` or `<id>` for one
+      without subcategories. `required` lists the actions whose commands need a
+      `reason_category` (REALTIME_REASON_CATEGORY_REQUIRED).
+    responses:
+      200: {description: "{categories: [{id, label, categories?}], required: [action]}"}
+    """
+    await principal_of(request, Permission.VIEW_SESSIONS)
+    return JSONResponse(runtime_of(request).service.reasons.to_dict())
+
+
 COMPONENTS: dict[str, Any] = {
     "schemas": {
         "ExamInput": {
@@ -580,6 +612,11 @@ COMPONENTS: dict[str, Any] = {
                         "lock_sessions": {"type": "boolean"},
                         "allow_guests": {"type": "boolean"},
                         "lab_networks": {"type": "array", "items": {"type": "string"}},
+                        "resume_grace_seconds": {
+                            "type": "integer", "nullable": True, "minimum": 0,
+                            "maximum": 24 * 3600,
+                            "description": "0: strict; null: REALTIME_RESUME_GRACE",
+                        },
                     },
                 },
             },
@@ -610,14 +647,18 @@ COMPONENTS: dict[str, Any] = {
                 "action": {
                     "type": "string",
                     "enum": ["authorize", "pause", "resume", "lock", "unlock", "terminate",
-                             "extend", "notice"],
+                             "extend", "notice", "reduce", "reopen"],
                 },
                 "target": {
                     "description": "\"all\", a session id, a list of ids, or "
                     "{session_ids, status, group, search, all}",
                 },
-                "reason": {"type": "string"},
-                "minutes": {"type": "integer", "description": "extend only"},
+                "reason": {"type": "string", "description": "required by reopen"},
+                "reason_category": {
+                    "type": "string",
+                    "description": "a category path (GET /api/v1/reason-categories)",
+                },
+                "minutes": {"type": "integer", "description": "extend and reduce only"},
                 "text": {"type": "string", "description": "notice only"},
                 "command_id": {"type": "string"},
             },
@@ -687,4 +728,5 @@ routes = [
     ),
     Route("/api/v1/exams/{exam_id}/irregularities", list_irregularities, methods=["GET"]),
     Route("/api/v1/exams/{exam_id}/commands", post_command, methods=["POST"]),
+    Route("/api/v1/reason-categories", reason_categories, methods=["GET"]),
 ]

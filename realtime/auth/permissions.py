@@ -17,6 +17,8 @@ class Permission(enum.StrEnum):
     TERMINATE = "sessions.terminate"
     EXTEND = "sessions.extend"
     NOTICE = "sessions.notice"
+    REDUCE = "sessions.reduce"
+    REOPEN = "sessions.reopen"
     VIEW_HISTORY = "sessions.history"
     REPORT_IRREGULARITY = "sessions.irregularity"
     MANAGE_EXAMS = "exams.manage"
@@ -39,6 +41,8 @@ ACTION_PERMISSION: dict[Action, Permission] = {
     Action.EXTEND: Permission.EXTEND,
     Action.NOTICE: Permission.NOTICE,
     Action.ACKNOWLEDGE_HAND: Permission.NOTICE,  # answering a candidate, like a notice
+    Action.REDUCE: Permission.REDUCE,
+    Action.REOPEN: Permission.REOPEN,
 }
 
 ALL_PERMISSIONS = frozenset(Permission)

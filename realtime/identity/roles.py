@@ -28,7 +28,8 @@ CANDIDATE = "candidate"
 
 P = Permission
 SESSION_ACTIONS = frozenset(
-    {P.AUTHORIZE, P.PAUSE, P.RESUME, P.LOCK, P.UNLOCK, P.TERMINATE, P.EXTEND, P.NOTICE}
+    {P.AUTHORIZE, P.PAUSE, P.RESUME, P.LOCK, P.UNLOCK, P.TERMINATE, P.EXTEND, P.NOTICE,
+     P.REDUCE, P.REOPEN}
 )
 
 
@@ -54,16 +55,16 @@ DEFAULT_ROLES: tuple[Role, ...] = (
     Role(ADMIN, "Everything, in every group", ALL_PERMISSIONS, unrestricted=True),
     Role(
         "supervisor",
-        "All session actions incl. unlock and terminate, guest reassignment",
+        "All session actions incl. unlock, terminate and reopen, guest reassignment",
         SESSION_ACTIONS
         | {P.VIEW_SESSIONS, P.VIEW_HISTORY, P.REPORT_IRREGULARITY, P.REASSIGN_GUESTS},
     ),
     Role(
         "proctor",
-        "Watch and run sessions; no unlock, no terminate",
+        "Watch and run sessions; no unlock, no terminate, no reopen",
         frozenset(
             {P.VIEW_SESSIONS, P.VIEW_HISTORY, P.AUTHORIZE, P.PAUSE, P.RESUME, P.LOCK, P.NOTICE,
-             P.EXTEND, P.REPORT_IRREGULARITY}
+             P.EXTEND, P.REDUCE, P.REPORT_IRREGULARITY}
         ),
     ),
     Role(

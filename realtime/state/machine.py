@@ -102,6 +102,13 @@ def _start_changes(session: dict[str, Any], exam: Exam, now: float) -> dict[str,
     return {"status": Status.ACTIVE.value, "started_at": now, "deadline": now + minutes * 60}
 
 
+def resume_grace(exam: Exam, liveness: Liveness) -> float:
+    """How long a tab may resume its locked session after a drop: the exam's own setting
+    (0 = strict: no resume without an unlock) or, when unset, the deployment default."""
+    own = exam.settings.resume_grace_seconds
+    return liveness.resume_grace if own is None else float(own)
+
+
 @dataclass(slots=True)
 class OpenRequest:
     conn_id: str
@@ -153,11 +160,12 @@ def open_session(
         and hash_token(request.resume_token) == session["resume_hash"]
     )
     last_seen = session["last_seen"]
-    within_grace = liveness.resume_grace > 0 and (
+    grace = resume_grace(exam, liveness)
+    within_grace = grace > 0 and (
         live
         or (
             last_seen is not None
-            and now - last_seen - max(0.0, request.unheard) <= liveness.resume_grace
+            and now - last_seen - max(0.0, request.unheard) <= grace
         )
     )
     resuming = token_ok and within_grace
@@ -255,15 +263,19 @@ def apply_command(
     """A staff command on one session. Validated against its status; never half-applied."""
     params = params or {}
     status = Status(session["status"])
+    details: dict[str, Any] = {}
+    for key in ("reason", "reason_category", "command_id"):
+        if params.get(key):
+            details[key] = params[key]
+    if action is Action.REOPEN:
+        outcome = _reopen(session, status, now, bool(params.get("reason")))
+        if isinstance(outcome, Rejection):
+            return outcome
+        return Transition(outcome, [_event(session, action.value, actor, now, outcome, details)])
     if status.final:
         return Rejection(SkipReason.FINAL_STATUS.value, f"the session is {status.value}")
 
     changes: dict[str, Any] = {}
-    details: dict[str, Any] = {}
-    if params.get("reason"):
-        details["reason"] = params["reason"]
-    if params.get("command_id"):
-        details["command_id"] = params["command_id"]
 
     def invalid(wanted: str) -> Rejection:
         return Rejection(
@@ -303,6 +315,9 @@ def apply_command(
     elif action is Action.TERMINATE:
         changes = {"status": Status.TERMINATED.value, "connected": False}
         changes.update(incidents.back_online(session, now))  # offline time ends with it
+        if status is Status.ACTIVE:
+            # The clock stops here: a reopened session resumes with the time it had left.
+            changes["paused_at"] = now
     elif action is Action.EXTEND:
         minutes = params.get("minutes")
         if not isinstance(minutes, int) or isinstance(minutes, bool):
@@ -314,6 +329,21 @@ def apply_command(
         changes = {"extra_minutes": int(session["extra_minutes"]) + minutes}
         if session["deadline"] is not None:
             changes["deadline"] = session["deadline"] + minutes * 60
+        details["minutes"] = minutes
+    elif action is Action.REDUCE:
+        minutes = params.get("minutes")
+        if not isinstance(minutes, int) or isinstance(minutes, bool):
+            return Rejection(SkipReason.INVALID_PARAMS.value, "reduce needs an integer 'minutes'")
+        if not 1 <= minutes <= MAX_EXTEND_MINUTES:
+            return Rejection(
+                SkipReason.INVALID_PARAMS.value, f"minutes must be 1..{MAX_EXTEND_MINUTES}"
+            )
+        short = _too_short(session, exam, status, minutes, now)
+        if short is not None:
+            return short
+        changes = {"extra_minutes": int(session["extra_minutes"]) - minutes}
+        if session["deadline"] is not None:
+            changes["deadline"] = session["deadline"] - minutes * 60
         details["minutes"] = minutes
     elif action is Action.NOTICE:
         text = params.get("text")
@@ -344,6 +374,52 @@ DELIVERY_TRACKED: dict[Action, str] = {
     Action.LOCK: "lock_command_id",
     Action.UNLOCK: "lock_command_id",
 }
+
+
+def _too_short(
+    session: dict[str, Any], exam: Exam, status: Status, minutes: int, now: float
+) -> Rejection | None:
+    """Reduce never takes more than is left: the end stays at or after now (for a paused
+    session, after the moment its clock stopped); a session not started keeps at least one
+    minute. Refused rather than clamped, so a typo never ends a candidate's exam at once."""
+    deadline = session["deadline"]
+    if deadline is None:
+        total = exam.duration_minutes + int(session["extra_minutes"])
+        if total - minutes >= 1:
+            return None
+        left = f"the exam would last {total - minutes} min"
+    else:
+        clock = session["paused_at"] if status is Status.PAUSED and session["paused_at"] else now
+        if deadline - minutes * 60 >= clock:
+            return None
+        left = f"only {max(0.0, (deadline - clock) / 60):.1f} min left"
+    return Rejection(
+        SkipReason.NOT_ENOUGH_TIME.value, f"cannot take {minutes} min away: {left}"
+    )
+
+
+def _reopen(
+    session: dict[str, Any], status: Status, now: float, has_reason: bool
+) -> dict[str, Any] | Rejection:
+    """A terminated session back in play (TAO's "reactivate"): `paused` with the time it had
+    left when it was terminated (its clock stopped then), or `ready` if it never started.
+    Unlocked, so the candidate can open it once more (a locking exam locks it again then);
+    the proctor resumes it."""
+    if status is not Status.TERMINATED:
+        return Rejection(
+            SkipReason.INVALID_STATUS.value,
+            f"cannot reopen a session that is {status.value} (needs terminated)",
+        )
+    if not has_reason:
+        return Rejection(SkipReason.INVALID_PARAMS.value, "reopen needs a 'reason'")
+    changes: dict[str, Any]
+    if session["started_at"] is None:
+        changes = {"status": Status.READY.value, "paused_at": None}
+    else:
+        changes = {"status": Status.PAUSED.value, "paused_at": session["paused_at"] or now}
+    if session["locked"]:
+        changes["locked"] = False
+    return changes
 
 
 def disconnect(

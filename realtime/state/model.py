@@ -37,6 +37,8 @@ class Action(enum.StrEnum):
     EXTEND = "extend"
     NOTICE = "notice"
     ACKNOWLEDGE_HAND = "acknowledge_hand"  # staff saw a raised hand (needs sessions.notice)
+    REDUCE = "reduce"  # take time away (never so much that the end lies before now)
+    REOPEN = "reopen"  # a terminated session may be opened again (a correction, with a reason)
 
 
 class EventKind(enum.StrEnum):
@@ -83,6 +85,7 @@ class SkipReason(enum.StrEnum):
     CONFLICT = "conflict"
     INVALID_PARAMS = "invalid_params"
     HAND_NOT_RAISED = "hand_not_raised"
+    NOT_ENOUGH_TIME = "not_enough_time"  # reduce: the end would lie before now
 
 
 # Row indicators (as Safe Exam Browser Server has them): per indicator a warning and a danger
@@ -110,6 +113,9 @@ class ExamSettings:
     drop_alert_count: int = 10
     drop_alert_window_seconds: int = 60
     indicators: dict[str, dict[str, float | None]] = field(default_factory=default_indicators)
+    # Seconds a tab may resume its locked session after a drop (0: strict, no resume without
+    # an unlock); None: the deployment's REALTIME_RESUME_GRACE.
+    resume_grace_seconds: int | None = None
 
 
 @dataclass(slots=True)
