@@ -489,7 +489,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.tokens: dict[str, str] = {}  # connection name -> the resume token it was given
         self.commands: list[tuple[Action, Target, dict[str, Any], dict[str, Any]]] = []
         self.versions = [0] * SESSIONS
-        self.finals: dict[int, str] = {}
+        self.finals: dict[int, tuple[str, int]] = {}  # status, reopens so far
         self.counter = itertools.count(1)
         self.conn_numbers = itertools.count(1)
 
@@ -926,13 +926,19 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def final_states_stay_final(self) -> None:
+        """Completed stays completed; terminated stays terminated until a staff `reopen`
+        (one more than when it was seen terminated) makes it paused or ready again."""
         if self.world is None:
             return
         for index, session in enumerate(self.run(self.w.sessions())):
-            if index in self.finals:
-                assert session["status"] == self.finals[index], (index, session["status"])
-            elif session["status"] in FINAL:
-                self.finals[index] = session["status"]
+            reopens = self.m.sessions[index].kinds.count("reopen")
+            if index in self.finals and session["status"] != self.finals[index][0]:
+                status, seen_reopens = self.finals[index]
+                assert status == Status.TERMINATED.value and reopens > seen_reopens, (
+                    index, status, session["status"])
+                del self.finals[index]
+            if session["status"] in FINAL:
+                self.finals[index] = (session["status"], reopens)
 
     @invariant()
     def versions_only_grow(self) -> None:

@@ -271,7 +271,7 @@ async def test_dashboard_with_240_sessions_panel_and_irregularity(
         history = panel.locator("#history")
         await expect(history).to_contain_text("Client alert")
         await expect(history).to_contain_text("fullscreen exit")
-        await panel.get_by_label("Category").select_option("communication")
+        await panel.get_by_label("Category").select_option("examinee/communication")
         await panel.get_by_label("Note").fill("Talking to the neighbour at 10:42.")
         await panel.get_by_role("button", name="Report").click()
         await expect(panel.locator("#irr-status")).to_have_text("Irregularity reported.")
@@ -285,7 +285,7 @@ async def test_dashboard_with_240_sessions_panel_and_irregularity(
         await panel.get_by_role("button", name="Close session details").click()
         await expect(panel).to_be_hidden()
         irregularities = await rt_api.http.get(f"/api/v1/exams/{exam['id']}/irregularities")
-        assert irregularities.json()["irregularities"][0]["category"] == "communication"
+        assert irregularities.json()["irregularities"][0]["category"] == "examinee/communication"
     finally:
         await scripted.close_all()
 
