@@ -47,17 +47,17 @@ def test_locust_scenario_records_command_latency(tmp_path: Path) -> None:
                           headers={"Authorization": f"Bearer {STAFF_TOKEN}"}) as http:
             left = [s["status"] for h in plan["halls"]
                     for s in http.get(f"/api/v1/exams/{h['exam_id']}/sessions").json()["sessions"]]
-            windows = [http.get(f"/api/v1/exams/{h['exam_id']}").json()["ends_at"]
-                       for h in plan["halls"]]
+            exams = [http.get(f"/api/v1/exams/{h['exam_id']}").json() for h in plan["halls"]]
     finally:
         server.stop()
     output = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 0, output
-    # a verdict line, and the exams it made are over: every session terminated, window closed
+    # a verdict line, and the exams it made are cleaned up: archived (the server can), so
+    # they leave the exam list
     assert "realtime load test: PASS: " in result.stdout, output
-    assert "sessions terminated, window closed" in result.stdout, output
-    assert left and set(left) == {"terminated"}, left
-    assert all(w is not None for w in windows)
+    assert result.stdout.count(": archived") == 2, output
+    assert left, "the halls had sessions"
+    assert [e["status"] for e in exams] == ["archived", "archived"], exams
     with (tmp_path / "hall_stats.csv").open() as f:
         rows = list(csv.DictReader(f))
     counts = {(r["Type"], r["Name"]): int(r["Request Count"]) for r in rows}
