@@ -305,6 +305,16 @@ function onCommand(e) {
       });
       break;
     }
+    case "reduce": {
+      // The new end is in the command's session changes: the clock shows it at once.
+      pushMessage({
+        title: t("candidate.message.reduceTitle"),
+        text: t("candidate.message.reduceText", { count: details.minutes ?? 0 }),
+        icon: "clock",
+        kind: "reduce",
+      });
+      break;
+    }
     case "authorize":
       announce(t("candidate.announce.authorized"));
       break;

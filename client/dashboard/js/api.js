@@ -177,6 +177,8 @@ export const api = {
       "GET",
       next ?? `/api/v1/exams/${encodeURIComponent(examId)}/sessions/${encodeURIComponent(sessionId)}/history${query(filters)}`,
     ),
+  /** The reason category tree and the actions that must name a category. */
+  reasonCategories: () => request("GET", "/api/v1/reason-categories"),
   reportIrregularity: (examId, sessionId, category, note) =>
     request(
       "POST",

@@ -100,6 +100,7 @@ function renderRow(e) {
   const flags = [];
   if (e.settings?.lock_sessions) flags.push(`<span class="flag">${esc(t("dashboard.exams.locksOnOpen"))}</span>`);
   if (e.settings?.requires_authorization) flags.push(`<span class="flag">${esc(t("dashboard.exams.authorization"))}</span>`);
+  if (e.settings?.resume_grace_seconds === 0) flags.push(`<span class="flag">${esc(t("dashboard.exams.strictResume"))}</span>`);
   // Seen only through its candidates (another group's exam): watch it, change nothing.
   const manage = e.manages !== false && session.can("exams.manage");
   const create = e.manages !== false && session.can("sessions.create");
@@ -251,6 +252,7 @@ function openEditor(exam) {
   $("ed-authorize").checked = !!exam?.settings?.requires_authorization;
   $("ed-guests").checked = !!exam?.settings?.allow_guests;
   $("ed-networks").value = exam?.settings?.lab_networks?.join(", ") ?? "";
+  $("ed-grace").value = exam?.settings?.resume_grace_seconds ?? "";
   $("ed-error").hidden = true;
   $("exam-dialog").returnValue = "";
   $("exam-dialog").showModal();
@@ -269,6 +271,9 @@ function readForm() {
   if (starts === undefined || ends === undefined) return { problem: t("dashboard.examDialog.incomplete") };
   if (starts != null && ends != null && ends <= starts) return { problem: t("dashboard.examDialog.closesBeforeOpens") };
   if (!Number.isInteger(duration) || duration < 1 || duration > 1440) return { problem: t("dashboard.examDialog.badDuration") };
+  const graceText = $("ed-grace").value.trim();
+  const grace = graceText === "" ? null : Number(graceText);
+  if (grace != null && (!Number.isInteger(grace) || grace < 0 || grace > 86400)) return { problem: t("dashboard.examDialog.badGrace") };
   const fields = {
     title,
     starts_at: starts,
@@ -280,6 +285,7 @@ function readForm() {
       requires_authorization: $("ed-authorize").checked,
       allow_guests: $("ed-guests").checked,
       lab_networks: list($("ed-networks").value),
+      resume_grace_seconds: grace, // null: the deployment's REALTIME_RESUME_GRACE
     },
   };
   if (!editing && id) fields.id = id;

@@ -6,6 +6,7 @@ import { AlertBanner } from "./alerts.js";
 import { api, download, openPrintView, query, serverClock } from "./api.js";
 import { session as signedIn } from "./auth.js";
 import { errorText, localize, onLanguageChange, plain, t, zoneName } from "/client/i18n.js";
+import { loadReasons } from "./categories.js";
 import { actionDone, actionLabel, clockTime, esc, localToIso } from "./format.js";
 import { incidentLabel, incidentLevel, setIncidentsSeenAt } from "./incidents.js";
 import { notifyStaff, onNotifyChange } from "./notify.js";
@@ -13,7 +14,9 @@ import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
 import { askCommand, toast } from "./ui.js";
 
-const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice", "acknowledge_hand"]);
+const ACTIONS = new Set(["authorize", "pause", "resume", "lock", "unlock", "terminate", "extend", "notice", "acknowledge_hand", "reduce", "reopen"]);
+/** Commands whose reason may carry a category (the server's `CATEGORISED_ACTIONS`). */
+const CATEGORISED = new Set(["pause", "resume", "lock", "unlock", "terminate", "extend", "reduce", "reopen"]);
 const DELIVERY_RANK = { pending: 0, failed: 1, skipped: 1, sent: 2, queued: 2, delivered: 3 };
 
 /** Why a session was skipped, in words (dashboard.skip.<reason>; the code when unknown). */
@@ -34,6 +37,7 @@ const $ = (id) => document.getElementById(id);
  */
 export function startMonitor({ examId, token, onUnauthorized }) {
   const now = () => serverClock.now();
+  let reasonPolicy = { categories: [], required: [] }; // until the deployment's arrive
   const conn = new DashboardConnection({ examId, token });
   const table = new SessionTable(
     {
@@ -66,6 +70,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   let pillTimer = null;
 
   applyPermissions();
+  // The reason categories (irregularity form, command dialog); the form waits for them.
+  loadReasons()
+    .then((policy) => {
+      reasonPolicy = policy;
+      panel.setCategories(policy.categories);
+    })
+    .catch((err) => toast(t("dashboard.monitor.categoriesFailed", { error: err.message }), "error"));
 
   // A snapshot from REST gives the server clock offset before the first countdown.
   api.exam(examId).catch(() => {});
@@ -292,6 +303,9 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     const parts = [exam.id, t("dashboard.exams.minutes", { count: exam.duration_minutes })];
     if (exam.settings?.lock_sessions) parts.push(t("dashboard.monitor.locksOnOpen"));
     if (exam.settings?.requires_authorization) parts.push(t("dashboard.monitor.authorizationRequired"));
+    const grace = exam.settings?.resume_grace_seconds;
+    if (grace === 0) parts.push(t("dashboard.monitor.strictResume"));
+    else if (grace != null) parts.push(t("dashboard.monitor.resumeGrace", { count: grace }));
     plain($("exam-meta"), parts.join(" · "));
   }
 
@@ -537,9 +551,11 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     }
     const label = actionLabel(action);
     const names = sessions.map((s) => s.candidate_name);
-    const input = action === "extend" ? "minutes" : action === "notice" ? "text" : null;
+    const input = action === "extend" || action === "reduce" ? "minutes" : action === "notice" ? "text" : null;
     const danger = action === "terminate" || action === "unlock";
-    const confirmNeeded = danger || input || sessions.length > 1 || (!single && scope === "filter");
+    const categoryRequired = reasonPolicy.required.includes(action);
+    const confirmNeeded =
+      danger || input || action === "reopen" || categoryRequired || sessions.length > 1 || (!single && scope === "filter");
     let params = {};
     if (confirmNeeded) {
       const count = sessions.length;
@@ -552,6 +568,10 @@ export function startMonitor({ examId, token, onUnauthorized }) {
         danger,
         input,
         reason: action !== "notice",
+        reasonRequired: action === "reopen",
+        categories: CATEGORISED.has(action) ? reasonPolicy.categories : null,
+        categoryRequired,
+        minutesLabel: t(action === "reduce" ? "dashboard.command.minutesToTakeAway" : "dashboard.command.minutesToAdd"),
       });
       if (!params) return;
     }
@@ -633,6 +653,7 @@ export function startMonitor({ examId, token, onUnauthorized }) {
       renderCounts();
       table.redraw?.();
       panel.redraw?.();
+      panel.setCategories(reasonPolicy.categories);
     }),
   );
 

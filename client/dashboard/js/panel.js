@@ -3,6 +3,7 @@
 import { api, download, openPrintView, query } from "./api.js";
 import { session as signedIn } from "./auth.js";
 import { localize, plain, t } from "/client/i18n.js";
+import { categoryLabel, fillCategorySelect } from "./categories.js";
 import { actionLabel, ago, alertLabel, clockTime, duration, esc, eventLabel, localToIso, statusLabel } from "./format.js";
 import { incidentDetails } from "./incidents.js";
 import { isOffline, timeLeft } from "./table.js";
@@ -178,6 +179,11 @@ export class SessionPanel {
     this.render();
   }
 
+  /** The irregularity form's categories: the deployment's tree (a report must name a leaf). */
+  setCategories(categories) {
+    if (categories?.length) fillCategorySelect(this.q("irr-category"), categories, t("dashboard.command.chooseCategory"));
+  }
+
   /** The language changed: the details and the history again, in it. */
   redraw() {
     if (!this.isOpen) return;
@@ -202,7 +208,10 @@ export class SessionPanel {
           ? t("dashboard.table.notStarted")
           : t("dashboard.table.closed");
     const reconnects = s.reconnects ? ` · ↻ ${s.reconnects}` : "";
-    const extra = s.extra_minutes ? ` <span class="muted">(${esc(t("dashboard.panel.extraMinutes", { count: s.extra_minutes }))})</span>` : "";
+    const extraText = s.extra_minutes < 0
+      ? t("dashboard.panel.fewerMinutes", { count: -s.extra_minutes })
+      : t("dashboard.panel.extraMinutes", { count: s.extra_minutes });
+    const extra = s.extra_minutes ? ` <span class="muted">(${esc(extraText)})</span>` : "";
     const progress = t("dashboard.panel.progress", { position: s.position, count: s.answered });
     const rows = [
       ["dashboard.monitor.status", `<span class="badge st-${esc(s.status)}">${esc(statusLabel(s.status))}</span>`],
@@ -219,6 +228,9 @@ export class SessionPanel {
       ["dashboard.audit.address", `<span class="mono">${esc(s.remote_addr || "—")}</span>`],
       ["dashboard.monitor.lastCommand", d ? `${esc(actionLabel(d.action))} · ${esc(t(`dashboard.delivery.${d.state}`))}` : "—"],
     ];
+    // Reopen is for terminated sessions only (the button is there only with sessions.reopen).
+    const reopen = this.q("panel-actions").querySelector('[data-action="reopen"]');
+    if (reopen) reopen.disabled = s.status !== "terminated";
     const html = rows.map(([k, v]) => `<div><dt>${esc(t(k))}</dt><dd>${v}</dd></div>`).join("");
     const details = this.q("panel-details");
     if (details.innerHTML !== html) details.innerHTML = html;
@@ -234,11 +246,12 @@ export class SessionPanel {
     const details = [];
     const d = event.details ?? {};
     if (event.before && event.after && event.before !== event.after) details.push(`${statusLabel(event.before)} → ${statusLabel(event.after)}`);
+    if (d.reason_category) details.push(categoryLabel(d.reason_category));
     if (d.reason) details.push(t("dashboard.history.reason", { reason: d.reason }));
-    if (d.minutes) details.push(t("dashboard.panel.extraMinutes", { count: d.minutes }));
+    if (d.minutes) details.push(t(event.kind === "reduce" ? "dashboard.panel.fewerMinutes" : "dashboard.panel.extraMinutes", { count: d.minutes }));
     if (d.text) details.push(`“${d.text}”`);
     if (d.name) details.push(alertLabel(d.name));
-    if (d.category) details.push(alertLabel(d.category));
+    if (d.category) details.push(categoryLabel(d.category));
     if (d.note) details.push(d.note);
     if (event.kind === "progress") details.push(t("dashboard.panel.progress", { position: event.changes?.position, count: event.changes?.answered }));
     // Where an open came from: the address and the browser (User-Agent) it used.
@@ -261,6 +274,11 @@ export class SessionPanel {
     const category = this.q("irr-category").value;
     const note = this.q("irr-note").value.trim();
     const status = this.q("irr-status");
+    if (!category) {
+      localize(status, "dashboard.panel.needCategory");
+      this.q("irr-category").focus();
+      return;
+    }
     const button = event.target.querySelector("button[type=submit]");
     button.disabled = true;
     localize(status, "dashboard.panel.reporting");

@@ -1,6 +1,7 @@
 // Toasts, screen-reader announcements and the command dialog.
 
 import { plain, t } from "/client/i18n.js";
+import { fillCategorySelect } from "./categories.js";
 import { esc } from "./format.js";
 
 /**
@@ -33,9 +34,16 @@ export function toast(text, kind = "info", timeout = 6000) {
  * @param {boolean} [o.danger]
  * @param {"minutes"|"text"|null} [o.input]
  * @param {boolean} [o.reason=true] offer a reason field
- * @returns {Promise<null|{reason?: string, minutes?: number, text?: string}>} null if cancelled
+ * @param {boolean} [o.reasonRequired] the reason must be given (reopen)
+ * @param {object[]|null} [o.categories] offer a reason category select with this tree
+ * @param {boolean} [o.categoryRequired] a category must be chosen (the deployment says so)
+ * @param {string} [o.minutesLabel] the minutes field's label
+ * @returns {Promise<null|{reason?: string, reason_category?: string, minutes?: number, text?: string}>} null if cancelled
  */
-export function askCommand({ title, body, names = [], count = names.length, confirmLabel, danger = false, input = null, reason = true }) {
+export function askCommand({
+  title, body, names = [], count = names.length, confirmLabel, danger = false, input = null, reason = true,
+  reasonRequired = false, categories = null, categoryRequired = false, minutesLabel = t("dashboard.command.minutesToAdd"),
+}) {
   const dialog = document.getElementById("command-dialog");
   const q = (id) => document.getElementById(id);
   plain(q("cd-title"), title);
@@ -59,6 +67,15 @@ export function askCommand({ title, body, names = [], count = names.length, conf
   q("cd-text-field").hidden = input !== "text";
   q("cd-reason-field").hidden = !reason;
   q("cd-reason").value = "";
+  plain(q("cd-reason-hint"), t(reasonRequired ? "dashboard.command.requiredKeptInThe" : "dashboard.command.optionalKeptInThe"));
+  plain(q("cd-minutes-label"), minutesLabel);
+  const offerCategory = reason && Array.isArray(categories) && categories.length > 0;
+  q("cd-category-field").hidden = !offerCategory;
+  q("cd-category").value = "";
+  if (offerCategory) {
+    fillCategorySelect(q("cd-category"), categories, t(categoryRequired ? "dashboard.command.chooseCategory" : "dashboard.command.noCategory"));
+  }
+  plain(q("cd-category-hint"), t(categoryRequired ? "dashboard.command.required" : "dashboard.command.optional"));
   q("cd-text").value = "";
   q("cd-minutes").value = "10";
   q("cd-error").hidden = true;
@@ -94,22 +111,48 @@ export function askCommand({ title, body, names = [], count = names.length, conf
         }
         result.text = text;
       }
+      const category = offerCategory ? q("cd-category").value : "";
+      if (categoryRequired && offerCategory && !category) {
+        event.preventDefault();
+        q("cd-error").textContent = t("dashboard.command.needCategory");
+        q("cd-error").hidden = false;
+        q("cd-category").focus();
+        return;
+      }
+      if (category) result.reason_category = category;
       const why = q("cd-reason").value.trim();
+      if (reasonRequired && !why) {
+        event.preventDefault();
+        q("cd-error").textContent = t("dashboard.command.needReason");
+        q("cd-error").hidden = false;
+        q("cd-reason").focus();
+        return;
+      }
       if (reason && why) result.reason = why;
       dialog.returnValue = "confirm";
       pending = result;
     }
     let pending = null;
+    const onInput = () => {
+      q("cd-error").hidden = true; // the complaint is answered (or being answered)
+    };
     function onClose() {
+      form.removeEventListener("input", onInput);
       form.removeEventListener("submit", onSubmit);
       dialog.removeEventListener("close", onClose);
       resolve(dialog.returnValue === "confirm" ? pending : null);
     }
     form.addEventListener("submit", onSubmit);
+    form.addEventListener("input", onInput);
     dialog.addEventListener("close", onClose);
     dialog.returnValue = "";
     dialog.showModal();
-    const first = input === "minutes" ? q("cd-minutes") : input === "text" ? q("cd-text") : danger ? q("cd-cancel") : confirm;
+    const first =
+      input === "minutes" ? q("cd-minutes")
+        : input === "text" ? q("cd-text")
+          : offerCategory && categoryRequired ? q("cd-category")
+            : reasonRequired ? q("cd-reason")
+              : danger ? q("cd-cancel") : confirm;
     first.focus();
   });
 }
