@@ -60,6 +60,8 @@ COMMAND_FIELDS = (
     "connected", "authorized", "started_at", "deadline", "paused_at", "extra_minutes", "notice",
     "notice_id", "version", "conn_id", "hand_raised", "offline_since", "offline_seconds",
 )
+# A candidate change decided on a fresh read this many times before it takes the versioned way.
+FAST_PATH_TRIES = 3
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
 
@@ -607,13 +609,31 @@ class SessionService:
         way (read, decide, compare-and-set).
         """
         if fast is not None:
-            outcome = decide(fast.view)
-            if isinstance(outcome, machine.Transition):
+            view, guard = fast.view, fast.guard
+            for attempt in range(FAST_PATH_TRIES):
+                outcome = decide(view)
+                if not isinstance(outcome, machine.Transition):
+                    break
+                if attempt:  # decided on a fresh read: guard what the decision saw
+                    guard = {
+                        name: view.get(name)
+                        for name in (*fast.guard, *outcome.changes)
+                        if name != "last_seen"
+                    }
                 commit = Commit(exam_id, session_id, None, outcome.changes, outcome.events,
-                                guard=fast.guard, live_only=fast.live_only)
+                                guard=guard, live_only=fast.live_only)
                 [result] = await self.batcher.commit([commit])
                 if result.ok:
                     return outcome
+                if not result.found:
+                    break
+                # The guard no longer holds (e.g. a new notice replaced the one acked): decide
+                # again on the session as it is, still without a new version, so an ack or a
+                # progress report never bumps the version whichever way it went.
+                [fresh] = await self.store.get_sessions(exam_id, [session_id])
+                if fresh is None:
+                    break
+                view = fresh
         outcome, _ = await self._mutate_one(exam_id, session_id, decide)
         return outcome
 
