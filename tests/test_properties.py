@@ -1206,3 +1206,55 @@ async def test_a_sweep_racing_the_holders_progress_leaves_it_connected(
         await sweeper.batcher.close()
         await holder_side.batcher.close()
         await db.close()
+
+
+async def test_an_ack_of_a_notice_replaced_meanwhile_keeps_the_version(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """The page acks the notice it shows just as a proctor (another process) sends a new one:
+    the ack clears nothing and, like every ack, makes no new version. It took the versioned
+    way when its guard failed, so the version depended on the timing."""
+    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await db.create_all()
+    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
+    proctor_side = SessionService(store, db, liveness)
+    exam = await proctor_side.create_exam(Exam(id="e-race", title="Race"))
+    [created] = await proctor_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
+    sid = created["id"]
+    target = Target(session_ids=[sid])
+    opened = await proctor_side.open(exam.id, sid, "conn-1", "")
+    first = await proctor_side.command(
+        exam.id, Action.NOTICE, target, STAFF, {"text": "one", "command_id": "n-1"}
+    )
+    assert len(first.applied) == 1
+
+    async def second_notice() -> None:
+        result = await proctor_side.command(
+            exam.id, Action.NOTICE, target, STAFF, {"text": "two", "command_id": "n-2"}
+        )
+        assert len(result.applied) == 1
+
+    page_side = SessionService(
+        store, db, liveness, batcher=PausingBatcher(store, second_notice, kind="delivered")
+    )
+    view = {**opened.session, "notice_id": "n-1"}  # what the page's link knows: notice one
+    try:
+        outcome = await page_side.candidate_update(
+            exam.id, sid,
+            lambda s: machine.acknowledge(s, "conn-1", "c", "n-1", 1_800_000_000.0),
+            FastPath(view, {"conn_id": "conn-1", "notice_id": "n-1"}, live_only=False),
+        )
+        assert isinstance(outcome, machine.Transition)
+        assert "notice_id" not in outcome.changes  # notice two is still to be acked
+        [session] = await store.get_sessions(exam.id, [sid])
+        assert session is not None
+        assert session["notice_id"] == "n-2"
+        events = await store.events_since(exam.id, 0)
+        assert events is not None
+        assert [e.kind for e in events][-2:] == ["notice", "delivered"]
+        assert "version" not in events[-1].changes
+        assert session["version"] == events[-2].changes["version"]
+    finally:
+        await page_side.batcher.close()
+        await proctor_side.batcher.close()
+        await db.close()
