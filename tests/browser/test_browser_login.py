@@ -52,6 +52,7 @@ async def test_login_cookie_session_pauses_a_candidate(browsers: Browsers, rt_ap
     assert sockets and all("token" not in url for url in sockets), sockets
     # The irregularity form POSTs with the CSRF header.
     await line.get_by_role("button", name=session["candidate_name"]).click()
+    await page.locator("#panel").get_by_label("Category").select_option("examinee/communication")
     await page.get_by_label("Note").fill("Phone on the desk")
     await page.get_by_role("button", name="Report").click()
     await expect(page.locator("#irr-status")).to_have_text("Irregularity reported.")
