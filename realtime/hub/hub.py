@@ -123,6 +123,10 @@ class CandidateLink:
         if not self.ready:
             self.early.append(event)
             return
+        if self.ended or self.superseded:
+            # Its page was told and is closing: a later change (say a reopen, then an open
+            # elsewhere) is not its business; "terminated" must not turn into "superseded".
+            return
         version = event.changes.get("version")
         if version is not None and version <= self.version:
             return
