@@ -12,9 +12,13 @@ const URGENT = new Set(["refused", "takeover"]);
 
 /** Incidents after this server time (epoch s) are new: not acknowledged by the user yet. */
 let seenAt = 0;
+/** The latest incident time this page has shown: acknowledging covers it whatever the clocks. */
+let latestShown = 0;
 
 export function setIncidentsSeenAt(epochSeconds) {
-  seenAt = epochSeconds;
+  // The page's estimate of the server clock can lag the server's own stamp by a little:
+  // what the user has been shown is seen, even if it looks a moment in the "future".
+  seenAt = Math.max(epochSeconds, latestShown);
 }
 
 /** The kind in words (dashboard.incident.<kind>). */
@@ -28,7 +32,9 @@ export function incidentLevel(kind) {
 
 /** Whether the session's latest incident came after the user last acknowledged them. */
 export function isNewIncident(s) {
-  return !!s.incidents && s.last_incident_at != null && s.last_incident_at > seenAt;
+  if (!s.incidents || s.last_incident_at == null) return false;
+  latestShown = Math.max(latestShown, s.last_incident_at);
+  return s.last_incident_at > seenAt;
 }
 
 /** Sort value for "incidents first": the latest incident first, sessions without any last. */
