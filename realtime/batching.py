@@ -6,8 +6,9 @@ the same event-loop turn — goes to the store as one `commit()` call: one pipel
 per exam, one published message per exam. Under load batches grow by themselves, like a
 database's group commit, instead of every change paying its own round trip.
 
-Audit rows of staff commands ride along: they are appended to their exam's outbox in the same
-flush (the drainer writes them to SQL with the events).
+Audit rows of staff commands have their own lane: they are appended to their exam's outbox
+(the drainer writes them to SQL with the events) by a call of their own, so a command's answer,
+which waits for its audit row, never queues behind the batches of acks its own fan-out set off.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ class _Waiting:
 @dataclass(slots=True)
 class _Batch:
     waiting: list[_Waiting] = field(default_factory=list)
-    audit: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    audit_done: list[asyncio.Future[None]] = field(default_factory=list)
     size: int = 0
+
+
+@dataclass(slots=True)
+class _AuditBatch:
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    done: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class CommitBatcher:
@@ -41,7 +46,8 @@ class CommitBatcher:
 
     At most `max_in_flight` store calls run at once; what arrives meanwhile waits for the next
     one, so a busy process sends bigger batches, not more of them. A batch is capped at
-    `max_batch` commits (a bulk command larger than that goes alone).
+    `max_batch` commits (a bulk command larger than that goes alone). Audit rows go by their
+    own calls, one at a time, whatever commits are in flight.
     """
 
     def __init__(self, store: StateStore, max_in_flight: int = 2, max_batch: int = 20_000) -> None:
@@ -52,6 +58,8 @@ class CommitBatcher:
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._audit_next = _AuditBatch()
+        self._audit_busy = False
         self.flushes = 0  # store calls made, for metrics and tests
         self.committed = 0
 
@@ -70,10 +78,13 @@ class CommitBatcher:
         """Append audit rows to the exam's outbox with the next batch."""
         if not rows:
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._next.audit.setdefault(exam_id, []).extend(rows)
-        self._next.audit_done.append(done)
-        self._schedule()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._audit_next.rows.setdefault(exam_id, []).extend(rows)
+        self._audit_next.done.append(done)
+        if not self._audit_busy:
+            self._audit_busy = True
+            self._spawn(self._run_audit())
         await done
 
     def _schedule(self) -> None:
@@ -89,19 +100,22 @@ class CommitBatcher:
         if batch is None:
             return
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._spawn(self._run(batch))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> _Batch | None:
         pending = self._next
-        if not pending.waiting and not pending.audit:
+        if not pending.waiting:
             return None
         if pending.size <= self.max_batch:
             self._next = _Batch()
             return pending
         # Too big for one call: take whole callers up to the cap (at least one), keep the rest.
-        taken = _Batch(audit=pending.audit, audit_done=pending.audit_done)
+        taken = _Batch()
         rest = _Batch()
         for waiting in pending.waiting:
             if not taken.waiting or taken.size + len(waiting.commits) <= self.max_batch:
@@ -115,15 +129,13 @@ class CommitBatcher:
 
     async def _run(self, batch: _Batch) -> None:
         try:
-            await asyncio.gather(self._commit(batch), self._audit(batch))
+            await self._commit(batch)
         finally:
             self._in_flight -= 1
-            if self._next.waiting or self._next.audit:
+            if self._next.waiting:
                 self._schedule()
 
     async def _commit(self, batch: _Batch) -> None:
-        if not batch.waiting:
-            return
         commits = [c for waiting in batch.waiting for c in waiting.commits]
         self.flushes += 1
         try:
@@ -143,21 +155,28 @@ class CommitBatcher:
                 waiting.done.set_result(results[start:end])
             start = end
 
-    async def _audit(self, batch: _Batch) -> None:
-        if not batch.audit:
-            return
+    async def _run_audit(self) -> None:
+        """Append what audit rows are waiting, then what arrived meanwhile, until none is left."""
+        try:
+            while self._audit_next.done:
+                batch, self._audit_next = self._audit_next, _AuditBatch()
+                await self._audit(batch)
+        finally:
+            self._audit_busy = False
+
+    async def _audit(self, batch: _AuditBatch) -> None:
         try:
             await asyncio.gather(
-                *(self.store.append_audit(exam_id, rows) for exam_id, rows in batch.audit.items())
+                *(self.store.append_audit(exam_id, rows) for exam_id, rows in batch.rows.items())
             )
         except BaseException as exc:
-            for done in batch.audit_done:
+            for done in batch.done:
                 if not done.done():
                     done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for done in batch.audit_done:
+        for done in batch.done:
             if not done.done():
                 done.set_result(None)
 

@@ -102,3 +102,24 @@ async def test_audit_rows_ride_along_into_the_outbox(store: CountingStore) -> No
     entries = await store.outbox_claim(EXAM, "t", 10, lease=1.0)
     assert entries is not None
     assert [e.audit for e in entries if e.audit] == [[{"action": "session_command", "at": 2.0}]]
+
+
+async def test_an_audit_row_does_not_wait_for_the_commits_in_flight(
+    store: CountingStore,
+) -> None:
+    """A command's answer waits for its audit row: that row must not queue behind the batches
+    of acks the command's own fan-out set off."""
+    store.gate = asyncio.Event()
+    batcher = CommitBatcher(store, max_in_flight=1)
+    stuck = asyncio.ensure_future(batcher.commit([_commit("s0")]))
+    await store.called.wait()
+    await asyncio.wait_for(
+        batcher.append_audit(EXAM, [{"action": "session_command", "at": 3.0}]), timeout=5
+    )
+    assert not stuck.done()
+    store.gate.set()
+    [result] = await stuck
+    assert result.ok
+    entries = await store.outbox_claim(EXAM, "t", 10, lease=1.0)
+    assert entries is not None
+    assert [e.audit for e in entries if e.audit] == [[{"action": "session_command", "at": 3.0}]]
