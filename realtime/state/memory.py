@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from realtime.state.drops import Drop, alert_for
+from realtime.state.handoff import HandOff
 from realtime.state.model import Event, Exam
 from realtime.state.store import (
     FINAL_STATUSES,
@@ -62,6 +63,7 @@ class MemoryStore:
         self._results: dict[tuple[str, str], dict[str, Any]] = {}
         self._log_size = log_size
         self._listeners: list[EventListener] = []
+        self._hand_off = HandOff(self._notify_all)  # big batches after their callers
         self._nodes: dict[str, dict[str, Any]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._drops: dict[str, dict[str, Drop]] = {}  # exam -> recent drops by member
@@ -82,7 +84,7 @@ class MemoryStore:
                 "events_received": None}
 
     def add_commit_listener(self, listener: CommitListener) -> None:
-        """Nothing to do: the listeners of `add_listener` already run inside `commit`."""
+        """Nothing to do: the listeners of `add_listener` already get every commit's events."""
 
     async def serve(self, exam_id: str) -> None:
         """Nothing to do: one process hears every exam."""
@@ -200,9 +202,12 @@ class MemoryStore:
             box.log.extend(events)
             box.trim()
         for events in by_exam.values():
-            for event in events:
-                self._notify(event)
+            self._hand_off(events)
         return results
+
+    def _notify_all(self, events: list[Event]) -> None:
+        for event in events:
+            self._notify(event)
 
     def _commit_one(self, commit: Commit) -> CommitResult:
         session = self._sessions.get(commit.exam_id, {}).get(commit.session_id)

@@ -46,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from realtime.state.cluster import ShardedSubscription, connect_cluster, is_cluster_url
 from realtime.state.connect import RedisConnector
 from realtime.state.drops import MAX_ALERT_SESSIONS, Drop
+from realtime.state.handoff import HandOff
 from realtime.state.model import SESSION_DEFAULTS, Event, Exam
 from realtime.state.store import (
     Backlog,
@@ -292,6 +293,7 @@ class RedisStore:
         self._drops_script = self._client.register_script(_lua("drops_record.lua"))
         self._listeners: list[EventListener] = []
         self._commit_listeners: list[CommitListener] = []
+        self._hand_off = HandOff(self._give_listeners)  # big batches after their callers
         # Own commits and their echoes: a call's token is "<origin>.<n>". Events of answered
         # calls wait in `_unechoed` for their echo; `_echoed` holds tokens of calls in flight
         # whose echo came first (the reply must then not hand the events out again).
@@ -884,6 +886,9 @@ class RedisStore:
             if not self.subscribed or events[0].seq != last + 1:
                 return
             self._handed_seq[exam_id] = events[-1].seq
+        self._hand_off(events)
+
+    def _give_listeners(self, events: list[Event]) -> None:
         for listener in self._commit_listeners:
             try:
                 listener(events)

@@ -1,0 +1,60 @@
+"""Big batches of events reach the listeners after the callers of the commit have run.
+
+A bulk command over thousands of sessions commits in one store call. If its events were handed
+to the hub inside that call, the thousands of frames written would set off thousands of acks,
+and the command's own caller (the REST answer, waiting for nothing more than the store's
+reply) would be resumed only after the event loop had read them all. `HandOff` therefore
+delivers a big batch two loop turns later: the callers woken by the commit run first, then the
+fan-out. Small batches go at once, unless a deferred one is still waiting: order is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BIG_BATCH = 256  # events in one commit call from which their fan-out waits for the callers
+
+
+class HandOff(Generic[T]):
+    """Calls `deliver` with each batch, in order; big ones after the current loop turn's
+    callers."""
+
+    def __init__(self, deliver: Callable[[list[T]], None], big: int = BIG_BATCH) -> None:
+        self._deliver = deliver
+        self._big = big
+        self._queue: deque[list[T]] = deque()
+        self._scheduled = False
+
+    def __call__(self, batch: list[T]) -> None:
+        if not self._queue and len(batch) < self._big:
+            self._deliver(batch)
+            return
+        self._queue.append(batch)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            # Two turns: the commit's callers are woken (call_soon) after this is scheduled;
+            # the second hop puts the delivery behind them.
+            loop.call_soon(loop.call_soon, self._drain)
+
+    @property
+    def pending(self) -> int:
+        """Batches waiting to be delivered."""
+        return len(self._queue)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        while self._queue:
+            batch = self._queue.popleft()
+            try:
+                self._deliver(batch)
+            except Exception:  # a listener's failure must not strand the batches behind it
+                log.exception("event hand-off failed")
