@@ -458,6 +458,35 @@ async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
         A, ["s1"]))
 
 
+async def test_a_command_id_applies_once_even_twice_in_one_call(store: StateStore) -> None:
+    """Two retries of one command that meet in the same batch: the second sees the first."""
+    await store.add_sessions([session("s1")])
+    twice = [commit(A, "s1", 0, status="paused"), commit(A, "s1", 0, status="paused")]
+    for c in twice:
+        c.command_id = "cmd-1"
+    first, second = await store.commit(twice)
+    assert first.ok and first.events[0].seq == 1
+    assert (second.ok, second.duplicate_seq) == (False, 1)
+
+
+async def test_a_command_over_thousands_of_sessions_is_remembered_for_each(
+    store: StateStore,
+) -> None:
+    """More sessions than one script call can list at once (Lua's unpack limit)."""
+    ids = [f"s{i}" for i in range(6000)]
+    await store.add_sessions([session(sid) for sid in ids])
+    bulk = [commit(A, sid, 0, status="paused") for sid in ids]
+    for c in bulk:
+        c.command_id = "cmd-big"
+    results = await store.commit(bulk)
+    assert all(r.ok for r in results)
+    retry = [commit(A, sid, 1, status="paused") for sid in ids]
+    for c in retry:
+        c.command_id = "cmd-big"
+    again = await store.commit(retry)
+    assert [r.duplicate_seq for r in again] == [r.events[0].seq for r in results]
+
+
 async def test_session_by_candidate(store: StateStore) -> None:
     await store.add_sessions([session("s1"), session("s2", exam_id=B)])
     assert await store.session_by_candidate(A, "cand-s1") == "s1"

@@ -25,28 +25,33 @@ local ttl = tonumber(ARGV[3])
 local commits = cmsgpack.unpack(ARGV[6])
 -- Touch every key before writing any: on a cluster slot half-way through a migration, a key
 -- that already left makes Redis abort the script, and it must abort here, before any write.
-for _, c in ipairs(commits) do
-  redis.call('EXISTS', ARGV[4] .. c[1])
-  if c[4] ~= '' then
+-- (Each command key once: a bulk command names the same one in every commit.)
+local exists = {}
+local cmdkeys = {}
+for i, c in ipairs(commits) do
+  exists[i] = redis.call('EXISTS', ARGV[4] .. c[1]) == 1
+  if c[4] ~= '' and cmdkeys[c[4]] == nil then
     redis.call('EXISTS', ARGV[5] .. c[4])
+    cmdkeys[c[4]] = {}
   end
 end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = seq + 1
 local blobs = {}
 local out = {}
-for _, c in ipairs(commits) do
+for i, c in ipairs(commits) do
   local sid, mode, expected, cmd, live_only = c[1], c[2], c[3], c[4], c[5] == 1
   local guard, pairs_, events = c[6], c[7], c[8]
   local key = ARGV[4] .. sid
   local status, extra = 1, 0
-  local cmdkey = nil
-  if redis.call('EXISTS', key) == 0 then
+  local recorded = nil
+  if not exists[i] then
     status = 0
   else
     if cmd ~= '' then
-      cmdkey = ARGV[5] .. cmd
-      local prev = redis.call('HGET', cmdkey, sid)
+      -- applied by an earlier call (the hash), or earlier in this one (not written yet)
+      recorded = cmdkeys[cmd]
+      local prev = recorded[sid] or redis.call('HGET', ARGV[5] .. cmd, sid)
       if prev then
         status, extra = -2, tonumber(prev)
       end
@@ -72,11 +77,12 @@ for _, c in ipairs(commits) do
     end
   end
   if status == 1 then
+    if mode == 'v' then
+      pairs_[#pairs_ + 1] = 'version'
+      pairs_[#pairs_ + 1] = tonumber(expected) + 1
+    end
     if mode ~= 'r' and #pairs_ > 0 then
       redis.call('HSET', key, unpack(pairs_))
-    end
-    if mode == 'v' then
-      redis.call('HSET', key, 'version', tonumber(expected) + 1)
     end
     if #events > 0 then
       extra = seq + 1
@@ -84,14 +90,32 @@ for _, c in ipairs(commits) do
         seq = seq + 1
         blobs[#blobs + 1] = events[j]
       end
-      if cmdkey then
-        redis.call('HSET', cmdkey, sid, extra)
-        redis.call('EXPIRE', cmdkey, ttl)
+      if recorded then
+        recorded[sid] = extra
       end
     end
   end
   out[#out + 1] = status
   out[#out + 1] = extra
+end
+-- What each command applied here: an HSET per 1,000 sessions (unpack has a limit) and one
+-- EXPIRE per command key, instead of both per session.
+for cmd, recorded in pairs(cmdkeys) do
+  local args = {}
+  for sid, at in pairs(recorded) do
+    args[#args + 1] = sid
+    args[#args + 1] = at
+    if #args >= 2000 then
+      redis.call('HSET', ARGV[5] .. cmd, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then
+    redis.call('HSET', ARGV[5] .. cmd, unpack(args))
+  end
+  if next(recorded) ~= nil then
+    redis.call('EXPIRE', ARGV[5] .. cmd, ttl)
+  end
 end
 if #blobs > 0 then
   redis.call('SET', KEYS[1], seq)
