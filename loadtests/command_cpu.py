@@ -1,11 +1,13 @@
 """CPU cost of the staff command path alone, in-process, on a private Redis (or the memory store).
 
     python -m loadtests.command_cpu --sessions 5000 --bulk-repeats 6 --targeted 500
+    python -m loadtests.command_cpu --sessions 5000 --targeted 500 --concurrency 64
 
 Times `SessionService.command` with `time.process_time()` (CPU of this process, so other work on
 the machine barely moves it): a "pause/resume all" of N active sessions, and targeted pause/resume
-commands one after the other. No sockets: the fan-out to candidates, their acks and the SQL
-drain are not in these figures (the benchmark's `server_cpu_ms` per pause-all has them all).
+commands one after the other (or, with `--concurrency K`, K of them in flight at once, as the
+REST workers of a busy server send them). No sockets: the fan-out to candidates, their acks and
+the SQL drain are not in these figures (the benchmark's `server_cpu_ms` per pause-all has them all).
 What it isolates is what a change to the command path itself (target read, decide, commit,
 answer) is worth. The exam is served by the store, so the echo of each commit is decoded and
 dispatched as on a server.
@@ -18,6 +20,7 @@ import asyncio
 import gc
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from loadtests.servers import RedisProcess, workdir
@@ -35,7 +38,7 @@ EXAM = "cpu"
 
 
 async def measure(store: StateStore, sessions: int, bulk_repeats: int,
-                  targeted: int) -> dict[str, Any]:
+                  targeted: int, concurrency: int = 1) -> dict[str, Any]:
     service = SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds here
                              liveness=machine.Liveness(stale_after=15, resume_grace=60))
     await store.put_exam(Exam(id=EXAM, title="cpu"))
@@ -65,10 +68,15 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
         gc.collect()
         started = time.process_time()
         applied = 0
-        for i in range(count):
-            result = await service.command(EXAM, action, Target(session_ids=[f"s{i}"]), STAFF,
-                                           {"command_id": f"t{rep}-{i}"})
-            applied += len(result.applied)
+        async def worker(indexes: Iterator[int], act: Action, rnd: int) -> None:
+            nonlocal applied
+            for i in indexes:  # shared: each command is sent by one worker
+                result = await service.command(EXAM, act, Target(session_ids=[f"s{i}"]),
+                                               STAFF, {"command_id": f"t{rnd}-{i}"})
+                applied += len(result.applied)
+
+        shared = iter(range(count))
+        await asyncio.gather(*(worker(shared, action, rep) for _ in range(max(1, concurrency))))
         per_command.append(1000 * (time.process_time() - started) / count)
         if applied != count:
             raise RuntimeError(f"targeted {action.value} applied {applied}/{count}")
@@ -94,7 +102,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await store.start()
         try:
-            return await measure(store, args.sessions, args.bulk_repeats, args.targeted)
+            return await measure(store, args.sessions, args.bulk_repeats, args.targeted,
+                                 args.concurrency)
         finally:
             await store.close()
     finally:
@@ -108,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=5000)
     parser.add_argument("--bulk-repeats", type=int, default=6)
     parser.add_argument("--targeted", type=int, default=500, help="per round (3 rounds)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="targeted commands in flight at once")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
-    print(f"{args.store} N={result['sessions']}: pause/resume all CPU "
+    print(f"{args.store} N={result['sessions']} K={args.concurrency}: pause/resume all CPU "
           f"{result['bulk_cpu_ms']} ms, median {result['bulk_cpu_ms_median']} ms; targeted "
           f"{result['targeted_cpu_ms']} ms per command, median "
           f"{result['targeted_cpu_ms_median']} ms")
