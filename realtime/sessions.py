@@ -687,7 +687,7 @@ class SessionService:
         ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
         if given_id or ids:
             stored, applied_before, fetched = await self.store.read_for_command(
-                exam_id, given_id, ids
+                exam_id, given_id, ids, COMMAND_FIELDS
             )
             # Only its own caller gets a kept answer back: it names the sessions it touched,
             # which another caller (with the same command id) may not see.

@@ -58,7 +58,15 @@ async def test_scripts_are_loaded_again_on_every_master_after_noscript(
 
         results = await store.commit([commit(exam) for exam in exams])
         assert all(result.ok for result in results)
+        reads = await asyncio.gather(  # one pipeline: a command_read.lua call per exam
+            *(store.read_for_command(exam, "", ["s1", "ghost"], ("id", "status"))
+              for exam in exams),
+            *(store.save_command_result(exam, "c1", {"exam": exam}) for exam in exams),
+        )
+        assert reads[:len(exams)] == [(None, {}, [{"id": "s1", "status": "paused"}, None])
+                                      for _ in exams]
         for exam in exams:
+            assert await store.command_result(exam, "c1") == {"exam": exam}
             sessions, seq = await store.snapshot(exam)
             assert (sessions[0]["status"], seq) == ("paused", 1)
             assert [e.kind for e in await store.events_since(exam, 0) or []] == ["pause"]

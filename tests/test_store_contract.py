@@ -456,6 +456,44 @@ async def test_a_command_id_applies_once_per_session(store: StateStore) -> None:
     assert sessions == await store.get_sessions(A, ["s2", "ghost"])
     assert await store.read_for_command(A, "", ["s1"]) == (None, {}, await store.get_sessions(
         A, ["s1"]))
+    # only some fields of the targeted sessions, as a snapshot with fields gives them
+    fields = ("id", "status", "version", "deadline")
+    _, _, sessions = await store.read_for_command(A, "cmd-1", ["s2", "ghost"], fields)
+    assert sessions == [{"id": "s2", "status": "paused", "version": 1, "deadline": None}, None]
+    assert await store.read_for_command(A, "", []) == (None, {}, [])
+
+
+async def test_reads_for_commands_sent_together_each_get_their_own_answer(
+    store: StateStore,
+) -> None:
+    """Reads (and kept answers) arriving in the same loop turn, of several exams, commands and
+    field lists, answer as if each had gone alone; an answer kept before a read is seen by
+    it."""
+    await store.add_sessions([session("s1"), session("s2"), session("s1", exam_id=B)])
+    paused = commit(A, "s1", 0, status="paused")
+    paused.command_id = "cmd-1"
+    assert (await store.commit([paused]))[0].ok
+    fields = ("id", "status")
+    calls = [
+        (A, "cmd-1", ["s1", "s2"], None),
+        (A, "cmd-1", ["s2"], fields),
+        (A, "", ["ghost", "s1"], fields),
+        (B, "cmd-1", ["s1"], fields),
+        (B, "", [], None),
+        (A, "cmd-2", [], fields),
+    ]
+    alone = [await store.read_for_command(*call) for call in calls]
+    together = await asyncio.gather(*(store.read_for_command(*call) for call in calls))
+    assert list(together) == alone
+    assert alone[0][1] == {"s1": 1} and alone[3][1] == {}
+    assert alone[2][2] == [None, {"id": "s1", "status": "paused"}]
+
+    _, answer = await asyncio.gather(
+        store.save_command_result(A, "cmd-2", {"applied": [], "actor": "a"}),
+        store.read_for_command(A, "cmd-2", ["s2"], fields),
+    )
+    assert answer == ({"applied": [], "actor": "a"}, {}, [{"id": "s2", "status": "ready"}])
+    assert await store.command_result(B, "cmd-2") is None
 
 
 async def test_a_command_id_applies_once_even_twice_in_one_call(store: StateStore) -> None:

@@ -282,14 +282,19 @@ class MemoryStore:
         return dict(self._applied.get((exam_id, command_id), {}))
 
     async def read_for_command(
-        self, exam_id: str, command_id: str, session_ids: list[str]
+        self, exam_id: str, command_id: str, session_ids: list[str],
+        fields: tuple[str, ...] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
+        sessions = await self.get_sessions(exam_id, session_ids)
+        if fields:
+            sessions = [None if s is None else {name: s[name] for name in fields}
+                        for s in sessions]
         if not command_id:
-            return None, {}, await self.get_sessions(exam_id, session_ids)
+            return None, {}, sessions
         return (
             await self.command_result(exam_id, command_id),
             await self.command_applied(exam_id, command_id),
-            await self.get_sessions(exam_id, session_ids),
+            sessions,
         )
 
     async def save_command_result(

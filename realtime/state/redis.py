@@ -262,6 +262,49 @@ async def _run_batches(
     return replies
 
 
+ReadAnswer = tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]
+
+
+@dataclass(slots=True)
+class _Read:
+    """A targeted command's read waiting for the next command round trip."""
+
+    exam_id: str
+    command_id: str
+    session_ids: list[str]
+    fields: tuple[str, ...]
+    done: asyncio.Future[ReadAnswer]
+
+
+@dataclass(slots=True)
+class _Save:
+    """A command's answer to keep, waiting for the next command round trip."""
+
+    key: str
+    blob: bytes
+    done: asyncio.Future[None]
+
+
+def _decode_reads(reply: bytes | str, fields: tuple[str, ...]) -> list[ReadAnswer]:
+    """command_read.lua's one JSON document: per read (answer, applied, sessions), the
+    sessions as `snapshot` gives them (with fields: those, a missing one as its default)."""
+    answers: list[ReadAnswer] = []
+    defaults = [SESSION_DEFAULTS.get(name) for name in fields]
+    for answer, applied, rows in orjson.loads(reply):
+        sessions: list[dict[str, Any] | None]
+        if fields:
+            sessions = [
+                None if row is None else
+                {name: default if value is None else value
+                 for name, value, default in zip(fields, row, defaults, strict=True)}
+                for row in rows
+            ]
+        else:
+            sessions = rows
+        answers.append((answer, applied or {}, sessions))
+    return answers
+
+
 class RedisStore:
     """`StateStore` on Redis. One instance per process: it holds one pub/sub subscription."""
 
@@ -291,6 +334,14 @@ class RedisStore:
         self._ensure_script = self._client.register_script(_lua("ensure_seq.lua"))
         self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
         self._drops_script = self._client.register_script(_lua("drops_record.lua"))
+        self._read_script = self._client.register_script(_lua("command_read.lua"))
+        # Targeted commands' reads and kept answers, sent once per loop turn (see
+        # `read_for_command`): one pipeline however many commands are in flight.
+        self._io_reads: list[_Read] = []
+        self._io_saves: list[_Save] = []
+        self._io_scheduled = False
+        self._io_tasks: set[asyncio.Task[None]] = set()
+        self.command_round_trips = 0  # pipelines sent for them, for tests
         self._listeners: list[EventListener] = []
         self._commit_listeners: list[CommitListener] = []
         self._hand_off = HandOff(self._give_listeners)  # big batches after their callers
@@ -338,6 +389,8 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        while self._io_tasks:  # answers being kept, reads in flight
+            await asyncio.gather(*list(self._io_tasks), return_exceptions=True)
         await self._client.aclose()
         await self._commit_client.aclose()
         await self._connector.aclose()
@@ -813,28 +866,130 @@ class RedisStore:
         return {_text(sid): int(seq) for sid, seq in raw.items()}
 
     async def read_for_command(
-        self, exam_id: str, command_id: str, session_ids: list[str]
+        self, exam_id: str, command_id: str, session_ids: list[str],
+        fields: tuple[str, ...] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            if command_id:
-                pipe.get(self.keys.command_result(exam_id, command_id))
-                pipe.hgetall(self.keys.command(exam_id, command_id))
-            for sid in session_ids:
-                pipe.hgetall(self.keys.session(exam_id, sid))
-            replies = await pipe.execute()
-        result, applied = None, {}
-        if command_id:
-            raw_result, raw_applied, replies = replies[0], replies[1], replies[2:]
-            result = None if raw_result is None else orjson.loads(raw_result)
-            applied = {_text(sid): int(seq) for sid, seq in raw_applied.items()}
-        sessions = [_decode_fields(raw) if raw else None for raw in replies]
-        return result, applied, sessions
+        """Through the next command round trip (see `_send_command_io`): the reads of all
+        targeted commands that arrive in one loop turn go as one pipeline, one
+        command_read.lua call per exam."""
+        if not command_id and not session_ids:
+            return None, {}, []
+        loop = asyncio.get_running_loop()
+        read = _Read(exam_id, command_id, list(session_ids), tuple(fields or ()),
+                     loop.create_future())
+        self._io_reads.append(read)
+        self._schedule_command_io(loop)
+        return await read.done
 
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:
-        key = self.keys.command_result(exam_id, command_id)
-        await self._client.set(key, orjson.dumps(result), ex=COMMAND_TTL)
+        """With the next command round trip (one SET among the reads of that loop turn)."""
+        loop = asyncio.get_running_loop()
+        save = _Save(self.keys.command_result(exam_id, command_id), orjson.dumps(result),
+                     loop.create_future())
+        self._io_saves.append(save)
+        self._schedule_command_io(loop)
+        await save.done
+
+    def _schedule_command_io(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._io_scheduled:
+            self._io_scheduled = True
+            loop.call_soon(self._flush_command_io)
+
+    def _flush_command_io(self) -> None:
+        """End of the loop turn: send what arrived in it, in a task of its own."""
+        self._io_scheduled = False
+        reads, saves = self._io_reads, self._io_saves
+        self._io_reads, self._io_saves = [], []
+        if reads or saves:
+            task = asyncio.get_running_loop().create_task(self._send_command_io(reads, saves))
+            self._io_tasks.add(task)
+            task.add_done_callback(self._io_tasks.discard)
+
+    async def _send_command_io(self, reads: list[_Read], saves: list[_Save]) -> None:
+        """One pipeline: the kept answers (SETs) first, then per exam (and field list) one
+        command_read.lua call for all its reads. A call that fails fails only the callers in
+        it; a round trip that fails (connection lost) fails every caller of this turn."""
+        self.command_round_trips += 1
+        groups: dict[tuple[str, tuple[str, ...]], list[_Read]] = {}
+        for read in reads:
+            groups.setdefault((read.exam_id, read.fields), []).append(read)
+        calls = [self._read_call(exam_id, fields, group)
+                 for (exam_id, fields), group in groups.items()]
+        try:
+            saved, replies = await self._command_pipeline(saves, calls)
+        except BaseException as exc:
+            waiting: list[asyncio.Future[Any]] = [save.done for save in saves]
+            waiting += [read.done for read in reads]
+            for done in waiting:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for save, answer in zip(saves, saved, strict=True):
+            if not save.done.done():
+                if isinstance(answer, Exception):
+                    save.done.set_exception(answer)
+                else:
+                    save.done.set_result(None)
+        for ((_, fields), group), reply in zip(groups.items(), replies, strict=True):
+            try:
+                if isinstance(reply, Exception):
+                    raise reply
+                answers = _decode_reads(reply, fields)
+            except Exception as exc:
+                for read in group:
+                    if not read.done.done():
+                        read.done.set_exception(exc)
+                continue
+            for read, answer in zip(group, answers, strict=True):
+                if not read.done.done():
+                    read.done.set_result(answer)
+
+    def _read_call(
+        self, exam_id: str, fields: tuple[str, ...], reads: list[_Read]
+    ) -> tuple[list[Any], list[Any]]:
+        keys = self.keys
+        args: list[Any] = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
+                           keys.command(exam_id, ""), len(fields), *fields]
+        for read in reads:
+            args += [read.command_id, len(read.session_ids), *read.session_ids]
+        return [keys.sessions(exam_id)], args
+
+    async def _command_pipeline(
+        self, saves: list[_Save], calls: list[tuple[list[Any], list[Any]]]
+    ) -> tuple[list[Any], list[Any]]:
+        """The SETs and script calls in one pipeline; each answer is a reply or the error
+        of that command alone. Like `_run_batches`, the script is loaded only when Redis
+        answers NOSCRIPT, and only the refused calls are sent again (they are reads)."""
+        script = self._read_script
+        saved: list[Any] = []
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                if attempt == 0:
+                    for save in saves:
+                        pipe.set(save.key, save.blob, ex=COMMAND_TTL)
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+            if attempt == 0:
+                saved, answers = answers[:len(saves)], answers[len(saves):]
+            refused = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    refused.append(i)
+                else:
+                    replies[i] = answer
+            if not refused:
+                break
+            script.sha = await self._client.script_load(script.script)
+            todo = refused
+        return saved, replies
 
     # -- commits --------------------------------------------------------------------------------
 

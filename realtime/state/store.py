@@ -189,14 +189,19 @@ class StateStore(Protocol):
         """Sessions that applied a command, with the seq of their first event of it."""
 
     async def read_for_command(
-        self, exam_id: str, command_id: str, session_ids: list[str]
+        self, exam_id: str, command_id: str, session_ids: list[str],
+        fields: tuple[str, ...] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, int], list[dict[str, Any] | None]]:
         """`command_result`, `command_applied` (both skipped without a command id) and
-        `get_sessions`, in one round trip: what a targeted command reads before deciding."""
+        `get_sessions` (with `fields`, only those fields, as `snapshot` gives them), in one
+        round trip: what a targeted command reads before deciding. Reads of many commands
+        arriving together may share that round trip."""
 
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
-    ) -> None: ...
+    ) -> None:
+        """Keep a command's answer for its retries (a day). May be sent with other
+        commands' reads and answers, a loop turn later: callers do not wait for it."""
 
     # -- the outbox --------------------------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""Targeted commands on Redis: what they read and the answers they keep go to Redis once per
+loop turn, as one pipeline with one command_read.lua call per exam, whatever number of commands
+is in flight (the contract tests check the answers are those of reads sent one by one)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+from realtime.sessions import COMMAND_FIELDS
+from realtime.state.model import new_session
+from realtime.state.redis import RedisStore
+
+A, B = "exam-a", "exam-b"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url, prefix=f"io{uuid.uuid4().hex[:8]}:")
+    await store.start()
+    try:
+        await store.add_sessions([
+            new_session(id=f"s{n}", exam_id=exam, access_code=f"{store.keys.prefix}{exam}{n}")
+            for exam in (A, B) for n in range(4)
+        ])
+        yield store
+    finally:
+        await store.close()
+
+
+def script_calls(url: str) -> int:
+    """EVALSHA calls Redis has run so far (the server's own count)."""
+    stats: dict[str, Any] = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_reads_of_one_loop_turn_share_one_round_trip(
+    store: RedisStore, redis_url: str
+) -> None:
+    reads = [(A, f"cmd-{n}", [f"s{n % 4}"]) for n in range(10)] + [(B, "cmd-0", ["s1"])]
+    await store.read_for_command(A, "", ["s0"])  # the script is loaded (NOSCRIPT counts too)
+    trips, calls = store.command_round_trips, script_calls(redis_url)
+    answers = await asyncio.gather(
+        *(store.read_for_command(exam, cmd, ids, COMMAND_FIELDS) for exam, cmd, ids in reads)
+    )
+    assert store.command_round_trips == trips + 1
+    assert script_calls(redis_url) == calls + 2  # one script call per exam
+    assert [sessions[0]["id"] for _, _, sessions in answers] == [ids[0] for _, _, ids in reads]
+
+    # one after the other: a round trip each
+    for exam, cmd, ids in reads[:3]:
+        await store.read_for_command(exam, cmd, ids, COMMAND_FIELDS)
+    assert store.command_round_trips == trips + 4
+
+
+async def test_kept_answers_of_one_loop_turn_go_with_the_reads(store: RedisStore) -> None:
+    trips = store.command_round_trips
+    await asyncio.gather(
+        *(store.save_command_result(A, f"cmd-{n}", {"n": n}) for n in range(20)),
+        store.read_for_command(A, "cmd-3", ["s0"], COMMAND_FIELDS),
+    )
+    assert store.command_round_trips == trips + 1
+    assert [await store.command_result(A, f"cmd-{n}") for n in range(20)] == [
+        {"n": n} for n in range(20)
+    ]
+
+
+async def test_a_failed_script_call_fails_only_its_own_callers(
+    store: RedisStore, redis_url: str
+) -> None:
+    """Exam B's kept answer is not a string (GET fails inside B's script call): B's readers
+    get the error, A's readers in the same round trip their answers; the next turn is
+    unaffected."""
+    client = redis.Redis.from_url(redis_url)
+    client.hset(store.keys.command_result(B, "broken"), "x", "1")
+    trips = store.command_round_trips
+    results = await asyncio.gather(
+        store.read_for_command(A, "cmd-1", ["s1"], COMMAND_FIELDS),
+        store.read_for_command(B, "broken", ["s1"], COMMAND_FIELDS),
+        store.read_for_command(B, "broken", ["s2"], COMMAND_FIELDS),
+        store.read_for_command(A, "", ["s2", "ghost"], COMMAND_FIELDS),
+        store.save_command_result(A, "kept", {"ok": True}),
+        return_exceptions=True,
+    )
+    assert store.command_round_trips == trips + 1
+    first, broken, broken_too, second, kept = results
+    assert isinstance(broken, ResponseError) and broken_too is broken
+    assert not isinstance(first, BaseException) and not isinstance(second, BaseException)
+    assert first[2][0] is not None and first[2][0]["id"] == "s1"
+    assert second[2][1] is None and second[2][0] is not None
+    assert kept is None and await store.command_result(A, "kept") == {"ok": True}
+    result, _, _ = await store.read_for_command(A, "kept", ["s1"], COMMAND_FIELDS)
+    assert result == {"ok": True}
+
+
+async def test_reads_work_again_after_the_scripts_were_flushed(
+    store: RedisStore, redis_url: str
+) -> None:
+    """A restarted Redis has no scripts: the refused calls are loaded and sent again."""
+    redis.Redis.from_url(redis_url).script_flush()
+    answers = await asyncio.gather(
+        store.read_for_command(A, "cmd-1", ["s1"], COMMAND_FIELDS),
+        store.read_for_command(B, "cmd-1", ["s1"]),
+        store.save_command_result(A, "cmd-9", {"n": 9}),
+    )
+    assert answers[0][2][0] is not None and answers[0][2][0]["exam_id"] == A
+    assert answers[1][2][0] is not None and answers[1][2][0]["access_code"]  # every field
+    assert await store.command_result(A, "cmd-9") == {"n": 9}
