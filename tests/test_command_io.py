@@ -59,13 +59,19 @@ async def test_reads_of_one_loop_turn_share_one_round_trip(
     assert store.command_round_trips == trips + 4
 
 
-async def test_kept_answers_of_one_loop_turn_go_with_the_reads(store: RedisStore) -> None:
-    trips = store.command_round_trips
-    await asyncio.gather(
-        *(store.save_command_result(A, f"cmd-{n}", {"n": n}) for n in range(20)),
+async def test_kept_answers_of_one_loop_turn_go_with_the_reads(
+    store: RedisStore, redis_url: str
+) -> None:
+    await asyncio.gather(store.save_command_result(A, "warm", {}),  # scripts loaded
+                         store.read_for_command(A, "", ["s0"]))
+    trips, calls = store.command_round_trips, script_calls(redis_url)
+    _, (answer, _, _) = await asyncio.gather(
+        asyncio.gather(*(store.save_command_result(A, f"cmd-{n}", {"n": n}) for n in range(20))),
         store.read_for_command(A, "cmd-3", ["s0"], COMMAND_FIELDS),
     )
+    assert answer == {"n": 3}  # kept before the read, in the same round trip
     assert store.command_round_trips == trips + 1
+    assert script_calls(redis_url) == calls + 2  # all 20 kept by one call, one read
     assert [await store.command_result(A, f"cmd-{n}") for n in range(20)] == [
         {"n": n} for n in range(20)
     ]
@@ -112,3 +118,20 @@ async def test_reads_work_again_after_the_scripts_were_flushed(
     assert answers[0][2][0] is not None and answers[0][2][0]["exam_id"] == A
     assert answers[1][2][0] is not None and answers[1][2][0]["access_code"]  # every field
     assert await store.command_result(A, "cmd-9") == {"n": 9}
+
+
+async def test_a_read_after_a_refused_keep_is_read_again(
+    store: RedisStore, redis_url: str
+) -> None:
+    """Redis lost the keeping script but not the reading one: the answer kept in the same
+    turn is kept once the script is loaded again, and the read that followed it is sent again
+    after it, so it still sees the answer."""
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    client.script_load(store._read_script.script)
+    _, (answer, _, sessions) = await asyncio.gather(
+        store.save_command_result(A, "cmd-1", {"kept": 1}),
+        store.read_for_command(A, "cmd-1", ["s1"], COMMAND_FIELDS),
+    )
+    assert answer == {"kept": 1}
+    assert sessions[0] is not None and sessions[0]["id"] == "s1"

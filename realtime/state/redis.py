@@ -280,9 +280,18 @@ class _Read:
 class _Save:
     """A command's answer to keep, waiting for the next command round trip."""
 
-    key: str
+    exam_id: str
+    command_id: str
     blob: bytes
     done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _ScriptCall:
+    script: AsyncScript
+    exam_id: str
+    keys: list[Any]
+    args: list[Any]
 
 
 def _decode_reads(reply: bytes | str, fields: tuple[str, ...]) -> list[ReadAnswer]:
@@ -335,6 +344,7 @@ class RedisStore:
         self._stale_script = self._client.register_script(_lua("stale_holders.lua"))
         self._drops_script = self._client.register_script(_lua("drops_record.lua"))
         self._read_script = self._client.register_script(_lua("command_read.lua"))
+        self._keep_script = self._client.register_script(_lua("command_keep.lua"))
         # Targeted commands' reads and kept answers, sent once per loop turn (see
         # `read_for_command`): one pipeline however many commands are in flight.
         self._io_reads: list[_Read] = []
@@ -884,10 +894,10 @@ class RedisStore:
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:
-        """With the next command round trip (one SET among the reads of that loop turn)."""
+        """With the next command round trip: one command_keep.lua call per exam keeps every
+        answer of that loop turn."""
         loop = asyncio.get_running_loop()
-        save = _Save(self.keys.command_result(exam_id, command_id), orjson.dumps(result),
-                     loop.create_future())
+        save = _Save(exam_id, command_id, orjson.dumps(result), loop.create_future())
         self._io_saves.append(save)
         self._schedule_command_io(loop)
         await save.done
@@ -908,17 +918,32 @@ class RedisStore:
             task.add_done_callback(self._io_tasks.discard)
 
     async def _send_command_io(self, reads: list[_Read], saves: list[_Save]) -> None:
-        """One pipeline: the kept answers (SETs) first, then per exam (and field list) one
-        command_read.lua call for all its reads. A call that fails fails only the callers in
-        it; a round trip that fails (connection lost) fails every caller of this turn."""
+        """One pipeline: per exam one command_keep.lua call for the answers to keep, then per
+        exam (and field list) one command_read.lua call for all its reads. A call that fails
+        fails only the callers in it; a round trip that fails (connection lost) fails every
+        caller of this turn."""
         self.command_round_trips += 1
+        keeps: dict[str, list[_Save]] = {}
+        for save in saves:
+            keeps.setdefault(save.exam_id, []).append(save)
         groups: dict[tuple[str, tuple[str, ...]], list[_Read]] = {}
         for read in reads:
             groups.setdefault((read.exam_id, read.fields), []).append(read)
-        calls = [self._read_call(exam_id, fields, group)
-                 for (exam_id, fields), group in groups.items()]
+        keys = self.keys
+        calls: list[_ScriptCall] = []
+        for exam_id, kept in keeps.items():
+            args: list[Any] = [keys.command_result(exam_id, ""), COMMAND_TTL]
+            for save in kept:
+                args += [save.command_id, save.blob]
+            calls.append(_ScriptCall(self._keep_script, exam_id, [keys.sessions(exam_id)], args))
+        for (exam_id, fields), group in groups.items():
+            args = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
+                    keys.command(exam_id, ""), len(fields), *fields]
+            for read in group:
+                args += [read.command_id, len(read.session_ids), *read.session_ids]
+            calls.append(_ScriptCall(self._read_script, exam_id, [keys.sessions(exam_id)], args))
         try:
-            saved, replies = await self._command_pipeline(saves, calls)
+            replies = await self._command_pipeline(calls)
         except BaseException as exc:
             waiting: list[asyncio.Future[Any]] = [save.done for save in saves]
             waiting += [read.done for read in reads]
@@ -928,13 +953,15 @@ class RedisStore:
             if not isinstance(exc, Exception):
                 raise
             return
-        for save, answer in zip(saves, saved, strict=True):
-            if not save.done.done():
-                if isinstance(answer, Exception):
-                    save.done.set_exception(answer)
-                else:
-                    save.done.set_result(None)
-        for ((_, fields), group), reply in zip(groups.items(), replies, strict=True):
+        for kept, reply in zip(keeps.values(), replies[:len(keeps)], strict=True):
+            for save in kept:
+                if not save.done.done():
+                    if isinstance(reply, Exception):
+                        save.done.set_exception(reply)
+                    else:
+                        save.done.set_result(None)
+        for ((_, fields), group), reply in zip(groups.items(), replies[len(keeps):],
+                                               strict=True):
             try:
                 if isinstance(reply, Exception):
                     raise reply
@@ -948,48 +975,34 @@ class RedisStore:
                 if not read.done.done():
                     read.done.set_result(answer)
 
-    def _read_call(
-        self, exam_id: str, fields: tuple[str, ...], reads: list[_Read]
-    ) -> tuple[list[Any], list[Any]]:
-        keys = self.keys
-        args: list[Any] = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
-                           keys.command(exam_id, ""), len(fields), *fields]
-        for read in reads:
-            args += [read.command_id, len(read.session_ids), *read.session_ids]
-        return [keys.sessions(exam_id)], args
-
-    async def _command_pipeline(
-        self, saves: list[_Save], calls: list[tuple[list[Any], list[Any]]]
-    ) -> tuple[list[Any], list[Any]]:
-        """The SETs and script calls in one pipeline; each answer is a reply or the error
-        of that command alone. Like `_run_batches`, the script is loaded only when Redis
-        answers NOSCRIPT, and only the refused calls are sent again (they are reads)."""
-        script = self._read_script
-        saved: list[Any] = []
+    async def _command_pipeline(self, calls: list[_ScriptCall]) -> list[Any]:
+        """The script calls in one pipeline; each answer is a reply or the error of that call
+        alone. Like `_run_batches`, a script is loaded only when Redis answers NOSCRIPT, and
+        only the refused calls are sent again (a refused call never ran), with the reads of
+        an exam whose answers to keep were refused: a read must see the answers kept before
+        it."""
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
             async with self._client.pipeline(transaction=False) as pipe:
-                if attempt == 0:
-                    for save in saves:
-                        pipe.set(save.key, save.blob, ex=COMMAND_TTL)
                 for i in todo:
-                    keys, args = calls[i]
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    call = calls[i]
+                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys),
+                                         *call.keys, *call.args)
                 answers = await pipe.execute(raise_on_error=False)
-            if attempt == 0:
-                saved, answers = answers[:len(saves)], answers[len(saves):]
-            refused = []
+            refused = set()
             for i, answer in zip(todo, answers, strict=True):
+                replies[i] = answer
                 if isinstance(answer, NoScriptError) and attempt == 0:
-                    refused.append(i)
-                else:
-                    replies[i] = answer
+                    refused.add(i)
             if not refused:
                 break
-            script.sha = await self._client.script_load(script.script)
-            todo = refused
-        return saved, replies
+            for script in {id(calls[i].script): calls[i].script for i in refused}.values():
+                script.sha = await self._client.script_load(script.script)
+            late = {calls[i].exam_id for i in refused if calls[i].script is self._keep_script}
+            todo = [i for i, call in enumerate(calls)
+                    if i in refused or (call.script is self._read_script and call.exam_id in late)]
+        return replies
 
     # -- commits --------------------------------------------------------------------------------
 
