@@ -903,19 +903,20 @@ class RedisStore:
         await save.done
 
     def _schedule_command_io(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first read or answer of a loop turn starts the task that sends them; it runs
+        in the next turn, and takes everything that arrived until then."""
         if not self._io_scheduled:
             self._io_scheduled = True
-            loop.call_soon(self._flush_command_io)
+            task = loop.create_task(self._flush_command_io())
+            self._io_tasks.add(task)
+            task.add_done_callback(self._io_tasks.discard)
 
-    def _flush_command_io(self) -> None:
-        """End of the loop turn: send what arrived in it, in a task of its own."""
+    async def _flush_command_io(self) -> None:
         self._io_scheduled = False
         reads, saves = self._io_reads, self._io_saves
         self._io_reads, self._io_saves = [], []
         if reads or saves:
-            task = asyncio.get_running_loop().create_task(self._send_command_io(reads, saves))
-            self._io_tasks.add(task)
-            task.add_done_callback(self._io_tasks.discard)
+            await self._send_command_io(reads, saves)
 
     async def _send_command_io(self, reads: list[_Read], saves: list[_Save]) -> None:
         """One pipeline: per exam one command_keep.lua call for the answers to keep, then per
