@@ -121,7 +121,9 @@ class Connection:
         self.watched = False  # the heartbeat checks unanswered pings; no per-frame timer needed
         self.in_receive = False  # the reader is waiting for the next frame
         self._limit = queue_size
-        self._queue: deque[bytes | str | _Close] = deque()
+        # Created when a send has to wait and dropped once drained: an idle connection holds
+        # no deque (an empty one is ~0.7 KiB).
+        self._queue: deque[bytes | str | _Close] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._send_timeout = send_timeout  # 0: no deadline
         self._deadline: asyncio.TimerHandle | None = None  # armed only while a send waits
@@ -140,7 +142,7 @@ class Connection:
         """Queue a message; False if the connection is closing or was just dropped as slow."""
         if self.closing:
             return False
-        if len(self._queue) >= self._limit:
+        if self._queue is not None and len(self._queue) >= self._limit:
             Connection.overflows += 1
             self.abort(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return False
@@ -161,7 +163,7 @@ class Connection:
             return
         self.closing = True
         self.close_code = code
-        self._queue.clear()
+        self._queue = None
         self._enqueue(_Close(code, reason))
 
     def time_out(self) -> None:
@@ -189,7 +191,7 @@ class Connection:
         self.stopped = True
         self.closing = True
         self.close_code = CloseCode.SLOW_CONSUMER
-        self._queue.clear()
+        self._clear()
         self._disarm()
         writer = self._writer
         if writer is not None and not writer.done():
@@ -231,10 +233,16 @@ class Connection:
             return
         self.cut_off()
 
+    def _clear(self) -> None:
+        if self._queue is not None:
+            self._queue.clear()  # the writer task may be holding it
+
     def _enqueue(self, item: bytes | str | _Close) -> None:
         if self._writer is None and not self._queue:
             self._send_now(item)
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain(None))
@@ -258,7 +266,7 @@ class Connection:
             waiting = coro.send(None)
         except StopIteration:
             if isinstance(item, _Close):
-                self._queue.clear()
+                self._clear()
             return
         except Exception as exc:  # the peer went away
             coro.close()
@@ -272,24 +280,23 @@ class Connection:
     def _gone(self, exc: BaseException) -> None:
         log.debug("writer stopped: %r", exc)
         self.closing = True
-        self._queue.clear()
+        self._clear()
 
     async def _drain(self, started: tuple[Coroutine[Any, Any, None], Any, bool] | None) -> None:
-        queue = self._queue
         try:
             if started is not None:
                 coro, waiting, was_close = started
                 await _Resume(coro, waiting)
                 self._sends += 1
                 if was_close:
-                    queue.clear()
+                    self._clear()
                     return
-            while queue:
-                item = queue.popleft()
+            while self._queue:
+                item = self._queue.popleft()
                 await self._send_coro(item)
                 self._sends += 1
                 if isinstance(item, _Close):
-                    queue.clear()
+                    self._clear()
                     return
         except asyncio.CancelledError:
             raise
@@ -297,6 +304,8 @@ class Connection:
             self._gone(exc)
         finally:
             self._writer = None
+            if not self._queue:
+                self._queue = None
             self._disarm()
 
     async def stop(self) -> None:
