@@ -8,6 +8,7 @@ query as a 500), and typed query parameters with ranges.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,13 +40,14 @@ class RefuseNulInURL:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: what passes is handed on without this layer keeping a
+        # coroutine frame alive (for a WebSocket, as long as it is open).
         if scope["type"] == "http" and _has_nul(scope):
             response = JSONResponse(
                 {"error": {"code": "invalid",
                            "message": "the URL must not contain NUL characters"}},
                 status_code=400,
             )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+            return response(scope, receive, send)
+        return self.app(scope, receive, send)

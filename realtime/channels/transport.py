@@ -11,6 +11,7 @@ reader (the socket then lingers until the peer reads or the server closes it).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +28,8 @@ class TransportMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: no frame of this layer stays alive while a socket is open.
         if scope["type"] == "websocket":
             owner = getattr(send, "__self__", None)
         elif scope["type"] == "http" and scope["path"].endswith("/events"):
@@ -41,7 +43,7 @@ class TransportMiddleware:
             getattr(transport, "get_write_buffer_size", None)
         ):
             scope[SCOPE_KEY] = transport
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def transport_of(websocket: WebSocket) -> PeerTransport | None:
