@@ -31,6 +31,7 @@ from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
 from realtime.api.webhook_routes import routes as webhook_routes
 from realtime.channels.candidate import candidate_endpoint
+from realtime.channels.common import SocketApp
 from realtime.channels.event_stream import exam_events
 from realtime.channels.proctor import proctor_endpoint
 from realtime.channels.transport import TransportMiddleware
@@ -265,7 +266,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *node_routes,
         *token_routes,
         *webhook_routes,
-        WebSocketRoute("/ws/candidate", candidate_endpoint),
+        WebSocketRoute("/ws/candidate", SocketApp(candidate_endpoint)),
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]
     if CLIENT_DIR.is_dir():
