@@ -31,7 +31,7 @@ from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
 from realtime.api.webhook_routes import routes as webhook_routes
 from realtime.channels.candidate import candidate_endpoint
-from realtime.channels.common import SocketApp
+from realtime.channels.common import DirectSockets, SocketApp
 from realtime.channels.event_stream import exam_events
 from realtime.channels.proctor import proctor_endpoint
 from realtime.channels.transport import TransportMiddleware
@@ -250,6 +250,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics: Metrics = request.app.state.metrics
         return await metrics.endpoint(request)
 
+    candidate_socket = WebSocketRoute("/ws/candidate", SocketApp(candidate_endpoint))
     routes: list[BaseRoute] = [
         Route("/", root),
         Route("/metrics", metrics_endpoint, include_in_schema=False),
@@ -266,7 +267,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *node_routes,
         *token_routes,
         *webhook_routes,
-        WebSocketRoute("/ws/candidate", SocketApp(candidate_endpoint)),
+        candidate_socket,
         WebSocketRoute("/ws/proctor", proctor_endpoint),
     ]
     if CLIENT_DIR.is_dir():
@@ -284,6 +285,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(RefuseNulInURL),
             Middleware(BodyLimit, limit=settings.max_body_bytes,
                        larger=[(BULK_BODY_PATHS, settings.max_bulk_body_bytes)]),
+            # thousands of idle candidate sockets: no router or exception-middleware frames
+            Middleware(DirectSockets, routes=[candidate_socket]),
         ],
         exception_handlers={
             RealtimeError: error_response,

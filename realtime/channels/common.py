@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Match, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from realtime.channels.codec import Codec, choose_codec
@@ -39,6 +40,28 @@ class SocketApp:
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         return self.endpoint(WebSocket(scope, receive=receive, send=send))
+
+
+class DirectSockets:
+    """ASGI middleware: serves the given WebSocket routes itself, ahead of Starlette's
+    exception middleware and router, whose coroutine frames would otherwise stay alive for as
+    long as each socket is open (~2 KiB per idle socket). Matching is the route's own
+    (`WebSocketRoute.matches`), so the path is defined once; the routes stay in the router
+    too, where nothing reaches them. For routes whose endpoint catches its own exceptions
+    (`SocketApp`): the exception middleware had nothing to add for them."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[WebSocketRoute]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "websocket":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    return route.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def error_message(code: ErrorCode | str, message: str, **extra: Any) -> dict[str, Any]:
