@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+from collections import deque
 from typing import Any, cast
 
 from starlette.websockets import WebSocket
@@ -339,3 +341,27 @@ async def test_own_commits_reach_the_candidate_at_once_and_the_echo_is_not_sent_
     await asyncio.wait_for(page.got_frame.wait(), 5)
     assert len(page.frames) == 2 and '"action":"notice"' in str(page.frames[1])
     await link.conn.stop()
+
+
+async def test_a_connection_lets_go_of_its_send_queue_once_it_is_drained() -> None:
+    """The queue of sends waiting behind a slow one is made when needed and dropped after:
+    thousands of idle sockets keep none (docs/performance.md)."""
+    socket = FakeSocket(stuck=True)
+    conn = connection(socket, queue=8)
+
+    def holds_a_deque() -> bool:
+        return any(isinstance(o, deque) for o in gc.get_referents(conn))
+
+    assert not holds_a_deque()
+    for n in range(3):
+        assert conn.send({"n": n})
+    assert holds_a_deque()  # the first send waits, the other two queue behind it
+    socket.unstuck.set()
+    while len(socket.frames) < 3:
+        socket.got_frame.clear()
+        await asyncio.wait_for(socket.got_frame.wait(), 5)
+    assert [json.loads(f)["n"] for f in socket.frames] == [0, 1, 2]
+    assert not holds_a_deque()
+    socket.stuck = False
+    assert conn.send({"n": 3})  # and a send after that goes straight out, as before
+    assert json.loads(socket.frames[-1])["n"] == 3
