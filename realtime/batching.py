@@ -88,19 +88,14 @@ class CommitBatcher:
         await done
 
     def _schedule(self) -> None:
+        """Start the task of the next store call; it runs in the next loop turn and takes
+        everything that arrived until then (a call_soon that then started a task cost a loop
+        turn more before the round trip). It holds its place among the calls in flight from
+        now on."""
         if not self._scheduled and self._in_flight < self.max_in_flight:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self._in_flight >= self.max_in_flight:
-            return
-        batch = self._take()
-        if batch is None:
-            return
-        self._in_flight += 1
-        self._spawn(self._run(batch))
+            self._in_flight += 1
+            self._spawn(self._run())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -127,9 +122,12 @@ class CommitBatcher:
         self._next = rest
         return taken
 
-    async def _run(self, batch: _Batch) -> None:
+    async def _run(self) -> None:
+        self._scheduled = False
         try:
-            await self._commit(batch)
+            batch = self._take()
+            if batch is not None:
+                await self._commit(batch)
         finally:
             self._in_flight -= 1
             if self._next.waiting:

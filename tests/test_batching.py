@@ -123,3 +123,17 @@ async def test_an_audit_row_does_not_wait_for_the_commits_in_flight(
     entries = await store.outbox_claim(EXAM, "t", 10, lease=1.0)
     assert entries is not None
     assert [e.audit for e in entries if e.audit] == [[{"action": "session_command", "at": 3.0}]]
+
+
+async def test_a_commit_reaches_the_store_in_the_next_loop_turn(store: CountingStore) -> None:
+    """Each loop turn a change waits in costs its caller a whole turn of everybody else's work
+    on a busy process: the store call starts in the turn after the commit, not two later."""
+    store.gate = asyncio.Event()
+    batcher = CommitBatcher(store)
+    caller = asyncio.ensure_future(batcher.commit([_commit("s0")]))
+    await asyncio.sleep(0)  # the caller runs: its commit is queued, the store call scheduled
+    await asyncio.sleep(0)  # the next turn: the call is made
+    assert store.calls == [1]
+    store.gate.set()
+    [result] = await caller
+    assert result.ok
