@@ -200,11 +200,11 @@ def test_command_cpu_measures_the_command_path(store: str) -> None:
     """The in-process measurement applies every command it times (else it would time refusals)."""
     result = _run(
         [sys.executable, "-m", "loadtests.command_cpu", "--store", store, "--sessions", "40",
-         "--bulk-repeats", "3", "--targeted", "10"],
+         "--bulk-repeats", "3", "--targeted", "10", "--concurrency", "4"],
         timeout=80,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"{store} N=40: pause/resume all CPU" in result.stdout
+    assert f"{store} N=40 K=4: pause/resume all CPU" in result.stdout
     assert "per command, median" in result.stdout
 
 
