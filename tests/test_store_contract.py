@@ -737,6 +737,41 @@ async def test_redis_listeners_see_own_commits_once_whichever_comes_first(
             await store.close()
 
 
+async def test_redis_a_hall_size_commit_answers_its_caller_before_its_fan_out(
+    redis_url: str,
+) -> None:
+    """Answer first, then the hall (state/handoff.py): the events of a 300-session commit reach
+    the commit listeners (the hub) after the caller has its results, every one and in order;
+    a handful still goes at once. (Here the process does not serve the exam, as when a REST
+    command lands on another node than the exam's candidates: no echo can race the reply.)"""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    store = redis_store(redis_url, prefix)
+    order: list[str] = []
+    handed: list[Event] = []
+    all_handed = asyncio.Event()
+
+    def fan_out(events: list[Event]) -> None:
+        order.append(f"fan-out {len(events)}")
+        handed.extend(events)
+        all_handed.set()
+
+    store.add_commit_listener(fan_out)
+    await store.start()
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(300)])
+        few = await store.commit([commit(A, f"s{i}", 0) for i in range(3)])
+        order.append("answered 3")
+        all_handed.clear()
+        hall = await store.commit([commit(A, f"s{i}", 0) for i in range(3, 300)])
+        order.append("answered 297")
+        await asyncio.wait_for(all_handed.wait(), timeout=10)
+        assert order == ["fan-out 3", "answered 3", "answered 297", "fan-out 297"]
+        committed = [e for r in few + hall for e in r.events]
+        assert [e.seq for e in handed] == [e.seq for e in committed] == list(range(1, 301))
+    finally:
+        await store.close()
+
+
 async def test_redis_a_process_hears_only_the_exams_it_serves(redis_url: str) -> None:
     """Fan-out by exam: a process subscribes to an exam's channel while it serves the exam
     (from the moment `serve` returns) and hears nothing of the others."""
