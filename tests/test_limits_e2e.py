@@ -205,9 +205,10 @@ async def flood(client: WsClient, count: int) -> None:
 async def test_flooding_candidates_get_an_error_then_4029_and_nothing_over_the_rate_commits(
     limited: ServerProcess, api: Api,
 ) -> None:
-    """10 candidates send progress and client events as fast as they can: each gets one
-    `rate_limited` error, is closed with 4029, and only what the rate allows was committed —
-    the server does not go on committing their backlog after they are gone."""
+    """10 candidates send progress and client events as fast as they can: each is told
+    `rate_limited` (once per run of drops: a frame let through by the refilled bucket starts
+    a new run), is closed with 4029, and only what the rate allows was committed — the server
+    does not go on committing their backlog after they are gone."""
     exam = await api.create_exam()
     sessions = await api.create_sessions(exam["id"], 10)
     dropped_before = await rate_limited_count(limited, "candidate_message")
@@ -223,8 +224,11 @@ async def test_flooding_candidates_get_an_error_then_4029_and_nothing_over_the_r
     assert codes == [4029] * 10
     for client in clients:
         errors = [m for m in client.received if m["type"] == "error"]
-        assert [e["code"] for e in errors] == ["rate_limited"], errors
-        assert errors[0]["retry_after"] >= 1
+        assert errors and {e["code"] for e in errors} == {"rate_limited"}, errors
+        assert all(e["retry_after"] >= 1 for e in errors)
+        # A slow server reads the flood over more time, and the bucket refills meanwhile:
+        # at most one run of drops per token refilled, never one error per dropped frame.
+        assert len(errors) <= 1 + MESSAGE_RATE * lifetime, (len(errors), lifetime)
 
     async def all_disconnected() -> list[dict[str, Any]] | None:
         states = [await api.session(exam["id"], s["id"]) for s in sessions]
