@@ -4,10 +4,13 @@ count, the screen-reader announcement, and the opt-in sound and desktop notifica
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 import pytest
 from browser_exams import make_exam
-from browser_support import Browsers, ScriptedCandidates, row, screenshot
+from browser_support import STAFF_TOKEN, Browsers, ScriptedCandidates, row, screenshot
 from clients import Api, open_candidate
 from playwright.async_api import expect
 
@@ -95,6 +98,142 @@ async def test_a_refused_second_device_shows_up_live_and_is_noticed(
         await expect(dashboard.locator("#notify-unseen")).to_be_hidden()
         await expect(badge).not_to_have_class(re.compile(r"\bnew\b"))
         await expect(badge).to_have_text("1")
+    finally:
+        await candidates.close_all()
+
+
+NEW = re.compile(r"\bnew\b")
+
+
+async def refuse_second_device(ws_url: str, access_code: str) -> None:
+    """A second device tries the (locked, open) session: one `refused` incident."""
+    client, refused = await open_candidate(ws_url, access_code)
+    assert refused["reason"] == "already_open"
+    await client.close()
+
+
+async def dashboard_with_skewed_clock(browsers: Browsers, exam_id: str, seconds: int) -> Any:
+    """A dashboard whose estimate of the server clock is `seconds` off: every REST answer's
+    `Date` header (what the page estimates the clock from) is shifted by that much."""
+    context = await browsers.context(token=STAFF_TOKEN)
+
+    async def shift_date(route: Any) -> None:
+        response = await route.fetch()
+        headers = dict(response.headers)
+        if "date" in headers:
+            shifted = parsedate_to_datetime(headers["date"]) + timedelta(seconds=seconds)
+            headers["date"] = format_datetime(shifted, usegmt=True)
+        await route.fulfill(response=response, headers=headers)
+
+    await context.route("**/api/**", shift_date)
+    page = await browsers.page(context)
+    await page.goto(f"/dashboard/?exam={exam_id}")
+    await page.locator("#sync-info[data-sync]").wait_for()
+    return page
+
+
+async def test_new_badges_follow_the_event_order_whatever_the_page_thinks_the_time_is(
+    browsers: Browsers, rt_api: Api
+) -> None:
+    """Whether a badge is new does not hang on the page's estimate of the server clock: with
+    the estimate an hour ahead or an hour behind, an incident the snapshot showed is not new,
+    one that arrives live is, until acknowledged, and the next one after that is new again."""
+    exam, sessions = await make_exam(rt_api, 2, settings={"lock_sessions": True})
+    old, live = sessions
+    ws_url = browsers.server.ws_url
+    candidates = ScriptedCandidates(ws_url)
+    try:
+        await candidates.open_many([s["access_code"] for s in sessions])
+        await refuse_second_device(ws_url, old["access_code"])  # before the dashboards look
+        dashboards = [
+            await dashboard_with_skewed_clock(browsers, exam["id"], seconds)
+            for seconds in (3600, -3600)
+        ]
+        for page in dashboards:
+            badge = row(page, old["id"]).locator(".incident-badge")
+            await expect(badge).to_have_text("1")
+            await expect(badge).not_to_have_class(NEW)
+
+        await refuse_second_device(ws_url, live["access_code"])
+        for page in dashboards:
+            badge = row(page, live["id"]).locator(".incident-badge")
+            await expect(badge).to_have_text("1")
+            await expect(badge).to_have_class(NEW)
+            await expect(row(page, old["id"]).locator(".incident-badge")).not_to_have_class(NEW)
+
+            await page.locator("#notify-unseen").click()  # "1 new": mark as seen
+            await expect(page.locator("#notify-unseen")).to_be_hidden()
+            await expect(badge).not_to_have_class(NEW)
+
+        await refuse_second_device(ws_url, live["access_code"])
+        for page in dashboards:
+            badge = row(page, live["id"]).locator(".incident-badge")
+            await expect(badge).to_have_text("2")
+            await expect(badge).to_have_class(NEW)
+            await expect(row(page, old["id"]).locator(".incident-badge")).not_to_have_class(NEW)
+    finally:
+        await candidates.close_all()
+
+
+async def test_incidents_missed_while_away_are_new_after_the_page_catches_up(
+    browsers: Browsers, rt_api: Api
+) -> None:
+    """Back after its connection was closed, whether the page is sent the missed events or a
+    fresh snapshot: an incident that happened meanwhile is new, one that was new stays new, one
+    the user acknowledged stays seen."""
+    exam, [seen, pending, away] = await make_exam(rt_api, 3, settings={"lock_sessions": True})
+    ws_url = browsers.server.ws_url
+    candidates = ScriptedCandidates(ws_url)
+    try:
+        await candidates.open_many([s["access_code"] for s in (seen, pending, away)])
+        dashboard = await browsers.dashboard(exam["id"])
+        sync = dashboard.locator("#sync-info")
+
+        def badge(session: dict[str, Any]) -> Any:
+            return row(dashboard, session["id"]).locator(".incident-badge")
+
+        async def acknowledge() -> None:
+            await dashboard.locator("#notify-unseen").click()
+            await expect(dashboard.locator("#notify-unseen")).to_be_hidden()
+
+        await refuse_second_device(ws_url, seen["access_code"])
+        await expect(badge(seen)).to_have_class(NEW)
+        await acknowledge()
+        await expect(badge(seen)).not_to_have_class(NEW)
+        await refuse_second_device(ws_url, pending["access_code"])
+        await expect(badge(pending)).to_have_class(NEW)
+
+        # The missed events are replayed.
+        await dashboard.evaluate("__realtime.connection.close()")
+        await refuse_second_device(ws_url, away["access_code"])
+        await dashboard.evaluate("__realtime.connection.connect()")
+        await expect(sync).to_have_attribute("data-sync", "events")
+        await expect(badge(away)).to_have_text("1")
+        await expect(badge(away)).to_have_class(NEW)
+        await expect(badge(pending)).to_have_class(NEW)
+        await expect(badge(seen)).not_to_have_class(NEW)
+
+        await acknowledge()
+        for session in (seen, pending, away):
+            await expect(badge(session)).not_to_have_class(NEW)
+        await refuse_second_device(ws_url, pending["access_code"])
+        await expect(badge(pending)).to_have_text("2")
+        await expect(badge(pending)).to_have_class(NEW)
+
+        # A fresh snapshot (as when the exam's event log no longer reaches back that far: here
+        # the page forgets where it was).
+        await dashboard.evaluate("(c => { c.close(); c.lastSeq = null; })(__realtime.connection)")
+        await refuse_second_device(ws_url, away["access_code"])
+        await dashboard.evaluate("__realtime.connection.connect()")
+        await expect(sync).to_have_attribute("data-sync", "snapshot")
+        await expect(badge(away)).to_have_text("2")
+        await expect(badge(away)).to_have_class(NEW)
+        await expect(badge(pending)).to_have_class(NEW)
+        await expect(badge(seen)).not_to_have_class(NEW)
+
+        await acknowledge()
+        for session in (seen, pending, away):
+            await expect(badge(session)).not_to_have_class(NEW)
     finally:
         await candidates.close_all()
 

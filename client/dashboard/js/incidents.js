@@ -10,15 +10,45 @@ const KINDS = new Set(["refused", "takeover", "dropped", "device_changed", "addr
 /** Kinds that need someone to look now (a second device, another tab). */
 const URGENT = new Set(["refused", "takeover"]);
 
-/** Incidents after this server time (epoch s) are new: not acknowledged by the user yet. */
-let seenAt = 0;
-/** The latest incident time this page has shown: acknowledging covers it whatever the clocks. */
-let latestShown = 0;
+/**
+ * Incidents the user has not acknowledged yet ("new": filled badges), decided by the order of
+ * the exam's events (docs/protocol.md §8), never by clocks: an incident is new when the page
+ * applied the event that recorded it (a live delta, or one replayed after a reconnect) after
+ * its first snapshot and after the user last acknowledged. What the first snapshot shows
+ * happened before the user looked. Session id -> `seq` of the event that made it new.
+ */
+const unacknowledged = new Map();
 
-export function setIncidentsSeenAt(epochSeconds) {
-  // The page's estimate of the server clock can lag the server's own stamp by a little:
-  // what the user has been shown is seen, even if it looks a moment in the "future".
-  seenAt = Math.max(epochSeconds, latestShown);
+/** A new exam on the page (its first snapshot is coming): nothing is new yet. */
+export function resetIncidents() {
+  unacknowledged.clear();
+}
+
+/** The event `seq` recorded an incident on the session (the page got it after its snapshot). */
+export function noteIncident(sessionId, seq) {
+  unacknowledged.set(sessionId, seq);
+}
+
+/**
+ * A later snapshot replaced the page's sessions (it reconnected too late for the missed events):
+ * a session with more incidents than the page had shown got some while the page was away, so
+ * they are new; what was new stays new; a session no longer there is forgotten. `before(id)` is
+ * the session as the page had it. The snapshot's `seq` is where all of them now stand (the
+ * exam's counter may even have restarted, after the state store was rebuilt).
+ */
+export function resyncIncidents(sessions, before, seq) {
+  const ids = new Set();
+  for (const s of sessions) {
+    ids.add(s.id);
+    const grew = (s.incidents ?? 0) > (before(s.id)?.incidents ?? 0);
+    if (grew || unacknowledged.has(s.id)) unacknowledged.set(s.id, seq);
+  }
+  for (const id of unacknowledged.keys()) if (!ids.has(id)) unacknowledged.delete(id);
+}
+
+/** The user has seen every incident the page applied up to the event `seq` (all, if null). */
+export function acknowledgeIncidents(seq) {
+  for (const [id, at] of unacknowledged) if (seq == null || at <= seq) unacknowledged.delete(id);
 }
 
 /** The kind in words (dashboard.incident.<kind>). */
@@ -30,11 +60,9 @@ export function incidentLevel(kind) {
   return URGENT.has(kind) ? "alert" : "warn";
 }
 
-/** Whether the session's latest incident came after the user last acknowledged them. */
+/** Whether the session got an incident since the page's snapshot and the user last acknowledged. */
 export function isNewIncident(s) {
-  if (!s.incidents || s.last_incident_at == null) return false;
-  latestShown = Math.max(latestShown, s.last_incident_at);
-  return s.last_incident_at > seenAt;
+  return !!s.incidents && unacknowledged.has(s.id);
 }
 
 /** Sort value for "incidents first": the latest incident first, sessions without any last. */

@@ -8,7 +8,7 @@ import { session as signedIn } from "./auth.js";
 import { errorText, localize, onLanguageChange, plain, t, zoneName } from "/client/i18n.js";
 import { loadReasons } from "./categories.js";
 import { actionDone, actionLabel, clockTime, esc, localToIso } from "./format.js";
-import { incidentLabel, incidentLevel, setIncidentsSeenAt } from "./incidents.js";
+import { acknowledgeIncidents, incidentLabel, incidentLevel, noteIncident, resetIncidents, resyncIncidents } from "./incidents.js";
 import { notifyStaff, onNotifyChange } from "./notify.js";
 import { SessionPanel } from "./panel.js";
 import { STATUSES, SessionTable, isOffline, naturalCompare } from "./table.js";
@@ -83,9 +83,12 @@ export function startMonitor({ examId, token, onUnauthorized }) {
 
   // -- the connection ---------------------------------------------------------------------
 
+  let snapshots = 0;
   conn.addEventListener("sync", (e) => {
     const { mode, missed } = e.detail;
     if (mode === "snapshot") {
+      // The first snapshot is what was there before the user looked: none of it is new.
+      if (snapshots++ > 0) resyncIncidents(conn.sessions.values(), (id) => table.get(id), conn.lastSeq);
       renderExam(conn.exam);
       table.setIndicators(conn.exam?.settings?.indicators);
       table.reset([...conn.sessions.values()]);
@@ -100,7 +103,9 @@ export function startMonitor({ examId, token, onUnauthorized }) {
   });
 
   conn.addEventListener("change", (e) => {
-    const { session, fields } = e.detail;
+    const { session, fields, event } = e.detail;
+    // Live, or replayed after a reconnect: after the snapshot, so new until acknowledged.
+    if (fields.includes("incidents") && session.incidents) noteIncident(session.id, event.seq);
     table.update(session, fields);
     if (!conn.synced) return; // replaying missed events: the sync message says enough
     if (fields.includes("connected") && isOffline(session)) noteForScreenReader("offline", session);
@@ -126,12 +131,13 @@ export function startMonitor({ examId, token, onUnauthorized }) {
     }
   });
 
-  // Incidents after this moment are new (filled badges) until the user acknowledges them.
-  setIncidentsSeenAt(now() / 1000);
+  // Incidents the page gets after its first snapshot are new (filled badges) until the user
+  // acknowledges them: every one the page has applied so far, whatever the clocks say.
+  resetIncidents();
   cleanups.push(
     onNotifyChange(({ unseen }) => {
       if (unseen) return;
-      setIncidentsSeenAt(now() / 1000);
+      acknowledgeIncidents(conn.lastSeq);
       table.refreshAll();
     }),
   );
@@ -158,7 +164,10 @@ export function startMonitor({ examId, token, onUnauthorized }) {
 
   conn.addEventListener("event", (e) => {
     const { event, session } = e.detail;
-    if (!session && event.kind !== "created") fetchUnknown(event.session_id);
+    if (!session && event.kind !== "created") {
+      if (event.changes?.incidents) noteIncident(event.session_id, event.seq); // shown once fetched
+      fetchUnknown(event.session_id);
+    }
     if (ACTIONS.has(event.kind) && session) {
       const commandId = event.details?.command_id ?? event.id;
       const current = table.delivery(session.id);
