@@ -205,6 +205,7 @@ class SessionService:
         self._exam_cache: dict[str, tuple[float, Exam]] = {}
         self._rebuilding = KeyedLocks()
         self._session_locks = KeyedLocks()
+        self._first_opens = KeyedLocks()  # one session creation per (exam, candidate) at a time
         self._tasks: set[asyncio.Task[Any]] = set()
         # Called after each command with (action, applied, skipped, seconds): metrics.
         self.on_command: Callable[[str, int, int, float], None] | None = None
@@ -269,17 +270,21 @@ class SessionService:
                 raise scope.exam_not_found(exam_id)
             await self.store.ensure_seq(exam_id, await self.db.last_seq(exam_id))
             states = await self.db.list_session_states(exam_id)
-            now = self.clock()
-            for state in states:
-                if state.get("connected"):
-                    # Holders still connected to a process keep their sessions: their next
-                    # heartbeat proves it; the sweeper disconnects the others.
-                    state["last_seen"] = now
-            await self.store.add_sessions(states)
+            await self._put_back(states)
             await self.store.put_exam(exam)
             log.warning("exam %s rebuilt in the state store from SQL (%d sessions)",
                         exam_id, len(states))
             return exam
+
+    async def _put_back(self, states: list[dict[str, Any]]) -> None:
+        """Add sessions read from SQL to the state store; ids it has are left as they are."""
+        now = self.clock()
+        for state in states:
+            if state.get("connected"):
+                # Holders still connected to a process keep their sessions: their next
+                # heartbeat proves it; the sweeper disconnects the others.
+                state["last_seen"] = now
+        await self.store.add_sessions(states)
 
     def store_came_back(self, recovered: Collection[str] = ()) -> None:
         """The state store answered again after an outage (a resubscribe listener). If it came
@@ -401,6 +406,10 @@ class SessionService:
 
         A candidate is eligible when the exam names no groups or shares one with them. An
         existing session is found in the state store, so SQL being down locks nobody out.
+        Concurrent first opens of one candidate in this process wait for one creation (not
+        each for SQL's write lock, to fail on the unique (exam, candidate) row); one racing on
+        another process finds the row in SQL. Either way the session is in the state store
+        before its id is returned, so the open that follows finds it.
         """
         exam = await self.get_exam(exam_id)
         if exam.groups and not candidate.groups.intersection(exam.groups):
@@ -410,9 +419,20 @@ class SessionService:
             return existing
         if self.may_open is not None and not await self.may_open(candidate.id, exam_id):
             raise OpenRefused(RefusalReason.NOT_ELIGIBLE, "this account is not for this exam")
+        async with self._first_opens.hold((exam_id, candidate.id)):
+            existing = await self.store.session_by_candidate(exam_id, candidate.id)
+            if existing is not None:
+                return existing  # created by the racer this one waited for
+            return await self._create_for_candidate(exam, candidate)
+
+    async def _create_for_candidate(self, exam: Exam, candidate: Principal) -> str:
         for _attempt in range(2):
-            found = await self.db.find_session(exam_id, candidate.id)
+            found = await self.db.find_session(exam.id, candidate.id)
             if found is not None:
+                # Created by another process, which may not have added it to the state store
+                # yet (it does so after its SQL insert): add it now, or the open would not
+                # find the session. The creator's own add then leaves it as it is.
+                await self._put_back([found])
                 return str(found["id"])
             shared = sorted(candidate.groups.intersection(exam.groups)) or sorted(candidate.groups)
             entry = {
@@ -421,9 +441,9 @@ class SessionService:
                 "group": shared[0] if shared else "",
             }
             try:
-                [session] = await self.create_sessions(exam_id, [entry], "system")
+                [session] = await self.create_sessions(exam.id, [entry], "system")
             except Conflict:
-                continue  # another connection of the same candidate created it first
+                continue  # another process created it first (or the access code was taken)
             return str(session["id"])
         raise Conflict("could not create the session; try again")
 
@@ -434,6 +454,9 @@ class SessionService:
             if row is None:
                 raise NotFound("unknown access code")
             await self.get_exam(row["exam_id"])
+            # In SQL but not (yet) in the state store: created just now on another process,
+            # which adds it there next. Add it now, so the open that follows finds it.
+            await self._put_back([row])
             found = (row["exam_id"], row["id"])
         return found
 
