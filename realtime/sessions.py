@@ -176,6 +176,7 @@ class AlreadyApplied:
 
 Decide = Callable[[dict[str, Any]], machine.Outcome]
 Outcome = machine.Outcome | AlreadyApplied
+Outcomes = dict[str, tuple[Outcome | None, dict[str, Any] | None]]
 
 
 @dataclass(slots=True)
@@ -272,6 +273,7 @@ class SessionService:
             states = await self.db.list_session_states(exam_id)
             await self._put_back(states)
             await self.store.put_exam(exam)
+            self.store.forget_view(exam_id)  # a copy of what the store lost is no guide
             log.warning("exam %s rebuilt in the state store from SQL (%d sessions)",
                         exam_id, len(states))
             return exam
@@ -705,9 +707,74 @@ class SessionService:
         command_id = given_id or new_id()
         params["command_id"] = command_id
         result = BulkResult(command_id=command_id, action=action.value)
+        ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
+        now = self.clock()
+
+        def decide(s: dict[str, Any]) -> machine.Outcome:
+            return machine.apply_command(s, exam, action, principal.actor, now, params)
+
+        on_view = await self._decide_on_view(exam, target, principal, ids, given_id, decide)
+        if on_view is not None:
+            visible, outcomes, hidden = on_view
+            for sid in hidden:  # targeted, unknown or out of scope: as below
+                result.skipped.append(
+                    {
+                        "session_id": sid,
+                        "reason": SkipReason.NOT_FOUND.value,
+                        "message": "no such session in this exam",
+                    }
+                )
+        else:
+            kept, visible, outcomes = await self._decide_on_read(
+                exam, target, principal, ids, given_id, decide, result
+            )
+            if kept is not None:
+                return kept  # the answer kept for this command id
+        for sid in visible:
+            outcome, before = outcomes[sid]
+            if outcome is None:
+                result.skipped.append(
+                    {
+                        "session_id": sid,
+                        "reason": SkipReason.NOT_FOUND.value,
+                        "message": "no such session in this exam",
+                    }
+                )
+            elif isinstance(outcome, machine.Rejection):
+                result.skipped.append(
+                    {"session_id": sid, "reason": outcome.reason, "message": outcome.message}
+                )
+            else:
+                connected = bool(before and before["connected"] and self.holder_alive(before))
+                seq = outcome.seq if isinstance(outcome, AlreadyApplied) else outcome.events[0].seq
+                result.applied.append(
+                    {
+                        "session_id": sid,
+                        "seq": seq,
+                        "delivery": "sent" if connected else "queued",
+                    }
+                )
+        if given_id:
+            self._background(self._keep_result(exam_id, given_id, result, principal.actor))
+        return result
+
+    async def _decide_on_read(
+        self,
+        exam: Exam,
+        target: Target,
+        principal: Principal,
+        ids: list[str],
+        given_id: str,
+        decide: Decide,
+        result: BulkResult,
+    ) -> tuple[BulkResult | None, list[str], Outcomes]:
+        """A command decided on sessions read from the store (with its kept answer and what an
+        earlier call with its id applied): the kept answer of this command id (for its own
+        caller), else None, the visible targets and their outcomes. Skips of unknown targets
+        go to `result`."""
+        exam_id = exam.id
         applied_before: dict[str, int] = {}
         fetched: list[dict[str, Any] | None] = []
-        ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
         if given_id or ids:
             stored, applied_before, fetched = await self.store.read_for_command(
                 exam_id, given_id, ids, COMMAND_FIELDS
@@ -715,7 +782,7 @@ class SessionService:
             # Only its own caller gets a kept answer back: it names the sessions it touched,
             # which another caller (with the same command id) may not see.
             if stored is not None and stored.get("actor") == principal.actor:
-                return BulkResult.from_dict(stored)
+                return BulkResult.from_dict(stored), [], {}
 
         if target.is_filter:
             sessions, _ = await self.store.snapshot(exam_id, COMMAND_FIELDS)
@@ -748,45 +815,128 @@ class SessionService:
                 else:
                     candidates.append(s)
         visible = [s["id"] for s in candidates]
-        now = self.clock()
         known = {s["id"]: s for s in candidates}
         outcomes = await self._mutate(
             exam_id,
             [sid for sid in visible if sid not in applied_before],
-            lambda s: machine.apply_command(s, exam, action, principal.actor, now, params),
+            decide,
             known=known,
             command_id=given_id,
         )
         for sid, seq in applied_before.items():  # by an earlier call with this command_id
             if sid in known:
                 outcomes[sid] = (AlreadyApplied(seq), known[sid])
-        for sid in visible:
-            outcome, before = outcomes[sid]
-            if outcome is None:
-                result.skipped.append(
-                    {
-                        "session_id": sid,
-                        "reason": SkipReason.NOT_FOUND.value,
-                        "message": "no such session in this exam",
-                    }
-                )
-            elif isinstance(outcome, machine.Rejection):
-                result.skipped.append(
-                    {"session_id": sid, "reason": outcome.reason, "message": outcome.message}
-                )
+        return None, visible, outcomes
+
+    async def _decide_on_view(
+        self,
+        exam: Exam,
+        target: Target,
+        principal: Principal,
+        ids: list[str],
+        given_id: str,
+        decide: Decide,
+    ) -> tuple[list[str], Outcomes, list[str]] | None:
+        """A command decided on this process's copy of the exam's sessions (`command_view`),
+        with no read: one round trip, the commit. None when there is no copy to trust (or a
+        target is not in it, or the command id was seen before): decide on a read instead.
+
+        The copy may be behind the store (another process's change not heard yet). Whatever
+        it decided stands only if the session is still at the version it was decided on: a
+        change by compare-and-set, a rejection or a target left out by a `check_only`
+        commit, and for a command over the whole exam a `members` commit (no session it did
+        not know of). Those that fail are read from the store and decided again; nothing is
+        applied on a stale copy. Decisions read only fields that change with the version
+        (see docs/architecture.md). With a command id, the commits are `fresh`: if the store
+        knows the id (a retry), none applies and the command goes the read way, which answers
+        what was kept.
+
+        Returns the visible targets in order, their outcomes, and the targeted ids to skip as
+        unknown (out of scope included)."""
+        exam_id = exam.id
+        if not target.is_filter and not ids:
+            return None
+        view = await self.store.command_view(exam_id, COMMAND_FIELDS, whole=target.is_filter)
+        if not view:
+            return None
+        if target.is_filter:
+            sessions = list(view.values())
+        else:
+            sessions = []
+            for sid in ids:
+                found = view.get(sid)
+                if found is None:
+                    return None  # unknown here (or not yet): read
+                sessions.append(found)
+        wanted = set(target.session_ids) if target.is_filter and target.session_ids else None
+        fresh = bool(given_id)
+
+        def selected(s: dict[str, Any]) -> bool:
+            if not scope.sees_session(principal, exam.groups, s["group"]):
+                return False
+            return not target.is_filter or (
+                target.matches(s) and (wanted is None or s["id"] in wanted)
+            )
+
+        entries: list[Commit] = []
+        decided: list[tuple[str, dict[str, Any], machine.Outcome | None]] = []
+        for s in sessions:
+            sid = s["id"]
+            outcome: machine.Outcome | None = None
+            if selected(s):
+                s = dict(s)  # as decided on: the copy moves on with the events meanwhile
+                outcome = decide(s)
+            if isinstance(outcome, machine.Transition):
+                entries.append(Commit(exam_id, sid, s["version"], outcome.changes, outcome.events,
+                                      command_id=given_id, fresh=fresh))
+            elif outcome is not None and outcome.event is not None:
+                return None  # a refusal to record: not a command's (decide on a read)
             else:
-                connected = bool(before and before["connected"] and self.holder_alive(before))
-                seq = outcome.seq if isinstance(outcome, AlreadyApplied) else outcome.events[0].seq
-                result.applied.append(
-                    {
-                        "session_id": sid,
-                        "seq": seq,
-                        "delivery": "sent" if connected else "queued",
-                    }
-                )
-        if given_id:
-            self._background(self._keep_result(exam_id, given_id, result, principal.actor))
-        return result
+                entries.append(Commit(exam_id, sid, s["version"], check_only=True,
+                                      command_id=given_id, fresh=fresh))
+            decided.append((sid, s, outcome))
+        if target.is_filter:
+            entries.append(Commit(exam_id, "", None, members=len(view), command_id=given_id,
+                                  fresh=fresh))
+        results = await self.batcher.commit(entries)
+        if any(r.known for r in results):
+            return None  # a retry: nothing of it applied here; the read way answers it
+        final: dict[str, tuple[Outcome | None, dict[str, Any] | None] | None] = {}
+        again: list[str] = []
+        lost = False
+        for (sid, s, outcome), res in zip(decided, results, strict=False):  # + members
+            if res.duplicate_seq is not None:
+                final[sid] = (AlreadyApplied(res.duplicate_seq), s)
+            elif not res.ok:
+                again.append(sid)  # changed since the copy had it (or gone): decide again
+                lost = lost or not res.found
+            else:
+                final[sid] = None if outcome is None else (outcome, s)
+        order = [sid for sid, _, _ in decided]
+        complete = not target.is_filter or results[-1].ok
+        if lost or not complete:
+            self.store.forget_view(exam_id)  # made again from the store next time
+        if again or not complete:
+            if not complete:  # sessions the copy did not know of: read them all
+                rows, _ = await self.store.snapshot(exam_id, COMMAND_FIELDS)
+                new = [r["id"] for r in rows if r["id"] not in view]
+                order += new
+                again += new
+                by_id = {r["id"]: r for r in rows}
+                fetched = [by_id.get(sid) for sid in again]
+            else:
+                fetched = await self.store.get_sessions(exam_id, again)
+            if any(f is None for f in fetched):  # a store that lost the exam: rebuilt
+                await self.get_exam(exam_id, fresh=True)
+                fetched = await self.store.get_sessions(exam_id, again)
+            chosen = {f["id"]: f for f in fetched if f is not None and selected(f)}
+            for sid in again:
+                final[sid] = None
+            final.update(await self._mutate(exam_id, list(chosen), decide, known=chosen,
+                                            command_id=given_id))
+        visible = [sid for sid in order if final.get(sid) is not None]
+        hidden = [sid for sid in order if final.get(sid) is None] if not target.is_filter else []
+        return visible, {sid: o for sid, o in final.items() if o is not None}, hidden
 
     def holder_alive(self, session: dict[str, Any]) -> bool:
         """False when the session's holder was on a node that stopped beating."""

@@ -525,6 +525,67 @@ async def test_a_command_over_thousands_of_sessions_is_remembered_for_each(
     assert [r.duplicate_seq for r in again] == [r.events[0].seq for r in results]
 
 
+async def test_check_only_and_member_commits_write_nothing(store: StateStore) -> None:
+    """What a decision on a copy took for granted is checked in the same atomic step as the
+    commits beside it: a session still at a version, an exam still with that many sessions.
+    They write nothing, record nothing and take no seq."""
+    await store.add_sessions([session("s1"), session("s2")])
+    [moved] = await store.commit([commit(A, "s2", 0, status="paused")])
+    assert moved.ok
+    checks = [
+        Commit(A, "s1", 0, check_only=True),  # as it was: holds
+        Commit(A, "s2", 0, check_only=True),  # moved on since: fails
+        Commit(A, "ghost", 0, check_only=True),
+        Commit(A, "", None, members=2),
+        Commit(A, "", None, members=1),
+        commit(A, "s1", 0, status="paused"),  # beside them: applies
+    ]
+    results = await store.commit(checks)
+    assert [(r.ok, r.found) for r in results] == [
+        (True, True), (False, True), (False, False), (True, True), (False, True), (True, True)]
+    assert [r.events for r in results[:5]] == [[]] * 5
+    assert results[5].events[0].seq == 2  # the checks took no seq
+    s1, s2 = await store.get_sessions(A, ["s1", "s2"])
+    assert s1 is not None and (s1["status"], s1["version"]) == ("paused", 1)
+    assert s2 is not None and s2["version"] == 1
+    await store.add_sessions([session("s3")])
+    [grown] = await store.commit([Commit(A, "", None, members=2)])
+    assert not grown.ok
+
+
+async def test_a_fresh_commit_of_a_known_command_id_is_refused(store: StateStore) -> None:
+    """A commit decided without reading the command's kept answer (`fresh`) applies only for a
+    command id never seen: once some session applied it, or its answer is kept, every commit
+    of it in the call is refused (`known`) before any applies, checks included."""
+    await store.add_sessions([session(f"s{i}") for i in range(4)])
+
+    def fresh(sid: str, command_id: str, check: bool = False) -> Commit:
+        c = (Commit(A, sid, 0, check_only=True) if check
+             else commit(A, sid, 0, extra_minutes=5))
+        c.command_id, c.fresh = command_id, True
+        return c
+
+    first = await store.commit([fresh("s0", "cmd-1"), fresh("s1", "cmd-1", check=True)])
+    assert [r.ok for r in first] == [True, True]
+    assert await store.command_applied(A, "cmd-1") == {"s0": first[0].events[0].seq}
+    # the retry: refused whole, even the session it did not apply before, and the check
+    retry = await store.commit([fresh("s1", "cmd-1"), fresh("s2", "cmd-1", check=True),
+                                fresh("s3", "cmd-2")])  # another command beside it: applies
+    assert [(r.ok, r.known) for r in retry] == [(False, True), (False, True), (True, False)]
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["extra_minutes"], s1["version"]) == (0, 0)
+    # nothing applied, but its answer is kept: known too
+    await store.save_command_result(A, "cmd-3", {"applied": []})
+    [kept] = await store.commit([fresh("s2", "cmd-3")])
+    assert (kept.ok, kept.known) == (False, True)
+    # not fresh: the per-session rule, as before (the rest of a command cut off half-way)
+    rest = commit(A, "s1", 0, extra_minutes=5)
+    rest.command_id = "cmd-1"
+    [applied] = await store.commit([rest])
+    assert applied.ok and await store.command_applied(A, "cmd-1") == {
+        "s0": first[0].events[0].seq, "s1": applied.events[0].seq}
+
+
 async def test_session_by_candidate(store: StateStore) -> None:
     await store.add_sessions([session("s1"), session("s2", exam_id=B)])
     assert await store.session_by_candidate(A, "cand-s1") == "s1"

@@ -189,7 +189,15 @@ class MemoryStore:
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
         results: list[CommitResult] = []
         by_exam: dict[str, list[Event]] = {}
+        known = {  # fresh commits of command ids known before this call: refused, all of them
+            (c.exam_id, c.command_id) for c in commits
+            if c.fresh and c.command_id and (self._applied.get((c.exam_id, c.command_id))
+                                             or (c.exam_id, c.command_id) in self._results)
+        }
         for commit in commits:
+            if commit.fresh and (commit.exam_id, commit.command_id) in known:
+                results.append(CommitResult(ok=False, known=True))
+                continue
             result = self._commit_one(commit)
             results.append(result)
             if result.events:
@@ -210,9 +218,13 @@ class MemoryStore:
             self._notify(event)
 
     def _commit_one(self, commit: Commit) -> CommitResult:
+        if commit.members is not None:
+            return CommitResult(ok=len(self._sessions.get(commit.exam_id, {})) == commit.members)
         session = self._sessions.get(commit.exam_id, {}).get(commit.session_id)
         if session is None:
             return CommitResult(ok=False, found=False)
+        if commit.check_only:
+            return CommitResult(ok=session["version"] == commit.expected_version)
         applied = None
         if commit.command_id:
             applied = self._applied.setdefault((commit.exam_id, commit.command_id), {})
@@ -301,6 +313,14 @@ class MemoryStore:
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:
         self._results[(exam_id, command_id)] = result
+
+    async def command_view(
+        self, exam_id: str, fields: tuple[str, ...], whole: bool
+    ) -> dict[str, dict[str, Any]] | None:
+        return None  # the sessions are in this process already: commands read them
+
+    def forget_view(self, exam_id: str) -> None:
+        pass
 
     # -- the outbox --------------------------------------------------------------------------
 

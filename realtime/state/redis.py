@@ -28,7 +28,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
@@ -69,7 +69,7 @@ UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket 
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
 # commit_batch.lua status codes besides 1 (ok)
-_NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED = 0, -1, -2, -3
+_NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED, _KNOWN = 0, -1, -2, -3, -4
 COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
 
 
@@ -294,6 +294,19 @@ class _ScriptCall:
     args: list[Any]
 
 
+@dataclass(slots=True)
+class _View:
+    """A served exam's sessions as staff commands decide on them (see `command_view`): the
+    `fields` of every session the exam had at `seq`, brought forward by every versioned event
+    after it, strictly in seq order. While it is being made (`events` not None) the events heard
+    meanwhile wait in `events`."""
+
+    fields: tuple[str, ...]
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seq: int = 0
+    events: list[Event] | None = field(default_factory=list)
+
+
 def _decode_reads(reply: bytes | str, fields: tuple[str, ...]) -> list[ReadAnswer]:
     """command_read.lua's one JSON document: per read (answer, applied, sessions), the
     sessions as `snapshot` gives them (with fields: those, a missing one as its default)."""
@@ -381,6 +394,13 @@ class RedisStore:
         self._subscribed = asyncio.Condition()
         # (start, end) epoch times this process could not reach Redis; end None: still down
         self._outages: deque[tuple[float, float | None]] = deque(maxlen=64)
+        # Per served exam, the sessions as staff commands decide on them (`command_view`),
+        # fed by the exam's events; all dropped whenever the subscription is lost or re-made
+        # (`_view_epoch` moves on then, so a view being made across it is not kept).
+        self._views: dict[str, _View] = {}
+        self._view_epoch = 0
+        self._view_tasks: set[asyncio.Task[Any]] = set()
+        self.views_made = 0  # for tests
 
     # -- lifecycle and fan-out ------------------------------------------------------------------
 
@@ -399,6 +419,8 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._view_tasks):
+            task.cancel()
         while self._io_tasks:  # answers being kept, reads in flight
             await asyncio.gather(*list(self._io_tasks), return_exceptions=True)
         await self._client.aclose()
@@ -548,6 +570,7 @@ class RedisStore:
         self._channels.discard(channel)
         self._confirmed.pop(channel, None)
         self._heard_seq.pop(exam_id, None)  # not heard from now on: nothing to read back
+        self._views.pop(exam_id, None)
         self._handed_seq.pop(exam_id, None)
         pubsub = self._pubsub
         if pubsub is not None:
@@ -589,6 +612,7 @@ class RedisStore:
                         if kind == "subscribe" and channel != self.keys.events:
                             self._on_subscribed(channel)
                         elif kind == "subscribe":
+                            self._drop_views()  # what was missed meanwhile is not in them
                             if self._subscriptions > 0 and self.subscribed:
                                 # re-made behind our back (redis-py reconnected by itself)
                                 self.subscription_losses += 1
@@ -610,6 +634,7 @@ class RedisStore:
                 log.warning("event subscription lost; retrying in %.1fs", delay, exc_info=True)
             finally:
                 self._pubsub = None
+                self._drop_views()  # cancelled, or lost: nothing is heard until re-made
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
@@ -686,6 +711,9 @@ class RedisStore:
         if events[0].seq <= heard:
             events = [event for event in events if event.seq > heard]
         self._heard_seq[exam_id] = events[-1].seq
+        view = self._views.get(exam_id)
+        if view is not None:
+            self._to_view(exam_id, view, events)
         for event in events:
             for listener in list(self._listeners):
                 try:
@@ -694,6 +722,96 @@ class RedisStore:
                         await outcome
                 except Exception:
                     log.exception("event listener %r failed on seq %d", listener, event.seq)
+
+    # -- the sessions staff commands decide on ---------------------------------------------------
+
+    async def command_view(
+        self, exam_id: str, fields: tuple[str, ...], whole: bool
+    ) -> dict[str, dict[str, Any]] | None:
+        """The served exam's sessions (those `fields`, "id" among them) as of the last event
+        heard here: see `StateStore.command_view`. Made from one `snapshot` (which returns the
+        seq it includes, atomically) taken while the exam's channel is subscribed, so every
+        later event reaches it; the events heard while it is being made wait and are applied
+        after those the snapshot includes. Only events that carry a version change it: a
+        versioned commit writes exactly its events' changes (the state machine builds both from
+        one dict), while an unversioned one (acks, progress) changes only fields no staff
+        decision reads, and a record-only one changes nothing."""
+        view = self._views.get(exam_id)
+        if view is not None:
+            return view.sessions if view.events is None and view.fields == fields else None
+        if not self._can_view(exam_id):
+            return None
+        if whole:
+            return await self._make_view(exam_id, fields)
+        task = asyncio.get_running_loop().create_task(self._make_view(exam_id, fields))
+        self._view_tasks.add(task)
+        task.add_done_callback(self._view_made)
+        return None
+
+    def forget_view(self, exam_id: str) -> None:
+        self._views.pop(exam_id, None)
+
+    def _view_made(self, task: asyncio.Task[Any]) -> None:
+        self._view_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not read exam sessions for commands", exc_info=task.exception())
+
+    def _can_view(self, exam_id: str) -> bool:
+        return (self.subscribed and exam_id in self._served
+                and self.keys.exam_events(exam_id) in self._channels)
+
+    def _drop_views(self) -> None:
+        self._view_epoch += 1
+        self._views.clear()
+
+    async def _make_view(
+        self, exam_id: str, fields: tuple[str, ...]
+    ) -> dict[str, dict[str, Any]] | None:
+        view = _View(fields)
+        self._views[exam_id] = view
+        epoch = self._view_epoch
+        try:
+            rows, seq = await self.snapshot(exam_id, fields)
+        except BaseException:
+            if self._views.get(exam_id) is view:
+                del self._views[exam_id]  # made again next time
+            raise
+        if (self._views.get(exam_id) is not view or epoch != self._view_epoch or not rows
+                or not self._can_view(exam_id)):
+            # dropped meanwhile (subscription lost, exam let go), or nothing to decide on yet
+            if self._views.get(exam_id) is view:
+                del self._views[exam_id]
+            return None
+        heard, view.events = view.events or [], None
+        view.sessions = {row["id"]: row for row in rows}
+        view.seq = seq
+        self.views_made += 1
+        if heard:
+            self._to_view(exam_id, view, heard)
+        return view.sessions if self._views.get(exam_id) is view else None
+
+    def _to_view(self, exam_id: str, view: _View, events: list[Event]) -> None:
+        """Bring the view forward by these consecutive events of its exam (seq order); what it
+        already includes is skipped; a gap (events it will never see) drops it."""
+        if view.events is not None:
+            view.events += events
+            return
+        sessions = view.sessions
+        for event in events:
+            if event.seq <= view.seq:
+                continue
+            if event.seq != view.seq + 1:
+                self._views.pop(exam_id, None)
+                return
+            view.seq = event.seq
+            changes = event.changes
+            if "version" not in changes:
+                continue
+            session = sessions.get(event.session_id)
+            if session is not None:
+                for name, value in changes.items():
+                    if name in session:
+                        session[name] = value
 
     # -- exams and sessions ---------------------------------------------------------------------
 
@@ -1033,6 +1151,12 @@ class RedisStore:
                     events += result.events
                 if events and token not in self._echoed:
                     self._hand_out(token, events)
+                if events:
+                    view = self._views.get(events[0].exam_id)
+                    if (view is not None and view.events is None
+                            and events[0].seq == view.seq + 1):
+                        # nothing of others' is unheard before them: no need to wait the echo
+                        self._to_view(events[0].exam_id, view, events)
         finally:
             self._in_flight.difference_update(tokens)
             self._echoed.difference_update(tokens)
@@ -1074,7 +1198,11 @@ class RedisStore:
         packed: list[list[Any]] = []
         for commit in commits:
             expected = commit.expected_version
-            if expected is not None:
+            if commit.members is not None:
+                mode, version, expected = "n", None, commit.members
+            elif commit.check_only:
+                mode, version = "c", None
+            elif expected is not None:
                 mode, version = "v", expected + 1
             elif commit.guard is not None:
                 mode, version = "g", None
@@ -1085,13 +1213,15 @@ class RedisStore:
                 commit.session_id, mode, "" if expected is None else str(expected),
                 commit.command_id, 1 if commit.live_only else 0,
                 _encode_fields(commit.guard or {}),
-                [] if mode == "r" else _encode_fields(fields),
-                [encode_event(event, version) for event in commit.events],
+                [] if mode in "rcn" else _encode_fields(fields),
+                [] if mode in "cn" else [encode_event(event, version) for event in commit.events],
+                1 if commit.fresh else 0,
             ])
         args = [keys.exam_events(exam_id), repr(time.time()), COMMAND_TTL,
                 keys.session_prefix(exam_id),
                 keys.command(exam_id, ""), msgpack.packb(packed, use_bin_type=False), token,
-                "s" if self.cluster else "p"]
+                "s" if self.cluster else "p", keys.command_result(exam_id, ""),
+                keys.sessions(exam_id)]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod
@@ -1104,6 +1234,10 @@ class RedisStore:
             return CommitResult(ok=False, duplicate_seq=seq)
         if status == _GUARD_FAILED:
             return CommitResult(ok=False, guard_failed=True)
+        if status == _KNOWN:
+            return CommitResult(ok=False, known=True)
+        if commit.check_only or commit.members is not None:
+            return CommitResult(ok=True)
         for offset, event in enumerate(commit.events):
             event.seq = seq + offset
             if commit.expected_version is not None:

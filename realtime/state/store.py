@@ -41,8 +41,20 @@ class Commit:
       concurrent staff command lose its compare-and-set.
     * neither: record the events, leave the session alone (refusals, irregularities).
 
+    Two more kinds write nothing and record nothing; they only report whether what a decision
+    took for granted still holds, in the same atomic step as the commits beside them:
+
+    * `check_only` (with `expected_version`): the session's version is still that one (a
+      decision NOT to change it, made on a copy that may be stale: see `command_view`).
+    * `members` (session id ""): the exam still has exactly that many sessions (a bulk decision
+      made on a copy that knew that many).
+
     With a `command_id`, the store applies the commit only if this session has not applied that
-    command before (a retried command applies nothing twice).
+    command before (a retried command applies nothing twice). With `fresh` too, the store
+    refuses it (`CommitResult.known`) if the command id is known at all (some session applied
+    it, or its answer is kept): a decision made without reading the command's kept answer
+    stands only for a command seen for the first time. All commits of one command id in one
+    `commit` call are refused together, before any of them applies.
     """
 
     exam_id: str
@@ -53,6 +65,9 @@ class Commit:
     guard: dict[str, Any] | None = None
     live_only: bool = False
     command_id: str = ""
+    check_only: bool = False
+    members: int | None = None
+    fresh: bool = False
 
 
 @dataclass(slots=True)
@@ -62,6 +77,7 @@ class CommitResult:
     found: bool = True
     guard_failed: bool = False  # a guarded commit whose guard no longer held
     duplicate_seq: int | None = None  # this session already applied the command (first seq)
+    known: bool = False  # a fresh commit of a command id the store already knew: refused
 
 
 @dataclass(slots=True)
@@ -196,6 +212,21 @@ class StateStore(Protocol):
         `get_sessions` (with `fields`, only those fields, as `snapshot` gives them), in one
         round trip: what a targeted command reads before deciding. Reads of many commands
         arriving together may share that round trip."""
+
+    async def command_view(
+        self, exam_id: str, fields: tuple[str, ...], whole: bool
+    ) -> dict[str, dict[str, Any]] | None:
+        """This process's copy of the exam's sessions (those `fields`, by session id), kept
+        current from the exam's events, for staff commands to decide on without a read; None
+        when there is none to trust now (then read the store). It may be behind the store: a
+        decision on it stands only through compare-and-set commits, `check_only` commits for
+        what it decided not to change and, for a decision over the `whole` exam, a `members`
+        commit (see `Commit`). The caller must not change it. With `whole`, a missing copy may
+        be made at once (the caller would read every session anyway); without, only later."""
+
+    def forget_view(self, exam_id: str) -> None:
+        """The copy of the exam (see `command_view`) proved incomplete or the store lost the
+        exam: make it again from the store before it is used again."""
 
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]

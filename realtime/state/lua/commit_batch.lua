@@ -9,16 +9,22 @@
 -- ARGV[1] pub/sub channel, ARGV[2] now (seconds), ARGV[3] command key TTL (s),
 -- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: an
 -- array of [session id, mode ('v' compare-and-set, and the guard if any | 'g' guarded |
--- 'r' record only),
+-- 'r' record only | 'c' check only: the version must still be the expected one, nothing is
+-- written | 'n' count: the exam must still have exactly `expected` sessions, nothing is
+-- written; its session id is ''),
 -- expected version (string), command id ('' none), live only (0/1), guard field/value list,
--- change field/value list (values JSON-encoded), event blobs (msgpack, without seq)],
+-- change field/value list (values JSON-encoded), event blobs (msgpack, without seq),
+-- fresh (0/1: with a command id, refused if that command id is known at all)],
 -- ARGV[7] the caller's token for this call (it recognises its own message by it),
 -- ARGV[8] 's' on a Redis Cluster (SPUBLISH: the channel is in the exam's slot, heard on the
--- slot's nodes only), 'p' on a single Redis (PUBLISH).
+-- slot's nodes only), 'p' on a single Redis (PUBLISH), ARGV[9] kept answer key prefix,
+-- ARGV[10] the exam's set of session ids.
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
--- 0 no such session, -1 version conflict, -2 command already applied (seq = its first seq),
--- -3 guard failed. The outbox entry id is "<first seq>-*"; the message
+-- 0 no such session, -1 version conflict (or count differs), -2 command already applied
+-- (seq = its first seq), -3 guard failed, -4 a fresh commit of a command id that is known
+-- (some session applied it, or its answer is kept): none of that command's commits in this
+-- call applies. The outbox entry id is "<first seq>-*"; the message
 -- "<token>:<first seq>:<blobs>".
 
 local ttl = tonumber(ARGV[3])
@@ -26,13 +32,21 @@ local commits = cmsgpack.unpack(ARGV[6])
 -- Touch every key before writing any: on a cluster slot half-way through a migration, a key
 -- that already left makes Redis abort the script, and it must abort here, before any write.
 -- (Each command key once: a bulk command names the same one in every commit.)
+-- A fresh commit (decided on a process's replica without reading the command's kept answer)
+-- of a command id this exam knows is a retry: all of that command's commits here are refused
+-- (checked before any of them is applied), and the caller reads the kept answer.
 local exists = {}
 local cmdkeys = {}
+local known = {}
 for i, c in ipairs(commits) do
-  exists[i] = redis.call('EXISTS', ARGV[4] .. c[1]) == 1
+  if c[2] ~= 'n' then
+    exists[i] = redis.call('EXISTS', ARGV[4] .. c[1]) == 1
+  end
   if c[4] ~= '' and cmdkeys[c[4]] == nil then
-    redis.call('EXISTS', ARGV[5] .. c[4])
+    local applied = redis.call('EXISTS', ARGV[5] .. c[4]) == 1
+    local kept = redis.call('EXISTS', ARGV[9] .. c[4]) == 1
     cmdkeys[c[4]] = {}
+    known[c[4]] = applied or kept
   end
 end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -45,8 +59,18 @@ for i, c in ipairs(commits) do
   local key = ARGV[4] .. sid
   local status, extra = 1, 0
   local recorded = nil
-  if not exists[i] then
+  if cmd ~= '' and c[9] == 1 and known[cmd] then
+    status = -4
+  elseif mode == 'n' then
+    if redis.call('SCARD', ARGV[10]) ~= tonumber(expected) then
+      status = -1
+    end
+  elseif not exists[i] then
     status = 0
+  elseif mode == 'c' then
+    if redis.call('HGET', key, 'version') ~= expected then
+      status = -1
+    end
   else
     if cmd ~= '' then
       -- applied by an earlier call (the hash), or earlier in this one (not written yet)

@@ -1,0 +1,226 @@
+"""Staff commands decided on a process's copy of the sessions it serves (`command_view`, Redis).
+
+The copy may be behind Redis: another process's change may not have reached this one yet. A
+decision on it must never stand on a stale session: a change is a compare-and-set on the
+version it was decided on, a decision not to change a session (a rejection, a target left out)
+is a `check_only` commit of that version, and a command over the whole exam checks the exam
+still has the sessions the copy knew. Those that fail are read and decided again. A retried
+command id applies nothing twice and answers what was kept. Here, two `RedisStore`s on one
+Redis stand for two server processes, and one of them is held deaf to the other on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from clients import eventually
+from redis_server import RedisServer
+
+from realtime.auth.permissions import ALL_PERMISSIONS
+from realtime.auth.principal import Principal
+from realtime.sessions import COMMAND_FIELDS, BulkResult, SessionService, Target
+from realtime.state import machine
+from realtime.state.model import Action, Event, Exam, new_session
+from realtime.state.redis import RedisStore
+from realtime.state.store import Commit
+
+EXAM = "exam-v"
+STAFF = Principal(id="staff", name="staff", kind="staff", permissions=ALL_PERMISSIONS)
+LIVENESS = machine.Liveness(stale_after=15, resume_grace=60)
+
+
+def active(sid: str, **fields: Any) -> dict[str, Any]:
+    return new_session(id=sid, exam_id=EXAM, candidate_id=f"c-{sid}", candidate_name=sid,
+                       access_code=f"code-{uuid.uuid4().hex[:10]}", status="active",
+                       authorized=True, **fields)
+
+
+class Process:
+    """A server process: its store and its session service."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.store = RedisStore(url, prefix=prefix)
+        self.service = SessionService(self.store, db=None,  # type: ignore[arg-type]
+                                      liveness=LIVENESS)
+        self.gate: asyncio.Event | None = None  # set: hears again
+
+        async def hold(event: Event) -> None:  # a "deaf" marker stops its subscription
+            if event.kind == "deaf" and self.gate is not None:
+                await self.gate.wait()
+
+        self.store.add_listener(hold)
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.store.serve(EXAM)
+
+    async def command(self, action: Action, target: Target, **params: Any) -> BulkResult:
+        result = await self.service.command(EXAM, action, target, STAFF, params)
+        await asyncio.gather(*self.service._tasks)  # the answer kept for retries
+        return result
+
+    async def view(self) -> dict[str, dict[str, Any]]:
+        view = await self.store.command_view(EXAM, COMMAND_FIELDS, whole=True)
+        assert view is not None
+        return view
+
+    async def sessions(self) -> dict[str, dict[str, Any]]:
+        rows, _ = await self.store.snapshot(EXAM)
+        return {row["id"]: row for row in rows}
+
+
+@pytest.fixture
+async def two(redis_url: str) -> AsyncIterator[tuple[Process, Process]]:
+    prefix = f"v{uuid.uuid4().hex[:10]}:"
+    one, other = Process(redis_url, prefix), Process(redis_url, prefix)
+    await one.start()
+    await other.start()
+    try:
+        await one.store.put_exam(Exam(id=EXAM, title="view"))
+        await one.store.add_sessions([active(f"s{i}") for i in range(4)])
+        yield one, other
+    finally:
+        await one.store.close()
+        await other.store.close()
+
+
+async def deafen(deaf: Process, by: Process) -> None:
+    """From now on `deaf` hears nothing more (its subscription waits on its gate)."""
+    deaf.gate = asyncio.Event()
+    marker = Event(exam_id=EXAM, session_id="s0", kind="deaf", actor="test", at=0.0)
+    [result] = await by.store.commit([Commit(EXAM, "s0", None, {}, [marker])])
+    heard = result.events[0].seq
+    await eventually(lambda: deaf.store._heard_seq.get(EXAM, 0) >= heard)
+
+
+def in_copy(process: Process, sid: str, name: str) -> Any:
+    """A field of a session as the process's copy has it now (None: not in a copy)."""
+    view = process.store._views.get(EXAM)
+    session = None if view is None or view.events is not None else view.sessions.get(sid)
+    return None if session is None else session[name]
+
+
+def applied(result: BulkResult) -> list[str]:
+    return sorted(a["session_id"] for a in result.applied)
+
+
+async def test_a_decision_on_a_stale_copy_is_refused_and_decided_again(
+    two: tuple[Process, Process],
+) -> None:
+    one, other = two
+    await one.view()
+    await deafen(one, by=other)
+    # another process changes sessions; `one` does not hear of it
+    await other.command(Action.EXTEND, Target(session_ids=["s1"]), minutes=5)
+    await other.command(Action.PAUSE, Target(session_ids=["s2"]))
+    assert (await one.view())["s1"]["extra_minutes"] == 0  # stale indeed
+    trips = one.store.command_round_trips
+
+    # on the copy s1 would get 0 + 10 (losing the other's 5): its compare-and-set fails
+    extended = await one.command(Action.EXTEND, Target(all=True), minutes=10)
+    assert applied(extended) == ["s0", "s1", "s2", "s3"]
+    # on the copy s2 is active and "resume all" would skip it: its check fails
+    resumed = await one.command(Action.RESUME, Target(all=True))
+    assert applied(resumed) == ["s2"]
+    assert {s["session_id"] for s in resumed.skipped} == {"s0", "s1", "s3"}
+    assert one.store.command_round_trips == trips  # no command read: decided on the copy
+
+    sessions = await one.sessions()
+    assert {sid: s["extra_minutes"] for sid, s in sessions.items()} == {
+        "s0": 10, "s1": 15, "s2": 10, "s3": 10}
+    assert {s["status"] for s in sessions.values()} == {"active"}
+
+    one.gate.set()  # type: ignore[union-attr]
+    # heard again: the copy catches up with every change, in order
+    await eventually(lambda: in_copy(one, "s1", "version") == sessions["s1"]["version"])
+    view = await one.view()
+    assert {sid: {name: view[sid][name] for name in COMMAND_FIELDS} for sid in sessions} == {
+        sid: {name: s[name] for name in COMMAND_FIELDS} for sid, s in sessions.items()}
+
+
+async def test_a_session_the_copy_does_not_know_is_not_left_out(
+    two: tuple[Process, Process],
+) -> None:
+    one, other = two
+    await one.view()
+    await deafen(one, by=other)
+    await other.store.add_sessions([active("s9")])  # created elsewhere, unheard here
+    paused = await one.command(Action.PAUSE, Target(all=True))
+    assert applied(paused) == ["s0", "s1", "s2", "s3", "s9"]
+    assert EXAM not in one.store._views  # incomplete: made again from Redis next time
+    one.gate.set()  # type: ignore[union-attr]
+    assert "s9" in await one.view()
+
+
+async def test_a_change_from_another_process_is_respected(
+    two: tuple[Process, Process],
+) -> None:
+    one, other = two
+    await one.view()
+    await other.command(Action.PAUSE, Target(session_ids=["s3"]))
+    await eventually(lambda: in_copy(one, "s3", "status") == "paused")
+    result = await one.command(Action.PAUSE, Target(session_ids=["s0", "s3"]))
+    assert applied(result) == ["s0"]
+    assert [s["reason"] for s in result.skipped] == ["invalid_status"]
+
+
+async def test_a_retried_command_id_applies_once_and_answers_the_first_answer(
+    two: tuple[Process, Process],
+) -> None:
+    one, other = two
+    await one.view()
+    target = Target(session_ids=["s1", "s2"])
+    first = await one.command(Action.PAUSE, target, command_id="p-1")
+    assert applied(first) == ["s1", "s2"]
+    await eventually(lambda: in_copy(one, "s2", "status") == "paused")
+    # on the copy both are paused now: a new command would be skipped; the retry is refused
+    # by the store (the id is known) and answered from what was kept
+    assert await one.command(Action.PAUSE, target, command_id="p-1") == first
+    assert await other.command(Action.PAUSE, target, command_id="p-1") == first
+    again = await one.command(Action.PAUSE, Target(all=True), command_id="p-1")
+    assert again == first
+
+    # cut off half-way: applied, but its answer never kept; the retry applies nothing twice
+    extend = await one.command(Action.EXTEND, target, minutes=5, command_id="x-1")
+    await one.store._client.delete(one.store.keys.command_result(EXAM, "x-1"))
+    retry = await one.command(Action.EXTEND, target, minutes=5, command_id="x-1")
+    assert retry.applied == extend.applied  # the same sessions, the same first seqs
+    sessions = await one.sessions()
+    assert [sessions[sid]["extra_minutes"] for sid in ("s0", "s1", "s2")] == [0, 5, 5]
+    events = await one.store.events_since(EXAM, 0)
+    assert events is not None
+    assert sorted(e.session_id for e in events if e.kind == "pause") == ["s1", "s2"]
+    assert sorted(e.session_id for e in events if e.kind == "extend") == ["s1", "s2"]
+
+
+async def test_the_copy_is_dropped_when_the_subscription_is_made_again() -> None:
+    """Redis restarted and came back with a session at the same version but other content (as
+    an older copy of its data could): a copy kept across the outage would decide on what Redis
+    no longer holds. It is dropped with the subscription and made again."""
+    with RedisServer() as server:
+        one = Process(server.url, "r:")
+        await one.start()
+        try:
+            await one.store.put_exam(Exam(id=EXAM, title="view"))
+            await one.store.add_sessions([active("s1")])
+            await one.view()
+            assert applied(await one.command(Action.PAUSE, Target(all=True))) == ["s1"]
+            await eventually(lambda: in_copy(one, "s1", "version") == 1)
+            subscriptions = one.store.subscriptions
+
+            server.restart()  # every key gone
+            await asyncio.wait_for(one.store.wait_subscribed(subscriptions + 1), timeout=30)
+            assert EXAM not in one.store._views
+            await one.store.put_exam(Exam(id=EXAM, title="view"))
+            await one.store.add_sessions([active("s1", version=1)])
+            await one.store.serve(EXAM)  # its channel confirmed again
+
+            paused = await one.command(Action.PAUSE, Target(all=True))
+            assert applied(paused) == ["s1"]  # a copy from before would say "paused"
+            assert one.store.views_made == 2
+        finally:
+            await one.store.close()
