@@ -54,6 +54,11 @@ REASSIGNED = "reassigned"
 BUSY = frozenset({Status.ACTIVE.value, Status.PAUSED.value, Status.AWAITING.value})
 TITLE_MAX, NAME_MAX, NUMBER_MAX = 32, 100, 64
 CANDIDATE_ID = re.compile(r"^[^\s]{1,128}$")
+# Reservations in progress at once in one process; the others wait their turn. A lab's burst
+# (every computer at once) would otherwise queue each of its SQL steps behind the whole burst on
+# the connection pool (15 connections by default), past its 30 s timeout on a busy machine,
+# and starve the rest of the server (drainer, webhooks, logins) of connections meanwhile.
+RESERVE_CONCURRENCY = 8
 
 
 class GuestError(RealtimeError):
@@ -202,6 +207,7 @@ class GuestService:
         # Called between the steps of a reassignment, inside its transaction; tests raise here
         # to prove that nothing is half-moved.
         self.checkpoint: Callable[[str], Awaitable[None]] = _no_checkpoint
+        self._reserving = asyncio.Semaphore(RESERVE_CONCURRENCY)
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -311,8 +317,13 @@ class GuestService:
         """Claim the lowest free account for `exam` and give it a fresh password.
 
         The exam and address checks are the caller's (they need the request). Raises
-        `no_guest_free` (409) when every account is taken.
+        `no_guest_free` (409) when every account is taken. At most `RESERVE_CONCURRENCY`
+        run at once in a process; the others wait for their turn, not for a connection.
         """
+        async with self._reserving:
+            return await self._reserve(exam, details, ip)
+
+    async def _reserve(self, exam: Exam, details: GuestDetails, ip: str) -> Reservation:
         now = self.clock()
         claimed = await self._claim(exam, details, ip, now)
         if claimed is None:
