@@ -62,7 +62,9 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        """Start and wait for /healthz; a crash is reported at once. The wait is generous:
+        importing the app took over 30 s on two cores loaded ~12x (CI with others' jobs)."""
         log = self.log_path.open("ab")
         serve = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "warning"]
