@@ -35,8 +35,12 @@ def rt_server() -> Iterator[ServerProcess]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def rt_chromium(rt_server: ServerProcess) -> AsyncIterator[object]:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    # Assertions wait up to 15 s (Playwright's default is 5 s, shorter than the 10 s of the
+    # actions): on two cores shared with the rest of the suite a page can go seconds without
+    # a rendering update (the theme test's print -> screen switch did, in a full run).
+    expect.set_options(timeout=15_000)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM,
