@@ -158,12 +158,14 @@ class WsClient:
 
 
 async def open_candidate(
-    ws_url: str, access_code: str, protocol: str = MSGPACK, **fields: Any
+    ws_url: str, access_code: str, protocol: str = MSGPACK, *, timeout: float = TIMEOUT,
+    **fields: Any
 ) -> tuple[WsClient, dict[str, Any]]:
-    """Connect and open; returns the client and the `opened` or `refused` reply."""
+    """Connect and open; returns the client and the `opened` or `refused` reply (waited for
+    up to `timeout` seconds)."""
     client = await WsClient.connect(f"{ws_url}/ws/candidate", protocol)
     await client.send({"type": "open", "access_code": access_code, **fields})
-    reply = await client.recv("opened", "refused")
+    reply = await client.recv("opened", "refused", timeout=timeout)
     return client, reply
 
 

@@ -612,8 +612,11 @@ async def test_fifty_racing_opens_leave_exactly_one_live_connection(
     try:
         exam = await api.create_exam(settings={"lock_sessions": locking})
         [session] = await api.create_sessions(exam["id"], 1)
+        # A process decides the opens of one session one at a time: the last of 50 is
+        # answered after the 49 others, which takes more than the usual 10 s on busy cores.
         results = await asyncio.gather(
-            *(open_candidate(server.ws_url, session["access_code"]) for _ in range(50))
+            *(open_candidate(server.ws_url, session["access_code"], timeout=60)
+              for _ in range(50))
         )
         replies = [reply for _, reply in results]
         assert {r["type"] for r in replies} <= {"opened", "refused"}
