@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from clients import JSON, MSGPACK, Api, WsClient, open_candidate, watch
+from clients import (
+    JSON,
+    MSGPACK,
+    Api,
+    LiveCandidate,
+    LiveDashboard,
+    WsClient,
+    eventually,
+    open_candidate,
+    watch,
+)
 from server import ServerProcess
+
+from realtime.state.model import HIDDEN_FROM_CANDIDATE
 
 
 async def test_fifty_racing_opens_of_a_locking_session_have_exactly_one_winner(
@@ -335,3 +348,57 @@ async def test_access_codes_are_case_insensitive_and_ids_count_once(
     history = await api.history(exam["id"], session["id"])
     assert all(e["actor"] == "candidate:ada" for e in history if e["kind"] == "opened")
     await candidate.close()
+
+
+def _as_candidate_sees_it(event: dict[str, Any]) -> dict[str, Any]:
+    """The `command` message a candidate gets for a dashboard's copy of a command event."""
+    details = event["details"]
+    return {
+        "type": "command",
+        "command_id": details["command_id"],
+        "action": event["kind"],
+        "details": {k: v for k, v in details.items() if k != "command_id"},
+        "session": {k: v for k, v in event["changes"].items() if k not in HIDDEN_FROM_CANDIDATE},
+        "at": event["at"],
+    }
+
+
+async def test_bulk_command_frames_decode_to_each_candidates_own_message(
+    server: ServerProcess, api: Api
+) -> None:
+    """The candidates of a bulk command get near-identical messages, built from one encoded
+    template (`CommandFrames`): each decodes, on either codec, to its own session's message:
+    its own version (and, on resume, its own deadline), the rest as the dashboard saw it."""
+    exam = await api.create_exam(duration_minutes=60)
+    sessions = await api.create_sessions(exam["id"], 7)
+    dashboard = await LiveDashboard.watch(server.ws_url, exam["id"])
+    candidates: list[LiveCandidate] = []
+    try:
+        for i, session in enumerate(sessions[:6]):  # the 7th stays "ready": skipped
+            client, opened = await open_candidate(
+                server.ws_url, session["access_code"], MSGPACK if i % 2 else JSON
+            )
+            candidates.append(LiveCandidate(client, opened))  # one by one: deadlines differ
+        # a notice goes to the unopened session too (shown when it opens)
+        for action, extra, applied in (("pause", {}, 6), ("resume", {}, 6),
+                                       ("notice", {"text": "Ten minutes"}, 7)):
+            result = await api.command(exam["id"], action=action, target="all", **extra)
+            assert len(result["applied"]) == applied, result
+
+            def all_there(action: str = action, applied: int = applied) -> bool:
+                return all(c.commands(action) for c in candidates) and (
+                    len(dashboard.kinds(action)) == applied
+                )
+
+            await eventually(all_there)
+            seen = {e["session_id"]: e for e in dashboard.kinds(action)}
+            for candidate in candidates:
+                [message] = candidate.commands(action)
+                assert message == _as_candidate_sees_it(seen[candidate.session_id])
+            if action == "resume":  # the per-session values really are per session
+                deadlines = {c.commands(action)[0]["session"]["deadline"] for c in candidates}
+                assert len(deadlines) == 6
+    finally:
+        for candidate in candidates:
+            await candidate.close()
+        await dashboard.close()

@@ -8,13 +8,14 @@ import json
 from collections import deque
 from typing import Any, cast
 
+import pytest
 from starlette.websockets import WebSocket
 
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
-from realtime.channels.codec import CODECS, JSON, MSGPACK
+from realtime.channels.codec import CODECS, JSON, MSGPACK, Codec, Spliced, Template
 from realtime.hub.connection import Connection
-from realtime.hub.hub import CandidateLink, Hub, Watcher
+from realtime.hub.hub import CandidateLink, CommandFrames, Hub, Watcher, candidate_command
 from realtime.state.model import Event
 
 
@@ -365,3 +366,108 @@ async def test_a_connection_lets_go_of_its_send_queue_once_it_is_drained() -> No
     socket.stuck = False
     assert conn.send({"n": 3})  # and a send after that goes straight out, as before
     assert json.loads(socket.frames[-1])["n"] == 3
+
+
+# -- a bulk command's candidate messages: encoded once, spliced per session ----------------------
+
+
+def bulk_event(seq: int, session: str, version: int, kind: str = "pause", at: float = 1.5,
+               **changes: Any) -> Event:
+    """One session's event of a bulk command: the same command, action, time and details for
+    every session; the changes as the machine makes them, plus the session's version."""
+    fields = {"status": "paused", "paused_at": at, "status_command_id": "bulk-1", **changes}
+    return Event(exam_id="e1", session_id=session, kind=kind, actor="staff:p", at=at, seq=seq,
+                 changes={**fields, "version": version},
+                 details={"command_id": "bulk-1", "reason": "fire alarm"})
+
+
+def decode(frame: bytes | str) -> dict[str, Any]:
+    return CODECS[MSGPACK if isinstance(frame, bytes) else JSON].decode(frame)
+
+
+def count_encodes(monkeypatch: Any) -> dict[str, int]:
+    """Counts whole-message encodings per codec from now on."""
+    calls: dict[str, int] = {MSGPACK: 0, JSON: 0}
+    encode = Codec.encode
+
+    def counted(self: Codec, message: dict[str, Any]) -> bytes | str:
+        calls[self.name] += 1
+        return encode(self, message)
+
+    monkeypatch.setattr(Codec, "encode", counted)
+    return calls
+
+
+async def test_a_bulk_commands_candidates_get_their_own_messages_encoded_once(
+    monkeypatch: Any,
+) -> None:
+    """Each candidate of a bulk command gets its own session's message (its version), on
+    either codec, while the message is encoded once per codec (as a template) rather than
+    once per candidate."""
+    calls = count_encodes(monkeypatch)
+    hub = Hub()
+    sockets: dict[str, FakeSocket] = {}
+    for i in range(60):
+        socket = sockets[f"s{i}"] = FakeSocket()
+        link = CandidateLink(connection(socket, MSGPACK if i % 2 else JSON, queue=4),
+                             "e1", f"s{i}", f"conn-{i}")
+        hub.add_candidate(link)
+        link.activate(10 + i)
+    events = [bulk_event(i + 1, f"s{i}", 11 + i) for i in range(60)]
+    for e in events:
+        hub.on_event(e)
+    for e in events:
+        [frame] = sockets[e.session_id].frames
+        assert decode(frame) == candidate_command(e)
+        assert decode(frame)["session"]["version"] == e.changes["version"]
+    # the first message whole (for its codec), then the template (once per codec): not 60
+    assert calls == {JSON: 2, MSGPACK: 1}
+
+
+def test_spliced_frames_equal_the_whole_encoding_byte_for_byte() -> None:
+    """Runs with one hole (the version), two (a resume's version and deadline), messages all
+    alike, and runs broken by an event of another shape: every frame is the bytes the whole
+    message encodes to."""
+    resume = {"status": "active", "paused_at": None, "status_command_id": "bulk-1"}
+    runs = [
+        [bulk_event(i, f"s{i}", 100 + i) for i in range(10)],
+        [bulk_event(i, f"s{i}", 7) for i in range(10)],  # alike: one message
+        [bulk_event(i, f"s{i}", 100 + i, kind="resume", **resume, deadline=5000.25 + i)
+         for i in range(10)],
+        [bulk_event(i, f"s{i}", 100 + i, **({"alerts": 2} if i == 4 else {}))
+         for i in range(10)],
+        [bulk_event(i, f"s{i}", 100 + i, **({"status": "active"} if i in (3, 7) else {}))
+         for i in range(10)],
+        [bulk_event(i, f"s{i}", 100 + i, at=1.5 + (i == 5)) for i in range(10)],
+        [bulk_event(i, f"s{i}", 100 + i, device=f"d{i}") for i in range(10)],  # hidden: whole
+        [bulk_event(i, f"s{i}", [i, {"x": i / 3}], note="é\"") for i in range(5)],
+    ]
+    frames = CommandFrames()
+    kinds = set()
+    for run in runs:
+        for e in run:
+            message = frames.message(e)
+            kinds.add(type(message).__name__)
+            assert message.message == candidate_command(e)
+            for codec in CODECS.values():
+                assert message.frame(codec) == codec.encode(candidate_command(e))
+    assert kinds == {"Encoded", "Spliced"}
+
+
+def test_a_message_that_contains_the_placeholder_text_is_encoded_whole() -> None:
+    """A template finds its holes by encoding placeholders; a message whose own text holds a
+    placeholder cannot be split safely and is encoded whole, still correctly."""
+    placeholder = "\x00\x01realtime-splice-0\x01\x00"
+    template = Template({"type": "command", "details": {"reason": placeholder},
+                         "session": {"version": 1}}, "session", ("version",))
+    for codec in CODECS.values():
+        assert template.parts(codec) is None
+        assert Spliced(template, (42,)).frame(codec) == codec.encode(template.fill((42,)))
+
+
+def test_pack_keeps_working_after_a_value_it_cannot_pack() -> None:
+    """The shared msgpack packer starts afresh after an error (no half-packed leftovers)."""
+    codec = CODECS[MSGPACK]
+    with pytest.raises(TypeError):
+        codec.encode({"type": "x", "bad": object()})
+    assert codec.decode(codec.encode({"type": "ok", "n": 1})) == {"type": "ok", "n": 1}

@@ -142,10 +142,16 @@ class Connection:
         """Queue a message; False if the connection is closing or was just dropped as slow."""
         if self.closing:
             return False
-        if self._queue is not None and len(self._queue) >= self._limit:
+        queue = self._queue
+        if queue is not None and len(queue) >= self._limit:
             Connection.overflows += 1
             self.abort(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return False
+        if self._writer is None and not queue:  # nothing waiting: write it now (`_send_now`)
+            ws, frame = self.websocket, message.frame(self.codec)
+            self._drive(ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame),
+                        False)
+            return True
         self._enqueue(message.frame(self.codec))
         return True
 
@@ -261,11 +267,13 @@ class Connection:
         (it only waits while the transport applies backpressure), so drive it by hand. Only
         if it does wait does the rest go to a writer task. A fan-out to thousands of sockets
         then costs no task per message."""
-        coro = self._send_coro(item)
+        self._drive(self._send_coro(item), isinstance(item, _Close))
+
+    def _drive(self, coro: Coroutine[Any, Any, None], is_close: bool) -> None:
         try:
             waiting = coro.send(None)
         except StopIteration:
-            if isinstance(item, _Close):
+            if is_close:
                 self._clear()
             return
         except Exception as exc:  # the peer went away
@@ -273,7 +281,7 @@ class Connection:
             self._gone(exc)
             return
         self._writer = asyncio.get_running_loop().create_task(
-            self._drain((coro, waiting, isinstance(item, _Close)))
+            self._drain((coro, waiting, is_close))
         )
         self._arm()
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol, cast
 
 from realtime.auth.principal import Principal
-from realtime.channels.codec import Encoded
+from realtime.channels.codec import Encoded, Spliced, Template
 from realtime.errors import CloseCode, ErrorCode
 from realtime.hub.connection import Connection
 from realtime.identity import scope
@@ -59,6 +59,85 @@ def candidate_command(event: Event) -> dict[str, Any]:
         "session": changes,
         "at": event.at,
     }
+
+
+MAX_HOLES = 3  # per-session values a bulk command's candidate messages may differ in
+
+
+class CommandFrames:
+    """The `command` message of each candidate of a bulk command, without building and
+    encoding thousands of near-identical messages.
+
+    The events of one bulk command reach the hub one after another, and as the candidates
+    see them they are the same but for a few of their session's changes (`version`, when
+    the sessions have not all changed as often; a resume's `deadline`), if any. From the
+    second such event in a row on, each one's message is either the previous one itself
+    (its frames already encoded), or a `Spliced` message of a `Template` with holes at the
+    changes that differ, encoded once per codec. Anything else (a targeted command, a
+    different shape) is encoded whole, as before."""
+
+    __slots__ = ("_encoded", "_event", "_probe", "_same", "_template")
+
+    def __init__(self) -> None:
+        self._event: Event | None = None  # the last event asked for, and its message
+        self._encoded: Encoded | None = None
+        self._same = False  # the run's messages are all alike: `_encoded`
+        self._template: Template | None = None  # or they differ in its holes
+        self._probe: dict[str, Any] = {}  # the run's changes, the holes overwritten per check
+
+    def message(self, event: Event) -> Encoded:
+        last, encoded = self._event, self._encoded
+        if event is last and encoded is not None:
+            return encoded  # the same event for another link of the session
+        like: Encoded | None = None
+        if (
+            last is not None
+            and encoded is not None
+            and event.kind == last.kind
+            and event.at == last.at
+            and len(event.changes) == len(last.changes)
+            and event.details == last.details
+        ):
+            like = self._like(event, last, encoded)
+        if like is None:  # a run of its own starts here
+            self._same, self._template = False, None
+            like = Encoded(candidate_command(event))
+        self._event, self._encoded = event, like
+        return like
+
+    def _like(self, event: Event, last: Event, encoded: Encoded) -> Encoded | None:
+        """The message of `event`, which is like `last` (whose message is `encoded`) but
+        perhaps for a few changes; None if it differs in more."""
+        changes = event.changes
+        if self._same:
+            return encoded if changes == self._probe else None
+        template = self._template
+        if template is None:  # the second of a run: which changes differ?
+            probe = dict(last.changes)
+            if changes.keys() != probe.keys():
+                return None
+            holes = tuple(k for k, v in probe.items() if changes[k] != v)
+            if not holes:
+                self._same, self._probe = True, probe
+                return encoded
+            if len(holes) > MAX_HOLES or HIDDEN_FROM_CANDIDATE.intersection(holes):
+                return None
+            template = Template(candidate_command(last), "session", holes)
+            self._template, self._probe = template, probe
+            return Spliced(template, tuple([changes[key] for key in holes]))
+        probe, keys = self._probe, template.keys
+        if len(keys) == 1:  # the usual case: only the version differs
+            values: tuple[Any, ...] = (changes.get(keys[0], _MISSING),)
+            probe[keys[0]] = values[0]
+        else:
+            values = tuple([changes.get(key, _MISSING) for key in keys])
+            probe.update(zip(keys, values, strict=True))
+        if probe != changes:  # other changes differ too (or a hole is missing): not like it
+            return None
+        return Spliced(template, values)
+
+
+_MISSING = object()
 
 
 class CandidateLink:
@@ -149,10 +228,13 @@ class CandidateLink:
             self.conn.close(CloseCode.SUPERSEDED, "superseded")
             return
         if event.kind in COMMAND_KINDS:
-            self.conn.send(candidate_command(event))
+            self.conn.send_encoded(command_frames.message(event))
             if event.kind == Action.TERMINATE:
                 self.ended = True
                 self.conn.close(CloseCode.TERMINATED, "terminated")
+
+
+command_frames = CommandFrames()  # one process, one event loop: shared by every link
 
 
 def delta_message(events: list[Event]) -> dict[str, Any]:
