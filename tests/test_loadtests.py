@@ -208,6 +208,22 @@ def test_command_cpu_measures_the_command_path(store: str) -> None:
     assert "per command, median" in result.stdout
 
 
+def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
+    """The in-process fan-out measurement: every repeat reaches every candidate socket (it
+    waits for the last, else it fails), and the summary names its figures."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "3",
+         "--floor"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sessions"] == 30 and summary["repeats"] == 2, summary
+    for key in ("command_ms_p50", "fanout_ms_p50", "total_ms_p50", "last_ms_p50", "floor_ms"):
+        assert summary[key] > 0, summary
+    assert "transport.write x 30" in result.stdout
+
+
 class _Entry:
     """What the verdict reads of a locust stats entry (importing locust here would
     monkey-patch the test process with gevent)."""

@@ -1,0 +1,299 @@
+"""CPU cost of a "pause all" fan-out, in-process, with real sockets held by a child process.
+
+    python -m loadtests.fanout_cpu --sessions 5000 --repeats 10
+    python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --protocol realtime.v1.json
+    python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --profile /tmp/fanout.prof
+
+The server (memory store, SQLite) runs in this process under uvicorn; a child process holds
+the candidate sockets (and `--dashboards` dashboard sockets) and tells this one when every
+candidate has the command. Each repeat is a "pause all" (then a "resume all", and so on)
+applied through `SessionService.command`, timed with `time.process_time()` (CPU of this
+process: the rest of the machine barely moves it):
+
+* `command_ms`: the command call (targets read, decide, commit, answer);
+* `fanout_ms`: the hand-off of the committed events to the listeners (the hub turning them
+  into frames and writing them to the sockets, and the dashboards' batch);
+* `total_ms`: from the call until the last candidate has its frame.
+
+The candidates do not ack (`--acks` to make them), so `total_ms` is the command and its
+fan-out, without the traffic that follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.common import MSGPACK, raise_nofile, ws_url
+from loadtests.servers import BENCH_STAFF_TOKEN, free_port
+
+EXAM = "fanout"
+CHUNK = 5000
+
+
+# -- the child: holds the sockets ---------------------------------------------------------------
+
+
+async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks: bool) -> None:
+    from loadtests.wsclient import WsPeer, connect
+
+    n = len(codes)
+    counts: dict[str, int] = {}
+    opened = 0
+    all_opened = asyncio.get_running_loop().create_future()
+    deltas: dict[str, int] = {}
+
+    def on_candidate(peer: WsPeer, message: dict[str, Any]) -> None:
+        nonlocal opened
+        kind = message.get("type")
+        if kind == "opened":
+            opened += 1
+            if opened == n and not all_opened.done():
+                all_opened.set_result(None)
+        elif kind == "command":
+            command_id = message.get("command_id", "")
+            counts[command_id] = counts.get(command_id, 0) + 1
+            if acks:
+                peer.send({"type": "ack", "command_id": command_id})
+            if counts[command_id] == n:
+                print(f"done {command_id} {json.dumps(deltas)}", flush=True)
+        elif kind == "ping":
+            peer.send({"type": "pong", "t": message.get("t")})
+        elif kind in ("refused", "error"):
+            print(f"error {json.dumps(message)}", file=sys.stderr, flush=True)
+
+    def on_dashboard(peer: WsPeer, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in ("event_batch", "events"):
+            for event in message["events"]:
+                command_id = (event.get("details") or {}).get("command_id", "")
+                deltas[command_id] = deltas.get(command_id, 0) + 1
+        elif kind == "event":
+            command_id = (message["event"].get("details") or {}).get("command_id", "")
+            deltas[command_id] = deltas.get(command_id, 0) + 1
+
+    limit = asyncio.Semaphore(200)
+    peers: list[WsPeer] = []
+
+    async def one(code: str) -> None:
+        async with limit:
+            peer = await connect(ws_url(url, "/ws/candidate"), on_candidate, protocol=protocol,
+                                 timeout=120)
+            peers.append(peer)
+            peer.send({"type": "open", "access_code": code, "client_id": "fanout"})
+
+    await asyncio.gather(*(one(code) for code in codes))
+    await asyncio.wait_for(all_opened, 120)
+    for _ in range(dashboards):
+        snapshot = asyncio.get_running_loop().create_future()
+
+        def on_message(peer: WsPeer, message: dict[str, Any], fut: Any = snapshot) -> None:
+            if message.get("type") == "snapshot" and not fut.done():
+                fut.set_result(None)
+            else:
+                on_dashboard(peer, message)
+
+        peer = await connect(ws_url(url, "/ws/proctor"), on_message, protocol=protocol,
+                             headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"})
+        peer.send({"type": "subscribe", "exam_id": EXAM})
+        await asyncio.wait_for(snapshot, 60)
+        peers.append(peer)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent ends
+
+
+# -- the parent: the server -----------------------------------------------------------------------
+
+
+async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+    import uvicorn
+
+    from realtime.app import create_app
+    from realtime.auth.permissions import ALL_PERMISSIONS
+    from realtime.auth.principal import Principal
+    from realtime.config import Settings
+    from realtime.sessions import Target
+    from realtime.state.model import Action
+
+    workdir = Path(tempfile.mkdtemp(prefix="rt-fanout-"))
+    port = free_port()
+    os.environ.update({
+        "REALTIME_REDIS_URL": "",
+        "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
+        "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
+        "REALTIME_SECRET_KEY": "bench-secret-key",
+        "REALTIME_HANDSHAKE_RATE": "0",
+        "REALTIME_PING_INTERVAL": "3600",  # no pings within the measurement
+    })
+    app = create_app(Settings.from_env())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
+                            log_level="warning", ws_max_size=1024 * 1024, ws_ping_interval=None,
+                            ws_per_message_deflate=False, backlog=8192, proxy_headers=False)
+    server = uvicorn.Server(config)
+    server_task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
+        await asyncio.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=120,
+                                 headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"}) as http:
+        (await http.post("/api/v1/exams", json={"id": EXAM, "title": "fan-out",
+                                                "duration_minutes": 600})).raise_for_status()
+        codes: list[str] = []
+        for start in range(0, args.sessions, CHUNK):
+            candidates = [{"candidate_id": f"c{i}", "name": f"Candidate {i}"}
+                          for i in range(start, min(args.sessions, start + CHUNK))]
+            response = await http.post(f"/api/v1/exams/{EXAM}/sessions",
+                                       json={"candidates": candidates})
+            response.raise_for_status()
+            codes += [s["access_code"] for s in response.json()["sessions"]]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests.fanout_cpu", "--hold", base, "--protocol", args.protocol,
+        "--dashboards", str(args.dashboards), *(["--acks"] if args.acks else []),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write((json.dumps(codes) + "\n").encode())
+    await child.stdin.drain()
+    line = await child.stdout.readline()
+    if line.strip() != b"ready":
+        raise RuntimeError(f"holder failed: {line!r}")
+
+    runtime = app.state.runtime
+    store = runtime.store
+    fanout_cpu = [0.0]
+    hand_off = store._hand_off  # harness only: time what the store hands to its listeners
+    deliver = hand_off._deliver
+
+    def timed(batch: list[Any]) -> None:
+        started = time.process_time()
+        try:
+            deliver(batch)
+        finally:
+            fanout_cpu[0] += time.process_time() - started
+
+    hand_off._deliver = timed
+    staff = Principal(id="bench", name="bench", kind="staff", permissions=ALL_PERMISSIONS)
+    rows: list[dict[str, float]] = []
+    profiler = cProfile.Profile() if args.profile else None
+    for rep in range(args.repeats):
+        action = Action.PAUSE if rep % 2 == 0 else Action.RESUME
+        command_id = f"bulk{rep}"
+        await asyncio.sleep(0.3)  # let the drainer and the acks of the last one settle
+        gc.collect()
+        fanout_cpu[0] = 0.0
+        if profiler is not None and rep >= 2:
+            profiler.enable()
+        started = time.process_time()
+        wall = time.perf_counter()
+        result = await runtime.service.command(EXAM, action, Target(all=True), staff,
+                                               {"command_id": command_id})
+        command = time.process_time() - started
+        line = await child.stdout.readline()
+        total = time.process_time() - started
+        last_ms = 1000 * (time.perf_counter() - wall)
+        if profiler is not None:
+            profiler.disable()
+        parts = line.decode().split(" ", 2)
+        if parts[:2] != ["done", command_id] or len(result.applied) != args.sessions:
+            raise RuntimeError(f"repeat {rep}: {line!r}, applied {len(result.applied)}")
+        deltas = json.loads(parts[2]).get(command_id, 0)
+        rows.append({"command_ms": 1000 * command, "fanout_ms": 1000 * fanout_cpu[0],
+                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas})
+        print(f"{action.value:>6} {command_id}: command {1000 * command:6.1f} ms, fan-out "
+              f"{1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU; last "
+              f"{last_ms:6.1f} ms", flush=True)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    floor = await write_floor(runtime.hub, args.sessions) if args.floor else None
+    child.stdin.close()
+    child.kill()
+    await child.wait()
+    server.should_exit = True
+    await server_task
+    measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
+    return {
+        "sessions": args.sessions, "protocol": args.protocol, "dashboards": args.dashboards,
+        "repeats": len(measured), "floor_ms": floor,
+        **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
+           for key in ("command_ms", "fanout_ms", "total_ms", "last_ms")},
+    }
+
+
+def _drive(coro: Any) -> None:
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("a send waited")
+
+
+async def write_floor(hub: Any, sessions: int) -> float:
+    """CPU of writing one small message to each candidate socket through each layer of the
+    send path, the bottom one a bare `transport.write` (the client ignores the message)."""
+    import msgpack
+
+    from realtime.channels.codec import Encoded
+
+    message = {"type": "noop", "x": "y" * 100}
+    payload = msgpack.packb(message)
+    frame = bytes([0x82, len(payload)]) + payload
+    links = hub.live_candidates()
+    layers = {
+        "transport.write": lambda link: link.conn.transport.write(frame),
+        "asgi send": lambda link: _drive(link.conn.websocket._send(
+            {"type": "websocket.send", "bytes": payload})),
+        "starlette send_bytes": lambda link: _drive(link.conn.websocket.send_bytes(payload)),
+        "Connection.send_encoded": lambda link: link.conn.send_encoded(Encoded(message)),
+    }
+    floor = 0.0
+    for name, write in layers.items():
+        samples = []
+        for _ in range(5):
+            await asyncio.sleep(0.3)
+            started = time.process_time()
+            for link in links:
+                write(link)
+            samples.append(1000 * (time.process_time() - started))
+        print(f"{name:>24} x {len(links)}: {sorted(round(s, 1) for s in samples)} ms CPU",
+              flush=True)
+        floor = floor or statistics.median(samples)
+    return round(floor, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--protocol", default=MSGPACK)
+    parser.add_argument("--dashboards", type=int, default=1)
+    parser.add_argument("--acks", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bare transport writes to every socket")
+    parser.add_argument("--profile", default="", help="write a cProfile of repeats 3+ here")
+    parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
+    args = parser.parse_args(argv)
+    raise_nofile()
+    import uvloop
+
+    if args.hold:
+        codes = json.loads(sys.stdin.readline())
+        uvloop.run(hold(args.hold, args.protocol, codes, args.dashboards, args.acks))
+        return 0
+    summary = uvloop.run(serve_and_measure(args))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
