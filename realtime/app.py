@@ -222,7 +222,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             name="heartbeat",
         )
         sweeper = asyncio.create_task(
-            run_sweeper(hub, max(settings.stale_after / 3, 0.2), service.sweep_stale,
+            run_sweeper(hub, max(settings.stale_after / 3, 0.2),
+                        lambda exam_id: service.sweep_stale(exam_id, hub.holds_session),
                         dead_nodes=lambda: presence.dead),
             name="sweeper",
         )

@@ -1038,11 +1038,17 @@ class SessionService:
         assert isinstance(outcome, machine.Transition)  # decide never rejects
         return int(outcome.changes["token_gen"])
 
-    async def sweep_stale(self, exam_id: str) -> int:
+    async def sweep_stale(
+        self, exam_id: str, held_here: Callable[[str, str], bool] | None = None
+    ) -> int:
         """Disconnect sessions whose holder went silent (e.g. its process crashed).
 
         Not right after the state store was unreachable: nobody could refresh `last_seen`
         then, so every holder looks stale until the heartbeats have come round once more.
+        Never a session that `held_here(session id, conn id)` says an open connection of
+        this very process holds: a process starved of CPU refreshes `last_seen` late, and its
+        own sweeper must not then report its live candidates dropped (the heartbeat cuts off
+        a socket that stopped answering pings, and that close disconnects the session).
         """
         now = self.clock()
         if self.unheard(now - 2 * self.liveness.stale_after, now) > 0:
@@ -1052,11 +1058,15 @@ class SessionService:
         stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after, dead)
         if not stale:
             return 0
+        def decide(session: dict[str, Any]) -> machine.Outcome:
+            if held_here is not None and held_here(session["id"], session["conn_id"] or ""):
+                return machine.Rejection("live", "an open connection of this process holds it")
+            return machine.expire_holder(
+                session, now, self.liveness, node_lost=node_of(session["conn_id"] or "") in dead
+            )
+
         outcomes = await self._mutate(  # not if the holder was heard from meanwhile
-            exam_id, stale, lambda s: machine.expire_holder(
-                s, now, self.liveness, node_lost=node_of(s["conn_id"] or "") in dead
-            ),
-            unversioned=("last_seen",),
+            exam_id, stale, decide, unversioned=("last_seen",),
         )
         return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
 

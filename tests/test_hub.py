@@ -471,3 +471,20 @@ def test_pack_keeps_working_after_a_value_it_cannot_pack() -> None:
     with pytest.raises(TypeError):
         codec.encode({"type": "x", "bad": object()})
     assert codec.decode(codec.encode({"type": "ok", "n": 1})) == {"type": "ok", "n": 1}
+
+
+async def test_the_hub_says_which_holders_it_has_open() -> None:
+    """The sweeper asks the hub whether an open connection here holds a session: only a link
+    that is live (opened, not yet removed) with that very conn id counts."""
+    hub = Hub()
+    socket = FakeSocket()
+    link = CandidateLink(connection(socket), "e1", "s1", "conn-1")
+    hub.add_candidate(link)
+    assert not hub.holds_session("s1", "conn-1")  # not opened yet
+    link.activate(1)
+    assert hub.holds_session("s1", "conn-1")
+    assert not hub.holds_session("s1", "conn-2")  # another holder (elsewhere)
+    assert not hub.holds_session("s2", "conn-1")
+    hub.remove_candidate(link)
+    assert not hub.holds_session("s1", "conn-1")
+    await link.conn.stop()

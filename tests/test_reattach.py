@@ -51,3 +51,31 @@ async def test_the_heartbeat_marks_a_still_held_session_connected_again(
     await asyncio.wait_for(arrived.wait(), 10)  # Redis delivers through its subscription
     back = [e for e in seen if e.kind == "reconnected" and e.details.get("reason")]
     assert [(e.session_id, e.details["reason"]) for e in back] == [(ids[0], "still connected")]
+
+
+async def test_a_late_refresh_never_gets_a_session_held_here_swept(
+    store: StateStore, db: Database
+) -> None:
+    """A process starved of CPU refreshes `last_seen` late: its own sweeper must not report
+    the candidates it still holds open as dropped. A stale holder held elsewhere is swept."""
+    now = [1_000.0]
+    service = SessionService(store, db, machine.Liveness(stale_after=1.0), clock=lambda: now[0])
+    exam = await service.create_exam(Exam(id="e-late", title="Exam"))
+    sessions = await service.create_sessions(
+        exam.id, [{"candidate_id": f"c{i}"} for i in range(2)], "staff:t"
+    )
+    ids = [s["id"] for s in sessions]
+    for i, sid in enumerate(ids):
+        await service.open(exam.id, sid, f"conn-{i}", "")
+    now[0] += 30  # no refresh for far longer than stale_after: both holders look stale
+
+    def held_here(session_id: str, conn_id: str) -> bool:
+        return (session_id, conn_id) == (ids[0], "conn-0")
+
+    assert await service.sweep_stale(exam.id, held_here) == 1
+    held, elsewhere = await store.get_sessions(exam.id, ids)
+    assert held is not None and held["connected"] is True and held["incidents"] == 0
+    assert elsewhere is not None and elsewhere["connected"] is False
+    history = await store.events_since(exam.id, 0)
+    assert history is not None
+    assert [e.session_id for e in history if e.kind == "disconnected"] == [ids[1]]

@@ -413,6 +413,12 @@ class Hub:
         """The link is still registered here (its connection has not ended)."""
         return link in self._slots[link.slot]
 
+    def holds_session(self, session_id: str, conn_id: str) -> bool:
+        """An open connection here holds `session_id` as `conn_id` (for the sweeper: such a
+        holder is alive whatever its `last_seen` says)."""
+        return any(link.conn_id == conn_id and link.ready
+                   for link in self.candidates.get(session_id, ()))
+
     def _resync_candidate(self, link: CandidateLink) -> None:
         if self.fetch_session is None:
             return
