@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics = Metrics(hub, drainer, store)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
+        service.on_sweep = metrics.observe_sweep
         app.state.metrics = metrics
         store.add_commit_listener(hub.on_committed)
         app.state.limits = build_limits(

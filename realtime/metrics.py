@@ -20,6 +20,8 @@ from realtime.hub.hub import Hub
 from realtime.state.store import StateStore
 from realtime.webhooks.dispatcher import Dispatcher
 
+STALE_OUTCOMES = ("disconnected", "held_here", "changed")  # of `realtime_stale_holders`
+
 
 class Metrics:
     def __init__(
@@ -105,6 +107,21 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.sweeps = Counter(
+            "realtime_sweeps",
+            "Sweeps of an exam for sessions whose holder went silent, run by this process",
+            registry=self.registry,
+        )
+        self.stale_holders = Counter(
+            "realtime_stale_holders",
+            "Sessions a sweep found not refreshed within REALTIME_STALE_AFTER, by what it did: "
+            "disconnected, held_here (an open connection of this process holds it: its "
+            "refresh came late), changed (heard from or disconnected before the commit)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in STALE_OUTCOMES:
+            self.stale_holders.labels(outcome)
 
     def _gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time: the hot path pays nothing for it."""
@@ -130,6 +147,11 @@ class Metrics:
         self.commands.labels(action, "applied").inc(applied)
         self.commands.labels(action, "skipped").inc(skipped)
         self.command_seconds.labels(action).observe(seconds)
+
+    def observe_sweep(self, stale: dict[str, int]) -> None:
+        self.sweeps.inc()
+        for outcome, count in stale.items():
+            self.stale_holders.labels(outcome).inc(count)
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -212,6 +212,10 @@ class SessionService:
         self.on_command: Callable[[str, int, int, float], None] | None = None
         # Called after each open attempt with its outcome ("opened" or a refusal reason).
         self.on_open: Callable[[str], None] | None = None
+        # Called after each sweep of an exam with how many stale holders it found, by what it
+        # did: "disconnected", "held_here" (an open connection here holds it), "changed" (its
+        # holder was heard from, or it was disconnected otherwise, before the commit).
+        self.on_sweep: Callable[[dict[str, int]], None] | None = None
         # Extra eligibility of logged-in candidates (user id, exam id), e.g. guest accounts
         # that may only open the exam they were reserved for.
         self.may_open: Callable[[str, str], Awaitable[bool]] | None = None
@@ -1057,10 +1061,15 @@ class SessionService:
         dead = presence.dead if presence is not None else frozenset()
         stale = await self.store.stale_holders(exam_id, now - self.liveness.stale_after, dead)
         if not stale:
+            self._swept({})
             return 0
+        spared: set[str] = set()  # held by an open connection here, as last decided
+
         def decide(session: dict[str, Any]) -> machine.Outcome:
             if held_here is not None and held_here(session["id"], session["conn_id"] or ""):
+                spared.add(session["id"])
                 return machine.Rejection("live", "an open connection of this process holds it")
+            spared.discard(session["id"])  # decided again after a race
             return machine.expire_holder(
                 session, now, self.liveness, node_lost=node_of(session["conn_id"] or "") in dead
             )
@@ -1068,7 +1077,18 @@ class SessionService:
         outcomes = await self._mutate(  # not if the holder was heard from meanwhile
             exam_id, stale, decide, unversioned=("last_seen",),
         )
-        return sum(isinstance(o, machine.Transition) for o, _ in outcomes.values())
+        counts = {"disconnected": 0, "held_here": 0, "changed": 0}
+        for sid, (outcome, _) in outcomes.items():
+            if isinstance(outcome, machine.Transition):
+                counts["disconnected"] += 1
+            elif outcome is not None:
+                counts["held_here" if sid in spared else "changed"] += 1
+        self._swept(counts)
+        return counts["disconnected"]
+
+    def _swept(self, counts: dict[str, int]) -> None:
+        if self.on_sweep is not None:
+            self.on_sweep(counts)
 
     async def touch(self, holders: Iterable[tuple[str, str, str]]) -> None:
         """The heartbeat: refresh `last_seen` of sessions held here; a session marked

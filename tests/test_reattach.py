@@ -72,10 +72,15 @@ async def test_a_late_refresh_never_gets_a_session_held_here_swept(
     def held_here(session_id: str, conn_id: str) -> bool:
         return (session_id, conn_id) == (ids[0], "conn-0")
 
+    sweeps: list[dict[str, int]] = []
+    service.on_sweep = sweeps.append  # realtime_stale_holders_total{outcome}
     assert await service.sweep_stale(exam.id, held_here) == 1
+    assert sweeps == [{"disconnected": 1, "held_here": 1, "changed": 0}]
     held, elsewhere = await store.get_sessions(exam.id, ids)
     assert held is not None and held["connected"] is True and held["incidents"] == 0
     assert elsewhere is not None and elsewhere["connected"] is False
     history = await store.events_since(exam.id, 0)
     assert history is not None
     assert [e.session_id for e in history if e.kind == "disconnected"] == [ids[1]]
+    assert await service.sweep_stale(exam.id, held_here) == 0  # still held, still stale
+    assert sweeps[1:] == [{"disconnected": 0, "held_here": 1, "changed": 0}]
