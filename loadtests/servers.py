@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from realtime.config import WS_IMPLS
+
 SYSTEM_REDIS_PORT = 6379
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -229,6 +231,8 @@ class ServerProcess:
         command = [
             sys.executable, *program, "realtime.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
+            # `realtime serve`'s WebSocket implementation (REALTIME_WS_IMPL picks another)
+            "--ws", self.env.get("REALTIME_WS_IMPL") or WS_IMPLS[0],
             "--ws-max-size", str(1024 * 1024), "--ws-ping-interval", "0",
             "--log-level", "warning", "--backlog", "4096",
         ]

@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.check()  # refuse to start on settings that would fail silently (ConfigError)
     # the reason categories too (ReasonsError): a typo in the file must not surface mid-exam
     reasons = ReasonPolicy.load(settings.reason_categories_file, settings.reason_category_required)
+    ws_protocols: set[str] = set()  # the server's WebSocket implementations seen (metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,7 +161,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
         hub = Hub(fetch_session=service.get_session, interest=store)
-        metrics = Metrics(hub, drainer, store)
+        metrics = Metrics(hub, drainer, store, ws_protocols)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         service.on_sweep = metrics.observe_sweep
@@ -283,7 +284,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(TransportMiddleware),
+            Middleware(TransportMiddleware, protocols=ws_protocols),
             Middleware(RefuseNulInURL),
             Middleware(BodyLimit, limit=settings.max_body_bytes,
                        larger=[(BULK_BODY_PATHS, settings.max_bulk_body_bytes)]),

@@ -53,6 +53,12 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         workers=None,
         log_level=args.log_level,
+        # Chosen, not left to uvicorn's "auto" (which meant the legacy implementation before
+        # uvicorn 0.50): websockets-sansio costs 16-20 % less CPU per frame of a fan-out than
+        # wsproto or legacy websockets, and legacy websockets holds ~27 KiB per idle socket
+        # (docs/performance.md, "the WebSocket implementation under the fan-out").
+        # REALTIME_WS_IMPL picks another.
+        ws=settings.ws_impl,
         ws_max_size=1024 * 1024,
         ws_ping_interval=None,
         # Off by default (REALTIME_WS_DEFLATE): our frames are small msgpack/JSON that barely

@@ -35,6 +35,14 @@ class ConfigError(ValueError):
     """Settings that cannot work together; the server refuses to start with them."""
 
 
+# uvicorn's WebSocket implementations `realtime serve` accepts (REALTIME_WS_IMPL), ours first.
+# websockets-sansio is the cheapest per frame of a fan-out and under the memory target per
+# idle socket (docs/performance.md, "the WebSocket implementation under the fan-out"); "auto"
+# leaves the choice to uvicorn, whose pick changed between versions (legacy websockets
+# before 0.50).
+WS_IMPLS = ("websockets-sansio", "wsproto", "websockets", "auto")
+
+
 @dataclass(slots=True)
 class Settings:
     """Every knob of the server. `Settings.from_env()` is what `realtime serve` uses."""
@@ -64,6 +72,7 @@ class Settings:
     sse_heartbeat: float = 15.0  # an idle event stream gets a comment this often (proxies)
     max_message_bytes: int = 16 * 1024
     ws_deflate: bool = False  # accept permessage-deflate (costs zlib state per socket)
+    ws_impl: str = WS_IMPLS[0]  # uvicorn's WebSocket implementation (`realtime serve`)
     event_log_size: int = 10_000
     gc_freeze_interval: float = 10.0  # 0: leave Python's garbage collector as it is
     gc_full_interval: float = 900.0
@@ -147,6 +156,7 @@ class Settings:
             sse_heartbeat=_float("REALTIME_SSE_HEARTBEAT", defaults.sse_heartbeat),
             max_message_bytes=_int("REALTIME_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             ws_deflate=_bool("REALTIME_WS_DEFLATE", defaults.ws_deflate),
+            ws_impl=os.environ.get("REALTIME_WS_IMPL", "").strip() or defaults.ws_impl,
             event_log_size=_int("REALTIME_EVENT_LOG_SIZE", defaults.event_log_size),
             gc_freeze_interval=_float("REALTIME_GC_FREEZE_INTERVAL", defaults.gc_freeze_interval),
             gc_full_interval=_float("REALTIME_GC_FULL_INTERVAL", defaults.gc_full_interval),
@@ -225,6 +235,11 @@ class Settings:
                 "REALTIME_SMTP_HOST is set but REALTIME_SMTP_FROM or REALTIME_PUBLIC_URL is not: "
                 "e-mails need a sender, and their links the address staff open (e.g. "
                 "REALTIME_PUBLIC_URL=https://exam.example.org)."
+            )
+        if self.ws_impl not in WS_IMPLS:
+            raise ConfigError(
+                f"REALTIME_WS_IMPL={self.ws_impl!r} is not a WebSocket implementation of "
+                f"uvicorn's: use one of {', '.join(WS_IMPLS)} (default {WS_IMPLS[0]})"
             )
         if self.smtp_tls and self.smtp_starttls:
             raise ConfigError("REALTIME_SMTP_TLS and REALTIME_SMTP_STARTTLS exclude each other")

@@ -7,9 +7,10 @@ for the counters it increments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,10 +26,13 @@ STALE_OUTCOMES = ("disconnected", "held_here", "changed")  # of `realtime_stale_
 
 class Metrics:
     def __init__(
-        self, hub: Hub, drainer: Drainer | None = None, store: StateStore | None = None
+        self, hub: Hub, drainer: Drainer | None = None, store: StateStore | None = None,
+        ws_protocols: set[str] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         gauge = self._gauge
+        if ws_protocols is not None:
+            self.registry.register(_WebSocketProtocols(ws_protocols))
         if store is not None:
             gauge("realtime_event_subscription_up",
                   "1 while this process hears committed events (its subscription is up)",
@@ -155,3 +159,30 @@ class Metrics:
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _WebSocketProtocols:
+    """`realtime_websocket_protocol{implementation=…} 1` for each WebSocket implementation of
+    the server that has served a socket here (uvicorn's `ws` setting: REALTIME_WS_IMPL under
+    `realtime serve`, `--ws` under plain uvicorn)."""
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for name in sorted(self.seen):
+            family.add_metric([name], 1.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "realtime_websocket_protocol",
+            "1 for each WebSocket implementation of the server that served a socket of this "
+            "process since start (uvicorn's names: websockets-sansio, wsproto, websockets)",
+            labels=["implementation"],
+        )

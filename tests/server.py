@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from realtime.config import WS_IMPLS
+
 STAFF_TOKEN = "test-staff-token"
 SECRET = "test-secret-key"
 
@@ -25,7 +27,9 @@ def free_port() -> int:
 class ServerProcess:
     """`realtime.app:create_app` under plain uvicorn as operations.md runs it (proxy headers
     off: REALTIME_TRUSTED_PROXIES decides; `proxy_headers=True` for uvicorn's own default), or
-    with `cli=True` as `realtime serve`; configured through the environment."""
+    with `cli=True` as `realtime serve`; configured through the environment. `ws_impl=…` (or
+    REALTIME_WS_IMPL in the tests' environment) picks uvicorn's WebSocket implementation in
+    both cases."""
 
     def __init__(
         self,
@@ -79,6 +83,9 @@ class ServerProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                # operations.md's choice (`realtime serve`: REALTIME_WS_IMPL, default the same)
+                "--ws",
+                self.env.get("REALTIME_WS_IMPL") or WS_IMPLS[0],
                 "--ws-max-size",
                 str(1024 * 1024),
                 "--ws-ping-interval",

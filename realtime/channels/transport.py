@@ -23,15 +23,23 @@ SCOPE_KEY = "realtime.transport"
 
 
 class TransportMiddleware:
-    """Records the server's transport of each WebSocket and event stream in its scope."""
+    """Records the server's transport of each WebSocket and event stream in its scope, and
+    which WebSocket implementation of the server's serves the sockets (`protocols`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, protocols: set[str] | None = None) -> None:
         self.app = app
+        # The server's WebSocket implementations seen so far (metrics): which one serves the
+        # sockets is uvicorn's `ws` setting, not the app's.
+        self.protocols = protocols if protocols is not None else set()
+        self._seen: set[type] = set()
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not a coroutine itself: no frame of this layer stays alive while a socket is open.
         if scope["type"] == "websocket":
             owner = getattr(send, "__self__", None)
+            if owner is not None and type(owner) not in self._seen:
+                self._seen.add(type(owner))
+                self.protocols.add(implementation_name(type(owner)))
         elif scope["type"] == "http" and scope["path"].endswith("/events"):
             # Starlette's error middleware wraps an HTTP `send`; uvicorn's `receive` is a
             # method of the same request cycle, which holds the transport.
@@ -44,6 +52,21 @@ class TransportMiddleware:
         ):
             scope[SCOPE_KEY] = transport
         return self.app(scope, receive, send)
+
+
+# uvicorn's modules of its WebSocket implementations, by the name its `ws` setting gives them
+UVICORN_WS_MODULES = {
+    "uvicorn.protocols.websockets.websockets_sansio_impl": "websockets-sansio",
+    "uvicorn.protocols.websockets.wsproto_impl": "wsproto",
+    "uvicorn.protocols.websockets.websockets_impl": "websockets",
+}
+
+
+def implementation_name(protocol: type) -> str:
+    """uvicorn's name of the WebSocket implementation a protocol class belongs to (its `ws`
+    setting), or the class's own dotted name for any other server."""
+    module = protocol.__module__
+    return UVICORN_WS_MODULES.get(module) or f"{module}.{protocol.__qualname__}"
 
 
 def transport_of(websocket: WebSocket) -> PeerTransport | None:
