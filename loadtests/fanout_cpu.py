@@ -3,6 +3,7 @@
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 10
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --protocol realtime.v1.json
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --profile /tmp/fanout.prof
+    python -m loadtests.fanout_cpu --sessions 5000 --repeats 7 --ws-impl wsproto
 
 The server (memory store, SQLite) runs in this process under uvicorn; a child process holds
 the candidate sockets (and `--dashboards` dashboard sockets) and tells this one when every
@@ -16,7 +17,10 @@ process: the rest of the machine barely moves it):
 * `total_ms`: from the call until the last candidate has its frame.
 
 The candidates do not ack (`--acks` to make them), so `total_ms` is the command and its
-fan-out, without the traffic that follows.
+fan-out, without the traffic that follows. `--ws-impl` picks uvicorn's WebSocket implementation
+(its `ws` setting); the summary names the protocol class that served the candidates and the
+server's RSS per open candidate socket (`rss_kib_per_conn`: RSS with every candidate opened
+minus before the first connected, over the sessions).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import cProfile
 import gc
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -36,6 +41,7 @@ from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile, ws_url
 from loadtests.servers import BENCH_STAFF_TOKEN, free_port
+from realtime.config import WS_IMPLS
 
 EXAM = "fanout"
 CHUNK = 5000
@@ -139,7 +145,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     app = create_app(Settings.from_env())
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
                             log_level="warning", ws_max_size=1024 * 1024, ws_ping_interval=None,
-                            ws_per_message_deflate=False, backlog=8192, proxy_headers=False)
+                            ws_per_message_deflate=False, backlog=8192, proxy_headers=False,
+                            ws=args.ws_impl)
     server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
@@ -157,6 +164,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
                                        json={"candidates": candidates})
             response.raise_for_status()
             codes += [s["access_code"] for s in response.json()["sessions"]]
+    await asyncio.sleep(0.5)
+    gc.collect()
+    rss_before = rss_now()
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtests.fanout_cpu", "--hold", base, "--protocol", args.protocol,
         "--dashboards", str(args.dashboards), *(["--acks"] if args.acks else []),
@@ -168,8 +178,15 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     line = await child.stdout.readline()
     if line.strip() != b"ready":
         raise RuntimeError(f"holder failed: {line!r}")
+    await asyncio.sleep(1.0)
+    gc.collect()
+    rss_kib = (rss_now() - rss_before) / args.sessions / 1024
 
     runtime = app.state.runtime
+    links = runtime.hub.live_candidates()
+    served_by = sorted({type(link.conn.websocket._send.__self__).__name__ for link in links})
+    print(f"ws {args.ws_impl}: {served_by}, RSS {rss_kib:.2f} KiB per candidate socket",
+          flush=True)
     store = runtime.store
     fanout_cpu = [0.0]
     hand_off = store._hand_off  # harness only: time what the store hands to its listeners
@@ -222,12 +239,22 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     server.should_exit = True
     await server_task
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
+    fanout = statistics.median(r["fanout_ms"] for r in measured)
     return {
+        "fanout_us_per_frame": round(1000 * fanout / args.sessions, 2),
         "sessions": args.sessions, "protocol": args.protocol, "dashboards": args.dashboards,
+        "ws_impl": args.ws_impl, "served_by": ",".join(served_by),
+        "rss_kib_per_conn": round(rss_kib, 2),
         "repeats": len(measured), "floor_ms": floor,
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
            for key in ("command_ms", "fanout_ms", "total_ms", "last_ms")},
     }
+
+
+def rss_now() -> int:
+    """This process's resident set, in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def _drive(coro: Any) -> None:
@@ -281,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also time bare transport writes to every socket")
     parser.add_argument("--profile", default="", help="write a cProfile of repeats 3+ here")
+    parser.add_argument("--ws-impl", default=os.environ.get("REALTIME_WS_IMPL") or WS_IMPLS[0],
+                        choices=WS_IMPLS,
+                        help="uvicorn's WebSocket implementation (its `ws` setting; default "
+                        "`realtime serve`'s)")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()

@@ -219,9 +219,13 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sessions"] == 30 and summary["repeats"] == 2, summary
-    for key in ("command_ms_p50", "fanout_ms_p50", "total_ms_p50", "last_ms_p50", "floor_ms"):
+    for key in ("command_ms_p50", "fanout_ms_p50", "total_ms_p50", "last_ms_p50", "floor_ms",
+                "fanout_us_per_frame", "rss_kib_per_conn"):
         assert summary[key] > 0, summary
     assert "transport.write x 30" in result.stdout
+    # the server's WebSocket implementation, as `realtime serve` runs it
+    assert summary["ws_impl"] == "websockets-sansio", summary
+    assert summary["served_by"] == "WebSocketsSansIOProtocol", summary
 
 
 class _Entry:
