@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Collection
@@ -159,13 +160,21 @@ def _lua(name: str) -> str:
     return resources.files("realtime.state").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+_local = threading.local()  # a msgpack Packer per thread: packb builds a new one per call
+
+
 def encode_event(event: Event, version: int | None) -> bytes:
     """The event as the outbox and pub/sub carry it, minus the seq Redis assigns."""
-    data = event.to_dict()
-    del data["seq"]
-    if version is not None:
-        data["changes"] = {**event.changes, "version": version}
-    blob: bytes = msgpack.packb(data, use_bin_type=True)
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    changes = event.changes if version is None else {**event.changes, "version": version}
+    blob: bytes = packer.pack({
+        "id": event.id, "exam_id": event.exam_id, "session_id": event.session_id,
+        "kind": event.kind, "actor": event.actor, "at": event.at, "before": event.before,
+        "after": event.after, "details": event.details, "changes": changes,
+    })
     return blob
 
 
@@ -196,10 +205,15 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def _encode_fields(fields: dict[str, Any]) -> list[bytes | str]:
-    pairs: list[bytes | str] = []
+def _encode_fields(fields: dict[str, Any]) -> list[str]:
+    """Field/value pairs, the values JSON. As `str`: a `bytes` orjson returns takes a large
+    buffer, which is slow to allocate when thousands of them are kept (a bulk command's
+    commits: ~1.4 us each, against ~0.1 us for the copy as `str`); both are sent as the same
+    bytes."""
+    dumps = orjson.dumps
+    pairs: list[str] = []
     for name, value in fields.items():
-        pairs += [name, orjson.dumps(value)]
+        pairs += (name, dumps(value).decode())
     return pairs
 
 
