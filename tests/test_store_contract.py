@@ -507,6 +507,24 @@ async def test_a_command_id_applies_once_even_twice_in_one_call(store: StateStor
     assert (second.ok, second.duplicate_seq) == (False, 1)
 
 
+async def test_commits_of_one_session_in_one_call_see_each_other(store: StateStore) -> None:
+    """Within one call, a compare-and-set or check decided on a version an earlier commit of
+    the same call moved on loses; one decided on the new version applies."""
+    await store.add_sessions([session("s1"), session("s2")])
+    results = await store.commit([
+        commit(A, "s1", 0, status="paused"),
+        commit(A, "s1", 0, status="active"),  # the version is 1 by now: loses
+        commit(A, "s1", 1, extra_minutes=5),  # decided on that: applies
+        Commit(A, "s1", 1, check_only=True),  # not any more
+        Commit(A, "s1", 2, check_only=True),
+        commit(A, "s2", 0, status="paused"),
+    ])
+    assert [r.ok for r in results] == [True, False, True, False, True, True]
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["status"], s1["extra_minutes"], s1["version"]) == (
+        "paused", 5, 2)
+
+
 async def test_a_command_over_thousands_of_sessions_is_remembered_for_each(
     store: StateStore,
 ) -> None:
