@@ -714,8 +714,14 @@ class SessionService:
         ids = [] if target.is_filter else list(dict.fromkeys(target.session_ids or []))
         now = self.clock()
 
-        def decide(s: dict[str, Any]) -> machine.Outcome:
-            return machine.apply_command(s, exam, action, principal.actor, now, params)
+        decide: Decide
+        if target.is_filter or len(ids) > 1:
+            # apply_command per session, decided once per distinct input (a hall's sessions
+            # are mostly alike: a "pause all" is one decision, copied)
+            decide = machine.CommandDecisions(exam, action, principal.actor, now, params)
+        else:
+            def decide(s: dict[str, Any]) -> machine.Outcome:
+                return machine.apply_command(s, exam, action, principal.actor, now, params)
 
         on_view = await self._decide_on_view(exam, target, principal, ids, given_id, decide)
         if on_view is not None:

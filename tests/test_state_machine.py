@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realtime.state import machine
@@ -393,3 +393,118 @@ def test_a_strict_exam_refuses_the_same_tab_while_a_lenient_one_lets_it_back() -
     ).reason == "locked"
     assert machine.resume_grace(default, LIVE) == 60
     assert machine.resume_grace(strict, Liveness(resume_grace=0)) == 0
+
+
+# -- a command over many sessions, decided once per distinct input ----------------------------
+
+# Values that are equal but not the same (1, 1.0 and True; 0, 0.0 and -0.0) decide alike and
+# may be written differently: a copied decision must not hand one session another's. Per
+# field, groups of equal values.
+_LOOKALIKES: dict[str, list[list[Any]]] = {
+    "status": [[x.value] for x in Status],
+    "locked": [[True, 1], [False, 0]],
+    "authorized": [[True, 1], [False, 0]],
+    "started_at": [[None], [NOW - 600, NOW - 600.0]],
+    "deadline": [[None], [0, 0.0, -0.0], [NOW + 600, NOW + 600.0], [NOW + 1234.5], [NOW - 60]],
+    "paused_at": [[None], [NOW - 30, NOW - 30.0], [0, 0.0, -0.0]],
+    "extra_minutes": [[0, 0.0, False], [5, 5.0], [1, True]],
+    "hand_raised": [[True, 1], [False, 0], ["missing"]],
+    "offline_since": [[None], [NOW - 10, NOW - 10.0], [0, 0.0, -0.0]],
+    "offline_seconds": [[0.0, 0, -0.0], [3.5]],
+}
+
+
+def _group(name: str, value: Any) -> list[Any]:
+    """The values of `name` equal to `value` (itself among them)."""
+    return next(g for g in _LOOKALIKES[name]
+                if any(v == value and type(v) is type(value) for v in g))
+
+
+@st.composite
+def _hall(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Sessions of one exam in few states, so that many are alike: a first state, others that
+    differ from one before in a field or two, and for each of them a twin whose values are
+    equal to its own but maybe not the same (5 for 5.0, 0.0 for -0.0, 1 for True)."""
+    kinds = [{name: draw(st.sampled_from(draw(st.sampled_from(groups))))
+              for name, groups in _LOOKALIKES.items()}]
+    for _ in range(draw(st.integers(0, 3))):
+        kind = dict(draw(st.sampled_from(kinds)))
+        for name in draw(st.lists(st.sampled_from(sorted(_LOOKALIKES)), min_size=1,
+                                  max_size=2)):
+            kind[name] = draw(st.sampled_from(draw(st.sampled_from(_LOOKALIKES[name]))))
+        kinds.append(kind)
+    kinds += [{name: draw(st.sampled_from(_group(name, value))) for name, value in kind.items()}
+              for kind in kinds]
+    picks = draw(st.lists(st.integers(0, len(kinds) - 1), min_size=1, max_size=40))
+    hall = []
+    for n, pick in enumerate(picks):
+        fields = dict(kinds[pick])
+        missing = fields["hand_raised"] == "missing"
+        if missing:
+            del fields["hand_raised"]
+        s = new_session(id=f"s{n}", exam_id="e", candidate_id=f"c{n}", **fields)
+        if missing:
+            del s["hand_raised"]
+        hall.append(s)
+    return hall
+
+
+_PARAMS = st.fixed_dictionaries(
+    {"minutes": st.sampled_from([5, 5, 5, 1, 3000, 0, True, 2.0, None])},
+    optional={
+        "reason": st.sampled_from(["", "why"]),
+        "reason_category": st.sampled_from(["", "technical"]),
+        "text": st.sampled_from(["", " ", "hello"]),
+        "command_id": st.sampled_from(["", "cmd-1"]),
+    })
+
+
+@pytest.mark.parametrize("action", list(Action))
+@settings(max_examples=100)
+@given(hall=_hall(), params=_PARAMS, lenient=st.booleans())
+def test_a_command_decided_once_per_distinct_input_decides_as_each_session_alone(
+    hall: list[dict[str, Any]], action: Action, params: dict[str, Any], lenient: bool
+) -> None:
+    """`CommandDecisions` gives every session exactly what `apply_command` gives it alone:
+    the same changes and event (values of the same type: 1 is not True, 0.0 not -0.0), or the
+    same rejection; and every transition has changes of its own (a store writes each
+    session's version into them)."""
+    ex = exam(resume_grace_seconds=None if lenient else 0)
+    decide = machine.CommandDecisions(ex, action, "staff:p", NOW, params)
+    transitions = []
+    for s in hall:
+        alone = machine.apply_command(s, ex, action, "staff:p", NOW, params)
+        copied = decide(s)
+        assert repr(copied) == repr(alone)
+        if isinstance(copied, Transition):
+            assert copied.events[0].changes is copied.changes
+            transitions.append(copied)
+    assert len({id(t.changes) for t in transitions}) == len(transitions)
+    assert len({id(t.events[0]) for t in transitions}) == len(transitions)
+
+
+def test_a_hall_in_few_states_is_decided_once_per_state() -> None:
+    """5,000 sessions, two states: the state machine decides twice; every session still gets
+    its own event."""
+    hall = [session(status="active", started_at=NOW, deadline=NOW + 3600) for _ in range(4990)]
+    hall += [session(status="completed") for _ in range(10)]
+    for n, s in enumerate(hall):
+        s["id"] = f"s{n}"
+    decide = machine.CommandDecisions(exam(), Action.PAUSE, "staff:p", NOW, {"command_id": "c"})
+    outcomes = [decide(s) for s in hall]
+    assert decide.decided == 2
+    assert [o.events[0].session_id for o in outcomes[:4990]  # type: ignore[union-attr]
+            ] == [f"s{n}" for n in range(4990)]
+    assert {rejected(o).reason for o in outcomes[4990:]} == {"final_status"}
+
+
+def test_distinct_inputs_are_decided_each_and_no_longer_remembered() -> None:
+    """A resume of sessions with deadlines of their own shares nothing: after a few it stops
+    remembering (and still decides each one right)."""
+    hall = [session(status="paused", started_at=NOW - 600, deadline=NOW + n, paused_at=NOW - 60)
+            for n in range(500)]
+    decide = machine.CommandDecisions(exam(), Action.RESUME, "staff:p", NOW)
+    outcomes = [applied(decide(s)) for s in hall]
+    assert decide.decided == 500 and decide.hits == 0
+    assert [o.changes["deadline"] for o in outcomes] == [NOW + n + 60 for n in range(500)]
+    assert decide._known is None  # gave up remembering

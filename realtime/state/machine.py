@@ -261,7 +261,24 @@ def apply_command(
     params: dict[str, Any] | None = None,
 ) -> Outcome:
     """A staff command on one session. Validated against its status; never half-applied."""
-    params = params or {}
+    decided = _command(session, exam, action, actor, now, params or {})
+    if isinstance(decided, Rejection):
+        return decided
+    changes, details = decided
+    return Transition(changes, [_event(session, action.value, actor, now, changes, details)])
+
+
+def _command(
+    session: dict[str, Any],
+    exam: Exam,
+    action: Action,
+    actor: str,
+    now: float,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]] | Rejection:
+    """`apply_command`'s decision: the changes and the event's details, or the rejection. It
+    reads the session only by `session[name]` and `session.get(name)`, and never its `id` or
+    `exam_id` (`CommandDecisions` relies on both)."""
     status = Status(session["status"])
     details: dict[str, Any] = {}
     for key in ("reason", "reason_category", "command_id"):
@@ -271,7 +288,7 @@ def apply_command(
         outcome = _reopen(session, status, now, bool(params.get("reason")))
         if isinstance(outcome, Rejection):
             return outcome
-        return Transition(outcome, [_event(session, action.value, actor, now, outcome, details)])
+        return outcome, details
     if status.final:
         return Rejection(SkipReason.FINAL_STATUS.value, f"the session is {status.value}")
 
@@ -363,7 +380,135 @@ def apply_command(
     tracked = DELIVERY_TRACKED.get(action)
     if tracked is not None:
         changes[tracked] = params.get("command_id", "")
-    return Transition(changes, [_event(session, action.value, actor, now, changes, details)])
+    return changes, details
+
+
+_MISSING = object()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Reads:
+    """A session as a decision sees it: notes the name of every field read, in order."""
+
+    __slots__ = ("_session", "names")
+
+    def __init__(self, session: dict[str, Any]) -> None:
+        self._session = session
+        self.names: list[str] = []
+
+    def __getitem__(self, name: str) -> Any:
+        self.names.append(name)
+        return self._session[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.names.append(name)
+        return self._session.get(name, default)
+
+
+def _same_as(session: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
+    """What `names` hold in `session`, as a key under which only identical values meet: 1,
+    1.0 and True (or 0.0 and -0.0) decide alike but are written differently."""
+    key = []
+    for name in names:
+        value = session.get(name, _MISSING)
+        key.append((float, repr(value)) if type(value) is float else (type(value), value))
+    return tuple(key)
+
+
+class CommandDecisions:
+    """`apply_command` of one staff command (one exam, action, actor, time and params) for
+    session after session, deciding once per distinct input.
+
+    The state machine still decides: the first session of each input is decided by it, on a
+    view that notes which fields the decision read. A later session whose fields of those
+    names hold identical values would be decided the same way (the decision is a pure
+    function of its constants and of what it reads, so it reads the same fields in the same
+    order and takes the same path): it gets a copy of that decision, with an event of its
+    own (its id, exam and status). A hall's "pause all" is thus decided once, not 5,000
+    times. Where inputs are mostly distinct (a resume of sessions with deadlines of their
+    own), it stops remembering and decides each session plainly. `tests/test_properties.py`
+    checks that the outcomes equal `apply_command`'s, session by session.
+    """
+
+    GIVE_UP_AFTER = 64  # distinct inputs seen; then more misses than hits: decide plainly
+
+    __slots__ = ("_kind", "_known", "action", "actor", "decided", "exam", "hits", "now",
+                 "params")
+
+    def __init__(self, exam: Exam, action: Action, actor: str, now: float,
+                 params: dict[str, Any] | None = None) -> None:
+        self.exam, self.action, self.actor, self.now = exam, action, actor, now
+        self.params = params or {}
+        self._kind = action.value
+        # (names read, in order) -> their values' key -> (changes, details) or the rejection
+        self._known: list[tuple[tuple[str, ...], dict[tuple[Any, ...], Any]]] | None = []
+        self.decided = 0  # sessions the state machine decided (the rest were copies)
+        self.hits = 0
+
+    def __call__(self, session: dict[str, Any]) -> Outcome:
+        known = self._known
+        if known is None:
+            self.decided += 1
+            return apply_command(session, self.exam, self.action, self.actor, self.now,
+                                 self.params)
+        for names, decisions in known:
+            try:
+                found = decisions.get(_same_as(session, names))
+            except TypeError:  # a value that cannot be a key: decide this one plainly
+                found = None
+                break
+            if found is not None:
+                self.hits += 1
+                return self._outcome(session, found, copy=True)
+        self.decided += 1
+        reads = _Reads(session)
+        try:
+            decided = _command(reads, self.exam, self.action, self.actor,  # type: ignore[arg-type]
+                               self.now, self.params)
+        except Exception:  # whatever it is, the plain decision says it (or does not fail)
+            self._known = None
+            return apply_command(session, self.exam, self.action, self.actor, self.now,
+                                 self.params)
+        self._remember(session, tuple(reads.names), decided)
+        return self._outcome(session, decided, copy=False)
+
+    def _remember(self, session: dict[str, Any], names: tuple[str, ...],
+                  decided: tuple[dict[str, Any], dict[str, Any]] | Rejection) -> None:
+        known = self._known
+        assert known is not None
+        if self.decided > self.GIVE_UP_AFTER and self.decided > self.hits:
+            self._known = None  # mostly distinct: remembering costs more than it saves
+            return
+        if isinstance(decided, Rejection):
+            if decided.event is not None or decided.changes:
+                return  # not a command's (it records nothing): never shared
+            entry: Any = decided
+        else:
+            changes, details = decided
+            values = [*changes.values(), *details.values()]
+            if not all(isinstance(v, _SCALARS) for v in values):
+                return  # shared copies must not share a mutable value
+            entry = (dict(changes), dict(details))
+        try:
+            key = _same_as(session, names)
+            for seen, decisions in known:
+                if seen == names:
+                    decisions[key] = entry
+                    return
+            known.append((names, {key: entry}))
+        except TypeError:  # unhashable: not remembered
+            return
+
+    def _outcome(self, session: dict[str, Any],
+                 decided: tuple[dict[str, Any], dict[str, Any]] | Rejection,
+                 copy: bool) -> Outcome:
+        if isinstance(decided, Rejection):
+            return Rejection(decided.reason, decided.message) if copy else decided
+        changes, details = decided
+        if copy:
+            changes, details = dict(changes), dict(details)
+        return Transition(changes, [_event(session, self._kind, self.actor, self.now, changes,
+                                           details)])
 
 
 # Commands whose effect a page shows from the session's state (so it can acknowledge them
