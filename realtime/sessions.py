@@ -515,7 +515,7 @@ class SessionService:
                 outcome = decide(session)
                 decided.append((sid, session, outcome))
                 if isinstance(outcome, machine.Transition):
-                    guard = {name: session[name] for name in unversioned} or None
+                    guard = {name: session[name] for name in unversioned} if unversioned else None
                     commits.append(
                         Commit(exam_id, sid, session["version"], outcome.changes, outcome.events,
                                guard=guard, command_id=command_id)
@@ -881,8 +881,10 @@ class SessionService:
         wanted = set(target.session_ids) if target.is_filter and target.session_ids else None
         fresh = bool(given_id)
 
+        sees_all = scope.manages(principal, exam.groups)  # else: by the candidate's group
+
         def selected(s: dict[str, Any]) -> bool:
-            if not scope.sees_session(principal, exam.groups, s["group"]):
+            if not sees_all and not scope.sees_session(principal, exam.groups, s["group"]):
                 return False
             return not target.is_filter or (
                 target.matches(s) and (wanted is None or s["id"] in wanted)
