@@ -7,14 +7,16 @@
 -- are built from prefixes: every key of one exam shares its hash tag, so they live in the
 -- same slot (declaring 5,000 keys would cost more than the script itself).
 -- ARGV[1] pub/sub channel, ARGV[2] now (seconds), ARGV[3] command key TTL (s),
--- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: an
--- array of [session id, mode ('v' compare-and-set, and the guard if any | 'g' guarded |
--- 'r' record only | 'c' check only: the version must still be the expected one, nothing is
--- written | 'n' count: the exam must still have exactly `expected` sessions, nothing is
--- written; its session id is ''),
--- expected version (string), command id ('' none), live only (0/1), guard field/value list,
--- change field/value list (values JSON-encoded), event blobs (msgpack, without seq),
--- fresh (0/1: with a command id, refused if that command id is known at all)],
+-- ARGV[4] session key prefix, ARGV[5] command key prefix, ARGV[6] the commits, msgpack: ONE
+-- flat array, per commit: session id, mode ('v' compare-and-set, and the guard if any |
+-- 'g' guarded | 'r' record only | 'c' check only: the version must still be the expected
+-- one, nothing is written | 'n' count: the exam must still have exactly `expected`
+-- sessions, nothing is written; its session id is ''), expected version (string), command
+-- id ('' none), live only (0/1), fresh (0/1: with a command id, refused if that command id
+-- is known at all), then three counted lists: the number of guard items and the guard's
+-- field/value items, the number of change items and the change field/value items (values
+-- JSON-encoded), the number of event blobs and the blobs (msgpack, without seq). (Flat:
+-- unpacking 5,000 commits as nested arrays cost Redis twice the CPU.)
 -- ARGV[7] the caller's token for this call (it recognises its own message by it),
 -- ARGV[8] 's' on a Redis Cluster (SPUBLISH: the channel is in the exam's slot, heard on the
 -- slot's nodes only), 'p' on a single Redis (PUBLISH), ARGV[9] kept answer key prefix,
@@ -28,7 +30,18 @@
 -- "<token>:<first seq>:<blobs>".
 
 local ttl = tonumber(ARGV[3])
-local commits = cmsgpack.unpack(ARGV[6])
+local flat = cmsgpack.unpack(ARGV[6])
+local starts = {} -- where each commit begins in `flat`
+do
+  local i, n = 1, #flat
+  while i <= n do
+    starts[#starts + 1] = i
+    local j = i + 6
+    j = j + 1 + flat[j] -- guard items
+    j = j + 1 + flat[j] -- change items
+    i = j + 1 + flat[j] -- event blobs
+  end
+end
 -- Touch every key before writing any: on a cluster slot half-way through a migration, a key
 -- that already left makes Redis abort the script, and it must abort here, before any write.
 -- (Each command key once: a bulk command names the same one in every commit.)
@@ -38,28 +51,32 @@ local commits = cmsgpack.unpack(ARGV[6])
 local exists = {}
 local cmdkeys = {}
 local known = {}
-for i, c in ipairs(commits) do
-  if c[2] ~= 'n' then
-    exists[i] = redis.call('EXISTS', ARGV[4] .. c[1]) == 1
+for i, at in ipairs(starts) do
+  local cmd = flat[at + 3]
+  if flat[at + 1] ~= 'n' then
+    exists[i] = redis.call('EXISTS', ARGV[4] .. flat[at]) == 1
   end
-  if c[4] ~= '' and cmdkeys[c[4]] == nil then
-    local applied = redis.call('EXISTS', ARGV[5] .. c[4]) == 1
-    local kept = redis.call('EXISTS', ARGV[9] .. c[4]) == 1
-    cmdkeys[c[4]] = {}
-    known[c[4]] = applied or kept
+  if cmd ~= '' and cmdkeys[cmd] == nil then
+    local applied = redis.call('EXISTS', ARGV[5] .. cmd) == 1
+    local kept = redis.call('EXISTS', ARGV[9] .. cmd) == 1
+    cmdkeys[cmd] = {}
+    known[cmd] = applied or kept
   end
 end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = seq + 1
 local blobs = {}
 local out = {}
-for i, c in ipairs(commits) do
-  local sid, mode, expected, cmd, live_only = c[1], c[2], c[3], c[4], c[5] == 1
-  local guard, pairs_, events = c[6], c[7], c[8]
+for i, at in ipairs(starts) do
+  local sid, mode, expected, cmd = flat[at], flat[at + 1], flat[at + 2], flat[at + 3]
+  local live_only, fresh = flat[at + 4] == 1, flat[at + 5] == 1
+  local g = at + 6 -- guard items flat[g + 1 .. g + flat[g]], then the changes', the events'
+  local p = g + 1 + flat[g]
+  local e = p + 1 + flat[p]
   local key = ARGV[4] .. sid
   local status, extra = 1, 0
   local recorded = nil
-  if cmd ~= '' and c[9] == 1 and known[cmd] then
+  if cmd ~= '' and fresh and known[cmd] then
     status = -4
   elseif mode == 'n' then
     if redis.call('SCARD', ARGV[10]) ~= tonumber(expected) then
@@ -86,8 +103,8 @@ for i, c in ipairs(commits) do
       end
     end
     if status == 1 and mode ~= 'r' then
-      for j = 1, #guard, 2 do
-        if redis.call('HGET', key, guard[j]) ~= guard[j + 1] then
+      for j = g + 1, g + flat[g], 2 do
+        if redis.call('HGET', key, flat[j]) ~= flat[j + 1] then
           status = -3
           break
         end
@@ -102,17 +119,15 @@ for i, c in ipairs(commits) do
   end
   if status == 1 then
     if mode == 'v' then
-      pairs_[#pairs_ + 1] = 'version'
-      pairs_[#pairs_ + 1] = tonumber(expected) + 1
+      redis.call('HSET', key, 'version', tonumber(expected) + 1, unpack(flat, p + 1, p + flat[p]))
+    elseif mode ~= 'r' and flat[p] > 0 then
+      redis.call('HSET', key, unpack(flat, p + 1, p + flat[p]))
     end
-    if mode ~= 'r' and #pairs_ > 0 then
-      redis.call('HSET', key, unpack(pairs_))
-    end
-    if #events > 0 then
+    if flat[e] > 0 then
       extra = seq + 1
-      for j = 1, #events do
+      for j = e + 1, e + flat[e] do
         seq = seq + 1
-        blobs[#blobs + 1] = events[j]
+        blobs[#blobs + 1] = flat[j]
       end
       if recorded then
         recorded[sid] = extra
