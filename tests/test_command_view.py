@@ -224,3 +224,41 @@ async def test_the_copy_is_dropped_when_the_subscription_is_made_again() -> None
             assert one.store.views_made == 2
         finally:
             await one.store.close()
+
+
+
+async def test_commands_arriving_together_read_the_exam_once_for_the_copy(
+    two: tuple[Process, Process],
+) -> None:
+    """Targeted commands arriving together, before the copy exists: the first starts making
+    it, the others find it being made (and go the read way). One snapshot of the exam is
+    taken, not one per command (each a whole-exam read that holds Redis, all but the last
+    thrown away)."""
+    one, _ = two
+    snapshots = 0
+    snapshot = one.store.snapshot
+
+    async def counted(exam_id: str, fields: tuple[str, ...] | None = None) -> Any:
+        nonlocal snapshots
+        snapshots += 1
+        return await snapshot(exam_id, fields)
+
+    one.store.snapshot = counted  # type: ignore[method-assign]
+    first = await asyncio.gather(*(
+        one.store.command_view(EXAM, COMMAND_FIELDS, whole=False) for _ in range(4)
+    ))
+    assert first == [None] * 4  # being made
+    await eventually(lambda: one.store.views_made >= 1)
+    await asyncio.gather(*one.store._view_tasks)
+    assert snapshots == 1
+    assert one.store.views_made == 1
+    view = await one.store.command_view(EXAM, COMMAND_FIELDS, whole=False)
+    assert view is not None and sorted(view) == [f"s{i}" for i in range(4)]
+    assert snapshots == 1
+
+    results = await asyncio.gather(*(  # commands together on the copy: still that one
+        one.command(Action.PAUSE, Target(session_ids=[f"s{i}"])) for i in range(4)
+    ))
+    assert [applied(result) for result in results] == [[f"s{i}"] for i in range(4)]
+    await eventually(lambda: all(in_copy(one, f"s{i}", "status") == "paused" for i in range(4)))
+    assert snapshots == 1

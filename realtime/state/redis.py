@@ -416,6 +416,7 @@ class RedisStore:
         self._view_epoch = 0
         self._view_tasks: set[asyncio.Task[Any]] = set()
         self.views_made = 0  # for tests
+        self.view_reads = 0  # snapshots taken to make them, for tests
 
     # -- lifecycle and fan-out ------------------------------------------------------------------
 
@@ -756,9 +757,12 @@ class RedisStore:
             return view.sessions if view.events is None and view.fields == fields else None
         if not self._can_view(exam_id):
             return None
+        # Registered now, before any await: every caller until it is made finds it being made
+        # (not one more snapshot of the whole exam each, all but the last thrown away).
+        view = self._views[exam_id] = _View(fields)
         if whole:
-            return await self._make_view(exam_id, fields)
-        task = asyncio.get_running_loop().create_task(self._make_view(exam_id, fields))
+            return await self._make_view(exam_id, view)
+        task = asyncio.get_running_loop().create_task(self._make_view(exam_id, view))
         self._view_tasks.add(task)
         task.add_done_callback(self._view_made)
         return None
@@ -779,14 +783,13 @@ class RedisStore:
         self._view_epoch += 1
         self._views.clear()
 
-    async def _make_view(
-        self, exam_id: str, fields: tuple[str, ...]
-    ) -> dict[str, dict[str, Any]] | None:
-        view = _View(fields)
-        self._views[exam_id] = view
+    async def _make_view(self, exam_id: str, view: _View) -> dict[str, dict[str, Any]] | None:
         epoch = self._view_epoch
+        if self._views.get(exam_id) is not view:
+            return None  # dropped before it was started (subscription lost, exam let go)
         try:
-            rows, seq = await self.snapshot(exam_id, fields)
+            self.view_reads += 1
+            rows, seq = await self.snapshot(exam_id, view.fields)
         except BaseException:
             if self._views.get(exam_id) is view:
                 del self._views[exam_id]  # made again next time
