@@ -663,6 +663,36 @@ async def test_outbox_entries_not_acknowledged_are_claimed_again(store: StateSto
     assert [e.seq for entry in again for e in entry.events][:2] == [1, 2]
 
 
+async def test_stale_holders_of_a_large_exam(store: StateStore) -> None:
+    """Every stale holder of an exam larger than one of the Redis store's slices, each once;
+    on Redis the question is asked slice by slice, never over the whole exam in one script
+    call (that held Redis, and every command waiting on it, for tens of ms at 5,000)."""
+    now = 1_700_000_000.0
+    rows = []
+    for i in range(1200):
+        kind = i % 4  # fresh, old, disconnected, held on a dead node
+        rows.append(session(
+            f"s{i}", connected=kind != 2, conn_id=f"{'nDead' if kind == 3 else 'nLive'}-{i}",
+            last_seen=now - 100 if kind == 1 else now,
+        ))
+    await store.add_sessions(rows)
+    calls = 0
+    if isinstance(store, RedisStore):
+        script = store._stale_script
+
+        async def counted(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await script(**kwargs)
+
+        store._stale_script = counted  # type: ignore[assignment]
+    found = await store.stale_holders(A, now - 15, {"nDead"})
+    assert sorted(found) == sorted(f"s{i}" for i in range(1200) if i % 4 in (1, 3))
+    assert len(found) == len(set(found))
+    if isinstance(store, RedisStore):
+        assert calls > 1
+
+
 # -- node presence -------------------------------------------------------------------------------
 
 

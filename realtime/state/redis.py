@@ -67,6 +67,7 @@ IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this lon
 MASTER_CHECK = 1.0  # Sentinel: ask this often whether the subscription is on the master
 NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
 UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket here left
+SWEEP_SLICE = 250  # sessions the sweeper's question reads per script call (see stale_holders)
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
 # commit_batch.lua status codes besides 1 (ok)
@@ -918,11 +919,24 @@ class RedisStore:
     async def stale_holders(
         self, exam_id: str, seen_before: float, dead_nodes: Collection[str] = ()
     ) -> list[str]:
-        reply = await self._stale_script(
-            keys=[self.keys.sessions(exam_id)],
-            args=[self.keys.session_prefix(exam_id), repr(seen_before), *sorted(dead_nodes)],
-        )
-        return [_text(sid) for sid in reply]
+        """In slices of about `SWEEP_SLICE` sessions, one script call each: a whole exam in
+        one call held Redis (and every command waiting on it) for tens of milliseconds. SSCAN
+        returns every session that is in the exam for the whole scan (a session the sweeper
+        must see was created before it), some maybe twice."""
+        keys = [self.keys.sessions(exam_id)]
+        prefix, cutoff, dead = self.keys.session_prefix(exam_id), repr(seen_before), sorted(
+            dead_nodes)
+        found: dict[str, None] = {}
+        cursor: bytes | str = "0"
+        while True:
+            reply = await self._stale_script(
+                keys=keys, args=[prefix, cutoff, cursor, SWEEP_SLICE, *dead]
+            )
+            cursor = reply[0]
+            for sid in reply[1:]:
+                found[_text(sid)] = None
+            if _text(cursor) == "0":
+                return list(found)
 
     async def node_heartbeat(
         self, node_id: str, info: dict[str, Any], now: float, timeout: float
