@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from clients import eventually
 from redis_server import RedisServer
@@ -236,14 +237,14 @@ async def test_commands_arriving_together_read_the_exam_once_for_the_copy(
     thrown away)."""
     one, _ = two
     snapshots = 0
-    snapshot = one.store.snapshot
+    snapshot = one.store._view_slices
 
-    async def counted(exam_id: str, fields: tuple[str, ...] | None = None) -> Any:
+    async def counted(exam_id: str, fields: tuple[str, ...]) -> Any:
         nonlocal snapshots
         snapshots += 1
         return await snapshot(exam_id, fields)
 
-    one.store.snapshot = counted  # type: ignore[method-assign]
+    one.store._view_slices = counted  # type: ignore[method-assign]
     first = await asyncio.gather(*(
         one.store.command_view(EXAM, COMMAND_FIELDS, whole=False) for _ in range(4)
     ))
@@ -262,3 +263,47 @@ async def test_commands_arriving_together_read_the_exam_once_for_the_copy(
     assert [applied(result) for result in results] == [[f"s{i}"] for i in range(4)]
     await eventually(lambda: all(in_copy(one, f"s{i}", "status") == "paused" for i in range(4)))
     assert snapshots == 1
+
+
+async def test_the_copy_of_a_large_exam_is_read_in_slices_while_it_changes(
+    two: tuple[Process, Process],
+) -> None:
+    """An exam larger than a slice: the copy is read slice by slice (never the whole exam in
+    one script call, which held Redis for every command waiting on it), while another process
+    changes sessions between the slices, some read before their change and some after. The
+    copy made is the exam as it is once those changes are heard, and decides on it."""
+    one, other = two
+    await one.store.add_sessions([active(f"x{i}") for i in range(1200)])
+    slices: list[list[str]] = []
+    script = one.store._view_script
+
+    async def sliced(**kwargs: Any) -> Any:
+        reply = await script(**kwargs)
+        slices.append([row[0] for row in orjson.loads(reply[2])])
+        if len(slices) == 1:  # changes once the first slice is read
+            unread = next(f"x{i}" for i in range(1200) if f"x{i}" not in slices[0])
+            read = next(sid for sid in slices[0] if sid.startswith("x"))
+            for sid in (read, unread):
+                assert applied(await other.command(Action.PAUSE, Target(session_ids=[sid]))) \
+                    == [sid]
+            assert applied(await other.command(Action.RESUME, Target(session_ids=[unread]))) \
+                == [unread]
+            changed.update({read: ("paused", 1), unread: ("active", 2)})
+        return reply
+
+    changed: dict[str, tuple[str, int]] = {}
+    one.store._view_script = sliced  # type: ignore[assignment]
+    view = await one.view()
+    assert len(slices) > 1
+    assert len(view) == 1204
+    stored = await one.sessions()
+    await eventually(lambda: all(
+        in_copy(one, sid, "version") == version for sid, (_, version) in changed.items()))
+    for sid, (status, version) in changed.items():
+        assert (in_copy(one, sid, "status"), in_copy(one, sid, "version")) == (status, version)
+        assert (stored[sid]["status"], stored[sid]["version"]) == (status, version)
+    for sid, session in view.items():  # every field of every session as Redis has it
+        assert session == {name: stored[sid][name] for name in COMMAND_FIELDS}, sid
+    paused = await one.command(Action.PAUSE, Target(status=["active"]))
+    assert len(paused.applied) == 1204 - 1
+    assert one.store.views_made == 1

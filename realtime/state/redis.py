@@ -67,6 +67,7 @@ IDLE_PING = 15.0  # ping an idle subscription this often; silent for 3x this lon
 MASTER_CHECK = 1.0  # Sentinel: ask this often whether the subscription is on the master
 NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
 UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket here left
+VIEW_SLICE = 500  # sessions of an exam read per script call to make its copy (`_view_slices`)
 SWEEP_SLICE = 250  # sessions the sweeper's question reads per script call (see stale_holders)
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
@@ -367,6 +368,7 @@ class RedisStore:
         self._backlog_script = self._client.register_script(_lua("outbox_backlog.lua"))
         self._audit_script = self._client.register_script(_lua("audit_append.lua"))
         self._snapshot_script = self._client.register_script(_lua("snapshot.lua"))
+        self._view_script = self._client.register_script(_lua("view_slice.lua"))
         self._create_script = self._client.register_script(_lua("session_create.lua"))
         self._touch_script = self._client.register_script(_lua("touch.lua"))
         self._ensure_script = self._client.register_script(_lua("ensure_seq.lua"))
@@ -790,7 +792,7 @@ class RedisStore:
             return None  # dropped before it was started (subscription lost, exam let go)
         try:
             self.view_reads += 1
-            rows, seq = await self.snapshot(exam_id, view.fields)
+            rows, seq = await self._view_slices(exam_id, view.fields)
         except BaseException:
             if self._views.get(exam_id) is view:
                 del self._views[exam_id]  # made again next time
@@ -809,9 +811,39 @@ class RedisStore:
             self._to_view(exam_id, view, heard)
         return view.sessions if self._views.get(exam_id) is view else None
 
+    async def _view_slices(
+        self, exam_id: str, fields: tuple[str, ...]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The exam's sessions (those `fields`) read slice by slice (view_slice.lua, about
+        `VIEW_SLICE` sessions a call), and the seq before the first slice: every session read
+        includes every event up to it, and maybe later ones, which its version tells (see
+        `_to_view`). One whole-exam snapshot held Redis, and every command round trip waiting
+        on it, for 60-130 ms at 5,000 sessions, and its decode held the event loop. A session
+        read twice (SSCAN may return it again) is kept as read last: the later read."""
+        keys = [self.keys.seq(exam_id), self.keys.sessions(exam_id)]
+        prefix = self.keys.session_prefix(exam_id)
+        defaults = [SESSION_DEFAULTS.get(name) for name in fields]
+        sessions: dict[str, dict[str, Any]] = {}
+        first: int | None = None
+        cursor: bytes | str = "0"
+        while True:
+            seq, cursor, reply = await self._view_script(
+                keys=keys, args=[prefix, cursor, VIEW_SLICE, *fields]
+            )
+            if first is None:
+                first = int(seq)
+            for row in orjson.loads(reply):
+                session = {name: default if value is None else value
+                           for name, value, default in zip(fields, row, defaults, strict=True)}
+                sessions[str(session["id"])] = session
+            if _text(cursor) == "0":
+                return list(sessions.values()), first
+
     def _to_view(self, exam_id: str, view: _View, events: list[Event]) -> None:
         """Bring the view forward by these consecutive events of its exam (seq order); what it
-        already includes is skipped; a gap (events it will never see) drops it."""
+        already includes is skipped; a gap (events it will never see) drops it. A session read
+        after the view's seq (a later slice) may include some: an event whose version it has
+        already is skipped (versions only grow, one commit at a time)."""
         if view.events is not None:
             view.events += events
             return
@@ -827,7 +859,7 @@ class RedisStore:
             if "version" not in changes:
                 continue
             session = sessions.get(event.session_id)
-            if session is not None:
+            if session is not None and changes["version"] > session.get("version", -1):
                 for name, value in changes.items():
                     if name in session:
                         session[name] = value
