@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -358,6 +359,12 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
     # less what the server spends idle meanwhile (heartbeat, sweeper, presence)
     server_cpu = max(0.0, server_cpu - bench.idle_cpu_rate * (time.perf_counter() - started))
     delivery = [t.arrivals[0] - t.started for t in applied if t.arrivals]
+    if os.environ.get("BENCH_DELIVERY_LOG"):  # measurement only: each delivery, when sent
+        offset = time.time() - time.perf_counter()
+        lines = [f"{tag} {t.started + offset:.3f} {t.arrivals[0] - t.started:.4f}\n"
+                 for t in applied if t.arrivals]
+        with Path(os.environ["BENCH_DELIVERY_LOG"]).open("a", encoding="utf-8") as log:  # noqa: ASYNC230
+            log.writelines(lines)
     for key in [k for k, t in bench.trackers.items() if t in applied]:
         bench.trackers.pop(key, None)
     sent = counters["sent"]

@@ -1,0 +1,222 @@
+"""Where a server's latency tail comes from: a `--launcher` for `loadtests.bench` (measuring).
+
+    python -m loadtests.bench --configs redis:1 --no-peer --phases throughput --rates 200,1000 \
+        --sizes 5000 --launcher loadtests/loop_tail.py
+    REALTIME_LOOP_TAIL=/tmp/tail.json ...   (where the figures go; default loop-tail-<pid>.json)
+
+Runs uvicorn as `python -m uvicorn` would, with two things timed in the server process:
+
+- every event-loop callback (`asyncio.Handle._run`): thread CPU and wall time, by owner (the
+  task's name and coroutine, or the callback's name). Per owner: count, total CPU, and how many
+  callbacks held the loop over 5 / 20 / 50 ms, with the longest. CPU time of the loop thread is
+  what a busy machine barely moves: a callback that burns 40 ms of CPU held the loop that long
+  whoever else ran.
+- every `RedisStore` coroutine method: calls, total and longest wall time, by method.
+
+And, when it stops, Redis's own view (the store's Redis): `INFO commandstats` and the slow log
+(commands over 1 ms, set at start), the scripts named by their SHA, so a long Lua script (one
+that holds Redis, and every command round trip queued behind it) shows up by name.
+Nothing here changes what the server does; the timing itself costs a few percent of CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import inspect
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+THRESHOLDS = (0.005, 0.020, 0.050)
+
+
+class _Owner:
+    __slots__ = ("count", "cpu", "longest", "longest_wall", "over", "wall")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cpu = 0.0
+        self.wall = 0.0
+        self.over = [0, 0, 0]
+        self.longest = 0.0
+        self.longest_wall = 0.0
+
+
+_callbacks: dict[str, _Owner] = defaultdict(_Owner)
+_redis: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # calls, total, longest
+_started = time.monotonic()
+_long: list[tuple[float, str, float, float]] = []  # (epoch, owner, cpu ms, wall ms) over 5 ms
+
+
+def _owner(handle: asyncio.Handle) -> str:
+    callback = handle._callback  # type: ignore[attr-defined]
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        task_name = task.get_name()
+        if task_name.startswith("Task-"):
+            task_name = "Task"
+        return f"task {task_name}: {name}"
+    name = getattr(callback, "__qualname__", None) or repr(callback)
+    return f"callback {name}"
+
+
+def _install_loop_timer() -> None:
+    run = asyncio.events.Handle._run
+    thread_time, perf = time.thread_time, time.perf_counter
+
+    def timed_run(self: asyncio.Handle) -> None:
+        c0, w0 = thread_time(), perf()
+        try:
+            run(self)
+        finally:
+            cpu, wall = thread_time() - c0, perf() - w0
+            owner = _callbacks[_owner(self)]
+            owner.count += 1
+            owner.cpu += cpu
+            owner.wall += wall
+            for k, limit in enumerate(THRESHOLDS):
+                if cpu > limit:
+                    owner.over[k] += 1
+            if (cpu > THRESHOLDS[0] or wall > THRESHOLDS[1]) and len(_long) < 100_000:
+                _long.append((time.time(), _owner(self), round(1000 * cpu, 1),
+                              round(1000 * wall, 1)))
+            owner.longest = max(owner.longest, cpu)
+            owner.longest_wall = max(owner.longest_wall, wall)
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+
+
+def _install_store_timer() -> None:
+    from realtime.state.redis import RedisStore
+
+    for name, method in list(vars(RedisStore).items()):
+        if not inspect.iscoroutinefunction(method) or name.startswith("__"):
+            continue
+
+        def wrap(method: Any, name: str) -> Any:
+            @functools.wraps(method)
+            async def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    took = time.perf_counter() - started
+                    key = name
+                    if name == "snapshot":  # which one: every field, or a few
+                        fields = args[2] if len(args) > 2 else kwargs.get("fields")
+                        key = f"snapshot({len(fields or ())} fields)"
+                    stat = _redis[key]
+                    stat[0] += 1
+                    stat[1] += took
+                    stat[2] = max(stat[2], took)
+            return timed
+
+        setattr(RedisStore, name, wrap(method, name))
+
+
+def _redis_view() -> dict[str, Any]:
+    url = os.environ.get("REALTIME_REDIS_URL", "")
+    if not url.startswith("redis://"):
+        return {}
+    import redis
+
+    from realtime.state import redis as store_module
+
+    client = redis.Redis.from_url(url)
+    scripts = {}
+    lua = os.path.join(os.path.dirname(store_module.__file__), "lua")
+    import hashlib
+    for file in os.listdir(lua):
+        with open(os.path.join(lua, file), "rb") as f:
+            scripts[hashlib.sha1(f.read()).hexdigest()] = file  # Redis's script id
+    stats = client.info("commandstats")
+    slow: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    slow_entries = []
+    for entry in client.slowlog_get(100_000):
+        command = [c.decode(errors="replace") if isinstance(c, bytes) else str(c)
+                   for c in entry["command"].split()[:2]] if isinstance(entry["command"], bytes) \
+            else [str(entry["command"])]
+        name = command[0].upper()
+        if name == "EVALSHA" and len(command) > 1:
+            name = scripts.get(command[1].lower(), command[1])
+            if name == "snapshot.lua":
+                name += f" ({len(entry['command'].split()) - 6} fields)"
+        slow_entries.append((entry["start_time"], name, entry["duration"] / 1000))
+        stat = slow[name]
+        stat[0] += 1
+        stat[1] += entry["duration"] / 1000
+        stat[2] = max(stat[2], entry["duration"] / 1000)
+    return {
+        "commandstats": {k: {"calls": v["calls"], "usec_per_call": v["usec_per_call"]}
+                         for k, v in stats.items()},
+        "slowlog_over_1ms": {k: {"count": int(v[0]), "total_ms": round(v[1], 1),
+                                 "max_ms": round(v[2], 1)} for k, v in slow.items()},
+        "slowlog": sorted(slow_entries),
+    }
+
+
+def _reset_redis() -> None:
+    url = os.environ.get("REALTIME_REDIS_URL", "")
+    if not url.startswith("redis://"):
+        return
+    import redis
+    client = redis.Redis.from_url(url)
+    client.config_set("slowlog-log-slower-than", 1000)
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
+    client.config_resetstat()
+
+
+def _dump() -> None:
+    seconds = time.monotonic() - _started
+    owners = sorted(_callbacks.items(), key=lambda kv: -kv[1].cpu)
+    report: dict[str, Any] = {
+        "seconds": round(seconds, 1),
+        "loop_cpu_s": round(sum(o.cpu for o in _callbacks.values()), 2),
+        "callbacks": [
+            {"owner": name, "count": o.count, "cpu_s": round(o.cpu, 3),
+             "over_5ms": o.over[0], "over_20ms": o.over[1], "over_50ms": o.over[2],
+             "longest_cpu_ms": round(1000 * o.longest, 1),
+             "longest_wall_ms": round(1000 * o.longest_wall, 1)}
+            for name, o in owners[:40]
+        ],
+        "store_calls": {name: {"calls": int(s[0]), "total_s": round(s[1], 3),
+                               "max_ms": round(1000 * s[2], 1)}
+                        for name, s in sorted(_redis.items(), key=lambda kv: -kv[1][1])},
+        "long_callbacks": _long,
+    }
+    try:
+        report["redis"] = _redis_view()
+    except Exception as exc:  # the report is still worth having
+        report["redis"] = {"error": repr(exc)}
+    path = os.environ.get("REALTIME_LOOP_TAIL") or f"loop-tail-{os.getpid()}.json"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+
+
+def main() -> None:
+    _install_loop_timer()  # times nothing on uvloop (see REALTIME_LOOP_TAIL_CALLBACKS)
+    _install_store_timer()
+    with contextlib.suppress(Exception):  # measuring only: the server runs regardless
+        _reset_redis()
+    atexit.register(_dump)
+    import uvicorn.main
+
+    sys.argv[0] = "uvicorn"
+    if os.environ.get("REALTIME_LOOP_TAIL_CALLBACKS"):
+        # uvloop's handles cannot be timed from Python: this run is on asyncio's loop (slower:
+        # use it to attribute loop CPU, not for latency figures)
+        sys.argv += ["--loop", "asyncio"]
+    uvicorn.main.main()
+
+
+if __name__ == "__main__":
+    main()
