@@ -3,6 +3,7 @@
     python -m loadtests.bench --configs redis:1 --no-peer --phases throughput --rates 200,1000 \
         --sizes 5000 --launcher loadtests/loop_tail.py
     REALTIME_LOOP_TAIL=/tmp/tail.json ...   (where the figures go; default loop-tail-<pid>.json)
+    REALTIME_LOOP_TAIL_TREE=/other/checkout ...   (the server runs that checkout's code)
 
 Runs uvicorn as `python -m uvicorn` would, with two things timed in the server process:
 
@@ -203,6 +204,8 @@ def _dump() -> None:
 
 
 def main() -> None:
+    if os.environ.get("REALTIME_LOOP_TAIL_TREE"):  # the server's code from another checkout
+        sys.path.insert(0, os.environ["REALTIME_LOOP_TAIL_TREE"])
     _install_loop_timer()  # times nothing on uvloop (see REALTIME_LOOP_TAIL_CALLBACKS)
     _install_store_timer()
     with contextlib.suppress(Exception):  # measuring only: the server runs regardless
