@@ -243,6 +243,23 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
     assert summary["served_by"] == "WebSocketsSansIOProtocol", summary
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_open_cpu_times_every_socket_opening(store: str) -> None:
+    """The in-process open measurement: every round waits until every socket has `opened`
+    (else it fails), counts Redis's commands on Redis, and the summary names its figures."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.open_cpu", "--sessions", "30", "--rounds", "3",
+         *(["--memory"] if store == "memory" else [])],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sessions"] == 30 and summary["rounds"] == 2 and summary["store"] == store
+    assert summary["cpu_ms_per_open_p50"] > 0 and summary["opens_per_s_p50"] > 0, summary
+    assert (summary["redis_commands_per_open_p50"] > 0) == (store == "redis"), summary
+    assert "ms CPU per open" in result.stdout
+
+
 class _Entry:
     """What the verdict reads of a locust stats entry (importing locust here would
     monkey-patch the test process with gevent)."""
