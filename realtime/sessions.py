@@ -500,12 +500,12 @@ class SessionService:
             sessions: list[dict[str, Any] | None]
             if attempt == 0 and known is not None and all(sid in known for sid in pending):
                 sessions = [known[sid] for sid in pending]  # just read by the caller
-            else:
-                sessions = await self.store.get_sessions(exam_id, pending)
+            else:  # with whatever else is read in this loop turn: one round trip
+                sessions = await self.store.read_sessions(exam_id, pending)
             if attempt == 0 and any(s is None for s in sessions):
                 # The state store may have lost the exam: rebuild it from SQL, read again.
                 await self.get_exam(exam_id, fresh=True)
-                sessions = await self.store.get_sessions(exam_id, pending)
+                sessions = await self.store.read_sessions(exam_id, pending)
             commits: list[Commit] = []
             decided: list[tuple[str, dict[str, Any], machine.Outcome]] = []
             for sid, session in zip(pending, sessions, strict=True):

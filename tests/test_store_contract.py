@@ -124,6 +124,25 @@ async def test_add_and_get_sessions(store: StateStore) -> None:
     assert await store.get_sessions(A, []) == []
 
 
+async def test_read_sessions_answers_as_get_sessions(store: StateStore) -> None:
+    """Reads and code lookups arriving together (sharing a round trip on Redis) each get
+    what they would get alone."""
+    s1 = session("s1", locked=True, deadline=1234.5, position=3, status="active",
+                 notice='a "quoted" notice', client_id="tab\n1")
+    s2 = session("s2")
+    other = session("s1", exam_id=B)
+    await store.add_sessions([s1, s2, other])
+    answers = await asyncio.gather(
+        store.read_sessions(A, ["s1", "missing", "s2"]),
+        store.read_sessions(B, ["s1", "s2"]),
+        store.read_sessions(A, []),
+        store.session_by_code(f"code-{A}-s2"),
+        store.session_by_code("unknown"),
+        store.read_sessions(A, ["s2"]),
+    )
+    assert answers == [[s1, None, s2], [other, None], [], (A, "s2"), None, [s2]]
+
+
 async def test_add_sessions_keeps_existing(store: StateStore) -> None:
     await store.add_sessions([session("s1")])
     [result] = await store.commit([commit(A, "s1", 0, status="active")])

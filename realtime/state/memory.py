@@ -136,6 +136,11 @@ class MemoryStore:
             result.append(dict(session) if session is not None else None)
         return result
 
+    async def read_sessions(
+        self, exam_id: str, session_ids: list[str]
+    ) -> list[dict[str, Any] | None]:
+        return await self.get_sessions(exam_id, session_ids)
+
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
         return self._codes.get(access_code)
 

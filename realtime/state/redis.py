@@ -383,6 +383,13 @@ class RedisStore:
         self._io_scheduled = False
         self._io_tasks: set[asyncio.Task[None]] = set()
         self.command_round_trips = 0  # pipelines sent for them, for tests
+        # Access codes to resolve and sessions to read for candidates' opens and the other
+        # read-decide-commit changes (`session_by_code`, `read_sessions`), sent once per loop
+        # turn: a hall opening at once shares round trips as its commits do.
+        self._code_lookups: list[tuple[str, asyncio.Future[Any]]] = []
+        self._session_reads: list[tuple[str, list[str], asyncio.Future[Any]]] = []
+        self._reads_scheduled = False
+        self.read_round_trips = 0  # pipelines sent for them, for tests
         self._listeners: list[EventListener] = []
         self._commit_listeners: list[CommitListener] = []
         self._hand_off = HandOff(self._give_listeners)  # big batches after their callers
@@ -919,12 +926,125 @@ class RedisStore:
             replies = await pipe.execute()
         return [_decode_fields(raw) if raw else None for raw in replies]
 
+    async def read_sessions(
+        self, exam_id: str, session_ids: list[str]
+    ) -> list[dict[str, Any] | None]:
+        """`get_sessions` through the next read round trip (see `_flush_reads`)."""
+        if not session_ids:
+            return []
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[dict[str, Any] | None]] = loop.create_future()
+        self._session_reads.append((exam_id, list(session_ids), done))
+        self._schedule_reads(loop)
+        return await done
+
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
-        raw = await self._client.hget(self.keys.codes, access_code)
+        """Through the next read round trip (see `_flush_reads`)."""
+        if not access_code:
+            return None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes | None] = loop.create_future()
+        self._code_lookups.append((access_code, done))
+        self._schedule_reads(loop)
+        raw = await done
         if raw is None:
             return None
         exam_id, _, session_id = _text(raw).partition("\n")
         return exam_id, session_id
+
+    def _schedule_reads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first lookup of a loop turn starts the task that sends them; it runs in the
+        next turn and takes everything that arrived until then."""
+        if not self._reads_scheduled:
+            self._reads_scheduled = True
+            task = loop.create_task(self._flush_reads())
+            self._io_tasks.add(task)
+            task.add_done_callback(self._io_tasks.discard)
+
+    async def _flush_reads(self) -> None:
+        """One pipeline for every lookup of the loop turn: one HMGET of the access codes, and
+        per exam one command_read.lua call (no command id, every field) for all the sessions
+        asked for, decoded in one call. A script call that fails fails only its exam's
+        readers; a round trip that fails fails them all (they are reads: nothing applied)."""
+        self._reads_scheduled = False
+        lookups, reads = self._code_lookups, self._session_reads
+        self._code_lookups, self._session_reads = [], []
+        if not lookups and not reads:
+            return
+        self.read_round_trips += 1
+        codes = list(dict.fromkeys(code for code, _ in lookups))
+        groups: dict[str, list[tuple[list[str], asyncio.Future[Any]]]] = {}
+        for exam_id, ids, done in reads:
+            groups.setdefault(exam_id, []).append((ids, done))
+        keys = self.keys
+        calls: list[_ScriptCall] = []
+        for exam_id, group in groups.items():
+            args: list[Any] = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
+                               keys.command(exam_id, ""), 0]
+            for ids, _ in group:
+                args += ["", len(ids), *ids]
+            calls.append(_ScriptCall(self._read_script, exam_id, [keys.sessions(exam_id)], args))
+        try:
+            found, replies = await self._read_pipeline(codes, calls)
+        except BaseException as exc:
+            waiting = [done for _, done in lookups] + [done for _, _, done in reads]
+            for done in waiting:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        by_code = dict(zip(codes, found, strict=True))
+        for code, done in lookups:
+            if not done.done():
+                done.set_result(by_code[code])
+        for group, reply in zip(groups.values(), replies, strict=True):
+            try:
+                if isinstance(reply, Exception):
+                    raise reply
+                answers = _decode_reads(reply, ())
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), (_, _, sessions) in zip(group, answers, strict=True):
+                if not done.done():
+                    done.set_result(sessions)
+
+    async def _read_pipeline(
+        self, codes: list[str], calls: list[_ScriptCall]
+    ) -> tuple[list[Any], list[Any]]:
+        """The HMGET of `codes` (if any) and the script calls in one pipeline: the codes'
+        values, and per call its reply or its error. A script is loaded only when Redis
+        answers NOSCRIPT, and only the refused calls are sent again (reads: harmless)."""
+        found: list[Any] | None = None if codes else []
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                if found is None:
+                    pipe.hmget(self.keys.codes, codes)
+                for i in todo:
+                    call = calls[i]
+                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys),
+                                         *call.keys, *call.args)
+                answers = await pipe.execute(raise_on_error=False)
+            if found is None:
+                first, *answers = answers
+                if isinstance(first, Exception):
+                    raise first
+                found = list(first)
+            refused = []
+            for i, answer in zip(todo, answers, strict=True):
+                replies[i] = answer
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    refused.append(i)
+            if not refused:
+                break
+            self._read_script.sha = await self._client.script_load(self._read_script.script)
+            todo = refused
+        return found or [], replies
 
     async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
         raw = await self._client.hget(self.keys.candidates(exam_id), candidate_id)

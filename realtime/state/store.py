@@ -148,8 +148,15 @@ class StateStore(Protocol):
         self, exam_id: str, session_ids: list[str]
     ) -> list[dict[str, Any] | None]: ...
 
+    async def read_sessions(
+        self, exam_id: str, session_ids: list[str]
+    ) -> list[dict[str, Any] | None]:
+        """`get_sessions`, where reads (and `session_by_code` lookups) arriving together may
+        share one round trip: what a change reads before it decides (a hall's opens)."""
+
     async def session_by_code(self, access_code: str) -> tuple[str, str] | None:
-        """(exam_id, session_id) for an access code."""
+        """(exam_id, session_id) for an access code; lookups arriving together may share
+        one round trip."""
 
     async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
         """The session id of a candidate in an exam (without asking SQL)."""
