@@ -15,6 +15,7 @@ connection still holds a live session") instead of a version.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -204,6 +205,7 @@ class SessionService:
         self.clock = clock
         self.batcher = batcher or CommitBatcher(store)
         self._exam_cache: dict[str, tuple[float, Exam]] = {}
+        self._exam_loads: dict[str, asyncio.Future[Exam]] = {}  # reads of an expired copy
         self._rebuilding = KeyedLocks()
         self._session_locks = KeyedLocks()
         self._first_opens = KeyedLocks()  # one session creation per (exam, candidate) at a time
@@ -254,6 +256,22 @@ class SessionService:
         cached = self._exam_cache.get(exam_id)
         if cached is not None and not fresh and time.monotonic() - cached[0] < EXAM_CACHE_SECONDS:
             return cached[1]
+        if fresh:
+            return await self._load_exam(exam_id)
+        # One read for every caller that finds the copy expired (a hall's opens would each
+        # read the exam again the moment it expires): they share the one in flight.
+        loading = self._exam_loads.get(exam_id)
+        if loading is None:
+            loading = self._exam_loads[exam_id] = asyncio.ensure_future(self._load_exam(exam_id))
+            loading.add_done_callback(functools.partial(self._exam_loaded, exam_id))
+        return await asyncio.shield(loading)
+
+    def _exam_loaded(self, exam_id: str, loading: asyncio.Future[Exam]) -> None:
+        self._exam_loads.pop(exam_id, None)
+        if not loading.cancelled():
+            loading.exception()  # retrieved: its waiters may all have been cancelled
+
+    async def _load_exam(self, exam_id: str) -> Exam:
         exam = await self.store.get_exam(exam_id)
         if exam is None:
             exam = await self._rebuild(exam_id)

@@ -1,11 +1,12 @@
 """Opens on Redis: what they look up (access codes) and read (sessions) before deciding goes to
 Redis once per loop turn, as one pipeline (one HMGET of the codes, one command_read.lua call per
-exam), however many opens arrive together. The contract tests check `read_sessions` answers
-what `get_sessions` does."""
+exam), however many opens arrive together; an expired copy of the exam is read once for all of
+them. The contract tests check `read_sessions` answers what `get_sessions` does."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from redis.exceptions import ResponseError
 from realtime.db.database import Database
 from realtime.sessions import SessionService
 from realtime.state import machine
+from realtime.state.memory import MemoryStore
 from realtime.state.model import Exam, new_session
 from realtime.state.redis import RedisStore
 
@@ -143,3 +145,49 @@ async def test_a_hall_opening_at_once_reads_in_a_few_round_trips(
     for n in range(40):
         [session] = await store.get_sessions(A, [f"s{n}"])
         assert session is not None and session["conn_id"] == f"conn-{n}"
+
+
+async def test_an_expired_exam_is_read_once_for_all_who_wait(db: Database) -> None:
+    """The exam's in-process copy expires while a hall opens: one read of the store for all
+    of them (each used to read it again), and they all get what the store has now."""
+    store = MemoryStore()
+    service = SessionService(store, db, machine.Liveness())
+    await service.create_exam(Exam(id=A, title="Before"))
+    await store.put_exam(Exam(id=A, title="Changed elsewhere"))
+    reads: list[str] = []
+    get_exam = store.get_exam
+
+    async def counted(exam_id: str) -> Exam | None:
+        reads.append(exam_id)
+        await asyncio.sleep(0)  # a round trip: the others arrive meanwhile
+        return await get_exam(exam_id)
+
+    store.get_exam = counted  # type: ignore[method-assign]
+    assert (await service.get_exam(A)).title == "Before"  # the copy, still fresh
+    service._exam_cache[A] = (time.monotonic() - 60, service._exam_cache[A][1])  # expired
+    exams = await asyncio.gather(*(service.get_exam(A) for _ in range(50)))
+    assert {e.title for e in exams} == {"Changed elsewhere"}
+    assert reads == [A]
+    assert (await service.get_exam(A, fresh=True)).title == "Changed elsewhere"
+    assert reads == [A, A]  # `fresh` reads, whatever the copy
+
+
+async def test_waiters_of_an_exam_read_that_fails_all_get_the_error(db: Database) -> None:
+    store = MemoryStore()
+    service = SessionService(store, db, machine.Liveness())
+    calls = 0
+
+    async def down(exam_id: str) -> Exam | None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        raise ConnectionError("store down")
+
+    store.get_exam = down  # type: ignore[method-assign]
+    results = await asyncio.gather(*(service.get_exam(A) for _ in range(10)),
+                                   return_exceptions=True)
+    assert calls == 1
+    assert all(isinstance(r, ConnectionError) for r in results)
+    with pytest.raises(ConnectionError):  # not kept: the next caller reads again
+        await service.get_exam(A)
+    assert calls == 2
