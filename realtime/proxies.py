@@ -11,6 +11,7 @@ client is then unknown, which no lab network contains, and a warning says how to
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
@@ -29,8 +30,12 @@ def parse_networks(cidrs: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(raw: str) -> Address | None:
-    """An address from a peer or header value (ports and brackets stripped), or None."""
+    """An address from a peer or header value (ports and brackets stripped), or None.
+
+    Memoised (addresses are immutable): every open and request parses its caller's address
+    more than once (history, limits), and a hall's sockets come from a few thousand at most."""
     raw = raw.strip().strip('"')
     if raw.startswith("[") and "]" in raw:  # [v6]:port
         raw = raw[1 : raw.index("]")]
