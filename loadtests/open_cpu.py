@@ -6,8 +6,9 @@
 
 The server (a private redis-server, or the memory store with `--memory`; SQLite) runs in this
 process under uvicorn. Each round, a child process connects N candidate sockets (the handshakes
-are not measured), then sends every socket's `open` (access code) at once, as a hall does when
-an exam starts, and tells this process when all N have their `opened`. Between the `go` and
+are measured apart: `connect_cpu_ms` per socket), then sends every socket's `open` (access
+code) at once, as a hall does when an exam starts, and tells this process when all N have
+their `opened`. Between the `go` and
 that moment this process's CPU (`time.process_time()`: the rest of the machine barely moves
 it) is the cost of N opens; the round trips are Redis's own count of the commands it ran
 (`INFO commandstats`, every kind but the subscription's). Then the child closes its sockets
@@ -161,11 +162,18 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, float]] = []
     profiler = cProfile.Profile() if args.profile else None
     for rnd in range(args.rounds):
+        gc.collect()
+        if profiler is not None and args.profile_connects and rnd >= 1:
+            profiler.enable()
+        started = time.process_time()
         await say("connect", "connected")
+        connect_cpu = time.process_time() - started
+        if profiler is not None:
+            profiler.disable()
         await asyncio.sleep(0.3)  # let the handshakes' tail settle
         gc.collect()
         before = redis_commands(await spy.info("commandstats")) if spy is not None else {}
-        if profiler is not None and rnd >= 1:
+        if profiler is not None and not args.profile_connects and rnd >= 1:
             profiler.enable()
         started = time.process_time()
         wall = time.perf_counter()
@@ -177,10 +185,12 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         after = redis_commands(await spy.info("commandstats")) if spy is not None else {}
         calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         calls = {k: v for k, v in sorted(calls.items()) if v}
-        rows.append({"cpu_ms_per_open": 1000 * cpu / args.sessions,
+        rows.append({"connect_cpu_ms": 1000 * connect_cpu / args.sessions,
+                     "cpu_ms_per_open": 1000 * cpu / args.sessions,
                      "opens_per_s": args.sessions / seconds,
                      "redis_commands_per_open": sum(calls.values()) / args.sessions})
-        print(f"round {rnd}: {1000 * cpu / args.sessions:.3f} ms CPU per open, "
+        print(f"round {rnd}: handshake {1000 * connect_cpu / args.sessions:.3f} ms CPU per "
+              f"socket; {1000 * cpu / args.sessions:.3f} ms CPU per open, "
               f"{args.sessions / seconds:.0f} opens/s, Redis commands per open "
               f"{sum(calls.values()) / args.sessions:.2f} {calls}", flush=True)
         await say("close", "closed")
@@ -202,7 +212,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "sessions": args.sessions, "store": "memory" if args.memory else "redis",
         "rounds": len(measured),
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 3)
-           for key in ("cpu_ms_per_open", "opens_per_s", "redis_commands_per_open")},
+           for key in ("connect_cpu_ms", "cpu_ms_per_open", "opens_per_s",
+                       "redis_commands_per_open")},
     }
 
 
@@ -213,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default=MSGPACK)
     parser.add_argument("--memory", action="store_true", help="the memory store, not Redis")
     parser.add_argument("--profile", default="", help="write a cProfile of rounds 2+ here")
+    parser.add_argument("--profile-connects", action="store_true",
+                        help="profile the handshakes instead of the opens")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # the child's part
     parser.add_argument("--codes", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
