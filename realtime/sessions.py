@@ -374,10 +374,10 @@ class SessionService:
         return sessions
 
     async def get_session(self, exam_id: str, session_id: str) -> dict[str, Any]:
-        [session] = await self.store.get_sessions(exam_id, [session_id])
+        [session] = await self.store.read_sessions(exam_id, [session_id])
         if session is None:
             await self.get_exam(exam_id, fresh=True)  # rehydrates the store if it lost the exam
-            [session] = await self.store.get_sessions(exam_id, [session_id])
+            [session] = await self.store.read_sessions(exam_id, [session_id])
         if session is None:
             raise scope.session_not_found(exam_id, session_id)
         return session

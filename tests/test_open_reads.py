@@ -46,6 +46,25 @@ async def add(store: RedisStore, count: int = 4) -> None:
     ])
 
 
+def count_sent(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the store sends outside commits from now on: a command's name, or "pipeline"."""
+    sent: list[str] = []
+    client = store._client
+    execute, pipeline = client.execute_command, client.pipeline
+
+    async def counted_execute(*args: Any, **kwargs: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **kwargs)
+
+    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+        sent.append("pipeline")
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", counted_execute)
+    monkeypatch.setattr(client, "pipeline", counted_pipeline)
+    return sent
+
+
 def script_calls(url: str) -> int:
     stats: dict[str, Any] = redis.Redis.from_url(url).info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
@@ -74,6 +93,37 @@ async def test_lookups_and_reads_of_one_loop_turn_share_one_round_trip(
     for exam, ids in reads[:3]:
         await store.read_sessions(exam, ids)
     assert store.read_round_trips == trips + 4
+
+
+async def test_candidates_are_looked_up_with_the_codes(
+    store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logged-in candidates' lookups (`session_by_candidate`) go in the same round trip as
+    the access codes and the reads: one HMGET per hash; a hash that cannot be read fails
+    only the lookups in it."""
+    await store.add_sessions([
+        new_session(id=f"s{n}", exam_id=exam, candidate_id=f"c{n}",
+                    access_code=code(store, exam, n))
+        for exam in (A, B) for n in range(3)
+    ])
+    redis.Redis.from_url(redis_url).set(store.keys.candidates("broken"), "x")
+    sent = count_sent(store, monkeypatch)
+    trips = store.read_round_trips
+    results = await asyncio.gather(
+        store.session_by_candidate(A, "c1"),
+        store.session_by_candidate(B, "c2"),
+        store.session_by_candidate(A, "nobody"),
+        store.session_by_candidate("broken", "c1"),
+        store.session_by_code(code(store, B, 0)),
+        store.read_sessions(A, ["s2"]),
+        return_exceptions=True,
+    )
+    assert store.read_round_trips == trips + 1
+    assert sent == ["pipeline"]
+    first, second, nobody, broken, found, read = results
+    assert (first, second, nobody, found) == ("s1", "s2", None, (B, "s0"))
+    assert isinstance(broken, ResponseError)
+    assert isinstance(read, list) and read[0] is not None and read[0]["id"] == "s2"
 
 
 async def test_a_failed_script_call_fails_only_its_own_exams_readers(
@@ -119,20 +169,7 @@ async def test_a_hall_opening_at_once_reads_in_a_few_round_trips(
     service = SessionService(store, db, machine.Liveness())
     await service.create_exam(Exam(id=A, title="Hall"))
     await add(store, 40)
-    sent: list[str] = []
-    client = store._client  # count what the store sends outside commits
-    execute, pipeline = client.execute_command, client.pipeline
-
-    async def counted_execute(*args: Any, **kwargs: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute(*args, **kwargs)
-
-    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
-        sent.append("pipeline")
-        return pipeline(*args, **kwargs)
-
-    monkeypatch.setattr(client, "execute_command", counted_execute)
-    monkeypatch.setattr(client, "pipeline", counted_pipeline)
+    sent = count_sent(store, monkeypatch)
 
     async def one(n: int) -> bool:
         found = await service.resolve_code(code(store, A, n))

@@ -383,10 +383,11 @@ class RedisStore:
         self._io_scheduled = False
         self._io_tasks: set[asyncio.Task[None]] = set()
         self.command_round_trips = 0  # pipelines sent for them, for tests
-        # Access codes to resolve and sessions to read for candidates' opens and the other
-        # read-decide-commit changes (`session_by_code`, `read_sessions`), sent once per loop
-        # turn: a hall opening at once shares round trips as its commits do.
-        self._code_lookups: list[tuple[str, asyncio.Future[Any]]] = []
+        # Access codes and candidates to look up and sessions to read for candidates' opens
+        # and the other read-decide-commit changes (`session_by_code`, `session_by_candidate`,
+        # `read_sessions`), sent once per loop turn: a hall opening at once shares round trips
+        # as its commits do. Lookups are (hash key, field, answer).
+        self._lookups: list[tuple[str, str, asyncio.Future[Any]]] = []
         self._session_reads: list[tuple[str, list[str], asyncio.Future[Any]]] = []
         self._reads_scheduled = False
         self.read_round_trips = 0  # pipelines sent for them, for tests
@@ -943,14 +944,25 @@ class RedisStore:
         if not access_code:
             return None
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes | None] = loop.create_future()
-        self._code_lookups.append((access_code, done))
-        self._schedule_reads(loop)
-        raw = await done
+        raw = await self._look_up(loop, self.keys.codes, access_code)
         if raw is None:
             return None
         exam_id, _, session_id = _text(raw).partition("\n")
         return exam_id, session_id
+
+    async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
+        """Through the next read round trip (see `_flush_reads`)."""
+        loop = asyncio.get_running_loop()
+        raw = await self._look_up(loop, self.keys.candidates(exam_id), candidate_id)
+        return None if raw is None else _text(raw)
+
+    def _look_up(
+        self, loop: asyncio.AbstractEventLoop, key: str, name: str
+    ) -> asyncio.Future[bytes | None]:
+        done: asyncio.Future[bytes | None] = loop.create_future()
+        self._lookups.append((key, name, done))
+        self._schedule_reads(loop)
+        return done
 
     def _schedule_reads(self, loop: asyncio.AbstractEventLoop) -> None:
         """The first lookup of a loop turn starts the task that sends them; it runs in the
@@ -962,17 +974,21 @@ class RedisStore:
             task.add_done_callback(self._io_tasks.discard)
 
     async def _flush_reads(self) -> None:
-        """One pipeline for every lookup of the loop turn: one HMGET of the access codes, and
-        per exam one command_read.lua call (no command id, every field) for all the sessions
-        asked for, decoded in one call. A script call that fails fails only its exam's
-        readers; a round trip that fails fails them all (they are reads: nothing applied)."""
+        """One pipeline for every lookup of the loop turn: one HMGET per hash looked up in
+        (the access codes, an exam's candidates) and per exam one command_read.lua call (no
+        command id, every field) for all the sessions asked for, decoded in one call. An
+        HMGET or a script call that fails fails only its own callers; a round trip that
+        fails fails them all (they are reads: nothing was applied)."""
         self._reads_scheduled = False
-        lookups, reads = self._code_lookups, self._session_reads
-        self._code_lookups, self._session_reads = [], []
+        lookups, reads = self._lookups, self._session_reads
+        self._lookups, self._session_reads = [], []
         if not lookups and not reads:
             return
         self.read_round_trips += 1
-        codes = list(dict.fromkeys(code for code, _ in lookups))
+        names: dict[str, dict[str, None]] = {}  # hash key -> its fields, once each
+        for key, name, _ in lookups:
+            names.setdefault(key, {})[name] = None
+        hashes = [(key, list(fields)) for key, fields in names.items()]
         groups: dict[str, list[tuple[list[str], asyncio.Future[Any]]]] = {}
         for exam_id, ids, done in reads:
             groups.setdefault(exam_id, []).append((ids, done))
@@ -985,19 +1001,28 @@ class RedisStore:
                 args += ["", len(ids), *ids]
             calls.append(_ScriptCall(self._read_script, exam_id, [keys.sessions(exam_id)], args))
         try:
-            found, replies = await self._read_pipeline(codes, calls)
+            found, replies = await self._read_pipeline(hashes, calls)
         except BaseException as exc:
-            waiting = [done for _, done in lookups] + [done for _, _, done in reads]
+            waiting = [done for _, _, done in lookups] + [done for _, _, done in reads]
             for done in waiting:
                 if not done.done():
                     done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        by_code = dict(zip(codes, found, strict=True))
-        for code, done in lookups:
+        values: dict[tuple[str, str], Any] = {}
+        failed: dict[str, Exception] = {}
+        for (key, fields), got in zip(hashes, found, strict=True):
+            if isinstance(got, Exception):
+                failed[key] = got
+            else:
+                values.update(((key, name), value) for name, value in zip(fields, got, strict=True))
+        for key, name, done in lookups:
             if not done.done():
-                done.set_result(by_code[code])
+                if key in failed:
+                    done.set_exception(failed[key])
+                else:
+                    done.set_result(values[key, name])
         for group, reply in zip(groups.values(), replies, strict=True):
             try:
                 if isinstance(reply, Exception):
@@ -1013,28 +1038,27 @@ class RedisStore:
                     done.set_result(sessions)
 
     async def _read_pipeline(
-        self, codes: list[str], calls: list[_ScriptCall]
+        self, hashes: list[tuple[str, list[str]]], calls: list[_ScriptCall]
     ) -> tuple[list[Any], list[Any]]:
-        """The HMGET of `codes` (if any) and the script calls in one pipeline: the codes'
-        values, and per call its reply or its error. A script is loaded only when Redis
-        answers NOSCRIPT, and only the refused calls are sent again (reads: harmless)."""
-        found: list[Any] | None = None if codes else []
+        """An HMGET per (hash key, fields) and the script calls in one pipeline: per hash
+        its values or its error, and per call its reply or its error. A script is loaded
+        only when Redis answers NOSCRIPT, and only the refused calls are sent again (reads:
+        harmless)."""
+        found: list[Any] | None = None if hashes else []
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
             async with self._client.pipeline(transaction=False) as pipe:
                 if found is None:
-                    pipe.hmget(self.keys.codes, codes)
+                    for key, fields in hashes:
+                        pipe.hmget(key, fields)
                 for i in todo:
                     call = calls[i]
                     pipe.execute_command("EVALSHA", call.script.sha, len(call.keys),
                                          *call.keys, *call.args)
                 answers = await pipe.execute(raise_on_error=False)
             if found is None:
-                first, *answers = answers
-                if isinstance(first, Exception):
-                    raise first
-                found = list(first)
+                found, answers = answers[:len(hashes)], answers[len(hashes):]
             refused = []
             for i, answer in zip(todo, answers, strict=True):
                 replies[i] = answer
@@ -1046,9 +1070,6 @@ class RedisStore:
             todo = refused
         return found or [], replies
 
-    async def session_by_candidate(self, exam_id: str, candidate_id: str) -> str | None:
-        raw = await self._client.hget(self.keys.candidates(exam_id), candidate_id)
-        return None if raw is None else _text(raw)
 
     async def snapshot(
         self, exam_id: str, fields: tuple[str, ...] | None = None
