@@ -10,8 +10,9 @@ are measured apart: `connect_cpu_ms` per socket), then sends every socket's `ope
 code) at once, as a hall does when an exam starts, and tells this process when all N have
 their `opened`. Between the `go` and
 that moment this process's CPU (`time.process_time()`: the rest of the machine barely moves
-it) is the cost of N opens; the round trips are Redis's own count of the commands it ran
-(`INFO commandstats`, every kind but the subscription's). Then the child closes its sockets
+it) is the cost of N opens; Redis's CPU (`INFO cpu`) and its own count of the commands it ran
+(`INFO commandstats`, every kind but the subscription's: commands run by scripts count too)
+are taken over the same span. Then the child closes its sockets
 and this process waits until every session is disconnected, so each round opens N sessions
 that nobody holds.
 """
@@ -98,6 +99,14 @@ def redis_commands(info: dict[str, Any]) -> dict[str, int]:
             if name.startswith("cmdstat_") and name not in skip}
 
 
+async def redis_seconds(spy: Any) -> float:
+    """CPU seconds the redis-server has used so far (0 without one)."""
+    if spy is None:
+        return 0.0
+    info = await spy.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     import redis.asyncio as aioredis
@@ -173,6 +182,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.3)  # let the handshakes' tail settle
         gc.collect()
         before = redis_commands(await spy.info("commandstats")) if spy is not None else {}
+        redis_cpu = await redis_seconds(spy)
         if profiler is not None and not args.profile_connects and rnd >= 1:
             profiler.enable()
         started = time.process_time()
@@ -183,15 +193,18 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         if profiler is not None:
             profiler.disable()
         after = redis_commands(await spy.info("commandstats")) if spy is not None else {}
+        redis_cpu = await redis_seconds(spy) - redis_cpu
         calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         calls = {k: v for k, v in sorted(calls.items()) if v}
         rows.append({"connect_cpu_ms": 1000 * connect_cpu / args.sessions,
                      "cpu_ms_per_open": 1000 * cpu / args.sessions,
                      "opens_per_s": args.sessions / seconds,
-                     "redis_commands_per_open": sum(calls.values()) / args.sessions})
+                     "redis_commands_per_open": sum(calls.values()) / args.sessions,
+                     "redis_cpu_ms_per_open": 1000 * redis_cpu / args.sessions})
         print(f"round {rnd}: handshake {1000 * connect_cpu / args.sessions:.3f} ms CPU per "
               f"socket; {1000 * cpu / args.sessions:.3f} ms CPU per open, "
-              f"{args.sessions / seconds:.0f} opens/s, Redis commands per open "
+              f"{args.sessions / seconds:.0f} opens/s, Redis CPU per open "
+              f"{1000 * redis_cpu / args.sessions:.3f} ms, Redis commands per open "
               f"{sum(calls.values()) / args.sessions:.2f} {calls}", flush=True)
         await say("close", "closed")
         while runtime.hub.candidates:  # noqa: ASYNC110  # every socket's end handled
@@ -213,7 +226,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": len(measured),
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 3)
            for key in ("connect_cpu_ms", "cpu_ms_per_open", "opens_per_s",
-                       "redis_commands_per_open")},
+                       "redis_commands_per_open", "redis_cpu_ms_per_open")},
     }
 
 
