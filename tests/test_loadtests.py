@@ -260,6 +260,28 @@ def test_open_cpu_times_every_socket_opening(store: str) -> None:
     assert "ms CPU per open" in result.stdout
 
 
+def test_loop_stalls_times_the_loop_while_commands_reach_their_candidates(
+    tmp_path: Path,
+) -> None:
+    """The event-loop measurement: every command it sends is applied and reaches its
+    candidate, and the report counts the loop's callbacks and iterations by their CPU."""
+    out = tmp_path / "stalls.json"
+    result = _run(
+        [sys.executable, "-m", "loadtests.loop_stalls", "--store", "memory", "--sessions", "30",
+         "--rate", "20", "--seconds", "2", "--warmup", "0.5", "--json", str(out)],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    clients = report["clients"]
+    assert clients["sent"] > 0 and clients["applied"] == clients["sent"], clients
+    assert clients["received"] == clients["sent"], clients
+    assert report["callbacks"] > 0 and report["iterations"] > 0, report
+    for key in ("over_5ms", "over_20ms", "over_50ms", "max_ms"):
+        assert key in report["long_iterations"] and key in report["long_callbacks"], report
+    assert "memory N=30" in result.stdout.strip().splitlines()[-1]
+
+
 class _Entry:
     """What the verdict reads of a locust stats entry (importing locust here would
     monkey-patch the test process with gevent)."""
