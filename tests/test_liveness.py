@@ -114,6 +114,27 @@ async def test_a_link_that_answers_is_never_timed_out_even_when_ticks_run_very_l
     await link.conn.stop()
 
 
+async def test_pings_go_out_in_small_slices_each_link_once_per_interval() -> None:
+    """5,000 candidates: no tick pings more than 50 of them (a tick's pings, and the pongs
+    that come back together, are a stretch of work nothing else on the loop can interleave
+    with), and over one interval every candidate gets exactly one ping."""
+    hub = Hub()
+    links = [candidate(hub, f"s{i}") for i in range(5000)]
+    ticker = Ticker(hub)
+    per_tick = []
+    for _ in range(HEARTBEAT_TICKS):
+        sent = hub.pings_sent
+        ticker.tick()
+        per_tick.append(hub.pings_sent - sent)
+        for link in links:
+            link.conn.unanswered_since = None  # every pong comes back
+    assert max(per_tick) <= 50
+    assert sum(per_tick) == 5000
+    assert all(len(cast(FakeSocket, link.conn.websocket).frames) == 1 for link in links)
+    for link in links:
+        await link.conn.stop()
+
+
 async def test_a_link_that_leaves_pings_unanswered_is_timed_out() -> None:
     """Silent for longer than the ping timeout: closed with 4009, confirmed on a second tick."""
     hub = Hub()

@@ -37,7 +37,11 @@ COMMAND_KINDS = frozenset(a.value for a in Action)
 # may clear (decided without a read), and the fields below.
 ACK_FIELDS = ("notice_id", "status_command_id", "lock_command_id")
 VIEW_FIELDS = ("status", "alerts", *ACK_FIELDS)
-HEARTBEAT_TICKS = 25  # the heartbeat visits 1/25 of the connections at a time
+# The heartbeat visits 1/100 of the connections at a time (every 50 ms at the default 5 s):
+# at 5,000 sockets a tick sends 50 pings and gets 50 pongs back, a few milliseconds of work.
+# At 1/25 a tick's 200 pings and the wave of pongs after them held the event loop for 10-20
+# ms each, five times a second (docs/performance.md, "long stretches on the event loop").
+HEARTBEAT_TICKS = 100
 
 
 def public_event(event: Event) -> dict[str, Any]:
