@@ -7,6 +7,13 @@ long (measured: "pause all" of 5,000 went from ~0.2 s to ~0.6 s; see docs/perfor
 Objects that have lived through a while are moved to the permanent generation with
 `gc.freeze()`, so collections only walk what is new.
 
+What is new is more than it seems: each socket that received a frame has made its reader's
+waiting coroutines, futures and handles afresh (~18 objects), and they live until its next
+frame. With 5,000 candidates answering a ping every 5 s a pass every 10 s walked ~90,000 of
+them, a ~100 ms stall; so passes come often (`REALTIME_GC_FREEZE_INTERVAL`, 0.5 s) and each
+walks ~10,000. CPython's own young collections hardly ever run meanwhile: frozen
+objects that die count against new ones in its allocation count.
+
 `gc.freeze()` freezes garbage too: every WebSocket handshake leaves a reference cycle behind
 (uvicorn's HTTP protocol object and its parser, holding tens of kilobytes), and what had not
 been collected yet when the freeze came stayed until the next full collection — about 50 MB
