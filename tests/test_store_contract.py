@@ -394,6 +394,42 @@ async def test_events_since_reports_a_trimmed_log(make_store: StoreFactory) -> N
     assert await store.events_since(A, 7) == []
 
 
+async def test_the_log_is_trimmed_behind_a_run_of_audit_rows(make_store: StoreFactory) -> None:
+    """Staff commands append an audit entry each after their events: however many follow the
+    event entry holding the log's first seq, the drained log is still trimmed to it."""
+    store = await make_store(log_size=3)
+    await store.add_sessions([session("s1")])
+    for _ in range(4):
+        await store.commit([commit(A, "s1", None)])
+    for n in range(20):
+        await store.append_audit(A, [{"action": "pause", "n": n}])
+    for _ in range(2):
+        await store.commit([commit(A, "s1", None)])
+    await drain(store, A)
+
+    assert await store.events_since(A, 2) is None  # seq 3 is drained and beyond the log
+    assert [e.seq for e in await store.events_since(A, 3) or []] == [4, 5, 6]
+
+    # Redis keeps whole entries: while the log's first seq is inside one, from its start.
+    whole = isinstance(store, RedisStore)
+    await store.commit([commit(A, "s1", None, events=4)])  # seqs 7-10: the log from 8
+    await drain(store, A)
+    assert await store.events_since(A, 5) is None
+    assert [e.seq for e in await store.events_since(A, 7) or []] == [8, 9, 10]
+    if whole:
+        assert [e.seq for e in await store.events_since(A, 6) or []] == [7, 8, 9, 10]
+    await store.commit([commit(A, "s1", None)])  # 11: the log from 9, in the same entry
+    await drain(store, A)
+    assert await store.events_since(A, 5) is None
+    assert [e.seq for e in await store.events_since(A, 8) or []] == [9, 10, 11]
+    if whole:
+        assert [e.seq for e in await store.events_since(A, 6) or []] == [7, 8, 9, 10, 11]
+    await store.commit([commit(A, "s1", None, events=3)])  # 12-14: the log from 12
+    await drain(store, A)
+    assert await store.events_since(A, 10) is None
+    assert [e.seq for e in await store.events_since(A, 11) or []] == [12, 13, 14]
+
+
 # -- guarded commits, commands, candidates --------------------------------------------------------
 
 
@@ -896,6 +932,39 @@ async def test_redis_a_hall_size_commit_answers_its_caller_before_its_fan_out(
         assert order == ["fan-out 3", "answered 3", "answered 297", "fan-out 297"]
         committed = [e for r in few + hall for e in r.events]
         assert [e.seq for e in handed] == [e.seq for e in committed] == list(range(1, 301))
+    finally:
+        await store.close()
+
+
+async def test_redis_a_claim_lets_the_loop_run_while_it_decodes(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drainer's claim decodes a large batch in slices with turns of the event loop between
+    them, so work ready meanwhile (deliveries) does not wait for the whole batch."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    store = redis_store(redis_url, prefix)
+    await store.start()
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(1000)])
+        await store.commit([commit(A, f"s{i}", 0) for i in range(1000)])
+        decoded = 0
+        decoded_when_the_loop_ran: list[int] = []
+        real = Event.from_dict
+
+        def from_dict(data: dict[str, Any]) -> Event:
+            nonlocal decoded
+            if decoded == 0:  # ready to run from the first event decoded on
+                asyncio.get_running_loop().call_soon(
+                    lambda: decoded_when_the_loop_ran.append(decoded))
+            decoded += 1
+            return real(data)
+
+        monkeypatch.setattr(Event, "from_dict", staticmethod(from_dict))
+        entries = await store.outbox_claim(A, "drainer", 200, lease=5.0)
+        assert entries is not None
+        assert [e.seq for entry in entries for e in entry.events] == list(range(1, 1001))
+        assert decoded == 1000
+        assert decoded_when_the_loop_ran and decoded_when_the_loop_ran[0] < 1000
     finally:
         await store.close()
 

@@ -68,6 +68,7 @@ MASTER_CHECK = 1.0  # Sentinel: ask this often whether the subscription is on th
 NODE_MEMORY = 3600.0  # seconds a node that stopped beating is still known (and reported dead)
 UNSERVE_LINGER = 10.0  # seconds an exam stays subscribed after its last socket here left
 VIEW_SLICE = 500  # sessions of an exam read per script call to make its copy (`_view_slices`)
+DECODE_SLICE = 250  # outbox events decoded per turn of the event loop (`outbox_claim`)
 SWEEP_SLICE = 250  # sessions the sweeper's question reads per script call (see stale_holders)
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
 
@@ -1471,16 +1472,30 @@ class RedisStore:
         )
         if reply is None:
             return None
+        # Decoded in slices of DECODE_SLICE events with a turn of the loop between them: a
+        # claim of 200 entries (a bulk command's entry alone holds thousands of events) would
+        # otherwise hold the event loop for tens of ms, and every delivery waits behind it.
         entries = []
+        budget = DECODE_SLICE
         for raw_id, raw_fields in reply:
             entry_id = _text(raw_id)
             fields = _fields(raw_fields)
             entry = OutboxEntry(exam_id, entry_id, appended_at=float(fields.get("t", 0) or 0))
             if "d" in fields:
                 first = int(entry_id.partition("-")[0])
-                entry.events = decode_events(first, fields["d"])
+                unpacker = msgpack.Unpacker(raw=False)
+                unpacker.feed(fields["d"])
+                events = entry.events
+                for offset, data in enumerate(unpacker):
+                    data["seq"] = first + offset
+                    events.append(Event.from_dict(data))
+                    budget -= 1
+                    if budget <= 0:
+                        await asyncio.sleep(0)
+                        budget = DECODE_SLICE
             if "a" in fields:
                 entry.audit = msgpack.unpackb(fields["a"], raw=False)
+                budget -= len(entry.audit)
             entries.append(entry)
         return entries
 
