@@ -5,7 +5,10 @@ N sessions, in-process on a private Redis (measurement only).
     PYTHONPATH=/other/checkout python /this/checkout/loadtests/redis_tail.py   # that code's figures
 
 Per kind of work (the sweeper's question `stale_holders`; the copy commands decide on, made
-when `--together` targeted commands arrive at once before it exists):
+when `--together` targeted commands arrive at once before it exists; the drain, `drain:claim`
+and `drain:ack`: `--drain-events` of a hall's mix appended to an outbox already 30,000 events
+long, then claimed and acknowledged 200 entries at a time as the drainer does, SQL left out,
+its Redis figures for the claim script's or the ack script's calls only):
 
 - Redis calls the store made for it, and the longest one as Redis timed it (SLOWLOG with a
   threshold of 0: execution time inside Redis, during which every other client waits);
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -70,7 +74,7 @@ class Probe:
             await asyncio.sleep(0.001)
 
 
-async def measured(url: str, admin: Any, work: Any) -> dict[str, float]:
+async def measured(url: str, admin: Any, work: Any, sha: str = "") -> dict[str, float]:
     await admin.slowlog_reset()
     probe = Probe(url)
     await probe.client.ping()
@@ -85,10 +89,43 @@ async def measured(url: str, admin: Any, work: Any) -> dict[str, float]:
     await probe.client.aclose()
     entries = [e for e in await admin.slowlog_get(100_000)
                if e["command"].split()[0].upper() == b"EVALSHA"]
+    if sha:  # one script's calls only (the drain: the acknowledgements)
+        entries = [e for e in entries if e["command"].split()[1].decode() == sha]
     return {"redis_calls": len(entries),
             "redis_longest_ms": max((e["duration"] for e in entries), default=0) / 1000,
             "redis_total_ms": sum(e["duration"] for e in entries) / 1000,
             "loop_longest_ms": loop_ms, "probe_worst_ms": 1000 * probe.worst}
+
+
+async def _fill_outbox(store: RedisStore, events: int) -> None:
+    """Append a hall's mix to the exam's outbox, as commit_batch.lua and audit_append.lua do:
+    half targeted commands (1-3 events and an audit entry), half batches of progress reports
+    and acks (100-500 events), one in 50 a bulk command's entry (1,000-5,000 events)."""
+    import msgpack
+
+    from realtime.state.model import Event
+    from realtime.state.redis import encode_event
+    client, rng = store._client, random.Random(events)
+    seq_key, outbox = store.keys.seq(EXAM), store.keys.outbox(EXAM)
+    blob = encode_event(Event(
+        exam_id=EXAM, session_id="s1", kind="paused", actor="proctor:p1", at=time.time(),
+        before="active", after="paused", details={"command_id": "c" * 20, "reason": "r"},
+        changes={"status": "paused", "version": 7}), 7)
+    added = 0
+    while added < events:
+        roll = rng.random()
+        n = (rng.randint(1000, 5000) if roll < 0.02 else rng.randint(100, 500) if roll < 0.5
+             else rng.randint(1, 3))
+        current = int(await client.get(seq_key) or 0)
+        await client.set(seq_key, current + n)
+        await client.xadd(outbox, {"t": repr(time.time()), "n": n, "d": blob * n},
+                          id=f"{current + 1}-*")
+        if n <= 3:
+            await client.xadd(outbox, {"t": repr(time.time()),
+                                       "a": msgpack.packb([{"action": "pause"}])},
+                              id=f"{current + n}-*")
+        added += n
+    await client.sadd(store.keys.outboxes, EXAM)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -112,7 +149,11 @@ async def main_async(args: argparse.Namespace) -> None:
             for start in range(0, len(rows), 1000):
                 await store.add_sessions(rows[start:start + 1000])
             await store.serve(EXAM)
-            results: dict[str, list[dict[str, float]]] = {"stale_holders": [], "copy": []}
+            results: dict[str, list[dict[str, float]]] = {
+                "stale_holders": [], "copy": [], "drain:claim": [], "drain:ack": []}
+            await _fill_outbox(store, 30_000)  # drained: the log (10,000 events) behind the rest
+            while entries := await store.outbox_claim(EXAM, "tail", 200, 10.0):
+                await store.outbox_ack(EXAM, "tail", entries)
             for _ in range(args.repeats):
                 async def sweep() -> None:
                     await store.stale_holders(EXAM, time.time() - 15, {"ndead"})
@@ -124,6 +165,16 @@ async def main_async(args: argparse.Namespace) -> None:
                                            for _ in range(args.together)))
                     await asyncio.gather(*list(store._view_tasks))
                 results["copy"].append(await measured(url, admin, copy))
+
+                async def drain() -> None:
+                    while entries := await store.outbox_claim(EXAM, "tail", 200, 10.0):
+                        await store.outbox_ack(EXAM, "tail", entries)
+                await _fill_outbox(store, args.drain_events)
+                results["drain:claim"].append(
+                    await measured(url, admin, drain, store._claim_script.sha))
+                await _fill_outbox(store, args.drain_events)
+                results["drain:ack"].append(
+                    await measured(url, admin, drain, store._ack_script.sha))
         finally:
             await store.close()
             await admin.aclose()
@@ -144,10 +195,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--together", type=int, default=4,
                         help="targeted commands arriving at once before the copy exists")
+    parser.add_argument("--drain-events", type=int, default=40_000,
+                        help="events appended to the outbox before each drain measured")
     args = parser.parse_args()
     args.sessions = max(1, min(args.sessions, 50_000))
     args.repeats = max(1, min(args.repeats, 50))
     args.together = max(1, min(args.together, 64))
+    args.drain_events = max(1, min(args.drain_events, 1_000_000))
     _install_loop_timer()
     asyncio.run(main_async(args))
 

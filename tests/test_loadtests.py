@@ -208,17 +208,18 @@ def test_command_cpu_measures_the_command_path(store: str) -> None:
     assert "per command, median" in result.stdout
 
 
-def test_redis_tail_times_the_sweep_and_the_copy() -> None:
-    """The in-process Redis tail measurement: both kinds of work run and are reported, the
-    Redis calls they made counted."""
+def test_redis_tail_times_the_sweep_the_copy_and_the_drain() -> None:
+    """The in-process Redis tail measurement: every kind of work runs and is reported, the
+    Redis calls it made counted."""
     result = _run(
-        [sys.executable, "-m", "loadtests.redis_tail", "--sessions", "600", "--repeats", "1"],
+        [sys.executable, "-m", "loadtests.redis_tail", "--sessions", "600", "--repeats", "1",
+         "--drain-events", "3000"],
         timeout=80,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "600 sessions, 1 repeats" in result.stdout
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert set(lines) == {"stale_holders", "copy"}
+    assert set(lines) == {"stale_holders", "copy", "drain:claim", "drain:ack"}
     for line in lines.values():
         assert "redis_calls 0.0" not in line and "probe_worst_ms" in line
 
