@@ -14,6 +14,8 @@ its Redis figures for the claim script's or the ack script's calls only):
   threshold of 0: execution time inside Redis, during which every other client waits);
 - the longest event-loop callback meanwhile (thread CPU time, asyncio's loop: what a command
   ready to run waited for at most);
+- the longest garbage collection pass meanwhile (thread CPU time; it runs inside whichever
+  callback allocated last, so it shows in the longest loop callback too);
 - the worst round trip of a probe (a PING every 1 ms on another connection) meanwhile: what a
   command's round trip to Redis waited for.
 
@@ -41,6 +43,20 @@ from realtime.state.redis import RedisStore
 
 EXAM = "tail"
 _longest = [0.0]
+_gc_longest = [0.0, 0.0]  # the longest garbage collection pass, when the current one began
+
+
+def _install_gc_timer() -> None:
+    import gc
+    thread_time = time.thread_time
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            _gc_longest[1] = thread_time()
+        else:
+            _gc_longest[0] = max(_gc_longest[0], thread_time() - _gc_longest[1])
+
+    gc.callbacks.append(timed)
 
 
 def _install_loop_timer() -> None:
@@ -80,7 +96,7 @@ async def measured(url: str, admin: Any, work: Any, sha: str = "") -> dict[str, 
     await probe.client.ping()
     task = asyncio.create_task(probe.run())
     await asyncio.sleep(0.01)
-    _longest[0] = 0.0
+    _longest[0] = _gc_longest[0] = 0.0
     probe.worst = 0.0
     await work()
     loop_ms = 1000 * _longest[0]
@@ -94,7 +110,8 @@ async def measured(url: str, admin: Any, work: Any, sha: str = "") -> dict[str, 
     return {"redis_calls": len(entries),
             "redis_longest_ms": max((e["duration"] for e in entries), default=0) / 1000,
             "redis_total_ms": sum(e["duration"] for e in entries) / 1000,
-            "loop_longest_ms": loop_ms, "probe_worst_ms": 1000 * probe.worst}
+            "loop_longest_ms": loop_ms, "gc_longest_ms": 1000 * _gc_longest[0],
+            "probe_worst_ms": 1000 * probe.worst}
 
 
 async def _fill_outbox(store: RedisStore, events: int) -> None:
@@ -203,6 +220,7 @@ def main() -> None:
     args.together = max(1, min(args.together, 64))
     args.drain_events = max(1, min(args.drain_events, 1_000_000))
     _install_loop_timer()
+    _install_gc_timer()
     asyncio.run(main_async(args))
 
 
