@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, percentile, raise_nofile, ws_url
+from loadtests.inprocess import create_hall, serve_in_process
 from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
 
 EXAM = "stalls"
-CHUNK = 5000
 LONG = (0.005, 0.020, 0.050)  # thresholds, seconds of CPU
 MAX_RECORDS = 20_000  # long callbacks / iterations / collections kept per run
 
@@ -384,9 +384,6 @@ async def hold(url: str, protocol: str, setup: dict[str, Any]) -> None:
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-    import uvicorn
-
     from realtime.app import create_app
     from realtime.config import Settings
 
@@ -411,29 +408,10 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     child: asyncio.subprocess.Process | None = None
     try:
         app = create_app(Settings.from_env())
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
-                                log_level="warning", ws_max_size=1024 * 1024,
-                                ws_ping_interval=None, ws_per_message_deflate=False,
-                                backlog=8192, proxy_headers=False)
-        server = uvicorn.Server(config)
-        server_task = asyncio.create_task(server.serve())
-        for _ in range(1200):  # uvicorn offers a flag, not an event (60 s at most)
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
+        server, server_task = await serve_in_process(app, port)
         base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=120, headers={
-                "Authorization": f"Bearer {BENCH_STAFF_TOKEN}"}) as http:
-            (await http.post("/api/v1/exams", json={"id": EXAM, "title": "stalls",
-                                                    "duration_minutes": 600})).raise_for_status()
-            sessions: list[tuple[str, str]] = []
-            for start in range(0, args.sessions, CHUNK):
-                candidates = [{"candidate_id": f"c{i}", "name": f"Candidate {i}"}
-                              for i in range(start, min(args.sessions, start + CHUNK))]
-                response = await http.post(f"/api/v1/exams/{EXAM}/sessions",
-                                           json={"candidates": candidates})
-                response.raise_for_status()
-                sessions += [(s["id"], s["access_code"]) for s in response.json()["sessions"]]
+        sessions = [(s["id"], s["access_code"])
+                    for s in await create_hall(base, EXAM, "stalls", args.sessions)]
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loadtests.loop_stalls", "--hold", base,
             "--protocol", args.protocol,

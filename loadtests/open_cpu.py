@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile, ws_url
+from loadtests.inprocess import create_hall, serve_in_process
 from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
 
 EXAM = "opens"
-CHUNK = 5000
 
 
 # -- the child: connects, opens, closes -----------------------------------------------------------
@@ -108,9 +108,7 @@ async def redis_seconds(spy: Any) -> float:
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
     import redis.asyncio as aioredis
-    import uvicorn
 
     from realtime.app import create_app
     from realtime.config import Settings
@@ -130,26 +128,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "REALTIME_PING_INTERVAL": "3600",  # no pings within the measurement
     })
     app = create_app(Settings.from_env())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
-                            log_level="warning", ws_max_size=1024 * 1024, ws_ping_interval=None,
-                            ws_per_message_deflate=False, backlog=8192, proxy_headers=False)
-    server = uvicorn.Server(config)
-    server_task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
-        await asyncio.sleep(0.05)
+    server, server_task = await serve_in_process(app, port)
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=120,
-                                 headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"}) as http:
-        (await http.post("/api/v1/exams", json={"id": EXAM, "title": "opens",
-                                                "duration_minutes": 600})).raise_for_status()
-        codes: list[str] = []
-        for start in range(0, args.sessions, CHUNK):
-            candidates = [{"candidate_id": f"c{i}", "name": f"Candidate {i}"}
-                          for i in range(start, min(args.sessions, start + CHUNK))]
-            response = await http.post(f"/api/v1/exams/{EXAM}/sessions",
-                                       json={"candidates": candidates})
-            response.raise_for_status()
-            codes += [s["access_code"] for s in response.json()["sessions"]]
+    codes = [s["access_code"] for s in await create_hall(base, EXAM, "opens", args.sessions)]
     codes_file = workdir / "codes.json"
     codes_file.write_text(json.dumps(codes))
     proc = await asyncio.create_subprocess_exec(
