@@ -307,3 +307,113 @@ async def test_the_copy_of_a_large_exam_is_read_in_slices_while_it_changes(
     paused = await one.command(Action.PAUSE, Target(status=["active"]))
     assert len(paused.applied) == 1204 - 1
     assert one.store.views_made == 1
+
+
+async def warm_process(url: str, sessions: int) -> Process:
+    """A process made as the server makes it (`warm_views`), its store started, an exam of
+    `sessions` sessions in Redis and none of them served here yet."""
+    one = Process(url, f"w{uuid.uuid4().hex[:10]}:")
+    one.store.warm_views(COMMAND_FIELDS)
+    await one.store.start()
+    await one.store.put_exam(Exam(id=EXAM, title="warm"))
+    await one.store.add_sessions([active(f"s{i}") for i in range(sessions)])
+    return one
+
+
+def count_reads(process: Process) -> list[str]:
+    """Whole-exam reads from now on: "slice" per view_slice.lua call, "snapshot" per
+    snapshot.lua call."""
+    reads: list[str] = []
+    slice_script, snapshot_script = process.store._view_script, process.store._snapshot_script
+
+    async def slice_counted(**kwargs: Any) -> Any:
+        reads.append("slice")
+        return await slice_script(**kwargs)
+
+    async def snapshot_counted(**kwargs: Any) -> Any:
+        reads.append("snapshot")
+        return await snapshot_script(**kwargs)
+
+    process.store._view_script = slice_counted  # type: ignore[assignment]
+    process.store._snapshot_script = snapshot_counted  # type: ignore[assignment]
+    return reads
+
+
+async def test_the_copy_is_made_as_the_exam_starts_being_served(redis_url: str) -> None:
+    """The first socket of an exam on a process (`serve`) starts its copy in the background,
+    with no staff command; the first commands then decide on it and read no session. Once per
+    start of serving: another holder or a drop does not make it again (the next command does)."""
+    one = await warm_process(redis_url, 1200)
+    try:
+        reads = count_reads(one)
+        await one.store.serve(EXAM)  # a candidate's socket: the exam is served here now
+        assert EXAM in one.store._views  # registered at once: commands from now on share it
+        await asyncio.gather(*one.store._view_tasks)
+        assert one.store.command_copies() == {"made": 1, "reads": 1, "warmed": 1}
+        assert len(reads) > 1 and set(reads) == {"slice"}  # 1,200 sessions, ~500 a slice
+        reads.clear()
+
+        trips = one.store.command_round_trips
+        assert applied(await one.command(Action.PAUSE, Target(session_ids=["s1"]))) == ["s1"]
+        assert one.store.command_round_trips == trips  # decided on the copy: no command read
+        extended = await one.command(Action.EXTEND, Target(all=True), minutes=5)
+        assert len(extended.applied) == 1200
+        assert reads == []  # no whole-exam read for the first commands
+        assert one.store.command_copies() == {"made": 1, "reads": 1, "warmed": 1}
+
+        await one.store.serve(EXAM)  # a second holder: not a start of serving
+        one.store.forget_view(EXAM)  # dropped: not warmed again, made by the next command
+        await one.store.serve(EXAM)
+        assert EXAM not in one.store._views
+        assert one.store.views_warmed == 1
+        resumed = await one.command(Action.RESUME, Target(all=True))
+        assert applied(resumed) == ["s1"]
+        assert one.store.command_copies() == {"made": 2, "reads": 2, "warmed": 1}
+    finally:
+        await one.store.close()
+
+
+async def test_commands_arriving_while_the_copy_is_warmed_share_it(redis_url: str) -> None:
+    """Commands arriving while the copy started by `serve` is being made find it being made:
+    they are decided on a read (as before), none makes a copy of its own, and the copy made
+    brings in what they changed meanwhile."""
+    one = await warm_process(redis_url, 1200)
+    try:
+        reads = count_reads(one)
+        first_slice, go_on = asyncio.Event(), asyncio.Event()
+        counted = one.store._view_script
+
+        async def held(**kwargs: Any) -> Any:
+            reply = await counted(**kwargs)
+            if not first_slice.is_set():  # the warm-up waits after its first slice
+                first_slice.set()
+                await go_on.wait()
+            return reply
+
+        one.store._view_script = held  # type: ignore[assignment]
+        await one.store.serve(EXAM)
+        await asyncio.wait_for(first_slice.wait(), timeout=10)
+
+        assert await one.store.command_view(EXAM, COMMAND_FIELDS, whole=True) is None
+        assert await one.store.command_view(EXAM, COMMAND_FIELDS, whole=False) is None
+        trips = one.store.command_round_trips
+        assert applied(await one.command(Action.PAUSE, Target(session_ids=["s1"]))) == ["s1"]
+        assert one.store.command_round_trips > trips  # decided on a read
+        extended = await one.command(Action.EXTEND, Target(all=True), minutes=5)
+        assert len(extended.applied) == 1200
+        assert reads == ["slice", "snapshot"]  # the warm-up's first slice; the bulk's read
+
+        go_on.set()
+        await asyncio.gather(*one.store._view_tasks)
+        assert one.store.command_copies() == {"made": 1, "reads": 1, "warmed": 1}
+        assert reads.count("slice") > 1 and reads.count("snapshot") == 1
+        view = await one.view()
+        stored = await one.sessions()
+        await eventually(lambda: all(
+            in_copy(one, sid, "version") == s["version"] for sid, s in stored.items()))
+        for sid, session in view.items():
+            assert session == {name: stored[sid][name] for name in COMMAND_FIELDS}, sid
+        assert view["s1"]["status"] == "paused"
+        assert {s["extra_minutes"] for s in view.values()} == {5}
+    finally:
+        await one.store.close()

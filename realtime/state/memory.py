@@ -327,6 +327,12 @@ class MemoryStore:
     def forget_view(self, exam_id: str) -> None:
         pass
 
+    def warm_views(self, fields: tuple[str, ...]) -> None:
+        pass  # no copy to make
+
+    def command_copies(self) -> dict[str, int]:
+        return {"made": 0, "reads": 0, "warmed": 0}
+
     # -- the outbox --------------------------------------------------------------------------
 
     async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:

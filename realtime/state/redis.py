@@ -427,8 +427,12 @@ class RedisStore:
         self._views: dict[str, _View] = {}
         self._view_epoch = 0
         self._view_tasks: set[asyncio.Task[Any]] = set()
-        self.views_made = 0  # for tests
-        self.view_reads = 0  # snapshots taken to make them, for tests
+        self.views_made = 0  # for tests and metrics
+        self.view_reads = 0  # whole-exam reads (slice by slice) started to make them
+        # With these fields (`warm_views`), an exam's copy is made as this process starts
+        # serving it, in the background, so the first staff command finds it made.
+        self._warm_fields: tuple[str, ...] | None = None
+        self.views_warmed = 0  # copies started that way
 
     # -- lifecycle and fan-out ------------------------------------------------------------------
 
@@ -567,6 +571,7 @@ class RedisStore:
             return
         try:
             confirmed = self._confirmed.get(channel)
+            starts = confirmed is None  # this call starts serving the exam here
             if confirmed is None:
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 pubsub = self._pubsub
@@ -578,6 +583,8 @@ class RedisStore:
         except BaseException:
             self.release(exam_id, linger=0.0)
             raise
+        if starts:
+            self._warm_view(exam_id)
 
     def release(self, exam_id: str, linger: float = UNSERVE_LINGER) -> None:
         """One holder of `exam_id` here is gone; the last one's leaving unsubscribes its
@@ -774,10 +781,36 @@ class RedisStore:
         view = self._views[exam_id] = _View(fields)
         if whole:
             return await self._make_view(exam_id, view)
+        self._make_view_later(exam_id, view)
+        return None
+
+    def warm_views(self, fields: tuple[str, ...]) -> None:
+        """See `StateStore.warm_views`: from now on, as this process starts serving an exam
+        (its channel newly subscribed here: `serve`), its copy with `fields` is made in the
+        background, registered at once as `command_view` registers it (a command arriving
+        meanwhile finds it being made and reads, as it would; none makes another). Once per
+        start of serving: a copy dropped later (gap, subscription re-made, rebuild) is made
+        again by the next command, as before, and a channel re-subscribed after a loss does
+        not warm anything."""
+        self._warm_fields = fields
+
+    def _warm_view(self, exam_id: str) -> None:
+        fields = self._warm_fields
+        if fields is None or exam_id in self._views or not self._can_view(exam_id):
+            return
+        view = self._views[exam_id] = _View(fields)
+        self.views_warmed += 1
+        self._make_view_later(exam_id, view)
+
+    def _make_view_later(self, exam_id: str, view: _View) -> None:
+        """Make the registered `view` in a task: its slices are awaited one by one, so the
+        opens and commands meanwhile are not held up by it."""
         task = asyncio.get_running_loop().create_task(self._make_view(exam_id, view))
         self._view_tasks.add(task)
         task.add_done_callback(self._view_made)
-        return None
+
+    def command_copies(self) -> dict[str, int]:
+        return {"made": self.views_made, "reads": self.view_reads, "warmed": self.views_warmed}
 
     def forget_view(self, exam_id: str) -> None:
         self._views.pop(exam_id, None)

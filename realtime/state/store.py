@@ -235,6 +235,16 @@ class StateStore(Protocol):
         """The copy of the exam (see `command_view`) proved incomplete or the store lost the
         exam: make it again from the store before it is used again."""
 
+    def warm_views(self, fields: tuple[str, ...]) -> None:
+        """From now on, make an exam's copy (see `command_view`, with these `fields`) in the
+        background as this process starts serving the exam, so the first staff command finds
+        it made; it never delays `serve`. Once per start of serving: a copy dropped later is
+        made again by the next command."""
+
+    def command_copies(self) -> dict[str, int]:
+        """Counts since start, for metrics: copies `made`, whole-exam `reads` started to make
+        them, and those started by `warm_views` (`warmed`). Zeros where there is no copy."""
+
     async def save_command_result(
         self, exam_id: str, command_id: str, result: dict[str, Any]
     ) -> None:
