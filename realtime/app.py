@@ -58,6 +58,7 @@ from realtime.presence import NodePresence
 from realtime.proxies import Proxies, parse_networks
 from realtime.reasons import ReasonPolicy
 from realtime.runtime import Runtime
+from realtime.sessions import COMMAND_FIELDS
 from realtime.state.machine import Liveness
 from realtime.state.memory import MemoryStore
 from realtime.state.store import StateStore
@@ -161,6 +162,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
         hub = Hub(fetch_session=service.get_session, interest=store)
+        # Each exam's copy for staff commands is made as this process starts serving it (the
+        # first socket of it here), not by its first command (which then waited on it).
+        store.warm_views(COMMAND_FIELDS)
         metrics = Metrics(hub, drainer, store, ws_protocols)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()

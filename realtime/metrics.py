@@ -50,6 +50,17 @@ class Metrics:
             gauge("realtime_events_recovered",
                   "Missed events read back from the outboxes after such a loss, since start",
                   lambda: store.subscription_health()["recovered_events"])
+            gauge("realtime_command_copies_made",
+                  "Copies of a served exam's sessions made for staff commands to decide on "
+                  "(Redis), since start",
+                  lambda: store.command_copies()["made"])
+            gauge("realtime_command_copy_reads",
+                  "Whole-exam reads (slice by slice) started to make those copies, since start",
+                  lambda: store.command_copies()["reads"])
+            gauge("realtime_command_copies_warmed",
+                  "Of those copies, the ones started as this process began serving an exam "
+                  "(not by a staff command), since start",
+                  lambda: store.command_copies()["warmed"])
         if drainer is not None:
             gauge("realtime_history_backlog_events",
                   "Events committed but not yet written to SQL (all exams; refreshed by the "

@@ -171,3 +171,39 @@ async def test_a_dashboard_switching_nodes_catches_up_without_a_gap(
         await via_third.close()
         for node in nodes:
             node.stop()
+
+
+async def test_an_exams_copy_for_commands_is_made_as_its_first_page_opens(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    """A candidate's page opening on a process starts serving its exam there: the copy staff
+    commands decide on is made then, with no command; the first commands read no copy."""
+    prefix = f"w{uuid.uuid4().hex[:8]}:"
+    [node] = start_nodes(1, shared_redis, tmp_path, prefix)
+    api = Api(node.url)
+    page: LiveCandidate | None = None
+    try:
+        exam = await api.create_exam()
+        sessions = await api.create_sessions(exam["id"], 3)
+        assert await metric(node, "realtime_command_copies_made") == 0
+        client, opened = await open_candidate(node.ws_url, sessions[0]["access_code"])
+        assert opened["type"] == "opened", opened
+        page = LiveCandidate(client, opened)
+
+        await eventually(lambda: metric(node, "realtime_command_copies_made"))
+        assert await metric(node, "realtime_command_copies_warmed") == 1
+        assert await metric(node, "realtime_command_copy_reads") == 1
+
+        one = sessions[0]["id"]
+        result = await api.command(exam["id"], action="notice", text="hello",
+                                   target={"session_ids": [one]})
+        assert [a["session_id"] for a in result["applied"]] == [one]
+        await api.command(exam["id"], action="pause", target="all")
+        await eventually(lambda: page is not None and page.commands("pause"))
+        assert await metric(node, "realtime_command_copy_reads") == 1  # none by the commands
+        assert await metric(node, "realtime_command_copies_made") == 1
+    finally:
+        if page is not None:
+            await page.close()
+        await api.close()
+        node.stop()
