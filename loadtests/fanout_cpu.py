@@ -4,12 +4,14 @@
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --protocol realtime.v1.json
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --profile /tmp/fanout.prof
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 7 --ws-impl wsproto
+    python -m loadtests.fanout_cpu --sessions 5000 --repeats 4 --acks --timeline --store redis
 
-The server (memory store, SQLite) runs in this process under uvicorn; a child process holds
-the candidate sockets (and `--dashboards` dashboard sockets) and tells this one when every
-candidate has the command. Each repeat is a "pause all" (then a "resume all", and so on)
-applied through `SessionService.command`, timed with `time.process_time()` (CPU of this
-process: the rest of the machine barely moves it):
+The server (memory store, or a private Redis with `--store redis`; SQLite) runs in this
+process under uvicorn; a child process holds the candidate sockets (and `--dashboards`
+dashboard sockets) and tells this one when every candidate has the command. Each repeat is
+a "pause all" (then a "resume all", and so on) applied through `SessionService.command`,
+timed with `time.process_time()` (CPU of this process: the rest of the machine barely moves
+it):
 
 * `command_ms`: the command call (targets read, decide, commit, answer);
 * `fanout_ms`: the hand-off of the committed events to the listeners (the hub turning them
@@ -21,6 +23,13 @@ fan-out, without the traffic that follows. `--ws-impl` picks uvicorn's WebSocket
 (its `ws` setting); the summary names the protocol class that served the candidates and the
 server's RSS per open candidate socket (`rss_kib_per_conn`: RSS with every candidate opened
 minus before the first connected, over the sessions).
+
+`--timeline` prints, per repeat, when the command returned (the answer), when the child got
+the first and the last frame (`time.monotonic`, one clock for both processes), and what ran on
+the loop from the call until 0.5 s after the last frame, each with its start, end and CPU of
+the loop's thread: store commits (the bulk one, the acks'), the fan-out (the hand-off), the
+Redis echo's dispatch, the dashboard batch, the drainer's claim, SQL write and ack, and every
+garbage collection. `*` marks what started before the last frame.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
 
     n = len(codes)
     counts: dict[str, int] = {}
+    first_at: dict[str, float] = {}
     opened = 0
     all_opened = asyncio.get_running_loop().create_future()
     deltas: dict[str, int] = {}
@@ -69,10 +79,14 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
         elif kind == "command":
             command_id = message.get("command_id", "")
             counts[command_id] = counts.get(command_id, 0) + 1
+            first_at.setdefault(command_id, time.monotonic())
             if acks:
                 peer.send({"type": "ack", "command_id": command_id})
             if counts[command_id] == n:
-                print(f"done {command_id} {json.dumps(deltas)}", flush=True)
+                times = {"first": first_at[command_id], "last": time.monotonic()}
+                compact = {"separators": (",", ":")}
+                print(f"done {command_id} {json.dumps(deltas, **compact)} "
+                      f"{json.dumps(times, **compact)}", flush=True)
         elif kind == "ping":
             peer.send({"type": "pong", "t": message.get("t")})
         elif kind in ("refused", "error"):
@@ -122,6 +136,7 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
+    from loadtests.servers import RedisProcess
     from realtime.app import create_app
     from realtime.auth.permissions import ALL_PERMISSIONS
     from realtime.auth.principal import Principal
@@ -131,8 +146,11 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
 
     workdir = Path(tempfile.mkdtemp(prefix="rt-fanout-"))
     port = free_port()
+    redis = RedisProcess(workdir) if args.store == "redis" else None
+    if redis is not None:
+        redis.start()
     os.environ.update({
-        "REALTIME_REDIS_URL": "",
+        "REALTIME_REDIS_URL": redis.url if redis else "",
         "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
         "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
         "REALTIME_SECRET_KEY": "bench-secret-key",
@@ -179,6 +197,10 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             fanout_cpu[0] += time.process_time() - started
 
     hand_off._deliver = timed
+    timeline = Timeline(runtime) if args.timeline else None
+    if timeline is not None:
+        timeline.fanout = timed
+        hand_off._deliver = timeline.wrap("fan-out", timed)
     staff = Principal(id="bench", name="bench", kind="staff", permissions=ALL_PERMISSIONS)
     rows: list[dict[str, float]] = []
     profiler = cProfile.Profile() if args.profile else None
@@ -190,20 +212,26 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         fanout_cpu[0] = 0.0
         if profiler is not None and rep >= 2:
             profiler.enable()
+        if timeline is not None:
+            timeline.start()
         started = time.process_time()
         wall = time.perf_counter()
         result = await runtime.service.command(EXAM, action, Target(all=True), staff,
                                                {"command_id": command_id})
+        answer_at = time.monotonic()
         command = time.process_time() - started
         line = await child.stdout.readline()
         total = time.process_time() - started
         last_ms = 1000 * (time.perf_counter() - wall)
         if profiler is not None:
             profiler.disable()
-        parts = line.decode().split(" ", 2)
+        parts = line.decode().split(" ", 3)
         if parts[:2] != ["done", command_id] or len(result.applied) != args.sessions:
             raise RuntimeError(f"repeat {rep}: {line!r}, applied {len(result.applied)}")
         deltas = json.loads(parts[2]).get(command_id, 0)
+        if timeline is not None:
+            await asyncio.sleep(0.5)  # what follows the last frame, for the record
+            timeline.report(rep, answer_at, json.loads(parts[3]))
         rows.append({"command_ms": 1000 * command, "fanout_ms": 1000 * fanout_cpu[0],
                      "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas})
         print(f"{action.value:>6} {command_id}: command {1000 * command:6.1f} ms, fan-out "
@@ -217,6 +245,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     await child.wait()
     server.should_exit = True
     await server_task
+    if redis is not None:
+        redis.stop()
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
     fanout = statistics.median(r["fanout_ms"] for r in measured)
     return {
@@ -228,6 +258,88 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
            for key in ("command_ms", "fanout_ms", "total_ms", "last_ms")},
     }
+
+
+class Timeline:
+    """Harness only: wraps the server's parts that run between a bulk command's call and its
+    last candidate's frame, and records when each ran (`time.monotonic`, comparable with the
+    child's clock) and its CPU (`time.thread_time`)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rows: list[tuple[str, float, float, float]] = []  # name, start, end, cpu
+        self.on = False
+        self.fanout: Any = None
+        store, drainer, hub = runtime.store, runtime.drainer, runtime.hub
+        hub.flush = self.wrap("dashboard batch", hub.flush)
+        for name in ("outbox_claim", "outbox_ack"):
+            setattr(store, name, self.wrap_async(f"drain: {name[7:]}", getattr(store, name)))
+        drainer.write = self.wrap_async("drain: SQL write", drainer.write)
+        batcher = runtime.service.batcher
+        store_commit = store.commit
+
+        async def commit(commits: list[Any]) -> Any:
+            return await self.wrap_async(f"store commit x{len(commits)}", store_commit)(commits)
+
+        batcher.store = _Proxy(store, commit=commit)
+        if hasattr(store, "_deliver"):
+            store._deliver = self.wrap_async("echo: dispatch", store._deliver)
+        gc.callbacks.append(self._gc)
+        self._gc_start = (0.0, 0.0)
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = (time.monotonic(), time.thread_time())
+        elif self.on:
+            self.rows.append((f"gc gen{info['generation']}", self._gc_start[0], time.monotonic(),
+                              time.thread_time() - self._gc_start[1]))
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start, cpu = time.monotonic(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self.on:
+                    self.rows.append((name, start, time.monotonic(), time.thread_time() - cpu))
+        return timed
+
+    def wrap_async(self, name: str, fn: Any) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            # CPU: the loop thread's, meanwhile (only this call's if it never waits)
+            start, cpu = time.monotonic(), time.thread_time()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                if self.on:
+                    self.rows.append((name, start, time.monotonic(), time.thread_time() - cpu))
+        return timed
+
+    def start(self) -> None:
+        self.rows = []
+        self.on = True
+        self.t0 = time.monotonic()
+        self.cpu0 = time.thread_time()
+
+    def report(self, rep: int, answer_at: float, child: dict[str, float]) -> None:
+        self.on = False
+        t0 = self.t0
+        last = child["last"]
+        print(f"  timeline {rep}: answer {1000 * (answer_at - t0):.1f}, first frame "
+              f"{1000 * (child['first'] - t0):.1f}, last frame {1000 * (last - t0):.1f} ms")
+        for name, start, end, cpu in sorted(self.rows, key=lambda r: r[1]):
+            mark = "*" if start < last else " "
+            cpu_text = f" cpu {1000 * cpu:6.1f}"
+            print(f"  {mark} {1000 * (start - t0):7.1f} .. {1000 * (end - t0):7.1f} ms "
+                  f"{name}{cpu_text}")
+
+
+class _Proxy:
+    def __init__(self, target: Any, **overrides: Any) -> None:
+        self._target = target
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
 
 
 def rss_now() -> int:
@@ -284,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default=MSGPACK)
     parser.add_argument("--dashboards", type=int, default=1)
     parser.add_argument("--acks", action="store_true")
+    parser.add_argument("--store", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print, per repeat, what ran on the loop from the call until "
+                        "0.5 s after the last candidate had its frame")
     parser.add_argument("--floor", action="store_true",
                         help="also time bare transport writes to every socket")
     parser.add_argument("--profile", default="", help="write a cProfile of repeats 3+ here")

@@ -244,6 +244,22 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
     assert summary["served_by"] == "WebSocketsSansIOProtocol", summary
 
 
+def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
+    """`--timeline` prints, per repeat, the answer, the child's first and last frame and
+    what ran on the loop meanwhile (the bulk commit, the fan-out, marked `*` when it started
+    before the last frame); `--store redis` runs the server on a private Redis."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "2",
+         "--acks", "--timeline", "--store", "redis"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["sessions"] == 30
+    timelines = [line for line in result.stdout.splitlines() if "timeline " in line]
+    assert len(timelines) == 2 and all("last frame" in line for line in timelines), timelines
+    assert "* " in result.stdout and "store commit x" in result.stdout
+
+
 @pytest.mark.parametrize("store", ["memory", "redis"])
 def test_open_cpu_times_every_socket_opening(store: str) -> None:
     """The in-process open measurement: every round waits until every socket has `opened`
