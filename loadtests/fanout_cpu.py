@@ -29,7 +29,11 @@ the first and the last frame (`time.monotonic`, one clock for both processes), a
 the loop from the call until 0.5 s after the last frame, each with its start, end and CPU of
 the loop's thread: store commits (the bulk one, the acks'), the fan-out (the hand-off), the
 Redis echo's dispatch, the dashboard batch, the drainer's claim, SQL write and ack, and every
-garbage collection. `*` marks what started before the last frame.
+garbage collection. `*` marks what started before the last frame. The drainer's SQL write
+gets a second line: how many stretches it held the loop for (between two suspensions), their
+CPU (its own, without what ran in between) and the longest one. `--write-slice N` sets the
+rows per statement of that write (`realtime.db.database.WRITE_SLICE`; a huge N: one
+statement, as before the slices).
 """
 
 from __future__ import annotations
@@ -273,7 +277,20 @@ class Timeline:
         hub.flush = self.wrap("dashboard batch", hub.flush)
         for name in ("outbox_claim", "outbox_ack"):
             setattr(store, name, self.wrap_async(f"drain: {name[7:]}", getattr(store, name)))
-        drainer.write = self.wrap_async("drain: SQL write", drainer.write)
+        write = self.wrap_async("drain: SQL write", drainer.write)
+
+        async def stepped_write(*args: Any, **kwargs: Any) -> Any:
+            steps = _Steps(write(*args, **kwargs))
+            start = time.monotonic()
+            try:
+                return await steps
+            finally:
+                if self.on:  # its own CPU, and its longest stretch between two awaits
+                    self.rows.append((f"drain: SQL write: {steps.count} stretches, own CPU "
+                                      f"{1000 * steps.own:.1f} ms, longest", start,
+                                      time.monotonic(), steps.longest))
+
+        drainer.write = stepped_write
         batcher = runtime.service.batcher
         store_commit = store.commit
 
@@ -331,6 +348,33 @@ class Timeline:
             cpu_text = f" cpu {1000 * cpu:6.1f}"
             print(f"  {mark} {1000 * (start - t0):7.1f} .. {1000 * (end - t0):7.1f} ms "
                   f"{name}{cpu_text}")
+
+
+class _Steps:
+    """Drives a coroutine step by step and times each step's CPU: a step is a stretch the
+    coroutine holds the loop for, between two suspensions."""
+
+    def __init__(self, coro: Any) -> None:
+        self.coro, self.count, self.own, self.longest = coro, 0, 0.0, 0.0
+
+    def __await__(self) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            cpu = time.thread_time()
+            try:
+                sent = self.coro.throw(error) if error is not None else self.coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                took = time.thread_time() - cpu
+                self.count += 1
+                self.own += took
+                self.longest = max(self.longest, took)
+            try:
+                value, error = (yield sent), None
+            except BaseException as exc:  # handed to the coroutine
+                value, error = None, exc
 
 
 class _Proxy:
@@ -407,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=WS_IMPLS,
                         help="uvicorn's WebSocket implementation (its `ws` setting; default "
                         "`realtime serve`'s)")
+    parser.add_argument("--write-slice", type=int, default=0,
+                        help="rows per statement of the drainer's SQL write (0: the default)")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()
@@ -416,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         codes = json.loads(sys.stdin.readline())
         uvloop.run(hold(args.hold, args.protocol, codes, args.dashboards, args.acks))
         return 0
+    if args.write_slice:
+        import realtime.db.database
+
+        realtime.db.database.WRITE_SLICE = args.write_slice
     summary = uvloop.run(serve_and_measure(args))
     print(json.dumps(summary), flush=True)
     return 0

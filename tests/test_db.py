@@ -268,6 +268,45 @@ async def test_duplicate_events_are_ignored(db: Database) -> None:
     assert await db.last_seq("e1") == 4
 
 
+async def test_a_large_batch_is_written_in_slices_that_let_the_loop_run(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drainer's write of a bulk entry builds and sends its rows in slices, with turns of
+    the event loop between them, so other work does not wait for the whole batch; the slices
+    are one transaction: a conflict in the last one writes nothing of the earlier ones."""
+    import realtime.db.database as database
+
+    await _with_sessions(db, 4)
+    total = 3 * database.WRITE_SLICE
+    built = 0
+    built_when_the_loop_ran: list[int] = []
+    real = database.public_view
+
+    def public_view(changes: dict[str, Any]) -> dict[str, Any]:
+        nonlocal built
+        if built == 0:  # ready to run from the first row built on
+            asyncio.get_running_loop().call_soon(lambda: built_when_the_loop_ran.append(built))
+        built += 1
+        return real(changes)
+
+    monkeypatch.setattr(database, "public_view", public_view)
+    events = [_event(seq, session_id=f"e1-s{1 + seq % 4}", changes={"position": seq})
+              for seq in range(1, total + 1)]
+    assert await db.write_outbox(events, []) == total
+    assert built == total
+    assert built_when_the_loop_ran and built_when_the_loop_ran[0] < total
+    state = await db.get_session_row("e1-s1")
+    assert state is not None and state["position"] == total  # seq 4·k lands on e1-s1
+
+    clash = [_event(seq, changes={"position": 0}) for seq in range(total + 1, 2 * total)]
+    clash.append(_event(total, kind="opened"))  # seq taken by another event: the last slice
+    with pytest.raises(SequenceConflictError):
+        await db.write_outbox(clash, [])
+    assert await db.last_seq("e1") == total
+    state = await db.get_session_row("e1-s1")
+    assert state is not None and state["position"] == total
+
+
 async def test_concurrent_events_on_one_session_lose_no_update(db: Database) -> None:
     await _with_sessions(db, 1)
     await asyncio.gather(*(db.add_events([_event(i, changes={f"k{i}": i})]) for i in range(1, 31)))
