@@ -110,11 +110,15 @@ async def test_a_squeezed_subscription_is_cut_and_every_command_still_arrives(ha
     await hall.everyone_got(texts)
     await hall.admin.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
 
-    health = await subscription(hall)
-    assert health["losses"] >= 1 and health["recovered_events"] >= CANDIDATES, health
+    # The pages may have their notices from the process's own commits before it notices the
+    # cut (so what the recovery reads back may be nothing): wait for the cut to be counted.
+    async def cut_and_re_made() -> bool:
+        health = await subscription(hall)
+        return bool(health["losses"] >= 1 and health["subscribed"])
+
+    await eventually(cut_and_re_made)
     assert await hall.metric("realtime_event_subscription_losses") >= 1
-    assert await hall.metric("realtime_events_recovered") >= CANDIDATES
-    assert "event subscription re-made" in hall.log()
+    await eventually(lambda: "event subscription re-made" in hall.log())
     await eventually(lambda: hall.dashboard.kinds("notice")
                      and len(hall.dashboard.kinds("notice")) == CANDIDATES * len(texts))
     await hall.dashboard_is_consecutive()

@@ -66,6 +66,8 @@ async def test_table_keys_move_open_and_command(
         await expect(page.locator("#search")).to_have_value("p")
         await expect(page.locator('#session-rows tr[data-status="paused"]')).to_have_count(0)
         await page.locator("#search").fill("")
+        # the search applies a moment later: move only among all three rows, as a user sees them
+        await expect(page.locator('#session-rows tr[data-status="active"]')).to_have_count(3)
         await page.locator("#exam-title").click()
 
         await page.keyboard.press("j")
