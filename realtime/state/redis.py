@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -1003,9 +1003,7 @@ class RedisStore:
         next turn and takes everything that arrived until then."""
         if not self._reads_scheduled:
             self._reads_scheduled = True
-            task = loop.create_task(self._flush_reads())
-            self._io_tasks.add(task)
-            task.add_done_callback(self._io_tasks.discard)
+            self._send_next_turn(loop, self._flush_reads())
 
     async def _flush_reads(self) -> None:
         """One pipeline for every lookup of the loop turn: one HMGET per hash looked up in
@@ -1264,9 +1262,14 @@ class RedisStore:
         in the next turn, and takes everything that arrived until then."""
         if not self._io_scheduled:
             self._io_scheduled = True
-            task = loop.create_task(self._flush_command_io())
-            self._io_tasks.add(task)
-            task.add_done_callback(self._io_tasks.discard)
+            self._send_next_turn(loop, self._flush_command_io())
+
+    def _send_next_turn(self, loop: asyncio.AbstractEventLoop,
+                        flush: Coroutine[Any, Any, None]) -> None:
+        """Run a flush of what a loop turn gathered as a task, kept until it is done."""
+        task = loop.create_task(flush)
+        self._io_tasks.add(task)
+        task.add_done_callback(self._io_tasks.discard)
 
     async def _flush_command_io(self) -> None:
         self._io_scheduled = False
