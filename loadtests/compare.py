@@ -453,7 +453,7 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
     arrivals = [t - tracker.started for t in tracker.arrivals]
     dashboard = [t - tracker.started for t in tracker.dashboard]
     return {
-        "applied": applied, "received": len(arrivals),
+        "hall": expected, "applied": applied, "received": len(arrivals),
         "lost": max(0, (tracker.expected or 0) - len(arrivals)),
         "last_ms": ms(max(arrivals) if arrivals else None),
         "p50_ms": p_ms(arrivals, 50), "rest_ms": ms(rest_seconds),
@@ -480,16 +480,33 @@ async def pause_repeats(bench: Bench, cmd: Commander, candidates: list[Any]) -> 
         await asyncio.sleep(args.pause_gap)
         resumes.append(await bulk_once(bench, cmd, "resume", expected))
         await asyncio.sleep(args.pause_gap)
+    return summarize_pauses(bench.n, pauses, resumes)
+
+
+def whole_hall(bulk: dict[str, Any], n: int) -> bool:
+    """A bulk command that reached all `n` candidates of the run: only such a repeat times
+    "the whole hall" (a server that dropped candidates earlier fans out to fewer)."""
+    return bool(bulk["hall"] == n and bulk["received"] == n and bulk["lost"] == 0)
+
+
+def summarize_pauses(n: int, pauses: list[dict[str, Any]],
+                     resumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats that reached the whole hall; the smallest hall reached is
+    kept, so a figure missing for that reason says why."""
+    whole_pauses = [p for p in pauses if whole_hall(p, n)]
+    whole_resumes = [r for r in resumes if whole_hall(r, n)]
     return {
         "repeats": len(pauses), "pause": pauses, "resume": resumes,
-        "pause_last_p50_ms": median([p["last_ms"] for p in pauses]),
-        "pause_rest_p50_ms": median([p["rest_ms"] for p in pauses]),
-        "resume_last_p50_ms": median([r["last_ms"] for r in resumes]),
-        "resume_rest_p50_ms": median([r["rest_ms"] for r in resumes]),
-        "pause_server_cpu_p50_ms": median([p["server_cpu_ms"] for p in pauses]),
-        "pause_server_cpu_raw_p50_ms": median([p["server_cpu_raw_ms"] for p in pauses]),
-        "pause_redis_cpu_p50_ms": median([p["redis_cpu_ms"] for p in pauses]),
-        "last_p50_ms": median([b["last_ms"] for b in pauses + resumes]),
+        "whole_hall_repeats": len(whole_pauses),
+        "smallest_hall": min((b["hall"] for b in pauses + resumes), default=None),
+        "pause_last_p50_ms": median([p["last_ms"] for p in whole_pauses]),
+        "pause_rest_p50_ms": median([p["rest_ms"] for p in whole_pauses]),
+        "resume_last_p50_ms": median([r["last_ms"] for r in whole_resumes]),
+        "resume_rest_p50_ms": median([r["rest_ms"] for r in whole_resumes]),
+        "pause_server_cpu_p50_ms": median([p["server_cpu_ms"] for p in whole_pauses]),
+        "pause_server_cpu_raw_p50_ms": median([p["server_cpu_raw_ms"] for p in whole_pauses]),
+        "pause_redis_cpu_p50_ms": median([p["redis_cpu_ms"] for p in whole_pauses]),
+        "last_p50_ms": median([b["last_ms"] for b in whole_pauses + whole_resumes]),
         "applied": sum(b["applied"] for b in pauses + resumes),
         "received": sum(b["received"] for b in pauses + resumes),
         "lost": sum(b["lost"] for b in pauses + resumes),
@@ -838,6 +855,10 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             ratio = ratio_text(ours, theirs, lower, better, worse)
             lines.append(f"  {label} {ours}{unit} (peer {theirs}{unit}, {ratio})")
+        for who, source in (("ours", run), ("the peer's", peer)):
+            note = partial_hall_note(source)
+            if note:
+                lines.append(f"  note: {who} {note}")
         for step in run.get("throughput", {}).get("steps", []):
             if step.get("client_limited"):
                 lines.append(
@@ -846,6 +867,17 @@ def headlines(runs: list[dict[str, Any]]) -> list[str]:
                     f"{step['rest_p50_ms']} ms, {step['workers']} workers); such a step "
                     "does not count as held")
     return lines
+
+
+def partial_hall_note(run: dict[str, Any] | None) -> str | None:
+    """Why a run's "pause all" figures are missing: no repeat reached its whole hall."""
+    pauses = (run or {}).get("pause_repeats")
+    if not pauses or pauses.get("whole_hall_repeats", 1) or not pauses.get("repeats"):
+        return None
+    assert run is not None
+    return (f'"pause all" reached at most {pauses["smallest_hall"]} of {run["n"]} '
+            "candidates in some repeats and never all of them (the rest had been dropped "
+            "before): its pause figures are left out")
 
 
 def ratio_table(runs: list[dict[str, Any]]) -> str:

@@ -331,3 +331,33 @@ def test_locust_verdict_fails_on_failures_or_slow_commands() -> None:
     verdict = judge(slow, 0.01, 1000)
     assert not verdict.passed and "command p95 3000 ms > 1000 ms" in verdict.line
     assert not judge(_Stats({}), 0.01, 1000).passed  # nothing measured is no pass
+
+
+def _bulk(hall: int, last_ms: float) -> dict[str, float]:
+    return {"hall": hall, "applied": hall, "received": hall, "lost": 0, "last_ms": last_ms,
+            "rest_ms": last_ms / 2, "server_cpu_ms": 1.0, "server_cpu_raw_ms": 1.0,
+            "redis_cpu_ms": 0.0}
+
+
+def test_pause_figures_count_only_repeats_that_reached_the_whole_hall() -> None:
+    """A server that dropped most of its candidates fans out to fewer, and faster: such a
+    repeat is not "pause all of N", and its figure must not stand beside a whole hall's."""
+    from loadtests.compare import headlines, summarize_pauses
+
+    n = 5000
+    ours = summarize_pauses(n, [_bulk(n, 600.0), _bulk(n, 700.0), _bulk(n, 650.0)],
+                            [_bulk(n, 650.0)])
+    assert ours["pause_last_p50_ms"] == 650.0 and ours["whole_hall_repeats"] == 3
+    # the peer reached everyone once (slowly), then only the 954 it still held
+    peer = summarize_pauses(n, [_bulk(n, 1400.0), _bulk(954, 140.0), _bulk(954, 190.0)],
+                            [_bulk(954, 200.0)])
+    assert peer["pause_last_p50_ms"] == 1400.0 and peer["smallest_hall"] == 954
+    assert peer["resume_last_p50_ms"] is None
+    never = summarize_pauses(n, [_bulk(954, 140.0)], [_bulk(954, 150.0)])
+    assert never["pause_last_p50_ms"] is None and never["pause_rest_p50_ms"] is None
+    runs = [{"config": "memory:1", "n": n, "backend": "memory", "pause_repeats": ours},
+            {"config": "peer:1", "n": n, "backend": "peer", "pause_repeats": never}]
+    text = "\n".join(headlines(runs))
+    assert "pause-all last candidate (p50 of repeats) 650.0 ms (peer None ms, no ratio)" in text
+    assert ("note: the peer's \"pause all\" reached at most 954 of 5000 candidates" in text)
+    assert "note: ours" not in text
