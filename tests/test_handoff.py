@@ -109,3 +109,19 @@ async def test_the_memory_store_answers_a_bulk_commit_before_its_fan_out(session
     assert seen == list(range(1, sessions + 1))  # every event, in seq order
     # a hall-sized batch waits for its caller; a handful goes at once, as before
     assert order == (["answered", "fan-out"] if sessions >= 256 else ["fan-out", "answered"])
+
+
+async def test_a_step_runs_in_line_with_the_batches() -> None:
+    """`then`: a step (the Redis echo released) runs where a batch of its size would be
+    delivered: behind a deferred batch, and at once when it is small and nothing waits."""
+    got: list[object] = []
+    done = asyncio.Event()
+    hand_off: HandOff[int] = HandOff(got.append, big=3)
+    hand_off.then(lambda: got.append("small step"), 1)
+    assert got == ["small step"]
+    hand_off([1, 2, 3])
+    hand_off.then(lambda: got.append("step"), 3)
+    hand_off.then(done.set, 1)  # small, but behind what waits
+    assert got == ["small step"] and hand_off.pending == 3
+    await done.wait()
+    assert got == ["small step", [1, 2, 3], "step"] and hand_off.pending == 0

@@ -16,6 +16,7 @@ from clients import eventually
 from redis.crc import key_slot
 from redis_server import RedisServer
 
+from realtime.state import redis as redis_module
 from realtime.state.model import Event, Exam, ExamSettings, new_session
 from realtime.state.redis import Keys, RedisStore
 from realtime.state.store import Commit, StateStore, apply_locally
@@ -932,6 +933,100 @@ async def test_redis_a_hall_size_commit_answers_its_caller_before_its_fan_out(
         assert order == ["fan-out 3", "answered 3", "answered 297", "fan-out 297"]
         committed = [e for r in few + hall for e in r.events]
         assert [e.seq for e in handed] == [e.seq for e in committed] == list(range(1, 301))
+    finally:
+        await store.close()
+
+
+class EchoFirst:
+    """Makes the echo of a store's commit reach it before Redis's answer does: the answer is
+    held until the subscription has the message in hand (or, with `fail`, the call then
+    fails, as when the connection drops after the script ran)."""
+
+    def __init__(self, store: RedisStore, monkeypatch: pytest.MonkeyPatch,
+                 fail: bool = False) -> None:
+        self.echoed = asyncio.Event()
+        self.decoded = 0
+        deliver, run, decode = store._deliver, redis_module._run_batches, redis_module.decode_events
+
+        async def first_the_echo(message: bytes) -> None:
+            self.echoed.set()
+            await deliver(message)
+
+        async def answer_late(client: Any, script: Any, calls: Any) -> list[Any]:
+            replies = await run(client, script, calls)
+            if script is store._commit_script:
+                await self.echoed.wait()
+                if fail:
+                    raise ConnectionError("lost after the script ran")
+            return replies
+
+        def counted(first: int, blobs: bytes) -> list[Event]:
+            self.decoded += 1
+            return decode(first, blobs)
+
+        monkeypatch.setattr(store, "_deliver", first_the_echo)
+        monkeypatch.setattr(redis_module, "_run_batches", answer_late)
+        monkeypatch.setattr(redis_module, "decode_events", counted)
+
+
+async def test_redis_a_hall_size_echo_that_beats_the_answer_waits_for_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answer first, then the hall, also where the process serves the exam and the echo of a
+    600-session commit arrives before Redis's answer: the caller has its results first, then
+    the commit listeners (the hub's frames), then the event listeners, which get the answer's
+    own events (the message is not decoded), every one once and in order."""
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    order: list[str] = []
+    heard = Collector()
+
+    def listener(received: Event) -> None:
+        if not heard.events:
+            order.append("listeners")
+        heard(received)
+
+    store.add_listener(listener)
+    store.add_commit_listener(lambda events: order.append(f"fan-out {len(events)}"))
+    await store.start()
+    await store.serve(A)
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(601)])
+        await store.commit([commit(A, "s600", 0)])  # heard: the process follows the exam
+        await heard.wait_for(1)
+        heard.events.clear()
+        order.clear()
+        echo = EchoFirst(store, monkeypatch)
+        results = await store.commit([commit(A, f"s{i}", 0) for i in range(600)])
+        order.append("answered")
+        received = await heard.wait_for(600)
+        committed = [e for r in results for e in r.events]
+        assert order == ["answered", "fan-out 600", "listeners"]
+        assert [e.seq for e in received] == list(range(2, 602))
+        assert all(got is sent for got, sent in zip(received, committed, strict=True))
+        assert echo.decoded == 0
+    finally:
+        await store.close()
+
+
+async def test_redis_an_echo_waiting_for_a_failed_answer_is_decoded(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the call whose echo waits for its answer fails after the script ran (outcome unknown
+    to the caller), the echo is decoded and its listeners still get every event."""
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    heard = Collector()
+    store.add_listener(heard)
+    await store.start()
+    await store.serve(A)
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(600)])
+        echo = EchoFirst(store, monkeypatch, fail=True)
+        with pytest.raises(ConnectionError):
+            await store.commit([commit(A, f"s{i}", 0) for i in range(600)])
+        received = await heard.wait_for(600)
+        assert [(e.session_id, e.seq) for e in received] == [
+            (f"s{i}", i + 1) for i in range(600)]
+        assert echo.decoded == 1
     finally:
         await store.close()
 

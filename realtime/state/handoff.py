@@ -6,6 +6,8 @@ and the command's own caller (the REST answer, waiting for nothing more than the
 reply) would be resumed only after the event loop had read them all. `HandOff` therefore
 delivers a big batch two loop turns later: the callers woken by the commit run first, then the
 fan-out. Small batches go at once, unless a deferred one is still waiting: order is kept.
+Other steps that must follow a batch (the Redis echo of a commit, released once its batch has
+been handed out: `then`) queue in the same line.
 """
 
 from __future__ import annotations
@@ -30,14 +32,26 @@ class HandOff(Generic[T]):
     def __init__(self, deliver: Callable[[list[T]], None], big: int = BIG_BATCH) -> None:
         self._deliver = deliver
         self._big = big
-        self._queue: deque[list[T]] = deque()
+        # a batch to deliver, or a step to run (`then`)
+        self._queue: deque[list[T] | Callable[[], None]] = deque()
         self._scheduled = False
 
     def __call__(self, batch: list[T]) -> None:
         if not self._queue and len(batch) < self._big:
             self._deliver(batch)
             return
-        self._queue.append(batch)
+        self._enqueue(batch)
+
+    def then(self, step: Callable[[], None], size: int) -> None:
+        """Run `step` where a batch of `size` events would be delivered: at once if it is small
+        and nothing waits, else after what waits (and after this loop turn's callers)."""
+        if not self._queue and size < self._big:
+            step()
+            return
+        self._enqueue(step)
+
+    def _enqueue(self, item: list[T] | Callable[[], None]) -> None:
+        self._queue.append(item)
         if not self._scheduled:
             self._scheduled = True
             loop = asyncio.get_running_loop()
@@ -47,14 +61,17 @@ class HandOff(Generic[T]):
 
     @property
     def pending(self) -> int:
-        """Batches waiting to be delivered."""
+        """Batches (and steps) waiting."""
         return len(self._queue)
 
     def _drain(self) -> None:
         self._scheduled = False
         while self._queue:
-            batch = self._queue.popleft()
+            item = self._queue.popleft()
             try:
-                self._deliver(batch)
+                if isinstance(item, list):
+                    self._deliver(item)
+                else:
+                    item()
             except Exception:  # a listener's failure must not strand the batches behind it
                 log.exception("event hand-off failed")

@@ -71,6 +71,10 @@ VIEW_SLICE = 500  # sessions of an exam read per script call to make its copy (`
 DECODE_SLICE = 250  # outbox events decoded per turn of the event loop (`outbox_claim`)
 SWEEP_SLICE = 250  # sessions the sweeper's question reads per script call (see stale_holders)
 MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest are decoded again
+# An own commit's echo this large (a bulk command's) that arrives before Redis's answer waits
+# for the answer (at most ECHO_WAIT seconds) instead of being decoded and dispatched at once.
+BIG_ECHO = 16 * 1024  # bytes of events, ~80 of them (a hand-off's big batch is more)
+ECHO_WAIT = 2.0
 
 # commit_batch.lua status codes besides 1 (ok)
 _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED, _KNOWN = 0, -1, -2, -3, -4
@@ -202,6 +206,11 @@ def decode_message(message: bytes) -> list[Event]:
     """A published message back into its events."""
     _, first, blobs = split_message(message)
     return decode_events(first, blobs)
+
+
+def _give(waiting: asyncio.Future[list[Event] | None], events: list[Event] | None) -> None:
+    if not waiting.done():
+        waiting.set_result(events)
 
 
 def _json(value: Any) -> bytes:
@@ -403,6 +412,8 @@ class RedisStore:
         self._in_flight: set[str] = set()
         self._echoed: set[str] = set()
         self._unechoed: OrderedDict[str, list[Event]] = OrderedDict()
+        # Big echoes of calls in flight, waiting for their answer's events (None: decode it).
+        self._echo_waits: dict[str, asyncio.Future[list[Event] | None]] = {}
         self._resubscribe_listeners: list[Callable[[frozenset[str]], None]] = []
         self._heard_seq: dict[str, int] = {}  # per exam, the last seq delivered here
         self._handed_seq: dict[str, int] = {}  # per exam, the last seq of own commits handed out
@@ -725,6 +736,8 @@ class RedisStore:
         try:
             token, first, blobs = split_message(message)
             events = self._unechoed.pop(token, None)
+            if events is None and token in self._in_flight and len(blobs) >= BIG_ECHO:
+                events = await self._answer_of(token)
             if events is None or events[0].seq != first:
                 events = decode_events(first, blobs)
                 if token in self._in_flight:
@@ -735,6 +748,21 @@ class RedisStore:
         if events:
             self.events_received += len(events)
             await self._dispatch(events)
+
+    async def _answer_of(self, token: str) -> list[Event] | None:
+        """The events of this process's own call `token`, whose big echo came before Redis's
+        answer: given by `commit` once it has the answer and has handed them out (so the hub
+        gets them, and the caller its answer, before the echo's listeners run), not decoded
+        again. None if the call failed or the answer is late: decode the message."""
+        waiting: asyncio.Future[list[Event] | None] = asyncio.get_running_loop().create_future()
+        self._echo_waits[token] = waiting
+        try:
+            async with asyncio.timeout(ECHO_WAIT):
+                return await waiting
+        except TimeoutError:
+            return None
+        finally:
+            self._echo_waits.pop(token, None)
 
     async def _dispatch(self, events: list[Event]) -> None:
         """Deliver one exam's consecutive events, skipping what this process already heard
@@ -749,11 +777,12 @@ class RedisStore:
         view = self._views.get(exam_id)
         if view is not None:
             self._to_view(exam_id, view, events)
+        listeners = list(self._listeners)
         for event in events:
-            for listener in list(self._listeners):
+            for listener in listeners:
                 try:
                     outcome = listener(event)
-                    if inspect.isawaitable(outcome):
+                    if outcome is not None and inspect.isawaitable(outcome):
                         await outcome
                 except Exception:
                     log.exception("event listener %r failed on seq %d", listener, event.seq)
@@ -889,6 +918,8 @@ class RedisStore:
         if view.events is not None:
             view.events += events
             return
+        if events[-1].seq <= view.seq:
+            return  # all in it already (the echo of an own commit brought in at its answer)
         sessions = view.sessions
         for event in events:
             if event.seq <= view.seq:
@@ -1399,9 +1430,17 @@ class RedisStore:
                             and events[0].seq == view.seq + 1):
                         # nothing of others' is unheard before them: no need to wait the echo
                         self._to_view(events[0].exam_id, view, events)
+                waiting = self._echo_waits.pop(token, None)
+                if waiting is not None:  # the echo came first: it gets them after the hand-out
+                    self._unechoed.pop(token, None)
+                    self._hand_off.then(functools.partial(_give, waiting, events), len(events))
         finally:
             self._in_flight.difference_update(tokens)
             self._echoed.difference_update(tokens)
+            for token in tokens:  # failed: the echo decodes its message
+                waiting = self._echo_waits.pop(token, None)
+                if waiting is not None:
+                    _give(waiting, None)
         return [r for r in results if r is not None]
 
     def _hand_out(self, token: str, events: list[Event]) -> None:
