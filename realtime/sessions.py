@@ -536,7 +536,7 @@ class SessionService:
                     guard = {name: session[name] for name in unversioned} if unversioned else None
                     commits.append(
                         Commit(exam_id, sid, session["version"], outcome.changes, outcome.events,
-                               guard=guard, command_id=command_id)
+                               guard=guard, command_id=command_id, like=outcome.like)
                     )
                 elif outcome.event is not None and outcome.changes:
                     # A refusal that counts an incident: compare-and-set like a transition
@@ -918,7 +918,7 @@ class SessionService:
                 outcome = decide(s)
             if isinstance(outcome, machine.Transition):
                 entries.append(Commit(exam_id, sid, s["version"], outcome.changes, outcome.events,
-                                      command_id=given_id, fresh=fresh))
+                                      command_id=given_id, fresh=fresh, like=outcome.like))
             elif outcome is not None and outcome.event is not None:
                 return None  # a refusal to record: not a command's (decide on a read)
             else:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realtime.state import machine
+from realtime.state import redis as redis_store
 from realtime.state.machine import Liveness, OpenRequest, Rejection, Transition
-from realtime.state.model import Action, Exam, ExamSettings, Status, new_session
+from realtime.state.model import Action, Event, Exam, ExamSettings, Status, new_session
+from realtime.state.redis import RedisStore
+from realtime.state.store import Commit
 
 NOW = 1_000_000.0
 LIVE = Liveness(stale_after=30, resume_grace=60)
@@ -508,3 +512,73 @@ def test_distinct_inputs_are_decided_each_and_no_longer_remembered() -> None:
     assert decide.decided == 500 and decide.hits == 0
     assert [o.changes["deadline"] for o in outcomes] == [NOW + n + 60 for n in range(500)]
     assert decide._known is None  # gave up remembering
+
+
+def _blobs(packed: bytes) -> list[list[bytes]]:
+    """The event blobs of each commit in a commit_batch.lua argument (its layout: see there)."""
+    flat = msgpack.unpackb(packed, raw=True)
+    found, i = [], 0
+    while i < len(flat):
+        j = i + 6
+        j += 1 + flat[j]  # guard items
+        j += 1 + flat[j]  # change items
+        found.append(flat[j + 1:j + 1 + flat[j]])
+        i = j + 1 + flat[j]
+    return found
+
+
+def _commits(hall: list[dict[str, Any]], outcomes: list[machine.Outcome],
+             alike: bool) -> list[Commit]:
+    return [Commit("e", s["id"], s["version"], o.changes, o.events, command_id="cmd-1",
+                   like=o.like if alike else None)
+            for s, o in zip(hall, outcomes, strict=True) if isinstance(o, Transition)]
+
+
+@pytest.mark.parametrize("action", list(Action))
+@settings(max_examples=50)
+@given(hall=_hall(), params=_PARAMS, lenient=st.booleans())
+def test_the_redis_store_encodes_copied_decisions_as_each_alone(
+    hall: list[dict[str, Any]], action: Action, params: dict[str, Any], lenient: bool
+) -> None:
+    """The Redis store encodes a decision copied to many sessions once (`Transition.like`):
+    what it sends is byte for byte what it sends with every commit encoded on its own."""
+    ex = exam(resume_grace_seconds=None if lenient else 0)
+    decide = machine.CommandDecisions(ex, action, "staff:p", NOW, params)
+    for n, s in enumerate(hall):
+        s["version"] = n % 3
+    outcomes = [decide(s) for s in hall]
+    store = RedisStore("redis://127.0.0.1:1/0")  # never connects: only encodes
+    _, shared = store._batch_args("e", _commits(hall, outcomes, alike=True), "t")
+    _, alone = store._batch_args("e", _commits(hall, outcomes, alike=False), "t")
+    assert _blobs(shared[5]) == _blobs(alone[5])
+    assert shared[5] == alone[5]
+
+
+def test_a_hall_paused_at_once_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A "pause all" of 5,000 look-alike sessions: one decision, one event encoded (the rest
+    are cut from it), and still each session's own event and version."""
+    hall = [session(status="active", started_at=NOW, deadline=NOW + 3600, version=n % 7)
+            for n in range(5000)]
+    for n, s in enumerate(hall):
+        s["id"] = f"s{n}"
+    decide = machine.CommandDecisions(exam(), Action.PAUSE, "staff:p", NOW, {"command_id": "c"})
+    outcomes = [decide(s) for s in hall]
+    encoded = 0
+    real = redis_store.encode_event
+
+    def counted(event: Event, version: int | None) -> bytes:
+        nonlocal encoded
+        encoded += 1
+        return real(event, version)
+
+    monkeypatch.setattr(redis_store, "encode_event", counted)
+    _, args = RedisStore("redis://127.0.0.1:1/0")._batch_args(
+        "e", _commits(hall, outcomes, alike=True), "t")
+    assert encoded == 1
+    blobs = [blob for commit in _blobs(args[5]) for blob in commit]
+    events = [msgpack.unpackb(b) for b in blobs]
+    assert [(e["session_id"], e["changes"]["version"]) for e in events] == [
+        (f"s{n}", n % 7 + 1) for n in range(5000)]
+    monkeypatch.undo()
+    assert blobs == [redis_store.encode_event(o.events[0], n % 7 + 1)  # type: ignore[union-attr]
+                     for n, o in enumerate(outcomes)]

@@ -30,10 +30,15 @@ MAX_NOTICE_LENGTH = 2000
 
 @dataclass(slots=True)
 class Transition:
-    """What to change in a session, and the history events that say so."""
+    """What to change in a session, and the history events that say so.
+
+    `like`: transitions with the same `like` object (copies of one decision of a bulk
+    command: `CommandDecisions`) hold equal changes and equal events but for the session they
+    are about (its id), values and their types alike; a store may encode one and reuse it."""
 
     changes: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    like: object | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -459,7 +464,7 @@ class CommandDecisions:
                 break
             if found is not None:
                 self.hits += 1
-                return self._outcome(session, found, copy=True)
+                return self._outcome(session, found, copy=True, like=found)
         self.decided += 1
         reads = _Reads(session)
         try:
@@ -469,46 +474,52 @@ class CommandDecisions:
             self._known = None
             return apply_command(session, self.exam, self.action, self.actor, self.now,
                                  self.params)
-        self._remember(session, tuple(reads.names), decided)
-        return self._outcome(session, decided, copy=False)
+        entry = self._remember(session, tuple(reads.names), decided)
+        return self._outcome(session, decided, copy=False, like=entry)
 
     def _remember(self, session: dict[str, Any], names: tuple[str, ...],
-                  decided: tuple[dict[str, Any], dict[str, Any]] | Rejection) -> None:
+                  decided: tuple[dict[str, Any], dict[str, Any]] | Rejection) -> Any:
+        """Remember the decision for later sessions of this input; returns what they will be
+        given (the `like` of their transitions), or None if it is not remembered."""
         known = self._known
         assert known is not None
         if self.decided > self.GIVE_UP_AFTER and self.decided > self.hits:
             self._known = None  # mostly distinct: remembering costs more than it saves
-            return
+            return None
         if isinstance(decided, Rejection):
             if decided.event is not None or decided.changes:
-                return  # not a command's (it records nothing): never shared
+                return None  # not a command's (it records nothing): never shared
             entry: Any = decided
         else:
             changes, details = decided
             values = [*changes.values(), *details.values()]
             if not all(isinstance(v, _SCALARS) for v in values):
-                return  # shared copies must not share a mutable value
+                return None  # shared copies must not share a mutable value
             entry = (dict(changes), dict(details))
         try:
             key = _same_as(session, names)
             for seen, decisions in known:
                 if seen == names:
                     decisions[key] = entry
-                    return
+                    return entry
             known.append((names, {key: entry}))
         except TypeError:  # unhashable: not remembered
-            return
+            return None
+        return entry
 
     def _outcome(self, session: dict[str, Any],
                  decided: tuple[dict[str, Any], dict[str, Any]] | Rejection,
-                 copy: bool) -> Outcome:
+                 copy: bool, like: Any) -> Outcome:
+        """The outcome for `session`; a transition's `like` is the remembered decision it
+        copies (or was remembered as): `_command` reads `status` first and never `id` or
+        `exam_id`, so the copies' events differ only in their session."""
         if isinstance(decided, Rejection):
             return Rejection(decided.reason, decided.message) if copy else decided
         changes, details = decided
         if copy:
             changes, details = dict(changes), dict(details)
         return Transition(changes, [_event(session, self._kind, self.actor, self.now, changes,
-                                           details)])
+                                           details)], like=like)
 
 
 # Commands whose effect a page shows from the session's state (so it can acknowledge them

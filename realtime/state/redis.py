@@ -170,12 +170,17 @@ def _lua(name: str) -> str:
 _local = threading.local()  # a msgpack Packer per thread: packb builds a new one per call
 
 
-def encode_event(event: Event, version: int | None) -> bytes:
-    """The event as the outbox and pub/sub carry it, minus the seq Redis assigns."""
+def _packer() -> msgpack.Packer:
     try:
-        packer = _local.packer
+        packer: msgpack.Packer = _local.packer
     except AttributeError:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
+def encode_event(event: Event, version: int | None) -> bytes:
+    """The event as the outbox and pub/sub carry it, minus the seq Redis assigns."""
+    packer = _packer()
     changes = event.changes if version is None else {**event.changes, "version": version}
     blob: bytes = packer.pack({
         "id": event.id, "exam_id": event.exam_id, "session_id": event.session_id,
@@ -183,6 +188,45 @@ def encode_event(event: Event, version: int | None) -> bytes:
         "after": event.after, "details": event.details, "changes": changes,
     })
     return blob
+
+
+@dataclass(slots=True)
+class _Like:
+    """`encode_event(event, version)` of the events of commits alike (`Commit.like`), cut
+    around what differs: `head + pack(session id) + middle + pack(version)` is each one's blob,
+    byte for byte; the changes' field/value pairs are the same list for all."""
+
+    event: Event
+    pairs: list[str]
+    head: bytes
+    middle: bytes
+
+    @classmethod
+    def of(cls, event: Event, pairs: list[str]) -> _Like:
+        pack = _packer().pack
+        head = b"".join((_packer().pack_map_header(10), pack("id"), pack(event.id),
+                         pack("exam_id"), pack(event.exam_id), pack("session_id")))
+        middle = [pack("kind"), pack(event.kind), pack("actor"), pack(event.actor), pack("at"),
+                  pack(event.at), pack("before"), pack(event.before), pack("after"),
+                  pack(event.after), pack("details"), pack(event.details), pack("changes"),
+                  _packer().pack_map_header(len(event.changes) + 1)]
+        for name, value in event.changes.items():
+            middle += (pack(name), pack(value))
+        middle.append(pack("version"))
+        return cls(event, pairs, head, b"".join(middle))
+
+    def fits(self, event: Event) -> bool:
+        """Whether `event` is of this shape as far as cheap comparisons tell (its changes and
+        details are the decision's: `Commit.like`)."""
+        first = self.event
+        return (event.at is first.at and event.kind == first.kind
+                and event.actor == first.actor and event.before == first.before
+                and event.after == first.after and event.exam_id == first.exam_id
+                and event.id == first.id and "version" not in event.changes)
+
+    def blob(self, event: Event, version: int) -> bytes:
+        pack = _packer().pack
+        return b"".join((self.head, pack(event.session_id), self.middle, pack(version)))
 
 
 def decode_events(first_seq: int, blobs: bytes) -> list[Event]:
@@ -1478,6 +1522,7 @@ class RedisStore:
         unpack)."""
         keys = self.keys
         flat: list[Any] = []  # one flat array: see commit_batch.lua
+        alike: dict[int, _Like] = {}  # by id of the commits' `like` (kept alive by them)
         for commit in commits:
             expected = commit.expected_version
             if commit.members is not None:
@@ -1491,9 +1536,28 @@ class RedisStore:
             else:
                 mode, version = "r", None
             guard = _encode_fields(commit.guard) if commit.guard else []
-            pairs = [] if mode in "rcn" else _encode_fields(commit.changes, skip="version")
-            blobs = ([] if mode in "cn"
-                     else [encode_event(event, version) for event in commit.events])
+            like = commit.like
+            if (like is not None and version is not None and len(commit.events) == 1
+                    and "version" not in commit.changes):
+                # one decision copied to many sessions: encoded once, its event cut around
+                # what differs (`_Like`); the first of them is encoded as any other
+                [event] = commit.events
+                shape = alike.get(id(like))
+                if shape is None:
+                    pairs = _encode_fields(commit.changes)
+                    if "version" not in event.changes:
+                        alike[id(like)] = _Like.of(event, pairs)
+                    blobs = [encode_event(event, version)]
+                elif shape.fits(event):
+                    pairs = shape.pairs
+                    blobs = [shape.blob(event, version)]
+                else:
+                    pairs = _encode_fields(commit.changes)
+                    blobs = [encode_event(event, version)]
+            else:
+                pairs = [] if mode in "rcn" else _encode_fields(commit.changes, skip="version")
+                blobs = ([] if mode in "cn"
+                         else [encode_event(event, version) for event in commit.events])
             flat += (commit.session_id, mode, "" if expected is None else str(expected),
                      commit.command_id, 1 if commit.live_only else 0, 1 if commit.fresh else 0,
                      len(guard), *guard, len(pairs), *pairs, len(blobs), *blobs)

@@ -55,6 +55,11 @@ class Commit:
     it, or its answer is kept): a decision made without reading the command's kept answer
     stands only for a command seen for the first time. All commits of one command id in one
     `commit` call are refused together, before any of them applies.
+
+    `like` (a transition's, `machine.Transition.like`): commits of one call with the same
+    `like` object hold equal changes and equal events but for their session (its id), so a
+    store may encode the first of them and reuse that for the others. It changes nothing
+    else.
     """
 
     exam_id: str
@@ -68,6 +73,7 @@ class Commit:
     check_only: bool = False
     members: int | None = None
     fresh: bool = False
+    like: object | None = None
 
 
 @dataclass(slots=True)
