@@ -22,14 +22,22 @@ frozen objects are not walked), and young collections run often enough that the 
 burst of reconnects does not pile up between them. Cycles among frozen objects (rare: our own
 connection objects hold none) are collected when everything is unfrozen, once per
 `full_interval`.
+
+A pass that falls due while a bulk change runs (`bulk_change`: a "pause all" deciding,
+committing and answering for a hall) waits until it is done, at most `QUIET_MAX`: it would
+walk the tens of thousands of objects the change is making while it makes them (a 20-25 ms
+pass in the middle of the command), and the change's fan-out, queued when its commit was
+answered, then runs before it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,45 @@ log = logging.getLogger(__name__)
 # young collections and more garbage waiting for them; at 50,000 a reconnecting hall piled up
 # tens of megabytes of handshake garbage between collections.
 GEN0_THRESHOLD = 10_000
+
+
+QUIET_MAX = 1.0  # seconds a pass waits at most for the bulk changes in flight
+
+_bulk_changes = 0  # in flight now, in this process
+_passes_waiting: list[asyncio.Future[None]] = []
+
+
+@contextlib.contextmanager
+def bulk_change() -> Iterator[None]:
+    """While inside, the policy's passes wait (see the module's doc)."""
+    global _bulk_changes
+    _bulk_changes += 1
+    try:
+        yield
+    finally:
+        _bulk_changes -= 1
+        if not _bulk_changes:
+            waiting = list(_passes_waiting)
+            _passes_waiting.clear()
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+async def _after_bulk_changes() -> None:
+    """Return once no bulk change is in flight (or after `QUIET_MAX`)."""
+    if not _bulk_changes:
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _passes_waiting.append(waiter)
+    try:
+        async with asyncio.timeout(QUIET_MAX):
+            await waiter
+    except TimeoutError:
+        pass
+    finally:
+        with contextlib.suppress(ValueError):
+            _passes_waiting.remove(waiter)
 
 
 def collect_and_freeze() -> int:
@@ -57,6 +104,7 @@ async def run_gc_policy(freeze_interval: float, full_interval: float) -> None:
     try:
         while True:
             await asyncio.sleep(freeze_interval)
+            await _after_bulk_changes()
             if time.monotonic() - last_full >= full_interval:
                 gc.unfreeze()
                 started = time.perf_counter()

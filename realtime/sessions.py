@@ -32,11 +32,13 @@ from realtime.batching import CommitBatcher
 from realtime.db.database import Database
 from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from realtime.gcpolicy import bulk_change
 from realtime.identity import scope
 from realtime.locks import KeyedLocks
 from realtime.presence import NodePresence, node_of
 from realtime.reasons import ReasonPolicy
 from realtime.state import machine
+from realtime.state.handoff import BIG_BATCH
 from realtime.state.model import (
     Action,
     Event,
@@ -701,7 +703,11 @@ class SessionService:
         off half-way, finishes the command and answers for all of it).
         """
         started = time.perf_counter()
-        result = await self._command(exam_id, action, target, principal, params)
+        if target.is_filter or len(target.session_ids or ()) >= BIG_BATCH:
+            with bulk_change():  # no GC pass in the middle of it (realtime/gcpolicy.py)
+                result = await self._command(exam_id, action, target, principal, params)
+        else:
+            result = await self._command(exam_id, action, target, principal, params)
         if self.on_command is not None:
             self.on_command(
                 action.value,

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from realtime.gcpolicy import GEN0_THRESHOLD, run_gc_policy
+from realtime.gcpolicy import GEN0_THRESHOLD, bulk_change, run_gc_policy
 
 
 async def test_survivors_are_frozen_and_released_when_the_policy_stops(
@@ -95,3 +95,38 @@ async def test_garbage_is_collected_before_a_freeze_not_frozen() -> None:
             await asyncio.gather(task, return_exceptions=True)
             gc.set_threshold(*before)
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_pass_waits_for_the_bulk_changes_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that falls due while a bulk change runs (a "pause all") waits until it is done,
+    then runs."""
+    passes = 0
+    passed = asyncio.Event()
+    real_collect = gc.collect
+
+    def collect(*args: int) -> int:
+        nonlocal passes
+        passes += 1
+        passed.set()
+        return real_collect(*args)
+
+    monkeypatch.setattr(gc, "collect", collect)
+    before = gc.get_threshold()
+    with bulk_change():
+        task = asyncio.create_task(run_gc_policy(freeze_interval=0.0, full_interval=3600))
+        try:
+            await passed.wait()  # the one at start, before any traffic
+            for _ in range(20):  # due at every turn of the loop: none runs while held
+                await asyncio.sleep(0)
+            assert passes == 1
+            passed.clear()
+        except BaseException:
+            task.cancel()
+            raise
+    try:
+        await asyncio.wait_for(passed.wait(), 10)
+        assert passes >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.set_threshold(*before)
