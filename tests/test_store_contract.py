@@ -1008,6 +1008,59 @@ async def test_redis_a_hall_size_echo_that_beats_the_answer_waits_for_it(
         await store.close()
 
 
+async def test_redis_a_hall_size_echo_just_after_the_answer_waits_for_the_hand_off(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The echo of a 600-session commit that is read after Redis's answer but before the
+    hand-off's turn: the commit listeners (the hub's frames) still come first, then the event
+    listeners, with the answer's own events."""
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    order: list[str] = []
+    heard = Collector()
+
+    def listener(received: Event) -> None:
+        if not heard.events:
+            order.append("listeners")
+        heard(received)
+
+    store.add_listener(listener)
+    store.add_commit_listener(lambda events: order.append(f"fan-out {len(events)}"))
+    await store.start()
+    await store.serve(A)
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(601)])
+        await store.commit([commit(A, "s600", 0)])  # heard: the process follows the exam
+        await heard.wait_for(1)
+        heard.events.clear()
+        order.clear()
+        in_hand, go_on = asyncio.Event(), asyncio.Event()
+        deliver, run = store._deliver, redis_module._run_batches
+
+        async def held(message: bytes) -> None:
+            in_hand.set()
+            await go_on.wait()
+            await deliver(message)
+
+        async def answer_once_the_echo_is_in_hand(client: Any, script: Any,
+                                                  calls: Any) -> list[Any]:
+            replies = await run(client, script, calls)
+            if script is store._commit_script:
+                await in_hand.wait()
+            return replies
+
+        monkeypatch.setattr(store, "_deliver", held)
+        monkeypatch.setattr(redis_module, "_run_batches", answer_once_the_echo_is_in_hand)
+        results = await store.commit([commit(A, f"s{i}", 0) for i in range(600)])
+        order.append("answered")
+        go_on.set()  # the echo goes on in the next turn, the hand-off's fan-out in the one after
+        received = await heard.wait_for(600)
+        committed = [e for r in results for e in r.events]
+        assert order == ["answered", "fan-out 600", "listeners"]
+        assert all(got is sent for got, sent in zip(received, committed, strict=True))
+    finally:
+        await store.close()
+
+
 async def test_redis_an_echo_waiting_for_a_failed_answer_is_decoded(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

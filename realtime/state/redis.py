@@ -780,7 +780,11 @@ class RedisStore:
         try:
             token, first, blobs = split_message(message)
             events = self._unechoed.pop(token, None)
-            if events is None and token in self._in_flight and len(blobs) >= BIG_ECHO:
+            if events is not None and self._hand_off.pending:
+                # answered, but the hand-off has not given them (or what precedes them) to
+                # the hub yet: the hub's frames first, then the echo's listeners
+                events = await self._after_hand_off(events)
+            elif events is None and token in self._in_flight and len(blobs) >= BIG_ECHO:
                 events = await self._answer_of(token)
             if events is None or events[0].seq != first:
                 events = decode_events(first, blobs)
@@ -792,6 +796,13 @@ class RedisStore:
         if events:
             self.events_received += len(events)
             await self._dispatch(events)
+
+    async def _after_hand_off(self, events: list[Event]) -> list[Event]:
+        """`events`, once what waits in the hand-off now has been delivered."""
+        waiting: asyncio.Future[list[Event] | None] = asyncio.get_running_loop().create_future()
+        self._hand_off.then(functools.partial(_give, waiting, events), len(events))
+        await waiting
+        return events
 
     async def _answer_of(self, token: str) -> list[Event] | None:
         """The events of this process's own call `token`, whose big echo came before Redis's
