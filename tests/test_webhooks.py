@@ -58,6 +58,29 @@ def _event(seq: int, kind: str = "lock", exam: str = "E1") -> Event:
     return Event(exam_id=exam, session_id="s1", kind=kind, actor="staff:x", at=1.0, seq=seq)
 
 
+async def test_the_dispatcher_is_woken_only_for_drained_batches_that_made_deliveries(
+    db: Database,
+) -> None:
+    """Every drained batch used to wake the dispatcher, which then claimed (a write
+    transaction) and looked for due deliveries in SQL: with no subscription at all, or none
+    matching, nothing is new for it to send."""
+    store = WebhookStore(db, Clock())
+    db.outbox_hooks.append(store)
+    wakes: list[int] = []
+    store.on_new_deliveries = lambda: wakes.append(1)
+    await db.write_outbox([_event(1)], [])  # no subscription
+    assert wakes == []
+    await store.create(url="http://127.0.0.1/h", exam_id="E1", kinds=["lock"], description="",
+                       active=True, actor="t")
+    wakes.clear()  # (creating one does not wake it; whatever it did, start from here)
+    await db.write_outbox([_event(2, "pause"), _event(3, exam="E2")], [])  # none matching
+    assert wakes == []
+    await db.write_outbox([_event(4)], [])  # a delivery
+    assert wakes == [1]
+    await db.write_outbox([_event(4)], [])  # the drainer repeating itself: nothing new
+    assert wakes == [1]
+
+
 async def test_deliveries_are_written_with_their_events_once_and_claimed_by_one(
     db: Database,
 ) -> None:

@@ -104,11 +104,12 @@ class OutboxHook(Protocol):
     """Something written in the drainer's transaction for the events it stores (webhook
     deliveries): it commits or rolls back with them, so it is never missing nor extra."""
 
-    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """Add rows for `events` (only those new to SQL) in the open transaction."""
+    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> bool:
+        """Add rows for `events` (only those new to SQL) in the open transaction; True if it
+        added any."""
 
     def committed(self) -> None:
-        """Called after a transaction that staged events committed."""
+        """Called after a transaction in which this hook's `stage` added rows committed."""
 
 
 def event_id(event: Event) -> str:
@@ -395,12 +396,15 @@ class Database:
                 )
             if audit:
                 await self._add_audit_in(session, audit)
-            if fresh:
-                for hook in self.outbox_hooks:
-                    await hook.stage(session, fresh)
-        if fresh:
-            for hook in self.outbox_hooks:
-                hook.committed()
+            staged: list[OutboxHook] = []
+            for hook in self.outbox_hooks if fresh else ():
+                if await hook.stage(session, fresh):
+                    staged.append(hook)
+        # Only the hooks that added rows: a webhook dispatcher woken by every drained batch
+        # claimed (a write transaction) and looked for due deliveries (two reads) in SQL each
+        # time, with no subscription at all.
+        for hook in staged:
+            hook.committed()
         return len(fresh)
 
     async def _add_audit_in(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

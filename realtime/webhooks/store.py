@@ -233,8 +233,9 @@ class WebhookStore:
 
     # -- OutboxHook: deliveries born with their events -----------------------------------------
 
-    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """One delivery per (active subscription, matching event), in the drainer's transaction.
+    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> bool:
+        """One delivery per (active subscription, matching event), in the drainer's transaction;
+        True if it added any (the dispatcher is woken for those, `committed`).
 
         Only events new to SQL come here, and (subscription, event) is unique, so a repeated
         drain adds nothing.
@@ -243,7 +244,7 @@ class WebhookStore:
             select(Sub.id, Sub.exam_id, Sub.kinds).where(Sub.active.is_(True))
         )).all()
         if not subs:
-            return
+            return False
         now = self.clock()
         rows: list[dict[str, Any]] = []
         for ev in events:
@@ -264,8 +265,10 @@ class WebhookStore:
                 })
         if rows:
             await session.execute(self.db._insert(_DELIVERIES).on_conflict_do_nothing(), rows)
+        return bool(rows)
 
     def committed(self) -> None:
+        """Deliveries staged by `stage` are in SQL: the dispatcher may claim them."""
         self.on_new_deliveries()
 
     # -- dispatching ---------------------------------------------------------------------------
