@@ -108,3 +108,49 @@ async def test_sql_down_keeps_everything_until_it_returns(
     await drainer.drain_all()
     assert [e.seq for e in await db.exam_events(EXAM)] == [1, 2]
     assert drainer.backlog.events == 0
+
+
+async def test_what_arrives_during_a_round_waits_for_the_next_one(
+    db: Database, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a steady flow each round used to claim again as soon as it had written, so a
+    transaction carried the few events of a few milliseconds; now what arrived during a
+    round is left for the next (after the drainer's pause), unless a claim came back full
+    (a backlog: drained at once) or the caller drains until nothing is left."""
+    await _exam(db, store)
+    await _commit(store, _event("s0", n=1))
+    drainer = Drainer(store, db)
+    written: list[list[int]] = []
+    arriving = [_event("s1", n=2)]  # arrives during the first write
+    original = db.write_outbox
+
+    async def write_while_more_arrive(events: Any, audit: Any) -> int:
+        written.append([e.seq for e in events])
+        if arriving:
+            await _commit(store, arriving.pop())
+        return await original(events, audit)
+
+    monkeypatch.setattr(db, "write_outbox", write_while_more_arrive)
+    drainer.on_event(_event("s0"))
+    assert await drainer.drain_dirty()
+    assert written == [[1]]  # not claimed again in the same round
+    assert await drainer.drain_dirty()  # the next round: the exam is still marked
+    assert written == [[1], [2]]
+    assert not await drainer.drain_dirty()  # nothing left: it rests until woken
+
+    await _commit(store, _event("s0", n=3))
+    written.clear()
+    original_claim = store.outbox_claim
+    claims: list[int] = []
+
+    async def claim(*args: Any, **kwargs: Any) -> Any:
+        entries = await original_claim(*args, **kwargs)
+        claims.append(len(entries or []))
+        if len(claims) == 1:
+            await _commit(store, _event("s1", n=4))
+        return entries
+
+    monkeypatch.setattr(store, "outbox_claim", claim)
+    await drainer.drain_all()  # shutdown and tests: until a claim finds nothing
+    assert written == [[3], [4]] and claims == [1, 1, 0]
+    assert [e.seq for e in await db.exam_events(EXAM)] == [1, 2, 3, 4]
