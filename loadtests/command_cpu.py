@@ -2,6 +2,7 @@
 
     python -m loadtests.command_cpu --sessions 5000 --bulk-repeats 6 --targeted 500
     python -m loadtests.command_cpu --sessions 5000 --targeted 500 --concurrency 64
+    python -m loadtests.command_cpu --targeted 1000 --concurrency 64 --rate 500 --history
 
 Times `SessionService.command` with `time.process_time()` (CPU of this process, so other work on
 the machine barely moves it): a "pause/resume all" of N active sessions, and targeted pause/resume
@@ -14,6 +15,11 @@ dispatched as on a server. The bulk command's wall time is printed too (on Redis
 commit script's run in Redis, which the process's CPU does not); with `--deadlines` every
 session has its own start and deadline, as in a hall (else they have none, and a resume
 changes them all alike).
+
+With `--history` the service is the server's (an audit row per command, answers kept for
+retries) and a drainer writes the outbox to SQLite as a server's does (with the webhook hook
+and its dispatcher running, no subscription): each round is timed until its history and
+audit rows are in SQL, so the figures include what every command costs the drainer.
 """
 
 from __future__ import annotations
@@ -24,26 +30,84 @@ import gc
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from loadtests.servers import RedisProcess, workdir
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
+from realtime.db import migrate
+from realtime.db.database import Database
+from realtime.drainer import Drainer
+from realtime.identity.audit import AuditLog
+from realtime.identity.audited import AuditedSessionService
 from realtime.sessions import SessionService, Target
 from realtime.state import machine
 from realtime.state.memory import MemoryStore
 from realtime.state.model import Action, Exam, new_session
 from realtime.state.redis import RedisStore
 from realtime.state.store import StateStore
+from realtime.webhooks.dispatcher import Dispatcher, RetryPolicy
+from realtime.webhooks.store import WebhookStore
 
 STAFF = Principal(id="bench", name="bench", kind="staff", permissions=ALL_PERMISSIONS)
 EXAM = "cpu"
 
 
+class History:
+    """The audited service, and a drainer writing the outbox to SQLite, as a server runs them."""
+
+    def __init__(self, store: StateStore, root: Path) -> None:
+        self.store = store
+        self.url = f"sqlite+aiosqlite:///{root / 'history.db'}"
+        self.db: Database | None = None
+        self.drainer: Drainer | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    async def start(self) -> AuditedSessionService:
+        self.db = db = await Database.connect(self.url)
+        await migrate.upgrade(db)
+        service = AuditedSessionService(self.store, db, machine.Liveness(15, 60))
+        service.audit = AuditLog(db)
+        self.drainer = drainer = Drainer(self.store, db)
+        self.store.add_listener(drainer.on_event)
+        self.store.add_commit_listener(lambda events: drainer.on_event(events[0]))
+        webhooks = WebhookStore(db)
+        self.dispatcher = Dispatcher(webhooks, timeout=5, policy=RetryPolicy(3, 1, 10))
+        webhooks.on_new_deliveries = self.dispatcher.wake
+        db.outbox_hooks.append(webhooks)
+        await db.save_exam(Exam(id=EXAM, title="cpu"))
+        drainer.start()
+        self.dispatcher.start()
+        return service
+
+    async def add_sessions(self, rows: list[dict[str, Any]]) -> None:
+        assert self.db is not None
+        await self.db.add_sessions(rows)
+
+    async def drained(self) -> None:
+        """Until the outbox is empty (bounded: 60 s)."""
+        for _ in range(1200):
+            if (await self.store.outbox_backlog(time.time())).events == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the drainer did not empty the outbox within 60 s")
+
+    async def close(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        if self.drainer is not None:
+            await self.drainer.close()
+        if self.db is not None:
+            await self.db.close()
+
+
 async def measure(store: StateStore, sessions: int, bulk_repeats: int,
-                  targeted: int, concurrency: int = 1, deadlines: bool = False) -> dict[str, Any]:
-    service = SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds here
-                             liveness=machine.Liveness(stale_after=15, resume_grace=60))
+                  targeted: int, concurrency: int = 1, deadlines: bool = False,
+                  history: History | None = None, rate: float = 0.0) -> dict[str, Any]:
+    service = (await history.start() if history is not None else
+               SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds here
+                              liveness=machine.Liveness(stale_after=15, resume_grace=60)))
     await store.put_exam(Exam(id=EXAM, title="cpu"))
     await store.serve(EXAM)
     rows = [new_session(id=f"s{i}", exam_id=EXAM, candidate_id=f"c{i}",
@@ -57,6 +121,10 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
             row["deadline"] = row["started_at"] + 3600
     for start in range(0, sessions, 1000):
         await store.add_sessions(rows[start:start + 1000])
+        if history is not None:
+            await history.add_sessions(rows[start:start + 1000])
+    if history is not None:
+        await history.drained()
     bulk: list[float] = []
     bulk_wall: list[float] = []
     for rep in range(max(1, min(bulk_repeats, 50))):
@@ -71,6 +139,8 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
             raise RuntimeError(f"bulk {action.value} applied {len(result.applied)}/{sessions}")
     per_command: list[float] = []
     count = max(1, min(targeted, sessions))
+    if history is not None:
+        await history.drained()  # the bulk commands' history: not in the targeted rounds
     active = len(bulk) % 2 == 0  # every session is active again after an even number
     for rep in range(3):  # the same sessions each round: each command applies
         action = Action.PAUSE if active else Action.RESUME
@@ -78,15 +148,24 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
         gc.collect()
         started = time.process_time()
         applied = 0
-        async def worker(indexes: Iterator[int], act: Action, rnd: int) -> None:
+        paced = time.perf_counter()
+
+        async def worker(indexes: Iterator[int], act: Action, rnd: int, paced: float) -> None:
             nonlocal applied
             for i in indexes:  # shared: each command is sent by one worker
+                if rate > 0:  # the i-th command not before its time (a steady flow)
+                    delay = paced + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 result = await service.command(EXAM, act, Target(session_ids=[f"s{i}"]),
                                                STAFF, {"command_id": f"t{rnd}-{i}"})
                 applied += len(result.applied)
 
         shared = iter(range(count))
-        await asyncio.gather(*(worker(shared, action, rep) for _ in range(max(1, concurrency))))
+        await asyncio.gather(*(worker(shared, action, rep, paced)
+                               for _ in range(max(1, concurrency))))
+        if history is not None:
+            await history.drained()  # their history and audit rows, in SQL
         per_command.append(1000 * (time.process_time() - started) / count)
         if applied != count:
             raise RuntimeError(f"targeted {action.value} applied {applied}/{count}")
@@ -111,12 +190,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         store = RedisStore(redis.url, prefix="cpu:")
     else:
         store = MemoryStore()
+    history = History(store, workdir("rt-cpu-sql-")) if args.history else None
     try:
         await store.start()
         try:
             return await measure(store, args.sessions, args.bulk_repeats, args.targeted,
-                                 args.concurrency, args.deadlines)
+                                 args.concurrency, args.deadlines, history, args.rate)
         finally:
+            if history is not None:
+                await history.close()
             await store.close()
     finally:
         if redis is not None:
@@ -134,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadlines", action="store_true",
                         help="every session its own start and deadline (as in a hall), so a "
                              "resume changes each one's deadline differently")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="targeted commands started at this many per second (a steady "
+                             "flow, at most --concurrency in flight); 0: as fast as they go")
+    parser.add_argument("--history", action="store_true",
+                        help="the server's audited service and a drainer to SQLite: each round "
+                             "timed until its history and audit rows are written")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     print(f"{args.store} N={result['sessions']} K={args.concurrency}: pause/resume all CPU "

@@ -208,6 +208,20 @@ def test_command_cpu_measures_the_command_path(store: str) -> None:
     assert "per command, median" in result.stdout
 
 
+def test_command_cpu_with_history_times_each_round_until_it_is_in_sql() -> None:
+    """With --history the server's audited service and a drainer to SQLite run; a paced round
+    is timed until its history is written (else it fails: the outbox never empties)."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.command_cpu", "--store", "redis", "--sessions", "40",
+         "--bulk-repeats", "1", "--targeted", "20", "--concurrency", "4", "--rate", "100",
+         "--history"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "redis N=40 K=4: pause/resume all CPU" in result.stdout
+    assert "per command, median" in result.stdout
+
+
 def test_redis_tail_times_the_sweep_the_copy_and_the_drain() -> None:
     """The in-process Redis tail measurement: every kind of work runs and is reported, the
     Redis calls it made counted."""
