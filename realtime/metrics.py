@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from realtime.drainer import Drainer
-from realtime.hub.connection import Connection
+from realtime.hub.connection import FRAMES, Connection
 from realtime.hub.hub import Hub
 from realtime.state.store import StateStore
 from realtime.webhooks.dispatcher import Dispatcher
@@ -33,6 +33,7 @@ class Metrics:
         gauge = self._gauge
         if ws_protocols is not None:
             self.registry.register(_WebSocketProtocols(ws_protocols))
+        self.registry.register(_FramesWritten())
         if store is not None:
             gauge("realtime_event_subscription_up",
                   "1 while this process hears committed events (its subscription is up)",
@@ -196,4 +197,29 @@ class _WebSocketProtocols:
             "1 for each WebSocket implementation of the server that served a socket of this "
             "process since start (uvicorn's names: websockets-sansio, wsproto, websockets)",
             labels=["implementation"],
+        )
+
+
+class _FramesWritten:
+    """`realtime_frames_written_total{path=…}`: the frames of the process's sockets, by how they
+    were written (`realtime.hub.connection.FRAMES`): `direct`, framed once
+    per message and written to the transport (uvicorn's websockets-sansio, when safe:
+    realtime.channels.direct), or `asgi`, through the server's ASGI send."""
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        family.add_metric(["direct"], float(FRAMES.direct))
+        family.add_metric(["asgi"], float(FRAMES.asgi))
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "realtime_frames_written",
+            "WebSocket data frames written since start, by path: direct (pre-framed, written "
+            "to the transport) or asgi (through the server's ASGI send)",
+            labels=["path"],
         )

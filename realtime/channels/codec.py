@@ -8,6 +8,7 @@ from typing import Any
 
 import msgpack
 
+from realtime.channels.direct import framed
 from realtime.errors import BadRequest, ErrorCode
 from realtime.jsonsafe import check_value, dumps, loads
 
@@ -83,13 +84,15 @@ def choose_codec(offered: list[str]) -> Codec | None:
 
 
 class Encoded:
-    """A message encoded at most once per codec, however many sockets it goes to."""
+    """A message encoded at most once per codec, however many sockets it goes to; and framed
+    (`wire`) at most once per codec, for the sockets it is written to directly."""
 
-    __slots__ = ("_frames", "_message")
+    __slots__ = ("_frames", "_message", "_wires")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self._message = message
         self._frames: dict[str, bytes | str] = {}
+        self._wires: dict[str, bytes] | None = None  # made by the first `wire`
 
     @property
     def message(self) -> dict[str, Any]:
@@ -101,6 +104,19 @@ class Encoded:
             frame = codec.encode(self._message)
             self._frames[codec.name] = frame
         return frame
+
+    def wire(self, codec: Codec) -> bytes:
+        """The whole WebSocket frame carrying `frame(codec)`, as the server would write it
+        (`realtime.channels.direct.framed`)."""
+        wires = self._wires
+        if wires is None:
+            wires = self._wires = {}
+        else:
+            data = wires.get(codec.name)
+            if data is not None:
+                return data
+        data = wires[codec.name] = framed(self.frame(codec))
+        return data
 
 
 # Stands for a hole's value while a template is encoded; never part of a real message.
@@ -115,7 +131,7 @@ class Template:
     the message encoded whole (the values are encoded by the same encoder; maps keep the
     template's key order)."""
 
-    __slots__ = ("_parts", "keys", "message", "where")
+    __slots__ = ("_heads", "_parts", "keys", "message", "where")
 
     def __init__(self, message: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
         self.message = message  # any of the messages: its values at the holes are not used
@@ -124,6 +140,22 @@ class Template:
         # codec name -> (the frame's parts around the holes, which hole each gap takes);
         # None where the holes could not be found exactly once: encode whole.
         self._parts: dict[str, tuple[list[Any], tuple[int, ...]] | None] = {}
+        # (binary, payload length) -> the WebSocket frame's header for such a payload: the
+        # messages differ in a few values, so their frames in a few lengths (`wire`)
+        self._heads: dict[tuple[bool, int], bytes] = {}
+
+    def wire(self, payload: bytes | str) -> bytes:
+        """`direct.framed(payload)`, websockets' serialisation made once per payload length
+        (and kind): a server's unmasked data frame is a header that depends on nothing else,
+        then the payload."""
+        data = payload if isinstance(payload, bytes) else payload.encode()
+        key = (data is payload, len(data))
+        head = self._heads.get(key)
+        if head is not None:
+            return head + data
+        whole = framed(payload)
+        self._heads[key] = whole[: len(whole) - len(data)]
+        return whole
 
     def fill(self, values: tuple[Any, ...]) -> dict[str, Any]:
         """The whole message with these values in its holes."""
@@ -188,3 +220,6 @@ class Spliced(Encoded):
         for gap, hole in enumerate(holes, 1):
             pieces += (encode(values[hole]), parts[gap])
         return pieces[0][:0].join(pieces)  # type: ignore[no-any-return]
+
+    def wire(self, codec: Codec) -> bytes:
+        return self._template.wire(self.frame(codec))  # one socket: nothing to keep

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from realtime.channels.codec import Codec, choose_codec
+from realtime.channels.direct import sansio_protocol
 from realtime.channels.transport import transport_of
 from realtime.config import Settings
 from realtime.errors import BadRequest, CloseCode, ErrorCode, RateLimited
@@ -100,8 +101,10 @@ async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
         await websocket.close(CloseCode.UNSUPPORTED_PROTOCOL, "unsupported subprotocol")
         return None
     await websocket.accept(subprotocol=codec.name if offered else None)
+    transport = transport_of(websocket)
     conn = Connection(
-        websocket, codec, settings.send_queue_size, settings.send_timeout, transport_of(websocket)
+        websocket, codec, settings.send_queue_size, settings.send_timeout, transport,
+        sansio_protocol(transport),  # frames written to the transport directly when safe
     )
     conn.start()
     return conn

@@ -9,6 +9,10 @@ A peer that stops reading would otherwise hold its socket (and its session) fore
 frame waits behind data it never reads. So sends have a deadline: while a send waits, one
 timer checks every `send_timeout` that the peer read something; when it read nothing for that
 long (or a close has waited that long), the socket is aborted and its reader stops.
+
+On uvicorn's websockets-sansio server a frame sent while nothing waits is written to the
+transport directly, framed once per message (`realtime.channels.direct`, which says when that
+is safe); everything else goes through the ASGI send as described here.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
+from realtime.channels import direct
 from realtime.channels.codec import Codec, Encoded
 from realtime.errors import CloseCode
 
@@ -70,13 +75,29 @@ class _Resume:
                     return
 
 
+class FrameCounts:
+    """Frames this process wrote to its sockets since start (for metrics): pre-framed to the
+    transport directly, or handed to the ASGI send (now or queued for the writer task). An
+    instance, not class attributes of `Connection`: writing a class attribute at every frame
+    would invalidate the interpreter's attribute caches of every `Connection` method."""
+
+    __slots__ = ("asgi", "direct")
+
+    def __init__(self) -> None:
+        self.direct = 0
+        self.asgi = 0
+
+
+FRAMES = FrameCounts()
+
+
 class Connection:
     overflows = 0  # process-wide count of connections dropped as slow (for metrics)
     send_timeouts = 0  # of those, cut off because the peer read nothing within the deadline
-
     __slots__ = (
         "_cut",
         "_deadline",
+        "_direct",
         "_limit",
         "_progress",
         "_queue",
@@ -104,10 +125,14 @@ class Connection:
         queue_size: int,
         send_timeout: float = 0.0,
         transport: PeerTransport | None = None,
+        server_protocol: Any = None,
     ) -> None:
         self.websocket = websocket
         self.codec = codec
         self.transport = transport  # the server's, to abort a peer that stopped reading
+        # uvicorn's websockets-sansio protocol object of this socket, when frames may be
+        # written to its transport directly (`direct.sansio_protocol`); else None
+        self._direct = server_protocol
         self.closing = False
         self.stopped = False  # cut off by the server (ping or send deadline): stop reading
         self.close_code: int | None = None  # set when the server closes
@@ -147,11 +172,22 @@ class Connection:
             Connection.overflows += 1
             self.abort(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return False
-        if self._writer is None and not queue:  # nothing waiting: write it now (`_send_now`)
+        if self._writer is None and not queue:  # nothing waiting: write it now
+            server = self._direct
+            if server is not None and direct.writable(server):
+                # framed once per message and codec, written as uvicorn's send would write it
+                FRAMES.direct += 1
+                try:
+                    server.transport.write(message.wire(self.codec))
+                except Exception as exc:  # the peer went away
+                    self._gone(exc)
+                return True
+            FRAMES.asgi += 1  # `_send_now`, without wrapping the frame first
             ws, frame = self.websocket, message.frame(self.codec)
             self._drive(ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame),
                         False)
             return True
+        FRAMES.asgi += 1
         self._enqueue(message.frame(self.codec))
         return True
 

@@ -1,0 +1,107 @@
+"""Pre-framed writes: a data frame written straight to the socket's transport.
+
+The ASGI send of one frame is ~20 µs of Python above the socket write (Starlette's wrapper,
+a coroutine, uvicorn's `send` awaiting writability and checking its state, websockets'
+`send_binary` -> `Frame.serialize` -> `data_to_send` -> `b"".join`; docs/performance.md,
+"seventh session"). A fan-out writes the same message to thousands of sockets, so
+`Connection.send_encoded` frames it once per codec (`Encoded.wire`: websockets' own
+`Frame.serialize`, unmasked, no extension) and, when it is safe, writes those bytes to the
+transport itself, synchronously.
+
+That bypasses websockets' protocol state, so it is done only where the bytes are exactly what
+uvicorn's `send` would have written and nothing else could be reordered with them:
+
+* the server is uvicorn's websockets-sansio implementation (its protocol class, found from
+  the socket's transport, the one `TransportMiddleware` took from the ASGI `send`'s owner),
+  with every attribute read below: anything else (wsproto, legacy websockets, another
+  server, a uvicorn whose class changed) is never written to directly (`sansio_protocol`);
+* per frame (`writable`): the handshake is complete and no HTTP denial response was started,
+  uvicorn has not sent a close nor seen the connection lost, its write flow control says
+  writable (`writable` event: the transport has not paused writing), websockets' protocol is
+  OPEN with nothing pending in its buffer (`writes`), no extension negotiated
+  (permessage-deflate, REALTIME_WS_DEFLATE, would compress the frame), no fragmented message
+  half sent, no frame logging (debug), and the transport is not closing;
+* and nothing of the connection's own is queued or being written (`Connection.send_encoded`
+  checks that), so frames keep their order.
+
+Between uvicorn's `send` and the endpoint there are only this app's middleware, none of which
+changes a `websocket.send` message, and Starlette's `WebSocket.send` (state checks that the
+guards above cover: the application's close is uvicorn's `close_sent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Side, State
+from websockets.server import ServerProtocol
+
+SANSIO_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
+SANSIO_CLASS = "WebSocketsSansIOProtocol"
+# What `writable` reads of uvicorn's protocol object and of its websockets protocol (`conn`)
+PROTOCOL_FIELDS = ("handshake_complete", "initial_response", "close_sent", "disconnected")
+CONN_FIELDS = ("state", "writes", "extensions", "expect_continuation_frame", "debug")
+OPEN = State.OPEN
+
+
+def framed(payload: bytes | str) -> bytes:
+    """One whole data frame as a server writes it: binary for bytes, text (UTF-8) for str,
+    unmasked, without extensions; websockets' own serialisation, as uvicorn's `send` makes
+    it."""
+    if isinstance(payload, str):
+        return Frame(Opcode.TEXT, payload.encode()).serialize(mask=False, extensions=[])
+    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
+
+
+def sansio_protocol(transport: Any) -> Any | None:
+    """uvicorn's websockets-sansio protocol object serving the socket of `transport`, if it is
+    one and has everything `writable` reads; else None (fail closed: that socket is written
+    through the ASGI send only)."""
+    get_protocol = getattr(transport, "get_protocol", None)
+    if not callable(get_protocol):
+        return None
+    try:
+        protocol = get_protocol()
+    except Exception:
+        return None
+    cls = type(protocol)
+    if cls.__module__ != SANSIO_MODULE or cls.__name__ != SANSIO_CLASS:
+        return None
+    if getattr(protocol, "transport", None) is not transport:
+        return None
+    if not (callable(getattr(transport, "write", None))
+            and callable(getattr(transport, "is_closing", None))):
+        return None
+    if not all(hasattr(protocol, name) for name in PROTOCOL_FIELDS):
+        return None
+    if not isinstance(getattr(protocol, "writable", None), asyncio.Event):
+        return None
+    conn = getattr(protocol, "conn", None)
+    if not isinstance(conn, ServerProtocol) or conn.side is not Side.SERVER:
+        return None
+    if not all(hasattr(conn, name) for name in CONN_FIELDS):
+        return None
+    if not isinstance(conn.writes, list) or not isinstance(conn.extensions, list):
+        return None
+    return protocol
+
+
+def writable(protocol: Any) -> bool:
+    """Whether a pre-framed data frame may be written to this socket's transport now: the
+    guards above, read at every frame."""
+    conn = protocol.conn
+    return bool(
+        protocol.handshake_complete
+        and protocol.initial_response is None
+        and not protocol.close_sent
+        and not protocol.disconnected
+        and protocol.writable.is_set()
+        and conn.state is OPEN
+        and not conn.writes
+        and not conn.extensions
+        and not conn.expect_continuation_frame
+        and not conn.debug
+        and not protocol.transport.is_closing()
+    )
