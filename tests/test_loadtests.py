@@ -275,6 +275,34 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
+def test_conn_memory_says_where_an_idle_socket_s_memory_goes(store: str) -> None:
+    """The in-process measurement of memory per idle candidate socket: every socket is
+    opened and held (else it fails); RSS, heap and the frozen garbage per socket, and with
+    `--trace` the bytes by holder and by line, uvicorn's protocol object among them."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.conn_memory", "--sessions", "30", "--hold", "0.5",
+         "--store", store, *(["--trace"] if store == "memory" else [])],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sessions"] == 30 and summary["store"] == store, summary
+    for key in ("rss_kib_per_conn", "rss_kib_per_conn_collected"):
+        assert isinstance(summary[key], float), summary
+    assert summary["objects_total_per_conn"] > 0, summary
+    assert {"held", "frozen_garbage_per_conn", "frozen_garbage_types"} <= set(summary["frozen"])
+    assert "RSS" in result.stdout and "frozen by the policy" in result.stdout
+    if store == "memory":
+        holders = {row["holder"]: row["bytes_per_conn"] for row in summary["traced"]["by_holder"]}
+        assert holders["uvicorn WebSocket protocol"] > 0, holders
+        assert summary["traced"]["by_line"], summary["traced"]
+        assert "by line:" in result.stdout
+    else:
+        assert "traced" not in summary
+        assert summary["heap_kib_per_conn"] > 0, summary  # pymalloc's and malloc's bytes
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_open_cpu_times_every_socket_opening(store: str) -> None:
     """The in-process open measurement: every round waits until every socket has `opened`
     (else it fails), counts Redis's commands on Redis, and the summary names its figures."""
