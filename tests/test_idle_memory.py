@@ -1,6 +1,7 @@
 """What an idle candidate socket keeps alive, with thousands of them open (docs/performance.md,
 "memory per idle connection"): no coroutine frame of a middleware, of Starlette's router or
-exception middleware, and no send deque of its own.
+exception middleware, no send deque of its own, and no headers of the opening handshake in
+uvicorn's protocol object.
 
 The app runs in this process (its lifespan driven over ASGI, SQLite in a temporary directory),
 so the socket's task can be looked at while it waits for the page's first message.
@@ -9,6 +10,7 @@ so the socket's task can be looked at while it waits for the page's first messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections import deque
 from collections.abc import AsyncIterator
@@ -16,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from clients import WsClient
+from server import free_port
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from realtime.app import create_app
+from realtime.channels.direct import SANSIO_MODULE, forget_handshake, sansio_protocol
 from realtime.config import Settings
 from realtime.hub.connection import Connection
 
@@ -111,3 +119,99 @@ def _chain(task: asyncio.Task[None]) -> list[str]:
         chain.append(f"{awaited.cr_code.co_filename}:{awaited.cr_code.co_name}")
         awaited = awaited.cr_await
     return chain
+
+
+# -- the opening handshake's headers, under a real uvicorn ---------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _uvicorn(tmp_path: Path, ws: str) -> AsyncIterator[uvicorn.Server]:
+    """The app under uvicorn in this process (as `realtime serve` configures its sockets)."""
+    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), loop="none", lifespan="on",
+                            log_level="warning", ws=ws, ws_ping_interval=None,
+                            ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # uvicorn offers a flag, not an event
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def _candidate_socket(server: uvicorn.Server) -> WsClient:
+    port = server.config.port
+    client = await WsClient.connect(f"ws://127.0.0.1:{port}/ws/candidate",
+                                    user_agent_header="idle-memory-test",
+                                    additional_headers={"X-Padding": "p" * 200})
+    await client.send({"type": "progress", "position": 1, "answered": 0})
+    reply = await client.recv_any()  # the socket is served: it answers before any open
+    assert reply["type"] == "error" and reply["code"] == "out_of_order", reply
+    return client
+
+
+async def test_an_accepted_socket_keeps_no_handshake_headers_in_uvicorn(tmp_path: Path) -> None:
+    """uvicorn's websockets-sansio protocol (and websockets' parser) keep the handshake's
+    request and response for the socket's life: their headers are emptied once it is
+    accepted, while the application's copy in the scope stays whole."""
+    async with _uvicorn(tmp_path, "websockets-sansio") as server:
+        client = await _candidate_socket(server)
+        try:
+            protocols = [p for p in server.server_state.connections
+                         if type(p).__module__ == SANSIO_MODULE]
+            assert len(protocols) == 1, server.server_state.connections
+            protocol: Any = protocols[0]
+            assert isinstance(protocol.request, Request)
+            assert isinstance(protocol.response, Response)
+            assert list(protocol.request.headers.raw_items()) == []
+            assert list(protocol.response.headers.raw_items()) == []
+            headers = dict(protocol.scope["headers"])  # what the application reads
+            assert headers[b"user-agent"] == b"idle-memory-test"
+            assert headers[b"x-padding"] == b"p" * 200
+            # and the socket goes on working
+            await client.send({"type": "pong", "t": 0})
+            await client.send({"type": "nonsense"})
+            reply = await client.recv_any()
+            assert reply["type"] == "error" and reply["code"] == "out_of_order", reply
+        finally:
+            await client.close()
+
+
+async def test_other_websocket_implementations_are_left_as_they_are(tmp_path: Path) -> None:
+    """wsproto's protocol is not touched (fail closed), and its sockets work as before."""
+    async with _uvicorn(tmp_path, "wsproto") as server:
+        client = await _candidate_socket(server)
+        try:
+            (protocol,) = [p for p in server.server_state.connections
+                           if type(p).__module__.startswith("uvicorn.protocols.websockets")]
+            assert sansio_protocol(protocol.transport) is None
+            assert forget_handshake(protocol) == 0
+        finally:
+            await client.close()
+
+
+def test_forget_handshake_touches_only_a_completed_sansio_handshake() -> None:
+    """No protocol, another one, a handshake not yet complete, or attributes of other types:
+    nothing is touched."""
+    request = Request("/ws/candidate", Headers({"User-Agent": "x"}))
+    response = Response(101, "Switching Protocols", Headers({"Upgrade": "websocket"}))
+
+    def sansio(complete: bool, **attributes: Any) -> Any:
+        kind = type("WebSocketsSansIOProtocol", (), {"__module__": SANSIO_MODULE})
+        protocol = kind()
+        protocol.handshake_complete = complete
+        for name, value in attributes.items():
+            setattr(protocol, name, value)
+        return protocol
+
+    assert forget_handshake(None) == 0
+    assert forget_handshake(object()) == 0
+    assert forget_handshake(sansio(False, request=request, response=response)) == 0
+    assert forget_handshake(sansio(True, request={"User-Agent": "x"})) == 0
+    assert len(request.headers) == 1 and len(response.headers) == 1
+    assert forget_handshake(sansio(True, request=request, response=response)) == 2
+    assert len(request.headers) == 0 and len(response.headers) == 0

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from realtime.channels.codec import Codec, choose_codec
-from realtime.channels.direct import sansio_protocol
+from realtime.channels.direct import forget_handshake, sansio_protocol
 from realtime.channels.transport import transport_of
 from realtime.config import Settings
 from realtime.errors import BadRequest, CloseCode, ErrorCode, RateLimited
@@ -102,9 +102,11 @@ async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
         return None
     await websocket.accept(subprotocol=codec.name if offered else None)
     transport = transport_of(websocket)
+    protocol = sansio_protocol(transport)
+    forget_handshake(protocol)  # the server's copy of the handshake's headers: not needed now
     conn = Connection(
         websocket, codec, settings.send_queue_size, settings.send_timeout, transport,
-        sansio_protocol(transport),  # frames written to the transport directly when safe
+        protocol,  # frames written to the transport directly when safe
     )
     conn.start()
     return conn

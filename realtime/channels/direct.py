@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import Side, State
 from websockets.server import ServerProtocol
 
@@ -86,6 +88,34 @@ def sansio_protocol(transport: Any) -> Any | None:
     if not isinstance(conn.writes, list) or not isinstance(conn.extensions, list):
         return None
     return protocol
+
+
+def forget_handshake(protocol: Any) -> int:
+    """Once a WebSocket is accepted, let uvicorn's protocol object forget the opening
+    handshake's headers.
+
+    uvicorn's websockets-sansio protocol keeps the handshake's request and response (websockets
+    `Request` and `Response`) for as long as the socket is open, and websockets' parser keeps
+    the request too; neither reads them again once the handshake is complete. Their headers
+    (a dict of lists and a list of pairs each, and their strings) are ~3.7 KiB of every idle
+    socket (docs/performance.md, "seventh session: memory per idle connection"). They are
+    emptied with websockets' own `Headers.clear()`; the scope's headers, which the
+    application reads, are a copy and stay.
+
+    `protocol` is `sansio_protocol`'s answer (None: not that implementation). Only its class,
+    only once its handshake is complete, and only what has websockets' own types: anything
+    else is left as it is. Returns how many messages' headers were emptied (0: none).
+    """
+    if (type(protocol).__module__ != SANSIO_MODULE
+            or getattr(protocol, "handshake_complete", None) is not True):
+        return 0
+    emptied = 0
+    for name, kind in (("request", Request), ("response", Response)):
+        message = getattr(protocol, name, None)
+        if isinstance(message, kind) and isinstance(message.headers, Headers):
+            message.headers.clear()
+            emptied += 1
+    return emptied
 
 
 def writable(protocol: Any) -> bool:
