@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Any
 
 import pytest
 import uvicorn
-from clients import WsClient
-from server import free_port
+from clients import Api, WsClient
+from server import STAFF_TOKEN, free_port
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -127,7 +128,8 @@ def _chain(task: asyncio.Task[None]) -> list[str]:
 @contextlib.asynccontextmanager
 async def _uvicorn(tmp_path: Path, ws: str) -> AsyncIterator[uvicorn.Server]:
     """The app under uvicorn in this process (as `realtime serve` configures its sockets)."""
-    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}"))
+    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}",
+                              bootstrap_staff_token=STAFF_TOKEN))
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), loop="none", lifespan="on",
                             log_level="warning", ws=ws, ws_ping_interval=None,
                             ws_per_message_deflate=False)
@@ -192,6 +194,41 @@ async def test_other_websocket_implementations_are_left_as_they_are(tmp_path: Pa
             assert forget_handshake(protocol) == 0
         finally:
             await client.close()
+
+
+async def test_an_open_session_s_socket_keeps_no_request_headers(tmp_path: Path) -> None:
+    """Once the session is open, the upgrade request's headers are gone from the scope (the
+    server's and the application's: one list); what the open needed of them was read first:
+    the user agent's fingerprint is the session's `device`."""
+    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    async with _uvicorn(tmp_path, "websockets-sansio") as server:
+        base = f"http://127.0.0.1:{server.config.port}"
+        api = Api(base)
+        client = None
+        try:
+            exam = await api.create_exam()
+            (session,) = await api.create_sessions(exam["id"], 1)
+            client = await WsClient.connect(f"ws://127.0.0.1:{server.config.port}/ws/candidate",
+                                            user_agent_header=browser,
+                                            additional_headers={"Cookie": "c=" + "x" * 300})
+            await client.send({"type": "open", "access_code": session["access_code"]})
+            opened = await client.recv("opened")
+            assert opened["session"]["id"] == session["id"], opened
+            protocols: list[Any] = [p for p in server.server_state.connections
+                                    if type(p).__module__ == SANSIO_MODULE]
+            assert len(protocols) == 1 and protocols[0].scope["headers"] == []
+            app: Any = server.config.app
+            runtime = app.state.runtime  # the store's own copy of the session
+            stored = await runtime.service.get_session(exam["id"], session["id"])
+            assert stored["device"] == hashlib.sha256(browser.encode()).hexdigest()[:12]
+            # the open socket goes on: a second open is refused on it, as before
+            await client.send({"type": "open", "access_code": session["access_code"]})
+            reply = await client.recv("error")
+            assert reply["code"] == "out_of_order", reply
+        finally:
+            if client is not None:
+                await client.close()
+            await api.close()
 
 
 def test_forget_handshake_touches_only_a_completed_sansio_handshake() -> None:

@@ -22,6 +22,7 @@ from realtime.auth.principal import Principal
 from realtime.channels.common import (
     accept,
     error_message,
+    forget_request_headers,
     messages,
     non_negative_int,
     optional_number,
@@ -221,6 +222,7 @@ async def _open(
     link.actor = machine.candidate_actor(opened.session)
     link.activate(opened.session["version"], opened.session)
     conn.watched = True  # from now on the heartbeat notices silence
+    forget_request_headers(websocket)  # all read by now; an idle socket need not keep them
     return link
 
 
