@@ -10,8 +10,10 @@ The server (memory store, or a private Redis with `--store redis`; SQLite) runs 
 under uvicorn with `realtime serve`'s WebSocket settings, and its own garbage-collection policy
 (`--freeze-interval` sets REALTIME_GC_FREEZE_INTERVAL; 0 leaves Python's collector alone).
 A hall of N candidates is made over REST; then a child process connects N candidate sockets
-and opens every session (200 handshakes at a time, as the benchmark does), and the sockets are
-held idle for `--hold` seconds. Measured, divided by N:
+and opens every session (200 handshakes at a time, as the benchmark does), the opens' history
+is written to SQL (on the memory store its outbox entries would count otherwise;
+`--no-drained` measures with what is left, as the benchmark does), and the sockets are held
+idle for `--hold` seconds. Measured, divided by N:
 
 * `rss_kib_per_conn`: this process's RSS held minus before the first socket (the benchmark's
   `KiB/conn`, taken the same way: nothing collected by the harness in between), and its peak
@@ -60,6 +62,7 @@ from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
 from realtime.config import WS_IMPLS
 
 EXAM = "idle"
+OPEN_TIMEOUT = 900.0  # seconds for the child to open every socket
 TRACE_FRAMES = 16
 STDLIB = (sysconfig.get_paths()["stdlib"], "<frozen ", "<unknown>")
 
@@ -139,12 +142,12 @@ class _MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def heap_bytes() -> int | None:
-    """Bytes allocated and not freed: pymalloc's blocks in use (objects up to 512 bytes,
-    `sys._debugmallocstats`) plus glibc malloc's (`mallinfo2`: larger objects, uvloop's and
-    libuv's own). Unlike RSS, not moved by free memory the allocators keep (what an earlier
-    burst left behind). None where glibc's `mallinfo2` is missing, or while tracemalloc
-    traces (pymalloc's statistics are not printed then)."""
+def heap_bytes() -> tuple[int, int] | None:
+    """Bytes allocated and not freed: (pymalloc's blocks in use: Python objects up to 512
+    bytes, `sys._debugmallocstats`; glibc malloc's, every thread's: larger objects, uvloop's
+    and libuv's own, SQLite's page cache, `mallinfo2`). Unlike RSS, not moved by free memory
+    the allocators keep (what an earlier burst left behind). None where glibc's `mallinfo2`
+    is missing, or while tracemalloc traces (pymalloc's statistics are not printed then)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallinfo2 = libc.mallinfo2
@@ -166,7 +169,15 @@ def heap_bytes() -> int | None:
     found = re.search(r"# bytes in allocated blocks\s*=\s*([\d,]+)", text)
     if found is None:
         return None
-    return int(found.group(1).replace(",", "")) + int(info.uordblks) + int(info.hblkhd)
+    return int(found.group(1).replace(",", "")), int(info.uordblks) + int(info.hblkhd)
+
+
+def kib_per_conn(held: tuple[int, int] | None, before: tuple[int, int] | None, n: int,
+                 part: int = 0, both: bool = False) -> float | None:
+    if held is None or before is None:
+        return None
+    grown = (sum(held) - sum(before)) if both else (held[part] - before[part])
+    return round(grown / n / 1024, 2)
 
 
 def type_name(obj: Any) -> str:
@@ -290,13 +301,23 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.write((json.dumps(codes) + "\n").encode())
         await child.stdin.drain()
-        line = await child.stdout.readline()
+        line = await asyncio.wait_for(child.stdout.readline(), OPEN_TIMEOUT)
         if line.strip() != b"ready":
             raise RuntimeError(f"holder failed: {line!r}")
         opened_s = time.monotonic() - started
+        runtime = app.state.runtime
+        drain_s = 0.0
+        if args.drained:  # the opens' history written to SQL: no outbox entries held for it
+            drain_started = time.monotonic()
+            while (await runtime.store.outbox_backlog(time.time())).events:
+                if time.monotonic() - drain_started > OPEN_TIMEOUT:
+                    raise RuntimeError("the opens' history was not drained to SQL")
+                await asyncio.sleep(0.2)
+            drain_s = time.monotonic() - drain_started
         await asyncio.sleep(args.hold)
+        backlog = (await runtime.store.outbox_backlog(time.time())).events
         n = args.sessions
-        live = len(app.state.runtime.hub.live_candidates())
+        live = len(runtime.hub.live_candidates())
         if live != n:
             raise RuntimeError(f"{live} of {n} candidates held")
         # the server as it is: nothing collected by the harness yet
@@ -314,16 +335,17 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         summary: dict[str, Any] = {
             "store": args.store, "sessions": n, "ws": args.ws_impl,
             "freeze_interval": settings.gc_freeze_interval, "opened_s": round(opened_s, 2),
-            "opens_per_s": round(n / opened_s, 1),
+            "opens_per_s": round(n / opened_s, 1), "drain_s": round(drain_s, 2),
+            "history_backlog": backlog,
             "rss_kib_per_conn": round((rss_held - rss_before) / n / 1024, 2),
             "rss_kib_per_conn_collected": round((rss_collected - rss_before) / n / 1024, 2),
             "rss_peak_kib_per_conn": (round((rss_peak - rss_before) / n / 1024, 2)
                                       if rss_peak else None),
-            "heap_kib_per_conn": (round((heap_held - heap_before) / n / 1024, 2)
-                                  if heap_held is not None and heap_before is not None else None),
-            "heap_kib_per_conn_collected": (
-                round((heap_collected - heap_before) / n / 1024, 2)
-                if heap_collected is not None and heap_before is not None else None),
+            "heap_kib_per_conn": kib_per_conn(heap_held, heap_before, n, both=True),
+            "pymalloc_kib_per_conn": kib_per_conn(heap_held, heap_before, n, part=0),
+            "malloc_kib_per_conn": kib_per_conn(heap_held, heap_before, n, part=1),
+            "heap_kib_per_conn_collected": kib_per_conn(heap_collected, heap_before, n,
+                                                        both=True),
             "frozen": {
                 "before": frozen_before, "held": frozen_held,
                 "per_conn": round((frozen_held - frozen_before) / n, 1),
@@ -356,19 +378,26 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:
                 child.kill()
         server.should_exit = True
-        await server_task
-        if redis is not None:
-            redis.stop()
+        try:
+            await asyncio.wait_for(server_task, 60)
+        except TimeoutError:
+            print("uvicorn did not stop within 60 s", file=sys.stderr, flush=True)
+        finally:
+            if redis is not None:
+                redis.stop()
 
 
 def report(summary: dict[str, Any]) -> None:
     print(f"{summary['store']} store, {summary['sessions']} idle candidate sockets "
           f"({summary['ws']}, GC freeze every {summary['freeze_interval']} s; opened in "
-          f"{summary['opened_s']} s)", flush=True)
+          f"{summary['opened_s']} s; history drained {summary['drain_s']} s later; "
+          f"{summary['history_backlog']} events not yet in SQL when measured)", flush=True)
     print(f"  RSS {summary['rss_kib_per_conn']} KiB per socket (peak during the opens "
           f"{summary['rss_peak_kib_per_conn']}; {summary['rss_kib_per_conn_collected']} once "
           f"every garbage is collected); heap {summary['heap_kib_per_conn']} KiB per socket "
-          f"({summary['heap_kib_per_conn_collected']} collected)"
+          f"(pymalloc {summary['pymalloc_kib_per_conn']}, malloc "
+          f"{summary['malloc_kib_per_conn']}; {summary['heap_kib_per_conn_collected']} "
+          f"collected)"
           + (" (tracemalloc's own memory counts in RSS)" if summary.get("traced") else ""),
           flush=True)
     frozen = summary["frozen"]
@@ -401,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
     parser.add_argument("--hold", type=float, default=3.0,
                         help="seconds the sockets are held idle before measuring")
+    parser.add_argument("--drained", action=argparse.BooleanOptionalAction, default=True,
+                        help="before the hold, wait until the opens' history is written to "
+                        "SQL (--no-drained: measure with whatever is still in the outbox, as "
+                        "the benchmark does)")
     parser.add_argument("--trace", action="store_true",
                         help="tracemalloc: bytes per socket by allocating line and holder "
                         "(slows the opens: take RSS from a run without it)")
