@@ -105,6 +105,32 @@ async def error_response(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
+# How long shutdown waits for its background loops (heartbeat, sweeper, presence, GC policy)
+# to end once cancelled: they hold nothing that must be finished.
+BACKGROUND_STOP_TIMEOUT = 2.0
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel `tasks` and wait at most `timeout` for them to end. A task that swallowed its
+    cancel (a library below it turned it into something else and the loop went on) is
+    cancelled again on every turn and then left behind, logged: shutdown must not hang on it."""
+    for task in tasks:
+        task.cancel()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, deadline - loop.time()))
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("background task %s ended with %r", task.get_name(), task.exception())
+    for task in pending:
+        log.error("background task %s did not stop within %.1f s of shutdown; left behind",
+                  task.get_name(), timeout)
+
+
 async def _shut_down(
     settings: Settings,
     background: list[asyncio.Task[None]],
@@ -122,10 +148,7 @@ async def _shut_down(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.shutdown_timeout
-    for task in background:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_tasks(background, min(BACKGROUND_STOP_TIMEOUT, settings.shutdown_timeout))
     hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
     try:
         async with asyncio.timeout_at(deadline):

@@ -743,11 +743,21 @@ async def run_heartbeat(
                 if held:
                     refresher.submit(held)
             except Exception:
+                if being_cancelled():
+                    raise asyncio.CancelledError from None
                 log.exception("heartbeat failed; retrying")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def being_cancelled() -> bool:
+    """Whether the running task has a cancel request pending. Code below a loop (a client
+    library, a shielded wait) can turn the CancelledError into another exception; a loop
+    that logs and retries on errors must still stop then, or shutdown waits for it forever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def run_sweeper(
@@ -779,4 +789,6 @@ async def run_sweeper(
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if being_cancelled():  # a cancel that arrived as another error: still stop
+                    raise asyncio.CancelledError from None
                 log.exception("sweep of exam %s failed; retrying", exam_id)
