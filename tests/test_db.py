@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from realtime.db.database import Database, normalize_url
 from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
@@ -266,6 +267,71 @@ async def test_duplicate_events_are_ignored(db: Database) -> None:
     with pytest.raises(SequenceConflictError):
         await db.add_events([_event(5), _event(2, session_id="e1-s2", kind="opened")])
     assert await db.last_seq("e1") == 4
+
+
+def _audit(at: float, subject: str = "x", **details: Any) -> dict[str, Any]:
+    return {"at": at, "actor": "staff:1", "ip": "", "action": "session_command",
+            "subject": subject, "details": details}
+
+
+async def _audit_rows(db: Database) -> list[tuple[float, str, Any]]:
+    from realtime.identity.models import AuditRow
+
+    async with db.engine.connect() as conn:
+        found = await conn.execute(
+            select(AuditRow.at, AuditRow.subject, AuditRow.details).order_by(AuditRow.id)
+        )
+        return [(at, subject, details) for at, subject, details in found]
+
+
+async def test_a_drained_batch_is_a_fixed_few_statements(db: Database) -> None:
+    """A drained batch's SQL is one statement per table it writes, plus the read of the
+    sessions' stored state: no read of the audit log to skip rows already stored (a write
+    repeated after a crash before the acknowledgement still stores nothing twice)."""
+    from sqlalchemy import event as sa_event
+
+    await _with_sessions(db)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if not statement.startswith("BEGIN"):  # SQLite's own BEGIN IMMEDIATE
+            statements.append(" ".join(statement.split()[:3]))
+
+    sa_event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    seq = 0
+    written: list[float] = []
+    for size in (2, 20):
+        events = [_event(seq + n, session_id=f"e1-s{1 + n % 3}", changes={"position": n})
+                  for n in range(1, size + 1)]
+        seq += size
+        audit = [_audit(float(seq + n), n=n) for n in range(size)]
+        written += [row["at"] for row in audit]
+        statements.clear()
+        assert await db.write_outbox(events, audit) == size
+        assert statements == [
+            "INSERT INTO events",
+            "SELECT sessions.id, sessions.exam_id,",
+            "UPDATE sessions SET",
+            "INSERT INTO audit_log",
+        ], size
+        statements.clear()
+        assert await db.write_outbox(events, audit) == 0  # the repeated write
+    sa_event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    rows = await _audit_rows(db)
+    assert [at for at, _, _ in rows] == written
+    assert rows[0][2] == {"n": 0} and rows[-1][2] == {"n": 19}
+
+
+async def test_audit_rows_that_share_a_key_are_all_stored_once(db: Database) -> None:
+    """Two audit rows alike in (time, actor, action, subject) in one batch are both stored,
+    and a repeat of the batch stores neither again."""
+    rows = [_audit(7.0, n=1), _audit(7.0, n=2), _audit(8.0, subject="y")]
+    await db.write_outbox([], rows)
+    await db.write_outbox([], rows)
+    await db.write_outbox([], [_audit(8.0, subject="y"), _audit(9.0)])
+    assert [(at, subject) for at, subject, _ in await _audit_rows(db)] == [
+        (7.0, "x"), (7.0, "x"), (8.0, "y"), (9.0, "x"),
+    ]
 
 
 async def test_a_large_batch_is_written_in_slices_that_let_the_loop_run(

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Table, delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from realtime.db.database import Database, event_id
 from realtime.state.model import Event
@@ -31,6 +31,7 @@ from realtime.webhooks.signing import new_secret
 
 MAX_ERRORS = 10  # failed attempts kept per delivery
 _DELIVERIES: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]
+_SUBS: Table = WebhookSubscriptionRow.__table__  # type: ignore[assignment]
 Sub = WebhookSubscriptionRow
 Delivery = WebhookDeliveryRow
 
@@ -233,15 +234,15 @@ class WebhookStore:
 
     # -- OutboxHook: deliveries born with their events -----------------------------------------
 
-    async def stage(self, session: AsyncSession, events: Sequence[Event]) -> bool:
+    async def stage(self, conn: AsyncConnection, events: Sequence[Event]) -> bool:
         """One delivery per (active subscription, matching event), in the drainer's transaction;
         True if it added any (the dispatcher is woken for those, `committed`).
 
         Only events new to SQL come here, and (subscription, event) is unique, so a repeated
         drain adds nothing.
         """
-        subs = (await session.execute(
-            select(Sub.id, Sub.exam_id, Sub.kinds).where(Sub.active.is_(True))
+        subs = (await conn.execute(
+            select(_SUBS.c.id, _SUBS.c.exam_id, _SUBS.c.kinds).where(_SUBS.c.active.is_(True))
         )).all()
         if not subs:
             return False
@@ -264,7 +265,7 @@ class WebhookStore:
                     "created_at": now, "next_attempt_at": now,
                 })
         if rows:
-            await session.execute(self.db._insert(_DELIVERIES).on_conflict_do_nothing(), rows)
+            await conn.execute(self.db._insert(_DELIVERIES).on_conflict_do_nothing(), rows)
         return bool(rows)
 
     def committed(self) -> None:
