@@ -13,6 +13,8 @@ from pathlib import Path
 
 from realtime.config import WS_IMPLS
 
+TRUE = ("1", "true", "yes", "on")  # how realtime.config reads a boolean setting
+
 STAFF_TOKEN = "test-staff-token"
 SECRET = "test-secret-key"
 
@@ -90,6 +92,11 @@ class ServerProcess:
                 str(1024 * 1024),
                 "--ws-ping-interval",
                 "0",
+                # operations.md's command: compression as REALTIME_WS_DEFLATE says (off by
+                # default, as under `realtime serve`; uvicorn's own default is on)
+                "--ws-per-message-deflate",
+                "true" if self.env.get("REALTIME_WS_DEFLATE", "").strip().lower() in TRUE
+                else "false",
                 "--log-level",
                 "warning",
                 *([] if self.proxy_headers else ["--no-proxy-headers"]),
