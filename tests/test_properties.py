@@ -320,6 +320,8 @@ class Page:
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        # the socket's ASGI scope: its upgrade request's headers are let go once it is open
+        self.scope: dict[str, Any] = {"type": "websocket", "headers": [(b"host", b"exam")]}
 
     async def send_text(self, data: str) -> None:
         self.frames.append(json.loads(data))
