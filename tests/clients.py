@@ -20,8 +20,15 @@ TIMEOUT = 10.0
 
 class Api:
     def __init__(self, base_url: str, token: str = STAFF_TOKEN) -> None:
+        # uvicorn closes a keep-alive connection idle for 5 s, and httpx keeps one for 5 s
+        # too: a request sent on it just then meets the server's close ("Server disconnected
+        # without sending a response", seen in a browser test between two steps). The client
+        # lets go first.
         self.http = httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            limits=httpx.Limits(keepalive_expiry=1.0),
         )
 
     async def close(self) -> None:
