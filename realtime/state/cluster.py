@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
@@ -51,6 +52,10 @@ def slot_in_motion(exc: BaseException) -> bool:
     found its exam's keys half migrated): nothing was applied, the caller may retry. The
     commit script touches every key before its first write, so it is refused whole."""
     if isinstance(exc, AskError | TryAgainError | ClusterDownError | SlotNotCoveredError):
+        return True
+    if isinstance(exc, ClusterError) and "TTL exhausted" in str(exc):
+        # redis-py followed its 16 redirections (MOVED/ASK/TRYAGAIN, each refused, nothing
+        # applied) while a migration was still running; it raises this, not the last refusal
         return True
     return isinstance(exc, ResponseError) and "non local key" in str(exc)
 
