@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 from typing import Any
 
 import httpx
 import msgpack
 from server import STAFF_TOKEN
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 MSGPACK = "realtime.v1.msgpack"
 JSON = "realtime.v1.json"
 TIMEOUT = 10.0
+TCP_ESTABLISHED = 1  # tcpi_state in struct tcp_info (linux/tcp.h)
 
 
 class Api:
@@ -330,3 +338,95 @@ class LiveDashboard:
         self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
+
+
+class PausedReader(asyncio.Protocol):
+    """A candidate page (msgpack) that stops reading once its session is open: a raw socket
+    with a tiny receive window, websockets' sans-io client on it, reading paused after
+    `opened` until `transport.resume_reading()`. It records the messages it reads."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = ClientProtocol(parse_uri(url), subprotocols=[Subprotocol(MSGPACK)])
+        self.transport: Any = None
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.opened: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.messages: list[dict[str, Any]] = []
+        self.lost = asyncio.Event()
+
+    @classmethod
+    async def open(cls, ws_url: str, access_code: str) -> PausedReader:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        host, port = ws_url.removeprefix("ws://").split(":")
+        await loop.sock_connect(sock, (host, int(port)))
+        url = f"{ws_url}/ws/candidate"
+        _, peer = await loop.create_connection(lambda: cls(url), sock=sock)
+        await asyncio.wait_for(peer.handshake, TIMEOUT)
+        peer.send({"type": "open", "access_code": access_code})
+        await asyncio.wait_for(peer.opened, TIMEOUT)
+        peer.transport.pause_reading()  # from now on nothing is read: the window closes
+        return peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                message = msgpack.unpackb(bytes(event.data), raw=False)
+                self.messages.append(message)
+                if message["type"] == "opened" and not self.opened.done():
+                    self.opened.set_result(message)
+            elif isinstance(event, Response) and not self.handshake.done():
+                if self.ws.handshake_exc is not None:
+                    self.handshake.set_exception(self.ws.handshake_exc)
+                else:
+                    self.handshake.set_result(None)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.ws.send_binary(msgpack.packb(message, use_bin_type=True))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for data in self.ws.data_to_send():
+                if data:
+                    self.transport.write(data)
+
+    @property
+    def session_id(self) -> str:
+        opened = self.opened.result()
+        return str(opened["session"]["id"])
+
+    def commands(self, action: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages
+                if m["type"] == "command" and action in (None, m["action"])]
+
+    def tcp_open(self) -> bool:
+        """The TCP connection is still established (the server has not cut it off)."""
+        if self.lost.is_set():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        return bool(struct.unpack("B", info[:1])[0] == TCP_ESTABLISHED)
+
+    async def keep_answering(self, pong: dict[str, Any]) -> None:
+        """Send `pong` every so often, so the server's heartbeat sees the page alive while it
+        does not read."""
+        while not self.lost.is_set():
+            self.send(pong)
+            await asyncio.sleep(0.3)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -13,19 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import msgpack
 import pytest
-from clients import JSON, MSGPACK, Api, WsClient, eventually, open_candidate, watch
+from clients import JSON, MSGPACK, Api, PausedReader, WsClient, eventually, open_candidate, watch
 from server import ServerProcess
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
 
 from realtime.channels.codec import CODECS
 
@@ -150,73 +143,6 @@ async def test_the_servers_close_after_direct_writes(serve: ServerProcess, api: 
     assert after["direct"] - before["direct"] == 1 and after["asgi"] == before["asgi"]
 
 
-class PausedReader(asyncio.Protocol):
-    """A candidate page that stops reading after its session opened (a tiny receive window,
-    reading paused) until told to read again; it records the notices it gets, in order."""
-
-    def __init__(self, url: str) -> None:
-        self.ws = ClientProtocol(parse_uri(url), subprotocols=[Subprotocol(MSGPACK)])
-        self.transport: Any = None
-        loop = asyncio.get_running_loop()
-        self.handshake: asyncio.Future[None] = loop.create_future()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.notices: list[str] = []
-        self.lost = asyncio.Event()
-
-    @classmethod
-    async def open(cls, ws_url: str, access_code: str) -> PausedReader:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        host, port = ws_url.removeprefix("ws://").split(":")
-        await loop.sock_connect(sock, (host, int(port)))
-        _, peer = await loop.create_connection(lambda: cls(f"{ws_url}/ws/candidate"), sock=sock)
-        await asyncio.wait_for(peer.handshake, 10)
-        peer.send({"type": "open", "access_code": access_code})
-        await asyncio.wait_for(peer.opened, 10)
-        peer.transport.pause_reading()
-        return peer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.ws.send_request(self.ws.connect())
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                message = msgpack.unpackb(bytes(event.data), raw=False)
-                if message["type"] == "opened" and not self.opened.done():
-                    self.opened.set_result(None)
-                elif message["type"] == "command" and message["action"] == "notice":
-                    self.notices.append(message["details"]["text"].split(" ")[0])
-            elif isinstance(event, Response) and not self.handshake.done():
-                self.handshake.set_result(None)
-        self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.ws.send_binary(msgpack.packb(message, use_bin_type=True))
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            for data in self.ws.data_to_send():
-                if data:
-                    self.transport.write(data)
-
-    async def keep_answering(self) -> None:
-        """A pong every so often, so the server sees the page alive while it does not read
-        (without `t`: nothing to answer, so nothing is written back)."""
-        while not self.lost.is_set():
-            self.send({"type": "pong"})
-            await asyncio.sleep(0.3)
-
-
 async def test_a_socket_that_stops_reading_gets_no_direct_write_and_keeps_its_order(
     serve: ServerProcess, api: Api
 ) -> None:
@@ -226,8 +152,13 @@ async def test_a_socket_that_stops_reading_gets_no_direct_write_and_keeps_its_or
     exam = await api.create_exam()
     [session] = await api.create_sessions(exam["id"], 1)
     reader = await PausedReader.open(serve.ws_url, session["access_code"])
-    pongs = asyncio.create_task(reader.keep_answering())
+    # a pong without `t`: nothing to answer, so nothing is written back while it does not read
+    pongs = asyncio.create_task(reader.keep_answering({"type": "pong"}))
     pushed: list[str] = []
+
+    def received() -> list[str]:
+        """The notices the page read, in order (each text's first word: its number)."""
+        return [c["details"]["text"].split(" ")[0] for c in reader.commands("notice")]
 
     async def notice() -> dict[str, int]:
         """Push the next notice; once its frame was written or queued, the counts."""
@@ -251,24 +182,23 @@ async def test_a_socket_that_stops_reading_gets_no_direct_write_and_keeps_its_or
                 break
         assert counts["asgi"] == start["asgi"] + 1, "never pushed back"
         assert counts["direct"] - start["direct"] == len(pushed) - 1 > 0
-        assert reader.notices == []
+        assert received() == []
         for _ in range(2):  # behind the waiting one: queued, not written directly
             counts = await notice()
         assert counts == {"direct": start["direct"] + len(pushed) - 3,
                           "asgi": start["asgi"] + 3}
 
         reader.transport.resume_reading()
-        await eventually(lambda: len(reader.notices) == len(pushed), timeout=30)
-        assert reader.notices == pushed
+        await eventually(lambda: len(received()) == len(pushed), timeout=30)
+        assert received() == pushed
 
         counts = await notice()
         assert counts == {"direct": start["direct"] + len(pushed) - 3,
                           "asgi": start["asgi"] + 3}
-        await eventually(lambda: len(reader.notices) == len(pushed))
-        assert reader.notices == pushed
+        await eventually(lambda: len(received()) == len(pushed))
+        assert received() == pushed
     finally:
         pongs.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pongs
-        if reader.transport is not None:
-            reader.transport.abort()
+        reader.close()
