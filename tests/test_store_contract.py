@@ -969,94 +969,73 @@ class EchoFirst:
         monkeypatch.setattr(redis_module, "decode_events", counted)
 
 
-async def test_redis_a_hall_size_echo_that_beats_the_answer_waits_for_it(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Answer first, then the hall, also where the process serves the exam and the echo of a
-    600-session commit arrives before Redis's answer: the caller has its results first, then
-    the commit listeners (the hub's frames), then the event listeners, which get the answer's
-    own events (the message is not decoded), every one once and in order."""
-    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
-    order: list[str] = []
-    heard = Collector()
+class EchoHeld:
+    """Makes the echo of a store's commit reach it after Redis's answer but before the
+    hand-off's turn: the answer is held until the subscription has the message in hand, and
+    the message until `go_on` is set."""
 
-    def listener(received: Event) -> None:
-        if not heard.events:
-            order.append("listeners")
-        heard(received)
-
-    store.add_listener(listener)
-    store.add_commit_listener(lambda events: order.append(f"fan-out {len(events)}"))
-    await store.start()
-    await store.serve(A)
-    try:
-        await store.add_sessions([session(f"s{i}") for i in range(601)])
-        await store.commit([commit(A, "s600", 0)])  # heard: the process follows the exam
-        await heard.wait_for(1)
-        heard.events.clear()
-        order.clear()
-        echo = EchoFirst(store, monkeypatch)
-        results = await store.commit([commit(A, f"s{i}", 0) for i in range(600)])
-        order.append("answered")
-        received = await heard.wait_for(600)
-        committed = [e for r in results for e in r.events]
-        assert order == ["answered", "fan-out 600", "listeners"]
-        assert [e.seq for e in received] == list(range(2, 602))
-        assert all(got is sent for got, sent in zip(received, committed, strict=True))
-        assert echo.decoded == 0
-    finally:
-        await store.close()
-
-
-async def test_redis_a_hall_size_echo_just_after_the_answer_waits_for_the_hand_off(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The echo of a 600-session commit that is read after Redis's answer but before the
-    hand-off's turn: the commit listeners (the hub's frames) still come first, then the event
-    listeners, with the answer's own events."""
-    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
-    order: list[str] = []
-    heard = Collector()
-
-    def listener(received: Event) -> None:
-        if not heard.events:
-            order.append("listeners")
-        heard(received)
-
-    store.add_listener(listener)
-    store.add_commit_listener(lambda events: order.append(f"fan-out {len(events)}"))
-    await store.start()
-    await store.serve(A)
-    try:
-        await store.add_sessions([session(f"s{i}") for i in range(601)])
-        await store.commit([commit(A, "s600", 0)])  # heard: the process follows the exam
-        await heard.wait_for(1)
-        heard.events.clear()
-        order.clear()
-        in_hand, go_on = asyncio.Event(), asyncio.Event()
+    def __init__(self, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.in_hand, self.go_on = asyncio.Event(), asyncio.Event()
         deliver, run = store._deliver, redis_module._run_batches
 
         async def held(message: bytes) -> None:
-            in_hand.set()
-            await go_on.wait()
+            self.in_hand.set()
+            await self.go_on.wait()
             await deliver(message)
 
         async def answer_once_the_echo_is_in_hand(client: Any, script: Any,
                                                   calls: Any) -> list[Any]:
             replies = await run(client, script, calls)
             if script is store._commit_script:
-                await in_hand.wait()
+                await self.in_hand.wait()
             return replies
 
         monkeypatch.setattr(store, "_deliver", held)
         monkeypatch.setattr(redis_module, "_run_batches", answer_once_the_echo_is_in_hand)
+
+
+@pytest.mark.parametrize("echo", ["beats the answer", "just after the answer"])
+async def test_redis_a_hall_size_echo_near_the_answer_waits_for_the_hand_off(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, echo: str
+) -> None:
+    """Answer first, then the hall, also where the process serves the exam and the echo of a
+    600-session commit arrives before Redis's answer, or is read after the answer but before
+    the hand-off's turn: the caller has its results first, then the commit listeners (the
+    hub's frames), then the event listeners, which get the answer's own events (an echo that
+    beat the answer is not decoded), every one once and in order."""
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    order: list[str] = []
+    heard = Collector()
+
+    def listener(received: Event) -> None:
+        if not heard.events:
+            order.append("listeners")
+        heard(received)
+
+    store.add_listener(listener)
+    store.add_commit_listener(lambda events: order.append(f"fan-out {len(events)}"))
+    await store.start()
+    await store.serve(A)
+    try:
+        await store.add_sessions([session(f"s{i}") for i in range(601)])
+        await store.commit([commit(A, "s600", 0)])  # heard: the process follows the exam
+        await heard.wait_for(1)
+        heard.events.clear()
+        order.clear()
+        first = EchoFirst(store, monkeypatch) if echo == "beats the answer" else None
+        held = EchoHeld(store, monkeypatch) if echo == "just after the answer" else None
         results = await store.commit([commit(A, f"s{i}", 0) for i in range(600)])
         order.append("answered")
-        go_on.set()  # the echo goes on in the next turn, the hand-off's fan-out in the one after
+        if held is not None:
+            # the echo goes on in the next turn, the hand-off's fan-out in the one after
+            held.go_on.set()
         received = await heard.wait_for(600)
         committed = [e for r in results for e in r.events]
         assert order == ["answered", "fan-out 600", "listeners"]
+        assert [e.seq for e in received] == list(range(2, 602))
         assert all(got is sent for got, sent in zip(received, committed, strict=True))
+        if first is not None:
+            assert first.decoded == 0
     finally:
         await store.close()
 
