@@ -57,8 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile
-from loadtests.inprocess import create_hall, serve_in_process
-from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
+from loadtests.inprocess import create_hall, start_in_process
 from realtime.config import WS_IMPLS
 
 EXAM = "idle"
@@ -253,33 +252,16 @@ def traced_by(snapshot: tracemalloc.Snapshot, n: int, top: int) -> dict[str, Any
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
-    from realtime.app import create_app
-    from realtime.config import Settings
-
-    workdir = Path(tempfile.mkdtemp(prefix="rt-connmem-"))
-    port = free_port()
-    redis = RedisProcess(workdir) if args.store == "redis" else None
-    if redis is not None:
-        redis.start()
-    env = {
-        "REALTIME_REDIS_URL": redis.url if redis else "",
-        "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
-        "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
-        "REALTIME_SECRET_KEY": "bench-secret-key",
-        "REALTIME_HANDSHAKE_RATE": "0",
-        "REALTIME_PING_INTERVAL": "3600",  # idle: no pings within the measurement
-    }
+    env = {"REALTIME_PING_INTERVAL": "3600"}  # idle: no pings within the measurement
     if args.freeze_interval is not None:
         env["REALTIME_GC_FREEZE_INTERVAL"] = str(args.freeze_interval)
-    os.environ.update(env)
     # the child closing every socket at the end is not a hall dropping out
     logging.getLogger("realtime.alerts").setLevel(logging.ERROR)
-    settings = Settings.from_env()
-    app = create_app(settings)
-    server, server_task = await serve_in_process(app, port, ws=args.ws_impl)
+    served = await start_in_process("connmem", redis=args.store == "redis", ws=args.ws_impl,
+                                    env=env)
+    app, settings, base = served.app, served.settings, served.base
     child = None
     try:
-        base = f"http://127.0.0.1:{port}"
         codes = [s["access_code"] for s in await create_hall(base, EXAM, "idle", args.sessions)]
         await asyncio.sleep(1.0)
         objects_before = object_counts()  # unfreezes: the next line is the policy's pass
@@ -377,14 +359,10 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.wait_for(child.wait(), 60)
             except TimeoutError:
                 child.kill()
-        server.should_exit = True
         try:
-            await asyncio.wait_for(server_task, 60)
+            await served.stop(60)
         except TimeoutError:
             print("uvicorn did not stop within 60 s", file=sys.stderr, flush=True)
-        finally:
-            if redis is not None:
-                redis.stop()
 
 
 def report(summary: dict[str, Any]) -> None:

@@ -48,14 +48,12 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile, ws_url
-from loadtests.inprocess import create_hall, serve_in_process
-from loadtests.servers import BENCH_STAFF_TOKEN, free_port
+from loadtests.inprocess import create_hall, start_in_process
+from loadtests.servers import BENCH_STAFF_TOKEN
 from realtime.config import WS_IMPLS
 
 EXAM = "fanout"
@@ -141,30 +139,15 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
-    from loadtests.servers import RedisProcess
-    from realtime.app import create_app
     from realtime.auth.permissions import ALL_PERMISSIONS
     from realtime.auth.principal import Principal
-    from realtime.config import Settings
     from realtime.sessions import Target
     from realtime.state.model import Action
 
-    workdir = Path(tempfile.mkdtemp(prefix="rt-fanout-"))
-    port = free_port()
-    redis = RedisProcess(workdir) if args.store == "redis" else None
-    if redis is not None:
-        redis.start()
-    os.environ.update({
-        "REALTIME_REDIS_URL": redis.url if redis else "",
-        "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
-        "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
-        "REALTIME_SECRET_KEY": "bench-secret-key",
-        "REALTIME_HANDSHAKE_RATE": "0",
+    served = await start_in_process("fanout", redis=args.store == "redis", ws=args.ws_impl, env={
         "REALTIME_PING_INTERVAL": "3600",  # no pings within the measurement
     })
-    app = create_app(Settings.from_env())
-    server, server_task = await serve_in_process(app, port, ws=args.ws_impl)
-    base = f"http://127.0.0.1:{port}"
+    app, base = served.app, served.base
     codes = [s["access_code"] for s in await create_hall(base, EXAM, "fan-out", args.sessions)]
     await asyncio.sleep(0.5)
     gc.collect()
@@ -248,10 +231,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     child.stdin.close()
     child.kill()
     await child.wait()
-    server.should_exit = True
-    await server_task
-    if redis is not None:
-        redis.stop()
+    await served.stop()
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
     fanout = statistics.median(r["fanout_ms"] for r in measured)
     return {

@@ -30,10 +30,8 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -41,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, percentile, raise_nofile, ws_url
-from loadtests.inprocess import create_hall, serve_in_process
-from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
+from loadtests.inprocess import InProcessServer, create_hall, start_in_process
+from loadtests.servers import BENCH_STAFF_TOKEN
 
 EXAM = "stalls"
 LONG = (0.005, 0.020, 0.050)  # thresholds, seconds of CPU
@@ -384,32 +382,17 @@ async def hold(url: str, protocol: str, setup: dict[str, Any]) -> None:
 
 
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
-    from realtime.app import create_app
-    from realtime.config import Settings
-
-    workdir = Path(tempfile.mkdtemp(prefix="rt-stalls-"))
-    redis: RedisProcess | None = None
-    if args.store == "redis":
-        redis = RedisProcess(workdir)
-        redis.start()
-    port = free_port()
-    os.environ.update({
-        "REALTIME_REDIS_URL": redis.url if redis else "",
-        "REALTIME_REDIS_PREFIX": "stalls:",
-        "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
-        "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
-        "REALTIME_SECRET_KEY": "bench-secret-key",
-        # every simulated candidate connects from 127.0.0.1: no per-address budgets
-        "REALTIME_HANDSHAKE_RATE": "0",
-        "REALTIME_ACCESS_CODE_RATE": "0",
-    })
     meter = LoopMeter()
     undo = meter.install()
     child: asyncio.subprocess.Process | None = None
+    served: InProcessServer | None = None
     try:
-        app = create_app(Settings.from_env())
-        server, server_task = await serve_in_process(app, port)
-        base = f"http://127.0.0.1:{port}"
+        served = await start_in_process("stalls", redis=args.store == "redis", env={
+            "REALTIME_REDIS_PREFIX": "stalls:",
+            # every simulated candidate connects from 127.0.0.1: no per-address budgets
+            "REALTIME_ACCESS_CODE_RATE": "0",
+        })
+        base = served.base
         sessions = [(s["id"], s["access_code"])
                     for s in await create_hall(base, EXAM, "stalls", args.sessions)]
         child = await asyncio.create_subprocess_exec(
@@ -445,9 +428,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         child.stdin.close()
         await asyncio.wait_for(child.wait(), 30)
         child = None
-        server.should_exit = True
         try:  # measured already: a slow shutdown (history still draining) fails nothing
-            await asyncio.wait_for(server_task, 60)
+            await served.stop(60)
         except TimeoutError:
             print("server shutdown took over 60 s", file=sys.stderr, flush=True)
     finally:
@@ -455,8 +437,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         if child is not None and child.returncode is None:
             child.kill()
             await child.wait()
-        if redis is not None:
-            redis.stop()
+        if served is not None and served.redis is not None:
+            served.redis.stop()  # stopped already if the server stopped
     return {"sessions": args.sessions, "store": args.store, "rate": args.rate,
             "clients": clients, "full_gc_ms": full_gc_ms,
             "rss_mb_open": rss_open, "rss_mb_end": rss_end,

@@ -24,17 +24,14 @@ import asyncio
 import cProfile
 import gc
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile, ws_url
-from loadtests.inprocess import create_hall, serve_in_process
-from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, free_port
+from loadtests.inprocess import create_hall, start_in_process
 
 EXAM = "opens"
 
@@ -110,26 +107,11 @@ async def redis_seconds(spy: Any) -> float:
 async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from realtime.app import create_app
-    from realtime.config import Settings
-
-    workdir = Path(tempfile.mkdtemp(prefix="rt-opens-"))
-    redis_server = None if args.memory else RedisProcess(workdir)
-    if redis_server is not None:
-        redis_server.start()
-    port = free_port()
-    os.environ.update({
-        "REALTIME_REDIS_URL": "" if redis_server is None else redis_server.url,
-        "REALTIME_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'rt.db'}",
-        "REALTIME_STAFF_TOKEN": BENCH_STAFF_TOKEN,
-        "REALTIME_SECRET_KEY": "bench-secret-key",
-        "REALTIME_HANDSHAKE_RATE": "0",
+    served = await start_in_process("opens", redis=not args.memory, env={
         "REALTIME_ACCESS_CODE_BURST": "1000000",
         "REALTIME_PING_INTERVAL": "3600",  # no pings within the measurement
     })
-    app = create_app(Settings.from_env())
-    server, server_task = await serve_in_process(app, port)
-    base = f"http://127.0.0.1:{port}"
+    app, base, workdir, redis_server = served.app, served.base, served.workdir, served.redis
     codes = [s["access_code"] for s in await create_hall(base, EXAM, "opens", args.sessions)]
     codes_file = workdir / "codes.json"
     codes_file.write_text(json.dumps(codes))
@@ -195,12 +177,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         profiler.dump_stats(args.profile)
     proc.stdin.close()
     await proc.wait()
-    server.should_exit = True
-    await server_task
     if spy is not None:
         await spy.aclose()
-    if redis_server is not None:
-        redis_server.stop()
+    await served.stop()
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
     return {
         "sessions": args.sessions, "store": "memory" if args.memory else "redis",
