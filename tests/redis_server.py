@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 REDIS_SERVER = "/usr/bin/redis-server"
 SYSTEM_PORT = 6379
 
@@ -25,6 +27,16 @@ def free_port() -> int:
             port: int = sock.getsockname()[1]
         if port != SYSTEM_PORT:
             return port
+
+
+def script_calls(url: str) -> int:
+    """EVALSHA calls the Redis at `url` has run so far (the server's own count)."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 class RedisServer:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis
 from redis.exceptions import ResponseError
+from redis_server import script_calls
 
 from realtime.sessions import COMMAND_FIELDS
 from realtime.state.model import new_session
@@ -32,12 +32,6 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
         yield store
     finally:
         await store.close()
-
-
-def script_calls(url: str) -> int:
-    """EVALSHA calls Redis has run so far (the server's own count)."""
-    stats: dict[str, Any] = redis.Redis.from_url(url).info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_reads_of_one_loop_turn_share_one_round_trip(

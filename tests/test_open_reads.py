@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from redis.exceptions import ResponseError
+from redis_server import script_calls
 
 from realtime.db.database import Database
 from realtime.sessions import SessionService
@@ -63,11 +64,6 @@ def count_sent(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(client, "execute_command", counted_execute)
     monkeypatch.setattr(client, "pipeline", counted_pipeline)
     return sent
-
-
-def script_calls(url: str) -> int:
-    stats: dict[str, Any] = redis.Redis.from_url(url).info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_lookups_and_reads_of_one_loop_turn_share_one_round_trip(
