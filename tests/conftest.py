@@ -103,11 +103,7 @@ async def store(make_store: StoreFactory) -> StateStore:
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
     """A running server on each state backend, shared by one test module."""
-    redis_url = ""
-    if request.param == "redis":
-        redis_server.start()
-        redis_url = redis_server.url
-    process = ServerProcess(redis_url=redis_url, redis_prefix=f"e{uuid.uuid4().hex[:8]}:")
+    process = ServerProcess.on_store(request.param, redis_server, "e")
     process.start()
     yield process
     process.stop()

@@ -9,9 +9,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from realtime.config import WS_IMPLS
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 TRUE = ("1", "true", "yes", "on")  # how realtime.config reads a boolean setting
 
@@ -59,6 +64,18 @@ class ServerProcess:
             self.env[f"REALTIME_{key.upper()}"] = str(value)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / f"server-{self.port}.log"
+
+    @classmethod
+    def on_store(cls, store: str, redis_server: RedisServer, prefix: str,
+                 **settings: Any) -> ServerProcess:
+        """A server (not started) on `store`: "memory", or "redis": the run's private Redis
+        (started if it is not yet), under a fresh key prefix `<prefix><8 hex digits>:`."""
+        redis_url = ""
+        if store == "redis":
+            redis_server.start()
+            redis_url = redis_server.url
+        return cls(redis_url=redis_url, redis_prefix=f"{prefix}{uuid.uuid4().hex[:8]}:",
+                   **settings)
 
     @property
     def url(self) -> str:

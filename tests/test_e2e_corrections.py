@@ -20,12 +20,8 @@ PASSWORD = "a good long password"
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def cserver(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
     """A server whose deployment requires a reason category for pause (and nothing else)."""
-    redis_url = ""
-    if request.param == "redis":
-        redis_server.start()
-        redis_url = redis_server.url
-    process = ServerProcess(redis_url=redis_url, redis_prefix=f"c{uuid.uuid4().hex[:8]}:",
-                            reason_category_required="pause")
+    process = ServerProcess.on_store(request.param, redis_server, "c",
+                                     reason_category_required="pause")
     process.start()
     yield process
     process.stop()

@@ -18,15 +18,8 @@ def fast_server(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> Iterator[ServerProcess]:
     """A server that pings every 0.2 s and gives up on a silent candidate after 1 s."""
-    url = ""
-    if request.param == "redis":
-        redis_server.start()
-        url = redis_server.url
-    process = ServerProcess(
-        redis_url=url,
-        redis_prefix=f"f{uuid.uuid4().hex[:8]}:",
-        ping_interval=0.2,
-        ping_timeout=1.0,
+    process = ServerProcess.on_store(
+        request.param, redis_server, "f", ping_interval=0.2, ping_timeout=1.0
     ).start()
     yield process
     process.stop()

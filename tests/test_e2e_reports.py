@@ -26,12 +26,7 @@ FORMULAS = ["=1+2", "+SUM(A1)", "-3+4", "@cmd", "\tx", "\rx"]
 def server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
     """As conftest's, with the per-socket message rate off: a test sends 1,100 client events
     as fast as it can (the limit itself is tested in test_limits_e2e.py)."""
-    redis_url = ""
-    if request.param == "redis":
-        redis_server.start()
-        redis_url = redis_server.url
-    process = ServerProcess(redis_url=redis_url, redis_prefix=f"e{uuid.uuid4().hex[:8]}:",
-                            candidate_message_rate=0)
+    process = ServerProcess.on_store(request.param, redis_server, "e", candidate_message_rate=0)
     process.start()
     yield process
     process.stop()

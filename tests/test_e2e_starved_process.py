@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -34,15 +33,8 @@ LIMIT = 60.0  # generous bound for every wait: a loaded two-core machine
 def starved_server(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> Iterator[ServerProcess]:
-    url = ""
-    if request.param == "redis":
-        redis_server.start()
-        url = redis_server.url
-    process = ServerProcess(
-        redis_url=url,
-        redis_prefix=f"s{uuid.uuid4().hex[:8]}:",
-        stale_after=STALE_AFTER,
-        ping_interval=PING_INTERVAL,
+    process = ServerProcess.on_store(
+        request.param, redis_server, "s", stale_after=STALE_AFTER, ping_interval=PING_INTERVAL
     ).start()
     try:
         yield process

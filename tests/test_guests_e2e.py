@@ -25,12 +25,8 @@ PEOPLE = {"title": "Mr", "first_name": "Alan", "surname": "Turing", "student_num
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def gserver(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
     """SQLite, each state backend; 127.0.0.2 is a trusted proxy (tests connect from it too)."""
-    redis_url = ""
-    if request.param == "redis":
-        redis_server.start()
-        redis_url = redis_server.url
-    process = ServerProcess(redis_url=redis_url, redis_prefix=f"g{uuid.uuid4().hex[:8]}:",
-                            trusted_proxies="127.0.0.2/32")
+    process = ServerProcess.on_store(request.param, redis_server, "g",
+                                     trusted_proxies="127.0.0.2/32")
     # uvicorn rewrites the client from X-Forwarded-For itself for FORWARDED_ALLOW_IPS (default
     # 127.0.0.1); `realtime serve` hands it REALTIME_TRUSTED_PROXIES. Here it trusts nobody
     # (TEST-NET-1), so what is tested is the app's own rule.

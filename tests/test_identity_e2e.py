@@ -30,12 +30,8 @@ PARAMS: dict[str, dict[str, Any]] = {"extend": {"minutes": 5}, "notice": {"text"
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def idserver(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ServerProcess]:
-    redis_url = ""
-    if request.param == "redis":
-        redis_server.start()
-        redis_url = redis_server.url
-    process = ServerProcess(redis_url=redis_url, redis_prefix=f"i{uuid.uuid4().hex[:8]}:",
-                            auth_recheck_interval=0.3)
+    process = ServerProcess.on_store(request.param, redis_server, "i",
+                                     auth_recheck_interval=0.3)
     process.start()
     yield process
     process.stop()
