@@ -191,6 +191,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         hand_off._deliver = timeline.wrap("fan-out", timed)
     staff = Principal(id="bench", name="bench", kind="staff", permissions=ALL_PERMISSIONS)
     rows: list[dict[str, float]] = []
+    stats = RedisStats(served.redis.url) if served.redis is not None else None
     profiler = cProfile.Profile() if args.profile else None
     for rep in range(args.repeats):
         action = Action.PAUSE if rep % 2 == 0 else Action.RESUME
@@ -202,12 +203,16 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             profiler.enable()
         if timeline is not None:
             timeline.start()
+        before = await stats.read() if stats is not None else None
         started = time.process_time()
         wall = time.perf_counter()
+        called_at = time.monotonic()
         result = await runtime.service.command(EXAM, action, Target(all=True), staff,
                                                {"command_id": command_id})
         answer_at = time.monotonic()
         command = time.process_time() - started
+        # Redis's figures up to the answer (the bulk commit's, and what little ran beside it)
+        answered = await stats.read() if stats is not None else None
         line = await child.stdout.readline()
         total = time.process_time() - started
         last_ms = 1000 * (time.perf_counter() - wall)
@@ -217,14 +222,26 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         if parts[:2] != ["done", command_id] or len(result.applied) != args.sessions:
             raise RuntimeError(f"repeat {rep}: {line!r}, applied {len(result.applied)}")
         deltas = json.loads(parts[2]).get(command_id, 0)
+        times = json.loads(parts[3])
+        row: dict[str, float] = {
+            "answer_ms": 1000 * (answer_at - called_at),
+            "first_frame_ms": 1000 * (times["first"] - called_at),
+            "last_frame_ms": 1000 * (times["last"] - called_at),
+        }
+        if stats is not None and before is not None and answered is not None:
+            row.update(stats.since(before, answered))
         if timeline is not None:
             await asyncio.sleep(0.5)  # what follows the last frame, for the record
             timeline.report(rep, answer_at, json.loads(parts[3]))
         rows.append({"command_ms": 1000 * command, "fanout_ms": 1000 * fanout_cpu[0],
-                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas})
+                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas, **row})
+        redis_text = (f"; Redis: {row['evalsha_calls']:.0f} EVALSHA {row['evalsha_ms']:.1f} ms, "
+                      f"CPU {row['redis_cpu_ms']:.1f} ms" if "evalsha_ms" in row else "")
         print(f"{action.value:>6} {command_id}: command {1000 * command:6.1f} ms, fan-out "
               f"{1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU; last "
-              f"{last_ms:6.1f} ms", flush=True)
+              f"{last_ms:6.1f} ms; answer {row['answer_ms']:.1f}, first frame "
+              f"{row['first_frame_ms']:.1f}, last frame {row['last_frame_ms']:.1f} ms"
+              f"{redis_text}", flush=True)
     if profiler is not None:
         profiler.dump_stats(args.profile)
     floor = await write_floor(runtime.hub, args.sessions) if args.floor else None
@@ -241,8 +258,35 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_per_conn": round(rss_kib, 2),
         "repeats": len(measured), "floor_ms": floor,
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
-           for key in ("command_ms", "fanout_ms", "total_ms", "last_ms")},
+           for key in ("command_ms", "fanout_ms", "total_ms", "last_ms", "answer_ms",
+                       "first_frame_ms", "last_frame_ms", "evalsha_calls", "evalsha_ms",
+                       "redis_cpu_ms")
+           if key in measured[0]},
     }
+
+
+class RedisStats:
+    """The private Redis's own figures around a repeat: `INFO commandstats` (EVALSHA calls
+    and their usec: the scripts' run time inside Redis, every script) and `INFO cpu` (the
+    server's user + system CPU)."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import Redis
+
+        self.client = Redis.from_url(url)
+
+    async def read(self) -> dict[str, float]:
+        commands = await self.client.info("commandstats")
+        cpu = await self.client.info("cpu")
+        evalsha = commands.get("cmdstat_evalsha") or {}
+        return {"calls": float(evalsha.get("calls", 0)), "usec": float(evalsha.get("usec", 0)),
+                "cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])}
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {"evalsha_calls": after["calls"] - before["calls"],
+                "evalsha_ms": (after["usec"] - before["usec"]) / 1000,
+                "redis_cpu_ms": 1000 * (after["cpu"] - before["cpu"])}
 
 
 async def settle(runtime: Any) -> None:

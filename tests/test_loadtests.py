@@ -250,8 +250,11 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sessions"] == 30 and summary["repeats"] == 2, summary
     for key in ("command_ms_p50", "fanout_ms_p50", "total_ms_p50", "last_ms_p50", "floor_ms",
-                "fanout_us_per_frame", "rss_kib_per_conn"):
+                "fanout_us_per_frame", "rss_kib_per_conn", "answer_ms_p50",
+                "first_frame_ms_p50", "last_frame_ms_p50"):
         assert summary[key] > 0, summary
+    assert summary["last_frame_ms_p50"] >= summary["first_frame_ms_p50"], summary
+    assert "evalsha_ms_p50" not in summary  # Redis's own figures: on Redis only
     assert "transport.write x 30" in result.stdout
     # the server's WebSocket implementation, as `realtime serve` runs it
     assert summary["ws_impl"] == "websockets-sansio", summary
@@ -268,7 +271,12 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["sessions"] == 30
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sessions"] == 30
+    # Redis's own figures up to the answer: the bulk commit's script call(s) and its CPU
+    assert summary["evalsha_calls_p50"] >= 1 and summary["evalsha_ms_p50"] > 0, summary
+    assert summary["redis_cpu_ms_p50"] >= 0 and summary["answer_ms_p50"] > 0, summary
+    assert "EVALSHA" in result.stdout and "last frame" in result.stdout
     timelines = [line for line in result.stdout.splitlines() if "timeline " in line]
     assert len(timelines) == 2 and all("last frame" in line for line in timelines), timelines
     assert "* " in result.stdout and "store commit x" in result.stdout
