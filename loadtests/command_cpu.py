@@ -20,6 +20,14 @@ With `--history` the service is the server's (an audit row per command, answers 
 retries) and a drainer writes the outbox to SQLite as a server's does (with the webhook hook
 and its dispatcher running, no subscription): each round is timed until its history and
 audit rows are in SQL, so the figures include what every command costs the drainer.
+
+With `--rest` every command is a `POST /api/v1/exams/{id}/commands` to the server's whole app
+(`create_app`, as `realtime serve` builds it: its middleware, routing, the bearer token's check,
+the JSON body, the audited service, the JSON answer; its drainer to SQLite, webhook dispatcher,
+heartbeat, sweeper and GC policy running), called in-process as uvicorn calls it: what a
+command costs the server from its request to its history row, but for uvicorn's HTTP parsing
+and the socket writes (no sockets: no candidate is connected, so no frame is written either).
+`--rest` implies `--history`.
 """
 
 from __future__ import annotations
@@ -29,18 +37,22 @@ import asyncio
 import gc
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from loadtests.servers import RedisProcess, workdir
+import orjson
+
+from loadtests.servers import BENCH_STAFF_TOKEN, RedisProcess, workdir
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
+from realtime.config import Settings
 from realtime.db import migrate
 from realtime.db.database import Database
 from realtime.drainer import Drainer
 from realtime.identity.audit import AuditLog
 from realtime.identity.audited import AuditedSessionService
+from realtime.runtime import Runtime
 from realtime.sessions import SessionService, Target
 from realtime.state import machine
 from realtime.state.memory import MemoryStore
@@ -102,13 +114,124 @@ class History:
             await self.db.close()
 
 
+class Rest:
+    """`--rest`: the server's app (`create_app`) with its lifespan run here, each command a
+    POST called in-process as uvicorn calls the app (no sockets, no HTTP parsing)."""
+
+    def __init__(self, redis_url: str, root: Path) -> None:
+        self.settings = Settings(
+            redis_url=redis_url, redis_prefix="cpu:",
+            database_url=f"sqlite+aiosqlite:///{root / 'history.db'}",
+            secret_key="command-cpu", bootstrap_staff_token=BENCH_STAFF_TOKEN,
+        )
+        self.app: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> Runtime:
+        from realtime.app import create_app
+
+        self.app = app = create_app(self.settings)
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        messages = iter([{"type": "lifespan.startup"}])
+
+        async def receive() -> dict[str, Any]:
+            for message in messages:
+                return message
+            await self._stop.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set_result(None)
+            elif message["type"] == "lifespan.startup.failed" and not started.done():
+                started.set_exception(RuntimeError(message.get("message", "startup failed")))
+
+        self._task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"},
+                                              "state": {}}, receive, send))
+        async with asyncio.timeout(60):
+            await started
+        runtime: Runtime = app.state.runtime
+        return runtime
+
+    async def command(self, action: Action, target: str, command_id: str) -> int:
+        """One POST as uvicorn hands it to the app; the sessions it applied to."""
+        body = orjson.dumps({"action": action.value, "target": target, "command_id": command_id})
+        path = f"/api/v1/exams/{EXAM}/commands"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"command-cpu"),
+                        (b"authorization", f"Bearer {BENCH_STAFF_TOKEN}".encode()),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000), "state": {},
+        }
+        sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self._stop.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        if status != 200:
+            raise RuntimeError(f"POST {path} answered {status}: {b''.join(chunks)[:300]!r}")
+        answer = orjson.loads(b"".join(chunks))
+        if answer["skipped"]:
+            raise RuntimeError(f"POST {path} skipped: {answer['skipped'][:3]}")
+        return len(answer["applied"])
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            async with asyncio.timeout(60):
+                await self._task
+
+
+Send = Callable[[Action, Target, str], Awaitable[int]]
+
+
 async def measure(store: StateStore, sessions: int, bulk_repeats: int,
                   targeted: int, concurrency: int = 1, deadlines: bool = False,
-                  history: History | None = None, rate: float = 0.0) -> dict[str, Any]:
-    service = (await history.start() if history is not None else
-               SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds here
-                              liveness=machine.Liveness(stale_after=15, resume_grace=60)))
+                  history: History | None = None, rate: float = 0.0,
+                  rest: Rest | None = None) -> dict[str, Any]:
+    send: Send
+    if rest is not None:
+        runtime = await rest.start()
+        store = runtime.store
+        assert history is not None
+        history.store, history.db = store, runtime.db
+
+        async def send(action: Action, target: Target, command_id: str) -> int:
+            assert rest is not None
+            raw = "all" if target.all else (target.session_ids or [""])[0]
+            return await rest.command(action, raw, command_id)
+    else:
+        service = (await history.start() if history is not None else
+                   SessionService(store, db=None,  # type: ignore[arg-type]  # never rebuilds
+                                  liveness=machine.Liveness(stale_after=15, resume_grace=60)))
+
+        async def send(action: Action, target: Target, command_id: str) -> int:
+            result = await service.command(EXAM, action, target, STAFF,
+                                           {"command_id": command_id})
+            return len(result.applied)
     await store.put_exam(Exam(id=EXAM, title="cpu"))
+    if rest is not None and history is not None and history.db is not None:
+        await history.db.save_exam(Exam(id=EXAM, title="cpu"))
     await store.serve(EXAM)
     rows = [new_session(id=f"s{i}", exam_id=EXAM, candidate_id=f"c{i}",
                         candidate_name=f"Candidate {i}", access_code=f"CODE{i:06d}",
@@ -131,12 +254,11 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
         action = Action.PAUSE if rep % 2 == 0 else Action.RESUME
         gc.collect()
         started, wall = time.process_time(), time.perf_counter()
-        result = await service.command(EXAM, action, Target(all=True), STAFF,
-                                       {"command_id": f"bulk{rep}"})
+        applied = await send(action, Target(all=True), f"bulk{rep}")
         bulk.append(1000 * (time.process_time() - started))
         bulk_wall.append(1000 * (time.perf_counter() - wall))
-        if len(result.applied) != sessions:
-            raise RuntimeError(f"bulk {action.value} applied {len(result.applied)}/{sessions}")
+        if applied != sessions:
+            raise RuntimeError(f"bulk {action.value} applied {applied}/{sessions}")
     per_command: list[float] = []
     count = max(1, min(targeted, sessions))
     if history is not None:
@@ -157,9 +279,8 @@ async def measure(store: StateStore, sessions: int, bulk_repeats: int,
                     delay = paced + i / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                result = await service.command(EXAM, act, Target(session_ids=[f"s{i}"]),
-                                               STAFF, {"command_id": f"t{rnd}-{i}"})
-                applied += len(result.applied)
+                done = await send(act, Target(session_ids=[f"s{i}"]), f"t{rnd}-{i}")
+                applied += done
 
         shared = iter(range(count))
         await asyncio.gather(*(worker(shared, action, rep, paced)
@@ -187,11 +308,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.store == "redis":
         redis = RedisProcess(workdir("rt-cpu-"))
         redis.start()
-        store = RedisStore(redis.url, prefix="cpu:")
-    else:
-        store = MemoryStore()
-    history = History(store, workdir("rt-cpu-sql-")) if args.history else None
     try:
+        if args.rest:  # the app makes its store, database, drainer (`measure` takes them)
+            root = workdir("rt-cpu-sql-")
+            rest = Rest(redis.url if redis is not None else "", root)
+            history = History(MemoryStore(), root)
+            try:
+                return await measure(history.store, args.sessions, args.bulk_repeats,
+                                     args.targeted, args.concurrency, args.deadlines, history,
+                                     args.rate, rest)
+            finally:
+                await rest.close()
+        store = RedisStore(redis.url, prefix="cpu:") if redis is not None else MemoryStore()
+        history = History(store, workdir("rt-cpu-sql-")) if args.history else None
         await store.start()
         try:
             return await measure(store, args.sessions, args.bulk_repeats, args.targeted,
@@ -222,9 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", action="store_true",
                         help="the server's audited service and a drainer to SQLite: each round "
                              "timed until its history and audit rows are written")
+    parser.add_argument("--rest", action="store_true",
+                        help="each command a POST to the server's whole app, in-process "
+                             "(implies --history)")
     args = parser.parse_args(argv)
+    args.history = args.history or args.rest
     result = asyncio.run(run(args))
-    print(f"{args.store} N={result['sessions']} K={args.concurrency}: pause/resume all CPU "
+    mode = " rest" if args.rest else ""
+    print(f"{args.store}{mode} N={result['sessions']} K={args.concurrency}: pause/resume all CPU "
           f"{result['bulk_cpu_ms']} ms, median {result['bulk_cpu_ms_median']} ms; targeted "
           f"{result['targeted_cpu_ms']} ms per command, median "
           f"{result['targeted_cpu_ms_median']} ms; pause/resume all wall "
