@@ -222,6 +222,21 @@ def test_command_cpu_with_history_times_each_round_until_it_is_in_sql() -> None:
     assert "per command, median" in result.stdout
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_command_cpu_over_rest_posts_each_command_to_the_whole_app(store: str) -> None:
+    """With --rest each command is a POST to the server's app (its own store, audited service
+    and drainer): every one is answered 200 and applied, each round timed until it is in SQL."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.command_cpu", "--store", store, "--sessions", "40",
+         "--bulk-repeats", "1", "--targeted", "20", "--concurrency", "4", "--rate", "100",
+         "--rest"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{store} rest N=40 K=4: pause/resume all CPU" in result.stdout
+    assert "per command, median" in result.stdout
+
+
 def test_redis_tail_times_the_sweep_the_copy_and_the_drain() -> None:
     """The in-process Redis tail measurement: every kind of work runs and is reported, the
     Redis calls it made counted."""
