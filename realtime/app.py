@@ -152,6 +152,7 @@ async def _shut_down(
     hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
     try:
         async with asyncio.timeout_at(deadline):
+            await service.settle()  # audit rows set off by the last answers, into the outbox
             await service.batcher.close()
             await drainer.close(flush_timeout=max(0.0, deadline - loop.time()))
     except TimeoutError:

@@ -6,9 +6,8 @@ the same event-loop turn — goes to the store as one `commit()` call: one pipel
 per exam, one published message per exam. Under load batches grow by themselves, like a
 database's group commit, instead of every change paying its own round trip.
 
-Audit rows of staff commands have their own lane: they are appended to their exam's outbox
-(the drainer writes them to SQL with the events) by a call of their own, so a command's answer,
-which waits for its audit row, never queues behind the batches of acks its own fan-out set off.
+Audit rows of staff commands do not come here: they go to their exam's outbox by the store's
+`append_audit` (on Redis with the command's answer to keep), never behind the commits in flight.
 """
 
 from __future__ import annotations
@@ -35,19 +34,12 @@ class _Batch:
     size: int = 0
 
 
-@dataclass(slots=True)
-class _AuditBatch:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    done: list[asyncio.Future[None]] = field(default_factory=list)
-
-
 class CommitBatcher:
-    """Collect commits (and audit rows) and send them in as few store calls as possible.
+    """Collect commits and send them in as few store calls as possible.
 
     At most `max_in_flight` store calls run at once; what arrives meanwhile waits for the next
     one, so a busy process sends bigger batches, not more of them. A batch is capped at
-    `max_batch` commits (a bulk command larger than that goes alone). Audit rows go by their
-    own calls, one at a time, whatever commits are in flight.
+    `max_batch` commits (a bulk command larger than that goes alone).
     """
 
     def __init__(self, store: StateStore, max_in_flight: int = 2, max_batch: int = 20_000) -> None:
@@ -58,8 +50,6 @@ class CommitBatcher:
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._audit_next = _AuditBatch()
-        self._audit_busy = False
         self.flushes = 0  # store calls made, for metrics and tests
         self.committed = 0
 
@@ -73,19 +63,6 @@ class CommitBatcher:
         self._next.size += len(commits)
         self._schedule()
         return await waiting.done
-
-    async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
-        """Append audit rows to the exam's outbox with the next batch."""
-        if not rows:
-            return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._audit_next.rows.setdefault(exam_id, []).extend(rows)
-        self._audit_next.done.append(done)
-        if not self._audit_busy:
-            self._audit_busy = True
-            self._spawn(self._run_audit())
-        await done
 
     def _schedule(self) -> None:
         """Start the task of the next store call; it runs in the next loop turn and takes
@@ -152,31 +129,6 @@ class CommitBatcher:
             if not waiting.done.done():
                 waiting.done.set_result(results[start:end])
             start = end
-
-    async def _run_audit(self) -> None:
-        """Append what audit rows are waiting, then what arrived meanwhile, until none is left."""
-        try:
-            while self._audit_next.done:
-                batch, self._audit_next = self._audit_next, _AuditBatch()
-                await self._audit(batch)
-        finally:
-            self._audit_busy = False
-
-    async def _audit(self, batch: _AuditBatch) -> None:
-        try:
-            await asyncio.gather(
-                *(self.store.append_audit(exam_id, rows) for exam_id, rows in batch.rows.items())
-            )
-        except BaseException as exc:
-            for done in batch.done:
-                if not done.done():
-                    done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for done in batch.done:
-            if not done.done():
-                done.set_result(None)
 
     async def close(self) -> None:
         """Wait for the batches in flight."""

@@ -233,6 +233,12 @@ class SessionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def settle(self) -> None:
+        """Wait for what answers set off and did not wait for (answers kept for retries,
+        audit rows on their way to the outbox): at shutdown, before the last drain."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     # -- exams -------------------------------------------------------------------------------
 
     async def create_exam(self, exam: Exam) -> Exam:

@@ -93,38 +93,6 @@ async def test_a_huge_batch_is_split_by_caller(store: CountingStore) -> None:
     assert sum(store.calls) == 80 and max(store.calls) <= 30
 
 
-async def test_audit_rows_ride_along_into_the_outbox(store: CountingStore) -> None:
-    batcher = CommitBatcher(store)
-    await asyncio.gather(
-        batcher.commit([_commit("s1")]),
-        batcher.append_audit(EXAM, [{"action": "session_command", "at": 2.0}]),
-    )
-    entries = await store.outbox_claim(EXAM, "t", 10, lease=1.0)
-    assert entries is not None
-    assert [e.audit for e in entries if e.audit] == [[{"action": "session_command", "at": 2.0}]]
-
-
-async def test_an_audit_row_does_not_wait_for_the_commits_in_flight(
-    store: CountingStore,
-) -> None:
-    """A command's answer waits for its audit row: that row must not queue behind the batches
-    of acks the command's own fan-out set off."""
-    store.gate = asyncio.Event()
-    batcher = CommitBatcher(store, max_in_flight=1)
-    stuck = asyncio.ensure_future(batcher.commit([_commit("s0")]))
-    await store.called.wait()
-    await asyncio.wait_for(
-        batcher.append_audit(EXAM, [{"action": "session_command", "at": 3.0}]), timeout=5
-    )
-    assert not stuck.done()
-    store.gate.set()
-    [result] = await stuck
-    assert result.ok
-    entries = await store.outbox_claim(EXAM, "t", 10, lease=1.0)
-    assert entries is not None
-    assert [e.audit for e in entries if e.audit] == [[{"action": "session_command", "at": 3.0}]]
-
-
 async def test_a_commit_reaches_the_store_in_the_next_loop_turn(store: CountingStore) -> None:
     """Each loop turn a change waits in costs its caller a whole turn of everybody else's work
     on a busy process: the store call starts in the turn after the commit, not two later."""

@@ -13,8 +13,14 @@ import redis
 from redis.exceptions import ResponseError
 from redis_server import script_calls
 
-from realtime.sessions import COMMAND_FIELDS
-from realtime.state.model import new_session
+from realtime.auth.permissions import ALL_PERMISSIONS
+from realtime.auth.principal import Principal
+from realtime.db.database import Database
+from realtime.identity.audit import AuditLog
+from realtime.identity.audited import AuditedSessionService
+from realtime.sessions import COMMAND_FIELDS, Target
+from realtime.state import machine
+from realtime.state.model import Action, Exam, new_session
 from realtime.state.redis import RedisStore
 
 A, B = "exam-a", "exam-b"
@@ -71,6 +77,59 @@ async def test_kept_answers_of_one_loop_turn_go_with_the_reads(
     ]
 
 
+async def test_audit_rows_of_one_loop_turn_go_with_the_kept_answers(
+    store: RedisStore, redis_url: str
+) -> None:
+    """A staff command's audit row goes to the outbox in the round trip that keeps its answer:
+    the audit rows of a loop turn in one audit_append.lua call per exam, in order."""
+    await asyncio.gather(store.save_command_result(A, "warm", {}),  # scripts loaded
+                         store.append_audit(B, [{"n": 0}]))
+    trips, calls = store.command_round_trips, script_calls(redis_url)
+    await asyncio.gather(
+        *(store.save_command_result(A, f"cmd-{n}", {"n": n}) for n in range(5)),
+        *(store.append_audit(A, [{"n": n}]) for n in range(1, 4)),
+        store.append_audit(B, [{"n": 1}, {"n": 2}]),
+    )
+    assert store.command_round_trips == trips + 1
+    assert script_calls(redis_url) == calls + 3  # keep (A), audit (A), audit (B)
+    entries = await store.outbox_claim(A, "t", 10, lease=5.0)
+    assert entries is not None
+    assert [e.audit for e in entries if e.audit] == [[{"n": 1}, {"n": 2}, {"n": 3}]]
+    entries = await store.outbox_claim(B, "t", 10, lease=5.0)
+    assert entries is not None
+    assert [e.audit for e in entries if e.audit] == [[{"n": 0}], [{"n": 1}, {"n": 2}]]
+
+
+async def test_a_commands_answer_and_audit_row_share_one_round_trip(
+    store: RedisStore, tmp_path: Any
+) -> None:
+    """The audited service keeps a command's answer and appends its audit row in the same
+    round trip (after the one that read what it decided on)."""
+    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}")
+    try:
+        await db.create_all()
+        service = AuditedSessionService(store, db, machine.Liveness(15, 60))
+        service.audit = AuditLog(db)
+        await store.put_exam(Exam(id=A, title="A"))
+        staff = Principal(id="p", name="p", kind="staff", permissions=ALL_PERMISSIONS)
+        await asyncio.gather(store.save_command_result(A, "warm", {}),  # scripts loaded
+                             store.append_audit(B, [{"n": 0}]),
+                             store.read_for_command(A, "", ["s0"]))
+        trips = store.command_round_trips
+        result = await service.command(A, Action.NOTICE, Target(session_ids=["s1"]), staff,
+                                       {"command_id": "cmd-1", "text": "hello"})
+        assert [a["session_id"] for a in result.applied] == ["s1"]
+        await service.settle()  # the answer kept and the audit row: set off, not awaited
+        assert store.command_round_trips == trips + 2  # the read, then keep + audit
+        assert (await store.command_result(A, "cmd-1") or {}).get("actor") == "staff:p"
+        entries = await store.outbox_claim(A, "t", 10, lease=5.0)
+        assert entries is not None
+        [row] = [row for e in entries for row in e.audit]
+        assert row["action"] == "session_command" and row["details"]["command_id"] == "cmd-1"
+    finally:
+        await db.close()
+
+
 async def test_a_failed_script_call_fails_only_its_own_callers(
     store: RedisStore, redis_url: str
 ) -> None:
@@ -108,10 +167,13 @@ async def test_reads_work_again_after_the_scripts_were_flushed(
         store.read_for_command(A, "cmd-1", ["s1"], COMMAND_FIELDS),
         store.read_for_command(B, "cmd-1", ["s1"]),
         store.save_command_result(A, "cmd-9", {"n": 9}),
+        store.append_audit(A, [{"n": 9}]),
     )
     assert answers[0][2][0] is not None and answers[0][2][0]["exam_id"] == A
     assert answers[1][2][0] is not None and answers[1][2][0]["access_code"]  # every field
     assert await store.command_result(A, "cmd-9") == {"n": 9}
+    entries = await store.outbox_claim(A, "t", 10, lease=5.0)  # appended once
+    assert entries is not None and [e.audit for e in entries if e.audit] == [[{"n": 9}]]
 
 
 async def test_a_read_after_a_refused_keep_is_read_again(

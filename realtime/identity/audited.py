@@ -1,9 +1,10 @@
 """`SessionService` with an audit entry for every staff command (and every refused one).
 
-The entry of an applied command goes into the exam's outbox by the batcher's audit lane, set off
-as the answer is written (its events, which name the actor and the command id, are in the outbox
-before it), and reaches SQL with the events (the drainer); it never holds up nor fails the
-answer.
+The entry of an applied command goes into the exam's outbox, set off as the answer is written (its
+events, which name the actor and the command id, are in the outbox before it), and reaches SQL
+with the events (the drainer); it never holds up nor fails the answer. On Redis it goes with the
+command's answer to keep, in the next command round trip (`RedisStore.append_audit`): not behind
+the commits in flight.
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ class AuditedSessionService(SessionService):
         return result
 
     async def _append_audit(self, exam_id: str, ctx: Ctx, row: dict[str, Any]) -> None:
-        """Into the outbox by the audit lane (the answer does not wait for it: see
-        docs/architecture.md); straight into SQL if the state store refuses it."""
+        """Into the outbox (the answer does not wait for it: see docs/architecture.md);
+        straight into SQL if the state store refuses it."""
         assert self.audit is not None
         try:
-            await self.batcher.append_audit(exam_id, [row])
+            await self.store.append_audit(exam_id, [row])
         except Exception:
             log.warning("audit entry for %s kept in SQL directly",
                         row["details"]["command_id"], exc_info=True)

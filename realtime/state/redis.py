@@ -358,6 +358,15 @@ class _Save:
 
 
 @dataclass(slots=True)
+class _Append:
+    """Audit rows to append to an exam's outbox, waiting for the next command round trip."""
+
+    exam_id: str
+    rows: list[dict[str, Any]]
+    done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
 class _ScriptCall:
     script: AsyncScript
     exam_id: str
@@ -430,10 +439,11 @@ class RedisStore:
         self._drops_script = self._client.register_script(_lua("drops_record.lua"))
         self._read_script = self._client.register_script(_lua("command_read.lua"))
         self._keep_script = self._client.register_script(_lua("command_keep.lua"))
-        # Targeted commands' reads and kept answers, sent once per loop turn (see
+        # Targeted commands' reads, kept answers and audit rows, sent once per loop turn (see
         # `read_for_command`): one pipeline however many commands are in flight.
         self._io_reads: list[_Read] = []
         self._io_saves: list[_Save] = []
+        self._io_appends: list[_Append] = []
         self._io_scheduled = False
         self._io_tasks: set[asyncio.Task[None]] = set()
         self.command_round_trips = 0  # pipelines sent for them, for tests
@@ -1359,20 +1369,24 @@ class RedisStore:
 
     async def _flush_command_io(self) -> None:
         self._io_scheduled = False
-        reads, saves = self._io_reads, self._io_saves
-        self._io_reads, self._io_saves = [], []
-        if reads or saves:
-            await self._send_command_io(reads, saves)
+        reads, saves, appends = self._io_reads, self._io_saves, self._io_appends
+        self._io_reads, self._io_saves, self._io_appends = [], [], []
+        if reads or saves or appends:
+            await self._send_command_io(reads, saves, appends)
 
-    async def _send_command_io(self, reads: list[_Read], saves: list[_Save]) -> None:
+    async def _send_command_io(self, reads: list[_Read], saves: list[_Save],
+                               appends: list[_Append] | None = None) -> None:
         """One pipeline: per exam one command_keep.lua call for the answers to keep, then per
-        exam (and field list) one command_read.lua call for all its reads. A call that fails
-        fails only the callers in it; a round trip that fails (connection lost) fails every
-        caller of this turn."""
+        exam one audit_append.lua call for its audit rows, then per exam (and field list) one
+        command_read.lua call for all its reads. A call that fails fails only the callers in
+        it; a round trip that fails (connection lost) fails every caller of this turn."""
         self.command_round_trips += 1
         keeps: dict[str, list[_Save]] = {}
         for save in saves:
             keeps.setdefault(save.exam_id, []).append(save)
+        audits: dict[str, list[_Append]] = {}
+        for append in appends or ():
+            audits.setdefault(append.exam_id, []).append(append)
         groups: dict[tuple[str, tuple[str, ...]], list[_Read]] = {}
         for read in reads:
             groups.setdefault((read.exam_id, read.fields), []).append(read)
@@ -1383,6 +1397,12 @@ class RedisStore:
             for save in kept:
                 args += [save.command_id, save.blob]
             calls.append(_ScriptCall(self._keep_script, exam_id, [keys.sessions(exam_id)], args))
+        now = repr(time.time())
+        for exam_id, appended in audits.items():
+            rows = [row for append in appended for row in append.rows]
+            calls.append(_ScriptCall(self._audit_script, exam_id,
+                                     [keys.seq(exam_id), keys.outbox(exam_id)],
+                                     [now, msgpack.packb(rows, use_bin_type=True)]))
         for (exam_id, fields), group in groups.items():
             args = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
                     keys.command(exam_id, ""), len(fields), *fields]
@@ -1393,6 +1413,7 @@ class RedisStore:
             replies = await self._command_pipeline(calls)
         except BaseException as exc:
             waiting: list[asyncio.Future[Any]] = [save.done for save in saves]
+            waiting += [append.done for append in appends or ()]
             waiting += [read.done for read in reads]
             for done in waiting:
                 if not done.done():
@@ -1400,14 +1421,17 @@ class RedisStore:
             if not isinstance(exc, Exception):
                 raise
             return
-        for kept, reply in zip(keeps.values(), replies[:len(keeps)], strict=True):
-            for save in kept:
-                if not save.done.done():
+        written = len(keeps) + len(audits)
+        done_by_call = [[save.done for save in kept] for kept in keeps.values()]
+        done_by_call += [[append.done for append in appended] for appended in audits.values()]
+        for waiting_call, reply in zip(done_by_call, replies[:written], strict=True):
+            for done in waiting_call:
+                if not done.done():
                     if isinstance(reply, Exception):
-                        save.done.set_exception(reply)
+                        done.set_exception(reply)
                     else:
-                        save.done.set_result(None)
-        for ((_, fields), group), reply in zip(groups.items(), replies[len(keeps):],
+                        done.set_result(None)
+        for ((_, fields), group), reply in zip(groups.items(), replies[written:],
                                                strict=True):
             try:
                 if isinstance(reply, Exception):
@@ -1602,13 +1626,16 @@ class RedisStore:
     # -- the outbox -----------------------------------------------------------------------------
 
     async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
+        """With the next command round trip (see `_send_command_io`): a command's audit row
+        goes with its answer to keep, and the rows of every command of that loop turn in one
+        audit_append.lua call per exam, after their commits (already answered)."""
         if not rows:
             return
-        blob = msgpack.packb(rows, use_bin_type=True)
-        await self._audit_script(
-            keys=[self.keys.seq(exam_id), self.keys.outbox(exam_id)],
-            args=[repr(time.time()), blob],
-        )
+        loop = asyncio.get_running_loop()
+        append = _Append(exam_id, list(rows), loop.create_future())
+        self._io_appends.append(append)
+        self._schedule_command_io(loop)
+        await append.done
 
     async def outbox_exams(self) -> list[str]:
         return sorted(_text(e) for e in await self._client.smembers(self.keys.outboxes))
