@@ -110,6 +110,8 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=self.registry,
         )
+        # per action: its applied and skipped counters and its histogram (one per action)
+        self._command_children: dict[str, tuple[Counter, Counter, Histogram]] = {}
         self.opens = Counter(
             "realtime_opens",
             "Candidate open attempts, by outcome (opened or a refusal reason)",
@@ -160,9 +162,16 @@ class Metrics:
               lambda: dispatcher.errors)
 
     def observe_command(self, action: str, applied: int, skipped: int, seconds: float) -> None:
-        self.commands.labels(action, "applied").inc(applied)
-        self.commands.labels(action, "skipped").inc(skipped)
-        self.command_seconds.labels(action).observe(seconds)
+        children = self._command_children.get(action)
+        if children is None:  # `labels` takes a lock and builds its key on every call
+            children = self._command_children[action] = (
+                self.commands.labels(action, "applied"), self.commands.labels(action, "skipped"),
+                self.command_seconds.labels(action),
+            )
+        applied_count, skipped_count, seconds_of = children
+        applied_count.inc(applied)
+        skipped_count.inc(skipped)
+        seconds_of.observe(seconds)
 
     def observe_sweep(self, stale: dict[str, int]) -> None:
         self.sweeps.inc()

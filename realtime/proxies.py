@@ -50,6 +50,13 @@ def parse_address(raw: str) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer_host(peer: str) -> str:
+    """`str(parse_address(peer))`, "" for none: the client's text when nothing is forwarded."""
+    address = parse_address(peer) if peer else None
+    return str(address) if address is not None else ""
+
+
 def within(address: Address | None, networks: Sequence[Network]) -> bool:
     return address is not None and any(address in n for n in networks)
 
@@ -129,6 +136,10 @@ class Proxies:
 
     def host(self, conn: HTTPConnection) -> str:
         """The caller's address as text ("" when unknown), for audit, history and limits."""
+        if "x-forwarded-for" not in conn.headers:
+            # The direct peer, whoever it is (nothing forwarded to believe or to have been
+            # rewritten from): its text memoised, as every request asks (REST: its audit).
+            return _peer_host(_peer(conn))
         address = self.client(conn)
         return str(address) if address is not None else ""
 

@@ -35,6 +35,11 @@ class IdentityAuthenticator(TokenAuthenticator):
         self.cache_ttl = cache_ttl
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # One object (frozen, never changed): `with_ip` then finds what it made for it.
+        self._bootstrap_principal = Principal(
+            id="admin", name="admin", kind="staff", permissions=ALL_PERMISSIONS,
+            unrestricted=True,
+        )
 
     def forget(self, token: str | None = None) -> None:
         """Drop cached lookups (of one token, or all): the next check reads SQL."""
@@ -47,10 +52,7 @@ class IdentityAuthenticator(TokenAuthenticator):
         if not token:
             return None
         if self._bootstrap and same_secret(token, self._bootstrap):
-            return Principal(
-                id="admin", name="admin", kind="staff", permissions=ALL_PERMISSIONS,
-                unrestricted=True,
-            )
+            return self._bootstrap_principal
         if token.startswith("rt_"):
             key = token_id(token)
             now = self._monotonic()
