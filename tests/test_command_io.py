@@ -1,12 +1,14 @@
-"""Targeted commands on Redis: what they read and the answers they keep go to Redis once per
-loop turn, as one pipeline with one command_read.lua call per exam, whatever number of commands
-is in flight (the contract tests check the answers are those of reads sent one by one)."""
+"""Targeted commands on Redis: what they read, the answers they keep and their audit rows go to
+Redis once per loop turn, as one pipeline with one command_read.lua call per exam, whatever
+number of commands is in flight (the contract tests check the answers are those of reads sent
+one by one)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -101,7 +103,7 @@ async def test_audit_rows_of_one_loop_turn_go_with_the_kept_answers(
 
 
 async def test_a_commands_answer_and_audit_row_share_one_round_trip(
-    store: RedisStore, tmp_path: Any
+    store: RedisStore, tmp_path: Path
 ) -> None:
     """The audited service keeps a command's answer and appends its audit row in the same
     round trip (after the one that read what it decided on)."""
