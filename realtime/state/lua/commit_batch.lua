@@ -51,10 +51,14 @@ end
 local exists = {}
 local cmdkeys = {}
 local known = {}
+local counted = false
 for i, at in ipairs(starts) do
   local cmd = flat[at + 3]
   if flat[at + 1] ~= 'n' then
     exists[i] = redis.call('EXISTS', ARGV[4] .. flat[at]) == 1
+  elseif not counted then -- the exam's set of sessions, read by a count after writes
+    redis.call('EXISTS', ARGV[10])
+    counted = true
   end
   if cmd ~= '' and cmdkeys[cmd] == nil then
     local applied = redis.call('EXISTS', ARGV[5] .. cmd) == 1
