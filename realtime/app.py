@@ -30,6 +30,7 @@ from realtime.api.roster_routes import routes as roster_routes
 from realtime.api.routes import routes as api_routes
 from realtime.api.token_routes import routes as token_routes
 from realtime.api.webhook_routes import routes as webhook_routes
+from realtime.batching import CommitBatcher
 from realtime.channels.candidate import candidate_endpoint
 from realtime.channels.common import DirectSockets, SocketApp
 from realtime.channels.event_stream import exam_events
@@ -181,7 +182,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db = await Database.connect(settings.database_url)
         await migrate.upgrade(db)
         liveness = Liveness(stale_after=settings.stale_after, resume_grace=settings.resume_grace)
-        service = AuditedSessionService(store, db, liveness)
+        service = AuditedSessionService(
+            store, db, liveness,
+            batcher=CommitBatcher(store, retry_budget=settings.commit_retry_budget),
+        )
         service.reasons = reasons
         drainer = Drainer(store, db)
         service.catch_up = drainer.catch_up
@@ -190,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # first socket of it here), not by its first command (which then waited on it).
         store.warm_views(COMMAND_FIELDS)
         metrics = Metrics(hub, drainer, store, ws_protocols)
+        metrics.watch_batcher(service.batcher)
         service.on_command = metrics.observe_command
         service.on_open = lambda outcome: metrics.opens.labels(outcome).inc()
         service.on_sweep = metrics.observe_sweep

@@ -63,6 +63,9 @@ class Settings:
     reason_categories_file: str = ""  # JSON category tree (empty: the built-in, TAO's)
     reason_category_required: list[str] = field(default_factory=list)  # e.g. pause,terminate
     stale_after: float = 15.0
+    # seconds a commit refused whole while its exam's Redis Cluster slot moves is sent again
+    # (jittered pauses) before it fails 503 / `unavailable` (0: at once)
+    commit_retry_budget: float = 1.5
     node_heartbeat_interval: float = 1.0  # each process records it is alive this often
     node_timeout: float = 6.0  # a process silent this long is dead: its sessions disconnected
     ping_interval: float = 5.0
@@ -148,6 +151,8 @@ class Settings:
             reason_categories_file=os.environ.get("REALTIME_REASON_CATEGORIES_FILE", ""),
             reason_category_required=_list("REALTIME_REASON_CATEGORY_REQUIRED", []),
             stale_after=_float("REALTIME_STALE_AFTER", defaults.stale_after),
+            commit_retry_budget=_float("REALTIME_COMMIT_RETRY_BUDGET",
+                                       defaults.commit_retry_budget),
             node_heartbeat_interval=_float("REALTIME_NODE_HEARTBEAT_INTERVAL",
                                            defaults.node_heartbeat_interval),
             node_timeout=_float("REALTIME_NODE_TIMEOUT", defaults.node_timeout),
@@ -242,6 +247,11 @@ class Settings:
             raise ConfigError(
                 f"REALTIME_WS_IMPL={self.ws_impl!r} is not a WebSocket implementation of "
                 f"uvicorn's: use one of {', '.join(WS_IMPLS)} (default {WS_IMPLS[0]})"
+            )
+        if not 0 <= self.commit_retry_budget <= 60:
+            raise ConfigError(
+                f"REALTIME_COMMIT_RETRY_BUDGET={self.commit_retry_budget} is not 0..60 seconds "
+                "(default 1.5)"
             )
         if self.smtp_tls and self.smtp_starttls:
             raise ConfigError("REALTIME_SMTP_TLS and REALTIME_SMTP_STARTTLS exclude each other")

@@ -133,9 +133,12 @@ def backend_down(exc: BaseException) -> bool:
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from realtime.state.cluster import slot_in_motion
+    from realtime.state.store import CommitsFailed
 
     if slot_in_motion(exc):  # a Redis Cluster slot moving or failing over: nothing applied
         return True
+    if isinstance(exc, CommitsFailed):  # (the failed exams' commits; the others went through)
+        return all(backend_down(error) for error in exc.errors.values())
     if isinstance(exc, DBAPIError):
         text = str(exc).lower()
         return (

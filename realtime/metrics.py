@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from realtime.batching import CommitBatcher
 from realtime.drainer import Drainer
 from realtime.hub.connection import FRAMES, Connection
 from realtime.hub.hub import Hub
@@ -160,6 +161,23 @@ class Metrics:
         gauge("realtime_webhook_dispatch_errors",
               "Dispatcher rounds that failed (SQL did not answer) since start",
               lambda: dispatcher.errors)
+
+    def watch_batcher(self, batcher: CommitBatcher) -> None:
+        """Counters of the commits the state store refused whole, before any of them ran, while
+        their exam's Redis Cluster slot was moving (sent again: `realtime.batching`)."""
+        gauge = self._gauge
+        gauge("realtime_commit_retries",
+              "Commits sent again after the state store refused them whole (their exam's "
+              "Redis Cluster slot was moving; nothing applied), each resend counted, since start",
+              lambda: batcher.retries)
+        gauge("realtime_commit_retries_given_up",
+              "Refused commits not sent again because REALTIME_COMMIT_RETRY_BUDGET was spent: "
+              "failed 503 / unavailable, nothing applied, since start",
+              lambda: batcher.retries_given_up)
+        gauge("realtime_commits_awaiting_retry",
+              "Commits waiting now to be sent again (refused, or queued behind refused ones "
+              "of their exam)",
+              lambda: batcher.awaiting_retry)
 
     def observe_command(self, action: str, applied: int, skipped: int, seconds: float) -> None:
         children = self._command_children.get(action)

@@ -124,11 +124,25 @@ class LocalCluster:
     def move_slot(self, slot: int, target: int) -> None:
         """Reshard one slot to the master on `target`: every key in ONE MIGRATE, so a script
         never sees the slot's keys half here, half there (see docs/operations.md)."""
+        self.begin_move(slot, target)
+        self.finish_move(slot, target)
+
+    def begin_move(self, slot: int, target: int, *keys: str) -> None:
+        """Start moving a slot to the master on `target` (IMPORTING there, MIGRATING on its
+        owner) and move only these `keys` so far: the slot stays in motion, half here, half
+        there, until `finish_move`."""
         source = self.slot_owner(slot)
         src, dst = self.client(source), self.client(target)
-        source_id, target_id = self.node_id(source), self.node_id(target)
-        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
-        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(target))
+        if keys:
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 10_000, "KEYS", *keys)
+
+    def finish_move(self, slot: int, target: int) -> None:
+        """Move the rest of a slot `begin_move` started moving, then give it to `target`."""
+        source = self.slot_owner(slot)
+        src = self.client(source)
+        target_id = self.node_id(target)
         while True:
             keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100_000)
             if not keys:

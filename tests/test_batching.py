@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from redis.exceptions import ClusterError
 
 from realtime.batching import CommitBatcher
 from realtime.state.memory import MemoryStore
 from realtime.state.model import Event, new_session
-from realtime.state.store import Commit, CommitResult
+from realtime.state.store import Commit, CommitResult, CommitsFailed
 
 EXAM = "e1"
 
@@ -105,3 +106,137 @@ async def test_a_commit_reaches_the_store_in_the_next_loop_turn(store: CountingS
     store.gate.set()
     [result] = await caller
     assert result.ok
+
+
+# -- commits refused whole while their exam's slot moves ----------------------------------------
+
+OTHER = "e2"
+
+
+class MovingStore(MemoryStore):
+    """The memory store, refusing whole (before anything of them ran, as a Redis Cluster does
+    while a slot moves) the commits of the exams in `moving`, and applying the others' of the
+    same call, as `RedisStore.commit` reports it."""
+
+    def __init__(self, refusal: BaseException | None = None) -> None:
+        super().__init__()
+        self.moving: set[str] = set()
+        self.refusal = refusal or ClusterError("TTL exhausted.")
+        self.resendable = True
+        self.sent: list[list[str]] = []  # session ids of each call, in order
+        self.refused = asyncio.Event()
+
+    async def commit(self, commits: list[Commit]) -> list[CommitResult]:
+        self.sent.append([c.session_id for c in commits])
+        going = [c for c in commits if c.exam_id not in self.moving]
+        applied = iter(await super().commit(going))
+        results: list[CommitResult | None] = [
+            None if c.exam_id in self.moving else next(applied) for c in commits]
+        stopped = {c.exam_id for c in commits} & self.moving
+        if not stopped:
+            return [r for r in results if r is not None]
+        self.refused.set()
+        raise CommitsFailed(results, dict.fromkeys(stopped, self.refusal),
+                            stopped if self.resendable else ())
+
+
+@pytest.fixture
+async def moving() -> MovingStore:
+    store = MovingStore()
+    await store.add_sessions([new_session(id=f"s{i}", exam_id=exam)
+                              for exam in (EXAM, OTHER) for i in range(4)])
+    return store
+
+
+def _guarded(exam: str, sid: str, position: int) -> Commit:
+    event = Event(exam_id=exam, session_id=sid, kind="progress", actor="a", at=1.0)
+    return Commit(exam, sid, None, {"position": position}, [event], guard={"conn_id": ""})
+
+
+async def _until(check: Any) -> None:
+    """Let the loop run until `check()` holds (bounded: a test fails rather than hang)."""
+    for _ in range(100_000):
+        if check():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("never happened")
+
+
+async def test_a_refused_commit_goes_again_in_order_while_other_exams_go_on(
+    moving: MovingStore,
+) -> None:
+    """An exam's commits refused whole (its slot is moving) wait and go again, those of it
+    that came since queue behind them; the other exam's commits, in the same store call and
+    later ones, are answered meanwhile. Once the slot settles every one is applied once, in
+    the order they came."""
+    moving.moving.add(EXAM)
+    batcher = CommitBatcher(moving, retry_budget=60)
+    first = asyncio.ensure_future(batcher.commit([_guarded(EXAM, "s0", 1)]))
+    beside = asyncio.ensure_future(batcher.commit([_guarded(OTHER, "s0", 1)]))
+    [applied] = await beside  # same call as `first`: answered though `first` was refused
+    assert applied.ok and moving.sent[0] == ["s0", "s0"]
+    await moving.refused.wait()
+    await _until(lambda: batcher.awaiting_retry == 1)
+    second = asyncio.ensure_future(batcher.commit([_guarded(EXAM, "s1", 2)]))
+    later = await batcher.commit([_guarded(OTHER, "s1", 2)])  # not stalled by EXAM's slot
+    assert later[0].ok
+    await _until(lambda: batcher.retries >= 1)
+    assert not first.done() and not second.done()
+    assert batcher.awaiting_retry == 2
+    moving.moving.clear()  # the slot settled
+    [one], [two] = await asyncio.gather(first, second)
+    assert one.ok and two.ok and one.events[0].seq < two.events[0].seq
+    events = await moving.events_since(EXAM, 0) or []
+    assert [(e.session_id, e.seq) for e in events] == [("s0", 1), ("s1", 2)]
+    assert (batcher.awaiting_retry, batcher.retries_given_up) == (0, 0)
+    [session] = await moving.get_sessions(EXAM, ["s1"])
+    assert session is not None and session["position"] == 2
+
+
+async def test_a_refusal_that_outlasts_the_budget_fails_as_before(moving: MovingStore) -> None:
+    moving.moving.add(EXAM)
+    batcher = CommitBatcher(moving, retry_budget=0.2)
+    with pytest.raises(ClusterError, match="TTL exhausted"):
+        await batcher.commit([_guarded(EXAM, "s0", 1)])
+    assert batcher.retries >= 1 and batcher.retries_given_up == 1
+    assert batcher.awaiting_retry == 0
+    assert await moving.events_since(EXAM, 0) == []
+    moving.moving.clear()
+    [result] = await batcher.commit([_guarded(EXAM, "s0", 1)])  # as before: resent, applied
+    assert result.ok
+    await batcher.close()
+
+
+async def test_a_failure_of_unknown_outcome_is_not_sent_again(moving: MovingStore) -> None:
+    """Only a refusal that guarantees nothing ran is sent again: not a connection lost after
+    the script may have run."""
+    moving.moving.add(EXAM)
+    moving.refusal, moving.resendable = ConnectionError("lost after sending"), False
+    batcher = CommitBatcher(moving, retry_budget=60)
+    with pytest.raises(ConnectionError):
+        await batcher.commit([_guarded(EXAM, "s0", 1)])
+    assert len(moving.sent) == 1 and batcher.retries == 0
+
+
+async def test_no_budget_no_retry(moving: MovingStore) -> None:
+    moving.moving.add(EXAM)
+    batcher = CommitBatcher(moving, retry_budget=0)
+    with pytest.raises(ClusterError):
+        await batcher.commit([_guarded(EXAM, "s0", 1)])
+    assert len(moving.sent) == 1 and batcher.retries == 0
+
+
+async def test_commits_of_two_exams_in_one_call_are_answered_apart(moving: MovingStore) -> None:
+    """One caller's commits of two exams: the moving exam's wait, the other's are applied at
+    once and not again; the caller gets both results, in its order."""
+    moving.moving.add(EXAM)
+    batcher = CommitBatcher(moving, retry_budget=60)
+    both = asyncio.ensure_future(
+        batcher.commit([_guarded(EXAM, "s2", 5), _guarded(OTHER, "s2", 5)]))
+    await _until(lambda: batcher.retries >= 1)
+    assert [e.session_id for e in await moving.events_since(OTHER, 0) or []] == ["s2"]
+    moving.moving.clear()
+    [mine, other] = await both
+    assert mine.ok and other.ok
+    assert (mine.events[0].exam_id, other.events[0].exam_id) == (EXAM, OTHER)
+    assert len(await moving.events_since(OTHER, 0) or []) == 1

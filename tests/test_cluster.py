@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from clients import Api, LiveCandidate, LiveDashboard, eventually, healthz, open_candidate
 from redis_cluster import LocalCluster
 from server import ServerProcess
 
+from realtime.batching import CommitBatcher
 from realtime.errors import backend_down
 from realtime.state.cluster import ClusterUrl
 from realtime.state.model import Event, new_session
 from realtime.state.redis import RedisStore
-from realtime.state.store import Commit
+from realtime.state.store import Commit, CommitsFailed
 
 CANDIDATES = 6  # per exam, split over the two servers
 COMMANDS = 24  # notices sent while the cluster changes under the exam
@@ -111,6 +115,8 @@ async def test_a_commit_into_a_half_migrated_slot_fails_whole(
         with pytest.raises(Exception) as refused:
             await store.commit([_pause(exam, "s1", 1, "resume"), _pause(exam, "s2", 0)])
         assert backend_down(refused.value), refused.value
+        assert isinstance(refused.value, CommitsFailed)  # refused before it ran: may go again
+        assert refused.value.resendable == {exam}, refused.value
         assert src.hget(store.keys.session(exam, "s1"), "version") == b"1"  # not written
         assert int(src.get(store.keys.seq(exam)) or 0) == 1
 
@@ -120,6 +126,81 @@ async def test_a_commit_into_a_half_migrated_slot_fails_whole(
         assert [e.kind for e in await store.events_since(exam, 0) or []] == [
             "pause", "resume", "pause"]
     finally:
+        await store.close()
+
+
+async def test_a_count_behind_writes_is_refused_before_them(
+    failover_cluster: LocalCluster,
+) -> None:
+    """A command over the whole exam commits its sessions' changes and then a count of the
+    exam's sessions. With only that set of sessions already moved, the script must be refused
+    before its first write: refused whole, so it may be sent again (it once wrote the session,
+    then failed on the count, leaving a change without its event)."""
+    cluster = failover_cluster
+    store = RedisStore(cluster.url, prefix=f"k{uuid.uuid4().hex[:8]}:")
+    await store.start()
+    exam = "counted"
+    slot = target = 0
+    try:
+        await store.add_sessions([new_session(id=sid, exam_id=exam, access_code=f"k-{sid}")
+                                  for sid in ("s1", "s2")])
+        assert all(r.ok for r in await store.commit([_pause(exam, "s1", 0)]))
+        slot, source = cluster.slot(store.keys.seq(exam)), cluster.owner(store.keys.seq(exam))
+        target = next(port for port in cluster.master_ports() if port != source)
+        cluster.begin_move(slot, target, store.keys.sessions(exam))
+        whole = [_pause(exam, "s2", 0), Commit(exam, "", None, members=2)]
+        with pytest.raises(CommitsFailed) as refused:
+            await store.commit(whole)
+        assert refused.value.resendable == {exam}
+        src = cluster.client(source)
+        assert src.hget(store.keys.session(exam, "s2"), "version") in (None, b"0")  # untouched
+        await asyncio.to_thread(cluster.finish_move, slot, target)
+        slot = 0
+        assert all(r.ok for r in await store.commit(whole))
+        assert [e.kind for e in await store.events_since(exam, 0) or []] == ["pause", "pause"]
+    finally:
+        if slot:
+            await asyncio.to_thread(cluster.finish_move, slot, target)
+        await store.close()
+
+
+async def test_a_commit_refused_mid_migration_goes_through_once_the_slot_settles(
+    failover_cluster: LocalCluster,
+) -> None:
+    """The batcher sends a commit refused while its exam's slot moves again until the slot
+    has settled, applied once; another exam's commit is answered meanwhile, not held up."""
+    cluster = failover_cluster
+    store = RedisStore(cluster.url, prefix=f"m{uuid.uuid4().hex[:8]}:")
+    await store.start()
+    batcher = CommitBatcher(store, retry_budget=60)  # never spent here: no race with the test
+    moving, steady = "moving", next(
+        f"steady-{n}" for n in range(100)
+        if cluster.slot(store.keys.seq(f"steady-{n}")) != cluster.slot(store.keys.seq("moving")))
+    slot = target = 0
+    try:
+        await store.add_sessions([new_session(id="s1", exam_id=exam, access_code=f"m-{exam}")
+                                  for exam in (moving, steady)])
+        slot = cluster.slot(store.keys.seq(moving))
+        source = cluster.owner(store.keys.seq(moving))
+        target = next(port for port in cluster.master_ports() if port != source)
+        assert all(r.ok for r in await store.commit([_pause(moving, "s1", 0)]))
+        cluster.begin_move(slot, target, store.keys.seq(moving))  # every commit of it refused
+        held = asyncio.ensure_future(batcher.commit([_pause(moving, "s1", 1, "resume")]))
+        [other] = await batcher.commit([_pause(steady, "s1", 0)])
+        assert other.ok
+        await eventually(lambda: batcher.retries >= 1)
+        assert not held.done() and batcher.awaiting_retry == 1
+        await asyncio.to_thread(cluster.finish_move, slot, target)
+        slot = 0
+        [result] = await held
+        assert result.ok and result.events[0].seq == 2
+        assert [(e.kind, e.seq) for e in await store.events_since(moving, 0) or []] == [
+            ("pause", 1), ("resume", 2)]
+        assert (batcher.awaiting_retry, batcher.retries_given_up) == (0, 0)
+    finally:
+        if slot:
+            await asyncio.to_thread(cluster.finish_move, slot, target)
+        await batcher.close()
         await store.close()
 
 
@@ -207,11 +288,14 @@ class Hall:
             assert status == 200 and body["events"]["subscribed"], body
 
 
-async def _hall(cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Hall]:
+async def _hall(
+    cluster: LocalCluster, tmp_path: Path, **settings: str | float
+) -> AsyncIterator[Hall]:
     prefix = f"c{uuid.uuid4().hex[:8]}:"
-    first = ServerProcess(redis_url=cluster.url, workdir=tmp_path, redis_prefix=prefix).start()
+    first = ServerProcess(redis_url=cluster.url, workdir=tmp_path, redis_prefix=prefix,
+                          **settings).start()
     second = ServerProcess(redis_url=cluster.url, database_url=first.database_url,
-                           workdir=tmp_path, redis_prefix=prefix).start()
+                           workdir=tmp_path, redis_prefix=prefix, **settings).start()
     servers = [first, second]
     apis = [Api(first.url), Api(second.url)]
     pages: list[LiveCandidate] = []
@@ -245,6 +329,14 @@ async def hall(redis_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Hal
 @pytest.fixture
 async def moving_hall(failover_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Hall]:
     async for made in _hall(failover_cluster, tmp_path):
+        yield made
+
+
+@pytest.fixture
+async def patient_hall(failover_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Hall]:
+    """A hall whose servers send refused commits again for up to a minute: a budget the test's
+    migration never outlasts, however slow the machine (the default, 1.5 s, is timing)."""
+    async for made in _hall(failover_cluster, tmp_path, commit_retry_budget=60):
         yield made
 
 
@@ -329,6 +421,124 @@ async def test_a_killed_shard_subscription_is_re_made_and_read_back(hall: Hall) 
     await hall.send_notices(2, "after")
     await eventually(re_made, timeout=30)
     await hall.everything_arrived()
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    """A plain (unlabelled) sample of the server's /metrics."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def metrics_of(hall: Hall, name: str) -> list[float]:
+    return [await metric(server, name) for server in hall.servers]
+
+
+@asynccontextmanager
+async def slot_in_motion(hall: Hall) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """The exam's slot half moved to another master (its seq counter already there, the rest
+    not): every commit of the exam is refused until the yielded `settle()` moves the rest."""
+    cluster, key = hall.cluster, hall.seq_key
+    slot, source = cluster.slot(key), cluster.owner(key)
+    target = next(port for port in cluster.master_ports() if port != source)
+    cluster.begin_move(slot, target, key)
+    settled = False
+
+    async def settle() -> None:
+        nonlocal settled
+        if not settled:
+            settled = True
+            await asyncio.to_thread(cluster.finish_move, slot, target)
+
+    try:
+        yield settle
+    finally:
+        await settle()
+
+
+async def test_candidate_messages_and_a_command_mid_migration_are_applied_late(
+    patient_hall: Hall,
+) -> None:
+    """While the exam's slot moves, a candidate's progress, client event and ack and a staff
+    command are refused by the cluster (nothing applied); the servers send them again until
+    the slot has settled. Then they are applied, once each and in order: the command answers
+    200 (not 503), the pages get no `unavailable`, the history has no gap and no duplicate."""
+    hall = patient_hall
+    writer, acker = hall.candidates[0], hall.candidates[1]  # on the first, second server
+    acker.ack = False  # its ack is sent by hand, mid-migration
+    await hall.send_notices(1, "before")
+    await eventually(lambda: acker.commands("notice"))
+    command_id = acker.commands("notice")[0]["command_id"]
+    async with slot_in_motion(hall) as settle:
+        await writer.send({"type": "progress", "position": 7, "answered": 3})
+        await writer.send({"type": "client_event", "name": "blur", "detail": "mid-move"})
+        await acker.send({"type": "ack", "command_id": command_id})
+        command = asyncio.ensure_future(hall.apis[1].http.post(
+            f"/api/v1/exams/{hall.exam_id}/commands",
+            json={"action": "notice", "target": "all", "text": "during 0"}))
+
+        async def all_held() -> bool:  # each of them refused and waiting to go again
+            waiting = await metrics_of(hall, "realtime_commits_awaiting_retry")
+            return waiting[0] >= 2 and waiting[1] >= 1 + CANDIDATES
+
+        await eventually(all_held, timeout=40)
+        assert not command.done()
+        await settle()
+        response = await command
+    assert response.status_code == 200, response.text
+    assert len(response.json()["applied"]) == CANDIDATES
+    hall.acknowledged.append("during 0")
+    await hall.everything_arrived()
+    for page in (writer, acker):
+        assert page.of_type("error") == [], page.of_type("error")
+    state = await hall.apis[0].session(hall.exam_id, writer.session_id)
+    assert (state["position"], state["answered"], state["alerts"]) == (7, 3, 1)
+    history = await hall.apis[0].history(hall.exam_id, writer.session_id)
+    assert [e["details"].get("name") for e in history if e["kind"] == "client_event"] == ["blur"]
+    assert len([e for e in history if e["kind"] == "progress"]) == 1
+    acks = [e for e in await hall.apis[0].history(hall.exam_id, acker.session_id)
+            if e["kind"] == "delivered" and e["details"].get("command_id") == command_id]
+    assert len(acks) == 1
+    assert min(await metrics_of(hall, "realtime_commit_retries")) >= 1
+    assert await metrics_of(hall, "realtime_commit_retries_given_up") == [0, 0]
+    await hall.still_green()
+
+
+async def test_a_migration_that_outlasts_the_retry_budget_is_still_refused(
+    moving_hall: Hall,
+) -> None:
+    """A slot that stays in motion longer than the retry budget (1.5 s by default): the
+    command answers 503 and a candidate's client event `unavailable`, nothing applied, as
+    before; sent again once the slot has settled, each is applied once."""
+    hall = moving_hall
+    page = hall.candidates[0]
+    async with slot_in_motion(hall) as settle:
+        refused = await hall.apis[1].http.post(
+            f"/api/v1/exams/{hall.exam_id}/commands",
+            json={"action": "notice", "target": "all", "text": "refused"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        await page.send({"type": "client_event", "name": "blur", "detail": "refused"})
+        [error] = await eventually(lambda: page.of_type("error"))
+        assert (error["code"], error["request"]) == ("unavailable", "client_event")
+        retried = await metrics_of(hall, "realtime_commit_retries")
+        given_up = await metrics_of(hall, "realtime_commit_retries_given_up")
+        assert retried[1] >= 1 and given_up[1] >= CANDIDATES, (retried, given_up)
+        assert retried[0] >= 1 and given_up[0] >= 1, (retried, given_up)
+        await settle()
+    await hall.send_notices(1, "after")
+    assert hall.acknowledged == ["after 0"]
+    await page.send({"type": "client_event", "name": "blur", "detail": "again"})
+    await hall.everything_arrived()  # the refused notice is nowhere: not on pages, not in history
+
+    async def one_client_event() -> list[Any]:
+        history = await hall.apis[0].history(hall.exam_id, page.session_id)
+        return [e["details"]["detail"] for e in history if e["kind"] == "client_event"]
+
+    assert await eventually(one_client_event) == ["again"]
 
 
 def test_redirections_used_up_mid_migration_count_as_a_slot_in_motion() -> None:

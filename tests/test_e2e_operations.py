@@ -30,7 +30,9 @@ async def test_metrics_count_connections_opens_and_commands(
     assert float(samples['realtime_command_seconds_count{action="notice"}']) >= 1
     # the history backlog and the heartbeat are reported too
     for name in ("realtime_history_backlog_events", "realtime_history_backlog_oldest_seconds",
-                 "realtime_history_drain_failures", "realtime_ping_timeouts"):
+                 "realtime_history_drain_failures", "realtime_ping_timeouts",
+                 "realtime_commit_retries", "realtime_commit_retries_given_up",
+                 "realtime_commits_awaiting_retry"):
         assert float(samples[name]) >= 0
     await candidate.close()
     await rival.close()

@@ -88,9 +88,12 @@ class ClusterUrl:
         return cls(tuple(nodes), username, password)
 
 
-def connect_cluster(url: str, retry: Retry) -> RedisCluster:
+def connect_cluster(url: str, retry: Retry, reinitialize_steps: int = 5) -> RedisCluster:
     """A cluster client. `retry` also bounds redis-py's re-sending of a whole pipeline after a
-    connection error (`Retry(NoBackoff(), 0)`: never, for commits)."""
+    connection error (`Retry(NoBackoff(), 0)`: never, for commits). `reinitialize_steps`:
+    re-read the slot map every that many MOVED replies (redis-py's default, 5), which closes
+    every connection of the client, those in use included; 0: never, each MOVED patches the
+    map instead (the commit client: see `RedisStore`)."""
     parsed = ClusterUrl.parse(url)
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
@@ -99,6 +102,7 @@ def connect_cluster(url: str, retry: Retry) -> RedisCluster:
         retry=retry,
         max_connections=MAX_CONNECTIONS,
         socket_keepalive=True,
+        reinitialize_steps=reinitialize_steps,
     )
 
 

@@ -44,7 +44,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from realtime.state.cluster import ShardedSubscription, connect_cluster, is_cluster_url
+from realtime.state.cluster import (
+    ShardedSubscription,
+    connect_cluster,
+    is_cluster_url,
+    slot_in_motion,
+)
 from realtime.state.connect import RedisConnector
 from realtime.state.drops import MAX_ALERT_SESSIONS, Drop
 from realtime.state.handoff import HandOff
@@ -54,6 +59,7 @@ from realtime.state.store import (
     Commit,
     CommitListener,
     CommitResult,
+    CommitsFailed,
     EventListener,
     OutboxEntry,
 )
@@ -157,10 +163,10 @@ class Keys:
         return f"{self._exam(exam_id)}:events"
 
 
-def _connect_cluster(url: str, retry: Retry) -> Redis:
+def _connect_cluster(url: str, retry: Retry, reinitialize_steps: int = 5) -> Redis:
     """A `redis+cluster://` URL's client. Typed as `Redis`: the store only uses what both
     clients offer (keyed commands, scripts, non-transactional pipelines)."""
-    return cast(Redis, connect_cluster(url, retry))
+    return cast(Redis, connect_cluster(url, retry, reinitialize_steps))
 
 
 def _lua(name: str) -> str:
@@ -294,14 +300,27 @@ def _fields(raw: Any) -> dict[str, bytes]:
 async def _run_script(
     client: Redis, script: AsyncScript, numkeys: int, calls: list[list[Any]]
 ) -> list[Any]:
-    """Run `script` once per call (keys then args) in one pipeline: see `_run_batches`."""
-    return await _run_batches(client, script, [(c[:numkeys], c[numkeys:]) for c in calls])
+    """Run `script` once per call (keys then args) in one pipeline: see `_run_batches`.
+    Raises the first call's error, if any."""
+    return _or_raise(
+        await _run_batches(client, script, [(c[:numkeys], c[numkeys:]) for c in calls])
+    )
+
+
+def _or_raise(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def _run_batches(
     client: Redis, script: AsyncScript, calls: list[tuple[list[Any], list[Any]]]
 ) -> list[Any]:
-    """Run `script` once per (keys, args) call, all in one pipeline: one round trip.
+    """Run `script` once per (keys, args) call, all in one pipeline: one round trip. Each
+    reply is the call's answer or the error that failed that call alone (`_or_raise` turns
+    the first one into an exception); a pipeline that fails as a whole fails every call
+    it was sending.
 
     redis-py's own pipelined scripts cost an extra SCRIPT EXISTS round trip each time; here the
     script is only loaded when Redis answers NOSCRIPT (after a restart), and only the refused
@@ -312,23 +331,33 @@ async def _run_batches(
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
-        async with client.pipeline(transaction=False) as pipe:
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    # (not pipe.evalsha: redis-py refuses that name in a cluster pipeline,
+                    # though the command itself is routed by its keys like any other)
+                    pipe.execute_command("EVALSHA", script.sha, numkeys[i], *flat[i])
+                answers = await pipe.execute(raise_on_error=False)
+        except Exception as error:
+            # Whether any of them ran is not known, unless the error says so (on a cluster a
+            # slot in motion raised as a whole is found before anything is sent: routing).
             for i in todo:
-                # (not pipe.evalsha: redis-py refuses that name in a cluster pipeline, though
-                # the command itself is routed by its keys like any other)
-                pipe.execute_command("EVALSHA", script.sha, numkeys[i], *flat[i])
-            answers = await pipe.execute(raise_on_error=False)
+                replies[i] = error
+            break
         refused = []
         for i, answer in zip(todo, answers, strict=True):
             if isinstance(answer, NoScriptError) and attempt == 0:
                 refused.append(i)
-            elif isinstance(answer, Exception):
-                raise answer
             else:
                 replies[i] = answer
         if not refused:
             break
-        script.sha = await client.script_load(script.script)
+        try:
+            script.sha = await client.script_load(script.script)
+        except Exception as error:
+            for i in refused:  # refused, and not sent again: nothing of them ran
+                replies[i] = error
+            break
         todo = refused
     return replies
 
@@ -423,7 +452,13 @@ class RedisStore:
         self._client = connect(Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3))
         # Commits must not be: a resent commit.lua would report a conflict for a commit that
         # went through, or record its events twice. A failed commit raises; callers re-read.
-        self._commit_client = connect(Retry(NoBackoff(), 0))
+        # On a cluster it follows MOVED by patching its slot map, never by re-reading the map
+        # every few MOVED: redis-py re-reads it by closing every connection of the client, in
+        # use or not, which failed other exams' commits in flight (outcome unknown, so not sent
+        # again) each time one exam's slot was moving.
+        self._commit_client = (
+            _connect_cluster(url, Retry(NoBackoff(), 0), reinitialize_steps=0) if self.cluster
+            else self._connector.client(Retry(NoBackoff(), 0)))
         self._commit_script = self._commit_client.register_script(_lua("commit_batch.lua"))
         self._since_script = self._client.register_script(_lua("events_since.lua"))
         self._claim_script = self._client.register_script(_lua("outbox_claim.lua"))
@@ -1306,7 +1341,8 @@ class RedisStore:
                 msgpack.packb(flat, use_bin_type=False),
             ]))
         try:
-            replies = await _run_batches(self._client, self._touch_script, calls)
+            replies = _or_raise(
+                await _run_batches(self._client, self._touch_script, calls))
         except (ConnectionError, OSError, RedisConnectionError, RedisTimeoutError):
             self._lost()
             raise
@@ -1482,6 +1518,10 @@ class RedisStore:
 
         A "version" in `changes` is ignored: the store owns it. If the connection drops
         mid-way this raises and the outcome is unknown (commits are never resent): re-read.
+        The exams' calls fail or succeed one by one: when some failed and others went through,
+        or a call was refused before it ran (a cluster slot in motion: the commit script
+        touches every key before its first write, so it is refused whole), this raises
+        `CommitsFailed` with the results of those that went through.
         """
         if not commits:
             return []
@@ -1492,10 +1532,15 @@ class RedisStore:
         calls = [self._batch_args(exam_id, [commits[i] for i in indexes], token)
                  for (exam_id, indexes), token in zip(by_exam.items(), tokens, strict=True)]
         self._in_flight.update(tokens)
+        errors: dict[str, BaseException] = {}
         try:
             replies = await _run_batches(self._commit_client, self._commit_script, calls)
             results: list[CommitResult | None] = [None] * len(commits)
-            for indexes, reply, token in zip(by_exam.values(), replies, tokens, strict=True):
+            for (exam_id, indexes), reply, token in zip(by_exam.items(), replies, tokens,
+                                                        strict=True):
+                if isinstance(reply, Exception):
+                    errors[exam_id] = reply
+                    continue
                 events: list[Event] = []
                 for k, index in enumerate(indexes):
                     result = self._result(commits[index], int(reply[2 * k]), int(reply[2 * k + 1]))
@@ -1520,6 +1565,11 @@ class RedisStore:
                 waiting = self._echo_waits.pop(token, None)
                 if waiting is not None:
                     _give(waiting, None)
+        if errors:
+            resendable = [exam_id for exam_id, error in errors.items() if slot_in_motion(error)]
+            if not resendable and len(errors) == len(by_exam):
+                raise next(iter(errors.values()))  # nothing went through: as a single call
+            raise CommitsFailed(results, errors, resendable)
         return [r for r in results if r is not None]
 
     def _hand_out(self, token: str, events: list[Event]) -> None:
@@ -1699,11 +1749,11 @@ class RedisStore:
         backlog = Backlog()
         if not exams:
             return backlog
-        replies = await _run_batches(self._client, self._backlog_script, [
+        replies = _or_raise(await _run_batches(self._client, self._backlog_script, [
             ([self.keys.seq(exam_id), self.keys.outbox(exam_id), self.keys.drain_state(exam_id)],
              [])
             for exam_id in exams
-        ])
+        ]))
         for behind, at in replies:
             if int(behind) <= 0:
                 continue

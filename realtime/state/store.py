@@ -86,6 +86,30 @@ class CommitResult:
     known: bool = False  # a fresh commit of a command id the store already knew: refused
 
 
+class CommitsFailed(Exception):
+    """The commits of some exams of one `commit` call failed while those of the others may
+    have gone through (one exam's commits are one atomic step: all of them or none).
+
+    `results` has one entry per commit of the call, None for those of a failed exam;
+    `errors` maps each failed exam to what failed it; `resendable` names the failed exams
+    whose step was refused before any of it ran (a Redis Cluster slot on the move:
+    `realtime.state.cluster.slot_in_motion`), so that sending those very commits again cannot
+    apply anything twice. Any other failure has an unknown outcome (the step may have run).
+    """
+
+    def __init__(
+        self,
+        results: list[CommitResult | None],
+        errors: dict[str, BaseException],
+        resendable: Collection[str],
+    ) -> None:
+        first = next(iter(errors.values()))
+        super().__init__(f"commits of {len(errors)} exam(s) failed: {first!r}")
+        self.results = results
+        self.errors = errors
+        self.resendable = frozenset(resendable)
+
+
 @dataclass(slots=True)
 class OutboxEntry:
     """What one atomic step appended to an exam's outbox: its events, or audit rows."""
@@ -195,7 +219,11 @@ class StateStore(Protocol):
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
         """Apply many commits in one round trip; each one is atomic on its own. The events of
-        one exam's commits are published as one message and appended as one outbox entry."""
+        one exam's commits are published as one message and appended as one outbox entry.
+
+        Raises what failed the call if nothing of it went through; `CommitsFailed` (with the
+        results of the exams that did) when the commits of some exams failed and others went
+        through, or when some were refused whole and may be sent again as they are."""
 
     async def ensure_seq(self, exam_id: str, minimum: int) -> None:
         """Make the exam's next sequence number larger than `minimum` (after a state loss,
