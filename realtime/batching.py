@@ -22,6 +22,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import operator
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from realtime.state.store import Commit, CommitResult, CommitsFailed, StateStore
 
 log = logging.getLogger(__name__)
 
+_EXAM_ID = operator.attrgetter("exam_id")
 RETRY_BUDGET = 1.5  # seconds a refused commit is tried again (REALTIME_COMMIT_RETRY_BUDGET)
 RETRY_FIRST = 0.05  # the first pause before sending it again, doubled each time up to
 RETRY_MAX = 0.4  # this; each pause is drawn between half and all of that (jitter)
@@ -51,7 +53,6 @@ class _Moving:
     """An exam whose commits were refused whole (its slot is moving): they wait here with the
     exam's commits that came since, in arrival order, until they are sent again."""
 
-    error: BaseException  # the latest refusal
     waiting: list[_Waiting] = field(default_factory=list)
     attempts: int = 0
     pausing: bool = False  # False: sent again, the answer is awaited
@@ -97,7 +98,7 @@ class CommitBatcher:
         if not commits:
             return []
         exam_id = commits[0].exam_id
-        if any(commit.exam_id != exam_id for commit in commits):
+        if len(commits) > 1 and any(map(exam_id.__ne__, map(_EXAM_ID, commits))):
             return await self._commit_exams(commits)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(commits, loop.create_future(), exam_id, next(self._arrivals))
@@ -191,7 +192,8 @@ class CommitBatcher:
         start = 0
         for waiting in batch.waiting:
             end = start + len(waiting.commits)
-            self._release(waiting)
+            if waiting.deadline:  # it waited for its exam's slot
+                self._release(waiting)
             if not waiting.done.done():
                 waiting.done.set_result(results[start:end])
             start = end
@@ -244,8 +246,7 @@ class CommitBatcher:
         now = loop.time()
         moving = self._moving.get(exam_id)
         if moving is None:
-            moving = self._moving[exam_id] = _Moving(error)
-        moving.error = error
+            moving = self._moving[exam_id] = _Moving()
         # The exam's commits still waiting for a batch would be refused too: they queue here.
         later = [w for w in self._next.waiting if w.exam_id == exam_id]
         if later:
