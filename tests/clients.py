@@ -226,6 +226,15 @@ async def eventually(check: Any, timeout: float = 20.0, interval: float = 0.05) 
         await asyncio.sleep(interval)
 
 
+async def metric(base_url: str, name: str) -> float:
+    """One plain (unlabelled) sample of a server's /metrics."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        for line in (await http.get("/metrics")).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
 async def healthz(base_url: str) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
         response = await http.get("/healthz")

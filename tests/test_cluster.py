@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
-from clients import Api, LiveCandidate, LiveDashboard, eventually, healthz, open_candidate
+from clients import (
+    Api,
+    LiveCandidate,
+    LiveDashboard,
+    eventually,
+    healthz,
+    metric,
+    open_candidate,
+)
 from redis_cluster import LocalCluster
 from server import ServerProcess
 
@@ -423,18 +430,8 @@ async def test_a_killed_shard_subscription_is_re_made_and_read_back(hall: Hall) 
     await hall.everything_arrived()
 
 
-async def metric(server: ServerProcess, name: str) -> float:
-    """A plain (unlabelled) sample of the server's /metrics."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 async def metrics_of(hall: Hall, name: str) -> list[float]:
-    return [await metric(server, name) for server in hall.servers]
+    return [await metric(server.url, name) for server in hall.servers]
 
 
 @asynccontextmanager

@@ -9,20 +9,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from clients import Api, LiveCandidate, LiveDashboard, eventually, open_candidate, watch
+from clients import (
+    Api,
+    LiveCandidate,
+    LiveDashboard,
+    eventually,
+    metric,
+    open_candidate,
+    watch,
+)
 from redis_cluster import LocalCluster
 from redis_server import RedisServer
 from server import ServerProcess
-
-
-async def metric(server: ServerProcess, name: str) -> float:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        for line in (await http.get("/metrics")).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def start_nodes(count: int, redis_url: str, workdir: Path, prefix: str) -> list[ServerProcess]:
@@ -68,16 +67,16 @@ async def test_each_node_hears_only_its_exams_and_commands_cross_nodes(
         pages = [p for exam_pages in by_exam.values() for p in exam_pages]
         dashboard = await LiveDashboard.watch(nodes[1].ws_url, exams[0])  # exam 0 on node 1
 
-        assert [await metric(n, "realtime_exams_served") for n in nodes] == [1, 2, 1]
-        quiet = await metric(nodes[0], "realtime_events_received")
+        assert [await metric(n.url, "realtime_exams_served") for n in nodes] == [1, 2, 1]
+        quiet = await metric(nodes[0].url, "realtime_events_received")
 
         # Exam 2's commands, sent to node 0, reach its pages on node 2; node 0 hears none.
         for n in range(5):
             result = await api.command(exams[2], action="notice", target="all", text=f"n{n}")
             assert {a["delivery"] for a in result["applied"]} == {"sent"}
         await eventually(lambda: all(len(p.commands("notice")) == 5 for p in by_exam[exams[2]]))
-        assert await metric(nodes[2], "realtime_events_received") > 0
-        assert await metric(nodes[0], "realtime_events_received") == quiet
+        assert await metric(nodes[2].url, "realtime_events_received") > 0
+        assert await metric(nodes[0].url, "realtime_events_received") == quiet
 
         # Exam 0's command through node 2: its pages on node 0 and the dashboard on node 1.
         via_node_2 = Api(nodes[2].url)
@@ -185,14 +184,14 @@ async def test_an_exams_copy_for_commands_is_made_as_its_first_page_opens(
     try:
         exam = await api.create_exam()
         sessions = await api.create_sessions(exam["id"], 3)
-        assert await metric(node, "realtime_command_copies_made") == 0
+        assert await metric(node.url, "realtime_command_copies_made") == 0
         client, opened = await open_candidate(node.ws_url, sessions[0]["access_code"])
         assert opened["type"] == "opened", opened
         page = LiveCandidate(client, opened)
 
-        await eventually(lambda: metric(node, "realtime_command_copies_made"))
-        assert await metric(node, "realtime_command_copies_warmed") == 1
-        assert await metric(node, "realtime_command_copy_reads") == 1
+        await eventually(lambda: metric(node.url, "realtime_command_copies_made"))
+        assert await metric(node.url, "realtime_command_copies_warmed") == 1
+        assert await metric(node.url, "realtime_command_copy_reads") == 1
 
         one = sessions[0]["id"]
         result = await api.command(exam["id"], action="notice", text="hello",
@@ -200,8 +199,8 @@ async def test_an_exams_copy_for_commands_is_made_as_its_first_page_opens(
         assert [a["session_id"] for a in result["applied"]] == [one]
         await api.command(exam["id"], action="pause", target="all")
         await eventually(lambda: page is not None and page.commands("pause"))
-        assert await metric(node, "realtime_command_copy_reads") == 1  # none by the commands
-        assert await metric(node, "realtime_command_copies_made") == 1
+        assert await metric(node.url, "realtime_command_copy_reads") == 1  # none by the commands
+        assert await metric(node.url, "realtime_command_copies_made") == 1
     finally:
         if page is not None:
             await page.close()
