@@ -236,8 +236,8 @@ class SessionService:
     async def settle(self) -> None:
         """Wait for what answers set off and did not wait for (answers kept for retries,
         audit rows on their way to the outbox): at shutdown, before the last drain."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks:  # (`wait`, not `gather`: a caller's timeout cancels none of them)
+            await asyncio.wait(list(self._tasks))
 
     # -- exams -------------------------------------------------------------------------------
 
