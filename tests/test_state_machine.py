@@ -514,16 +514,23 @@ def test_distinct_inputs_are_decided_each_and_no_longer_remembered() -> None:
     assert decide._known is None  # gave up remembering
 
 
-def _blobs(packed: bytes) -> list[list[bytes]]:
-    """The event blobs of each commit in a commit_batch.lua argument (its layout: see there)."""
-    flat = msgpack.unpackb(packed, raw=True)
-    found, i = [], 0
+def _blobs(args: list[Any]) -> list[list[bytes]]:
+    """The event blobs of each commit in a commit_batch.lua call's arguments (their layout:
+    see there): the flat array gives each commit's events' lengths, ARGV[11] the events."""
+    flat = msgpack.unpackb(args[5], raw=True)
+    joined: bytes = args[10]
+    found, i, at = [], 0, 0
     while i < len(flat):
         j = i + 6
         j += 1 + flat[j]  # guard items
         j += 1 + flat[j]  # change items
-        found.append(flat[j + 1:j + 1 + flat[j]])
+        blobs = []
+        for length in flat[j + 1:j + 1 + flat[j]]:
+            blobs.append(joined[at:at + length])
+            at += length
+        found.append(blobs)
         i = j + 1 + flat[j]
+    assert at == len(joined)
     return found
 
 
@@ -550,8 +557,8 @@ def test_the_redis_store_encodes_copied_decisions_as_each_alone(
     store = RedisStore("redis://127.0.0.1:1/0")  # never connects: only encodes
     _, shared = store._batch_args("e", _commits(hall, outcomes, alike=True), "t")
     _, alone = store._batch_args("e", _commits(hall, outcomes, alike=False), "t")
-    assert _blobs(shared[5]) == _blobs(alone[5])
-    assert shared[5] == alone[5]
+    assert _blobs(shared) == _blobs(alone)
+    assert (shared[5], shared[10]) == (alone[5], alone[10])
 
 
 def test_a_hall_paused_at_once_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,7 +582,7 @@ def test_a_hall_paused_at_once_is_encoded_once(monkeypatch: pytest.MonkeyPatch) 
     _, args = RedisStore("redis://127.0.0.1:1/0")._batch_args(
         "e", _commits(hall, outcomes, alike=True), "t")
     assert encoded == 1
-    blobs = [blob for commit in _blobs(args[5]) for blob in commit]
+    blobs = [blob for commit in _blobs(args) for blob in commit]
     events = [msgpack.unpackb(b) for b in blobs]
     assert [(e["session_id"], e["changes"]["version"]) for e in events] == [
         (f"s{n}", n % 7 + 1) for n in range(5000)]

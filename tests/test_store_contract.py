@@ -581,6 +581,117 @@ async def test_commits_of_one_session_in_one_call_see_each_other(store: StateSto
         "paused", 5, 2)
 
 
+async def test_guards_of_one_session_in_one_call_see_each_other(store: StateStore) -> None:
+    """Within one call, a guard or a live-only check after an earlier commit of the same
+    session is compared with what that commit wrote, not with the session as the call found
+    it: an ack that cleared the notice makes a second ack of it fail; a commit that made the
+    session final makes a live-only one fail; a guarded write leaves the version, so a check
+    of it still holds."""
+    await store.add_sessions([session("s1", conn_id="c1", notice_id="n1", status="active"),
+                              session("s2", conn_id="c1", status="active")])
+
+    def guarded(sid: str, guard: dict[str, Any], live_only: bool = False,
+                **changes: Any) -> Commit:
+        c = commit(A, sid, None, **changes)
+        c.guard, c.live_only = guard, live_only
+        return c
+
+    results = await store.commit([
+        guarded("s1", {"conn_id": "c1", "notice_id": "n1"}, notice_id=""),  # the first ack
+        guarded("s1", {"conn_id": "c1", "notice_id": "n1"}, notice_id=""),  # no longer n1
+        Commit(A, "s1", 0, check_only=True),  # a guarded write keeps the version
+        guarded("s1", {"notice_id": ""}, position=3),  # decided on the cleared notice
+        commit(A, "s2", 0, status="completed"),
+        guarded("s2", {"conn_id": "c1"}, live_only=True, position=4),  # final by now
+        guarded("s2", {"conn_id": "c1"}, position=5),  # not live-only: applies
+    ])
+    assert [(r.ok, r.guard_failed) for r in results] == [
+        (True, False), (False, True), (True, False), (True, False), (True, False),
+        (False, True), (True, False)]
+    assert [e.seq for r in results for e in r.events] == [1, 2, 3, 4]
+    s1, s2 = await store.get_sessions(A, ["s1", "s2"])
+    assert s1 is not None and (s1["notice_id"], s1["position"], s1["version"]) == ("", 3, 0)
+    assert s2 is not None and (s2["status"], s2["position"], s2["version"]) == (
+        "completed", 5, 1)
+
+
+async def test_one_call_of_every_kind_of_commit_answers_each_as_alone(
+    store: StateStore,
+) -> None:
+    """Compare-and-set with and without a guard, guarded, record-only, checks and the member
+    count, with and without command ids, for known and unknown sessions, in one call: each
+    answers as it would alone, in the order given."""
+    await store.add_sessions([session("s1", conn_id="c1", version=2), session("s2"),
+                              session("s3", status="terminated", conn_id="c1")])
+    before = commit(A, "s2", 0, status="paused")
+    before.command_id = "cmd-1"
+    [applied] = await store.commit([before])
+    assert applied.ok and applied.events[0].seq == 1
+
+    def with_id(c: Commit, command_id: str) -> Commit:
+        c.command_id = command_id
+        return c
+
+    guarded_cas = commit(A, "s1", 2, status="paused")
+    guarded_cas.guard = {"conn_id": "c1"}
+    wrong_guard = commit(A, "s1", 3, status="active")
+    wrong_guard.guard = {"conn_id": "c2"}
+    progress = commit(A, "s3", None, position=1)
+    progress.guard, progress.live_only = {"conn_id": "c1"}, True
+    ghost = commit(A, "ghost", None, position=1)
+    ghost.guard = {"conn_id": "c1"}
+    results = await store.commit([
+        with_id(commit(A, "s2", 1, status="active"), "cmd-1"),  # applied before: duplicate
+        with_id(commit(A, "s1", 1, status="paused"), "cmd-1"),  # not applied, wrong version
+        guarded_cas,  # applies: version 3
+        wrong_guard,  # right version, guard fails
+        progress,  # s3 is final
+        ghost,
+        commit(A, "s2", None),  # record only
+        commit(A, "ghost", None),
+        Commit(A, "s1", 3, check_only=True),
+        Commit(A, "ghost", 0, check_only=True),
+        Commit(A, "", None, members=3),
+        with_id(commit(A, "s3", 0, extra_minutes=5), "cmd-1"),  # the rest of cmd-1: applies
+    ])
+    assert [(r.ok, r.found, r.guard_failed, r.duplicate_seq) for r in results] == [
+        (False, True, False, 1), (False, True, False, None), (True, True, False, None),
+        (False, True, True, None), (False, True, True, None), (False, False, False, None),
+        (True, True, False, None), (False, False, False, None), (True, True, False, None),
+        (False, False, False, None), (True, True, False, None), (True, True, False, None)]
+    assert [e.seq for r in results for e in r.events] == [2, 3, 4]
+    assert await store.command_applied(A, "cmd-1") == {"s2": 1, "s3": 4}
+    s1 = await get(store, "s1")
+    assert s1 is not None and (s1["status"], s1["version"]) == ("paused", 3)
+
+
+async def test_only_the_events_of_commits_that_apply_are_recorded(store: StateStore) -> None:
+    """The events of commits that fail, first, last or between those that apply, are left
+    out of the outbox entry and the log; those that apply keep their order and consecutive
+    seqs."""
+    await store.add_sessions([session(f"s{i}") for i in range(4)])
+    [done] = await store.commit([commit(A, "s3", 0, status="paused")])
+    failing = commit(A, "s2", None, events=2, position=1)
+    failing.guard = {"conn_id": "nobody"}
+    results = await store.commit([
+        commit(A, "s0", 5, events=2),  # wrong version
+        commit(A, "s1", 0, events=2),
+        commit(A, "ghost", None, events=1),
+        commit(A, "s2", 0, events=1),
+        commit(A, "s2", None, events=2),
+        commit(A, "s3", 0, events=3),  # wrong version
+        failing,
+        commit(A, "s0", 0, events=1),
+        commit(A, "s1", 0, events=2),  # the version is 1 by now
+    ])
+    assert [r.ok for r in results] == [False, True, False, True, True, False, False, True, False]
+    applied = [e for r in results for e in r.events]
+    assert [(e.session_id, e.seq) for e in applied] == [
+        ("s1", 2), ("s1", 3), ("s2", 4), ("s2", 5), ("s2", 6), ("s0", 7)]
+    assert summary(await store.events_since(A, 1) or []) == summary(applied)
+    assert summary(await drain(store, A)) == summary(done.events + applied)
+
+
 async def test_a_command_over_thousands_of_sessions_is_remembered_for_each(
     store: StateStore,
 ) -> None:
@@ -1186,6 +1297,64 @@ async def test_redis_listener_survives_an_outage(outage: Callable[[RedisServer],
             assert [(e.session_id, e.seq) for e in received] == [("s1", 1), ("s1", 1)]
         finally:
             await store.close()
+
+
+async def test_redis_another_process_hears_only_the_events_that_applied(redis_url: str) -> None:
+    """The published message of a call whose commits partly fail carries the events of those
+    that applied, as the outbox entry does."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    heard = Collector()
+    two.add_listener(heard)
+    for store in (one, two):
+        await store.start()
+    await two.serve(A)
+    try:
+        await one.add_sessions([session("s1"), session("s2")])
+        results = await one.commit([commit(A, "s1", 3, events=2), commit(A, "s1", 0, events=1),
+                                    commit(A, "s2", 4, events=1), commit(A, "s2", 0, events=2),
+                                    commit(A, "ghost", None, events=1)])
+        assert [r.ok for r in results] == [False, True, False, True, False]
+        applied = [e for r in results for e in r.events]
+        assert summary(await heard.wait_for(3)) == summary(applied)
+        [third] = await one.commit([commit(A, "s1", 1)])  # nothing more came before it
+        assert [e.seq for e in await heard.wait_for(4)] == [1, 2, 3, third.events[0].seq]
+    finally:
+        for store in (one, two):
+            await store.close()
+
+
+async def test_redis_a_session_hash_gone_or_without_the_fields_checked(redis_url: str) -> None:
+    """A session whose hash was deleted after the decision (Redis lost the exam) is not found,
+    whatever the kind of commit, and the others of the call apply. A hash that exists but has
+    none of the fields a commit compares is found: its guard or version fails (the script
+    reads the compared fields, and asks whether the hash exists only when none is there)."""
+    store = redis_store(redis_url, f"t{uuid.uuid4().hex[:12]}:")
+    await store.start()
+    try:
+        await store.add_sessions([session("s1", conn_id="c1"), session("s2", conn_id="c1")])
+        client = store._client
+        await client.delete(store.keys.session(A, "s1"))
+        await client.hdel(store.keys.session(A, "s2"), "conn_id", "version")
+
+        def guarded(sid: str, **changes: Any) -> Commit:
+            c = commit(A, sid, None, **changes)
+            c.guard = {"conn_id": "c1"}
+            return c
+
+        results = await store.commit([
+            commit(A, "s1", 0, status="paused"), guarded("s1", position=1),
+            commit(A, "s1", None), Commit(A, "s1", 0, check_only=True),
+            commit(A, "s2", 0, status="paused"), guarded("s2", position=1),
+            Commit(A, "s2", 0, check_only=True), commit(A, "s2", None),
+        ])
+        assert [(r.ok, r.found, r.guard_failed) for r in results] == [
+            (False, False, False)] * 4 + [
+            (False, True, False), (False, True, True), (False, True, False), (True, True, False)]
+        assert await client.exists(store.keys.session(A, "s1")) == 0  # nothing re-created
+        assert [e.seq for e in results[7].events] == [1]
+    finally:
+        await store.close()
 
 
 def test_keys_of_one_exam_share_a_cluster_slot() -> None:

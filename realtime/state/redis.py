@@ -1604,9 +1604,11 @@ class RedisStore:
         """One script call's keys and arguments: the commits travel as ONE msgpack argument
         (packing tens of thousands of separate arguments costs redis-py more than the
         script costs Redis), a flat array (nested arrays cost Redis twice as much to
-        unpack)."""
+        unpack), and their events as one more, joined (the script takes it as the outbox
+        entry when they all apply, instead of unpacking and joining thousands of strings)."""
         keys = self.keys
         flat: list[Any] = []  # one flat array: see commit_batch.lua
+        joined: list[bytes] = []  # the events, back to back (ARGV[11]); `flat` has lengths
         alike: dict[int, _Like] = {}  # by id of the commits' `like` (kept alive by them)
         for commit in commits:
             expected = commit.expected_version
@@ -1645,12 +1647,13 @@ class RedisStore:
                          else [encode_event(event, version) for event in commit.events])
             flat += (commit.session_id, mode, "" if expected is None else str(expected),
                      commit.command_id, 1 if commit.live_only else 0, 1 if commit.fresh else 0,
-                     len(guard), *guard, len(pairs), *pairs, len(blobs), *blobs)
+                     len(guard), *guard, len(pairs), *pairs, len(blobs), *map(len, blobs))
+            joined += blobs
         args = [keys.exam_events(exam_id), repr(time.time()), COMMAND_TTL,
                 keys.session_prefix(exam_id),
                 keys.command(exam_id, ""), msgpack.packb(flat, use_bin_type=False), token,
                 "s" if self.cluster else "p", keys.command_result(exam_id, ""),
-                keys.sessions(exam_id)]
+                keys.sessions(exam_id), b"".join(joined)]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod
