@@ -237,6 +237,27 @@ def test_command_cpu_over_rest_posts_each_command_to_the_whole_app(store: str) -
     assert "per command, median" in result.stdout
 
 
+def test_commit_script_cpu_reads_redis_s_cost_and_records_replies() -> None:
+    """Every commit it times applies (the harness fails otherwise), Redis's counters are read
+    around each run, and a verification run is deterministic: the same digest twice."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.commit_script_cpu", "--sessions", "300",
+         "--rounds", "2"],
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for work in ("bulk", "acks", "targeted"):
+        assert f"{work}: Redis main-thread CPU per run" in result.stdout
+    digests = []
+    for _ in range(2):
+        verified = _run([sys.executable, "-m", "loadtests.commit_script_cpu", "--verify", "100"],
+                        timeout=80)
+        assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+        assert "100 random batches (seed 1): digest " in verified.stdout
+        digests.append(verified.stdout.split("digest ")[1].strip())
+    assert digests[0] == digests[1]
+
+
 def test_redis_tail_times_the_sweep_the_copy_and_the_drain() -> None:
     """The in-process Redis tail measurement: every kind of work runs and is reported, the
     Redis calls it made counted."""
