@@ -363,6 +363,24 @@ def test_open_cpu_times_every_socket_opening(store: str) -> None:
     assert "ms CPU per open" in result.stdout
 
 
+@pytest.mark.parametrize(("store", "kind"), [("memory", "ack"), ("redis", "progress")])
+def test_inbound_cpu_times_candidate_messages_until_they_are_in_sql(store: str, kind: str) -> None:
+    """The in-process inbound measurement: every round waits until this process has heard
+    every message's event (else it says so) and drained it to SQL; the breakdown names its
+    parts."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.inbound_cpu", "--sessions", "20", "--rounds", "2",
+         "--rate", "40", "--seconds", "1", "--kind", kind, "--store", store, "--breakdown"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["kind"] == kind and summary["store"] == store and summary["rounds"] == 1
+    assert summary["messages_per_round"] == 40 and summary["cpu_us_per_msg_p50"] > 0, summary
+    assert "events heard" not in result.stdout  # every message's event was heard
+    assert "drain: SQL write" in result.stdout and "dashboard deltas" in result.stdout
+
+
 def test_loop_stalls_times_the_loop_while_commands_reach_their_candidates(
     tmp_path: Path,
 ) -> None:
