@@ -299,6 +299,59 @@ async def test_a_burst_reaches_each_dashboard_as_one_batch() -> None:
         await watcher.conn.stop()
 
 
+async def test_candidate_traffic_reaches_dashboards_paced_and_in_order() -> None:
+    """Progress reports, acks and client events of a steady flow reach a dashboard at most
+    once per pace, together (one frame per event and dashboard was most of what such a
+    message cost the server); the first after a quiet spell goes at once, and any other event
+    takes what waits with it at once, in seq order."""
+    hub = Hub(delta_pace=3600.0)  # nothing held here is sent by the pace itself
+    socket = FakeSocket()
+    watcher = Watcher(connection(socket, queue=64), "e1", STAFF, [])
+    hub.add_watcher(watcher)
+    watcher.activate(0)
+    hub.on_event(event(1, kind="progress"))
+    await asyncio.wait_for(socket.got_frame.wait(), 5)  # the first goes at once
+    assert json.loads(socket.frames[0])["event"]["seq"] == 1
+    socket.got_frame.clear()
+    hub.on_event(event(2, kind="progress", session="s2"))
+    hub.on_event(event(3, kind="delivered"))
+    hub.on_event(event(4, kind="client_event", session="s3"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(socket.frames) == 1  # held for the pace
+    hub.on_event(event(5, kind="pause"))  # a staff command does not wait: nor what waits
+    await asyncio.wait_for(socket.got_frame.wait(), 5)
+    assert len(socket.frames) == 2
+    batch = json.loads(socket.frames[1])
+    assert batch["type"] == "event_batch" and [e["seq"] for e in batch["events"]] == [2, 3, 4, 5]
+    assert watcher.last_seq == 5
+    await watcher.conn.stop()
+
+
+async def test_paced_candidate_traffic_is_sent_when_the_pace_allows() -> None:
+    """A held progress report is not left waiting for another event: the pace sends it."""
+    hub = Hub(delta_pace=0.01)
+    socket = FakeSocket()
+    watcher = Watcher(connection(socket, queue=64), "e1", STAFF, [])
+    hub.add_watcher(watcher)
+    watcher.activate(0)
+    hub.on_event(event(1, kind="progress"))
+    hub.on_event(event(2, kind="progress", session="s2"))  # the same turn: one frame
+    await asyncio.wait_for(socket.got_frame.wait(), 5)
+    socket.got_frame.clear()
+    hub.on_event(event(3, kind="progress", session="s3"))  # within the pace: held, then sent
+    async with asyncio.timeout(5):
+        while watcher.last_seq < 3:
+            await socket.got_frame.wait()
+            socket.got_frame.clear()
+    seqs = []
+    for frame in socket.frames:
+        message = json.loads(frame)
+        seqs += [e["seq"] for e in message.get("events", [message.get("event")])]
+    assert seqs == [1, 2, 3]
+    await watcher.conn.stop()
+
+
 async def test_after_a_lost_subscription_everyone_resynchronises() -> None:
     """Dashboards are closed with 4010 (they catch up by seq); candidates get their state."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol, cast
@@ -27,6 +28,7 @@ from realtime.state.model import (
     PRIVATE_FIELDS,
     Action,
     Event,
+    EventKind,
     candidate_view,
 )
 
@@ -42,6 +44,15 @@ VIEW_FIELDS = ("status", "alerts", *ACK_FIELDS)
 # At 1/25 a tick's 200 pings and the wave of pongs after them held the event loop for 10-20
 # ms each, five times a second (docs/performance.md, "long stretches on the event loop").
 HEARTBEAT_TICKS = 100
+# Candidate traffic: what every page sends on its own (a progress report every 5 s in the hall
+# phase, an ack after every command, the page's alerts). Under a steady flow, one delta frame
+# per event to every dashboard was most of what such a message cost this process (a socket
+# write each: docs/performance.md, "eighth session"), so these reach dashboards at most once
+# per `DELTA_PACE` seconds, together; the first after a quiet spell goes at once, and any other
+# event takes what waits with it at once (seq order is kept: one frame, in order).
+PACED_KINDS = frozenset({EventKind.PROGRESS.value, EventKind.DELIVERED.value,
+                         EventKind.CLIENT_EVENT.value})
+DELTA_PACE = 0.01
 
 
 def public_event(event: Event) -> dict[str, Any]:
@@ -363,8 +374,10 @@ class Hub:
         clock: Callable[[], float] = time.time,
         fetch_session: FetchSession | None = None,
         interest: Interest | None = None,
+        delta_pace: float = DELTA_PACE,
     ) -> None:
         self.interest = interest
+        self.delta_pace = delta_pace  # see PACED_KINDS
         self.candidates: dict[str, list[CandidateLink]] = {}
         self.watchers: dict[str, set[Watcher]] = {}
         self.clock = clock
@@ -372,7 +385,9 @@ class Hub:
         self.events_seen = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[str, list[Event]] = {}
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # a flush at the next loop turn
+        self._paced: asyncio.TimerHandle | None = None  # a flush when the pace allows
+        self._last_flush = -math.inf  # time.monotonic() of the last flush that sent deltas
         self._next_slot = 0
         self._slots: list[set[CandidateLink]] = [set() for _ in range(HEARTBEAT_TICKS)]
         # Liveness counters, for metrics (seconds for the lag and stall figures).
@@ -487,10 +502,19 @@ class Hub:
         if event.exam_id in self.watchers:
             # Dashboards get what arrives in one burst (a bulk command) as one message, sent
             # when this burst has been read: one frame per watcher instead of thousands.
+            # Candidate traffic waits for the pace (PACED_KINDS), the rest goes at once.
             self._pending.setdefault(event.exam_id, []).append(event)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            if self._flush_scheduled:
+                return
+            if event.kind in PACED_KINDS:
+                if self._paced is not None:
+                    return  # goes with the paced flush already set
+                wait = self._last_flush + self.delta_pace - time.monotonic()
+                if wait > 0:
+                    self._paced = asyncio.get_running_loop().call_later(wait, self.flush)
+                    return
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def on_committed(self, events: list[Event]) -> None:
         """This process's own commit, straight from the store's answer: candidate pages get
@@ -512,7 +536,12 @@ class Hub:
     def flush(self) -> None:
         """Send the pending dashboard deltas, one message per exam, encoded once per codec."""
         self._flush_scheduled = False
+        if self._paced is not None:
+            self._paced.cancel()
+            self._paced = None
         pending, self._pending = self._pending, {}
+        if pending:
+            self._last_flush = time.monotonic()
         for exam_id, events in pending.items():
             watchers = self.watchers.get(exam_id)
             if not watchers:
