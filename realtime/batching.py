@@ -6,6 +6,11 @@ the same event-loop turn — goes to the store as one `commit()` call: one pipel
 per exam, one published message per exam. Under load batches grow by themselves, like a
 database's group commit, instead of every change paying its own round trip.
 
+Candidate traffic (progress reports, acks, client events: guarded commits every page sends on
+its own) may `linger`: wait a few milliseconds for others before its store call, so a steady
+flow of them shares round trips too (one arrives every few milliseconds, each alone in its
+call, else); anything else arriving meanwhile takes them along at once.
+
 Audit rows of staff commands do not come here: they go to their exam's outbox by the store's
 `append_audit` (on Redis with the command's answer to keep), never behind the commits in flight.
 
@@ -62,6 +67,7 @@ class _Moving:
 class _Batch:
     waiting: list[_Waiting] = field(default_factory=list)
     size: int = 0
+    urgent: bool = False  # holds commits that do not linger
 
 
 class CommitBatcher:
@@ -89,17 +95,22 @@ class CommitBatcher:
         self._next = _Batch()
         self._in_flight = 0
         self._scheduled = False
+        self._lingering: asyncio.TimerHandle | None = None  # a lingering batch's timer
         self._tasks: set[asyncio.Task[None]] = set()
         self.flushes = 0  # store calls made, for metrics and tests
         self.committed = 0
 
-    async def commit(self, commits: list[Commit]) -> list[CommitResult]:
-        """Commit through the next batch; raises what the store raised for these commits."""
+    async def commit(self, commits: list[Commit], linger: float = 0.0) -> list[CommitResult]:
+        """Commit through the next batch; raises what the store raised for these commits.
+
+        With `linger` (seconds), the batch may wait that long for more before it goes (it goes
+        at once when a commit without one arrives): for frequent small commits whose callers
+        can wait a little (candidate traffic)."""
         if not commits:
             return []
         exam_id = commits[0].exam_id
         if len(commits) > 1 and any(map(exam_id.__ne__, map(_EXAM_ID, commits))):
-            return await self._commit_exams(commits)
+            return await self._commit_exams(commits, linger)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(commits, loop.create_future(), exam_id, next(self._arrivals))
         moving = self._moving.get(exam_id)
@@ -109,16 +120,24 @@ class CommitBatcher:
         else:
             self._next.waiting.append(waiting)
             self._next.size += len(commits)
-            self._schedule()
+            if linger <= 0:
+                self._next.urgent = True
+                self._schedule()
+            elif self._lingering is None and not self._scheduled:
+                self._lingering = loop.call_later(linger, self._linger_done)
         return await waiting.done
 
-    async def _commit_exams(self, commits: list[Commit]) -> list[CommitResult]:
+    def _linger_done(self) -> None:
+        self._lingering = None
+        self._schedule()
+
+    async def _commit_exams(self, commits: list[Commit], linger: float) -> list[CommitResult]:
         """Commits of several exams: each exam's as a caller of its own (they succeed, fail or
         wait for a moving slot apart), the results in the order of `commits`."""
         by_exam: dict[str, list[int]] = {}
         for index, commit in enumerate(commits):
             by_exam.setdefault(commit.exam_id, []).append(index)
-        parts = await asyncio.gather(*(self.commit([commits[i] for i in indexes])
+        parts = await asyncio.gather(*(self.commit([commits[i] for i in indexes], linger)
                                        for indexes in by_exam.values()))
         results: list[CommitResult | None] = [None] * len(commits)
         for indexes, part in zip(by_exam.values(), parts, strict=True):
@@ -132,6 +151,9 @@ class CommitBatcher:
         turn more before the round trip). It holds its place among the calls in flight from
         now on."""
         if not self._scheduled and self._in_flight < self.max_in_flight:
+            if self._lingering is not None:  # it goes with this call
+                self._lingering.cancel()
+                self._lingering = None
             self._scheduled = True
             self._in_flight += 1
             self._spawn(self._run())
@@ -158,6 +180,7 @@ class CommitBatcher:
             else:
                 rest.waiting.append(waiting)
                 rest.size += len(waiting.commits)
+        rest.urgent = pending.urgent  # (at worst a lingering rest goes without waiting)
         self._next = rest
         return taken
 
@@ -169,8 +192,8 @@ class CommitBatcher:
                 await self._commit(batch)
         finally:
             self._in_flight -= 1
-            if self._next.waiting:
-                self._schedule()
+            if self._next.waiting and (self._next.urgent or self._lingering is None):
+                self._schedule()  # (a lingering batch goes when its linger is over)
 
     async def _commit(self, batch: _Batch) -> None:
         commits = [c for waiting in batch.waiting for c in waiting.commits]
@@ -236,6 +259,7 @@ class CommitBatcher:
             if moving.waiting:
                 self._next.waiting.extend(moving.waiting)
                 self._next.size += sum(len(w.commits) for w in moving.waiting)
+                self._next.urgent = True
                 self._schedule()
 
     def _refused(self, exam_id: str, waitings: list[_Waiting], error: BaseException) -> None:
@@ -281,6 +305,7 @@ class CommitBatcher:
         self.retries += sum(len(w.commits) for w in waitings)
         self._next.waiting[:0] = waitings
         self._next.size += sum(len(w.commits) for w in waitings)
+        self._next.urgent = True
         self._schedule()
 
     def _hold(self, waiting: _Waiting, now: float) -> None:
@@ -300,6 +325,11 @@ class CommitBatcher:
             waiting.done.set_exception(error)
 
     async def close(self) -> None:
-        """Wait for the batches in flight (and for commits waiting to be sent again)."""
+        """Wait for the batches in flight (and for commits waiting to be sent again); a
+        lingering batch goes now."""
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+            self._schedule()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

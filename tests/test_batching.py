@@ -240,3 +240,38 @@ async def test_commits_of_two_exams_in_one_call_are_answered_apart(moving: Movin
     assert mine.ok and other.ok
     assert (mine.events[0].exam_id, other.events[0].exam_id) == (EXAM, OTHER)
     assert len(await moving.events_since(OTHER, 0) or []) == 1
+
+
+async def test_lingering_commits_share_a_call_and_go_with_anything_that_does_not_linger(
+    store: CountingStore,
+) -> None:
+    """Candidate traffic arriving a few milliseconds apart waits (`linger`) for more to share
+    its store call; a commit that does not linger takes what waits along at once."""
+    batcher = CommitBatcher(store)
+    lingering = [asyncio.ensure_future(batcher.commit([_commit(f"s{i}")], linger=3600.0))
+                 for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert store.calls == []  # still waiting for company
+    [now] = await batcher.commit([_commit("s3")])
+    assert now.ok and store.calls == [4]
+    assert all(r.ok for [r] in await asyncio.gather(*lingering))
+
+
+async def test_a_lingering_commit_goes_alone_once_its_linger_is_over(
+    store: CountingStore,
+) -> None:
+    batcher = CommitBatcher(store)
+    [result] = await asyncio.wait_for(batcher.commit([_commit("s0")], linger=0.001), 5)
+    assert result.ok and store.calls == [1]
+
+
+async def test_closing_sends_a_lingering_batch(store: CountingStore) -> None:
+    """Nothing a caller handed over is left behind at shutdown."""
+    batcher = CommitBatcher(store)
+    waiting = asyncio.ensure_future(batcher.commit([_commit("s0")], linger=3600.0))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.close(), 5)
+    assert store.calls == [1]
+    [result] = await waiting
+    assert result.ok

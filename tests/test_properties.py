@@ -1079,12 +1079,12 @@ class PausingBatcher(CommitBatcher):
         self.before: Callable[[], Awaitable[Any]] | None = before
         self.kind = kind
 
-    async def commit(self, commits: list[Commit]) -> list[CommitResult]:
+    async def commit(self, commits: list[Commit], linger: float = 0.0) -> list[CommitResult]:
         hit = any(e.kind == self.kind for c in commits for e in c.events)
         if hit and self.before is not None:
             before, self.before = self.before, None
             await before()
-        return await super().commit(commits)
+        return await super().commit(commits, linger)
 
 
 async def test_an_unlock_racing_an_open_is_not_followed_by_a_refusal(
