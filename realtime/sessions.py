@@ -66,8 +66,10 @@ COMMAND_FIELDS = (
 # A candidate change decided on a fresh read this many times before it takes the versioned way.
 FAST_PATH_TRIES = 3
 # How long a candidate's guarded commit (progress, ack, client event) may wait for others to
-# share its store call (`CommitBatcher.commit`'s `linger`): under a steady flow each came alone,
-# a round trip, a published message, an outbox entry and a drained row's fixed costs apiece.
+# share its store call (`CommitBatcher.commit`'s `linger`), on a store that says its calls are
+# worth gathering (`commits_gather`: Redis): under a steady flow each came alone, a round trip,
+# a script call, a published message and an outbox entry apiece. The memory store's calls cost
+# little: there it did not pay for its timers (docs/performance.md, "eighth session").
 CANDIDATE_LINGER = 0.003
 ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 
@@ -210,6 +212,7 @@ class SessionService:
         self.liveness = liveness
         self.clock = clock
         self.batcher = batcher or CommitBatcher(store)
+        self._gather = bool(getattr(store, "commits_gather", False))  # see CANDIDATE_LINGER
         self._exam_cache: dict[str, tuple[float, Exam]] = {}
         self._exam_loads: dict[str, asyncio.Future[Exam]] = {}  # reads of an expired copy
         self._rebuilding = KeyedLocks()
@@ -682,8 +685,8 @@ class SessionService:
                 commit = Commit(exam_id, session_id, None, outcome.changes, outcome.events,
                                 guard=guard, live_only=fast.live_only)
                 # the first try may wait a little for others (`CANDIDATE_LINGER`)
-                [result] = await self.batcher.commit(
-                    [commit], linger=0.0 if attempt else CANDIDATE_LINGER)
+                linger = CANDIDATE_LINGER if self._gather and not attempt else 0.0
+                [result] = await self.batcher.commit([commit], linger=linger)
                 if result.ok:
                     return outcome
                 if not result.found:

@@ -439,6 +439,11 @@ def _decode_reads(reply: bytes | str, fields: tuple[str, ...]) -> list[ReadAnswe
 class RedisStore:
     """`StateStore` on Redis. One instance per process: it holds one pub/sub subscription."""
 
+    # A commit call is a round trip, a script call, a published message and an outbox entry,
+    # whatever it carries: frequent small commits are worth gathering (`SessionService`'s
+    # `CANDIDATE_LINGER`).
+    commits_gather = True
+
     def __init__(self, url: str, prefix: str = "rt:", log_size: int = 10_000) -> None:
         if log_size < 1:
             raise ValueError("log_size must be at least 1")
