@@ -275,3 +275,48 @@ async def test_closing_sends_a_lingering_batch(store: CountingStore) -> None:
     assert store.calls == [1]
     [result] = await waiting
     assert result.ok
+
+
+class RecordingBatcher(CommitBatcher):
+    """Records the linger each commit asked for."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.lingers: list[float] = []
+
+    async def commit(self, commits: list[Commit], linger: float = 0.0) -> list[CommitResult]:
+        self.lingers.append(linger)
+        return await super().commit(commits, linger)
+
+
+@pytest.mark.parametrize("gathers", [False, True])
+async def test_a_candidates_guarded_commit_lingers_only_where_calls_are_worth_gathering(
+    gathers: bool,
+) -> None:
+    """On Redis (`commits_gather`) a progress report's guarded commit waits a little for
+    company; on the memory store, whose calls cost little, it goes at once."""
+    from typing import cast
+
+    from realtime import sessions
+    from realtime.db.database import Database
+    from realtime.state import machine
+    from realtime.state.model import Exam
+
+    store = MemoryStore()
+    if gathers:
+        store.commits_gather = True  # type: ignore[attr-defined]  # as RedisStore says
+    await store.put_exam(Exam(id=EXAM, title="Linger"))
+    await store.add_sessions([new_session(id="s0", exam_id=EXAM)])
+    batcher = RecordingBatcher(store)
+    service = sessions.SessionService(store, cast(Database, None), machine.Liveness(),
+                                      batcher=batcher)
+    opened = await service.open(EXAM, "s0", "conn-1", "")
+    view = dict(opened.session)
+    outcome = await service.candidate_update(
+        EXAM, "s0", lambda s: machine.report_progress(s, "conn-1", "c", 3, 2, 1.0),
+        sessions.FastPath(view, {"conn_id": "conn-1"}),
+    )
+    assert isinstance(outcome, machine.Transition)
+    assert batcher.lingers[-1] == (sessions.CANDIDATE_LINGER if gathers else 0.0)
+    assert batcher.lingers[0] == 0.0  # the open does not linger
+    await batcher.close()
