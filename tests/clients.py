@@ -134,7 +134,11 @@ class WsClient:
                     if message["type"] in types:
                         return message
                     if message["type"] == "ping":
-                        await self.send({"type": "pong", "t": message["t"]})
+                        # The server may have closed since (e.g. after `superseded`): the
+                        # frames it sent before its close are still to be read, so a pong
+                        # that cannot go out is no reason to stop reading.
+                        with contextlib.suppress(ConnectionClosed):
+                            await self.send({"type": "pong", "t": message["t"]})
                         continue
                     skipped.append(message)
         finally:
