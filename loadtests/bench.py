@@ -31,6 +31,12 @@ per connection with permessage-deflate offered / not offered / off in uvicorn.
 
     python -m loadtests.bench --configs memory:1,redis:1 --phases new --compare-deflate
 
+A frame's time is when the harness read it from its socket, before parsing it: every socket
+is read first and parsed later (`--client-read read-first`, `loadtests.wsclient.ReadFirst`),
+so one process holding thousands of sockets times arrivals as thousands of machines would;
+"pause all" also reports when the last frame was parsed (`parsed`; `--client-read inline`:
+parsed as read, socket after socket, the figure of the sessions before the eighth).
+
 Results: `bench-results/results.json`, `bench-results/bench.png` and tables on stdout
 (`--summary FILE`: the comparison as markdown). Everything runs on 127.0.0.1, and every wait
 is bounded.
@@ -79,7 +85,7 @@ from loadtests.servers import (
     rss_bytes,
     workdir,
 )
-from loadtests.wsclient import WsPeer, connect
+from loadtests.wsclient import READ_MODES, ReadFirst, WsPeer, connect
 
 DEFAULT_SIZES = (1000, 5000)
 FULL_SIZES = (1000, 5000, 10000)
@@ -126,7 +132,7 @@ class Candidate:
             self.status = message.get("session", {}).get("status", self.status)
             tracker = bench.trackers.get(message.get("command_id", ""))
             if tracker is not None:
-                tracker.arrived(now)
+                tracker.arrived(peer.arrived_at, now)
             if bench.ack:
                 peer.send({"type": "ack", "command_id": message.get("command_id")})
         elif kind in ("opened", "refused"):
@@ -155,6 +161,7 @@ class Candidate:
         self.peer = await connect(
             ws_url(self.url, "/ws/candidate"), self.on_message, protocol=self.bench.protocol,
             on_close=self.on_close, deflate=self.bench.deflate, timeout=self.bench.timeout,
+            reader=self.bench.reader,
         )
         message: dict[str, Any] = {"type": "open", "access_code": self.code, "client_id": "bench"}
         if resume and self.resume_token:
@@ -195,9 +202,9 @@ class Proctor:
             if self.snapshot is not None and not self.snapshot.done():
                 self.snapshot.set_result(message)
         elif kind == "event":
-            self.on_event(message["event"], time.perf_counter())
+            self.on_event(message["event"], peer.arrived_at)
         elif kind in ("event_batch", "events"):  # a burst of deltas, or gap recovery
-            now = time.perf_counter()
+            now = peer.arrived_at
             for event in message["events"]:
                 self.on_event(event, now)
         elif kind == "error":
@@ -234,7 +241,7 @@ class Proctor:
         self.peer = await connect(
             ws_url(url, "/ws/proctor"), self.on_message, protocol=self.bench.protocol,
             on_close=self.on_close, headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"},
-            timeout=self.bench.timeout,
+            timeout=self.bench.timeout, reader=self.bench.reader,
         )
         self.peer.send({"type": "subscribe", "exam_id": exam_id})
         async with asyncio.timeout(max(self.bench.timeout, 60)):
@@ -256,6 +263,8 @@ class Bench:
         self.deflate: bool = args.deflate
         self.ack = not args.no_ack
         self.timeout: float = args.timeout
+        # every socket of the run (ours or the peer's) read, and stamped, before it is parsed
+        self.reader = ReadFirst() if args.client_read == "read-first" else None
         self.trackers: dict[str, Arrivals] = {}
         self.idle_cpu_rate = 0.0  # server CPU seconds per second while idle (comparison phases)
         self.pings = 0
@@ -271,6 +280,7 @@ class Bench:
             "config": f"{backend}:{servers}" + (f"x{workers}w" if workers > 1 else ""),
             "backend": backend, "servers": servers, "workers": workers, "n": n,
             "deflate_offered": self.deflate, "server_deflate": args.server_deflate or "default",
+            "client_read": args.client_read,
         }
 
     def note_error(self, text: str) -> None:
@@ -464,11 +474,13 @@ class Bench:
         finally:
             self.trackers.pop(command_id, None)
         arrivals = [t - tracker.started for t in tracker.arrivals]
+        parsed = [t - tracker.started for t in tracker.parsed]
         dashboard = [t - tracker.started for t in tracker.dashboard]
         return {
             "applied": applied, "received": len(arrivals), "lost": applied - len(arrivals),
             "first_ms": ms(min(arrivals) if arrivals else None),
             "last_ms": ms(max(arrivals) if arrivals else None),
+            "last_parsed_ms": ms(max(parsed) if parsed else None),
             "p50_ms": ms(percentile(arrivals, 50)), "rest_ms": ms(rest_seconds),
             "dashboard_deltas": len(dashboard),
             "dashboard_last_ms": ms(max(dashboard) if dashboard else None),
@@ -705,6 +717,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("cmd p99", lambda r: r["targeted"]["p99_ms"]),
     ("cmd max", lambda r: r["targeted"]["max_ms"]),
     ("pause-all last", lambda r: r["pause_all"]["last_ms"]),
+    ("parsed", lambda r: r["pause_all"].get("last_parsed_ms")),
     ("pause REST", lambda r: r["pause_all"]["rest_ms"]),
     ("dash p50", lambda r: r["dashboard"]["p50_ms"]),
     ("dash p99", lambda r: r["dashboard"]["p99_ms"]),
@@ -847,6 +860,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launcher", default="",
                         help="run this Python script with uvicorn's arguments instead of "
                         "`python -m uvicorn` (to try a patched server)")
+    parser.add_argument("--client-read", choices=READ_MODES, default=READ_MODES[0],
+                        help="read-first (default): every socket's data is stamped as it is "
+                        "read and parsed later, between the loop's polls, so one harness "
+                        "process times arrivals as separate machines would; inline: parsed "
+                        "(and acked) at once, socket after socket, as before the eighth "
+                        "session (its figure is the `parsed` one)")
     parser.add_argument("--no-chart", action="store_true")
     new = parser.add_argument_group("comparison phases and the python-socketio peer")
     new.add_argument("--phases", default="all",

@@ -9,7 +9,8 @@ Phases (run on the real server and on the peer, `loadtests/peer_socketio.py`, al
   p50/p99, the achieved send rate (the harness says when it could not keep up), and the
   highest rate whose delivery p99 was <= 25 ms with nothing lost (`max_rate_p99_25ms`);
 * `pause_repeats`: "pause all" then "resume all", `--pause-repeats` times: p50 over the repeats
-  of the last candidate's arrival and of the REST answer;
+  of the last candidate's arrival (read from its socket) and of the REST answer, and of when
+  the harness had parsed the last frame (`parsed`) and its own CPU meanwhile;
 * `hall`: every candidate reports progress every `--hall-period` s (spread evenly) for
   `--hall-seconds`, while targeted commands flow at `--hall-command-rate`/s (each acked) and a
   dashboard times each progress -> delta: messages/s handled, delta p50/p99, lost.
@@ -90,19 +91,26 @@ def deflate_args(setting: str) -> list[str]:
 
 
 class Arrivals:
-    """Where one command id arrived: at candidates, and at the proctor (`dashboard`)."""
+    """Where one command id arrived: at candidates, and at the proctor (`dashboard`).
 
-    __slots__ = ("arrivals", "dashboard", "done", "expected", "started")
+    `arrivals`: when the harness read each candidate's frame from its socket, before parsing
+    it (`WsPeer.arrived_at`); `parsed`: when it had parsed it (the only stamp before the
+    eighth session: with one process reading every socket, it includes that process's own
+    backlog)."""
+
+    __slots__ = ("arrivals", "dashboard", "done", "expected", "parsed", "started")
 
     def __init__(self, started: float, expected: int | None = None) -> None:
         self.started = started
         self.expected = expected
         self.arrivals: list[float] = []
+        self.parsed: list[float] = []
         self.dashboard: list[float] = []
         self.done = asyncio.Event()
 
-    def arrived(self, now: float) -> None:
-        self.arrivals.append(now)
+    def arrived(self, at: float, parsed: float) -> None:
+        self.arrivals.append(at)
+        self.parsed.append(parsed)
         self.check()
 
     def check(self) -> None:
@@ -135,7 +143,7 @@ class PeerCandidate:
             command_id = data.get("command_id", "") if isinstance(data, dict) else ""
             tracker = bench.trackers.get(command_id)
             if tracker is not None:
-                tracker.arrived(now)
+                tracker.arrived(peer.arrived_at, now)
             if bench.ack:
                 peer.emit("ack", {"command_id": command_id})
 
@@ -149,7 +157,8 @@ class PeerCandidate:
         started = time.perf_counter()
         self.peer = await connect_sio(
             self.url, self.on_event, {"role": "candidate", "exam": self.exam, "candidate": self.id},
-            on_close=self.on_close, deflate=self.bench.deflate, timeout=self.bench.timeout)
+            on_close=self.on_close, deflate=self.bench.deflate, timeout=self.bench.timeout,
+            reader=self.bench.reader)
         self.alive = True
         return time.perf_counter() - started, {"type": "opened"}
 
@@ -178,9 +187,9 @@ class PeerProctor:
 
     def on_sio(self, peer: SioPeer, name: str, data: Any) -> None:
         if name == "event" and isinstance(data, dict):
-            self.on_event(data, time.perf_counter())
+            self.on_event(data, peer.arrived_at)
         elif name == "event_batch" and isinstance(data, dict):
-            now = time.perf_counter()
+            now = peer.arrived_at
             for event in data.get("events", []):
                 self.on_event(event, now)
 
@@ -205,7 +214,7 @@ class PeerProctor:
     async def watch(self, url: str, exam_id: str) -> float:
         started = time.perf_counter()
         self.peer = await connect_sio(url, self.on_sio, {"role": "proctor", "exam": exam_id},
-                                      timeout=self.bench.timeout)
+                                      timeout=self.bench.timeout, reader=self.bench.reader)
         return time.perf_counter() - started
 
 
@@ -359,6 +368,7 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
     # less what the server spends idle meanwhile (heartbeat, sweeper, presence)
     server_cpu = max(0.0, server_cpu - bench.idle_cpu_rate * (time.perf_counter() - started))
     delivery = [t.arrivals[0] - t.started for t in applied if t.arrivals]
+    parsed = [t.parsed[0] - t.started for t in applied if t.parsed]
     if os.environ.get("BENCH_DELIVERY_LOG"):  # measurement only: each delivery, when sent
         offset = time.time() - time.perf_counter()
         lines = [f"{tag} {t.started + offset:.3f} {t.arrivals[0] - t.started:.4f}\n"
@@ -385,6 +395,7 @@ async def command_step(bench: Bench, cmd: Commander, candidates: list[Any], rate
         "harness_cpu_share": round(harness_cpu, 2), "send_lag_p99_ms": p_ms(lag, 99),
         "p50_ms": p_ms(delivery, 50), "p99_ms": p_ms(delivery, 99),
         "max_ms": ms(max(delivery) if delivery else None),
+        "parsed_p99_ms": p_ms(parsed, 99),
         "rest_p50_ms": p_ms(rest, 50), "rest_p99_ms": p_ms(rest, 99),
         "http_errors": errors, "server_cpu_s": round(server_cpu, 3),
         "server_cpu_ms_per_command": round(1000 * server_cpu / sent, 3) if sent else None,
@@ -433,6 +444,8 @@ async def throughput(bench: Bench, cmd: Commander, candidates: list[Any]) -> dic
 async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) -> dict[str, Any]:
     command_id = f"bulk-{action}-{uuid.uuid4().hex[:8]}"
     cpu0, redis_cpu0 = bench.server_cpu(), bench.redis_cpu()
+    harness = psutil.Process()
+    harness_cpu0 = sum(harness.cpu_times()[:2])
     tracker = Arrivals(time.perf_counter())
     bench.trackers[command_id] = tracker
     try:
@@ -445,21 +458,26 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
                 await tracker.done.wait()
     finally:
         bench.trackers.pop(command_id, None)
+    # the harness's own CPU from the call until it had parsed the last frame (and acked it)
+    harness_cpu = sum(harness.cpu_times()[:2]) - harness_cpu0
     server_cpu = bench.server_cpu() - cpu0  # the command, its fan-out and the acks so far
     redis_cpu = bench.redis_cpu() - redis_cpu0
     raw_cpu = server_cpu
     server_cpu = max(0.0, server_cpu - bench.idle_cpu_rate * (time.perf_counter()
                                                                - tracker.started))
     arrivals = [t - tracker.started for t in tracker.arrivals]
+    parsed = [t - tracker.started for t in tracker.parsed]
     dashboard = [t - tracker.started for t in tracker.dashboard]
     return {
         "hall": expected, "applied": applied, "received": len(arrivals),
         "lost": max(0, (tracker.expected or 0) - len(arrivals)),
         "last_ms": ms(max(arrivals) if arrivals else None),
+        "last_parsed_ms": ms(max(parsed) if parsed else None),
         "p50_ms": p_ms(arrivals, 50), "rest_ms": ms(rest_seconds),
         "dashboard_last_ms": ms(max(dashboard) if dashboard else None),
         "server_cpu_ms": round(1000 * server_cpu, 1), "server_cpu_raw_ms": round(1000 * raw_cpu, 1),
         "redis_cpu_ms": round(1000 * redis_cpu, 1),
+        "harness_cpu_ms": round(1000 * harness_cpu, 1),
     }
 
 
@@ -473,10 +491,10 @@ async def pause_repeats(bench: Bench, cmd: Commander, candidates: list[Any]) -> 
         expected = sum(1 for c in candidates if c.alive)
         pauses.append(await bulk_once(bench, cmd, "pause", expected))
         print(f"  {bench.result['config']} N={bench.n} pause all: last {pauses[-1]['last_ms']} "
-              f"ms, REST {pauses[-1]['rest_ms']} ms, server CPU "
-              f"{pauses[-1]['server_cpu_ms']} ms ({pauses[-1]['server_cpu_raw_ms']} ms before "
-              f"taking off idle work), Redis CPU {pauses[-1]['redis_cpu_ms']} ms",
-              flush=True)
+              f"ms (parsed {pauses[-1]['last_parsed_ms']} ms), REST {pauses[-1]['rest_ms']} ms, "
+              f"server CPU {pauses[-1]['server_cpu_ms']} ms ({pauses[-1]['server_cpu_raw_ms']} "
+              f"ms before taking off idle work), Redis CPU {pauses[-1]['redis_cpu_ms']} ms, "
+              f"harness CPU {pauses[-1]['harness_cpu_ms']} ms", flush=True)
         await asyncio.sleep(args.pause_gap)
         resumes.append(await bulk_once(bench, cmd, "resume", expected))
         await asyncio.sleep(args.pause_gap)
@@ -500,12 +518,14 @@ def summarize_pauses(n: int, pauses: list[dict[str, Any]],
         "whole_hall_repeats": len(whole_pauses),
         "smallest_hall": min((b["hall"] for b in pauses + resumes), default=None),
         "pause_last_p50_ms": median([p["last_ms"] for p in whole_pauses]),
+        "pause_last_parsed_p50_ms": median([p.get("last_parsed_ms") for p in whole_pauses]),
         "pause_rest_p50_ms": median([p["rest_ms"] for p in whole_pauses]),
         "resume_last_p50_ms": median([r["last_ms"] for r in whole_resumes]),
         "resume_rest_p50_ms": median([r["rest_ms"] for r in whole_resumes]),
         "pause_server_cpu_p50_ms": median([p["server_cpu_ms"] for p in whole_pauses]),
         "pause_server_cpu_raw_p50_ms": median([p["server_cpu_raw_ms"] for p in whole_pauses]),
         "pause_redis_cpu_p50_ms": median([p["redis_cpu_ms"] for p in whole_pauses]),
+        "pause_harness_cpu_p50_ms": median([p.get("harness_cpu_ms") for p in whole_pauses]),
         "last_p50_ms": median([b["last_ms"] for b in whole_pauses + whole_resumes]),
         "applied": sum(b["applied"] for b in pauses + resumes),
         "received": sum(b["received"] for b in pauses + resumes),
@@ -726,6 +746,7 @@ def compare_columns(rates: list[float]) -> list[tuple[str, Any]]:
          lambda r: step_at(r, rates[-1], "achieved_per_s") if rates else None),
         ("max rate p99<=25", lambda r: r["throughput"]["max_rate_p99_25ms"]),
         ("pause-all last p50", lambda r: r["pause_repeats"]["pause_last_p50_ms"]),
+        ("parsed p50", lambda r: r["pause_repeats"].get("pause_last_parsed_p50_ms")),
         ("pause REST p50", lambda r: r["pause_repeats"]["pause_rest_p50_ms"]),
         ("pause CPU ms", lambda r: r["pause_repeats"].get("pause_server_cpu_p50_ms")),
         ("hall msgs/s", lambda r: r["hall"]["progress_acks_per_s"]),
@@ -803,6 +824,7 @@ def headline_values(run: dict[str, Any]) -> dict[str, float | None]:
         "max_rate": get("throughput", "max_rate_p99_25ms"),
         "max_sent": get("throughput", "max_sent_per_s"),
         "pause_last": get("pause_repeats", "pause_last_p50_ms"),
+        "pause_parsed": get("pause_repeats", "pause_last_parsed_p50_ms"),
         "pause_rest": get("pause_repeats", "pause_rest_p50_ms"),
         "hall_rate": get("hall", "progress_acks_per_s"),
         "hall_p50": get("hall", "p50_ms"),
@@ -818,6 +840,8 @@ HEADLINES = [
     ("max_sent", "targeted commands answered per second, best step", "/s", False, "higher",
      "lower"),
     ("pause_last", "pause-all last candidate (p50 of repeats)", " ms", True, "faster", "slower"),
+    ("pause_parsed", "pause-all last candidate parsed by the harness (p50 of repeats)", " ms",
+     True, "faster", "slower"),
     ("pause_rest", "pause-all REST answer (p50 of repeats)", " ms", True, "faster", "slower"),
     ("hall_rate", "hall traffic progress+acks handled", " msg/s", False, "higher", "lower"),
     ("hall_p50", "hall dashboard delta p50", " ms", True, "faster", "slower"),

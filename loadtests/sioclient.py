@@ -4,7 +4,9 @@
 `0{"sid", "pingInterval", ...}`, the client connects the default namespace with `40{auth}`
 (answer `40{"sid"}`, or `44{...}` when refused), events are `42["name", data]`, the server
 pings with `2` and the client answers `3`. Built on `loadtests.wsclient.WsPeer`: no task and no
-queue per socket, so one process holds thousands of them.
+queue per socket, so one process holds thousands of them; `reader` (a shared
+`loadtests.wsclient.ReadFirst`) stamps each chunk as it is read and parses it later, as for
+the real server's candidates.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from loadtests.wsclient import WsPeer
+from loadtests.wsclient import ReadFirst, WsPeer
 
 OnEvent = Callable[["SioPeer", str, Any], None]
 OnClose = Callable[["SioPeer"], None]
@@ -36,9 +38,10 @@ class SioPeer(WsPeer):
     """One socket.io client socket; `on_event(peer, name, data)` per event, pings answered."""
 
     def __init__(self, url: str, on_event: OnEvent, auth: dict[str, Any],
-                 on_close: OnClose | None = None, deflate: bool = False) -> None:
+                 on_close: OnClose | None = None, deflate: bool = False,
+                 reader: ReadFirst | None = None) -> None:
         super().__init__(url, "", _ignore, on_close=on_close,  # type: ignore[arg-type]
-                         deflate=deflate)
+                         deflate=deflate, reader=reader)
         extensions = [ClientPerMessageDeflateFactory()] if deflate else None
         self.ws = ClientProtocol(parse_uri(url), max_size=256 * 1024 * 1024,
                                  extensions=extensions)
@@ -52,10 +55,10 @@ class SioPeer(WsPeer):
             self.received += 1
             self._packet(bytes(frame.data).decode())
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self, exc: Exception | None, at: float) -> None:
         if not self.connected.done():
             self.connected.set_exception(ConnectionError(f"connection lost: {exc!r}"))
-        super().connection_lost(exc)
+        super()._lost(exc, at)
 
     def _packet(self, text: str) -> None:
         kind = text[:1]
@@ -106,12 +109,13 @@ async def connect_sio(
     on_close: OnClose | None = None,
     deflate: bool = False,
     timeout: float = 30.0,
+    reader: ReadFirst | None = None,
 ) -> SioPeer:
     """Open `base_url` (`http://host:port`) and connect the default namespace with `auth`."""
     parts = urlsplit(base_url)
     url = f"ws://{parts.hostname}:{parts.port or 80}{PATH}"
     loop = asyncio.get_running_loop()
-    peer = SioPeer(url, on_event, auth, on_close=on_close, deflate=deflate)
+    peer = SioPeer(url, on_event, auth, on_close=on_close, deflate=deflate, reader=reader)
     async with asyncio.timeout(timeout):
         await loop.create_connection(lambda: peer, parts.hostname or "127.0.0.1", parts.port or 80)
         await peer.handshake

@@ -3,11 +3,21 @@
 No task, no queue and no buffer per connection beyond what the transport needs: frames are
 decoded and handed to a callback from `data_received`, so one process holds 10,000 sockets
 while leaving most of the machine to the server under test.
+
+Every chunk read is stamped (`clock()`) before anything is parsed; the callback finds the
+stamp of the chunk that completed its frame in `peer.arrived_at`. By default a chunk is
+parsed at once, in `data_received` (`inline`). With a shared `ReadFirst` (the benchmark's
+default), `data_received` only stamps the chunk and queues it: the parsing (frames, msgpack,
+the callback and whatever it writes back, e.g. an ack) runs later, in slices between the
+loop's polls, so a burst across thousands of sockets is read, and stamped, as it comes
+rather than one socket after the other's parse, as thousands of separate machines would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +34,46 @@ from loadtests.common import MSGPACK, decode, encode
 
 OnMessage = Callable[["WsPeer", dict[str, Any]], None]
 OnClose = Callable[["WsPeer"], None]
+clock = time.perf_counter  # the stamps' clock (on Linux CLOCK_MONOTONIC, as time.monotonic)
+READ_MODES = ("read-first", "inline")
+
+
+class ReadFirst:
+    """Reads first, parses later: one queue of what any number of `WsPeer`s read.
+
+    `data_received` (and the end of a stream, and the connection's loss) only appends to the
+    queue, with the chunk's stamp; the queue is worked off in slices of at most `slice_s`
+    seconds, each scheduled with `call_soon`, so the event loop polls the sockets between two
+    slices and a chunk's stamp is at most about one slice later than its arrival in the socket
+    (for as long as reading alone keeps up with the sender). Everything is handled in the
+    order it was read: each socket's chunks, end and loss in their own order.
+    """
+
+    def __init__(self, slice_s: float = 0.0005) -> None:
+        self.slice_s = slice_s
+        self.pending: deque[tuple[Callable[[Any, float], None], Any, float]] = deque()
+        self.scheduled = False
+        self.most_pending = 0  # the longest the queue got
+
+    def push(self, handle: Callable[[Any, float], None], arg: Any, at: float) -> None:
+        self.pending.append((handle, arg, at))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._work)
+
+    def _work(self) -> None:
+        pending = self.pending
+        self.most_pending = max(self.most_pending, len(pending))
+        until = clock() + self.slice_s
+        while pending:
+            handle, arg, at = pending.popleft()
+            handle(arg, at)
+            if clock() >= until:
+                break
+        if pending:
+            asyncio.get_running_loop().call_soon(self._work)
+        else:
+            self.scheduled = False
 
 
 class WsPeer(asyncio.Protocol):
@@ -37,6 +87,7 @@ class WsPeer(asyncio.Protocol):
         on_close: OnClose | None = None,
         headers: dict[str, str] | None = None,
         deflate: bool = False,
+        reader: ReadFirst | None = None,
     ) -> None:
         extensions = [ClientPerMessageDeflateFactory()] if deflate else None
         self.ws = ClientProtocol(
@@ -54,6 +105,8 @@ class WsPeer(asyncio.Protocol):
         self.close_code: int | None = None
         self.received = 0
         self.sent = 0
+        self.reader = reader
+        self.arrived_at = 0.0  # clock() when the chunk completing the current frame was read
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -66,6 +119,14 @@ class WsPeer(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        at = clock()  # first: the frame's arrival, before any parsing
+        if self.reader is not None:
+            self.reader.push(self._parse, data, at)
+        else:
+            self._parse(data, at)
+
+    def _parse(self, data: bytes, at: float) -> None:
+        self.arrived_at = at
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Response):
@@ -92,11 +153,23 @@ class WsPeer(asyncio.Protocol):
             self.on_message(self, decode(bytes(frame.data).decode()))
 
     def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush()
+        if self.reader is not None:  # after the chunks read before it
+            self.reader.push(self._eof, None, clock())
+        else:
+            self._eof(None, 0.0)
         return None
 
+    def _eof(self, _: None, at: float) -> None:
+        self.ws.receive_eof()
+        self._flush()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.reader is not None:  # after the chunks read before it
+            self.reader.push(self._lost, exc, clock())
+        else:
+            self._lost(exc, 0.0)
+
+    def _lost(self, exc: Exception | None, at: float) -> None:
         self.closed = True
         if self.close_code is None:
             self.close_code = self.ws.close_code
@@ -159,10 +232,11 @@ async def connect(
     headers: dict[str, str] | None = None,
     deflate: bool = False,
     timeout: float = 30.0,
+    reader: ReadFirst | None = None,
 ) -> WsPeer:
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    peer = WsPeer(url, protocol, on_message, on_close, headers, deflate)
+    peer = WsPeer(url, protocol, on_message, on_close, headers, deflate, reader)
     async with asyncio.timeout(timeout):
         await loop.create_connection(lambda: peer, parts.hostname or "127.0.0.1", parts.port or 80)
         await peer.handshake

@@ -118,8 +118,9 @@ COMPARE = {
     "hold": ["alive", "lost"],
     "memory": ["kib_per_conn"],
     "throughput": ["steps", "lost", "max_sent_per_s"],
-    "pause_repeats": ["repeats", "pause_last_p50_ms", "pause_rest_p50_ms", "applied",
-                      "received", "lost"],
+    "pause_repeats": ["repeats", "pause_last_p50_ms", "pause_last_parsed_p50_ms",
+                      "pause_rest_p50_ms", "pause_harness_cpu_p50_ms", "applied", "received",
+                      "lost"],
     "hall": ["progress_sent", "received", "lost", "p50_ms", "p99_ms", "progress_acks_per_s"],
 }
 STEP = ["rate_per_s", "sent", "applied", "received", "lost", "achieved_per_s", "p50_ms",
@@ -156,6 +157,10 @@ def test_benchmark_comparison_with_the_peer(tmp_path: Path) -> None:
         pauses = run["pause_repeats"]
         assert pauses["repeats"] == 2
         assert all(b["received"] == n for b in pauses["pause"] + pauses["resume"])
+        # every socket (ours and the peer's) is read, and stamped, before it is parsed
+        assert run["client_read"] == "read-first"
+        assert all(b["last_ms"] <= b["last_parsed_ms"]
+                   for b in pauses["pause"] + pauses["resume"]), pauses
         hall = run["hall"]
         assert hall["progress_sent"] == hall["received"] > 0
         assert hall["commands"]["received"] == hall["commands"]["applied"] > 0
@@ -166,6 +171,7 @@ def test_benchmark_comparison_with_the_peer(tmp_path: Path) -> None:
     assert [d["negotiated"] for d in deflate] == [n, 0, 0]
     assert all(d["held"] == n and d["kib_per_conn"] is not None for d in deflate)
     assert "(peer " in result.stdout and "cheapest per connection" in result.stdout
+    assert "pause-all last candidate parsed by the harness" in result.stdout
     assert "peer:1" in summary.read_text()
 
 
@@ -298,12 +304,14 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
 
 
 def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
-    """`--timeline` prints, per repeat, the answer, the child's first and last frame and
-    what ran on the loop meanwhile (the bulk commit, the fan-out, marked `*` when it started
-    before the last frame); `--store redis` runs the server on a private Redis."""
+    """`--timeline` prints, per repeat, the answer, the child's first frame, when it read and
+    parsed the last (`--client-read read-first`: every socket read before any is parsed) and
+    its CPU meanwhile, and what ran on the loop meanwhile (the bulk commit, the fan-out,
+    marked `*` when it started before the last frame); `--store redis` runs the server on a
+    private Redis."""
     result = _run(
         [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "2",
-         "--acks", "--timeline", "--store", "redis"],
+         "--acks", "--timeline", "--store", "redis", "--client-read", "read-first"],
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -314,7 +322,9 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     assert summary["redis_cpu_ms_p50"] >= 0 and summary["answer_ms_p50"] > 0, summary
     assert "EVALSHA" in result.stdout and "last frame" in result.stdout
     timelines = [line for line in result.stdout.splitlines() if "timeline " in line]
-    assert len(timelines) == 2 and all("last frame" in line for line in timelines), timelines
+    assert len(timelines) == 2, timelines
+    assert all("last frame read" in line and ", parsed " in line and "child's CPU" in line
+               for line in timelines), timelines
     assert "* " in result.stdout and "store commit x" in result.stdout
 
 
@@ -439,8 +449,8 @@ def test_locust_verdict_fails_on_failures_or_slow_commands() -> None:
 
 def _bulk(hall: int, last_ms: float) -> dict[str, float]:
     return {"hall": hall, "applied": hall, "received": hall, "lost": 0, "last_ms": last_ms,
-            "rest_ms": last_ms / 2, "server_cpu_ms": 1.0, "server_cpu_raw_ms": 1.0,
-            "redis_cpu_ms": 0.0}
+            "last_parsed_ms": last_ms + 100, "rest_ms": last_ms / 2, "server_cpu_ms": 1.0,
+            "server_cpu_raw_ms": 1.0, "redis_cpu_ms": 0.0, "harness_cpu_ms": 50.0}
 
 
 def test_pause_figures_count_only_repeats_that_reached_the_whole_hall() -> None:
@@ -452,6 +462,7 @@ def test_pause_figures_count_only_repeats_that_reached_the_whole_hall() -> None:
     ours = summarize_pauses(n, [_bulk(n, 600.0), _bulk(n, 700.0), _bulk(n, 650.0)],
                             [_bulk(n, 650.0)])
     assert ours["pause_last_p50_ms"] == 650.0 and ours["whole_hall_repeats"] == 3
+    assert ours["pause_last_parsed_p50_ms"] == 750.0 and ours["pause_harness_cpu_p50_ms"] == 50.0
     # the peer reached everyone once (slowly), then only the 954 it still held
     peer = summarize_pauses(n, [_bulk(n, 1400.0), _bulk(954, 140.0), _bulk(954, 190.0)],
                             [_bulk(954, 200.0)])
@@ -465,3 +476,56 @@ def test_pause_figures_count_only_repeats_that_reached_the_whole_hall() -> None:
     assert "pause-all last candidate (p50 of repeats) 650.0 ms (peer None ms, no ratio)" in text
     assert ("note: the peer's \"pause all\" reached at most 954 of 5000 candidates" in text)
     assert "note: ours" not in text
+
+
+@pytest.mark.parametrize("read_first", [True, False])
+async def test_the_harness_reads_every_socket_of_a_burst_before_parsing_any(
+        read_first: bool) -> None:
+    """A frame written to many sockets at once, as a "pause all": with `ReadFirst` (the
+    benchmark's default) the harness reads, and stamps, every socket's frame before it parses
+    the first, so no socket's arrival waits for the others' parsing (thousands of browsers
+    read in parallel); inline, each socket is read only after the previous one was parsed."""
+    import asyncio
+
+    import msgpack
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+    from loadtests.common import MSGPACK
+    from loadtests.wsclient import ReadFirst, WsPeer, clock, connect
+
+    k = 40
+    server_side: list[ServerConnection] = []
+    all_in = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        server_side.append(connection)
+        if len(server_side) == k:
+            all_in.set()
+        await connection.wait_closed()
+
+    parsed: list[float] = []
+    arrived: list[float] = []
+    done = asyncio.Event()
+
+    def on_message(peer: WsPeer, message: dict[str, object]) -> None:
+        parsed.append(clock())
+        arrived.append(peer.arrived_at)
+        if len(parsed) == k:
+            done.set()
+
+    reader = ReadFirst() if read_first else None
+    async with serve(handler, "127.0.0.1", 0, subprotocols=[MSGPACK]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        peers = [await connect(f"ws://127.0.0.1:{port}/", on_message, reader=reader)
+                 for _ in range(k)]
+        async with asyncio.timeout(30):
+            await all_in.wait()
+            broadcast(server_side, msgpack.packb({"type": "command", "command_id": "all"}))
+            await done.wait()
+        for peer in peers:
+            peer.abort()
+    if read_first:
+        assert max(arrived) < min(parsed)
+        assert reader is not None and reader.most_pending >= k
+    else:
+        assert max(arrived) > min(parsed)  # the last socket was read after the first parse
