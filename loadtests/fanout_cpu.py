@@ -26,7 +26,10 @@ server's RSS per open candidate socket (`rss_kib_per_conn`: RSS with every candi
 minus before the first connected, over the sessions).
 
 `--timeline` prints, per repeat, when the command returned (the answer), when the child got
-the first and the last frame (`time.monotonic`, one clock for both processes), and what ran on
+the first frame and when it read and parsed the last (`time.monotonic`, one clock for both
+processes; read = stamped by `loadtests.wsclient` before parsing) with the child's CPU from
+the first frame parsed to the last (`--client-read read-first`: the child reads every socket
+before parsing, as the benchmark does; `inline`, the default here: as before), and what ran on
 the loop from the call until 0.5 s after the last frame, each with its start, end and CPU of
 the loop's thread: store commits (the bulk one, the acks'), the fan-out (the hand-off), the
 Redis echo's dispatch, the dashboard batch, the drainer's claim, SQL write and ack, and every
@@ -54,6 +57,7 @@ from typing import Any
 from loadtests.common import MSGPACK, raise_nofile, ws_url
 from loadtests.inprocess import create_hall, start_in_process
 from loadtests.servers import BENCH_STAFF_TOKEN
+from loadtests.wsclient import READ_MODES
 from realtime.config import WS_IMPLS
 
 EXAM = "fanout"
@@ -62,12 +66,16 @@ EXAM = "fanout"
 # -- the child: holds the sockets ---------------------------------------------------------------
 
 
-async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks: bool) -> None:
-    from loadtests.wsclient import WsPeer, connect
+async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks: bool,
+               client_read: str = "inline") -> None:
+    from loadtests.wsclient import ReadFirst, WsPeer, connect
 
+    reader = ReadFirst() if client_read == "read-first" else None
     n = len(codes)
     counts: dict[str, int] = {}
     first_at: dict[str, float] = {}
+    first_cpu: dict[str, float] = {}
+    last_read: dict[str, float] = {}
     opened = 0
     all_opened = asyncio.get_running_loop().create_future()
     deltas: dict[str, int] = {}
@@ -83,10 +91,16 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
             command_id = message.get("command_id", "")
             counts[command_id] = counts.get(command_id, 0) + 1
             first_at.setdefault(command_id, time.monotonic())
+            first_cpu.setdefault(command_id, time.process_time())
+            # read from the socket (before parsing; perf_counter is CLOCK_MONOTONIC too)
+            last_read[command_id] = max(last_read.get(command_id, 0.0), peer.arrived_at)
             if acks:
                 peer.send({"type": "ack", "command_id": command_id})
             if counts[command_id] == n:
-                times = {"first": first_at[command_id], "last": time.monotonic()}
+                times = {"first": first_at[command_id], "last": time.monotonic(),
+                         "last_read": last_read[command_id],
+                         # the child's CPU from the first frame parsed to the last
+                         "cpu": time.process_time() - first_cpu[command_id]}
                 compact = {"separators": (",", ":")}
                 print(f"done {command_id} {json.dumps(deltas, **compact)} "
                       f"{json.dumps(times, **compact)}", flush=True)
@@ -111,7 +125,7 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
     async def one(code: str) -> None:
         async with limit:
             peer = await connect(ws_url(url, "/ws/candidate"), on_candidate, protocol=protocol,
-                                 timeout=120)
+                                 timeout=120, reader=reader)
             peers.append(peer)
             peer.send({"type": "open", "access_code": code, "client_id": "fanout"})
 
@@ -155,6 +169,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtests.fanout_cpu", "--hold", base, "--protocol", args.protocol,
         "--dashboards", str(args.dashboards), *(["--acks"] if args.acks else []),
+        "--client-read", args.client_read,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
     )
     assert child.stdin is not None and child.stdout is not None
@@ -377,7 +392,10 @@ class Timeline:
         t0 = self.t0
         last = child["last"]
         print(f"  timeline {rep}: answer {1000 * (answer_at - t0):.1f}, first frame "
-              f"{1000 * (child['first'] - t0):.1f}, last frame {1000 * (last - t0):.1f} ms")
+              f"{1000 * (child['first'] - t0):.1f}, last frame read "
+              f"{1000 * (child['last_read'] - t0):.1f}, parsed {1000 * (last - t0):.1f} ms; "
+              f"the child's CPU from the first frame to the last parsed "
+              f"{1000 * child['cpu']:.1f} ms")
         for name, start, end, cpu in sorted(self.rows, key=lambda r: r[1]):
             mark = "*" if start < last else " "
             cpu_text = f" cpu {1000 * cpu:6.1f}"
@@ -488,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
                         "`realtime serve`'s)")
     parser.add_argument("--write-slice", type=int, default=0,
                         help="rows per statement of the drainer's SQL write (0: the default)")
+    parser.add_argument("--client-read", choices=READ_MODES, default="inline",
+                        help="the child's reading (loadtests.wsclient): inline (default) or "
+                        "read-first; the timeline shows when the last frame was read and "
+                        "when parsed either way")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()
@@ -495,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.hold:
         codes = json.loads(sys.stdin.readline())
-        uvloop.run(hold(args.hold, args.protocol, codes, args.dashboards, args.acks))
+        uvloop.run(hold(args.hold, args.protocol, codes, args.dashboards, args.acks,
+                        args.client_read))
         return 0
     if args.write_slice:
         import realtime.db.database
