@@ -65,15 +65,17 @@ class ReadFirst:
         pending = self.pending
         self.most_pending = max(self.most_pending, len(pending))
         until = clock() + self.slice_s
-        while pending:
-            handle, arg, at = pending.popleft()
-            handle(arg, at)
-            if clock() >= until:
-                break
-        if pending:
-            asyncio.get_running_loop().call_soon(self._work)
-        else:
-            self.scheduled = False
+        try:
+            while pending:
+                handle, arg, at = pending.popleft()
+                handle(arg, at)
+                if clock() >= until:
+                    break
+        finally:  # one socket's error (the loop reports it) does not stop the others'
+            if pending:
+                asyncio.get_running_loop().call_soon(self._work)
+            else:
+                self.scheduled = False
 
 
 class WsPeer(asyncio.Protocol):

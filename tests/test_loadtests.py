@@ -478,24 +478,21 @@ def test_pause_figures_count_only_repeats_that_reached_the_whole_hall() -> None:
     assert "note: ours" not in text
 
 
-@pytest.mark.parametrize("read_first", [True, False])
-async def test_the_harness_reads_every_socket_of_a_burst_before_parsing_any(
-        read_first: bool) -> None:
-    """A frame written to many sockets at once, as a "pause all": with `ReadFirst` (the
-    benchmark's default) the harness reads, and stamps, every socket's frame before it parses
-    the first, so no socket's arrival waits for the others' parsing (thousands of browsers
-    read in parallel); inline, each socket is read only after the previous one was parsed."""
+async def _burst(k: int, reader: object, on_message: object) -> None:
+    """`k` harness sockets (`loadtests.wsclient`, with `reader`) on a websockets server that
+    then writes one frame to all of them at once, as a "pause all"; until each has it."""
     import asyncio
 
     import msgpack
     from websockets.asyncio.server import ServerConnection, broadcast, serve
 
     from loadtests.common import MSGPACK
-    from loadtests.wsclient import ReadFirst, WsPeer, clock, connect
+    from loadtests.wsclient import WsPeer, connect
 
-    k = 40
     server_side: list[ServerConnection] = []
     all_in = asyncio.Event()
+    done = asyncio.Event()
+    count = 0
 
     async def handler(connection: ServerConnection) -> None:
         server_side.append(connection)
@@ -503,20 +500,17 @@ async def test_the_harness_reads_every_socket_of_a_burst_before_parsing_any(
             all_in.set()
         await connection.wait_closed()
 
-    parsed: list[float] = []
-    arrived: list[float] = []
-    done = asyncio.Event()
-
-    def on_message(peer: WsPeer, message: dict[str, object]) -> None:
-        parsed.append(clock())
-        arrived.append(peer.arrived_at)
-        if len(parsed) == k:
+    def counted(peer: WsPeer, message: dict[str, object]) -> None:
+        nonlocal count
+        count += 1
+        if count == k:
             done.set()
+        on_message(peer, message)  # type: ignore[operator]
 
-    reader = ReadFirst() if read_first else None
     async with serve(handler, "127.0.0.1", 0, subprotocols=[MSGPACK]) as server:  # type: ignore[list-item]
         port = server.sockets[0].getsockname()[1]
-        peers = [await connect(f"ws://127.0.0.1:{port}/", on_message, reader=reader)
+        peers = [await connect(f"ws://127.0.0.1:{port}/", counted,
+                               reader=reader)  # type: ignore[arg-type]
                  for _ in range(k)]
         async with asyncio.timeout(30):
             await all_in.wait()
@@ -524,8 +518,47 @@ async def test_the_harness_reads_every_socket_of_a_burst_before_parsing_any(
             await done.wait()
         for peer in peers:
             peer.abort()
+
+
+@pytest.mark.parametrize("read_first", [True, False])
+async def test_the_harness_reads_every_socket_of_a_burst_before_parsing_any(
+        read_first: bool) -> None:
+    """A frame written to many sockets at once, as a "pause all": with `ReadFirst` (the
+    benchmark's default) the harness reads, and stamps, every socket's frame before it parses
+    the first, so no socket's arrival waits for the others' parsing (thousands of browsers
+    read in parallel); inline, each socket is read only after the previous one was parsed."""
+    from loadtests.wsclient import ReadFirst, WsPeer, clock
+
+    k = 40
+    parsed: list[float] = []
+    arrived: list[float] = []
+
+    def on_message(peer: WsPeer, message: dict[str, object]) -> None:
+        parsed.append(clock())
+        arrived.append(peer.arrived_at)
+
+    reader = ReadFirst() if read_first else None
+    await _burst(k, reader, on_message)
+    assert len(parsed) == k
     if read_first:
         assert max(arrived) < min(parsed)
         assert reader is not None and reader.most_pending >= k
     else:
         assert max(arrived) > min(parsed)  # the last socket was read after the first parse
+
+
+async def test_one_socket_s_error_does_not_stop_the_harness_parsing_the_others() -> None:
+    """Read first, an exception in one socket's handling (reported by the loop) leaves the
+    queue worked off: the other sockets' frames are still parsed."""
+    from loadtests.wsclient import ReadFirst, WsPeer
+
+    seen = 0
+
+    def on_message(peer: WsPeer, message: dict[str, object]) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            raise RuntimeError("this socket's handling fails")
+
+    await _burst(20, ReadFirst(), on_message)
+    assert seen == 20
