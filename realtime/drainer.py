@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 
 from realtime.db.database import Database
+from realtime.locks import KeyedLocks
 from realtime.state.model import Event
 from realtime.state.store import Backlog, OutboxEntry, StateStore
 
@@ -61,6 +62,11 @@ class Drainer:
         self._dirty: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Condition()
+        # One drain of an exam at a time in this process: the loop's round and REST reads'
+        # catch-ups would otherwise claim the same pending entries and write them in two
+        # transactions at once (the lease is per process).
+        self._exams = KeyedLocks()
+        self.waited = 0  # drains that waited for one of their exam in flight (for tests)
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -146,15 +152,21 @@ class Drainer:
                 self._caught_up.notify_all()
         return worked
 
-    async def drain_exam(self, exam_id: str) -> int:
+    async def drain_exam(self, exam_id: str, patience: float | None = None) -> int:
         """One claim → write → acknowledge round for one exam: the entries claimed (0 when
-        nothing was there, or another process holds the exam)."""
-        entries = await self.store.outbox_claim(exam_id, self.consumer, BATCH, LEASE)
-        if not entries:
-            return 0
-        await self.write(entries)
-        await self.store.outbox_ack(exam_id, self.consumer, entries)
-        return len(entries)
+        nothing was there, or another process holds the exam). Waits first for a round of the
+        same exam in flight in this process (TimeoutError after `patience` seconds): claimed
+        entries stay pending until acknowledged, so a second round would claim them again
+        and write them in a transaction of its own alongside the first."""
+        if self._exams.held(exam_id):
+            self.waited += 1
+        async with self._exams.hold(exam_id, patience):
+            entries = await self.store.outbox_claim(exam_id, self.consumer, BATCH, LEASE)
+            if not entries:
+                return 0
+            await self.write(entries)
+            await self.store.outbox_ack(exam_id, self.consumer, entries)
+            return len(entries)
 
     async def write(self, entries: list[OutboxEntry]) -> None:
         events = [event for entry in entries for event in entry.events]
@@ -162,14 +174,15 @@ class Drainer:
         self.written += await self.db.write_outbox(events, audit)
 
     async def catch_up(self, exam_id: str, timeout: float = 2.0) -> None:
-        """Make SQL reads of an exam current: drain it now (or, if another process holds it,
-        wait for that one), for at most `timeout` seconds. Reads stay possible when SQL or the
-        drain lags: they then show the history as far as it is written."""
+        """Make SQL reads of an exam current: drain it now (after a drain of it in flight in
+        this process; or, if another process holds it, wait for that one), for at most
+        `timeout` seconds. Reads stay possible when SQL or the drain lags: they then show the
+        history as far as it is written."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with contextlib.suppress(Exception):
             while loop.time() < deadline:
-                while await self.drain_exam(exam_id):
+                while await self.drain_exam(exam_id, max(0.0, deadline - loop.time())):
                     pass
                 if await self.store.outbox_pending(exam_id) == 0:
                     return

@@ -15,15 +15,27 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
 
+    def held(self, key: Any) -> bool:
+        """Whether someone holds (or waits for) the key's lock."""
+        return key in self._locks
+
     @contextlib.asynccontextmanager
-    async def hold(self, key: Any) -> AsyncIterator[None]:
+    async def hold(self, key: Any, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold the key's lock; TimeoutError if it was not free within `timeout` seconds."""
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            if timeout is None:
+                await lock.acquire()
+            else:
+                async with asyncio.timeout(timeout):
+                    await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[key]
             if users <= 1:

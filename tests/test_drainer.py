@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from clients import eventually
+from sqlalchemy import text
 
 from realtime.db.database import Database
 from realtime.drainer import Drainer
@@ -154,3 +157,69 @@ async def test_what_arrives_during_a_round_waits_for_the_next_one(
     await drainer.drain_all()  # shutdown and tests: until a claim finds nothing
     assert written == [[3], [4]] and claims == [1, 1, 0]
     assert [e.seq for e in await db.exam_events(EXAM)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("payload", ["events", "audit"])
+async def test_a_read_catching_up_waits_for_the_drain_of_its_exam_in_flight(
+    db: Database, store: StateStore, monkeypatch: pytest.MonkeyPatch, payload: str
+) -> None:
+    """The drainer's loop has claimed the exam's entries and its transaction is open (rows
+    inserted, not committed) when a REST read catches the exam up. The read used to claim the
+    same entries again (they are pending) and write them in a second transaction: events were
+    safe (the second insert of (exam, seq) waits for the first), but audit rows, kept unique
+    by a NOT EXISTS that cannot see the other uncommitted row, were stored twice on
+    PostgreSQL. Now the read waits for the drain in flight, then drains what is left, and
+    returns with everything in SQL."""
+    await _exam(db, store)
+    audit = {"at": 5.0, "actor": "staff:1", "ip": "", "subject": "x",
+             "action": "session_command", "details": {"n": 1}}
+    if payload == "events":
+        await _commit(store, _event("s0", n=1), _event("s1", n=2))
+    else:
+        await store.append_audit(EXAM, [audit])
+    drainer = Drainer(store, db)
+    inserted, release = asyncio.Event(), asyncio.Event()
+    in_flight: list[str] = []  # drains of the exam past their claim, not yet acknowledged
+    overlaps: list[int] = []  # claims made while another drain of the exam was in flight
+    claim, ack = store.outbox_claim, store.outbox_ack
+    add = db._add_events_in if payload == "events" else db._add_audit_in
+
+    async def claiming(exam_id: str, *args: Any) -> Any:
+        if in_flight:
+            overlaps.append(len(in_flight))
+            release.set()  # nothing waits: let the first drain finish
+        entries = await claim(exam_id, *args)
+        if entries:
+            in_flight.append(exam_id)
+        return entries
+
+    async def acknowledging(exam_id: str, *args: Any) -> None:
+        await ack(exam_id, *args)
+        in_flight.remove(exam_id)
+
+    async def held(conn: Any, rows: Any) -> Any:
+        result = await add(conn, rows)
+        if not inserted.is_set():  # the first drain's rows are in, its transaction open
+            inserted.set()
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(store, "outbox_claim", claiming)
+    monkeypatch.setattr(store, "outbox_ack", acknowledging)
+    monkeypatch.setattr(db, "_add_events_in" if payload == "events" else "_add_audit_in", held)
+
+    first = asyncio.create_task(drainer.drain_exam(EXAM))  # the loop's round
+    await inserted.wait()
+    await _commit(store, _event("s0", n=3))  # more arrives meanwhile
+    read = asyncio.create_task(drainer.catch_up(EXAM, timeout=30.0))
+    await eventually(lambda: drainer.waited or overlaps or read.done())
+    release.set()
+    await read
+    assert overlaps == []
+    assert first.done() and not in_flight  # nothing of the exam is left in flight
+    seqs = [e.seq for e in await db.exam_events(EXAM)]
+    assert seqs == ([1, 2, 3] if payload == "events" else [1])
+    async with db.engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one()
+    assert stored == (1 if payload == "audit" else 0)
+    assert await first == 1  # one outbox entry

@@ -37,3 +37,29 @@ async def test_one_holder_per_key_and_nothing_left_behind() -> None:
     await asyncio.gather(*tasks)
     assert order == ["first in", "other key in", "first out", "second in"]
     assert locks._locks == {}
+
+
+async def test_a_wait_with_a_timeout_gives_up_and_leaves_nothing_behind() -> None:
+    locks = KeyedLocks()
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with locks.hold("s1"):
+            inside.set()
+            await release.wait()
+
+    task = asyncio.create_task(holder())
+    await inside.wait()
+    assert locks.held("s1") and not locks.held("s2")
+    try:
+        async with locks.hold("s1", timeout=0.01):
+            raise AssertionError("the lock is held")
+    except TimeoutError:
+        pass
+    async with locks.hold("s2", timeout=0.01):  # a free key is taken at once
+        pass
+    release.set()
+    await task
+    async with locks.hold("s1", timeout=0.01):
+        pass
+    assert locks._locks == {} and not locks.held("s1")
