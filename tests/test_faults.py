@@ -86,14 +86,20 @@ async def settled_history(
     api: Api, base_url: str, exam_id: str, session_ids: list[str], dashboard: LiveDashboard
 ) -> dict[int, dict[str, Any]]:
     """The exam's SQL history once it and the dashboard agree on the last seq: events may
-    still be committed after a drain (e.g. the dead process's candidates marked gone)."""
+    still be committed after a drain (e.g. the dead process's candidates marked gone).
+
+    The history is read one session at a time: an event committed during that scan is missed
+    by the sessions read before it and seen by those read after, and the union shows a gap
+    SQL never had (seen once when the sweeper marked the dead process's candidates gone in
+    the middle of a scan). So a scan counts only if the dashboard heard nothing new during it."""
     history: dict[int, dict[str, Any]] = {}
 
     async def agree() -> bool:
         nonlocal history
         await wait_drained(base_url, timeout=45)
+        before = dashboard.last_seq
         history = await exam_history(api, exam_id, session_ids)
-        return dashboard.last_seq == max(history)
+        return dashboard.last_seq == before == max(history)
 
     await eventually(agree, timeout=60, interval=0.2)
     return history
