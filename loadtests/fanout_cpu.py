@@ -68,7 +68,7 @@ EXAM = "fanout"
 
 async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks: bool,
                client_read: str = "inline") -> None:
-    from loadtests.wsclient import ReadFirst, WsPeer, connect
+    from loadtests.wsclient import ReadFirst, WsPeer, connect, watch_exam
 
     reader = ReadFirst() if client_read == "read-first" else None
     n = len(codes)
@@ -132,19 +132,8 @@ async def hold(url: str, protocol: str, codes: list[str], dashboards: int, acks:
     await asyncio.gather(*(one(code) for code in codes))
     await asyncio.wait_for(all_opened, 120)
     for _ in range(dashboards):
-        snapshot = asyncio.get_running_loop().create_future()
-
-        def on_message(peer: WsPeer, message: dict[str, Any], fut: Any = snapshot) -> None:
-            if message.get("type") == "snapshot" and not fut.done():
-                fut.set_result(None)
-            else:
-                on_dashboard(peer, message)
-
-        peer = await connect(ws_url(url, "/ws/proctor"), on_message, protocol=protocol,
-                             headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"})
-        peer.send({"type": "subscribe", "exam_id": EXAM})
-        await asyncio.wait_for(snapshot, 60)
-        peers.append(peer)
+        peers.append(await watch_exam(ws_url(url, "/ws/proctor"), EXAM, BENCH_STAFF_TOKEN,
+                                      protocol=protocol, on_message=on_dashboard))
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent ends
 

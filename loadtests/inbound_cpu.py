@@ -48,7 +48,7 @@ KINDS = ("ack", "progress")
 
 
 async def child(url: str, protocol: str, codes: list[str], dashboards: int) -> None:
-    from loadtests.wsclient import WsPeer, connect
+    from loadtests.wsclient import WsPeer, connect, watch_exam
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -85,16 +85,7 @@ async def child(url: str, protocol: str, codes: list[str], dashboards: int) -> N
     await asyncio.gather(*(one(code) for code in codes))
     await asyncio.wait_for(all_opened, 120)
     for _ in range(dashboards):
-        snapshot = loop.create_future()
-
-        def on_dashboard(peer: WsPeer, message: dict[str, Any], fut: Any = snapshot) -> None:
-            if message.get("type") == "snapshot" and not fut.done():
-                fut.set_result(None)
-
-        peer = await connect(ws_url(url, "/ws/proctor"), on_dashboard, protocol=protocol,
-                             headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"})
-        peer.send({"type": "subscribe", "exam_id": EXAM})
-        await asyncio.wait_for(snapshot, 60)
+        await watch_exam(ws_url(url, "/ws/proctor"), EXAM, BENCH_STAFF_TOKEN, protocol=protocol)
     print("ready", flush=True)
     position = 0
     while True:

@@ -239,7 +239,7 @@ class LoopMeter:
 async def hold(url: str, protocol: str, setup: dict[str, Any]) -> None:
     import httpx
 
-    from loadtests.wsclient import WsPeer, connect
+    from loadtests.wsclient import WsPeer, connect, watch_exam
 
     sessions: list[tuple[str, str]] = setup["sessions"]  # (session id, access code)
     loop = asyncio.get_running_loop()
@@ -289,16 +289,8 @@ async def hold(url: str, protocol: str, setup: dict[str, Any]) -> None:
             raise RuntimeError(f"could not open {code}")
 
     await asyncio.gather(*(one(code) for _, code in sessions))
-    snapshot = loop.create_future()
-
-    def on_dashboard(peer: WsPeer, message: dict[str, Any]) -> None:
-        if message.get("type") == "snapshot" and not snapshot.done():
-            snapshot.set_result(None)
-
-    dashboard = await connect(ws_url(url, "/ws/proctor"), on_dashboard, protocol=protocol,
-                              headers={"Authorization": f"Bearer {BENCH_STAFF_TOKEN}"})
-    dashboard.send({"type": "subscribe", "exam_id": EXAM})
-    await asyncio.wait_for(snapshot, 60)
+    _dashboard = await watch_exam(ws_url(url, "/ws/proctor"), EXAM, BENCH_STAFF_TOKEN,
+                                  protocol=protocol)
     print("ready", flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

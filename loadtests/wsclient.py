@@ -243,3 +243,29 @@ async def connect(
         await loop.create_connection(lambda: peer, parts.hostname or "127.0.0.1", parts.port or 80)
         await peer.handshake
     return peer
+
+
+async def watch_exam(
+    url: str,
+    exam_id: str,
+    token: str,
+    *,
+    protocol: str = MSGPACK,
+    on_message: OnMessage | None = None,
+    timeout: float = 60.0,
+) -> WsPeer:
+    """A dashboard (`url` is the proctor socket's) subscribed to `exam_id`, returned once its
+    snapshot is in; every later message goes to `on_message`."""
+    snapshot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_dashboard(peer: WsPeer, message: dict[str, Any]) -> None:
+        if message.get("type") == "snapshot" and not snapshot.done():
+            snapshot.set_result(None)
+        elif on_message is not None:
+            on_message(peer, message)
+
+    peer = await connect(url, on_dashboard, protocol=protocol,
+                         headers={"Authorization": f"Bearer {token}"})
+    peer.send({"type": "subscribe", "exam_id": exam_id})
+    await asyncio.wait_for(snapshot, timeout)
+    return peer
