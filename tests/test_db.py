@@ -269,9 +269,14 @@ async def test_duplicate_events_are_ignored(db: Database) -> None:
     assert await db.last_seq("e1") == 4
 
 
-def _audit(at: float, subject: str = "x", **details: Any) -> dict[str, Any]:
-    return {"at": at, "actor": "staff:1", "ip": "", "action": "session_command",
-            "subject": subject, "details": details}
+def _audit(
+    at: float, subject: str = "x", uid: str | None = None, **details: Any
+) -> dict[str, Any]:
+    row = {"at": at, "actor": "staff:1", "ip": "", "action": "session_command",
+           "subject": subject, "details": details}
+    if uid is not None:  # a staff command's row (one appended by an older version has none)
+        row["uid"] = uid
+    return row
 
 
 async def _audit_rows(db: Database) -> list[tuple[float, str, Any]]:
@@ -304,7 +309,7 @@ async def test_a_drained_batch_is_a_fixed_few_statements(db: Database) -> None:
         events = [_event(seq + n, session_id=f"e1-s{1 + n % 3}", changes={"position": n})
                   for n in range(1, size + 1)]
         seq += size
-        audit = [_audit(float(seq + n), n=n) for n in range(size)]
+        audit = [_audit(float(seq + n), uid=f"u{seq + n}", n=n) for n in range(size)]
         written += [row["at"] for row in audit]
         statements.clear()
         assert await db.write_outbox(events, audit) == size
@@ -323,8 +328,9 @@ async def test_a_drained_batch_is_a_fixed_few_statements(db: Database) -> None:
 
 
 async def test_audit_rows_that_share_a_key_are_all_stored_once(db: Database) -> None:
-    """Two audit rows alike in (time, actor, action, subject) in one batch are both stored,
-    and a repeat of the batch stores neither again."""
+    """Rows without a uid (in an outbox since a version before it): two alike in (time,
+    actor, action, subject) in one batch are both stored, and a repeat of the batch stores
+    neither again."""
     rows = [_audit(7.0, n=1), _audit(7.0, n=2), _audit(8.0, subject="y")]
     await db.write_outbox([], rows)
     await db.write_outbox([], rows)
@@ -332,6 +338,70 @@ async def test_audit_rows_that_share_a_key_are_all_stored_once(db: Database) -> 
     assert [(at, subject) for at, subject, _ in await _audit_rows(db)] == [
         (7.0, "x"), (7.0, "x"), (8.0, "y"), (9.0, "x"),
     ]
+
+
+async def _audit_uids(db: Database) -> list[tuple[Any, str | None]]:
+    """(details["n"], uid) of every audit row, in insertion order."""
+    from realtime.identity.models import AuditRow
+
+    async with db.engine.connect() as conn:
+        found = await conn.execute(select(AuditRow.details, AuditRow.uid).order_by(AuditRow.id))
+        return [(details.get("n"), uid) for details, uid in found]
+
+
+async def test_an_audit_row_is_stored_once_by_its_uid(db: Database) -> None:
+    """A batch that repeats a row stores it once, and so does every later write of it (a
+    repeat of the batch, the direct write of the fallback); rows alike in (time, actor,
+    action, subject) are each stored by their own uids; rows written directly have no uid
+    and never collide with one another."""
+    from realtime.identity.audit import AuditLog, Ctx
+
+    a, b = _audit(7.0, uid="u-a", n=1), _audit(7.0, uid="u-b", n=2)
+    await db.write_outbox([], [a, a, b, a])
+    await db.write_outbox([], [b, a])
+    log = AuditLog(db, clock=lambda: 7.0)
+    await log.write(a)  # what the fallback writes when the outbox may hold it too
+    await log.record(Ctx("staff:1"), "session_command", "x", n=3)
+    await log.record(Ctx("staff:1"), "session_command", "x", n=3)
+    await db.write_outbox([], [_audit(7.0, uid="u-c", n=4), a])
+    assert await _audit_uids(db) == [(1, "u-a"), (2, "u-b"), (3, None), (3, None), (4, "u-c")]
+
+
+async def _waiting_for_a_lock(db: Database) -> bool:
+    """A backend of this PostgreSQL database waits for a lock (another's transaction)."""
+    from sqlalchemy import text
+
+    async with db.engine.connect() as conn:
+        waiting = await conn.scalar(text(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE NOT l.granted AND a.datname = current_database()"
+        ))
+    return bool(waiting)
+
+
+async def test_two_transactions_writing_one_audit_row_store_it_once(
+    db: Database, sql_url: str
+) -> None:
+    """Two drains overlapping, in two processes (a round that outlived its lease and the next
+    holder's, which claimed the same entries), each write the batch in a transaction of its
+    own. On PostgreSQL a NOT EXISTS could not see the first transaction's uncommitted row, so
+    the second stored it again; the uid's unique index makes the second insert wait for the
+    first transaction, then skip the row. SQLite runs one writer at a time."""
+    from clients import eventually
+
+    row = _audit(7.0, uid="u-1", n=1)
+    other = await Database.connect(sql_url)  # the other process: its own engine
+    try:
+        async with db._write_engine.begin() as conn:  # the first drain, still uncommitted
+            await db._add_audit_in(conn, [row])
+            second = asyncio.create_task(other.write_outbox([], [_audit(8.0, uid="u-2", n=2),
+                                                                 row]))
+            if db.dialect == "postgresql":  # the second has written, or waits on the first
+                await eventually(lambda: second.done() or _waiting_for_a_lock(db))
+        await second
+    finally:
+        await other.close()
+    assert await _audit_uids(db) == [(1, "u-1"), (2, "u-2")]
 
 
 async def test_a_large_batch_is_written_in_slices_that_let_the_loop_run(

@@ -75,6 +75,43 @@ async def test_a_crash_between_sql_and_acknowledgement_writes_nothing_twice(
     assert (await store.outbox_backlog(now=2000.0)).events == 0
 
 
+async def test_a_commands_audit_row_kept_twice_is_stored_once(
+    db: Database, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state store appended a command's audit row but its answer was lost, so the service
+    also wrote the row to SQL directly (its fallback); the drainer then writes the outbox's
+    copy, and a drainer that died before acknowledging leaves it to be written once more. The
+    row carries its uid everywhere: one row in the audit log, as the command was."""
+    from realtime.auth.permissions import ALL_PERMISSIONS
+    from realtime.auth.principal import Principal
+    from realtime.identity.audit import AuditLog
+    from realtime.identity.audited import AuditedSessionService
+    from realtime.sessions import Target
+    from realtime.state import machine
+    from realtime.state.model import Action
+
+    await _exam(db, store)
+    service = AuditedSessionService(store, db, machine.Liveness(15, 60))
+    service.audit = AuditLog(db)
+    append = store.append_audit
+
+    async def appended_answer_lost(exam_id: str, rows: list[dict[str, Any]]) -> None:
+        await append(exam_id, rows)
+        raise ConnectionError("the answer of the append was lost")
+
+    monkeypatch.setattr(store, "append_audit", appended_answer_lost)
+    staff = Principal(id="p", name="p", kind="staff", permissions=ALL_PERMISSIONS)
+    await service.command(EXAM, Action.NOTICE, Target(session_ids=["s1"]), staff,
+                          {"command_id": "cmd-1", "text": "hello"})
+    await service.settle()  # the append set off by the answer, and its fallback
+    entries = await store.outbox_claim(EXAM, "dead", 100, lease=0.001)
+    assert entries
+    await Drainer(store, db, consumer="dead").write(entries)  # ... dies before acknowledging
+    await Drainer(store, db, consumer="survivor").drain_all()
+    rows = await service.audit.query(action="session_command")
+    assert [r["details"]["command_id"] for r in rows] == ["cmd-1"]
+
+
 async def test_irregularities_are_written_with_their_event(
     db: Database, store: StateStore
 ) -> None:

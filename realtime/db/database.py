@@ -383,9 +383,10 @@ class Database:
         self, events: Sequence[Event], audit: Sequence[dict[str, Any]]
     ) -> int:
         """What the drainer writes for a run of outbox entries, in ONE transaction: the events
-        (as `add_events`), the irregularity reports among them, and audit rows. Safe to repeat:
-        events and irregularities are keyed by (exam, seq); an audit row carries a unique id
-        (`uid` in its details) and is skipped if stored. Returns how many events were new."""
+        (as `add_events`), the irregularity reports among them, and audit rows. Safe to repeat,
+        and to run in two transactions at once: events and irregularities are keyed by (exam,
+        seq); an audit row by its `uid` (see `_add_audit_in`). Returns how many events were
+        new."""
         if not events and not audit:
             return 0
         # Core statements on the connection, no ORM session: the drainer's transaction runs
@@ -424,14 +425,43 @@ class Database:
         return len(fresh)
 
     async def _add_audit_in(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert audit rows unless already stored (a drainer that died after its SQL commit
-        but before acknowledging): an entry is known by (time, actor, action, subject)."""
+        """Insert audit rows unless already stored: a repeat (a drainer died after its SQL
+        commit but before acknowledging), two drains overlapping (a round that outlived its
+        lease and the next holder's, each in its own transaction), a batch repeating a row.
+
+        A row with a `uid` (every staff command's) is keyed by it: one INSERT ... ON CONFLICT
+        (uid) DO NOTHING (the unique index `uq_audit_log_uid`), which sees rows of
+        transactions in flight too (PostgreSQL makes the second insert of a uid wait for the
+        first transaction, then skips it). A row without one (appended to an outbox by a
+        version before that key) is known by (time, actor, action, subject), as before."""
         from realtime.identity.models import AuditRow
+
+        table: Table = AuditRow.__table__  # type: ignore[assignment]
+        keyed: dict[str, dict[str, Any]] = {}
+        legacy: list[dict[str, Any]] = []
+        for r in rows:
+            uid = r.get("uid")
+            if uid:
+                keyed.setdefault(str(uid), r)  # a batch repeating a row: the first is it
+            else:
+                legacy.append(r)
+        if keyed:
+            await conn.execute(
+                self._insert(table).on_conflict_do_nothing(index_elements=[table.c.uid]),
+                [{**_audit_values(r), "uid": uid} for uid, r in keyed.items()],
+            )
+        if legacy:
+            await self._add_unkeyed_audit_in(conn, table, legacy)
+
+    @staticmethod
+    async def _add_unkeyed_audit_in(
+        conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Audit rows without a uid, known by (time, actor, action, subject)."""
 
         def key(r: dict[str, Any]) -> tuple[float, str, str, str]:
             return (float(r["at"]), str(r["actor"]), str(r["action"]), str(r.get("subject", "")))
 
-        table: Table = AuditRow.__table__  # type: ignore[assignment]
         if len({key(r) for r in rows}) == len(rows):
             # The usual batch: each row inserted unless stored, in one statement (no read of
             # its own). Rows that share a key within the batch take the path below, which

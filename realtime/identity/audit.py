@@ -36,17 +36,29 @@ class AuditLog:
         self, ctx: Ctx, action: str, subject: str = "", **details: Any
     ) -> None:
         """Append one entry. Never raises: a failing audit write is logged, not fatal."""
-        row = {
+        await self.write({
             "at": self.clock(),
             "actor": ctx.actor,
             "ip": ctx.ip,
             "action": action,
             "subject": subject,
             "details": details,
-        }
+        })
+
+    async def write(self, row: dict[str, Any]) -> None:
+        """Append one entry made by the caller. Never raises (as `record`). A row with a
+        `uid` is stored once however often it is written, here or by the outbox's drainer
+        (ON CONFLICT (uid) DO NOTHING); one without is always added."""
         try:
             async with self.db._write() as session:
-                await session.execute(insert(AuditRow), [row])
+                if row.get("uid"):
+                    await session.execute(
+                        self.db._insert(AuditRow.__table__)  # type: ignore[arg-type]
+                        .on_conflict_do_nothing(index_elements=[AuditRow.uid]),
+                        [row],
+                    )
+                else:
+                    await session.execute(insert(AuditRow), [row])
         except Exception:
             log.exception("audit write failed: %s", row)
 

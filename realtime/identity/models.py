@@ -60,10 +60,20 @@ class LoginFailureRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only: rows are only ever inserted."""
+    """Append-only: rows are only ever inserted.
+
+    `uid` is the idempotency key of a row that reaches SQL through the outbox (a staff
+    command's): the drainer inserts it with ON CONFLICT (uid) DO NOTHING, so a batch written
+    twice (a repeat after a crash, two drains overlapping after a lease ran out, a batch that
+    repeats a row) stores it once. Rows written directly have none: NULLs never collide in a
+    unique index (SQLite and PostgreSQL alike).
+    """
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_actor_at", "actor", "at"),)
+    __table_args__ = (
+        Index("ix_audit_actor_at", "actor", "at"),
+        Index("uq_audit_log_uid", "uid", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -72,3 +82,4 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String, index=True)
     subject: Mapped[str] = mapped_column(String, default="", index=True)  # e.g. "user:<id>"
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    uid: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
