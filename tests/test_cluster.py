@@ -31,7 +31,7 @@ from realtime.batching import CommitBatcher
 from realtime.errors import backend_down
 from realtime.state.cluster import ClusterUrl
 from realtime.state.model import Event, new_session
-from realtime.state.redis import RedisStore
+from realtime.state.redis import Keys, RedisStore
 from realtime.state.store import Commit, CommitsFailed
 
 CANDIDATES = 6  # per exam, split over the two servers
@@ -171,6 +171,76 @@ async def test_a_count_behind_writes_is_refused_before_them(
         await store.close()
 
 
+async def test_a_session_not_moved_yet_is_refused_never_unknown(
+    failover_cluster: LocalCluster,
+) -> None:
+    """The exam's seq counter and outbox have moved to the importing master (so its commit
+    script runs there, sent by ASK), one session (s1) too, the other (s2), the set of
+    sessions and a command's applied record not yet. Redis answers a script there that a key
+    not moved yet does not exist: s2 must not be reported unknown (a page takes that for
+    good), the command applied a second time, the sessions counted 0. Commits touching what
+    has not moved are refused whole (nothing applied, may be sent again). Then the set moves
+    too (reads run there): reads of sessions answer exactly (key by key), snapshots and
+    command reads are refused. Once the slot has settled each commit applies once."""
+    cluster = failover_cluster
+    store = RedisStore(cluster.url, prefix=f"u{uuid.uuid4().hex[:8]}:")
+    await store.start()
+    exam = "unmoved"
+    slot = target = 0
+    try:
+        await store.add_sessions([new_session(id=sid, exam_id=exam, access_code=f"u-{sid}")
+                                  for sid in ("s1", "s2")])
+        once = Commit(exam, "s1", 0, {"status": "paused"},
+                      [Event(exam_id=exam, session_id="s1", kind="pause", actor="proctor:1",
+                             at=1.0)], command_id="cmd-1")
+        assert all(r.ok for r in await store.commit([once]))
+        keys = store.keys
+        slot, source = cluster.slot(keys.seq(exam)), cluster.owner(keys.seq(exam))
+        target = next(port for port in cluster.master_ports() if port != source)
+        cluster.begin_move(slot, target, keys.seq(exam), keys.outbox(exam),
+                           keys.session(exam, "s1"))
+
+        for commits in ([_pause(exam, "s2", 0)],  # s2 exists: not "not found"
+                        [_pause(exam, "s1", 1, "resume"), _pause(exam, "s2", 0)],  # not half
+                        [Commit(exam, "s1", 1, {"status": "paused"},  # its record not moved
+                                [Event(exam_id=exam, session_id="s1", kind="pause",
+                                       actor="proctor:1", at=1.0)], command_id="cmd-1")],
+                        [Commit(exam, "", None, members=2)]):  # the set not moved: not 0
+            with pytest.raises(CommitsFailed) as refused:
+                await store.commit(commits)
+            assert refused.value.resendable == {exam}, refused.value
+            assert backend_down(refused.value)
+        asking = cluster.client(target).pipeline(transaction=False)  # one connection
+        asking.execute_command("ASKING").hget(keys.session(exam, "s1"), "version")
+        asking.execute_command("ASKING").get(keys.seq(exam))
+        assert asking.execute()[1::2] == [b"1", b"1"]  # nothing written
+
+        cluster.client(source).execute_command("MIGRATE", "127.0.0.1", target, "", 0, 10_000,
+                                               "KEYS", keys.sessions(exam))
+        s2, s1, ghost = await store.read_sessions(exam, ["s2", "s1", "ghost"])
+        assert (s2 and s2["id"], s1 and s1["status"], ghost) == ("s2", "paused", None)
+        with pytest.raises(Exception) as unsure:
+            await store.snapshot(exam)
+        assert backend_down(unsure.value), unsure.value
+        with pytest.raises(Exception) as unsure:
+            await store.read_for_command(exam, "", ["s2"], ("id", "status"))
+        assert backend_down(unsure.value), unsure.value
+
+        await asyncio.to_thread(cluster.finish_move, slot, target)
+        slot = 0
+        assert [r.duplicate_seq for r in await store.commit([once])] == [1]  # applied once
+        results = await store.commit([_pause(exam, "s1", 1, "resume"), _pause(exam, "s2", 0)])
+        assert all(r.ok for r in results)
+        assert [(e.kind, e.session_id) for e in await store.events_since(exam, 0) or []] == [
+            ("pause", "s1"), ("resume", "s1"), ("pause", "s2")]
+        sessions, seq = await store.snapshot(exam)
+        assert (sorted(s["id"] for s in sessions), seq) == (["s1", "s2"], 3)
+    finally:
+        if slot:
+            await asyncio.to_thread(cluster.finish_move, slot, target)
+        await store.close()
+
+
 async def test_a_commit_refused_mid_migration_goes_through_once_the_slot_settles(
     failover_cluster: LocalCluster,
 ) -> None:
@@ -231,11 +301,16 @@ class Hall:
     exam_id: str
     candidates: list[LiveCandidate]
     dashboard: LiveDashboard
+    access_codes: list[str] = field(default_factory=list)  # of the candidates, in order
     acknowledged: list[str] = field(default_factory=list)
 
     @property
+    def keys(self) -> Keys:
+        return Keys(self.servers[0].env["REALTIME_REDIS_PREFIX"])
+
+    @property
     def seq_key(self) -> str:
-        return f"{self.servers[0].env['REALTIME_REDIS_PREFIX']}{{{self.exam_id}}}:seq"
+        return self.keys.seq(self.exam_id)
 
     async def send_notices(self, count: int, tag: str) -> None:
         """Notices through both servers in turn; those answered 200 are acknowledged."""
@@ -315,7 +390,8 @@ async def _hall(
             assert opened["type"] == "opened", opened
             pages.append(LiveCandidate(client, opened))
         dashboard = await LiveDashboard.watch(second.ws_url, exam["id"])
-        yield Hall(cluster, servers, apis, exam["id"], pages, dashboard)
+        yield Hall(cluster, servers, apis, exam["id"], pages, dashboard,
+                   [session["access_code"] for session in sessions])
     finally:
         for page in pages:
             await page.close()
@@ -435,13 +511,16 @@ async def metrics_of(hall: Hall, name: str) -> list[float]:
 
 
 @asynccontextmanager
-async def slot_in_motion(hall: Hall) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """The exam's slot half moved to another master (its seq counter already there, the rest
-    not): every commit of the exam is refused until the yielded `settle()` moves the rest."""
+async def slot_in_motion(
+    hall: Hall, *moved: str
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """The exam's slot half moved to another master (the keys `moved`, by default its seq
+    counter, already there, the rest not): every commit of the exam is refused until the
+    yielded `settle()` moves the rest."""
     cluster, key = hall.cluster, hall.seq_key
     slot, source = cluster.slot(key), cluster.owner(key)
     target = next(port for port in cluster.master_ports() if port != source)
-    cluster.begin_move(slot, target, key)
+    cluster.begin_move(slot, target, *(moved or (key,)))
     settled = False
 
     async def settle() -> None:
@@ -504,6 +583,49 @@ async def test_candidate_messages_and_a_command_mid_migration_are_applied_late(
     await hall.still_green()
 
 
+async def test_an_open_and_a_client_event_mid_migration_are_never_not_found(
+    patient_hall: Hall,
+) -> None:
+    """The exam's seq counter, outbox and set of sessions have moved to the other master, its
+    sessions not yet: the servers' scripts for the exam now run on the importing master, where
+    a session not moved yet reads as missing. A page opening its session again (a takeover)
+    and another page's client event are not told `not_found` (the page would give up): their
+    commits are refused and sent again until the slot has settled, then applied once."""
+    hall = patient_hall
+    keys, exam = hall.keys, hall.exam_id
+    page = hall.candidates[1]  # on the second server; the open goes to the first
+    async with slot_in_motion(hall, keys.seq(exam), keys.outbox(exam),
+                              keys.sessions(exam)) as settle:
+        opening = asyncio.ensure_future(
+            open_candidate(hall.servers[0].ws_url, hall.access_codes[0]))
+        await page.send({"type": "client_event", "name": "blur", "detail": "mid-move"})
+
+        async def held() -> bool:  # or answered: then the assertions below say what
+            if opening.done() or page.of_type("error"):
+                return True
+            waiting = await metrics_of(hall, "realtime_commits_awaiting_retry")
+            return waiting[0] >= 1 and waiting[1] >= 1
+
+        await eventually(held, timeout=40)
+        assert not opening.done(), opening.result()[1]
+        assert page.of_type("error") == []
+        await settle()
+        client, reply = await opening
+    try:
+        assert reply["type"] == "opened", reply
+        assert reply["session"]["id"] == hall.candidates[0].session_id
+    finally:
+        await client.close()
+
+    async def client_events() -> list[Any]:
+        history = await hall.apis[0].history(exam, page.session_id)
+        return [e["details"]["detail"] for e in history if e["kind"] == "client_event"]
+
+    assert await eventually(client_events) == ["mid-move"]
+    assert page.of_type("error") == []
+    assert await metrics_of(hall, "realtime_commit_retries_given_up") == [0, 0]
+
+
 async def test_a_migration_that_outlasts_the_retry_budget_is_still_refused(
     moving_hall: Hall,
 ) -> None:
@@ -547,3 +669,12 @@ def test_redirections_used_up_mid_migration_count_as_a_slot_in_motion() -> None:
 
     assert backend_down(ClusterError("TTL exhausted."))
     assert not backend_down(ClusterError("something else went wrong"))
+    # a script's command refused mid-migration, as Redis 7.0 and later versions word it
+    from redis.exceptions import ResponseError
+    assert backend_down(ResponseError(
+        "Script attempted to access a non local key in a cluster node script: f3ef, on "
+        "@user_script:1."))
+    assert backend_down(ResponseError(
+        "Unable to execute command 'exists' in script because undeclared keys were accessed "
+        "during rehashing of the slot"))
+    assert not backend_down(ResponseError("WRONGTYPE Operation against a key"))

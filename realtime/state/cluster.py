@@ -49,15 +49,23 @@ def is_cluster_url(url: str) -> bool:
 def slot_in_motion(exc: BaseException) -> bool:
     """Whether a cluster refused a call because a slot is moving or has no master right now
     (MOVED/ASK left over, TRYAGAIN, CLUSTERDOWN, no node known for the slot, or a script that
-    found its exam's keys half migrated): nothing was applied, the caller may retry. The
-    commit script touches every key before its first write, so it is refused whole."""
+    found its exam's keys half migrated: a key already gone, or one read as missing that may
+    not have moved yet, see commit_batch.lua's `confirm_missing`): nothing was applied, the
+    caller may retry. The commit script touches every key before its first write, so it is
+    refused whole."""
     if isinstance(exc, AskError | TryAgainError | ClusterDownError | SlotNotCoveredError):
         return True
     if isinstance(exc, ClusterError) and "TTL exhausted" in str(exc):
         # redis-py followed its 16 redirections (MOVED/ASK/TRYAGAIN, each refused, nothing
         # applied) while a migration was still running; it raises this, not the last refusal
         return True
-    return isinstance(exc, ResponseError) and "non local key" in str(exc)
+    # A command in a script refused for a slot in motion: Redis 7.0 says "non local key" for
+    # every such refusal; later versions say "undeclared keys were accessed during rehashing
+    # of the slot" for TRYAGAIN's case (a key missing on the importing master) and "a slot
+    # not served" for an unassigned one
+    return isinstance(exc, ResponseError) and any(
+        text in str(exc) for text in ("non local key", "during rehashing of the slot",
+                                      "slot not served"))
 
 
 @dataclass(frozen=True, slots=True)

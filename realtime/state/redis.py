@@ -126,6 +126,12 @@ class Keys:
     def command_result(self, exam_id: str, command_id: str) -> str:
         return f"{self._exam(exam_id)}:cmdres:{command_id}"
 
+    def absent(self, exam_id: str) -> str:
+        """A key of the exam that is never written: the scripts confirm that a key they read
+        as missing is not merely still on the other master of a slot being migrated by
+        asking EXISTS of both (refused then; see commit_batch.lua, `confirm_missing`)."""
+        return f"{self._exam(exam_id)}:absent"
+
     def drops(self, exam_id: str) -> str:
         """The exam's recent candidate drops (drop alerts)."""
         return f"{self._exam(exam_id)}:drops"
@@ -997,14 +1003,14 @@ class RedisStore:
         on it, for 60-130 ms at 5,000 sessions, and its decode held the event loop. A session
         read twice (SSCAN may return it again) is kept as read last: the later read."""
         keys = [self.keys.seq(exam_id), self.keys.sessions(exam_id)]
-        prefix = self.keys.session_prefix(exam_id)
+        prefix, absent = self.keys.session_prefix(exam_id), self.keys.absent(exam_id)
         defaults = [SESSION_DEFAULTS.get(name) for name in fields]
         sessions: dict[str, dict[str, Any]] = {}
         first: int | None = None
         cursor: bytes | str = "0"
         while True:
             seq, cursor, reply = await self._view_script(
-                keys=keys, args=[prefix, cursor, VIEW_SLICE, *fields]
+                keys=keys, args=[prefix, cursor, VIEW_SLICE, absent, *fields]
             )
             if first is None:
                 first = int(seq)
@@ -1146,7 +1152,9 @@ class RedisStore:
         (the access codes, an exam's candidates) and per exam one command_read.lua call (no
         command id, every field) for all the sessions asked for, decoded in one call. An
         HMGET or a script call that fails fails only its own callers; a round trip that
-        fails fails them all (they are reads: nothing was applied)."""
+        fails fails them all (they are reads: nothing was applied). A script call refused
+        because its exam's slot is half migrated (Redis Cluster: a session read as missing
+        may not have moved yet) is read again key by key (`get_sessions`), which is exact."""
         self._reads_scheduled = False
         lookups, reads = self._lookups, self._session_reads
         self._lookups, self._session_reads = [], []
@@ -1164,7 +1172,7 @@ class RedisStore:
         calls: list[_ScriptCall] = []
         for exam_id, group in groups.items():
             args: list[Any] = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
-                               keys.command(exam_id, ""), 0]
+                               keys.command(exam_id, ""), keys.absent(exam_id), 0]
             for ids, _ in group:
                 args += ["", len(ids), *ids]
             calls.append(_ScriptCall(self._read_script, exam_id, [keys.sessions(exam_id)], args))
@@ -1191,9 +1199,13 @@ class RedisStore:
                     done.set_exception(failed[key])
                 else:
                     done.set_result(values[key, name])
-        for group, reply in zip(groups.values(), replies, strict=True):
+        moving: list[tuple[str, list[tuple[list[str], asyncio.Future[Any]]]]] = []
+        for (exam_id, group), reply in zip(groups.items(), replies, strict=True):
             try:
                 if isinstance(reply, Exception):
+                    if slot_in_motion(reply):
+                        moving.append((exam_id, group))
+                        continue
                     raise reply
                 answers = _decode_reads(reply, ())
             except Exception as exc:
@@ -1204,6 +1216,23 @@ class RedisStore:
             for (_, done), (_, _, sessions) in zip(group, answers, strict=True):
                 if not done.done():
                     done.set_result(sessions)
+        for exam_id, group in moving:
+            # The exam's slot is half-way through a migration (a Redis Cluster): the script
+            # was refused rather than report a session that has not moved yet as missing.
+            # Read key by key instead: each HGETALL goes where its key is (ASK), and answers
+            # exactly, missing only if it is missing on both masters.
+            try:
+                found = await self.get_sessions(exam_id, [sid for ids, _ in group for sid in ids])
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            at = 0
+            for ids, done in group:
+                if not done.done():
+                    done.set_result(found[at:at + len(ids)])
+                at += len(ids)
 
     async def _read_pipeline(
         self, hashes: list[tuple[str, list[str]]], calls: list[_ScriptCall]
@@ -1244,7 +1273,8 @@ class RedisStore:
     ) -> tuple[list[dict[str, Any]], int]:
         reply = await self._snapshot_script(
             keys=[self.keys.seq(exam_id), self.keys.sessions(exam_id)],
-            args=[self.keys.session_prefix(exam_id), *(fields or ())],
+            args=[self.keys.session_prefix(exam_id), self.keys.absent(exam_id),
+                  *(fields or ())],
         )
         rows = orjson.loads(reply[1])
         if not fields:
@@ -1446,7 +1476,7 @@ class RedisStore:
                                      [now, msgpack.packb(rows, use_bin_type=True)]))
         for (exam_id, fields), group in groups.items():
             args = [keys.session_prefix(exam_id), keys.command_result(exam_id, ""),
-                    keys.command(exam_id, ""), len(fields), *fields]
+                    keys.command(exam_id, ""), keys.absent(exam_id), len(fields), *fields]
             for read in group:
                 args += [read.command_id, len(read.session_ids), *read.session_ids]
             calls.append(_ScriptCall(self._read_script, exam_id, [keys.sessions(exam_id)], args))
@@ -1658,7 +1688,7 @@ class RedisStore:
                 keys.session_prefix(exam_id),
                 keys.command(exam_id, ""), msgpack.packb(flat, use_bin_type=False), token,
                 "s" if self.cluster else "p", keys.command_result(exam_id, ""),
-                keys.sessions(exam_id), b"".join(joined)]
+                keys.sessions(exam_id), b"".join(joined), keys.absent(exam_id)]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod

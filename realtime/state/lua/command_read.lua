@@ -5,8 +5,16 @@
 -- KEYS[1] the exam's set of session ids (routes the call to the exam's slot; not read). The
 -- other keys are built from prefixes: every key of one exam shares its hash tag (same slot).
 -- ARGV[1] session key prefix, ARGV[2] kept answer key prefix, ARGV[3] applied-command key
--- prefix, ARGV[4] n = how many fields, ARGV[5 .. 4+n] the fields (n = 0: every field), then
--- per command: its id ('' none: nothing kept to read), m = how many sessions, m session ids.
+-- prefix, ARGV[4] a key of the exam that never exists, ARGV[5] n = how many fields,
+-- ARGV[6 .. 5+n] the fields (n = 0: every field), then per command: its id ('' none: nothing
+-- kept to read), m = how many sessions, m session ids.
+--
+-- A session read as missing is confirmed missing (EXISTS of it with ARGV[4]): mid-migration
+-- of a Redis Cluster slot, on the master importing it, a session not moved yet reads as
+-- missing, and that EXISTS of two keys, one missing, is refused there (Redis's TRYAGAIN
+-- case): the call fails (the caller reads key by key, or answers "unavailable") instead of
+-- telling that an existing session does not exist. At rest it answers 0. (The command's keys
+-- are not confirmed: the commit that follows checks them again, atomically with its writes.)
 --
 -- Returns ONE JSON array, an element per command: [answer, applied, sessions], where answer is
 -- the kept JSON answer or null, applied an object {session id: first seq} (null without a
@@ -15,13 +23,13 @@
 -- object. The stored values are JSON already: the script only joins them, the caller decodes
 -- everything in one call.
 
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local names = {}
 for i = 1, n do
-  names[i] = ARGV[4 + i]
+  names[i] = ARGV[5 + i]
 end
 local out = {}
-local k = 5 + n
+local k = 6 + n
 while k <= #ARGV do
   local cmd, m = ARGV[k], tonumber(ARGV[k + 1])
   k = k + 2
@@ -48,7 +56,12 @@ while k <= #ARGV do
           values[i] = 'null'
         end
       end
-      rows[#rows + 1] = found and ('[' .. table.concat(values, ',') .. ']') or 'null'
+      if found then
+        rows[#rows + 1] = '[' .. table.concat(values, ',') .. ']'
+      else
+        redis.call('EXISTS', key, ARGV[4])
+        rows[#rows + 1] = 'null'
+      end
     else
       local fields = redis.call('HGETALL', key)
       if #fields > 0 then
@@ -58,6 +71,7 @@ while k <= #ARGV do
         end
         rows[#rows + 1] = '{' .. table.concat(parts, ',') .. '}'
       else
+        redis.call('EXISTS', key, ARGV[4])
         rows[#rows + 1] = 'null'
       end
     end

@@ -21,7 +21,8 @@
 -- ARGV[8] 's' on a Redis Cluster (SPUBLISH: the channel is in the exam's slot, heard on the
 -- slot's nodes only), 'p' on a single Redis (PUBLISH), ARGV[9] kept answer key prefix,
 -- ARGV[10] the exam's set of session ids, ARGV[11] every commit's events (msgpack, without
--- seq) back to back, in the order of the commits.
+-- seq) back to back, in the order of the commits, ARGV[12] a key of the exam that never
+-- exists (see `confirm_missing`).
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
 -- 0 no such session, -1 version conflict (or count differs), -2 command already applied
@@ -92,6 +93,21 @@ local function fields(at)
   return names
 end
 
+-- A key read as missing is missing, unless the exam's slot is half-way through a Redis Cluster
+-- migration: a key that has not moved yet reads as missing on the master importing the slot,
+-- where this call runs once the seq counter and the outbox (its declared keys) have moved
+-- (the client followed ASK). A session that exists must not be reported unknown, nor a
+-- command applied twice, so a key read as missing is confirmed by EXISTS of it together with
+-- ARGV[12], a key that never exists: a command of several keys with one missing is refused
+-- while the slot is imported (Redis's TRYAGAIN case) or migrated away (ASK), before any write
+-- of this call (every key is read before the first write). On a slot at rest (and on a single
+-- Redis) it answers 0, and costs nothing unless a key is missing. Found keys need no check:
+-- a key is moved whole, and one found here is the only copy. (On the master the slot leaves,
+-- reading a key already gone is refused by Redis itself.)
+local function confirm_missing(key)
+  redis.call('EXISTS', key, ARGV[12])
+end
+
 -- Those fields of a session: one value (HGET) or a table of them (HMGET).
 local function read(key, names)
   if #names == 1 then
@@ -101,11 +117,12 @@ local function read(key, names)
 end
 
 -- Read every key before writing any: on a cluster slot half-way through a migration, a key
--- that already left makes Redis abort the script, and it must abort here, before any write.
+-- that already left makes Redis abort the script, and one that has not arrived yet is
+-- confirmed missing (`confirm_missing`): either aborts it here, before any write.
 -- One call per session reads the fields its checks compare (a session always has a version,
 -- so a value read also says that it exists; EXISTS only when none is there, or nothing is
 -- compared), and the main loop reads no more of it unless a commit before it in this call
--- wrote it. (Each command key once: a bulk command names the same one in every commit.)
+-- wrote it. (Each command's keys once: a bulk command names the same one in every commit.)
 -- A fresh commit (decided on a process's replica without reading the command's kept answer)
 -- of a command id this exam knows is a retry: all of that command's commits here are refused
 -- (checked before any of them is applied), and the caller reads the kept answer.
@@ -117,7 +134,12 @@ local members = nil -- the exam's set of sessions counted, for 'n': read here, b
 for i, at in ipairs(starts) do
   local cmd = flat[at + 3]
   if flat[at + 1] == 'n' then
-    members = members or redis.call('SCARD', ARGV[10])
+    if members == nil then
+      members = redis.call('SCARD', ARGV[10])
+      if members == 0 then
+        confirm_missing(ARGV[10])
+      end
+    end
   else
     local key = ARGV[4] .. flat[at]
     hashes[i] = key
@@ -138,12 +160,17 @@ for i, at in ipairs(starts) do
       names[i], values[i] = asked, got
     end
     exists[i] = found or redis.call('EXISTS', key) == 1
+    if not exists[i] then
+      confirm_missing(key)
+    end
   end
   if cmd ~= '' and cmdkeys[cmd] == nil then
-    applied[cmd] = redis.call('EXISTS', ARGV[5] .. cmd) == 1
-    local kept = redis.call('EXISTS', ARGV[9] .. cmd) == 1
+    -- Both keys in one EXISTS: refused mid-migration unless both are here (see above);
+    -- which one exists is asked only if one does (a command's later calls, its retries).
+    local count = redis.call('EXISTS', ARGV[5] .. cmd, ARGV[9] .. cmd)
+    applied[cmd] = count == 2 or (count == 1 and redis.call('EXISTS', ARGV[5] .. cmd) == 1)
     cmdkeys[cmd] = {}
-    known[cmd] = applied[cmd] or kept
+    known[cmd] = count > 0
   end
 end
 

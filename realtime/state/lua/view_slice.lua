@@ -5,7 +5,9 @@
 --
 -- KEYS[1] exam seq counter, KEYS[2] set of the exam's session ids
 -- ARGV[1] key prefix of the exam's session hashes, ARGV[2] SSCAN cursor ("0" to begin),
--- ARGV[3] sessions per slice (SSCAN COUNT), ARGV[4 ..] the fields
+-- ARGV[3] sessions per slice (SSCAN COUNT), ARGV[4] a key of the exam that never exists,
+-- ARGV[5 ..] the fields. A member whose hash reads as missing is confirmed missing as in
+-- snapshot.lua (refused on the master importing the slot mid-migration).
 --
 -- Returns {seq, next cursor, json}: json as snapshot.lua's with fields (arrays of the values
 -- in that order, null where missing).
@@ -13,7 +15,7 @@
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local scan = redis.call('SSCAN', KEYS[2], ARGV[2], 'COUNT', ARGV[3])
 local names = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   names[#names + 1] = ARGV[i]
 end
 local rows = {}
@@ -26,6 +28,8 @@ for _, id in ipairs(scan[2]) do
       end
     end
     rows[#rows + 1] = '[' .. table.concat(values, ',') .. ']'
+  else
+    redis.call('EXISTS', ARGV[1] .. id, ARGV[4])
   end
 end
 return {seq, scan[1], '[' .. table.concat(rows, ',') .. ']'}
