@@ -260,3 +260,35 @@ async def test_a_read_catching_up_waits_for_the_drain_of_its_exam_in_flight(
         stored = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one()
     assert stored == (1 if payload == "audit" else 0)
     assert await first == 1  # one outbox entry
+
+
+async def test_memory_store_claims_hand_the_drainer_bounded_transactions(db: Database) -> None:
+    """A backlog of bulk commits (a "pause all" commits thousands of events at once) reaches
+    SQL in transactions of at most `CLAIM_EVENTS` events each, in order: the drainer's write of
+    a claim runs partly on the event loop in one stretch, however many events the claim holds.
+    Nothing is lost or reordered by the split."""
+    from realtime.state.memory import CLAIM_EVENTS, MemoryStore
+
+    store = MemoryStore()
+    await _exam(db, store, count=3)
+    bulk = 2 * CLAIM_EVENTS + 7
+    committed = await _commit(store, *(_event(f"s{i % 3}", n=i) for i in range(bulk)))
+    committed += await _commit(store, _event("s0", n=bulk))  # a small entry behind them
+    writes: list[int] = []
+    original = db.write_outbox
+
+    async def write_outbox(events: Any, audit: Any) -> int:
+        writes.append(len(events) + len(audit))
+        return await original(events, audit)
+
+    db.write_outbox = write_outbox  # type: ignore[method-assign]
+    drainer = Drainer(store, db)
+    await drainer.drain_all()
+
+    assert writes and max(writes) <= CLAIM_EVENTS
+    assert sum(writes) == bulk + 1
+    stored = await db.exam_events(EXAM, limit=bulk + 10)
+    assert [(e.seq, e.session_id) for e in stored] == [(e.seq, e.session_id) for e in committed]
+    assert (await store.outbox_backlog(now=2000.0)).events == 0
+    state = await db.get_session_row("s0")
+    assert state is not None and state["position"] == bulk

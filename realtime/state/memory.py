@@ -29,6 +29,14 @@ from realtime.state.store import (
 
 log = logging.getLogger(__name__)
 
+# Events an outbox entry holds, and a claim hands the drainer, at most (a claim: whole entries,
+# at least one). The drainer writes a claim in one SQL transaction, and parts of that write run
+# on the event loop in one stretch each (ordering the claim, merging the sessions' states):
+# behind the bursts of a few "pause all"s (5,000 events in one entry each, 5,000 acks), claims
+# of 200 entries held 24,000-70,000 events, and a hall's traffic meanwhile waited behind
+# stretches of 30-50 ms (docs/performance.md, ninth session). Redis's claims are not capped.
+CLAIM_EVENTS = 2_000
+
 
 class _Outbox:
     """One exam's outbox: entries in order, a drained mark, and the recent event log."""
@@ -210,8 +218,10 @@ class MemoryStore:
         now = self._clock()
         for exam_id, events in by_exam.items():
             box = self._outbox(exam_id)
-            box.next_id += 1
-            box.entries.append(OutboxEntry(exam_id, str(box.next_id), events, [], now))
+            for start in range(0, len(events), CLAIM_EVENTS):  # a bulk commit in parts
+                box.next_id += 1
+                box.entries.append(OutboxEntry(exam_id, str(box.next_id),
+                                               events[start:start + CLAIM_EVENTS], [], now))
             box.log.extend(events)
             box.trim()
         for events in by_exam.values():
@@ -356,7 +366,14 @@ class MemoryStore:
         if holder and holder != consumer and until > now:
             return None
         box.lease = (consumer, now + lease)
-        return list(box.entries)[:count]
+        claimed: list[OutboxEntry] = []
+        size = 0
+        for entry in box.entries:  # whole entries, up to CLAIM_EVENTS events (at least one)
+            size += len(entry.events) + len(entry.audit)
+            if len(claimed) >= count or (claimed and size > CLAIM_EVENTS):
+                break
+            claimed.append(entry)
+        return claimed
 
     async def outbox_ack(self, exam_id: str, consumer: str, entries: list[OutboxEntry]) -> None:
         box = self._outboxes.get(exam_id)
