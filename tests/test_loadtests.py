@@ -562,3 +562,17 @@ async def test_one_socket_s_error_does_not_stop_the_harness_parsing_the_others()
 
     await _burst(20, ReadFirst(), on_message)
     assert seen == 20
+
+
+def test_drain_backlog_drains_a_pauses_backlog_and_times_the_loop() -> None:
+    """The drain measurement drains everything it committed (2 × (a pause and a resume of 40,
+    each with its 40 acks): 320 events) and prints its figures."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.drain_backlog", "--sessions", "40", "--repeats", "2",
+         "--ack-batch", "7"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("320 events drained in "), line
+    assert "longest loop stretches" in line and ">= 10 / 20 / 40 ms" in line, line
