@@ -638,22 +638,15 @@ class SessionMachine(RuleBasedStateMachine):
         if name is None:
             return
         message = {"type": "progress", "position": position, "answered": answered}
-        before = len(self.live[name].page.frames)
-        self.run(self._message(name, message))
-        accepted = self.m.progress(name, position, answered)
-        self.settle()
-        self.check_answer(name, before, accepted)
+        self.send_and_check(name, message, lambda: self.m.progress(name, position, answered))
 
     @rule(which=PICK)
     def client_event(self, which: int) -> None:
         name = self.pick(self.names("live"), which)
         if name is None:
             return
-        before = len(self.live[name].page.frames)
-        self.run(self._message(name, {"type": "client_event", "name": "blur"}))
-        accepted = self.m.client_event(name)
-        self.settle()
-        self.check_answer(name, before, accepted)
+        message = {"type": "client_event", "name": "blur"}
+        self.send_and_check(name, message, lambda: self.m.client_event(name))
 
     @rule(which=PICK, shown=st.booleans())
     def ack(self, which: int, shown: bool) -> None:
@@ -666,25 +659,18 @@ class SessionMachine(RuleBasedStateMachine):
         command_id = link.view["notice_id"] if shown else f"cmd-{next(self.counter)}"
         if not command_id:
             command_id = "cmd-0"
-        before = len(self.live[name].page.frames)
-        self.run(self._message(name, {"type": "ack", "command_id": command_id}))
-        accepted = self.m.ack(name, command_id)
-        self.settle()
-        self.check_answer(name, before, accepted)
+        message = {"type": "ack", "command_id": command_id}
+        self.send_and_check(name, message, lambda: self.m.ack(name, command_id))
 
     @rule(which=PICK)
     def submit(self, which: int) -> None:
         name = self.pick(self.names("live"), which)
         if name is None:
             return
-        before = len(self.live[name].page.frames)
-        self.run(self._message(name, {"type": "submit"}))
-        accepted = self.m.submit(name)
-        self.settle()
+        accepted = self.send_and_check(name, {"type": "submit"}, lambda: self.m.submit(name))
         page = self.live[name].page
         if accepted:
             assert page.last("submitted") is not None and page.close_code == CloseCode.COMPLETED
-        self.check_answer(name, before, accepted)
 
     @rule(which=PICK)
     def drop(self, which: int) -> None:
@@ -696,10 +682,18 @@ class SessionMachine(RuleBasedStateMachine):
         self.m.drop(name)
         self.settle()
 
-    def check_answer(self, name: str, before: int, accepted: bool) -> None:
-        """A refused candidate change is answered with an error frame, an accepted one not."""
+    def send_and_check(self, name: str, message: dict[str, Any],
+                       model_step: Callable[[], bool]) -> bool:
+        """Candidate `name` sends `message`, the model takes the same step (`model_step`, true
+        when it accepts it); once settled, a refused change must have been answered with one
+        error frame and an accepted one with none. Returns whether the model accepted it."""
+        before = len(self.live[name].page.frames)
+        self.run(self._message(name, message))
+        accepted = model_step()
+        self.settle()
         errors = [f for f in self.live[name].page.frames[before:] if f["type"] == "error"]
         assert len(errors) == (0 if accepted else 1), errors
+        return accepted
 
     # -- rules: staff ---------------------------------------------------------------------
 
