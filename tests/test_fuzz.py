@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -347,24 +347,33 @@ def assert_bystander_unaffected(hall: Hall) -> None:
 # -- the fuzzers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", [JSON, MSGPACK])
-def test_fuzz_candidate_socket(hall: Hall, protocol: str) -> None:
-    """Generated frames on /ws/candidate: error frames or documented closes, never a crash."""
+def fuzz_socket(
+    hall: Hall,
+    open_socket: Callable[[], Peer],
+    messages: st.SearchStrategy[Any],
+    lead: Callable[[], dict[str, Any]],
+    lead_on_a_fresh_socket: bool,
+    sync_on: str,
+) -> None:
+    """Batches of generated `messages` on a socket (`open_socket`), each ended by a sentinel
+    answered on `sync_on`: error frames or documented closes, never a crash, and the other
+    exam unaffected. An example may start with the message `lead` makes: on a fresh socket if
+    `lead_on_a_fresh_socket`, else on the one open. A socket the server closed is replaced."""
     peer: list[Peer | None] = [None]
 
     @FUZZ
-    @given(opened=st.booleans(), batch=frames(candidate_messages(hall)))
-    def run(opened: bool, batch: list[Any]) -> None:
+    @given(leads=st.booleans(), batch=frames(messages))
+    def run(leads: bool, batch: list[Any]) -> None:
         current = peer[0]
-        if current is None or current.closed is not None or opened:
+        if current is None or current.closed is not None or (leads and lead_on_a_fresh_socket):
             if current is not None:
                 current.close()
-            current = peer[0] = Peer(hall.server, "/ws/candidate", protocol)
-            if opened:
-                current.send("message", {"type": "open", "access_code": hall.fresh_code()})
+            current = peer[0] = open_socket()
+        if leads:
+            current.send("message", lead())
         for kind, payload in batch:
             current.send(kind, payload)
-        current.sync("type")
+        current.sync(sync_on)
         hall.views_load()
 
     try:
@@ -374,34 +383,34 @@ def test_fuzz_candidate_socket(hall: Hall, protocol: str) -> None:
             peer[0].close()
     assert_server_fine(hall)
     assert_bystander_unaffected(hall)
+
+
+@pytest.mark.parametrize("protocol", [JSON, MSGPACK])
+def test_fuzz_candidate_socket(hall: Hall, protocol: str) -> None:
+    """Generated frames on /ws/candidate, on a fresh socket that opens a session or on the one
+    open: error frames or documented closes, never a crash."""
+    fuzz_socket(
+        hall,
+        lambda: Peer(hall.server, "/ws/candidate", protocol),
+        candidate_messages(hall),
+        lead=lambda: {"type": "open", "access_code": hall.fresh_code()},
+        lead_on_a_fresh_socket=True,
+        sync_on="type",
+    )
 
 
 @pytest.mark.parametrize("protocol", [JSON, MSGPACK])
 def test_fuzz_proctor_socket(hall: Hall, protocol: str) -> None:
-    """Generated frames on /ws/proctor: error frames or documented closes, never a crash."""
-    peer: list[Peer | None] = [None]
-
-    @FUZZ
-    @given(subscribed=st.booleans(), batch=frames(proctor_messages(hall)))
-    def run(subscribed: bool, batch: list[Any]) -> None:
-        current = peer[0]
-        if current is None or current.closed is not None:
-            current = peer[0] = Peer(hall.server, "/ws/proctor", protocol,
-                                     additional_headers=AUTH)
-        if subscribed:
-            current.send("message", {"type": "subscribe", "exam_id": hall.exam_id})
-        for kind, payload in batch:
-            current.send(kind, payload)
-        current.sync("request_id")
-        hall.views_load()
-
-    try:
-        run()
-    finally:
-        if peer[0] is not None:
-            peer[0].close()
-    assert_server_fine(hall)
-    assert_bystander_unaffected(hall)
+    """Generated frames on /ws/proctor, subscribed to the exam or not: error frames or
+    documented closes, never a crash."""
+    fuzz_socket(
+        hall,
+        lambda: Peer(hall.server, "/ws/proctor", protocol, additional_headers=AUTH),
+        proctor_messages(hall),
+        lead=lambda: {"type": "subscribe", "exam_id": hall.exam_id},
+        lead_on_a_fresh_socket=False,
+        sync_on="request_id",
+    )
 
 
 @pytest.mark.timeout(300)  # every operation of a growing API, on two busy cores
