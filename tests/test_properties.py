@@ -19,11 +19,13 @@ any serial order of them that explains what was committed (linearisability).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import json
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -1081,38 +1083,94 @@ class PausingBatcher(CommitBatcher):
         return await super().commit(commits, linger)
 
 
+@dataclass
+class Race:
+    """Two processes' SessionServices on one store and database. `first` made the exam
+    "e-race" with one session, `sid`; `second(move)` is the other process, whose commit
+    pauses for `move` (the first process's, or anyone's) just before it commits the kind of
+    event the race is about. On the `clock` when one is given, else on real time."""
+
+    store: StateStore
+    db: Database
+    liveness: machine.Liveness
+    clock: Clock | None
+    first: SessionService
+    exam: Exam
+    sid: str
+    seconds: list[SessionService] = field(default_factory=list)
+
+    def second(self, move: Callable[[], Awaitable[Any]], kind: str = "refused") -> SessionService:
+        service = SessionService(self.store, self.db, self.liveness, clock=self.first.clock,
+                                 batcher=PausingBatcher(self.store, move, kind=kind))
+        self.seconds.append(service)
+        return service
+
+    def heard_again(self, conn_id: str) -> Callable[[], Awaitable[None]]:
+        """The move of a holder (on `conn_id`, in the first process) heard from again: its
+        page reports progress."""
+        clock = self.clock
+        assert clock is not None
+
+        async def progress() -> None:
+            outcome = await self.first.candidate_update(
+                self.exam.id, self.sid,
+                lambda s: machine.report_progress(s, conn_id, "c", 3, 2, clock.now),
+                FastPath({"id": self.sid, "exam_id": self.exam.id, "status": "active",
+                          "conn_id": conn_id}, {"conn_id": conn_id}),
+            )
+            assert isinstance(outcome, machine.Transition)
+
+        return progress
+
+
+@contextlib.asynccontextmanager
+async def race(store: StateStore, tmp_path: Path, clock: Clock | None = None,
+               settings: ExamSettings | None = None) -> AsyncIterator[Race]:
+    """A Race on a fresh SQLite database; its services' batchers and the database are closed
+    after."""
+    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await db.create_all()
+    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
+    first = SessionService(store, db, liveness,
+                           clock=clock.time if clock is not None else time.time)
+    try:
+        exam = await first.create_exam(
+            Exam(id="e-race", title="Race", settings=settings or ExamSettings())
+        )
+        [created] = await first.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
+        setup = Race(store, db, liveness, clock, first, exam, created["id"])
+        try:
+            yield setup
+        finally:
+            for second in setup.seconds:
+                await second.batcher.close()
+    finally:
+        await first.batcher.close()
+        await db.close()
+
+
 async def test_an_unlock_racing_an_open_is_not_followed_by_a_refusal(
     store: StateStore, tmp_path: Path
 ) -> None:
     """A page opens a locked session while a proctor (on another process) unlocks it: the
     open is decided again on the unlocked session and succeeds. It was refused as "locked",
     with the refusal recorded after the unlock in the history."""
-    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await db.create_all()
-    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
-    proctor_side = SessionService(store, db, liveness)
-    exam = await proctor_side.create_exam(Exam(id="e-race", title="Race"))
-    [created] = await proctor_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
-    sid = created["id"]
-    target = Target(session_ids=[sid])
-    locked = await proctor_side.command(exam.id, Action.LOCK, target, STAFF)
-    assert len(locked.applied) == 1
+    async with race(store, tmp_path) as r:
+        proctor_side, exam, sid = r.first, r.exam, r.sid
+        target = Target(session_ids=[sid])
+        locked = await proctor_side.command(exam.id, Action.LOCK, target, STAFF)
+        assert len(locked.applied) == 1
 
-    async def unlock() -> None:
-        result = await proctor_side.command(exam.id, Action.UNLOCK, target, STAFF)
-        assert len(result.applied) == 1
+        async def unlock() -> None:
+            result = await proctor_side.command(exam.id, Action.UNLOCK, target, STAFF)
+            assert len(result.applied) == 1
 
-    candidate_side = SessionService(store, db, liveness, batcher=PausingBatcher(store, unlock))
-    try:
+        candidate_side = r.second(unlock)
         opened = await candidate_side.open(exam.id, sid, "conn-1", "")
         assert opened.session["conn_id"] == "conn-1" and opened.relocked
         events = await store.events_since(exam.id, 0)
         assert events is not None
         assert [e.kind for e in events] == ["created", "lock", "unlock", "opened", "relocked"]
-    finally:
-        await candidate_side.batcher.close()
-        await proctor_side.batcher.close()
-        await db.close()
 
 
 async def test_a_refusal_is_decided_on_the_holder_as_last_heard(
@@ -1122,32 +1180,13 @@ async def test_a_refusal_is_decided_on_the_holder_as_last_heard(
     the holder's progress arrives (a change without a version): the refusal says the
     session is open elsewhere, as it is when the refusal is recorded. It said "locked", as
     if nobody held it, after the progress in the history."""
-    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await db.create_all()
     clock = Clock()
-    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
-    holder_side = SessionService(store, db, liveness, clock=clock.time)
-    exam = await holder_side.create_exam(
-        Exam(id="e-race", title="Race", settings=ExamSettings(lock_sessions=True))
-    )
-    [created] = await holder_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
-    sid = created["id"]
-    await holder_side.open(exam.id, sid, "conn-1", "")
-    clock.now += STALE_AFTER + 1  # the holder has been silent: not live any more
-
-    async def progress() -> None:  # the holder's page is heard from again
-        outcome = await holder_side.candidate_update(
-            exam.id, sid,
-            lambda s: machine.report_progress(s, "conn-1", "c", 3, 2, clock.now),
-            FastPath({"id": sid, "exam_id": exam.id, "status": "active",
-                      "conn_id": "conn-1"}, {"conn_id": "conn-1"}),
-        )
-        assert isinstance(outcome, machine.Transition)
-
-    second_tab = SessionService(
-        store, db, liveness, clock=clock.time, batcher=PausingBatcher(store, progress)
-    )
-    try:
+    async with race(store, tmp_path, clock, ExamSettings(lock_sessions=True)) as r:
+        exam, sid = r.exam, r.sid
+        await r.first.open(exam.id, sid, "conn-1", "")
+        clock.now += STALE_AFTER + 1  # the holder has been silent: not live any more
+        # the holder's page is heard from again, just as the second tab's refusal commits
+        second_tab = r.second(r.heard_again("conn-1"))
         with pytest.raises(OpenRefused) as refused:
             await second_tab.open(exam.id, sid, "conn-2", "")
         assert refused.value.reason == "already_open"
@@ -1156,10 +1195,6 @@ async def test_a_refusal_is_decided_on_the_holder_as_last_heard(
         assert [(e.kind, e.details.get("reason")) for e in events][-2:] == [
             ("progress", None), ("refused", "already_open")
         ]
-    finally:
-        await second_tab.batcher.close()
-        await holder_side.batcher.close()
-        await db.close()
 
 
 async def test_a_sweep_racing_the_holders_progress_leaves_it_connected(
@@ -1168,40 +1203,18 @@ async def test_a_sweep_racing_the_holders_progress_leaves_it_connected(
     """The sweeper (another process) finds a holder silent for longer than `stale_after` just
     as its progress arrives: the session stays connected. It was marked disconnected after
     the progress ("holder lost" although it had just been heard), until the next heartbeat."""
-    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await db.create_all()
     clock = Clock()
-    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
-    holder_side = SessionService(store, db, liveness, clock=clock.time)
-    exam = await holder_side.create_exam(Exam(id="e-race", title="Race"))
-    [created] = await holder_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
-    sid = created["id"]
-    await holder_side.open(exam.id, sid, "conn-1", "")
-    clock.now += STALE_AFTER + 1  # silent for too long: the sweeper's candidate
-
-    async def progress() -> None:  # heard from again, between the sweeper's read and commit
-        outcome = await holder_side.candidate_update(
-            exam.id, sid,
-            lambda s: machine.report_progress(s, "conn-1", "c", 3, 2, clock.now),
-            FastPath({"id": sid, "exam_id": exam.id, "status": "active",
-                      "conn_id": "conn-1"}, {"conn_id": "conn-1"}),
-        )
-        assert isinstance(outcome, machine.Transition)
-
-    sweeper = SessionService(
-        store, db, liveness, clock=clock.time,
-        batcher=PausingBatcher(store, progress, kind="disconnected"),
-    )
-    try:
+    async with race(store, tmp_path, clock) as r:
+        exam, sid = r.exam, r.sid
+        await r.first.open(exam.id, sid, "conn-1", "")
+        clock.now += STALE_AFTER + 1  # silent for too long: the sweeper's candidate
+        # heard from again, between the sweeper's read and commit
+        sweeper = r.second(r.heard_again("conn-1"), kind="disconnected")
         assert await sweeper.sweep_stale(exam.id) == 0
         [session] = await store.get_sessions(exam.id, [sid])
         assert session is not None and session["connected"] is True
         events = await store.events_since(exam.id, 0)
         assert events is not None and events[-1].kind == "progress"
-    finally:
-        await sweeper.batcher.close()
-        await holder_side.batcher.close()
-        await db.close()
 
 
 async def test_an_ack_of_a_notice_replaced_meanwhile_keeps_the_version(
@@ -1210,31 +1223,23 @@ async def test_an_ack_of_a_notice_replaced_meanwhile_keeps_the_version(
     """The page acks the notice it shows just as a proctor (another process) sends a new one:
     the ack clears nothing and, like every ack, makes no new version. It took the versioned
     way when its guard failed, so the version depended on the timing."""
-    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    await db.create_all()
-    liveness = machine.Liveness(stale_after=STALE_AFTER, resume_grace=RESUME_GRACE)
-    proctor_side = SessionService(store, db, liveness)
-    exam = await proctor_side.create_exam(Exam(id="e-race", title="Race"))
-    [created] = await proctor_side.create_sessions(exam.id, [{"candidate_id": "c1"}], "staff:p")
-    sid = created["id"]
-    target = Target(session_ids=[sid])
-    opened = await proctor_side.open(exam.id, sid, "conn-1", "")
-    first = await proctor_side.command(
-        exam.id, Action.NOTICE, target, STAFF, {"text": "one", "command_id": "n-1"}
-    )
-    assert len(first.applied) == 1
-
-    async def second_notice() -> None:
-        result = await proctor_side.command(
-            exam.id, Action.NOTICE, target, STAFF, {"text": "two", "command_id": "n-2"}
+    async with race(store, tmp_path) as r:
+        proctor_side, exam, sid = r.first, r.exam, r.sid
+        target = Target(session_ids=[sid])
+        opened = await proctor_side.open(exam.id, sid, "conn-1", "")
+        first = await proctor_side.command(
+            exam.id, Action.NOTICE, target, STAFF, {"text": "one", "command_id": "n-1"}
         )
-        assert len(result.applied) == 1
+        assert len(first.applied) == 1
 
-    page_side = SessionService(
-        store, db, liveness, batcher=PausingBatcher(store, second_notice, kind="delivered")
-    )
-    view = {**opened.session, "notice_id": "n-1"}  # what the page's link knows: notice one
-    try:
+        async def second_notice() -> None:
+            result = await proctor_side.command(
+                exam.id, Action.NOTICE, target, STAFF, {"text": "two", "command_id": "n-2"}
+            )
+            assert len(result.applied) == 1
+
+        page_side = r.second(second_notice, kind="delivered")
+        view = {**opened.session, "notice_id": "n-1"}  # what the page's link knows: notice one
         outcome = await page_side.candidate_update(
             exam.id, sid,
             lambda s: machine.acknowledge(s, "conn-1", "c", "n-1", 1_800_000_000.0),
@@ -1250,7 +1255,3 @@ async def test_an_ack_of_a_notice_replaced_meanwhile_keeps_the_version(
         assert [e.kind for e in events][-2:] == ["notice", "delivered"]
         assert "version" not in events[-1].changes
         assert session["version"] == events[-2].changes["version"]
-    finally:
-        await page_side.batcher.close()
-        await proctor_side.batcher.close()
-        await db.close()
