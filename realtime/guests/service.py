@@ -141,6 +141,18 @@ class Reservation:
         }
 
 
+def _guest_details_dict(row: GuestAccountRow | GuestUseRow) -> dict[str, Any]:
+    """The details the guest gave (GuestDetails' fields), as an account or a use shows them;
+    an account's are None while it is free."""
+    return {
+        "title": row.title,
+        "first_name": row.first_name,
+        "surname": row.surname,
+        "student_number": row.student_number,
+        "email": row.email,
+    }
+
+
 def _account_dict(row: GuestAccountRow) -> dict[str, Any]:
     return {
         "number": row.number,
@@ -148,11 +160,7 @@ def _account_dict(row: GuestAccountRow) -> dict[str, Any]:
         "user_id": row.user_id,
         "status": row.status,
         "exam_id": row.exam_id,
-        "title": row.title,
-        "first_name": row.first_name,
-        "surname": row.surname,
-        "student_number": row.student_number,
-        "email": row.email,
+        **_guest_details_dict(row),
         "reserved_at": row.reserved_at,
         "released_at": row.released_at,
     }
@@ -164,11 +172,7 @@ def _use_dict(row: GuestUseRow) -> dict[str, Any]:
         "account": row.number,
         "login": row.login,
         "exam_id": row.exam_id,
-        "title": row.title,
-        "first_name": row.first_name,
-        "surname": row.surname,
-        "student_number": row.student_number,
-        "email": row.email,
+        **_guest_details_dict(row),
         "ip": row.ip,
         "reserved_at": row.reserved_at,
         "released_at": row.released_at,
@@ -675,8 +679,7 @@ class GuestService:
         if use is not None:
             use.session_id, use.reassigned_to = session_id, candidate_id
             use.reassigned_by, use.reassigned_at = ctx.actor, now
-            typed = {k: v for k, v in _use_dict(use).items()
-                     if k in ("title", "first_name", "surname", "student_number", "email")}
+            typed = _guest_details_dict(use)
         # 5. the `reassigned` event: recorded through the live commit path right after
         event = Event(
             exam_id=exam.id, session_id=session_id, kind=REASSIGNED, actor=ctx.actor, at=now,
