@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -42,6 +43,30 @@ def _child_limits() -> None:
     target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes],
+    url: str,
+    timeout: float,
+    log: Callable[[], str],
+    stop: Callable[[], None],
+) -> None:
+    """Polls the server at `url` until its /healthz answers 200. A server that exits first
+    is reported at once, one still not healthy after `timeout` s is stopped (`stop`); either
+    way with the end of its `log`. (The benchmark's servers and the tests' both start so.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    stop()
+    raise RuntimeError(f"server did not start:\n{log()[-4000:]}")
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -251,18 +276,8 @@ class ServerProcess:
                 self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_child_limits,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()[-4000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log()[-4000:]}")
+        wait_until_healthy(self.process, self.url, timeout, self.log, self.stop)
+        return self
 
     @property
     def pid(self) -> int:

@@ -7,12 +7,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadtests.servers import wait_until_healthy
 from realtime.config import WS_IMPLS
 
 if TYPE_CHECKING:
@@ -122,18 +121,8 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
+        wait_until_healthy(self.process, self.url, timeout, self.log_path.read_text, self.stop)
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
