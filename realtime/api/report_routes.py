@@ -123,7 +123,7 @@ async def export_sessions(request: Request) -> Response:
     """
     summary: An exam's sessions as CSV (.csv) or a print-friendly page (.html)
     parameters:
-      - {name: fmt, in: path, required: true, schema: {type: string, enum: [csv, html]}}
+      - {shared: report_format}
       - {name: status, in: query, schema: {type: string}, description: "comma separated"}
       - {name: group, in: query, schema: {type: string}}
       - {name: search, in: query, schema: {type: string}}
@@ -148,10 +148,8 @@ async def export_session_history(request: Request) -> Response:
     """
     summary: A session's history as CSV (.csv) or a print-friendly page (.html)
     parameters:
-      - {name: fmt, in: path, required: true, schema: {type: string, enum: [csv, html]}}
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
-      - {name: exclude, in: query, schema: {type: string}, description: "e.g. progress,delivered"}
+      - {shared: report_format}
+      - {shared: history_export}
     responses:
       200: {description: "Every matching event, oldest first"}
       400: {description: A malformed filter}
@@ -187,12 +185,7 @@ async def exam_history(request: Request) -> Response:
     """
     summary: A page of all history of an exam, oldest first, with a link to the next page
     parameters:
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
-      - {name: after_seq, in: query, schema: {type: integer}, description: "page forward"}
-      - {name: before_seq, in: query, schema: {type: integer}, description: "page backward"}
-      - {name: limit, in: query, schema: {type: integer}, description: "1..1000 (1000)"}
-      - {name: exclude, in: query, schema: {type: string}, description: "e.g. progress,delivered"}
+      - {shared: history_page}
     responses:
       200: {description: "{events: [Event], next: URL of the next page or null}"}
       400: {description: A malformed filter}
@@ -208,10 +201,8 @@ async def export_exam_history(request: Request) -> Response:
     """
     summary: All history of an exam as CSV (.csv) or a print-friendly page (.html)
     parameters:
-      - {name: fmt, in: path, required: true, schema: {type: string, enum: [csv, html]}}
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
-      - {name: exclude, in: query, schema: {type: string}, description: "e.g. progress,delivered"}
+      - {shared: report_format}
+      - {shared: history_export}
     responses:
       200: {description: "Every matching event, oldest first"}
       400: {description: A malformed filter}
@@ -229,9 +220,8 @@ async def export_irregularities(request: Request) -> Response:
     """
     summary: An exam's irregularities as CSV (.csv) or a print-friendly page (.html)
     parameters:
-      - {name: fmt, in: path, required: true, schema: {type: string, enum: [csv, html]}}
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
+      - {shared: report_format}
+      - {shared: range}
     responses:
       200: {description: "Every irregularity reported in the range, oldest first"}
       400: {description: A malformed range}

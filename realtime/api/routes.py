@@ -17,6 +17,7 @@ from starlette.schemas import SchemaGenerator
 from realtime.api.exam_query import status_of
 from realtime.api.history_query import next_link, parse_history_filter, parse_range
 from realtime.api.reports import ActorNames, natural_key
+from realtime.api.shared_parameters import with_shared_parameters
 from realtime.auth.permissions import Permission
 from realtime.auth.principal import Principal
 from realtime.commands import parse_command, parse_target
@@ -489,12 +490,7 @@ async def session_history(request: Request) -> Response:
     """
     summary: A page of a session's history, oldest first, with a link to the next page
     parameters:
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
-      - {name: after_seq, in: query, schema: {type: integer}, description: "page forward"}
-      - {name: before_seq, in: query, schema: {type: integer}, description: "page backward"}
-      - {name: limit, in: query, schema: {type: integer}, description: "1..1000 (1000)"}
-      - {name: exclude, in: query, schema: {type: string}, description: "e.g. progress,delivered"}
+      - {shared: history_page}
     responses:
       200: {description: "{events: [Event], next: URL of the next page or null}"}
       400: {description: A malformed filter}
@@ -558,8 +554,7 @@ async def list_irregularities(request: Request) -> Response:
     summary: The irregularities reported in an exam (on sessions in the caller's scope), oldest
       first
     parameters:
-      - {name: from, in: query, schema: {type: string}, description: "ISO-8601, inclusive"}
-      - {name: to, in: query, schema: {type: string}, description: "ISO-8601, exclusive"}
+      - {shared: range}
     responses:
       200: {description: "{irregularities: [...]}"}
     """
@@ -705,7 +700,8 @@ async def openapi(request: Request) -> Response:
     responses:
       200: {description: OpenAPI 3 JSON}
     """
-    return JSONResponse(with_path_parameters(schemas.get_schema(routes=request.app.routes)))
+    document = with_shared_parameters(schemas.get_schema(routes=request.app.routes))
+    return JSONResponse(with_path_parameters(document))
 
 
 routes = [
