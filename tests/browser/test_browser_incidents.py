@@ -196,6 +196,24 @@ async def test_incidents_missed_while_away_are_new_after_the_page_catches_up(
             await dashboard.locator("#notify-unseen").click()
             await expect(dashboard.locator("#notify-unseen")).to_be_hidden()
 
+        async def back_after_missing_a_refusal(disconnect: str, synced_by: str,
+                                               away_incidents: str) -> None:
+            """The page is cut off (`disconnect`, a script), `away` is refused meanwhile, and
+            the page reconnects, catching up by `synced_by`: `away` has `away_incidents`,
+            new; `pending` is still new, `seen` still seen; acknowledging sees all."""
+            await dashboard.evaluate(disconnect)
+            await refuse_second_device(ws_url, away["access_code"])
+            await dashboard.evaluate("__realtime.connection.connect()")
+            await expect(sync).to_have_attribute("data-sync", synced_by)
+            await expect(badge(away)).to_have_text(away_incidents)
+            await expect(badge(away)).to_have_class(NEW)
+            await expect(badge(pending)).to_have_class(NEW)
+            await expect(badge(seen)).not_to_have_class(NEW)
+
+            await acknowledge()
+            for session in (seen, pending, away):
+                await expect(badge(session)).not_to_have_class(NEW)
+
         await refuse_second_device(ws_url, seen["access_code"])
         await expect(badge(seen)).to_have_class(NEW)
         await acknowledge()
@@ -204,36 +222,16 @@ async def test_incidents_missed_while_away_are_new_after_the_page_catches_up(
         await expect(badge(pending)).to_have_class(NEW)
 
         # The missed events are replayed.
-        await dashboard.evaluate("__realtime.connection.close()")
-        await refuse_second_device(ws_url, away["access_code"])
-        await dashboard.evaluate("__realtime.connection.connect()")
-        await expect(sync).to_have_attribute("data-sync", "events")
-        await expect(badge(away)).to_have_text("1")
-        await expect(badge(away)).to_have_class(NEW)
-        await expect(badge(pending)).to_have_class(NEW)
-        await expect(badge(seen)).not_to_have_class(NEW)
-
-        await acknowledge()
-        for session in (seen, pending, away):
-            await expect(badge(session)).not_to_have_class(NEW)
+        await back_after_missing_a_refusal("__realtime.connection.close()", "events", "1")
         await refuse_second_device(ws_url, pending["access_code"])
         await expect(badge(pending)).to_have_text("2")
         await expect(badge(pending)).to_have_class(NEW)
 
         # A fresh snapshot (as when the exam's event log no longer reaches back that far: here
         # the page forgets where it was).
-        await dashboard.evaluate("(c => { c.close(); c.lastSeq = null; })(__realtime.connection)")
-        await refuse_second_device(ws_url, away["access_code"])
-        await dashboard.evaluate("__realtime.connection.connect()")
-        await expect(sync).to_have_attribute("data-sync", "snapshot")
-        await expect(badge(away)).to_have_text("2")
-        await expect(badge(away)).to_have_class(NEW)
-        await expect(badge(pending)).to_have_class(NEW)
-        await expect(badge(seen)).not_to_have_class(NEW)
-
-        await acknowledge()
-        for session in (seen, pending, away):
-            await expect(badge(session)).not_to_have_class(NEW)
+        await back_after_missing_a_refusal(
+            "(c => { c.close(); c.lastSeq = null; })(__realtime.connection)", "snapshot", "2"
+        )
     finally:
         await candidates.close_all()
 
