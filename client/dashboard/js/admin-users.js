@@ -5,7 +5,7 @@ import { api, download, query } from "./api.js";
 import { session } from "./auth.js";
 import { formatTime, localize, plain, t } from "/client/i18n.js";
 import { clockTime, esc, roleName } from "./format.js";
-import { askCommand, toast } from "./ui.js";
+import { askCommand, onRowAction, reloadAfterTyping, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,7 +13,6 @@ let bound = false;
 let roles = null; // [{name, description, ...}]
 let users = new Map();
 let loadSeq = 0;
-let searchTimer = null;
 let editing = null; // the user being edited, null when creating
 
 function filters() {
@@ -114,27 +113,17 @@ function announceInvitation(user, result) {
 
 function bind() {
   bound = true;
-  $("users-search").addEventListener("input", () => {
-    clearTimeout(searchTimer);
-    searchTimer = setTimeout(load, 150);
-  });
+  const later = reloadAfterTyping(load);
+  $("users-search").addEventListener("input", later(150));
   for (const id of ["users-role", "users-status"]) $(id).addEventListener("change", load);
-  $("users-group").addEventListener("input", () => {
-    clearTimeout(searchTimer);
-    searchTimer = setTimeout(load, 250);
-  });
+  $("users-group").addEventListener("input", later(250));
   $("users-csv").addEventListener("click", (e) => {
     if (session.mode !== "token") return; // the cookie goes with a plain link
     e.preventDefault();
     download(csvPath(), "users.csv").catch((err) => toast(err.message, "error"));
   });
   $("user-new").addEventListener("click", () => openEditor(null));
-  $("users-rows").addEventListener("click", (e) => {
-    const button = e.target.closest("button[data-user-action]");
-    if (!button) return;
-    const user = users.get(button.closest("tr").dataset.userId);
-    if (user) act(button.dataset.userAction, user, button);
-  });
+  onRowAction($("users-rows"), "data-user-action", (tr) => users.get(tr.dataset.userId), act);
   $("ud-form").addEventListener("submit", onSave);
   $("inv-copy").addEventListener("click", async () => {
     try {

@@ -8,7 +8,7 @@ import { formatTime, localize, plain, t } from "/client/i18n.js";
 import { browserTimeZone, epochToZoned, fillZoneSelect, zonedToEpoch } from "/client/timezone.js";
 import { esc, statusLabel } from "./format.js";
 import { openRosterImport } from "./roster-import.js";
-import { askCommand, toast } from "./ui.js";
+import { askCommand, onRowAction, reloadAfterTyping, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,7 +17,6 @@ const SESSION_ORDER = ["ready", "awaiting", "active", "paused", "completed", "te
 let bound = false;
 let exams = new Map();
 let loadSeq = 0;
-let searchTimer = null;
 let editing = null; // the exam being edited, null when creating
 
 /** Show the page; the list reloads when a filter changes. */
@@ -134,10 +133,7 @@ function examStatusLabel(status) {
 
 function bind() {
   bound = true;
-  const later = (ms) => () => {
-    clearTimeout(searchTimer);
-    searchTimer = setTimeout(load, ms);
-  };
+  const later = reloadAfterTyping(load);
   $("exams-search").addEventListener("input", later(200));
   for (const id of ["exams-state", "exams-from", "exams-to"]) $(id).addEventListener("change", load);
   $("exam-filters").addEventListener("submit", (e) => {
@@ -146,12 +142,7 @@ function bind() {
   });
   $("reload-exams").addEventListener("click", load);
   $("exam-new").addEventListener("click", () => openEditor(null));
-  $("exam-rows").addEventListener("click", (e) => {
-    const button = e.target.closest("button[data-exam-action]");
-    if (!button) return;
-    const exam = exams.get(button.closest("tr").dataset.examId);
-    if (exam) act(button.dataset.examAction, exam, button);
-  });
+  onRowAction($("exam-rows"), "data-exam-action", (tr) => exams.get(tr.dataset.examId), act);
   $("ed-form").addEventListener("submit", onSave);
   $("ed-zone").addEventListener("change", onZoneChange);
 }

@@ -1,4 +1,5 @@
-// Toasts, screen-reader announcements and the command dialog.
+// Toasts, screen-reader announcements, the command dialog, and what the admin pages' lists
+// share (reload after typing, row action buttons).
 
 import { plain, t } from "/client/i18n.js";
 import { fillCategorySelect } from "./categories.js";
@@ -154,5 +155,34 @@ export function askCommand({
             : reasonRequired ? q("cd-reason")
               : danger ? q("cd-cancel") : confirm;
     first.focus();
+  });
+}
+
+/**
+ * A list's reload that waits for typing to pause: `after(ms)` makes an input handler that
+ * (re)starts the one wait, so a keystroke in any input sharing it postpones `reload`.
+ * @param {() => void} reload
+ * @returns {(ms: number) => () => void}
+ */
+export function reloadAfterTyping(reload) {
+  let timer = null;
+  return (ms) => () => {
+    clearTimeout(timer);
+    timer = setTimeout(reload, ms);
+  };
+}
+
+/**
+ * The action buttons in the rows of an admin table: a click on a `<button>` with `attribute`
+ * (e.g. "data-user-action") in `rows` calls `act(action, item, button)`, where the action is
+ * the attribute's value and the item what `itemOf(tr)` finds for the button's row (nothing
+ * is done when it finds none, e.g. the list was reloaded without it).
+ */
+export function onRowAction(rows, attribute, itemOf, act) {
+  rows.addEventListener("click", (e) => {
+    const button = e.target.closest(`button[${attribute}]`);
+    if (!button) return;
+    const item = itemOf(button.closest("tr"));
+    if (item) act(button.getAttribute(attribute), item, button);
   });
 }
