@@ -45,6 +45,18 @@ def _child_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
 
 
+def end_process(process: subprocess.Popen[bytes]) -> None:
+    """Ends `process` if it still runs: SIGTERM, and SIGKILL if it has not ended within 10 s
+    (redis-server here, the tests' servers)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def wait_until_healthy(
     process: subprocess.Popen[bytes],
     url: str,
@@ -141,13 +153,8 @@ class RedisProcess:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            end_process(self.process)
         self.process = None
 
 

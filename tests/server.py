@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadtests.servers import wait_until_healthy
+from loadtests.servers import end_process, wait_until_healthy
 from realtime.config import WS_IMPLS
 
 if TYPE_CHECKING:
@@ -125,13 +125,8 @@ class ServerProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            end_process(self.process)
         self.process = None
 
     def kill(self) -> None:
