@@ -5,7 +5,7 @@ import { api, download, query } from "./api.js";
 import { session } from "./auth.js";
 import { formatTime, localize, plain, t } from "/client/i18n.js";
 import { clockTime, esc, roleName } from "./format.js";
-import { askCommand, onRowAction, reloadAfterTyping, toast } from "./ui.js";
+import { askCommand, onRowAction, reloadAfterTyping, saveEditor, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -199,33 +199,25 @@ async function onSave(event) {
       : !fields.roles.length
         ? t("dashboard.userDialog.missingRole")
         : "";
-  if (missing) {
-    error.textContent = missing;
-    error.hidden = false;
-    return;
-  }
   if (!editing && !fields.login) delete fields.login;
-  const button = $("ud-confirm");
-  button.disabled = true;
-  try {
-    if (editing) {
-      await api.updateUser(editing.id, fields);
-      toast(t("dashboard.users.saved", { name: fields.full_name }), "ok");
-      $("user-dialog").close();
-    } else {
-      const created = await api.createUser(fields);
-      $("user-dialog").close();
-      toast(t("dashboard.users.created", { name: fields.full_name }), "ok");
-      announceInvitation(created.user, created);
-    }
-  } catch (err) {
-    error.textContent = err.message;
-    error.hidden = false;
-    return;
-  } finally {
-    button.disabled = false;
-  }
-  await load();
+  await saveEditor({
+    problem: missing,
+    error,
+    button: $("ud-confirm"),
+    reload: load,
+    save: async () => {
+      if (editing) {
+        await api.updateUser(editing.id, fields);
+        toast(t("dashboard.users.saved", { name: fields.full_name }), "ok");
+        $("user-dialog").close();
+      } else {
+        const created = await api.createUser(fields);
+        $("user-dialog").close();
+        toast(t("dashboard.users.created", { name: fields.full_name }), "ok");
+        announceInvitation(created.user, created);
+      }
+    },
+  });
 }
 
 /** The activation link, shown once (the server keeps only its hash). */

@@ -8,7 +8,7 @@ import { formatTime, localize, plain, t } from "/client/i18n.js";
 import { browserTimeZone, epochToZoned, fillZoneSelect, zonedToEpoch } from "/client/timezone.js";
 import { esc, statusLabel } from "./format.js";
 import { openRosterImport } from "./roster-import.js";
-import { askCommand, onRowAction, reloadAfterTyping, toast } from "./ui.js";
+import { askCommand, onRowAction, reloadAfterTyping, saveEditor, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -288,28 +288,20 @@ async function onSave(event) {
   event.preventDefault();
   const error = $("ed-error");
   const { fields, problem } = readForm();
-  if (problem) {
-    error.textContent = problem;
-    error.hidden = false;
-    return;
-  }
-  const button = $("ed-confirm");
-  button.disabled = true;
-  try {
-    if (editing) {
-      await api.updateExam(editing.id, fields);
-      toast(t("dashboard.users.saved", { name: fields.title }), "ok");
-    } else {
-      const created = await api.createExam(fields);
-      toast(t("dashboard.exams.created", { title: created.title, id: created.id }), "ok");
-    }
-    $("exam-dialog").close();
-  } catch (err) {
-    error.textContent = err.message;
-    error.hidden = false;
-    return;
-  } finally {
-    button.disabled = false;
-  }
-  await load();
+  await saveEditor({
+    problem,
+    error,
+    button: $("ed-confirm"),
+    reload: load,
+    save: async () => {
+      if (editing) {
+        await api.updateExam(editing.id, fields);
+        toast(t("dashboard.users.saved", { name: fields.title }), "ok");
+      } else {
+        const created = await api.createExam(fields);
+        toast(t("dashboard.exams.created", { title: created.title, id: created.id }), "ok");
+      }
+      $("exam-dialog").close();
+    },
+  });
 }

@@ -1,5 +1,5 @@
-// Toasts, screen-reader announcements, the command dialog, and what the admin pages' lists
-// share (reload after typing, row action buttons).
+// Toasts, screen-reader announcements, the command dialog, and what the admin pages share
+// (reload after typing, row action buttons, saving from an editor dialog).
 
 import { plain, t } from "/client/i18n.js";
 import { fillCategorySelect } from "./categories.js";
@@ -185,4 +185,29 @@ export function onRowAction(rows, attribute, itemOf, act) {
     const item = itemOf(button.closest("tr"));
     if (item) act(button.getAttribute(attribute), item, button);
   });
+}
+
+/**
+ * The save of an admin page's editor dialog, once its form is read: a `problem` (what to fix,
+ * "" for none) shows in the dialog's `error` line and nothing is sent; else `save()` runs with
+ * the confirm `button` disabled, a failure's message shows in the `error` line (the dialog
+ * stays open), and a success reloads the page's list (`reload`).
+ */
+export async function saveEditor({ problem, error, button, save, reload }) {
+  if (problem) {
+    error.textContent = problem;
+    error.hidden = false;
+    return;
+  }
+  button.disabled = true;
+  try {
+    await save();
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  await reload();
 }
