@@ -10,7 +10,8 @@ from clients import eventually
 from sqlalchemy import text
 
 from realtime.db.database import Database
-from realtime.drainer import Drainer
+from realtime.drainer import GATHER, GATHER_MAX, SUSTAINED, Drainer
+from realtime.state.memory import MemoryStore
 from realtime.state.model import Event, Exam, new_session
 from realtime.state.store import Commit, StateStore
 
@@ -292,3 +293,74 @@ async def test_memory_store_claims_hand_the_drainer_bounded_transactions(db: Dat
     assert (await store.outbox_backlog(now=2000.0)).events == 0
     state = await db.get_session_row("s0")
     assert state is not None and state["position"] == bulk
+
+async def test_a_sustained_flow_is_gathered_longer_where_the_outbox_outlives_the_process(
+    db: Database, store: StateStore
+) -> None:
+    """The drainer paused 50 ms before every round, so under a steady flow it paid a round's
+    fixed cost (an SQL transaction, a claim and an acknowledgement) ~20 times a second
+    whatever the rate. Now each round that found SUSTAINED rows a second doubles the next
+    pause, up to GATHER_MAX, on a store whose outbox outlives the process (Redis): the same
+    events in a fraction of the rounds. A light flow is back to GATHER's lag at once, and the
+    memory store, whose outbox (the undrained tail) dies with the process, keeps it. Time is
+    the flow's: each pause of the loop commits what the flow's rate would have meanwhile."""
+    await _exam(db, store)
+    heavy, light = 600, 60  # events at 400/s (20 per GATHER), then at 60/s (below SUSTAINED)
+    pauses: list[float] = []
+    light_pauses: list[float] = []
+    sent = 0
+    heavy_rounds = 0
+    flowed = asyncio.Event()
+
+    async def flow(seconds: float) -> None:
+        nonlocal sent
+        if sent < heavy:
+            count = min(heavy - sent, round(400 * seconds))
+        else:
+            count = min(heavy + light - sent, round(60 * seconds))
+        if count:
+            await _commit(store, *(_event(f"s{n % 2}", n=n) for n in range(sent, sent + count)))
+            sent += count
+
+    async def sleep(seconds: float) -> None:
+        nonlocal heavy_rounds
+        pauses.append(seconds)
+        if sent == heavy and not heavy_rounds:
+            heavy_rounds = drainer.rounds  # every heavy event is written
+        elif sent > heavy:
+            light_pauses.append(seconds)  # decided by a round of the light flow
+        await flow(seconds)
+        if sent == heavy + light:
+            flowed.set()
+        await asyncio.sleep(0)
+
+    drainer = Drainer(store, db, sleep=sleep)
+    await flow(GATHER)  # the first rows, found by the loop's first look at the outboxes
+    drainer.start()
+    await asyncio.wait_for(flowed.wait(), 60)
+    await drainer.close()
+    assert [e.seq for e in await db.exam_events(EXAM)] == list(range(1, heavy + light + 1))
+    fixed_rounds = heavy // round(400 * GATHER)  # 30: a round every GATHER
+    if getattr(store, "outbox_survives_process", False):  # Redis
+        assert drainer.max_gather == GATHER_MAX
+        assert max(pauses) == GATHER_MAX
+        assert 0 < heavy_rounds <= fixed_rounds // 3
+    else:  # the memory store
+        assert drainer.max_gather == GATHER
+        assert set(pauses) == {GATHER}
+        assert heavy_rounds >= fixed_rounds - 1
+    assert light_pauses and set(light_pauses) == {GATHER}
+
+
+async def test_the_gather_doubles_while_the_flow_is_sustained(db: Database) -> None:
+    drainer = Drainer(MemoryStore(), db, max_gather=GATHER_MAX)
+    per_second = int(SUSTAINED)
+    gathers = []
+    for rows_a_second in (per_second, per_second, 10 * per_second, 10 * per_second,
+                          per_second - 1, 0, per_second):
+        drainer.gather = drainer.next_gather(int(rows_a_second * drainer.gather))
+        gathers.append(drainer.gather)
+    assert gathers == [2 * GATHER, 4 * GATHER, GATHER_MAX, GATHER_MAX, GATHER, GATHER,
+                       2 * GATHER]
+    assert Drainer(MemoryStore(), db, max_gather=0.0).max_gather == GATHER  # never below it
+    assert Drainer(MemoryStore(), db).max_gather == GATHER  # its outbox dies with the process

@@ -449,6 +449,9 @@ class RedisStore:
     # whatever it carries: frequent small commits are worth gathering (`SessionService`'s
     # `CANDIDATE_LINGER`).
     commits_gather = True
+    # The outbox lives in Redis: a process that dies leaves it to the others (after its lease),
+    # so the drainer may gather longer under a sustained flow (`realtime.drainer.GATHER_MAX`).
+    outbox_survives_process = True
 
     def __init__(self, url: str, prefix: str = "rt:", log_size: int = 10_000) -> None:
         if log_size < 1:
