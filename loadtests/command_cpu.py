@@ -354,8 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest", action="store_true",
                         help="each command a POST to the server's whole app, in-process "
                              "(implies --history)")
+    parser.add_argument("--drain-gather-max", type=float, default=-1.0,
+                        help="seconds the drainer's gather grows to under a sustained flow "
+                        "(`realtime.drainer.GATHER_MAX`, Redis only; default: the server's)")
     args = parser.parse_args(argv)
     args.history = args.history or args.rest
+    if args.drain_gather_max >= 0:
+        import realtime.drainer
+
+        realtime.drainer.GATHER_MAX = args.drain_gather_max
     result = asyncio.run(run(args))
     mode = " rest" if args.rest else ""
     print(f"{args.store}{mode} N={result['sessions']} K={args.concurrency}: pause/resume all CPU "

@@ -214,6 +214,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         heard = hub.events_seen
         frames = FRAMES.direct + FRAMES.asgi
         calls = runtime.service.batcher.flushes
+        drains = runtime.drainer.rounds
         if profiler is not None and rnd >= 1:
             profiler.enable()
         parts = dict(breakdown.parts) if breakdown is not None else {}
@@ -232,6 +233,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         frames = FRAMES.direct + FRAMES.asgi - frames
         calls = runtime.service.batcher.flushes - calls
         await runtime.drainer.catch_up(EXAM, timeout=30.0)
+        drains = runtime.drainer.rounds - drains
         cpu = time.process_time() - started
         main_cpu = time.thread_time() - main_cpu
         seconds = time.perf_counter() - wall
@@ -240,11 +242,11 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         net = cpu - idle_ms_per_s / 1000 * seconds
         rows.append({"cpu_us_per_msg": 1e6 * cpu / count, "cpu_us_per_msg_net": 1e6 * net / count,
                      "events": got, "seconds": seconds, "frames": frames,
-                     "store_calls": calls})
+                     "store_calls": calls, "drain_rounds": drains})
         print(f"round {rnd} {kind}: {count} sent in {float(sent[2]):.2f} s, {got} events, "
               f"{1e6 * cpu / count:.1f} us CPU per message ({1e6 * net / count:.1f} net of "
               f"idle), {seconds:.2f} s to drained, {frames} frames written, {calls} store "
-              f"calls; child errors {sent[3]}", flush=True)
+              f"calls, {drains} drain rounds; child errors {sent[3]}", flush=True)
         if breakdown is not None:
             breakdown.report(parts, main_cpu, cpu - main_cpu, count)
         if got < count:
@@ -261,7 +263,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_round": count, "rounds": len(measured), "protocol": args.protocol,
         "idle_ms_per_s": round(idle_ms_per_s, 2),
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 1)
-           for key in ("cpu_us_per_msg", "cpu_us_per_msg_net", "frames", "store_calls")},
+           for key in ("cpu_us_per_msg", "cpu_us_per_msg_net", "frames", "store_calls",
+                       "drain_rounds")},
         "all_rounds_us": [round(r["cpu_us_per_msg"], 1) for r in measured],
     }
 
@@ -280,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                         choices=WS_IMPLS)
     parser.add_argument("--drain-gather", type=float, default=-1.0,
                         help="seconds the drainer gathers before each round "
-                        "(`realtime.drainer.GATHER`; default: the server's)")
+                        "after a quiet spell (`realtime.drainer.GATHER`; default: the server's)")
+    parser.add_argument("--drain-gather-max", type=float, default=-1.0,
+                        help="seconds the drainer's gather grows to under a sustained flow "
+                        "(`realtime.drainer.GATHER_MAX`, Redis only; default: the server's)")
     parser.add_argument("--linger", type=float, default=-1.0,
                         help="seconds a candidate's guarded commit may wait for others "
                         "(`realtime.sessions.CANDIDATE_LINGER`; default: the server's)")
@@ -305,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         import realtime.drainer
 
         realtime.drainer.GATHER = args.drain_gather
+    if args.drain_gather_max >= 0:
+        import realtime.drainer
+
+        realtime.drainer.GATHER_MAX = args.drain_gather_max
     if args.linger >= 0:
         import realtime.sessions
 

@@ -387,6 +387,7 @@ def test_inbound_cpu_times_candidate_messages_until_they_are_in_sql(store: str, 
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["kind"] == kind and summary["store"] == store and summary["rounds"] == 1
     assert summary["messages_per_round"] == 40 and summary["cpu_us_per_msg_p50"] > 0, summary
+    assert summary["drain_rounds_p50"] >= 1, summary  # its events went to SQL in rounds
     assert "events heard" not in result.stdout  # every message's event was heard
     assert "drain: SQL write" in result.stdout and "dashboard deltas" in result.stdout
 
