@@ -229,6 +229,22 @@ def test_command_cpu_with_history_times_each_round_until_it_is_in_sql() -> None:
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
+def test_drain_cpu_times_a_steady_flow_until_the_drainer_has_written_it(store: str) -> None:
+    """Each round is timed until the drainer has written every event and audit row (else it
+    fails); the memory store's drainer never gathers longer than 50 ms, Redis's may."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.drain_cpu", "--store", store, "--sessions", "20",
+         "--rate", "200", "--seconds", "0.5", "--rounds", "2", "--audit"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["store"] == store and summary["rounds"] == 1 and summary["audit"], summary
+    assert summary["cpu_us_per_event_p50"] > 0 and summary["drain_rounds_p50"] >= 1, summary
+    assert summary["max_gather"] == (0.25 if store == "redis" else 0.05), summary
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_command_cpu_over_rest_posts_each_command_to_the_whole_app(store: str) -> None:
     """With --rest each command is a POST to the server's app (its own store, audited service
     and drainer): every one is answered 200 and applied, each round timed until it is in SQL."""
