@@ -6,11 +6,12 @@
 A state store (a private redis-server, or the memory store) and the server's drainer writing to
 SQLite (with the webhook hook, no subscription), nothing else. Each round a feeder commits
 `--rate` events a second for `--seconds`, each a session's `progress` with a change to fold
-into its stored state (and with `--audit` an audit row each, as a command has), gathered as the
-commit batcher gathers them: every 10 ms, one store call for the events due. A round is timed
-with `time.process_time()` from its first commit until the drainer has written its last event,
-so the figure is the feeder's part (the same whatever the drainer does) plus the drain: its
-claims, decodes, SQL transactions (`other threads`: aiosqlite's) and acknowledgements.
+into its stored state (and with `--audit` an audit row each, with its `uid`, as a command's),
+gathered as the commit batcher gathers them: every 10 ms, one store call for the events due.
+A round is timed with `time.process_time()` from its first commit until the drainer has
+written its last event, so the figure is the feeder's part (the same whatever the drainer
+does) plus the drain: its claims, decodes, SQL transactions (`other threads`: aiosqlite's) and
+acknowledgements.
 `--feeder-only` times the feeder alone (the drainer writes each round after it, untimed): take
 it off to get the drain's own part. `--drain-gather-max` sets how long the drainer may gather
 under a sustained flow (`realtime.drainer.GATHER_MAX`; 0.05: the fixed 50 ms gather it had
@@ -25,6 +26,7 @@ import gc
 import json
 import statistics
 import time
+import uuid
 from typing import Any
 
 from loadtests.servers import RedisProcess, workdir
@@ -63,7 +65,7 @@ async def feed(store: StateStore, sessions: int, rate: float, seconds: float, au
             if audit:
                 await store.append_audit(EXAM, [
                     {"at": now, "actor": "staff:cpu", "ip": "", "action": "session_command",
-                     "subject": f"exam:{EXAM}", "details": {"uid": f"a{n}", "n": n}}
+                     "subject": f"exam:{EXAM}", "uid": uuid.uuid4().hex, "details": {"n": n}}
                     for n in range(first + sent, first + sent + due)])
             sent += due
         await asyncio.sleep(TICK)
