@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from clients import eventually
+from redis._parsers import hiredis as hiredis_parsers
+from redis._parsers import resp3 as resp3_parsers
 from redis.crc import key_slot
 from redis_server import RedisServer
 
@@ -1148,6 +1150,41 @@ async def test_redis_a_hall_size_echo_near_the_answer_waits_for_the_hand_off(
         if first is not None:
             assert first.decoded == 0
     finally:
+        await store.close()
+
+
+async def test_redis_the_subscription_hands_messages_on_without_making_text_of_them(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's own handler of a pub/sub message (RESP3, its default protocol) builds
+    `"Push response: " + str(message)` for a debug line, logged or not: for the ~1 MiB echo
+    of a "pause all" of 5,000, a repr of every byte on the event loop. The store's
+    subscription hands each message on as read: the echo of a hall-size commit is heard, and
+    redis-py's handler never ran."""
+    texts: list[int] = []
+
+    async def as_text(self: Any, response: Any) -> Any:
+        texts.append(len(str(response)))
+        return response
+
+    for parser in (hiredis_parsers._AsyncHiredisParser, resp3_parsers._AsyncRESP3Parser):
+        monkeypatch.setattr(parser, "handle_pubsub_push_response", as_text)
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    other, store = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    heard = Collector()
+    store.add_listener(heard)
+    await store.start()
+    await other.start()
+    await store.serve(A)
+    try:
+        await other.add_sessions([session(f"s{i}") for i in range(600)])
+        await other.commit([commit(A, f"s{i}", 0) for i in range(600)])  # not its own: decoded
+        received = await heard.wait_for(600)
+        assert [(e.session_id, e.seq) for e in received] == [
+            (f"s{i}", i + 1) for i in range(600)]
+        assert texts == []
+    finally:
+        await other.close()
         await store.close()
 
 

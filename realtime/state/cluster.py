@@ -35,6 +35,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from realtime.state.connect import as_pushed
+
 SCHEME = "redis+cluster"
 MAX_CONNECTIONS = 512  # per node and client; past it a call fails (no waiting pool on a cluster)
 CHECK_EVERY = 1.0  # seconds between comparisons of the subscription with the slot map
@@ -167,7 +169,7 @@ class ShardedSubscription:
                 retry=Retry(NoBackoff(), 0),
             )
             self._clients[node.name] = client
-            pubsub = self._pubsubs[node.name] = client.pubsub()
+            pubsub = self._pubsubs[node.name] = client.pubsub(push_handler_func=as_pushed)
         return pubsub
 
     def _start_reader(self, name: str) -> None:

@@ -38,6 +38,14 @@ POOL_WAIT = 10.0  # seconds a call may wait for one
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
+async def as_pushed(message: Any) -> Any:
+    """A pub/sub message as redis-py read it: our subscriptions' `push_handler_func`. Its
+    default one (RESP3, redis-py's default protocol) builds `"Push response: " + str(message)`
+    for a debug line, logged or not: for the ~1 MiB echo of a "pause all" of 5,000 that is a
+    repr of every byte, ~4 ms of the event loop (docs/performance.md, "Ninth session")."""
+    return message
+
+
 @dataclass(frozen=True, slots=True)
 class SentinelUrl:
     """A parsed `redis+sentinel://` URL."""

@@ -50,7 +50,7 @@ from realtime.state.cluster import (
     is_cluster_url,
     slot_in_motion,
 )
-from realtime.state.connect import RedisConnector
+from realtime.state.connect import RedisConnector, as_pushed
 from realtime.state.drops import MAX_ALERT_SESSIONS, Drop
 from realtime.state.handoff import HandOff
 from realtime.state.model import SESSION_DEFAULTS, Event, Exam
@@ -794,7 +794,7 @@ class RedisStore:
         each node owning a served exam's slot (see `realtime.state.cluster`)."""
         if self.cluster:
             return ShardedSubscription(cast(Any, self._client), self.keys.events, IDLE_PING)
-        return self._client.pubsub()
+        return self._client.pubsub(push_handler_func=as_pushed)
 
     async def _messages(self, pubsub: PubSub) -> AsyncGenerator[tuple[str, Any, str], None]:
         """Messages as (type, data, channel); raises when the connection is gone or silently
