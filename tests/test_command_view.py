@@ -417,3 +417,76 @@ async def test_commands_arriving_while_the_copy_is_warmed_share_it(redis_url: st
         assert {s["extra_minutes"] for s in view.values()} == {5}
     finally:
         await one.store.close()
+
+
+class _Presence:
+    """Holders on the node "gone" stopped beating."""
+
+    def holder_alive(self, conn_id: str) -> bool:
+        return not conn_id.startswith("gone-")
+
+
+@pytest.mark.parametrize("action", [Action.TERMINATE, Action.PAUSE, Action.RESUME])
+async def test_a_command_answered_from_the_copy_answers_as_one_decided_on_a_read(
+    redis_url: str, action: Action
+) -> None:
+    """A command decided on the copy and committed as decided is answered straight from its
+    decisions (`SessionService._answer`, no per-session outcomes), the same answer entry for
+    entry as the same command decided on a read: applied in order with its seq and its
+    delivery as decided on (a terminate disconnects the sessions: a holder connected then was
+    sent it; one on a node that stopped beating was not), the others skipped in order."""
+    store = RedisStore(redis_url, prefix=f"v{uuid.uuid4().hex[:10]}:")
+    service = SessionService(store, db=None, liveness=LIVENESS)  # type: ignore[arg-type]
+    service.presence = _Presence()  # type: ignore[assignment]
+    on_copy, on_read = "exam-copy", "exam-read"  # alike; only the first is served here
+    await store.start()
+    try:
+        for exam_id in (on_copy, on_read):
+            await store.put_exam(Exam(id=exam_id, title=exam_id))
+            await store.add_sessions([
+                new_session(id=sid, exam_id=exam_id, candidate_id=f"c-{sid}",
+                            candidate_name=sid, access_code=f"code-{uuid.uuid4().hex[:10]}",
+                            status=status, authorized=True, connected=connected,
+                            conn_id=conn_id)
+                for sid, status, connected, conn_id in [
+                    ("s0", "active", True, "here-0"), ("s1", "active", False, ""),
+                    ("s2", "paused", True, "here-2"), ("s3", "completed", False, ""),
+                    ("s4", "active", True, "gone-4"), ("s5", "paused", False, "here-5"),
+                    ("s6", "active", True, "here-6")]])
+        await store.serve(on_copy)
+        assert await store.command_view(on_copy, COMMAND_FIELDS, whole=True)
+        read = service._decide_on_read
+        reads: list[str] = []
+
+        async def counted(exam: Exam, *args: Any) -> Any:
+            reads.append(exam.id)
+            return await read(exam, *args)
+
+        service._decide_on_read = counted  # type: ignore[method-assign]
+        answers = []
+        for target in (Target(session_ids=["s6", "s3", "s0", "s2"]), Target(all=True)):
+            both = []
+            for exam_id in (on_copy, on_read):
+                result = await service.command(exam_id, action, target, STAFF,
+                                               {"command_id": f"cmd-{len(answers)}"})
+                both.append((result.applied, result.skipped))
+            assert reads == [on_read] * (len(answers) + 1)
+            if target.all:  # each in the order it has them (the copy's, the snapshot's)
+                order = list(await store.command_view(on_copy, COMMAND_FIELDS, whole=True)
+                             or ())
+                for entries in both[0]:
+                    ids = [entry["session_id"] for entry in entries]
+                    assert ids == [sid for sid in order if sid in ids]
+                for applied_, _ in both:  # seqs in that order, then alike but for it
+                    seqs = [entry.pop("seq") for entry in applied_]
+                    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+                both = [tuple(sorted(entries, key=lambda e: e["session_id"])
+                              for entries in answer) for answer in both]
+            assert both[0] == both[1]
+            answers.append(both[0])
+        assert answers[0][0] and answers[0][1]  # some applied, some skipped
+        if action is Action.TERMINATE:
+            assert [(a["session_id"], a["delivery"]) for a in answers[0][0]] == [
+                ("s6", "sent"), ("s0", "sent"), ("s2", "sent")]
+    finally:
+        await store.close()

@@ -76,17 +76,11 @@ def _event(
     changes: dict[str, Any],
     details: dict[str, Any] | None = None,
 ) -> Event:
-    return Event(
-        exam_id=session["exam_id"],
-        session_id=session["id"],
-        kind=kind,
-        actor=actor,
-        at=now,
-        before=session["status"],
-        after=changes.get("status", session["status"]),
-        details=details or {},
-        changes=changes,
-    )
+    status = session["status"]
+    # (positional: a dataclass's generated __init__ takes them ~2x faster than by keyword,
+    # which a bulk command's 5,000 events notice; the order is `Event`'s fields')
+    return Event(session["exam_id"], session["id"], kind, actor, now, status,
+                 changes.get("status", status), details or {}, changes)
 
 
 def candidate_actor(session: dict[str, Any]) -> str:
@@ -413,6 +407,9 @@ class _Reads:
 def _same_as(session: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
     """What `names` hold in `session`, as a key under which only identical values meet: 1,
     1.0 and True (or 0.0 and -0.0) decide alike but are written differently."""
+    if len(names) == 1:  # a pause, a lock: the status alone
+        value = session.get(names[0], _MISSING)
+        return ((float, repr(value)) if type(value) is float else (type(value), value),)
     key = []
     for name in names:
         value = session.get(name, _MISSING)
@@ -464,7 +461,12 @@ class CommandDecisions:
                 break
             if found is not None:
                 self.hits += 1
-                return self._outcome(session, found, copy=True, like=found)
+                if isinstance(found, Rejection):
+                    return Rejection(found.reason, found.message)
+                # `_outcome`'s copy, inline (5,000 calls in a hall's "pause all")
+                changes = dict(found[0])
+                return Transition(changes, [_event(session, self._kind, self.actor, self.now,
+                                                   changes, dict(found[1]))], found)
         self.decided += 1
         reads = _Reads(session)
         try:
@@ -519,7 +521,7 @@ class CommandDecisions:
         if copy:
             changes, details = dict(changes), dict(details)
         return Transition(changes, [_event(session, self._kind, self.actor, self.now, changes,
-                                           details)], like=like)
+                                           details)], like)
 
 
 # Commands whose effect a page shows from the session's state (so it can acknowledge them
