@@ -28,9 +28,11 @@ StoreFactory = Callable[..., Awaitable[StateStore]]
 
 # CI runs the property tests on a fixed sequence of examples (HYPOTHESIS_PROFILE=ci, set by
 # .ci/run), so a landing is judged on the same cases every time; a developer's run explores
-# new ones (and keeps any failure in .hypothesis/ to replay).
-settings.register_profile("ci", derandomize=True, database=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# new ones (and keeps any failure in .hypothesis/ to replay). Neither has a per-example
+# deadline: it is a timing assertion, and on a loaded machine a pure example can take 200 ms.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
