@@ -401,10 +401,16 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"holder failed: {line!r}")
         await asyncio.sleep(args.warmup)  # heartbeat, collector and drainer in their stride
         rss_open = rss_mb()
+        if args.collect_first:  # the opens' frozen garbage: not counted in the window's
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            await asyncio.sleep(0)
         meter.start()
         child.stdin.write(b"go\n")
         await child.stdin.drain()
-        line = await asyncio.wait_for(child.stdout.readline(), 60 + 3 * args.seconds)
+        line = await asyncio.wait_for(child.stdout.readline(),
+                                      args.patience or 60 + 3 * args.seconds)
         meter.stop()
         if not line.startswith(b"done "):
             raise RuntimeError(f"holder failed: {line!r}")
@@ -468,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between the last open and the commands")
     parser.add_argument("--protocol", default=MSGPACK)
     parser.add_argument("--json", default="", help="write the whole report here")
+    parser.add_argument("--collect-first", action="store_true",
+                        help="a full collection before the window, so the one after it finds "
+                             "only the garbage the policy's passes froze during the window")
+    parser.add_argument("--patience", type=float, default=0.0,
+                        help="seconds to wait for the commands to be answered (default: 60 + "
+                             "3 x --seconds; more on a machine others load)")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()
@@ -479,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.seconds = max(1.0, min(args.seconds, 600.0))
     args.rate = max(1.0, min(args.rate, 5000.0))
+    args.patience = max(0.0, min(args.patience, 3600.0))
     result = asyncio.run(serve_and_measure(args))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

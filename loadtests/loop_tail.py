@@ -17,6 +17,20 @@ Runs uvicorn as `python -m uvicorn` would, with two things timed in the server p
 And, when it stops, Redis's own view (the store's Redis): `INFO commandstats` and the slow log
 (commands over 1 ms, set at start), the scripts named by their SHA, so a long Lua script (one
 that holds Redis, and every command round trip queued behind it) shows up by name.
+And, on any loop (uvloop too), what is known to hold the loop for a while, each with its
+epoch start, thread CPU and wall time, so the slowest deliveries can be matched to them
+(`--explain`, below):
+
+- every garbage collection over 1 ms (`gc.callbacks`), the GC policy's passes marked;
+- every stretch over 1 ms of CPU (a run between two suspensions) of the drainer's rounds
+  (`Drainer.drain_exam`), the echo's dispatch (`RedisStore._deliver`), and every call over
+  1 ms of the dashboard batches (`Hub.flush`) and the heartbeat's tick (`Heartbeat.tick`).
+
+    python loadtests/loop_tail.py --explain /tmp/tail.json /tmp/deliveries.log [--share 0.01]
+
+reads a run's figures and its `BENCH_DELIVERY_LOG` (each delivery with its send time), and
+says, per rate step, for the slowest `--share` of deliveries, which of those overlapped each
+delivery's window (from its send to its arrival), and how the rest of the step compares.
 Nothing here changes what the server does; the timing itself costs a few percent of CPU.
 """
 
@@ -53,6 +67,9 @@ _callbacks: dict[str, _Owner] = defaultdict(_Owner)
 _redis: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # calls, total, longest
 _started = time.monotonic()
 _long: list[tuple[float, str, float, float]] = []  # (epoch, owner, cpu ms, wall ms) over 5 ms
+# (epoch start, what, cpu ms, wall ms) of collections and known stretches over 1 ms
+_stretches: list[tuple[float, str, float, float]] = []
+STRETCH_MIN = 0.001
 
 
 def _owner(handle: asyncio.Handle) -> str:
@@ -93,6 +110,95 @@ def _install_loop_timer() -> None:
             owner.longest_wall = max(owner.longest_wall, wall)
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+
+
+def _note(started: float, what: str, cpu: float, wall: float) -> None:
+    if (cpu >= STRETCH_MIN or wall >= 5 * STRETCH_MIN) and len(_stretches) < 500_000:
+        _stretches.append((round(started, 4), what, round(1000 * cpu, 2), round(1000 * wall, 2)))
+
+
+def _install_gc_timer() -> None:
+    import gc
+
+    from realtime import gcpolicy
+
+    state = {"cpu": 0.0, "wall": 0.0, "epoch": 0.0, "pass": False}
+    thread_time, perf = time.thread_time, time.perf_counter
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            state["cpu"], state["wall"], state["epoch"] = thread_time(), perf(), time.time()
+            return
+        kind = "gc pass" if state["pass"] else f"gc gen{info.get('generation', '?')}"
+        _note(state["epoch"], kind, thread_time() - state["cpu"], perf() - state["wall"])
+
+    collect_and_freeze = gcpolicy.collect_and_freeze
+
+    def marked() -> int:
+        state["pass"] = True
+        try:
+            return collect_and_freeze()
+        finally:
+            state["pass"] = False
+
+    gcpolicy.collect_and_freeze = marked
+    gc.callbacks.append(on_gc)
+
+
+class _Stepped:
+    """Drives a coroutine, noting each of its stretches (between two suspensions)."""
+
+    def __init__(self, coro: Any, what: str) -> None:
+        self.coro, self.what = coro, what
+
+    def __await__(self) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            epoch, cpu, wall = time.time(), time.thread_time(), time.perf_counter()
+            try:
+                sent = self.coro.throw(error) if error is not None else self.coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                _note(epoch, self.what, time.thread_time() - cpu, time.perf_counter() - wall)
+            try:
+                value, error = (yield sent), None
+            except BaseException as exc:  # handed to the coroutine
+                value, error = None, exc
+
+
+def _install_stretch_timer() -> None:
+    from realtime.drainer import Drainer
+    from realtime.hub.hub import Heartbeat, Hub
+    from realtime.state.redis import RedisStore
+
+    def stepped(owner: Any, name: str, what: str) -> None:
+        method = getattr(owner, name)
+
+        @functools.wraps(method)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            return await _Stepped(method(*args, **kwargs), what)
+
+        setattr(owner, name, timed)
+
+    def timed_call(owner: Any, name: str, what: str) -> None:
+        method = getattr(owner, name)
+
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            epoch, cpu, wall = time.time(), time.thread_time(), time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _note(epoch, what, time.thread_time() - cpu, time.perf_counter() - wall)
+
+        setattr(owner, name, timed)
+
+    stepped(Drainer, "drain_exam", "drainer round")
+    stepped(RedisStore, "_deliver", "echo dispatch")
+    timed_call(Hub, "flush", "dashboard batch")
+    timed_call(Heartbeat, "tick", "heartbeat tick")
 
 
 def _install_store_timer() -> None:
@@ -193,6 +299,7 @@ def _dump() -> None:
                                "max_ms": round(1000 * s[2], 1)}
                         for name, s in sorted(_redis.items(), key=lambda kv: -kv[1][1])},
         "long_callbacks": _long,
+        "stretches": _stretches,
     }
     try:
         report["redis"] = _redis_view()
@@ -203,11 +310,72 @@ def _dump() -> None:
         json.dump(report, f, indent=1)
 
 
+def explain(tail_path: str, log_path: str, share: float = 0.01) -> str:
+    """Per rate step of the delivery log: for its slowest `share` of deliveries, which kinds
+    of stretch overlapped their windows (send to arrival), against all its deliveries."""
+    import bisect
+
+    with open(tail_path, encoding="utf-8") as f:
+        stretches = sorted(tuple(row) for row in json.load(f).get("stretches", []))
+    starts = [row[0] for row in stretches]
+    longest_wall = max((row[3] for row in stretches), default=0.0) / 1000
+    steps: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3:
+                steps[parts[0].split("-")[0]].append((float(parts[1]), float(parts[2])))
+
+    def overlapping(sent: float, took: float) -> list[tuple[float, str, float, float]]:
+        lo = bisect.bisect_left(starts, sent - longest_wall)
+        hi = bisect.bisect_right(starts, sent + took)
+        return [row for row in stretches[lo:hi] if row[0] + row[3] / 1000 > sent]
+
+    lines = []
+    for tag, rows in steps.items():
+        rows.sort(key=lambda row: -row[1])
+        slow = rows[:max(1, int(len(rows) * share))]
+        lines.append(f"{tag}: {len(rows)} deliveries, the slowest {len(slow)} took "
+                     f"{1000 * slow[-1][1]:.1f}-{1000 * slow[0][1]:.1f} ms")
+
+        def kinds(selection: list[tuple[float, float]]) -> dict[str, tuple[int, float]]:
+            hits: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+            for sent, took in selection:
+                seen: dict[str, float] = defaultdict(float)
+                for _start, what, cpu, _wall in overlapping(sent, took):
+                    seen[what] += cpu
+                for what, cpu in seen.items():
+                    hits[what][0] += 1
+                    hits[what][1] += cpu
+            return {k: (int(v[0]), v[1]) for k, v in hits.items()}
+
+        slow_kinds, all_kinds = kinds(slow), kinds(rows)
+        for what in sorted(set(slow_kinds) | set(all_kinds),
+                           key=lambda k: -slow_kinds.get(k, (0, 0.0))[0]):
+            n, cpu = slow_kinds.get(what, (0, 0.0))
+            m, _ = all_kinds.get(what, (0, 0.0))
+            lines.append(f"  {what:16} in {100 * n / len(slow):5.1f} % of the slowest "
+                         f"({cpu / max(1, n):5.1f} ms CPU each), {100 * m / len(rows):5.1f} % "
+                         f"of all")
+        for sent, took in slow[:8]:
+            parts = [f"{what} +{1000 * (start - sent):.0f} ms {cpu:.1f}/{wall:.1f}"
+                     for start, what, cpu, wall in overlapping(sent, took)
+                     if cpu >= 2 or wall >= 5]
+            lines.append(f"  {1000 * took:6.1f} ms at {sent:.3f}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) >= 4 and sys.argv[1] == "--explain":
+        share = float(sys.argv[sys.argv.index("--share") + 1]) if "--share" in sys.argv else 0.01
+        print(explain(sys.argv[2], sys.argv[3], share))
+        return
     if os.environ.get("REALTIME_LOOP_TAIL_TREE"):  # the server's code from another checkout
         sys.path.insert(0, os.environ["REALTIME_LOOP_TAIL_TREE"])
     _install_loop_timer()  # times nothing on uvloop (see REALTIME_LOOP_TAIL_CALLBACKS)
-    _install_store_timer()
+    _install_store_timer()  # (before the stretch timer: `_deliver` is timed by it too)
+    _install_gc_timer()
+    _install_stretch_timer()
     with contextlib.suppress(Exception):  # measuring only: the server runs regardless
         _reset_redis()
     atexit.register(_dump)

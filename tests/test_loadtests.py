@@ -416,7 +416,8 @@ def test_loop_stalls_times_the_loop_while_commands_reach_their_candidates(
     out = tmp_path / "stalls.json"
     result = _run(
         [sys.executable, "-m", "loadtests.loop_stalls", "--store", "memory", "--sessions", "30",
-         "--rate", "20", "--seconds", "2", "--warmup", "0.5", "--json", str(out)],
+         "--rate", "20", "--seconds", "2", "--warmup", "0.5", "--json", str(out),
+         "--collect-first", "--patience", "100"],
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -428,6 +429,27 @@ def test_loop_stalls_times_the_loop_while_commands_reach_their_candidates(
     for key in ("over_5ms", "over_20ms", "over_50ms", "max_ms"):
         assert key in report["long_iterations"] and key in report["long_callbacks"], report
     assert "memory N=30" in result.stdout.strip().splitlines()[-1]
+
+
+def test_loop_tail_explains_the_slowest_deliveries_by_what_overlapped_them(
+    tmp_path: Path,
+) -> None:
+    """`loop_tail.py --explain`: per rate step, the slowest deliveries' windows (send to
+    arrival) are matched with the stretches the server noted, against all deliveries."""
+    from loadtests.loop_tail import explain
+
+    tail = tmp_path / "tail.json"
+    tail.write_text(json.dumps({"stretches": [
+        [100.000, "gc pass", 12.0, 12.5], [100.500, "drainer round", 3.0, 3.1]]}))
+    deliveries = tmp_path / "deliveries.log"
+    deliveries.write_text("".join(
+        [f"r1000- {100.2 + i / 1000:.3f} 0.0020\n" for i in range(98)]
+        + ["r1000- 99.995 0.0180\n", "r1000- 100.499 0.0050\n"]))
+    text = explain(str(tail), str(deliveries), share=0.01)
+    assert "r1000: 100 deliveries, the slowest 1 took 18.0-18.0 ms" in text, text
+    assert "gc pass          in 100.0 % of the slowest" in text, text
+    assert "drainer round    in   0.0 % of the slowest" in text and "1.0 % of all" in text, text
+    assert "gc pass +5 ms 12.0/12.5" in text, text
 
 
 class _Entry:
