@@ -78,8 +78,9 @@ class Settings:
     ws_impl: str = WS_IMPLS[0]  # uvicorn's WebSocket implementation (`realtime serve`)
     event_log_size: int = 10_000
     # Each pass walks what appeared since the last one: with 5,000 sockets every 10 s that was
-    # ~90,000 objects, a ~100 ms stall; every 0.5 s it is ~10 ms (docs/operations.md).
-    gc_freeze_interval: float = 0.5  # 0: leave Python's garbage collector as it is
+    # ~90,000 objects, a ~100 ms stall; every 0.5 s it is 7-22 ms, every 0.1 s ~1.5-6 ms (five
+    # times longer while candidates open in numbers: realtime/gcpolicy.py, docs/operations.md).
+    gc_freeze_interval: float = 0.1  # 0: leave Python's garbage collector as it is
     gc_full_interval: float = 900.0
     allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
     host: str = "127.0.0.1"

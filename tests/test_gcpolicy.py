@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 
+from realtime import gcpolicy
 from realtime.gcpolicy import GEN0_THRESHOLD, bulk_change, run_gc_policy
 
 
@@ -130,3 +131,42 @@ async def test_a_pass_waits_for_the_bulk_changes_in_flight(monkeypatch: pytest.M
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         gc.set_threshold(*before)
+
+
+async def test_passes_space_out_while_candidates_open_in_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass comes every interval while candidates connect a few at a time, and every
+    `OPENING_FACTOR` intervals after one in which `OPENING` handshakes or more arrived (the
+    handshakes in flight at a freeze wait for the full collection)."""
+    passes: list[int] = []  # sleeps done before each pass
+    slept: list[float] = []
+    done = asyncio.Event()
+
+    def collect_and_freeze() -> int:
+        passes.append(len(slept))
+        return 0
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:  # a hall opening during the third interval
+            for _ in range(gcpolicy.OPENING):
+                gcpolicy.note_handshake()
+        elif len(slept) == 6:
+            done.set()
+            await asyncio.Event().wait()  # until cancelled
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(gcpolicy, "collect_and_freeze", collect_and_freeze)
+    before = gc.get_threshold()
+    task = asyncio.create_task(run_gc_policy(0.25, 3600, sleep=sleep))
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.set_threshold(*before)
+    # one pass at the start, one after each quiet interval, none after the busy one until
+    # the longer interval is over
+    assert passes == [0, 1, 2, 4, 5]
+    assert slept[:5] == [0.25, 0.25, 0.25, 0.25 * (gcpolicy.OPENING_FACTOR - 1), 0.25]

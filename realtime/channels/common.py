@@ -17,6 +17,7 @@ from realtime.channels.direct import forget_handshake, sansio_protocol
 from realtime.channels.transport import transport_of
 from realtime.config import Settings
 from realtime.errors import BadRequest, CloseCode, ErrorCode, RateLimited
+from realtime.gcpolicy import note_handshake
 from realtime.hub.connection import Connection
 from realtime.limits.messages import MessageLimiter, Verdict
 from realtime.limits.refusals import Kind
@@ -87,6 +88,7 @@ async def refuse_handshake(websocket: WebSocket, exc: RateLimited) -> None:
 async def accept(websocket: WebSocket, settings: Settings) -> Connection | None:
     """Check the address's handshake rate, origin and subprotocol, accept, and start the
     connection's writer."""
+    note_handshake()  # the GC policy's passes space out while candidates open in numbers
     try:
         limits_of(websocket).addresses.take(Kind.HANDSHAKE, websocket)
     except RateLimited as exc:
