@@ -5,6 +5,8 @@
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --profile /tmp/fanout.prof
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 7 --ws-impl wsproto
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 4 --acks --timeline --store redis
+    perf record -D -1 --control fifo:ctl,ack -g -- \
+        python -m loadtests.fanout_cpu --sessions 5000 --repeats 4 --perf-ctl ctl,ack
 
 The server (memory store, or a private Redis with `--store redis`; SQLite) runs in this
 process under uvicorn; a child process holds the candidate sockets (and `--dashboards`
@@ -55,6 +57,7 @@ import time
 from typing import Any
 
 from loadtests.common import MSGPACK, raise_nofile, ws_url
+from loadtests.hub_fanout import PerfControl
 from loadtests.inprocess import create_hall, start_in_process
 from loadtests.servers import BENCH_STAFF_TOKEN
 from loadtests.wsclient import READ_MODES
@@ -181,12 +184,18 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     hand_off = store._hand_off  # harness only: time what the store hands to its listeners
     deliver = hand_off._deliver
 
+    perf = PerfControl(args.perf_ctl) if args.perf_ctl else None
+
     def timed(batch: list[Any]) -> None:
+        if perf is not None:
+            perf.send("enable")
         started = time.process_time()
         try:
             deliver(batch)
         finally:
             fanout_cpu[0] += time.process_time() - started
+            if perf is not None:
+                perf.send("disable")
 
     hand_off._deliver = timed
     timeline = Timeline(runtime) if args.timeline else None
@@ -499,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the child's reading (loadtests.wsclient): inline (default) or "
                         "read-first; the timeline shows when the last frame was read and "
                         "when parsed either way")
+    parser.add_argument("--perf-ctl", default="", metavar="CTL,ACK",
+                        help="perf record's control FIFOs (`perf record -D -1 --control "
+                        "fifo:CTL,ACK`): sampling is switched on around each hand-off only")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()

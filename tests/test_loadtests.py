@@ -319,6 +319,23 @@ def test_fanout_cpu_times_a_pause_all_reaching_every_socket() -> None:
     assert summary["served_by"] == "WebSocketsSansIOProtocol", summary
 
 
+def test_hub_fanout_splits_a_frame_s_cpu_between_the_hub_and_the_socket_write() -> None:
+    """The hub's fan-out with real sockets, and without them (no-op transports), and the bare
+    writes of the same frames: every variant measured; the harness itself fails if the hub's
+    frames did not all go to the transport directly."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.hub_fanout", "--sessions", "20", "--rounds", "1",
+         "--versions", "mixed"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sessions"] == 20 and summary["versions"] == "mixed", summary
+    assert set(summary["us_per_frame"]) == {"hub", "hub, no-op transport", "transport.write",
+                                            "no-op write"}, summary
+    assert summary["us_per_frame"]["hub"] > 0, summary  # (a no-op write may round to 0)
+
+
 def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     """`--timeline` prints, per repeat, the answer, the child's first frame, when it read and
     parsed the last (`--client-read read-first`: every socket read before any is parsed) and
