@@ -313,6 +313,76 @@ async def test_each_guard_alone_keeps_frames_off_the_direct_path(
     assert not direct.writable(protocol)
 
 
+PER_FRAME_GUARDS = ["paused", "close_sent", "disconnected", "transport_closing",
+                    "pending_writes", "fragment_open"]
+
+
+def break_guard(socket: Socket, state: str) -> None:
+    """Make one of `direct.open_now`'s conditions false, as uvicorn or websockets would."""
+    protocol, ws = socket.protocol, socket.protocol.conn
+    if state == "paused":
+        protocol.pause_writing()
+    elif state == "close_sent":
+        protocol.close_sent = True
+    elif state == "disconnected":
+        protocol.disconnected = True
+    elif state == "transport_closing":
+        socket.transport.closing = True
+    elif state == "pending_writes":
+        ws.send_ping(b"ping")  # in websockets' buffer, not yet taken by uvicorn
+    elif state == "fragment_open":
+        ws.send_binary(b"part", fin=False)
+        ws.data_to_send()
+
+
+@pytest.mark.parametrize("state", PER_FRAME_GUARDS)
+async def test_a_connection_reads_each_per_frame_guard_at_every_frame(
+    socket: Socket, state: str
+) -> None:
+    """The connection checks the per-frame guards itself (`direct.open_now`, inlined) on the
+    objects it took from uvicorn's protocol when it was made: one frame goes directly, then
+    with any one of them false the next goes through the ASGI send, never the transport."""
+    conn = socket.connection(MSGPACK)
+    before = counts()
+    assert conn.send({"type": "notice", "n": 1})
+    assert moved(before) == (1, 0)
+    socket.transport.take()
+    break_guard(socket, state)
+    assert not direct.open_now(socket.protocol, socket.protocol.conn, socket.protocol.writable,
+                               socket.transport)
+    before = counts()
+    conn.send({"type": "notice", "n": 2})
+    assert moved(before) == (0, 1)
+    if state == "pending_writes":  # uvicorn's send writes websockets' ping, then the frame
+        frames = socket.frames()
+        assert [f.opcode for f in frames] == [Opcode.PING, Opcode.BINARY]
+
+
+@pytest.mark.parametrize("state", ["debug", "http_response", "handshake_incomplete"])
+async def test_what_cannot_change_after_the_handshake_is_settled_when_the_connection_is_made(
+    socket: Socket, state: str
+) -> None:
+    """Frame logging, a denial response or an unfinished handshake (and an extension: the
+    deflate test below) are read once, when the connection is made: such a connection never
+    writes directly, every frame goes through uvicorn's send."""
+    protocol = socket.protocol
+    if state == "debug":
+        protocol.conn.debug = True
+    elif state == "http_response":
+        protocol.initial_response = (403, [], b"")
+    else:
+        protocol.handshake_complete = False
+    assert not direct.settled(protocol)
+    conn = socket.connection(MSGPACK)
+    assert conn._direct is None
+    before = counts()
+    conn.send({"type": "notice"})
+    assert moved(before) == (0, 1)
+    protocol.conn.debug = False  # let the fixture's close run as usual
+    protocol.handshake_complete = True
+    protocol.initial_response = None
+
+
 async def test_permessage_deflate_keeps_every_frame_on_the_asgi_send() -> None:
     """Negotiated deflate (REALTIME_WS_DEFLATE): the protocol is uvicorn's, but its frames are
     compressed by websockets, so none is written directly; the client inflates them."""
@@ -320,7 +390,7 @@ async def test_permessage_deflate_keeps_every_frame_on_the_asgi_send() -> None:
     try:
         assert opened.protocol.conn.extensions and opened.client.extensions
         conn = opened.connection(MSGPACK)
-        assert conn._direct is opened.protocol
+        assert conn._direct is None  # settled at the handshake: never written to directly
         before = counts()
         for message in bulk_messages():
             assert conn.send_encoded(message)

@@ -15,12 +15,20 @@ uvicorn's `send` would have written and nothing else could be reordered with the
   the socket's transport, the one `TransportMiddleware` took from the ASGI `send`'s owner),
   with every attribute read below: anything else (wsproto, legacy websockets, another
   server, a uvicorn whose class changed) is never written to directly (`sansio_protocol`);
-* per frame (`writable`): the handshake is complete and no HTTP denial response was started,
-  uvicorn has not sent a close nor seen the connection lost, its write flow control says
-  writable (`writable` event: the transport has not paused writing), websockets' protocol is
-  OPEN with nothing pending in its buffer (`writes`), no extension negotiated
-  (permessage-deflate, REALTIME_WS_DEFLATE, would compress the frame), no fragmented message
-  half sent, no frame logging (debug), and the transport is not closing;
+* once, when the connection is made after the handshake (`settled`): the handshake is
+  complete and no HTTP denial response was started, no extension was negotiated
+  (permessage-deflate, REALTIME_WS_DEFLATE, would compress the frame) and websockets logs no
+  frames (debug). None of these changes once the handshake is complete: uvicorn never unsets
+  `handshake_complete` and starts a denial response only before it, websockets sets
+  `extensions` in the handshake and `debug` when the protocol object is made. A connection
+  made otherwise is never written to directly;
+* per frame (`open_now`, which `Connection.send_encoded` inlines): uvicorn has not sent a close
+  nor seen the connection lost, its write flow control says writable (`writable` event: the
+  transport has not paused writing), websockets' protocol is OPEN with nothing pending in its
+  buffer (`writes`), no fragmented message half sent, and the transport is not closing. The
+  objects these are read from (uvicorn's `conn`, `writable` event and `transport`) are
+  uvicorn's for the protocol's whole life (made in its `__init__` and `connection_made`, never
+  replaced): the connection takes them once and reads their state at every frame;
 * and nothing of the connection's own is queued or being written (`Connection.send_encoded`
   checks that), so frames keep their order.
 
@@ -118,20 +126,35 @@ def forget_handshake(protocol: Any) -> int:
     return emptied
 
 
-def writable(protocol: Any) -> bool:
-    """Whether a pre-framed data frame may be written to this socket's transport now: the
-    guards above, read at every frame."""
+def settled(protocol: Any) -> bool:
+    """The guards above that cannot change once the handshake is complete (read once, when
+    the connection is made)."""
     conn = protocol.conn
     return bool(
         protocol.handshake_complete
         and protocol.initial_response is None
-        and not protocol.close_sent
+        and not conn.extensions
+        and not conn.debug
+    )
+
+
+def open_now(protocol: Any, conn: Any, ready: asyncio.Event, transport: Any) -> bool:
+    """The guards above read at every frame; `conn`, `ready` and `transport` are the
+    protocol's `conn`, `writable` and `transport` (`Connection.send_encoded` inlines this)."""
+    return bool(
+        not protocol.close_sent
         and not protocol.disconnected
-        and protocol.writable.is_set()
+        and ready.is_set()
         and conn.state is OPEN
         and not conn.writes
-        and not conn.extensions
         and not conn.expect_continuation_frame
-        and not conn.debug
-        and not protocol.transport.is_closing()
+        and not transport.is_closing()
+    )
+
+
+def writable(protocol: Any) -> bool:
+    """Whether a pre-framed data frame may be written to this socket's transport now: every
+    guard above."""
+    return settled(protocol) and open_now(
+        protocol, protocol.conn, protocol.writable, protocol.transport
     )

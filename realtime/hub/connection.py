@@ -31,6 +31,7 @@ from realtime.channels.codec import Codec, Encoded
 from realtime.errors import CloseCode
 
 log = logging.getLogger(__name__)
+OPEN = direct.OPEN
 
 
 class PeerTransport(Protocol):
@@ -98,6 +99,9 @@ class Connection:
         "_cut",
         "_deadline",
         "_direct",
+        "_direct_conn",
+        "_direct_ready",
+        "_direct_transport",
         "_limit",
         "_progress",
         "_queue",
@@ -131,8 +135,20 @@ class Connection:
         self.codec = codec
         self.transport = transport  # the server's, to abort a peer that stopped reading
         # uvicorn's websockets-sansio protocol object of this socket, when frames may be
-        # written to its transport directly (`direct.sansio_protocol`); else None
-        self._direct = server_protocol
+        # written to its transport directly (`direct.sansio_protocol`, and what cannot change
+        # after the handshake allows it: `direct.settled`); else None. With it, the objects
+        # whose state `direct.open_now` reads at every frame (uvicorn's for the protocol's
+        # life): taken once here, so a frame reads their state and nothing of uvicorn's
+        # protocol object but its two flags.
+        self._direct = None
+        self._direct_conn: Any = None
+        self._direct_ready: asyncio.Event | None = None
+        self._direct_transport: Any = None
+        if server_protocol is not None and direct.settled(server_protocol):
+            self._direct = server_protocol
+            self._direct_conn = server_protocol.conn
+            self._direct_ready = server_protocol.writable
+            self._direct_transport = server_protocol.transport
         self.closing = False
         self.stopped = False  # cut off by the server (ping or send deadline): stop reading
         self.close_code: int | None = None  # set when the server closes
@@ -174,14 +190,26 @@ class Connection:
             return False
         if self._writer is None and not queue:  # nothing waiting: write it now
             server = self._direct
-            if server is not None and direct.writable(server):
-                # framed once per message and codec, written as uvicorn's send would write it
-                FRAMES.direct += 1
-                try:
-                    server.transport.write(message.wire(self.codec))
-                except Exception as exc:  # the peer went away
-                    self._gone(exc)
-                return True
+            if server is not None:
+                # `direct.open_now`, inlined: a fan-out runs this for every socket, whose
+                # objects are cold (docs/performance.md, "ninth session")
+                peer, transport = self._direct_conn, self._direct_transport
+                if (
+                    not server.close_sent
+                    and not server.disconnected
+                    and self._direct_ready.is_set()  # type: ignore[union-attr]
+                    and peer.state is OPEN
+                    and not peer.writes
+                    and not peer.expect_continuation_frame
+                    and not transport.is_closing()
+                ):
+                    # framed once per message and codec, written as uvicorn's send would
+                    FRAMES.direct += 1
+                    try:
+                        transport.write(message.wire(self.codec))
+                    except Exception as exc:  # the peer went away
+                        self._gone(exc)
+                    return True
             FRAMES.asgi += 1  # `_send_now`, without wrapping the frame first
             ws, frame = self.websocket, message.frame(self.codec)
             self._drive(ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame),

@@ -221,30 +221,33 @@ class CandidateLink:
             # Its page was told and is closing: a later change (say a reopen, then an open
             # elsewhere) is not its business; "terminated" must not turn into "superseded".
             return
-        version = event.changes.get("version")
-        if version is not None and version <= self.version:
-            return
+        changes = event.changes
+        version = changes.get("version")
         if version is not None:
-            if version > self.version + 1 and self.on_gap is not None:
+            known = self.version
+            if version <= known:
+                return
+            if version > known + 1 and self.on_gap is not None:
                 self.on_gap(self)  # missed a change: the page gets the whole state again
             self.version = version
-        changes = event.changes
+        view = self.view
         if "status" in changes:
-            self.view["status"] = changes["status"]
+            view["status"] = changes["status"]
         for key in ACK_FIELDS:
             if key in changes:
-                self.view[key] = changes[key]
+                view[key] = changes[key]
         if "alerts" in changes:  # a counter: an echo of an older commit must not lower it
-            self.view["alerts"] = max(self.view["alerts"], changes["alerts"])
+            view["alerts"] = max(view["alerts"], changes["alerts"])
         holder = changes.get("conn_id")
         if holder is not None and holder != self.conn_id:
             self.superseded = True
             self.conn.send({"type": "superseded", "message": "the session was opened elsewhere"})
             self.conn.close(CloseCode.SUPERSEDED, "superseded")
             return
-        if event.kind in COMMAND_KINDS:
+        kind = event.kind
+        if kind in COMMAND_KINDS:
             self.conn.send_encoded(command_frames.message(event))
-            if event.kind == Action.TERMINATE:
+            if kind == Action.TERMINATE:
                 self.ended = True
                 self.conn.close(CloseCode.TERMINATED, "terminated")
 
@@ -503,7 +506,10 @@ class Hub:
             # Dashboards get what arrives in one burst (a bulk command) as one message, sent
             # when this burst has been read: one frame per watcher instead of thousands.
             # Candidate traffic waits for the pace (PACED_KINDS), the rest goes at once.
-            self._pending.setdefault(event.exam_id, []).append(event)
+            pending = self._pending.get(event.exam_id)
+            if pending is None:
+                pending = self._pending[event.exam_id] = []
+            pending.append(event)
             if self._flush_scheduled:
                 return
             if event.kind in PACED_KINDS:
@@ -526,12 +532,19 @@ class Hub:
 
     def _to_candidates(self, event: Event) -> None:
         links = self.candidates.get(event.session_id)
-        if links:
-            for link in list(links):
-                try:
-                    link.handle(event)
-                except Exception:
-                    log.exception("candidate dispatch failed for %s", event.session_id)
+        if not links:
+            return
+        if len(links) == 1:  # the usual case: no copy of the list to make
+            try:
+                links[0].handle(event)
+            except Exception:
+                log.exception("candidate dispatch failed for %s", event.session_id)
+            return
+        for link in list(links):
+            try:
+                link.handle(event)
+            except Exception:
+                log.exception("candidate dispatch failed for %s", event.session_id)
 
     def flush(self) -> None:
         """Send the pending dashboard deltas, one message per exam, encoded once per codec."""
