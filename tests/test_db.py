@@ -443,6 +443,63 @@ async def test_a_large_batch_is_written_in_slices_that_let_the_loop_run(
     assert state is not None and state["position"] == total
 
 
+async def test_a_large_batch_of_audit_rows_and_states_is_written_in_slices_too(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit rows of a drained batch, and the sessions' states it folds changes into, are
+    read and written in slices with turns of the event loop between them, as the events:
+    a full claim's rows built and serialised in one statement held the loop for milliseconds.
+    Still one transaction: every row is written once, in order."""
+    import realtime.db.database as database
+
+    total = 2 * database.WRITE_SLICE + 1
+    await _with_sessions(db, total)
+    built = 0
+    built_when_the_loop_ran: list[int] = []
+    real = database._audit_values
+
+    def audit_values(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal built
+        if built == 0:  # ready to run from the first row built on
+            asyncio.get_running_loop().call_soon(lambda: built_when_the_loop_ran.append(built))
+        built += 1
+        return real(row)
+
+    monkeypatch.setattr(database, "_audit_values", audit_values)
+    reads: list[int] = []  # the loop's turns seen by each read of the sessions' states
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    real_select = database.select
+
+    def select(*columns: Any) -> Any:
+        if columns and columns[-1] is database._SESSIONS.c.state:
+            reads.append(turns)
+        return real_select(*columns)
+
+    monkeypatch.setattr(database, "select", select)
+    counter = asyncio.create_task(count_turns())
+    try:
+        rows = [_audit(float(n), uid=f"u-{n}", n=n) for n in range(1, total + 1)]
+        events = [_event(seq, session_id=f"e1-s{seq}", changes={"position": seq})
+                  for seq in range(1, total + 1)]
+        assert await db.write_outbox(events, rows) == total
+    finally:
+        counter.cancel()
+    assert built == total
+    assert built_when_the_loop_ran and built_when_the_loop_ran[0] < total
+    assert await _audit_uids(db) == [(n, f"u-{n}") for n in range(1, total + 1)]
+    assert len(reads) == 3 and reads == sorted(set(reads))  # the loop ran between the reads
+    for n in (1, total):
+        state = await db.get_session_row(f"e1-s{n}")
+        assert state is not None and state["position"] == n
+
+
 async def test_concurrent_events_on_one_session_lose_no_update(db: Database) -> None:
     await _with_sessions(db, 1)
     await asyncio.gather(*(db.add_events([_event(i, changes={f"k{i}": i})]) for i in range(1, 31)))

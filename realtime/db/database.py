@@ -76,7 +76,12 @@ def normalize_url(url: str | URL) -> URL:
     raise ValueError(f"unsupported database URL {shown!r}: use sqlite or postgresql (asyncpg)")
 
 
-WRITE_SLICE = 500  # history rows per statement when the drainer writes a batch
+# Rows per statement when the drainer writes a batch (events, their sessions' states, audit
+# rows), with a turn of the event loop between statements: a statement's rows are built and
+# serialised on the loop's thread in one go, so a full claim's ~200 (at 500 a statement) held
+# the loop for 4-9 ms, and a command queued behind them; at 100, under ~3 ms (a statement
+# more per 100 rows: 0-20 % of the drain's own CPU per event, docs/performance.md).
+WRITE_SLICE = 100
 
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
@@ -446,10 +451,11 @@ class Database:
             else:
                 legacy.append(r)
         if keyed:
-            await conn.execute(
-                self._insert(table).on_conflict_do_nothing(index_elements=[table.c.uid]),
-                [{**_audit_values(r), "uid": uid} for uid, r in keyed.items()],
-            )
+            stmt = self._insert(table).on_conflict_do_nothing(index_elements=[table.c.uid])
+            for n, part in enumerate(_chunks(list(keyed.items()), WRITE_SLICE)):
+                if n:
+                    await asyncio.sleep(0)  # as the events: a turn of the loop between slices
+                await conn.execute(stmt, [{**_audit_values(r), "uid": uid} for uid, r in part])
         if legacy:
             await self._add_unkeyed_audit_in(conn, table, legacy)
 
@@ -558,7 +564,9 @@ class Database:
         """
         session_ids = sorted({ev.session_id for ev in events if ev.changes})
         current: dict[str, tuple[str, dict[str, Any]]] = {}
-        for chunk in _chunks(session_ids):
+        for n, chunk in enumerate(_chunks(session_ids, WRITE_SLICE)):
+            if n:
+                await asyncio.sleep(0)  # decoding the states read is the loop's work too
             found = await conn.execute(
                 select(_SESSIONS.c.id, _SESSIONS.c.exam_id, _SESSIONS.c.state)
                 .where(_SESSIONS.c.id.in_(chunk))
