@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
 from clients import JSON, MSGPACK, Api, WsClient, open_candidate, watch
 from server import ServerProcess
+from websockets.exceptions import ConnectionClosed
 
 
 @pytest.mark.parametrize(
@@ -184,7 +187,10 @@ async def test_huge_frame_closes_only_that_connection(server: ServerProcess, api
     bystander, _ = await open_candidate(server.ws_url, second["access_code"])
     dashboard, _ = await watch(server.ws_url, exam["id"])
     abuser, _ = await open_candidate(server.ws_url, first["access_code"])
-    await abuser.send_raw(b"\x00" * (2 * 1024 * 1024))
+    # The server may close (1009) before the client has written the whole frame: then the
+    # send itself reports the close; the code is read below either way.
+    with contextlib.suppress(ConnectionClosed):
+        await abuser.send_raw(b"\x00" * (2 * 1024 * 1024))
     assert await abuser.wait_closed() == 1009
     await api.command(exam["id"], action="pause", target=second["id"])
     assert (await bystander.recv("command"))["action"] == "pause"
