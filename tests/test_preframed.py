@@ -293,23 +293,12 @@ async def test_each_guard_alone_keeps_frames_off_the_direct_path(
 ) -> None:
     protocol, ws = socket.protocol, socket.protocol.conn
     assert direct.writable(protocol)
-    if state == "paused":
-        protocol.pause_writing()
-    elif state == "close_sent":
-        protocol.close_sent = True
-    elif state == "disconnected":
-        protocol.disconnected = True
-    elif state == "transport_closing":
-        socket.transport.closing = True
-    elif state == "pending_writes":
-        ws.send_ping(b"ping")  # in websockets' buffer, not yet taken by uvicorn
-    elif state == "fragment_open":
-        ws.send_binary(b"part", fin=False)
-        ws.data_to_send()
-    elif state == "debug":
+    if state == "debug":
         ws.debug = True  # websockets logs every frame it sends
     elif state == "http_response":
         protocol.initial_response = (403, [], b"")
+    else:
+        break_guard(socket, state)
     assert not direct.writable(protocol)
 
 
