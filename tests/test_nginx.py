@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ import pytest
 from clients import MSGPACK, Api, LiveCandidate, WsClient, eventually
 from redis_server import RedisServer
 from server import ServerProcess, free_port
+
+from loadtests.servers import end_process, wait_until_healthy
 
 NGINX = "/usr/sbin/nginx"
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "realtime.conf"
@@ -78,30 +78,15 @@ http {{
              "-e", str(self.dir / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited early:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not come up:\n{self.log()}")
+        wait_until_healthy(self.process, url, timeout, self.log, self.stop)
 
     def log(self) -> str:
         path = self.dir / "error.log"
         return path.read_text()[-4000:] if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            end_process(self.process)
 
 
 @pytest.fixture
