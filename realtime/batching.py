@@ -30,7 +30,7 @@ import logging
 import operator
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from realtime.state.store import Commit, CommitResult, CommitsFailed, StateStore
 
@@ -233,12 +233,22 @@ class CommitBatcher:
         for waiting in batch.waiting:
             end = start + len(waiting.commits)
             error = failed.errors.get(waiting.exam_id)
-            if error is None:
+            mine = failed.results[start:end]
+            if error is None or None not in mine:  # went through (all of its chunks)
                 self.committed += len(waiting.commits)
                 self._release(waiting)
                 if not waiting.done.done():
-                    waiting.done.set_result(
-                        [result for result in failed.results[start:end] if result is not None])
+                    waiting.done.set_result(cast(list[CommitResult], mine))
+            elif any(result is not None for result in mine):
+                # Part of it went through (an exam's commits in chunks, a later one failed):
+                # applied is applied, never an error. The rest read as lost races: the caller
+                # reads those sessions again and decides again (nothing of it applies twice:
+                # compare-and-set, the command id).
+                self.committed += len(waiting.commits)
+                self._release(waiting)
+                if not waiting.done.done():
+                    waiting.done.set_result([CommitResult(ok=False) if result is None
+                                             else result for result in mine])
             elif waiting.exam_id in resendable:  # nothing of it ran: it may go again
                 refused.setdefault(waiting.exam_id, []).append(waiting)
             else:

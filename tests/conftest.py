@@ -61,9 +61,11 @@ def redis_cluster() -> Iterator[LocalCluster]:
         cluster.cleanup()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "chunked", "cluster"])
 def store_backend(request: pytest.FixtureRequest) -> str | None:
-    """None for the memory store, else a Redis URL (Redis only starts when a test needs it)."""
+    """None for the memory store, else a Redis URL (Redis only starts when a test needs it).
+    `chunked`: the single Redis, its stores committing an exam's commits of a call 2 by 2,
+    each chunk its own script call (`RedisStore(commit_chunk=2)`)."""
     if request.param == "memory":
         return None
     if request.param == "cluster":
@@ -74,15 +76,20 @@ def store_backend(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-async def make_store(store_backend: str | None) -> AsyncIterator[StoreFactory]:
+async def make_store(
+    store_backend: str | None, request: pytest.FixtureRequest
+) -> AsyncIterator[StoreFactory]:
     """Started stores of the test's backend; Redis ones share a prefix unique to the test."""
     prefix = f"t{uuid.uuid4().hex[:12]}:"
     stores: list[StateStore] = []
+    chunked = request.node.callspec.params.get("store_backend") == "chunked"
 
     async def make(log_size: int = 10_000) -> StateStore:
         store: StateStore
         if store_backend is None:
             store = MemoryStore(log_size=log_size)
+        elif chunked:
+            store = RedisStore(store_backend, prefix=prefix, log_size=log_size, commit_chunk=2)
         else:
             store = RedisStore(store_backend, prefix=prefix, log_size=log_size)
         await store.start()

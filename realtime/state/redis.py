@@ -41,7 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.state.cluster import (
@@ -82,6 +82,10 @@ MAX_UNECHOED = 4096  # own commits kept for their echo; beyond this the oldest a
 BIG_ECHO = 16 * 1024  # bytes of events, ~80 of them (a hand-off's big batch is more)
 ECHO_WAIT = 2.0
 
+# An exam's commits of one store call beyond this many go as several commit_batch.lua calls
+# (chunks), each handed out as soon as Redis answers it, so a bulk command's fan-out runs while
+# Redis runs its next chunk (`RedisStore.commit`; REALTIME_REDIS_COMMIT_CHUNK, 0: one call).
+COMMIT_CHUNK = 1000
 # commit_batch.lua status codes besides 1 (ok)
 _APPLIED, _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED, _KNOWN = 1, 0, -1, -2, -3, -4
 COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
@@ -125,6 +129,10 @@ class Keys:
 
     def command_result(self, exam_id: str, command_id: str) -> str:
         return f"{self._exam(exam_id)}:cmdres:{command_id}"
+
+    def command_claim(self, exam_id: str, command_id: str) -> str:
+        """Which call's chunks may go on with a fresh command (commit_batch.lua, "Claims")."""
+        return f"{self._exam(exam_id)}:cmdclaim:{command_id}"
 
     def absent(self, exam_id: str) -> str:
         """A key of the exam that is never written: the scripts confirm that a key they read
@@ -418,6 +426,17 @@ class _ScriptCall:
 
 
 @dataclass(slots=True)
+class _Call:
+    """One commit_batch.lua call of a `commit`: an exam's commits (their indexes in it), or
+    a chunk of them (with the claim of the exam's chunks)."""
+
+    exam_id: str
+    indexes: list[int]
+    token: str
+    claim: str
+
+
+@dataclass(slots=True)
 class _View:
     """A served exam's sessions as staff commands decide on them (see `command_view`): the
     `fields` of every session the exam had at `seq`, brought forward by every versioned event
@@ -461,11 +480,16 @@ class RedisStore:
     # so the drainer may gather longer under a sustained flow (`realtime.drainer.GATHER_MAX`).
     outbox_survives_process = True
 
-    def __init__(self, url: str, prefix: str = "rt:", log_size: int = 10_000) -> None:
+    def __init__(self, url: str, prefix: str = "rt:", log_size: int = 10_000,
+                 commit_chunk: int = COMMIT_CHUNK) -> None:
         if log_size < 1:
             raise ValueError("log_size must be at least 1")
+        if commit_chunk < 0:
+            raise ValueError("commit_chunk must be 0 (one call) or more")
         self.keys = Keys(prefix)
         self._log_size = log_size
+        # An exam's commits of one `commit` beyond this many go in chunks (0: one call)
+        self._commit_chunk = commit_chunk
         # Everything but commits is idempotent, so it may be resent after a dropped connection.
         self._connector = RedisConnector(url)  # redis:// or redis+sentinel://
         self.cluster = is_cluster_url(url)  # redis+cluster://: sharded pub/sub for the events
@@ -1563,51 +1587,45 @@ class RedisStore:
     # -- commits --------------------------------------------------------------------------------
 
     async def commit(self, commits: list[Commit]) -> list[CommitResult]:
-        """One commit_batch.lua call per exam, all in one pipeline: one round trip.
+        """One commit_batch.lua call per exam, all in one pipeline: one round trip; an exam's
+        commits beyond `commit_chunk` go in chunks, one call each (`_stream`).
 
         A "version" in `changes` is ignored: the store owns it. If the connection drops
         mid-way this raises and the outcome is unknown (commits are never resent): re-read.
-        The exams' calls fail or succeed one by one: when some failed and others went through,
+        The calls fail or succeed one by one: when some failed and others went through,
         or a call was refused before it ran (a cluster slot in motion: the commit script
         touches every key before its first write, so it is refused whole), this raises
-        `CommitsFailed` with the results of those that went through.
+        `CommitsFailed` with the results of those that went through (of an exam in chunks,
+        those of its chunks that went through: each chunk is one atomic step).
         """
         if not commits:
             return []
         by_exam: dict[str, list[int]] = {}
         for index, commit in enumerate(commits):
             by_exam.setdefault(commit.exam_id, []).append(index)
-        tokens = [f"{self._origin}.{next(self._calls)}" for _ in by_exam]
-        calls = [self._batch_args(exam_id, [commits[i] for i in indexes], token)
-                 for (exam_id, indexes), token in zip(by_exam.items(), tokens, strict=True)]
+        calls: list[_Call] = []
+        chunked = False
+        for exam_id, indexes in by_exam.items():
+            parts = self._chunks(indexes)
+            claim = ""  # one per exam's chunks: see commit_batch.lua, "Claims"
+            if len(parts) > 1:
+                chunked = True
+                claim = f"{self._origin}.{next(self._calls)}"
+            for part in parts:
+                calls.append(_Call(exam_id, part, f"{self._origin}.{next(self._calls)}", claim))
+        tokens = [call.token for call in calls]
         self._in_flight.update(tokens)
-        errors: dict[str, BaseException] = {}
+        results: list[CommitResult | None] = [None] * len(commits)
+        errors: dict[str, list[BaseException]] = {}
         try:
-            replies = await _run_batches(self._commit_client, self._commit_script, calls)
-            results: list[CommitResult | None] = [None] * len(commits)
-            for (exam_id, indexes), reply, token in zip(by_exam.items(), replies, tokens,
-                                                        strict=True):
-                if isinstance(reply, Exception):
-                    errors[exam_id] = reply
-                    continue
-                events: list[Event] = []
-                take = self._result
-                for index, status, seq in zip(indexes, reply[0::2], reply[1::2], strict=True):
-                    result = take(commits[index], int(status), int(seq))
-                    results[index] = result
-                    events += result.events
-                if events and token not in self._echoed:
-                    self._hand_out(token, events)
-                if events:
-                    view = self._views.get(events[0].exam_id)
-                    if (view is not None and view.events is None
-                            and events[0].seq == view.seq + 1):
-                        # nothing of others' is unheard before them: no need to wait the echo
-                        self._to_view(events[0].exam_id, view, events)
-                waiting = self._echo_waits.pop(token, None)
-                if waiting is not None:  # the echo came first: it gets them after the hand-out
-                    self._unechoed.pop(token, None)
-                    self._hand_off.then(functools.partial(_give, waiting, events), len(events))
+            if chunked and not self.cluster:
+                await self._stream(commits, calls, results, errors)
+            else:  # (a cluster's chunks go in one pipeline: answered together)
+                args = [self._batch_args(call.exam_id, [commits[i] for i in call.indexes],
+                                         call.token, call.claim) for call in calls]
+                replies = await _run_batches(self._commit_client, self._commit_script, args)
+                for call, reply in zip(calls, replies, strict=True):
+                    self._take_reply(commits, call, reply, results, errors)
         finally:
             self._in_flight.difference_update(tokens)
             self._echoed.difference_update(tokens)
@@ -1616,11 +1634,131 @@ class RedisStore:
                 if waiting is not None:
                     _give(waiting, None)
         if errors:
-            resendable = [exam_id for exam_id, error in errors.items() if slot_in_motion(error)]
-            if not resendable and len(errors) == len(by_exam):
-                raise next(iter(errors.values()))  # nothing went through: as a single call
-            raise CommitsFailed(results, errors, resendable)
-        return [r for r in results if r is not None]
+            # resendable: every call of the exam that failed was refused before it ran, so
+            # its commits that did not go through (None in `results`) may go again
+            resendable = [exam_id for exam_id, failed in errors.items()
+                          if all(map(slot_in_motion, failed))]
+            if not resendable and all(result is None for result in results):
+                raise next(iter(errors.values()))[0]  # nothing went through: as a single call
+            raise CommitsFailed(results, {exam_id: failed[0] for exam_id, failed
+                                          in errors.items()}, resendable)
+        return cast(list[CommitResult], results)
+
+    def _chunks(self, indexes: list[int]) -> list[list[int]]:
+        """An exam's commits of one `commit` as the script calls that carry them: one, or
+        beyond `commit_chunk` commits as few chunks as that allows, as even as can be, in
+        order (a whole-exam command's `members` commit, its last, goes in its last chunk)."""
+        size = self._commit_chunk
+        if size <= 0 or len(indexes) <= size:
+            return [indexes]
+        count = -(-len(indexes) // size)
+        step, extra = divmod(len(indexes), count)
+        parts = []
+        start = 0
+        for k in range(count):
+            end = start + step + (1 if k < extra else 0)
+            parts.append(indexes[start:end])
+            start = end
+        return parts
+
+    async def _stream(self, commits: list[Commit], calls: list[_Call],
+                      results: list[CommitResult | None],
+                      errors: dict[str, list[BaseException]]) -> None:
+        """The calls back to back on ONE connection (Redis runs them in the order sent), each
+        sent as soon as it is encoded, each answer taken in as it arrives (`_take_reply`: its
+        results, and its events handed out at once, so the hub writes chunk k's frames while
+        Redis runs chunk k + 1). Calls refused with NOSCRIPT are sent again once the script
+        is loaded, as `_run_batches` does (a refused call never ran)."""
+        refused = await self._send_and_take(commits, calls, results, errors, again=True)
+        if not refused:
+            return
+        script = self._commit_script
+        try:
+            script.sha = await self._commit_client.script_load(script.script)
+        except Exception as error:
+            for call in refused:  # refused, and not sent again: nothing of them ran
+                errors.setdefault(call.exam_id, []).append(error)
+            return
+        await self._send_and_take(commits, refused, results, errors, again=False)
+
+    async def _send_and_take(self, commits: list[Commit], calls: list[_Call],
+                             results: list[CommitResult | None],
+                             errors: dict[str, list[BaseException]], again: bool) -> list[_Call]:
+        """See `_stream`: the calls refused with NOSCRIPT (with `again`) are returned. A
+        connection that fails fails every call not answered yet (outcome unknown)."""
+        pool = self._commit_client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        sha = self._commit_script.sha
+        sent: asyncio.Queue[int] = asyncio.Queue()  # calls sent, in order; -1: sender done
+
+        async def send() -> None:
+            try:
+                for k, call in enumerate(calls):
+                    keys, args = self._batch_args(
+                        call.exam_id, [commits[i] for i in call.indexes], call.token, call.claim)
+                    await conn.send_packed_command(
+                        conn.pack_command("EVALSHA", sha, len(keys), *keys, *args),
+                        check_health=False)
+                    sent.put_nowait(k)
+            finally:
+                sent.put_nowait(-1)
+
+        # Sending apart from reading: a send that waits for Redis to read (a big chunk while
+        # Redis runs the one before) must not hold up the answers already there.
+        sender = asyncio.get_running_loop().create_task(send())
+        refused: list[_Call] = []
+        taken = 0
+        try:
+            while taken < len(calls) and await sent.get() >= 0:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as error:  # that call's own error: the connection is fine
+                    reply = error
+                call = calls[taken]
+                taken += 1
+                if again and isinstance(reply, NoScriptError):
+                    refused.append(call)
+                else:
+                    self._take_reply(commits, call, reply, results, errors)
+            await sender  # (raises what stopped it before it sent them all)
+        except BaseException as error:
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            await conn.disconnect(nowait=True)  # answers may be left unread on it
+            if not isinstance(error, Exception):
+                raise
+            for call in calls[taken:]:  # sent (or not), unanswered: outcome unknown
+                errors.setdefault(call.exam_id, []).append(error)
+        finally:
+            await pool.release(conn)
+        return refused
+
+    def _take_reply(self, commits: list[Commit], call: _Call, reply: Any,
+                    results: list[CommitResult | None],
+                    errors: dict[str, list[BaseException]]) -> None:
+        """One script call's answer: its commits' results, and their events handed out."""
+        if isinstance(reply, Exception):
+            errors.setdefault(call.exam_id, []).append(reply)
+            return
+        token = call.token
+        events: list[Event] = []
+        take = self._result
+        for index, status, seq in zip(call.indexes, reply[0::2], reply[1::2], strict=True):
+            result = take(commits[index], int(status), int(seq))
+            results[index] = result
+            events += result.events
+        if events and token not in self._echoed:
+            self._hand_out(token, events)
+        if events:
+            view = self._views.get(events[0].exam_id)
+            if view is not None and view.events is None and events[0].seq == view.seq + 1:
+                # nothing of others' is unheard before them: no need to wait the echo
+                self._to_view(events[0].exam_id, view, events)
+        waiting = self._echo_waits.pop(token, None)
+        if waiting is not None:  # the echo came first: it gets them after the hand-out
+            self._unechoed.pop(token, None)
+            self._hand_off.then(functools.partial(_give, waiting, events), len(events))
 
     def _hand_out(self, token: str, events: list[Event]) -> None:
         """Give the commit listeners this call's events now, and keep them for the echo (if
@@ -1649,7 +1787,7 @@ class RedisStore:
                 log.exception("commit listener %r failed", listener)
 
     def _batch_args(
-        self, exam_id: str, commits: list[Commit], token: str
+        self, exam_id: str, commits: list[Commit], token: str, claim: str = ""
     ) -> tuple[list[Any], list[Any]]:
         """One script call's keys and arguments: the commits travel as ONE msgpack argument
         (packing tens of thousands of separate arguments costs redis-py more than the
@@ -1707,7 +1845,8 @@ class RedisStore:
                 keys.session_prefix(exam_id),
                 keys.command(exam_id, ""), msgpack.packb(flat, use_bin_type=False), token,
                 "s" if self.cluster else "p", keys.command_result(exam_id, ""),
-                keys.sessions(exam_id), b"".join(joined), keys.absent(exam_id)]
+                keys.sessions(exam_id), b"".join(joined), keys.absent(exam_id),
+                keys.command_claim(exam_id, ""), claim]
         return [keys.seq(exam_id), keys.outbox(exam_id)], args
 
     @staticmethod

@@ -88,13 +88,16 @@ class CommitResult:
 
 class CommitsFailed(Exception):
     """The commits of some exams of one `commit` call failed while those of the others may
-    have gone through (one exam's commits are one atomic step: all of them or none).
+    have gone through (one exam's commits are one atomic step: all of them or none; on Redis
+    an exam's many commits may be several such steps, chunks, of which some may go through
+    and others fail: `RedisStore.commit`).
 
-    `results` has one entry per commit of the call, None for those of a failed exam;
-    `errors` maps each failed exam to what failed it; `resendable` names the failed exams
-    whose step was refused before any of it ran (a Redis Cluster slot on the move:
-    `realtime.state.cluster.slot_in_motion`), so that sending those very commits again cannot
-    apply anything twice. Any other failure has an unknown outcome (the step may have run).
+    `results` has one entry per commit of the call, None for those that did not go through
+    (or whose outcome is unknown); `errors` maps each failed exam to what failed it;
+    `resendable` names the failed exams whose failed steps were refused before any of them
+    ran (a Redis Cluster slot on the move: `realtime.state.cluster.slot_in_motion`), so that
+    sending those very commits (None in `results`) again cannot apply anything twice. Any
+    other failure has an unknown outcome (the step may have run).
     """
 
     def __init__(

@@ -22,14 +22,25 @@
 -- slot's nodes only), 'p' on a single Redis (PUBLISH), ARGV[9] kept answer key prefix,
 -- ARGV[10] the exam's set of session ids, ARGV[11] every commit's events (msgpack, without
 -- seq) back to back, in the order of the commits, ARGV[12] a key of the exam that never
--- exists (see `confirm_missing`).
+-- exists (see `confirm_missing`), ARGV[13] command claim key prefix, ARGV[14] the claim of
+-- this call ('' none): see "Claims" below.
 --
 -- Returns {status, seq} per commit: 1 applied (seq = first event's seq, 0 if no event),
 -- 0 no such session, -1 version conflict (or count differs), -2 command already applied
 -- (seq = its first seq), -3 guard failed, -4 a fresh commit of a command id that is known
--- (some session applied it, or its answer is kept): none of that command's commits in this
--- call applies. The outbox entry id is "<first seq>-*"; the message
--- "<token>:<first seq>:<blobs>".
+-- (some session applied it, its answer is kept, or another call claimed it): none of that
+-- command's commits in this call applies. The outbox entry id is "<first seq>-*"; the
+-- message "<token>:<first seq>:<blobs>".
+--
+-- Claims. A process commits a big call of one exam in chunks, one call of this script each
+-- (`RedisStore.commit`), all with the same claim (ARGV[14]). A fresh command's second chunk
+-- would find the id known (the first chunk applied it) and refuse itself; so the first chunk
+-- that is not refused writes the claim (`<claim prefix><command id>` = ARGV[14], TTL as the
+-- command's), and a fresh commit whose call brings that very claim is refused only if the
+-- command's answer was kept meanwhile (a concurrent retry finished the command: the caller
+-- then answers the read way). Any other fresh commit of the id (another call: a retry, after
+-- a kill between chunks too) finds the claim and is refused, as it would find the sessions
+-- the first chunks applied, and goes the read way, which finishes the command.
 --
 -- What it costs Redis (docs/performance.md, "Eighth session: the commit script's cost"): per
 -- session one read (HGET or HMGET of the fields its checks compare, which also tells that
@@ -130,6 +141,9 @@ local hashes, names, values, exists = {}, {}, {}, {}
 local cmdkeys = {} -- per command id: session id -> first seq, applied in this call
 local applied = {} -- per command id: whether its hash exists (applied by an earlier call)
 local known = {}
+local kept = {} -- per command id: whether its answer is kept
+local claimed = {} -- per command id of fresh commits: its claim (false: none), read once
+local claim = ARGV[14]
 local members = nil -- the exam's set of sessions counted, for 'n': read here, before any write
 for i, at in ipairs(starts) do
   local cmd = flat[at + 3]
@@ -171,6 +185,20 @@ for i, at in ipairs(starts) do
     applied[cmd] = count == 2 or (count == 1 and redis.call('EXISTS', ARGV[5] .. cmd) == 1)
     cmdkeys[cmd] = {}
     known[cmd] = count > 0
+    kept[cmd] = count == 2 or (count == 1 and not applied[cmd])
+  end
+  if cmd ~= '' and flat[at + 5] == 1 and claimed[cmd] == nil then
+    -- a fresh commit: a claim of another call makes the id known; this call's own claim
+    -- leaves it unknown unless the answer was kept meanwhile (see "Claims")
+    local got = redis.call('GET', ARGV[13] .. cmd)
+    if got == false then
+      confirm_missing(ARGV[13] .. cmd)
+    elseif claim ~= '' and got == claim then
+      known[cmd] = kept[cmd]
+    else
+      known[cmd] = true
+    end
+    claimed[cmd] = got
   end
 end
 
@@ -304,6 +332,15 @@ for cmd, recorded in pairs(cmdkeys) do
   end
   if next(recorded) ~= nil then
     redis.call('EXPIRE', ARGV[5] .. cmd, ttl)
+  end
+end
+-- The claims of this call's chunks: written by the first chunk of a fresh command that is
+-- not refused, whatever it applied (a chunk of checks alone claims the command too).
+if claim ~= '' then
+  for cmd, got in pairs(claimed) do
+    if not known[cmd] and got ~= claim then
+      redis.call('SET', ARGV[13] .. cmd, claim, 'EX', ttl)
+    end
   end
 end
 if count > 0 then
