@@ -80,7 +80,8 @@ def build_store(settings: Settings) -> StateStore:
         from realtime.state.redis import RedisStore
 
         return RedisStore(
-            settings.redis_url, prefix=settings.redis_prefix, log_size=settings.event_log_size
+            settings.redis_url, prefix=settings.redis_prefix, log_size=settings.event_log_size,
+            commit_chunk=settings.redis_commit_chunk,
         )
     return MemoryStore(log_size=settings.event_log_size)
 

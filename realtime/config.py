@@ -50,6 +50,9 @@ class Settings:
     redis_url: str = ""  # empty: the in-memory state store (one process)
     database_url: str = "sqlite+aiosqlite:///realtime.db"
     redis_prefix: str = "rt:"
+    # an exam's commits of one Redis call beyond this many go in chunks, each fanned out as
+    # soon as Redis answers it (0: one call; realtime.state.redis.COMMIT_CHUNK)
+    redis_commit_chunk: int = 1000
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     secret_key_set: bool = True  # False: REALTIME_SECRET_KEY unset, the key is this process's own
     staff_token_ttl: float = 12 * 3600
@@ -142,6 +145,7 @@ class Settings:
             redis_url=os.environ.get("REALTIME_REDIS_URL", defaults.redis_url),
             database_url=os.environ.get("REALTIME_DATABASE_URL", defaults.database_url),
             redis_prefix=os.environ.get("REALTIME_REDIS_PREFIX", defaults.redis_prefix),
+            redis_commit_chunk=_int("REALTIME_REDIS_COMMIT_CHUNK", defaults.redis_commit_chunk),
             secret_key=os.environ.get("REALTIME_SECRET_KEY") or defaults.secret_key,
             secret_key_set=bool(os.environ.get("REALTIME_SECRET_KEY")),
             staff_token_ttl=_float("REALTIME_STAFF_TOKEN_TTL", defaults.staff_token_ttl),
@@ -248,6 +252,11 @@ class Settings:
             raise ConfigError(
                 f"REALTIME_WS_IMPL={self.ws_impl!r} is not a WebSocket implementation of "
                 f"uvicorn's: use one of {', '.join(WS_IMPLS)} (default {WS_IMPLS[0]})"
+            )
+        if self.redis_commit_chunk < 0:
+            raise ConfigError(
+                f"REALTIME_REDIS_COMMIT_CHUNK={self.redis_commit_chunk} is negative: 0 commits "
+                "a bulk command in one Redis call, N > 0 in chunks of up to N (default 1000)"
             )
         if not 0 <= self.commit_retry_budget <= 60:
             raise ConfigError(
