@@ -22,12 +22,14 @@ from clients import eventually
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis_cluster import LocalCluster
 
+from realtime.app import build_store
 from realtime.auth.permissions import ALL_PERMISSIONS
 from realtime.auth.principal import Principal
+from realtime.config import ConfigError, Settings
 from realtime.sessions import COMMAND_FIELDS, BulkResult, SessionService, Target
 from realtime.state import machine
 from realtime.state.model import Action, Event, Exam, new_session
-from realtime.state.redis import RedisStore
+from realtime.state.redis import COMMIT_CHUNK, RedisStore
 from realtime.state.store import Commit, CommitsFailed
 
 EXAM = "exam-c"
@@ -337,3 +339,15 @@ async def test_chunks_on_a_cluster_apply_in_order(redis_cluster: LocalCluster) -
         assert await pauses(store) == SESSIONS
     finally:
         await store.close()
+
+
+def test_the_chunk_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALTIME_REDIS_COMMIT_CHUNK", "0")
+    settings = Settings.from_env()
+    assert settings.redis_commit_chunk == 0
+    settings.redis_url = "redis://127.0.0.1:1/0"  # (not connected: built only)
+    store = build_store(settings)
+    assert isinstance(store, RedisStore) and store._commit_chunk == 0
+    assert Settings().redis_commit_chunk == COMMIT_CHUNK == 1000
+    with pytest.raises(ConfigError, match=r"REALTIME_REDIS_COMMIT_CHUNK=-1"):
+        Settings(redis_commit_chunk=-1).check()
