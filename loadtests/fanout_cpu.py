@@ -40,6 +40,11 @@ gets a second line: how many stretches it held the loop for (between two suspens
 CPU (its own, without what ran in between) and the longest one. `--write-slice N` sets the
 rows per statement of that write (`realtime.db.database.WRITE_SLICE`; a huge N: one
 statement, as before the slices).
+
+`--commit-chunk 0,1000` (Redis) alternates the store's chunk size (`RedisStore(commit_chunk=)`,
+`REALTIME_REDIS_COMMIT_CHUNK`; 0: the bulk commit in one script call) every two repeats (a
+pause and a resume each), so sizes are compared within one run on one machine; each repeat's
+line names its size and the summary has the medians per size (`by_chunk`).
 """
 
 from __future__ import annotations
@@ -206,9 +211,13 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, float]] = []
     stats = RedisStats(served.redis.url) if served.redis is not None else None
     profiler = cProfile.Profile() if args.profile else None
+    sizes = [int(size) for size in args.commit_chunk.split(",")] if args.commit_chunk else []
     for rep in range(args.repeats):
         action = Action.PAUSE if rep % 2 == 0 else Action.RESUME
         command_id = f"bulk{rep}"
+        chunk = sizes[(rep // 2) % len(sizes)] if sizes else None
+        if chunk is not None:  # harness only: the store's setting, repeat by repeat
+            store._commit_chunk = chunk
         await settle(runtime)
         gc.collect()
         fanout_cpu[0] = 0.0
@@ -247,11 +256,13 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.5)  # what follows the last frame, for the record
             timeline.report(rep, answer_at, json.loads(parts[3]))
         rows.append({"command_ms": 1000 * command, "fanout_ms": 1000 * fanout_cpu[0],
-                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas, **row})
+                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas, **row,
+                     **({"chunk": chunk} if chunk is not None else {})})
         redis_text = (f"; Redis: {row['evalsha_calls']:.0f} EVALSHA {row['evalsha_ms']:.1f} ms, "
                       f"CPU {row['redis_cpu_ms']:.1f} ms" if "evalsha_ms" in row else "")
-        print(f"{action.value:>6} {command_id}: command {1000 * command:6.1f} ms, fan-out "
-              f"{1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU; last "
+        chunk_text = f" [chunk {chunk}]" if chunk is not None else ""
+        print(f"{action.value:>6} {command_id}{chunk_text}: command {1000 * command:6.1f} ms, "
+              f"fan-out {1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU; last "
               f"{last_ms:6.1f} ms; answer {row['answer_ms']:.1f}, first frame "
               f"{row['first_frame_ms']:.1f}, last frame {row['last_frame_ms']:.1f} ms"
               f"{redis_text}", flush=True)
@@ -264,6 +275,14 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     await served.stop()
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
     fanout = statistics.median(r["fanout_ms"] for r in measured)
+    keys = ("command_ms", "fanout_ms", "total_ms", "last_ms", "answer_ms", "first_frame_ms",
+            "last_frame_ms", "evalsha_calls", "evalsha_ms", "redis_cpu_ms")
+    by_chunk = {
+        str(size): {f"{key}_p50": round(statistics.median(r[key] for r in of_size), 2)
+                    for key in keys if key in of_size[0]} | {"repeats": len(of_size)}
+        for size in sizes
+        if (of_size := [r for r in measured if r.get("chunk") == size])
+    }
     return {
         "fanout_us_per_frame": round(1000 * fanout / args.sessions, 2),
         "sessions": args.sessions, "protocol": args.protocol, "dashboards": args.dashboards,
@@ -271,10 +290,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_per_conn": round(rss_kib, 2),
         "repeats": len(measured), "floor_ms": floor,
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
-           for key in ("command_ms", "fanout_ms", "total_ms", "last_ms", "answer_ms",
-                       "first_frame_ms", "last_frame_ms", "evalsha_calls", "evalsha_ms",
-                       "redis_cpu_ms")
-           if key in measured[0]},
+           for key in keys if key in measured[0]},
+        **({"by_chunk": by_chunk} if by_chunk else {}),
     }
 
 
@@ -511,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf-ctl", default="", metavar="CTL,ACK",
                         help="perf record's control FIFOs (`perf record -D -1 --control "
                         "fifo:CTL,ACK`): sampling is switched on around each hand-off only")
+    parser.add_argument("--commit-chunk", default="", metavar="N[,M...]",
+                        help="Redis: the store's commit chunk size (0: one script call), "
+                        "several alternated every two repeats (default: the server's)")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
     raise_nofile()

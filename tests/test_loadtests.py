@@ -343,8 +343,9 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     marked `*` when it started before the last frame); `--store redis` runs the server on a
     private Redis."""
     result = _run(
-        [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "2",
-         "--acks", "--timeline", "--store", "redis", "--client-read", "read-first"],
+        [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "3",
+         "--acks", "--timeline", "--store", "redis", "--client-read", "read-first",
+         "--commit-chunk", "0,4"],
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -355,7 +356,11 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     assert summary["redis_cpu_ms_p50"] >= 0 and summary["answer_ms_p50"] > 0, summary
     assert "EVALSHA" in result.stdout and "last frame" in result.stdout
     timelines = [line for line in result.stdout.splitlines() if "timeline " in line]
-    assert len(timelines) == 2, timelines
+    assert len(timelines) == 3, timelines
+    # `--commit-chunk 0,4`: two repeats in one call, then one in chunks of 4 (8 calls)
+    assert "[chunk 0]" in result.stdout and "[chunk 4]" in result.stdout
+    by_chunk = summary["by_chunk"]
+    assert by_chunk["4"]["evalsha_calls_p50"] >= 8 > by_chunk["0"]["evalsha_calls_p50"], summary
     assert all("last frame read" in line and ", parsed " in line and "child's CPU" in line
                for line in timelines), timelines
     assert "* " in result.stdout and "store commit x" in result.stdout
