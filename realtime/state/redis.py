@@ -1685,7 +1685,14 @@ class RedisStore:
                              results: list[CommitResult | None],
                              errors: dict[str, list[BaseException]], again: bool) -> list[_Call]:
         """See `_stream`: the calls refused with NOSCRIPT (with `again`) are returned. A
-        connection that fails fails every call not answered yet (outcome unknown)."""
+        connection that fails fails every call not answered yet (outcome unknown).
+
+        Each chunk's events go to the listeners at once, whatever their number (`HandOff.
+        at_once`), the last chunk's too, before the caller's answer: deferred behind the loop's
+        other work (as one call's big batch is, so that its caller answers first), a chunk's
+        fan-out would wait behind the acks of the chunks before it, thousands of candidates'
+        messages read and decided meanwhile (measured: the last chunk's frames went out ~1 s
+        after its reply on a loaded machine)."""
         pool = self._commit_client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         sha = self._commit_script.sha
@@ -1719,7 +1726,7 @@ class RedisStore:
                 if again and isinstance(reply, NoScriptError):
                     refused.append(call)
                 else:
-                    self._take_reply(commits, call, reply, results, errors)
+                    self._take_reply(commits, call, reply, results, errors, at_once=True)
             await sender  # (raises what stopped it before it sent them all)
         except BaseException as error:
             sender.cancel()
@@ -1736,8 +1743,9 @@ class RedisStore:
 
     def _take_reply(self, commits: list[Commit], call: _Call, reply: Any,
                     results: list[CommitResult | None],
-                    errors: dict[str, list[BaseException]]) -> None:
-        """One script call's answer: its commits' results, and their events handed out."""
+                    errors: dict[str, list[BaseException]], at_once: bool = False) -> None:
+        """One script call's answer: its commits' results, and their events handed out (a
+        chunk's `at_once`: see `_send_and_take`)."""
         if isinstance(reply, Exception):
             errors.setdefault(call.exam_id, []).append(reply)
             return
@@ -1749,7 +1757,7 @@ class RedisStore:
             results[index] = result
             events += result.events
         if events and token not in self._echoed:
-            self._hand_out(token, events)
+            self._hand_out(token, events, at_once=at_once)
         if events:
             view = self._views.get(events[0].exam_id)
             if view is not None and view.events is None and events[0].seq == view.seq + 1:
@@ -1760,9 +1768,10 @@ class RedisStore:
             self._unechoed.pop(token, None)
             self._hand_off.then(functools.partial(_give, waiting, events), len(events))
 
-    def _hand_out(self, token: str, events: list[Event]) -> None:
+    def _hand_out(self, token: str, events: list[Event], at_once: bool = False) -> None:
         """Give the commit listeners this call's events now, and keep them for the echo (if
-        it is coming: the exam is served here).
+        it is coming: the exam is served here). A big batch waits for the callers the commit
+        wakes (`HandOff`), unless `at_once` (a chunk: `_send_and_take`).
 
         Only when they follow what this process has heard of the exam: if another process's
         earlier events are still on their way (or unheard: the subscription is down or being
@@ -1777,7 +1786,10 @@ class RedisStore:
             if not self.subscribed or events[0].seq != last + 1:
                 return
             self._handed_seq[exam_id] = events[-1].seq
-        self._hand_off(events)
+        if at_once:
+            self._hand_off.at_once(events)
+        else:
+            self._hand_off(events)
 
     def _give_listeners(self, events: list[Event]) -> None:
         for listener in self._commit_listeners:
