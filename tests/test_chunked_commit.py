@@ -342,12 +342,12 @@ async def test_chunks_on_a_cluster_apply_in_order(redis_cluster: LocalCluster) -
 
 
 def test_the_chunk_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REALTIME_REDIS_COMMIT_CHUNK", "0")
+    monkeypatch.setenv("REALTIME_REDIS_COMMIT_CHUNK", "1000")
     settings = Settings.from_env()
-    assert settings.redis_commit_chunk == 0
+    assert settings.redis_commit_chunk == 1000
     settings.redis_url = "redis://127.0.0.1:1/0"  # (not connected: built only)
     store = build_store(settings)
-    assert isinstance(store, RedisStore) and store._commit_chunk == 0
-    assert Settings().redis_commit_chunk == COMMIT_CHUNK == 1000
+    assert isinstance(store, RedisStore) and store._commit_chunk == 1000
+    assert Settings().redis_commit_chunk == COMMIT_CHUNK == 0  # one call unless asked
     with pytest.raises(ConfigError, match=r"REALTIME_REDIS_COMMIT_CHUNK=-1"):
         Settings(redis_commit_chunk=-1).check()

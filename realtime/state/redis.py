@@ -84,8 +84,11 @@ ECHO_WAIT = 2.0
 
 # An exam's commits of one store call beyond this many go as several commit_batch.lua calls
 # (chunks), each handed out as soon as Redis answers it, so a bulk command's fan-out runs while
-# Redis runs its next chunk (`RedisStore.commit`; REALTIME_REDIS_COMMIT_CHUNK, 0: one call).
-COMMIT_CHUNK = 1000
+# Redis runs its next chunk (`RedisStore.commit`; REALTIME_REDIS_COMMIT_CHUNK). 0: one call,
+# the default: on a 2-core machine the candidates' acks of the first chunks are read and
+# decided before the later chunks' frames, and no gain was measured (docs/performance.md,
+# tenth session).
+COMMIT_CHUNK = 0
 # commit_batch.lua status codes besides 1 (ok)
 _APPLIED, _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED, _KNOWN = 1, 0, -1, -2, -3, -4
 COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
