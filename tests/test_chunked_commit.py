@@ -96,8 +96,8 @@ async def stores(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     prefix = f"c{uuid.uuid4().hex[:10]}:"
     made: list[RedisStore] = []
 
-    async def make(commit_chunk: int = 2, url: str = redis_url) -> RedisStore:
-        store = RedisStore(url, prefix=prefix, commit_chunk=commit_chunk)
+    async def make(commit_chunk: int = 2) -> RedisStore:
+        store = RedisStore(redis_url, prefix=prefix, commit_chunk=commit_chunk)
         await store.start()
         made.append(store)
         if len(made) == 1:
