@@ -10,7 +10,8 @@ registered with a `Hub` as a candidate link exactly as the candidate endpoint re
 child process holds the sockets and reads every frame (`loadtests.wsclient`). Each round
 hands the hub one bulk command's events (a pause, then a resume, ...: one per session, the
 shape of `machine.apply`'s, with `--versions same` all at the same version like the
-fanout_cpu harness's hall, `mixed` at four) through `Hub.on_event`, and times the CPU of
+fanout_cpu harness's hall, `mixed` at four) through `Hub.on_event` (`--entry committed`: in
+one `Hub.on_committed` call, as a Redis store hands its own commit), and times the CPU of
 this process (`time.process_time`) in four variants, alternated round by round:
 
 * `hub`: the fan-out as it runs (our Python, uvloop's `transport.write`, the kernel's send,
@@ -21,7 +22,8 @@ this process (`time.process_time`) in four variants, alternated round by round:
   calls (uvloop and the kernel alone);
 * `no-op write`: bare calls of the no-op transport's `write` (the last two's loop).
 
-Per frame: each variant's median over rounds, divided by the sessions. `--perf-ctl CTL,ACK`
+Per frame: each variant's median over rounds, divided by the sessions. Young collections
+come as often as in the server (`gcpolicy.GEN0_THRESHOLD`). `--perf-ctl CTL,ACK`
 switches a `perf record -D -1 --control fifo:CTL,ACK` on around the `hub` variant only.
 """
 
@@ -108,6 +110,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from loadtests.servers import free_port
     from realtime.channels import direct
     from realtime.channels.codec import CODECS
+    from realtime.gcpolicy import GEN0_THRESHOLD
     from realtime.hub.connection import FRAMES, Connection
     from realtime.hub.hub import CandidateLink, Hub, command_frames
 
@@ -155,6 +158,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.05)
     assert all(protocol is not None for _, protocol, _ in registered), "not websockets-sansio"
     links = [link for link, _, _ in registered]
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)  # as the server runs (`gcpolicy`)
     perf = PerfControl(args.perf_ctl) if args.perf_ctl else None
     noop = NoopTransport()
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -180,7 +185,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 perf.send("enable")
             direct_before = FRAMES.direct
             started = time.process_time()
-            if name.startswith("hub"):
+            if name.startswith("hub") and args.entry == "committed":
+                hub.on_committed(events)
+            elif name.startswith("hub"):
                 on_event = hub.on_event
                 for event in events:
                     on_event(event)
@@ -212,6 +219,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     server.should_exit = True
     await asyncio.wait_for(task, 10)
     return {"sessions": args.sessions, "rounds": args.rounds, "versions": args.versions,
+            "entry": args.entry,
             "us_per_frame": per_frame}
 
 
@@ -220,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--versions", choices=["same", "mixed"], default="same")
+    parser.add_argument("--entry", choices=["event", "committed"], default="event",
+                        help="how the hub gets the events: `Hub.on_event` per event (the "
+                        "memory store's hand-off, the Redis echo) or `Hub.on_committed` "
+                        "with the batch (a Redis store's own commit)")
     parser.add_argument("--perf-ctl", default="", help="perf record's control FIFOs: CTL,ACK")
     parser.add_argument("--hold", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -334,6 +334,35 @@ def test_hub_fanout_splits_a_frame_s_cpu_between_the_hub_and_the_socket_write() 
     assert set(summary["us_per_frame"]) == {"hub", "hub, no-op transport", "transport.write",
                                             "no-op write"}, summary
     assert summary["us_per_frame"]["hub"] > 0, summary  # (a no-op write may round to 0)
+    assert summary["entry"] == "event", summary
+
+
+def test_hub_fanout_hands_the_hub_a_batch_as_a_redis_stores_own_commit() -> None:
+    """`--entry committed`: the events in one `Hub.on_committed` call; every frame is still
+    written directly (the harness fails otherwise)."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.hub_fanout", "--sessions", "20", "--rounds", "1",
+         "--entry", "committed"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["entry"] == "committed" and summary["us_per_frame"]["hub"] > 0, summary
+
+
+@pytest.mark.parametrize("entry", ["committed", "event"])
+def test_hub_instructions_times_the_hubs_path_on_uvicorns_protocol_objects(entry: str) -> None:
+    """The in-process harness: uvicorn's real protocols over discarding transports, every
+    frame written directly and each socket's frame its own message (it fails otherwise)."""
+    result = _run(
+        [sys.executable, "-m", "loadtests.hub_instructions", "--sockets", "30", "--rounds", "2",
+         "--entry", entry, "--versions", "mixed"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sockets"] == 30 and summary["entry"] == entry, summary
+    assert summary["us_per_frame"] > 0, summary
 
 
 def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
