@@ -541,3 +541,91 @@ async def test_the_hub_says_which_holders_it_has_open() -> None:
     hub.remove_candidate(link)
     assert not hub.holds_session("s1", "conn-1")
     await link.conn.stop()
+
+
+# -- a Redis store's own bulk commit: one `on_committed` batch, taken first, written after -----
+
+
+async def test_a_committed_batch_reaches_every_link_in_order_with_closes_after_frames() -> None:
+    """`on_committed` takes a batch's events first and writes the frames after; each page
+    still gets exactly its frames, in order: two commands of one session in one batch, a
+    session held by two links, a terminate (its frame, then the close), a new holder (the
+    frame before it, then `superseded` and the close), unversioned events left to the echo,
+    a page not yet opened (held until it is), and a page whose socket fails (the others
+    still get theirs)."""
+    hub = Hub()
+    sockets: dict[str, FakeSocket] = {}
+    links: dict[str, CandidateLink] = {}
+    for name, session in (("a", "s1"), ("b", "s2"), ("c1", "s3"), ("c2", "s3"), ("d", "s4"),
+                          ("e", "s5"), ("f", "s6"), ("g", "s7"), ("h", "s8")):
+        sockets[name] = FakeSocket()
+        links[name] = CandidateLink(connection(sockets[name], queue=8), "e1", session, name)
+        hub.add_candidate(links[name])
+        if name != "f":
+            links[name].activate(1)
+
+    class Broken(FakeSocket):
+        async def send_bytes(self, data: bytes) -> None:
+            raise RuntimeError("the peer went away")
+
+        async def send_text(self, data: str) -> None:
+            raise RuntimeError("the peer went away")
+
+    links["g"].conn.websocket = cast(WebSocket, Broken())
+    batch = [
+        event(1, "pause", "s1", status="paused", version=2),
+        event(2, "pause", "s2", status="paused", version=2),
+        event(3, "lock", "s1", locked=True, version=3),  # the same page, in one batch
+        event(4, "pause", "s3", status="paused", version=2),  # held twice
+        event(5, "pause", "s4", status="paused", version=2),
+        event(6, "terminate", "s4", status="terminated", version=3),
+        event(7, "pause", "s4", status="paused", version=4),  # after the terminate: nothing
+        event(8, "pause", "s5", status="paused", version=2),
+        event(9, "opened", "s5", conn_id="elsewhere", version=3),  # a new holder
+        event(10, "notice", "s2"),  # unversioned: left to the echo
+        event(11, "pause", "s6", status="paused", version=2),  # not opened yet
+        event(12, "pause", "s7", status="paused", version=2),  # its socket fails
+        event(13, "pause", "s8", status="paused", version=2),
+    ]
+    hub.on_committed(batch)
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+    def actions(name: str) -> list[str]:
+        return [json.loads(frame).get("action", json.loads(frame)["type"])
+                for frame in sockets[name].frames]
+
+    assert actions("a") == ["pause", "lock"]
+    assert actions("b") == ["pause"]
+    assert actions("c1") == actions("c2") == ["pause"]
+    assert actions("d") == ["pause", "terminate"] and sockets["d"].closed == (4101, "terminated")
+    assert actions("e") == ["pause", "superseded"] and sockets["e"].closed == (4100, "superseded")
+    assert actions("f") == [] and [e.seq for e in links["f"].early] == [11]
+    assert links["g"].conn.closing  # gone
+    assert actions("h") == ["pause"]
+    assert links["a"].version == 3 and links["a"].view["status"] == "paused"
+    links["f"].activate(1)
+    assert actions("f") == ["pause"]
+    for link in links.values():
+        await link.conn.stop()
+
+
+async def test_a_committed_batch_larger_than_what_is_taken_at_once_reaches_every_page() -> None:
+    """Frames are taken `TAKEN_MAX` at a time: a batch of more (spliced messages, the
+    sessions at different versions) still gives every page exactly its own message, once."""
+    from realtime.hub.hub import TAKEN_MAX
+
+    hub = Hub()
+    sockets: dict[str, FakeSocket] = {}
+    count = 2 * TAKEN_MAX + 3
+    for i in range(count):
+        socket = sockets[f"s{i}"] = FakeSocket()
+        link = CandidateLink(connection(socket, MSGPACK if i % 2 else JSON), "e1", f"s{i}",
+                             f"conn-{i}")
+        hub.add_candidate(link)
+        link.activate(10 + i % 7)
+    events = [bulk_event(i + 1, f"s{i}", 11 + i % 7) for i in range(count)]
+    hub.on_committed(events)
+    for e in events:
+        [frame] = sockets[e.session_id].frames
+        assert decode(frame) == candidate_command(e)

@@ -432,3 +432,57 @@ async def test_only_uvicorns_websockets_sansio_protocol_is_written_to_directly()
         assert direct.sansio_protocol(transport) is opened.protocol
     finally:
         await opened.close()
+
+
+async def test_a_committed_batch_reads_the_guards_at_each_frames_write() -> None:
+    """A Redis store's own bulk commit (`Hub.on_committed`) is taken whole first, its frames
+    written after: the per-frame guards are still read at each write. A socket whose
+    transport pushes back once the batch's first frame to it is written gets its second
+    frame through the ASGI send (queued, in order, out once writing resumes); the other
+    sockets' frames go directly; every frame carries its own message."""
+    from realtime.hub.hub import CandidateLink, Hub, candidate_command
+    from realtime.state.model import Event
+
+    opened = [await open_socket() for _ in range(3)]
+    try:
+        hub = Hub()
+        for index, socket in enumerate(opened):
+            link = CandidateLink(socket.connection(MSGPACK), "e1", f"s{index}", f"c{index}")
+            hub.add_candidate(link)
+            link.activate(1)
+        full = opened[0]
+        write = full.transport.write
+
+        def filling(data: Any) -> None:  # the buffer is over its high-water mark after this
+            write(data)
+            full.protocol.pause_writing()
+
+        full.transport.write = filling  # type: ignore[method-assign]
+
+        def command(seq: int, session: str, kind: str, version: int) -> Event:
+            return Event(exam_id="e1", session_id=session, kind=kind, actor="staff:p", at=1.5,
+                         seq=seq, details={"command_id": f"k{seq}"},
+                         changes={"status": "paused", "version": version})
+
+        batch = [command(1, "s0", "pause", 2), command(2, "s1", "pause", 2),
+                 command(3, "s2", "pause", 2), command(4, "s0", "lock", 3)]
+        before = counts()
+        hub.on_committed(batch)
+        assert moved(before) == (3, 1)  # the full socket's second frame waits
+        codec = CODECS[MSGPACK]
+
+        def received(socket: Socket) -> list[dict[str, Any]]:
+            return [codec.decode(bytes(frame.data)) for frame in socket.frames()]
+
+        assert received(opened[1]) == [candidate_command(batch[1])]
+        assert received(opened[2]) == [candidate_command(batch[2])]
+        assert received(full) == [candidate_command(batch[0])]
+        full.transport.write = write  # type: ignore[method-assign]
+        full.protocol.resume_writing()
+        for link in [links[0] for links in hub.candidates.values()]:
+            if link.conn._writer is not None:
+                await asyncio.wait_for(link.conn._writer, 5)
+        assert received(full) == [candidate_command(batch[3])]
+    finally:
+        for socket in opened:
+            await socket.close()

@@ -35,6 +35,7 @@ from realtime.state.model import (
 log = logging.getLogger(__name__)
 
 COMMAND_KINDS = frozenset(a.value for a in Action)
+TERMINATE = Action.TERMINATE.value
 # Fields of its session a candidate link keeps in its own view: the command ids an `ack`
 # may clear (decided without a read), and the fields below.
 ACK_FIELDS = ("notice_id", "status_command_id", "lock_command_id")
@@ -53,6 +54,10 @@ HEARTBEAT_TICKS = 100
 PACED_KINDS = frozenset({EventKind.PROGRESS.value, EventKind.DELIVERED.value,
                          EventKind.CLIENT_EVENT.value})
 DELTA_PACE = 0.01
+# A Redis store's own bulk commit: frames taken (each event's message made) before they are
+# written (`Hub.on_committed`). Far below the young collections' threshold
+# (`gcpolicy.GEN0_THRESHOLD`), counting a spliced message and its values as two objects.
+TAKEN_MAX = 512
 
 
 def public_event(event: Event) -> dict[str, Any]:
@@ -214,19 +219,29 @@ class CandidateLink:
             self.handle(event)
 
     def handle(self, event: Event) -> None:
+        message = self.take(event)
+        if message is not None:
+            self.conn.send_encoded(message)
+            if self.ended:  # a terminate: its frame, then the close
+                self.conn.close(CloseCode.TERMINATED, "terminated")
+
+    def take(self, event: Event) -> Encoded | None:
+        """Everything `handle` does with `event` but writing the command's frame: returns
+        that frame's message (None: nothing to write). After a terminate's (`ended`), the
+        caller closes the connection."""
         if not self.ready:
             self.early.append(event)
-            return
+            return None
         if self.ended or self.superseded:
             # Its page was told and is closing: a later change (say a reopen, then an open
             # elsewhere) is not its business; "terminated" must not turn into "superseded".
-            return
+            return None
         changes = event.changes
         version = changes.get("version")
         if version is not None:
             known = self.version
             if version <= known:
-                return
+                return None
             if version > known + 1 and self.on_gap is not None:
                 self.on_gap(self)  # missed a change: the page gets the whole state again
             self.version = version
@@ -243,16 +258,25 @@ class CandidateLink:
             self.superseded = True
             self.conn.send({"type": "superseded", "message": "the session was opened elsewhere"})
             self.conn.close(CloseCode.SUPERSEDED, "superseded")
-            return
+            return None
         kind = event.kind
         if kind in COMMAND_KINDS:
-            self.conn.send_encoded(command_frames.message(event))
-            if kind == Action.TERMINATE:
+            if kind == TERMINATE:
                 self.ended = True
-                self.conn.close(CloseCode.TERMINATED, "terminated")
+            return command_frames.message(event)
+        return None
 
 
 command_frames = CommandFrames()  # one process, one event loop: shared by every link
+
+
+def _write(conns: list[Connection], messages: list[Encoded]) -> None:
+    """Each connection's message, in order (`Hub.on_committed`)."""
+    for conn, message in zip(conns, messages, strict=True):
+        try:
+            conn.send_encoded(message)
+        except Exception:
+            log.exception("candidate dispatch failed")
 
 
 def delta_message(events: list[Event]) -> dict[str, Any]:
@@ -525,10 +549,48 @@ class Hub:
     def on_committed(self, events: list[Event]) -> None:
         """This process's own commit, straight from the store's answer: candidate pages get
         their session's changes now instead of after the echo. Only versioned changes: a page
-        orders them by version and ignores the echo; the rest waits for `on_event`."""
+        orders them by version and ignores the echo; the rest waits for `on_event`.
+
+        A bulk command's thousands of events come here in one batch, handled in two loops:
+        first every link takes its event (version, view, the message), then the frames are
+        written, one socket after the other. The kernel's work of each write evicts the
+        interpreter's code and data from the caches: the second loop runs as little Python
+        as there is between two writes (docs/performance.md, "tenth session"); at most
+        `TAKEN_MAX` frames at a time, so the messages waiting (a bulk command's spliced
+        ones are objects the garbage collector counts) never set off a collection. A link's
+        frames keep their order: anything but a plain command frame (a session with more
+        than one link, a new holder, a terminate's close) writes the frames taken so far
+        first, then is handled as `on_event` handles it."""
+        get = self.candidates.get
+        conns: list[Connection] = []  # the frames taken, to write
+        messages: list[Encoded] = []
         for event in events:
-            if "version" in event.changes:
-                self._to_candidates(event)
+            changes = event.changes
+            if "version" not in changes:
+                continue
+            links = get(event.session_id)
+            if not links:
+                continue
+            if len(links) == 1 and "conn_id" not in changes and event.kind != TERMINATE:
+                link = links[0]
+                try:
+                    message = link.take(event)
+                except Exception:
+                    log.exception("candidate dispatch failed for %s", event.session_id)
+                    continue
+                if message is not None:
+                    conns.append(link.conn)
+                    messages.append(message)
+                    if len(conns) == TAKEN_MAX:
+                        _write(conns, messages)
+                        conns, messages = [], []
+                continue
+            if conns:
+                _write(conns, messages)
+                conns, messages = [], []
+            self._to_candidates(event)
+        if conns:
+            _write(conns, messages)
 
     def _to_candidates(self, event: Event) -> None:
         links = self.candidates.get(event.session_id)
