@@ -917,6 +917,26 @@ async def test_listeners_receive_every_event_in_order(store: StateStore) -> None
     assert plain.events[0].changes["version"] == 1
 
 
+async def test_each_listener_takes_a_commits_events_whole_before_the_next(
+    store: StateStore,
+) -> None:
+    """The first listener (the hub, which writes the frames) gets every event of a hall-size
+    commit before the next one (the drainer's, the drop alerts') gets any: their notes come
+    after the last frame, not between the frames; each in seq order."""
+    calls: list[tuple[str, int]] = []
+    second = Collector()
+    store.add_listener(lambda received: calls.append(("first", received.seq)))
+    store.add_listener(lambda received: (calls.append(("second", received.seq)),
+                                         second(received))[-1])
+    await store.serve(A)
+    await store.add_sessions([session(f"s{i}") for i in range(300)])
+    results = await store.commit([commit(A, f"s{i}", 0) for i in range(300)])
+    seqs = [e.seq for r in results for e in r.events]
+    assert len(seqs) == 300
+    await second.wait_for(300)
+    assert calls == [("first", seq) for seq in seqs] + [("second", seq) for seq in seqs]
+
+
 # -- Redis only: several processes, outages, key layout ------------------------------------------
 
 

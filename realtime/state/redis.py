@@ -915,7 +915,10 @@ class RedisStore:
 
     async def _dispatch(self, events: list[Event]) -> None:
         """Deliver one exam's consecutive events, skipping what this process already heard
-        (what `_recover` read back may come again on the new subscription)."""
+        (what `_recover` read back may come again on the new subscription). Each listener
+        takes them all, in seq order, before the next one starts: the hub (the first) writes
+        the frames of another process's bulk change before the drainer's and the drop
+        alerts' listeners take their note of it, not between the frames."""
         exam_id = events[0].exam_id
         heard = self._heard_seq.get(exam_id, 0)
         if events[-1].seq <= heard:
@@ -927,8 +930,8 @@ class RedisStore:
         if view is not None:
             self._to_view(exam_id, view, events)
         listeners = list(self._listeners)
-        for event in events:
-            for listener in listeners:
+        for listener in listeners:
+            for event in events:
                 try:
                     outcome = listener(event)
                     if outcome is not None and inspect.isawaitable(outcome):
