@@ -920,9 +920,10 @@ async def test_listeners_receive_every_event_in_order(store: StateStore) -> None
 async def test_each_listener_takes_a_commits_events_whole_before_the_next(
     store: StateStore,
 ) -> None:
-    """The first listener (the hub, which writes the frames) gets every event of a hall-size
-    commit before the next one (the drainer's, the drop alerts') gets any: their notes come
-    after the last frame, not between the frames; each in seq order."""
+    """The first listener (the hub, which writes the frames) gets every event of a batch the
+    store delivers (a hall-size commit; on the chunked backend each chunk of it) before the
+    next one (the drainer's, the drop alerts') gets any: their notes come after the batch's
+    last frame, not between the frames; each listener in seq order."""
     calls: list[tuple[str, int]] = []
     second = Collector()
     store.add_listener(lambda received: calls.append(("first", received.seq)))
@@ -934,7 +935,19 @@ async def test_each_listener_takes_a_commits_events_whole_before_the_next(
     seqs = [e.seq for r in results for e in r.events]
     assert len(seqs) == 300
     await second.wait_for(300)
-    assert calls == [("first", seq) for seq in seqs] + [("second", seq) for seq in seqs]
+    runs: list[tuple[str, list[int]]] = []  # the calls, as runs of one listener
+    for name, seq in calls:
+        if runs and runs[-1][0] == name:
+            runs[-1][1].append(seq)
+        else:
+            runs.append((name, [seq]))
+    # one pair of runs per batch: the first listener's, then the same events to the second
+    assert [name for name, _ in runs] == ["first", "second"] * (len(runs) // 2)
+    assert all(runs[i][1] == runs[i + 1][1] for i in range(0, len(runs), 2))
+    assert all(len(run) >= 2 for _, run in runs)  # batches of 300, or chunks of 2: not 1
+    assert [seq for name, run in runs if name == "first" for seq in run] == seqs
+    if not isinstance(store, RedisStore) or not store._commit_chunk:
+        assert len(runs) == 2  # one call, one batch
 
 
 # -- Redis only: several processes, outages, key layout ------------------------------------------
