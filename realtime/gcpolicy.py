@@ -34,8 +34,8 @@ in memory is the handshakes in flight at each freeze: their reference cycles wai
 full collection. In steady traffic that is next to nothing; while a hall opens it is what
 the 0.5 s passes keep down.
 
-A pass that falls due while a bulk change runs (`bulk_change`: a "pause all" deciding,
-committing and answering for a hall) waits until it is done, at most `QUIET_MAX`: it would
+A pass that falls due while a bulk change runs (`realtime.bulk.bulk_change`: a "pause all"
+deciding, committing and answering for a hall) waits until it is done, at most `QUIET_MAX`: it would
 walk the tens of thousands of objects the change is making while it makes them (a 20-25 ms
 pass in the middle of the command), and the change's fan-out, queued when its commit was
 answered, then runs before it too.
@@ -44,12 +44,15 @@ answered, then runs before it too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from realtime.bulk import after_bulk_changes, bulk_change
+
+__all__ = ["bulk_change", "collect_and_freeze", "note_handshake", "run_gc_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -65,47 +68,11 @@ OPENING_FACTOR = 5  # the interval is this many times longer then
 
 _handshakes = 0  # WebSocket handshakes accepted in this process (`note_handshake`)
 
-_bulk_changes = 0  # in flight now, in this process
-_passes_waiting: list[asyncio.Future[None]] = []
-
-
-@contextlib.contextmanager
-def bulk_change() -> Iterator[None]:
-    """While inside, the policy's passes wait (see the module's doc)."""
-    global _bulk_changes
-    _bulk_changes += 1
-    try:
-        yield
-    finally:
-        _bulk_changes -= 1
-        if not _bulk_changes:
-            waiting = list(_passes_waiting)
-            _passes_waiting.clear()
-            for waiter in waiting:
-                if not waiter.done():
-                    waiter.set_result(None)
-
 
 def note_handshake() -> None:
     """A WebSocket handshake is in flight (see the module's doc: opening in numbers)."""
     global _handshakes
     _handshakes += 1
-
-
-async def _after_bulk_changes() -> None:
-    """Return once no bulk change is in flight (or after `QUIET_MAX`)."""
-    if not _bulk_changes:
-        return
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    _passes_waiting.append(waiter)
-    try:
-        async with asyncio.timeout(QUIET_MAX):
-            await waiter
-    except TimeoutError:
-        pass
-    finally:
-        with contextlib.suppress(ValueError):
-            _passes_waiting.remove(waiter)
 
 
 def collect_and_freeze() -> int:
@@ -135,7 +102,7 @@ async def run_gc_policy(
             if _handshakes - seen >= OPENING:  # opening in numbers: the longer interval
                 await sleep((OPENING_FACTOR - 1) * freeze_interval)
             seen = _handshakes
-            await _after_bulk_changes()
+            await after_bulk_changes(QUIET_MAX)
             if time.monotonic() - last_full >= full_interval:
                 gc.unfreeze()
                 started = time.perf_counter()

@@ -30,10 +30,10 @@ from typing import Any
 from realtime.auth.permissions import ACTION_PERMISSION
 from realtime.auth.principal import Principal
 from realtime.batching import CommitBatcher
+from realtime.bulk import bulk_change
 from realtime.db.database import Database
 from realtime.db.history import HistoryFilter
 from realtime.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
-from realtime.gcpolicy import bulk_change
 from realtime.identity import scope
 from realtime.locks import KeyedLocks
 from realtime.presence import NodePresence, node_of
@@ -722,7 +722,7 @@ class SessionService:
         """
         started = time.perf_counter()
         if target.is_filter or len(target.session_ids or ()) >= BIG_BATCH:
-            with bulk_change():  # no GC pass in the middle of it (realtime/gcpolicy.py)
+            with bulk_change():  # no GC pass or SQL drain in the middle of it (realtime/bulk.py)
                 result = await self._command(exam_id, action, target, principal, params)
         else:
             result = await self._command(exam_id, action, target, principal, params)
