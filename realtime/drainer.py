@@ -15,6 +15,14 @@ light round, doubling after each round that found a sustained flow (SUSTAINED ro
 of the gather before it), up to GATHER_MAX on a store whose outbox outlives the process (the
 memory store keeps 50 ms). A round's fixed cost was most of the drainer's CPU, and under a
 steady flow it paid it ~20 times a second whatever the rate.
+
+Where the outbox outlives the process (Redis), a round of the loop gives way to the bulk
+commands of this process (`realtime.bulk`): before its claim and between its SQL write's
+slices it waits while one is in flight and for HOLD_LINGER after the last one ended (its
+fan-out, the acks it sets off), at most HOLD_MAX in all per round. The write of the last
+command's history (10,000 events and their 10,000 acks: a second or more of SQL) otherwise
+ran through the next command and took CPU its fan-out needed. A REST read's `catch_up` and
+the drain at shutdown never give way.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from realtime import bulk
 from realtime.db.database import Database
 from realtime.locks import KeyedLocks
 from realtime.state.model import Event
@@ -42,6 +51,8 @@ GATHER = 0.05  # before each round, let more arrive for this long: fewer, bigger
 GATHER_MAX = 0.25  # ... growing to this under a sustained flow (a store whose outbox survives us)
 SUSTAINED = 100.0  # rows (events, audit rows) a second of gather that make the next one longer
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+HOLD_MAX = 0.5  # seconds a round of the loop gives way at most to bulk commands (Redis)
+HOLD_LINGER = 0.2  # ... while one is in flight and for this long after the last one ended
 
 
 def consumer_name() -> str:
@@ -58,6 +69,7 @@ class Drainer:
         clock: Callable[[], float] = time.time,
         max_gather: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hold_max: float | None = None,
     ) -> None:
         self.store = store
         self.db = db
@@ -69,6 +81,13 @@ class Drainer:
         if max_gather is None:
             max_gather = GATHER_MAX if getattr(store, "outbox_survives_process", False) else GATHER
         self.max_gather = max(GATHER, max_gather)
+        # Giving way to bulk commands delays history like a longer gather: only there too.
+        if hold_max is None:
+            hold_max = HOLD_MAX if getattr(store, "outbox_survives_process", False) else 0.0
+        self.hold_max = hold_max
+        self.hold_linger = HOLD_LINGER
+        self.held = 0.0  # seconds rounds gave way to bulk commands, in all
+        self.holds = 0  # times they did
         self.gather = GATHER  # the loop's next pause before a round
         self.rounds = 0  # drains that claimed something: one SQL transaction each
         self.rows = 0  # events and audit rows those claimed
@@ -123,7 +142,7 @@ class Drainer:
                     self._dirty.update(await self.store.outbox_exams())
                     await self.refresh_backlog()
                 rows = self.rows
-                worked = await self.drain_dirty()
+                worked = await self.drain_dirty(give_way=True)
                 delay = BACKOFF_MIN
                 self.gather = self.next_gather(self.rows - rows)
                 if not worked:
@@ -159,17 +178,18 @@ class Drainer:
             return min(self.max_gather, 2 * self.gather)
         return GATHER
 
-    async def drain_dirty(self, until_empty: bool = False) -> bool:
+    async def drain_dirty(self, until_empty: bool = False, give_way: bool = False) -> bool:
         """Drain every exam known to have something; True if anything was written. An exam
         is drained again at once while its claims come back full (a backlog); after a claim
         of less it is claimed again in the next round, after the pause `run` makes (or,
-        `until_empty`, at once), until a claim finds nothing."""
+        `until_empty`, at once), until a claim finds nothing. `give_way`: each exam's round
+        gives way to bulk commands (the module's doc)."""
         worked = False
         dirty, self._dirty = self._dirty, set()
         try:
             while dirty:
                 exam_id = min(dirty)
-                claimed = await self.drain_exam(exam_id)
+                claimed = await self.drain_exam(exam_id, give_way=give_way)
                 if claimed:
                     worked = True
                 if not claimed:
@@ -184,28 +204,39 @@ class Drainer:
                 self._caught_up.notify_all()
         return worked
 
-    async def drain_exam(self, exam_id: str, patience: float | None = None) -> int:
+    async def drain_exam(
+        self, exam_id: str, patience: float | None = None, give_way: bool = False
+    ) -> int:
         """One claim → write → acknowledge round for one exam: the entries claimed (0 when
         nothing was there, or another process holds the exam). Waits first for a round of the
         same exam in flight in this process (TimeoutError after `patience` seconds): claimed
         entries stay pending until acknowledged, so a second round would claim them again
-        and write them in a transaction of its own alongside the first."""
+        and write them in a transaction of its own alongside the first. `give_way`: before
+        its claim and between its write's slices, the round waits for the bulk commands in
+        flight (the module's doc), at most `hold_max` seconds in all."""
         if self._exams.held(exam_id):
             self.waited += 1
         async with self._exams.hold(exam_id, patience):
+            way = _GiveWay(self, self.hold_max if give_way else 0.0)
+            await way.hold()
             entries = await self.store.outbox_claim(exam_id, self.consumer, BATCH, LEASE)
             if not entries:
                 return 0
             self.rounds += 1
             self.rows += sum(len(entry.events) + len(entry.audit) for entry in entries)
-            await self.write(entries)
+            await self.write(entries, way)
             await self.store.outbox_ack(exam_id, self.consumer, entries)
             return len(entries)
 
-    async def write(self, entries: list[OutboxEntry]) -> None:
+    async def write(
+        self, entries: list[OutboxEntry], pause: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         events = [event for entry in entries for event in entry.events]
         audit = [row for entry in entries for row in entry.audit]
-        self.written += await self.db.write_outbox(events, audit)
+        if pause is None:
+            self.written += await self.db.write_outbox(events, audit)
+        else:
+            self.written += await self.db.write_outbox(events, audit, pause=pause)
 
     async def catch_up(self, exam_id: str, timeout: float = 2.0) -> None:
         """Make SQL reads of an exam current: drain it now (after a drain of it in flight in
@@ -239,3 +270,31 @@ class Drainer:
         if self.backlog.oldest_at is None:
             return 0.0
         return max(0.0, self.clock() - self.backlog.oldest_at)
+
+
+class _GiveWay:
+    """A drain round's pause between its write's slices: a turn of the event loop, or, while
+    a bulk command is in flight in this process (or ended less than the drainer's
+    `hold_linger` ago), until it is done, as long as the round's `budget` lasts."""
+
+    def __init__(self, drainer: Drainer, budget: float) -> None:
+        self.drainer = drainer
+        self.budget = budget
+
+    async def hold(self) -> bool:
+        """Wait for the bulk commands in flight, if any and the budget allows; True if it
+        waited."""
+        drainer = self.drainer
+        if self.budget <= 0 or not bulk.busy(drainer.hold_linger):
+            return False
+        started = time.monotonic()
+        await bulk.after_bulk_changes(self.budget, drainer.hold_linger)
+        took = time.monotonic() - started
+        self.budget -= took
+        drainer.held += took
+        drainer.holds += 1
+        return True
+
+    async def __call__(self) -> None:
+        if not await self.hold():
+            await asyncio.sleep(0)

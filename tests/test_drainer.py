@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 from clients import eventually
 from sqlalchemy import text
 
+from realtime import bulk
 from realtime.db.database import Database
-from realtime.drainer import GATHER, GATHER_MAX, SUSTAINED, Drainer
+from realtime.drainer import GATHER, GATHER_MAX, HOLD_MAX, SUSTAINED, Drainer
 from realtime.state.memory import MemoryStore
 from realtime.state.model import Event, Exam, new_session
 from realtime.state.store import Commit, StateStore
@@ -135,7 +137,7 @@ async def test_sql_down_keeps_everything_until_it_returns(
     drainer = Drainer(store, db)
     original = db.write_outbox
 
-    async def refused(*args: Any) -> int:
+    async def refused(*args: Any, **kwargs: Any) -> int:
         raise ConnectionRefusedError("SQL is down")
 
     monkeypatch.setattr(db, "write_outbox", refused)
@@ -165,11 +167,11 @@ async def test_what_arrives_during_a_round_waits_for_the_next_one(
     arriving = [_event("s1", n=2)]  # arrives during the first write
     original = db.write_outbox
 
-    async def write_while_more_arrive(events: Any, audit: Any) -> int:
+    async def write_while_more_arrive(events: Any, audit: Any, **kwargs: Any) -> int:
         written.append([e.seq for e in events])
         if arriving:
             await _commit(store, arriving.pop())
-        return await original(events, audit)
+        return await original(events, audit, **kwargs)
 
     monkeypatch.setattr(db, "write_outbox", write_while_more_arrive)
     drainer.on_event(_event("s0"))
@@ -235,8 +237,8 @@ async def test_a_read_catching_up_waits_for_the_drain_of_its_exam_in_flight(
         await ack(exam_id, *args)
         in_flight.remove(exam_id)
 
-    async def held(conn: Any, rows: Any) -> Any:
-        result = await add(conn, rows)
+    async def held(conn: Any, rows: Any, *rest: Any) -> Any:
+        result = await add(conn, rows, *rest)
         if not inserted.is_set():  # the first drain's rows are in, its transaction open
             inserted.set()
             await release.wait()
@@ -278,9 +280,9 @@ async def test_memory_store_claims_hand_the_drainer_bounded_transactions(db: Dat
     writes: list[int] = []
     original = db.write_outbox
 
-    async def write_outbox(events: Any, audit: Any) -> int:
+    async def write_outbox(events: Any, audit: Any, **kwargs: Any) -> int:
         writes.append(len(events) + len(audit))
-        return await original(events, audit)
+        return await original(events, audit, **kwargs)
 
     db.write_outbox = write_outbox  # type: ignore[method-assign]
     drainer = Drainer(store, db)
@@ -364,3 +366,123 @@ async def test_the_gather_doubles_while_the_flow_is_sustained(db: Database) -> N
                        2 * GATHER]
     assert Drainer(MemoryStore(), db, max_gather=0.0).max_gather == GATHER  # never below it
     assert Drainer(MemoryStore(), db).max_gather == GATHER  # its outbox dies with the process
+
+
+async def _first_of(task: asyncio.Task[Any], event: asyncio.Event) -> None:
+    """Until `task` is done or `event` is set, whichever comes first."""
+    waiting = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({task, waiting}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
+def _note_waits(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once something waits for the bulk changes in flight (the drainer giving way)."""
+    waits = asyncio.Event()
+    real = bulk.after_bulk_changes
+
+    async def after_bulk_changes(*args: Any, **kwargs: Any) -> None:
+        waits.set()
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(bulk, "after_bulk_changes", after_bulk_changes)
+    return waits
+
+
+async def test_a_round_gives_way_to_a_bulk_command_in_flight(
+    db: Database, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "pause all" of 10,000 was slowed by the SQL write of the previous command's history
+    (a second and more of it, run meanwhile). Now the loop's round waits to claim until the
+    bulk command in flight is done, then drains everything as before."""
+    await _exam(db, store)
+    committed = await _commit(store, *(_event(f"s{n % 2}", n=n) for n in range(5)))
+    drainer = Drainer(store, db, hold_max=3600.0)
+    drainer.hold_linger = 0.0
+    claims: list[int] = []
+    claim = store.outbox_claim
+
+    async def claiming(*args: Any) -> Any:
+        entries = await claim(*args)
+        claims.append(len(entries))
+        return entries
+
+    monkeypatch.setattr(store, "outbox_claim", claiming)
+    waits = _note_waits(monkeypatch)
+    drainer.on_event(committed[0])
+    with bulk.bulk_change():
+        round_ = asyncio.create_task(drainer.drain_dirty(give_way=True))
+        await _first_of(round_, waits)
+        assert waits.is_set() and not round_.done() and claims == []
+    assert await round_
+    assert [e.seq for e in await db.exam_events(EXAM)] == [e.seq for e in committed]
+    assert drainer.holds == 1 and drainer.held > 0
+
+
+async def test_a_write_in_flight_gives_way_between_its_slices(
+    db: Database, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk command that starts while a round writes (its transaction open, rows sent in
+    slices) finds the write waiting at its next slice until the command is done; the write
+    then completes, all of it in one transaction as before."""
+    import realtime.db.database
+
+    monkeypatch.setattr(realtime.db.database, "WRITE_SLICE", 1)
+    await _exam(db, store)
+    committed = await _commit(store, *(_event(f"s{n % 2}", n=n) for n in range(3)))
+    drainer = Drainer(store, db, hold_max=3600.0)
+    drainer.hold_linger = 0.0
+    waits = _note_waits(monkeypatch)
+    command = contextlib.ExitStack()
+    slices: list[int] = []
+    event_rows = db._event_rows
+
+    def rows(events: Any) -> Any:
+        slices.append(len(events))
+        if len(slices) == 1:
+            command.enter_context(bulk.bulk_change())  # a "pause all" arrives
+        return event_rows(events)
+
+    monkeypatch.setattr(db, "_event_rows", rows)
+    drainer.on_event(committed[0])
+    with command:
+        round_ = asyncio.create_task(drainer.drain_dirty(give_way=True))
+        await _first_of(round_, waits)
+        assert waits.is_set() and not round_.done() and slices == [1]
+    assert await round_
+    assert slices == [1, 1, 1]
+    assert [e.seq for e in await db.exam_events(EXAM)] == [e.seq for e in committed]
+
+
+async def test_a_round_gives_way_for_at_most_its_budget(db: Database, store: StateStore) -> None:
+    """Bulk commands one after another, or a linger that never ends, do not hold history back
+    for longer than the round's budget (`hold_max`): the lag stays bounded. Where the outbox
+    dies with the process (the memory store) rounds do not give way at all, as its gather
+    stays short: what waits there is what a crash loses."""
+    await _exam(db, store)
+    committed = await _commit(store, *(_event(f"s{n % 2}", n=n) for n in range(3)))
+    survives = getattr(store, "outbox_survives_process", False)
+    assert Drainer(store, db).hold_max == (HOLD_MAX if survives else 0.0)
+    drainer = Drainer(store, db, hold_max=0.05)
+    drainer.hold_linger = 3600.0  # after a command, as if its acks never ended
+    drainer.on_event(committed[0])
+    with bulk.bulk_change():
+        assert await drainer.drain_dirty(give_way=True)  # within the command still
+    assert [e.seq for e in await db.exam_events(EXAM)] == [e.seq for e in committed]
+    assert drainer.holds >= 1
+
+
+async def test_reads_and_shutdown_do_not_give_way(db: Database, store: StateStore) -> None:
+    """A REST read catching its exam up, and the drain at shutdown, write at once whatever
+    bulk command is in flight: they are waited for."""
+    await _exam(db, store)
+    committed = await _commit(store, *(_event(f"s{n % 2}", n=n) for n in range(3)))
+    drainer = Drainer(store, db, hold_max=3600.0)
+    with bulk.bulk_change():
+        await drainer.catch_up(EXAM, timeout=3600.0)
+        assert [e.seq for e in await db.exam_events(EXAM)] == [e.seq for e in committed[:3]]
+        more = await _commit(store, _event("s0", n=9))
+        await drainer.drain_all()
+        assert [e.seq for e in await db.exam_events(EXAM)][-1] == more[0].seq
+    assert drainer.holds == 0

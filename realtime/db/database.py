@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -82,6 +82,13 @@ def normalize_url(url: str | URL) -> URL:
 # the loop for 4-9 ms, and a command queued behind them; at 100, under ~3 ms (a statement
 # more per 100 rows: 0-20 % of the drain's own CPU per event, docs/performance.md).
 WRITE_SLICE = 100
+
+
+async def _next_turn() -> None:
+    await asyncio.sleep(0)
+
+
+Pause = Callable[[], Awaitable[None]]  # awaited between a write's slices
 
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
@@ -385,20 +392,24 @@ class Database:
         return await self.write_outbox(events, [])
 
     async def write_outbox(
-        self, events: Sequence[Event], audit: Sequence[dict[str, Any]]
+        self,
+        events: Sequence[Event],
+        audit: Sequence[dict[str, Any]],
+        pause: Pause = _next_turn,
     ) -> int:
         """What the drainer writes for a run of outbox entries, in ONE transaction: the events
         (as `add_events`), the irregularity reports among them, and audit rows. Safe to repeat,
         and to run in two transactions at once: events and irregularities are keyed by (exam,
         seq); an audit row by its `uid` (see `_add_audit_in`). Returns how many events were
-        new."""
+        new. Rows go in slices of `WRITE_SLICE`, with `pause` awaited between two (a turn of
+        the event loop; the drainer's also gives way to a bulk command: `realtime.bulk`)."""
         if not events and not audit:
             return 0
         # Core statements on the connection, no ORM session: the drainer's transaction runs
         # every ~50 ms under load, and the session's execution layer (and ORM bulk inserts)
         # was most of its fixed cost.
         async with self._locked(self._write_lock), self._write_engine.begin() as conn:
-            fresh = await self._add_events_in(conn, events) if events else []
+            fresh = await self._add_events_in(conn, events, pause) if events else []
             irregular = [ev for ev in fresh if ev.kind == "irregularity"]
             if irregular:
                 await conn.execute(
@@ -417,7 +428,7 @@ class Database:
                     ],
                 )
             if audit:
-                await self._add_audit_in(conn, audit)
+                await self._add_audit_in(conn, audit, pause)
             staged: list[OutboxHook] = []
             for hook in self.outbox_hooks if fresh else ():
                 if await hook.stage(conn, fresh):
@@ -429,7 +440,9 @@ class Database:
             hook.committed()
         return len(fresh)
 
-    async def _add_audit_in(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    async def _add_audit_in(
+        self, conn: AsyncConnection, rows: Sequence[dict[str, Any]], pause: Pause = _next_turn
+    ) -> None:
         """Insert audit rows unless already stored: a repeat (a drainer died after its SQL
         commit but before acknowledging), two drains overlapping (a round that outlived its
         lease and the next holder's, each in its own transaction), a batch repeating a row.
@@ -454,7 +467,7 @@ class Database:
             stmt = self._insert(table).on_conflict_do_nothing(index_elements=[table.c.uid])
             for n, part in enumerate(_chunks(list(keyed.items()), WRITE_SLICE)):
                 if n:
-                    await asyncio.sleep(0)  # as the events: a turn of the loop between slices
+                    await pause()  # as the events: a turn of the loop between slices
                 await conn.execute(stmt, [{**_audit_values(r), "uid": uid} for uid, r in part])
         if legacy:
             await self._add_unkeyed_audit_in(conn, table, legacy)
@@ -486,7 +499,9 @@ class Database:
         if new:
             await conn.execute(insert(table), new)
 
-    async def _add_events_in(self, conn: AsyncConnection, events: Sequence[Event]) -> list[Event]:
+    async def _add_events_in(
+        self, conn: AsyncConnection, events: Sequence[Event], pause: Pause = _next_turn
+    ) -> list[Event]:
         unique: dict[tuple[str, int], Event] = {}
         for ev in events:
             if ev.seq < 1:
@@ -503,14 +518,14 @@ class Database:
         inserted: set[tuple[str, int]] = set()
         for n, part in enumerate(_chunks(ordered, WRITE_SLICE)):
             if n:
-                await asyncio.sleep(0)
+                await pause()
             result = await conn.execute(stmt, self._event_rows(part))
             inserted.update((exam_id, seq) for exam_id, seq in result)
         skipped = [ev for ev in ordered if (ev.exam_id, ev.seq) not in inserted]
         if skipped:
             await self._check_true_duplicates(conn, skipped)
         fresh = [ev for ev in ordered if (ev.exam_id, ev.seq) in inserted]
-        await self._merge_states(conn, fresh)
+        await self._merge_states(conn, fresh, pause)
         return fresh
 
     @staticmethod
@@ -556,7 +571,9 @@ class Database:
                     " the state store reused sequence numbers"
                 )
 
-    async def _merge_states(self, conn: AsyncConnection, events: list[Event]) -> None:
+    async def _merge_states(
+        self, conn: AsyncConnection, events: list[Event], pause: Pause = _next_turn
+    ) -> None:
         """Fold event changes into SessionRow.state, in seq order, under row locks.
 
         Plain column reads and one executemany UPDATE (no ORM objects): this runs for every
@@ -566,7 +583,7 @@ class Database:
         current: dict[str, tuple[str, dict[str, Any]]] = {}
         for n, chunk in enumerate(_chunks(session_ids, WRITE_SLICE)):
             if n:
-                await asyncio.sleep(0)  # decoding the states read is the loop's work too
+                await pause()  # decoding the states read is the loop's work too
             found = await conn.execute(
                 select(_SESSIONS.c.id, _SESSIONS.c.exam_id, _SESSIONS.c.state)
                 .where(_SESSIONS.c.id.in_(chunk))
@@ -597,7 +614,7 @@ class Database:
         )
         for n, part in enumerate(_chunks(list(states.items()), WRITE_SLICE)):
             if n:
-                await asyncio.sleep(0)  # as the inserts: a turn of the loop between slices
+                await pause()  # as the inserts: a turn of the loop between slices
             await conn.execute(
                 stmt, [{"sid": sid, "new_state": state, "now": now} for sid, state in part]
             )
