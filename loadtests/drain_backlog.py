@@ -9,7 +9,8 @@ page's ack (committed `--ack-batch` at a time, as the batcher groups them). Then
 `Drainer` drains it into a SQLite file while every event-loop callback is timed with
 `time.thread_time()` (CPU of the loop's thread, which other work on the machine barely moves;
 asyncio's loop, whose callbacks can be timed from Python). Printed: the longest stretches,
-how many passed 10 / 20 / 40 ms, and the drain's process CPU and wall time.
+how many passed 10 / 20 / 40 ms, and the drain's process CPU (of which the event loop's thread;
+the rest is the SQL driver's thread, aiosqlite's, where SQLite runs) and wall time.
 Run it from each checkout to compare (docs/performance.md, ninth session).
 """
 
@@ -82,13 +83,14 @@ async def run(args: argparse.Namespace) -> None:
             stretches: list[float] = []
             _timed_callbacks(stretches)
             drainer = Drainer(store, db)
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, wall, loop = time.process_time(), time.perf_counter(), time.thread_time()
             drainer.start()
             for _ in range(int(args.timeout / 0.01)):  # polled: the drainer's own pace
                 if not await store.outbox_pending(EXAM):
                     break
                 await asyncio.sleep(0.01)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            loop = time.thread_time() - loop
             left = await store.outbox_pending(EXAM)
             await drainer.close()
             if left:
@@ -97,7 +99,8 @@ async def run(args: argparse.Namespace) -> None:
             await db.engine.dispose()
     longest = ", ".join(f"{1000 * s:.1f}" for s in sorted(stretches)[-5:][::-1])
     over = " / ".join(str(sum(s >= limit for s in stretches)) for limit in (0.01, 0.02, 0.04))
-    print(f"{backlog} events drained in {wall:.1f} s wall, {cpu:.2f} s process CPU; "
+    print(f"{backlog} events drained in {wall:.1f} s wall, {cpu:.2f} s process CPU (loop "
+          f"thread {loop:.2f} s); "
           f"longest loop stretches {longest} ms; >= 10 / 20 / 40 ms: {over}")
 
 

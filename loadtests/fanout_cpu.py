@@ -5,6 +5,8 @@
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 6 --profile /tmp/fanout.prof
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 7 --ws-impl wsproto
     python -m loadtests.fanout_cpu --sessions 5000 --repeats 4 --acks --timeline --store redis
+    python -m loadtests.fanout_cpu --sessions 10000 --repeats 5 --acks --timeline --store redis \
+        --client-read read-first --gap 1 --drain-hold 0
     perf record -D -1 --control fifo:ctl,ack -g -- \
         python -m loadtests.fanout_cpu --sessions 5000 --repeats 4 --perf-ctl ctl,ack
 
@@ -14,12 +16,16 @@ dashboard sockets) and tells this one when every candidate has the command. Each
 a "pause all" (then a "resume all", and so on) applied through `SessionService.command`,
 timed with `time.process_time()` (CPU of this process: the rest of the machine barely moves
 it); each repeat starts once the last one's events are in SQL (the drainer's write is not in
-the next one's figures):
+the next one's figures), or, with `--gap S`, `S` seconds after the last one's last frame, as
+the benchmark's `--pause-gap` (what the last one left running then overlaps this one):
 
 * `command_ms`: the command call (targets read, decide, commit, answer);
 * `fanout_ms`: the hand-off of the committed events to the listeners (the hub turning them
   into frames and writing them to the sockets, and the dashboards' batch);
-* `total_ms`: from the call until the last candidate has its frame.
+* `total_ms`: from the call until the last candidate has its frame;
+* `loop_ms`: of `total_ms`, the event loop's thread (the rest, `total_ms - loop_ms`, ran in the
+  process's other threads: the SQL driver's, aiosqlite's, runs SQLite there);
+* `backlog`: events not yet in SQL when the command was called.
 
 The candidates do not ack (`--acks` to make them), so `total_ms` is the command and its
 fan-out, without the traffic that follows. `--ws-impl` picks uvicorn's WebSocket implementation
@@ -39,7 +45,12 @@ garbage collection. `*` marks what started before the last frame. The drainer's 
 gets a second line: how many stretches it held the loop for (between two suspensions), their
 CPU (its own, without what ran in between) and the longest one. `--write-slice N` sets the
 rows per statement of that write (`realtime.db.database.WRITE_SLICE`; a huge N: one
-statement, as before the slices).
+statement, as before the slices). And a third: what of the drainer ran from the call until
+the server wrote the last frame (the end of the fan-out), its stretches on the loop (claims,
+writes, acks) and its SQL thread's CPU (every call aiosqlite ran there): with `--gap`, the
+previous repeat's history being written through this one. `--drain-hold S` and
+`--hold-linger S` set how long a drain round gives way to a bulk command
+(`realtime.drainer.HOLD_MAX`, `HOLD_LINGER`; `--drain-hold 0`: never, as before it).
 
 `--commit-chunk 0,1000` (Redis) alternates the store's chunk size (`RedisStore(commit_chunk=)`,
 `REALTIME_REDIS_COMMIT_CHUNK`; 0: the bulk commit in one script call) every two repeats (a
@@ -52,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import json
 import os
@@ -218,7 +230,12 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         chunk = sizes[(rep // 2) % len(sizes)] if sizes else None
         if chunk is not None:  # harness only: the store's setting, repeat by repeat
             store._commit_chunk = chunk
-        await settle(runtime)
+        if args.gap and rep:
+            # the timeline's record already waited 0.5 s of it
+            await asyncio.sleep(max(0.0, args.gap - (0.5 if timeline is not None else 0.0)))
+        else:
+            await settle(runtime)
+        backlog = (await store.outbox_backlog(time.time())).events
         gc.collect()
         fanout_cpu[0] = 0.0
         if profiler is not None and rep >= 2:
@@ -227,6 +244,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             timeline.start()
         before = await stats.read() if stats is not None else None
         started = time.process_time()
+        loop_started = time.thread_time()
         wall = time.perf_counter()
         called_at = time.monotonic()
         result = await runtime.service.command(EXAM, action, Target(all=True), staff,
@@ -237,6 +255,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         answered = await stats.read() if stats is not None else None
         line = await child.stdout.readline()
         total = time.process_time() - started
+        loop = time.thread_time() - loop_started
         last_ms = 1000 * (time.perf_counter() - wall)
         if profiler is not None:
             profiler.disable()
@@ -253,16 +272,25 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         if stats is not None and before is not None and answered is not None:
             row.update(stats.since(before, answered))
         if timeline is not None:
+            written = timeline.fanout_end()
+            drain_loop, drain_steps, drain_sql = timeline.in_window(written)
+            row.update({"drain_loop_ms": 1000 * drain_loop, "drain_sql_ms": 1000 * drain_sql})
             await asyncio.sleep(0.5)  # what follows the last frame, for the record
             timeline.report(rep, answer_at, json.loads(parts[3]))
+            print(f"  the drainer from the call to the server's last frame written "
+                  f"({1000 * (written - timeline.t0):.1f} ms): {drain_steps} "
+                  f"stretches on the loop, {1000 * drain_loop:.1f} ms CPU; its SQL thread "
+                  f"{1000 * drain_sql:.1f} ms CPU", flush=True)
         rows.append({"command_ms": 1000 * command, "fanout_ms": 1000 * fanout_cpu[0],
-                     "total_ms": 1000 * total, "last_ms": last_ms, "deltas": deltas, **row,
+                     "total_ms": 1000 * total, "loop_ms": 1000 * loop, "last_ms": last_ms,
+                     "backlog": backlog, "deltas": deltas, **row,
                      **({"chunk": chunk} if chunk is not None else {})})
         redis_text = (f"; Redis: {row['evalsha_calls']:.0f} EVALSHA {row['evalsha_ms']:.1f} ms, "
                       f"CPU {row['redis_cpu_ms']:.1f} ms" if "evalsha_ms" in row else "")
         chunk_text = f" [chunk {chunk}]" if chunk is not None else ""
         print(f"{action.value:>6} {command_id}{chunk_text}: command {1000 * command:6.1f} ms, "
-              f"fan-out {1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU; last "
+              f"fan-out {1000 * fanout_cpu[0]:6.1f} ms, total {1000 * total:6.1f} ms CPU (loop "
+              f"{1000 * loop:6.1f} ms); backlog {backlog} events; last "
               f"{last_ms:6.1f} ms; answer {row['answer_ms']:.1f}, first frame "
               f"{row['first_frame_ms']:.1f}, last frame {row['last_frame_ms']:.1f} ms"
               f"{redis_text}", flush=True)
@@ -275,8 +303,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
     await served.stop()
     measured = rows[1:] if len(rows) > 1 else rows  # the first warms caches up
     fanout = statistics.median(r["fanout_ms"] for r in measured)
-    keys = ("command_ms", "fanout_ms", "total_ms", "last_ms", "answer_ms", "first_frame_ms",
-            "last_frame_ms", "evalsha_calls", "evalsha_ms", "redis_cpu_ms")
+    keys = ("command_ms", "fanout_ms", "total_ms", "loop_ms", "last_ms", "answer_ms",
+            "first_frame_ms", "last_frame_ms", "evalsha_calls", "evalsha_ms", "redis_cpu_ms",
+            "drain_loop_ms", "drain_sql_ms")
     by_chunk = {
         str(size): {f"{key}_p50": round(statistics.median(r[key] for r in of_size), 2)
                     for key in keys if key in of_size[0]} | {"repeats": len(of_size)}
@@ -289,6 +318,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         "ws_impl": args.ws_impl, "served_by": ",".join(served_by),
         "rss_kib_per_conn": round(rss_kib, 2),
         "repeats": len(measured), "floor_ms": floor,
+        "drain_held_s": round(runtime.drainer.held, 3), "drain_holds": runtime.drainer.holds,
         **{f"{key}_p50": round(statistics.median(r[key] for r in measured), 2)
            for key in keys if key in measured[0]},
         **({"by_chunk": by_chunk} if by_chunk else {}),
@@ -340,12 +370,18 @@ class Timeline:
         self.fanout: Any = None
         store, drainer, hub = runtime.store, runtime.drainer, runtime.hub
         hub.flush = self.wrap("dashboard batch", hub.flush)
+        # the drainer's own stretches on the loop (claim, write, ack: between two awaits) and
+        # its SQL thread's calls, each (start, CPU), to count what fell in a repeat's window
+        self.drain_steps: list[tuple[float, float]] = []
+        self.sql_calls: list[tuple[float, float]] = []
         for name in ("outbox_claim", "outbox_ack"):
-            setattr(store, name, self.wrap_async(f"drain: {name[7:]}", getattr(store, name)))
+            timed = self.wrap_async(f"drain: {name[7:]}", getattr(store, name))
+            setattr(store, name, functools.partial(self._stepped, timed))
         write = self.wrap_async("drain: SQL write", drainer.write)
+        self._time_sql_thread()
 
         async def stepped_write(*args: Any, **kwargs: Any) -> Any:
-            steps = _Steps(write(*args, **kwargs))
+            steps = _Steps(write(*args, **kwargs), self.drain_steps)
             start = time.monotonic()
             try:
                 return await steps
@@ -365,8 +401,46 @@ class Timeline:
         batcher.store = _Proxy(store, commit=commit)
         if hasattr(store, "_deliver"):
             store._deliver = self.wrap_async("echo: dispatch", store._deliver)
+        import realtime.bulk  # the drainer's waits for a bulk command (the GC policy's too)
+
+        realtime.bulk.after_bulk_changes = self.wrap_async(  # type: ignore[assignment]
+            "drain: gives way", realtime.bulk.after_bulk_changes)
         gc.callbacks.append(self._gc)
         self._gc_start = (0.0, 0.0)
+
+    async def _stepped(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await _Steps(fn(*args, **kwargs), self.drain_steps)
+
+    def _time_sql_thread(self) -> None:
+        """Every call aiosqlite runs in its connection's thread: its start and that thread's
+        CPU (SQLite's work, outside the event loop's thread)."""
+        from aiosqlite.core import Connection
+
+        execute, calls = Connection._execute, self.sql_calls
+
+        async def timed_execute(conn: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            def timed(*a: Any, **k: Any) -> Any:
+                start, cpu = time.monotonic(), time.thread_time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    calls.append((start, time.thread_time() - cpu))
+            return await execute(conn, timed, *args, **kwargs)
+
+        Connection._execute = timed_execute  # type: ignore[method-assign]
+
+    def fanout_end(self) -> float:
+        """When the server wrote this repeat's last frame: the end of its longest hand-off
+        or echo dispatch (whichever wrote the frames)."""
+        rows = [row for row in self.rows if row[0] in ("fan-out", "echo: dispatch")]
+        return max(rows, key=lambda row: row[3])[2] if rows else time.monotonic()
+
+    def in_window(self, end: float) -> tuple[float, int, float]:
+        """The drainer's CPU on the loop (and its stretches), and its SQL thread's, from the
+        call to `end`."""
+        steps = [cpu for start, cpu in self.drain_steps if self.t0 <= start < end]
+        sql = sum(cpu for start, cpu in self.sql_calls if self.t0 <= start < end)
+        return sum(steps), len(steps), sql
 
     def _gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -422,20 +496,23 @@ class _Steps:
     """Drives a coroutine step by step and times each step's CPU: a step is a stretch the
     coroutine holds the loop for, between two suspensions."""
 
-    def __init__(self, coro: Any) -> None:
+    def __init__(self, coro: Any, steps: list[tuple[float, float]] | None = None) -> None:
         self.coro, self.count, self.own, self.longest = coro, 0, 0.0, 0.0
+        self.steps = steps  # each step's (start, CPU), if given
 
     def __await__(self) -> Any:
         value: Any = None
         error: BaseException | None = None
         while True:
-            cpu = time.thread_time()
+            start, cpu = time.monotonic(), time.thread_time()
             try:
                 sent = self.coro.throw(error) if error is not None else self.coro.send(value)
             except StopIteration as stop:
                 return stop.value
             finally:
                 took = time.thread_time() - cpu
+                if self.steps is not None:
+                    self.steps.append((start, took))
                 self.count += 1
                 self.own += took
                 self.longest = max(self.longest, took)
@@ -519,6 +596,15 @@ def main(argv: list[str] | None = None) -> int:
                         choices=WS_IMPLS,
                         help="uvicorn's WebSocket implementation (its `ws` setting; default "
                         "`realtime serve`'s)")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="start each repeat this many seconds after the last one's last "
+                        "frame (the benchmark's --pause-gap) instead of once its events are "
+                        "in SQL")
+    parser.add_argument("--drain-hold", type=float, default=None,
+                        help="seconds a drain round gives way at most to bulk commands "
+                        "(realtime.drainer.HOLD_MAX; 0: never, as before it)")
+    parser.add_argument("--hold-linger", type=float, default=None,
+                        help="... and for how long after one (realtime.drainer.HOLD_LINGER)")
     parser.add_argument("--write-slice", type=int, default=0,
                         help="rows per statement of the drainer's SQL write (0: the default)")
     parser.add_argument("--client-read", choices=READ_MODES, default="inline",
@@ -541,6 +627,13 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(hold(args.hold, args.protocol, codes, args.dashboards, args.acks,
                         args.client_read))
         return 0
+    if args.drain_hold is not None or args.hold_linger is not None:
+        import realtime.drainer
+
+        if args.drain_hold is not None:
+            realtime.drainer.HOLD_MAX = args.drain_hold
+        if args.hold_linger is not None:
+            realtime.drainer.HOLD_LINGER = args.hold_linger
     if args.write_slice:
         import realtime.db.database
 

@@ -31,6 +31,18 @@ epoch start, thread CPU and wall time, so the slowest deliveries can be matched 
 reads a run's figures and its `BENCH_DELIVERY_LOG` (each delivery with its send time), and
 says, per rate step, for the slowest `--share` of deliveries, which of those overlapped each
 delivery's window (from its send to its arrival), and how the rest of the step compares.
+
+For bulk commands ("pause all"), each call of the service's command with a filter target is
+noted (its epoch and how long it took to answer), the hand-off of a commit's events to the
+listeners (the fan-out) is a stretch like the echo's dispatch, and every call the SQL driver
+runs in its own thread (aiosqlite: SQLite's work, outside the event loop) is timed with that
+thread's CPU. Then
+
+    python loadtests/loop_tail.py --bulk /tmp/tail.json
+
+says, per bulk command, what ran from its call until its fan-out had written the last frame:
+CPU of the SQL driver's thread, of the drainer's rounds, of garbage collections and of the
+fan-out itself (what the command overlapped, and its own fan-out).
 Nothing here changes what the server does; the timing itself costs a few percent of CPU.
 """
 
@@ -70,6 +82,8 @@ _long: list[tuple[float, str, float, float]] = []  # (epoch, owner, cpu ms, wall
 # (epoch start, what, cpu ms, wall ms) of collections and known stretches over 1 ms
 _stretches: list[tuple[float, str, float, float]] = []
 STRETCH_MIN = 0.001
+_bulk: list[tuple[float, float]] = []  # (epoch, seconds to answer) of each bulk command
+_sql: list[tuple[float, float]] = []  # (epoch, thread CPU ms) of each call in the SQL thread
 
 
 def _owner(handle: asyncio.Handle) -> str:
@@ -195,10 +209,49 @@ def _install_stretch_timer() -> None:
 
         setattr(owner, name, timed)
 
+    from realtime.sessions import SessionService
+    from realtime.state.handoff import HandOff
+
     stepped(Drainer, "drain_exam", "drainer round")
     stepped(RedisStore, "_deliver", "echo dispatch")
+    timed_call(HandOff, "_drain", "hand-off")
+    command = SessionService.command
+
+    @functools.wraps(command)
+    async def bulk_command(self: Any, exam_id: str, action: Any, target: Any,
+                           *args: Any, **kwargs: Any) -> Any:
+        epoch, wall = time.time(), time.perf_counter()
+        try:
+            return await command(self, exam_id, action, target, *args, **kwargs)
+        finally:
+            if target.is_filter and len(_bulk) < 100_000:
+                _bulk.append((epoch, time.perf_counter() - wall))
+
+    SessionService.command = bulk_command  # type: ignore[method-assign]
     timed_call(Hub, "flush", "dashboard batch")
     timed_call(Heartbeat, "tick", "heartbeat tick")
+
+
+def _install_sql_thread_timer() -> None:
+    """Every call aiosqlite runs in its connection's thread, with that thread's CPU."""
+    try:
+        from aiosqlite.core import Connection
+    except ImportError:
+        return
+    execute = Connection._execute
+    thread_time = time.thread_time
+
+    async def timed_execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        def timed(*a: Any, **k: Any) -> Any:
+            epoch, cpu = time.time(), thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                if len(_sql) < 2_000_000:
+                    _sql.append((round(epoch, 4), round(1000 * (thread_time() - cpu), 3)))
+        return await execute(self, timed, *args, **kwargs)
+
+    Connection._execute = timed_execute  # type: ignore[method-assign]
 
 
 def _install_store_timer() -> None:
@@ -300,6 +353,8 @@ def _dump() -> None:
                         for name, s in sorted(_redis.items(), key=lambda kv: -kv[1][1])},
         "long_callbacks": _long,
         "stretches": _stretches,
+        "bulk_commands": _bulk,
+        "sql_thread": _sql,
     }
     try:
         report["redis"] = _redis_view()
@@ -365,7 +420,37 @@ def explain(tail_path: str, log_path: str, share: float = 0.01) -> str:
     return "\n".join(lines)
 
 
+def bulk(tail_path: str) -> str:
+    """Per bulk command of a run: what ran from its call until its fan-out ended."""
+    with open(tail_path, encoding="utf-8") as f:
+        report = json.load(f)
+    stretches = sorted(tuple(row) for row in report.get("stretches", []))
+    sql = sorted(tuple(row) for row in report.get("sql_thread", []))
+    lines = ["call (epoch)  answer  fan-out end  | CPU ms in the window: SQL thread, drainer "
+             "rounds, GC, fan-out"]
+    for epoch, answer in sorted(tuple(row) for row in report.get("bulk_commands", [])):
+        # the fan-out: the first hand-off or echo dispatch of 20 ms or more after the answer
+        fanouts = [row for row in stretches if row[1] in ("hand-off", "echo dispatch")
+                   and row[2] >= 20 and row[0] >= epoch + answer - 0.005]
+        if not fanouts:
+            continue
+        end = fanouts[0][0] + fanouts[0][3] / 1000
+        inside = [row for row in stretches if epoch <= row[0] < end]
+
+        def cpu(kinds: tuple[str, ...], rows: list[tuple[Any, ...]] = inside) -> float:
+            return sum(row[2] for row in rows if row[1].startswith(kinds))
+
+        sql_cpu = sum(ms for at, ms in sql if epoch <= at < end)
+        lines.append(f"{epoch:.3f} {1000 * answer:7.1f} {1000 * (end - epoch):8.1f} ms | "
+                     f"{sql_cpu:7.1f} {cpu(('drainer',)):7.1f} {cpu(('gc',)):7.1f} "
+                     f"{cpu(('hand-off', 'echo')):7.1f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--bulk":
+        print(bulk(sys.argv[2]))
+        return
     if len(sys.argv) >= 4 and sys.argv[1] == "--explain":
         share = float(sys.argv[sys.argv.index("--share") + 1]) if "--share" in sys.argv else 0.01
         print(explain(sys.argv[2], sys.argv[3], share))
@@ -376,6 +461,7 @@ def main() -> None:
     _install_store_timer()  # (before the stretch timer: `_deliver` is timed by it too)
     _install_gc_timer()
     _install_stretch_timer()
+    _install_sql_thread_timer()
     with contextlib.suppress(Exception):  # measuring only: the server runs regardless
         _reset_redis()
     atexit.register(_dump)

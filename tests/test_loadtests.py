@@ -374,7 +374,7 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     result = _run(
         [sys.executable, "-m", "loadtests.fanout_cpu", "--sessions", "30", "--repeats", "3",
          "--acks", "--timeline", "--store", "redis", "--client-read", "read-first",
-         "--commit-chunk", "0,4"],
+         "--commit-chunk", "0,4", "--gap", "0.6"],
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -393,6 +393,12 @@ def test_fanout_cpu_timeline_on_redis_with_acks() -> None:
     assert all("last frame read" in line and ", parsed " in line and "child's CPU" in line
                for line in timelines), timelines
     assert "* " in result.stdout and "store commit x" in result.stdout
+    # `--gap`: the next repeat does not wait for the drain; what of the drainer ran between
+    # the call and the server's last frame, on the loop and in the SQL driver's thread
+    assert result.stdout.count("the drainer from the call to the server's last frame") == 3
+    assert "backlog " in result.stdout and "(loop " in result.stdout
+    for key in ("loop_ms_p50", "drain_loop_ms_p50", "drain_sql_ms_p50", "drain_held_s"):
+        assert key in summary, summary
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
@@ -501,6 +507,27 @@ def test_loop_tail_explains_the_slowest_deliveries_by_what_overlapped_them(
     assert "gc pass          in 100.0 % of the slowest" in text, text
     assert "drainer round    in   0.0 % of the slowest" in text and "1.0 % of all" in text, text
     assert "gc pass +5 ms 12.0/12.5" in text, text
+
+
+def test_loop_tail_says_what_ran_in_each_bulk_command_s_window(tmp_path: Path) -> None:
+    """`loop_tail.py --bulk`: per bulk command, from its call to the end of its fan-out (the
+    first hand-off or echo dispatch of 20 ms or more after its answer), the CPU of the SQL
+    driver's thread, of the drainer's rounds, of collections and of the fan-out; what falls
+    outside that window is not counted."""
+    from loadtests.loop_tail import bulk
+
+    tail = tmp_path / "tail.json"
+    tail.write_text(json.dumps({
+        "bulk_commands": [[100.0, 0.2]],
+        "stretches": [[99.9, "drainer round", 50.0, 50.0], [100.05, "drainer round", 4.0, 4.0],
+                      [100.1, "gc gen1", 6.0, 6.0], [100.21, "hand-off", 150.0, 150.0],
+                      [100.5, "gc pass", 30.0, 30.0]],
+        "sql_thread": [[99.95, 40.0], [100.02, 3.5], [100.3, 1.5], [100.4, 9.0]],
+    }))
+    lines = bulk(str(tail)).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[1].split() == ["100.000", "200.0", "360.0", "ms", "|", "5.0", "4.0", "6.0",
+                                "150.0"], lines
 
 
 class _Entry:
@@ -666,3 +693,4 @@ def test_drain_backlog_drains_a_pauses_backlog_and_times_the_loop() -> None:
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith("320 events drained in "), line
     assert "longest loop stretches" in line and ">= 10 / 20 / 40 ms" in line, line
+    assert "s process CPU (loop thread " in line, line
