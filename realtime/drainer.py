@@ -79,7 +79,7 @@ class Drainer:
         # The gather grows only where the outbox outlives this process (Redis): the memory
         # store's dies with it, and with it whatever a longer gather held back from SQL.
         if max_gather is None:
-            max_gather = GATHER_MAX if getattr(store, "outbox_survives_process", False) else GATHER
+            max_gather = GATHER_MAX if store.outbox_survives_process else GATHER
         self.max_gather = max(GATHER, max_gather)
         # Giving way to bulk commands delays history like a longer gather: only there too.
         if hold_max is None:

@@ -832,6 +832,28 @@ async def test_outbox_entries_not_acknowledged_are_claimed_again(store: StateSto
     assert [e.seq for entry in again for e in entry.events][:2] == [1, 2]
 
 
+async def test_the_store_says_whether_its_outbox_outlives_the_process(
+    make_store: StoreFactory,
+) -> None:
+    """`outbox_survives_process`, which the drainer's longer gather relies on: where it is
+    True, what one process's store appended is claimed through another process's store (a
+    second store on the same Redis); the memory store says False, and another one has none
+    of it."""
+    first, second = await make_store(), await make_store()
+    await first.put_exam(Exam(id=A, title="A"))
+    await first.add_sessions([session("s1")])
+    await first.commit([commit(A, "s1", None)])
+    await first.append_audit(A, [{"action": "session_command", "uid": "u1"}])
+    entries = await second.outbox_claim(A, "other", 100, lease=5.0)
+    assert first.outbox_survives_process is second.outbox_survives_process
+    if first.outbox_survives_process:
+        assert entries is not None
+        assert [len(e.events) for e in entries] == [1, 0]
+        assert entries[1].audit == [{"action": "session_command", "uid": "u1"}]
+    else:
+        assert not entries
+
+
 async def test_stale_holders_of_a_large_exam(store: StateStore) -> None:
     """Every stale holder of an exam larger than one of the Redis store's slices, each once;
     on Redis the question is asked slice by slice, never over the whole exam in one script

@@ -59,6 +59,10 @@ class _Outbox:
 
 
 class MemoryStore:
+    # The outbox is this process's memory: it dies with it, and with it whatever a longer
+    # gather held back from SQL (the drainer keeps `realtime.drainer.GATHER`).
+    outbox_survives_process = False
+
     def __init__(self, log_size: int = 10_000, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.time
         self._exams: dict[str, Exam] = {}

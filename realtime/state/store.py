@@ -134,6 +134,13 @@ class Backlog:
 
 
 class StateStore(Protocol):
+    outbox_survives_process: bool
+    """Whether the outbox outlives this process: True where it lives in the store's server
+    (Redis: another process drains what this one left after its lease), False where it dies
+    with the process (the memory store). The drainer gathers longer only where it survives
+    (`realtime.drainer.GATHER_MAX`): what a longer gather holds back from SQL is not lost by
+    a crash there."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
