@@ -146,3 +146,34 @@ async def test_a_step_runs_in_line_with_the_batches() -> None:
     assert got == ["small step"] and hand_off.pending == 3
     await done.wait()
     assert got == ["small step", [1, 2, 3], "step"] and hand_off.pending == 0
+
+
+async def test_a_held_line_delivers_once_released() -> None:
+    """`hold`: what is deferred waits for the release (and then for the releasing caller's
+    turns, as after a commit's reply); a small batch goes at once while nothing is deferred,
+    behind what is deferred otherwise; a second release is nothing; a hold nobody releases
+    ends by itself."""
+    got: list[list[int]] = []
+    hand_off = HandOff(got.append, big=3)
+    release = hand_off.hold()
+    hand_off([1])
+    assert got == [[1]]
+    hand_off([2, 3, 4])
+    hand_off([5])
+    for _ in range(5):  # the turns after which an unheld line would have delivered
+        await asyncio.sleep(0)
+    assert got == [[1]] and hand_off.pending == 2
+    done = asyncio.Event()
+    hand_off.then(done.set, 1)
+    release()
+    release()
+    assert got == [[1]]  # not in the releasing caller's turn
+    await done.wait()
+    assert got == [[1], [2, 3, 4], [5]] and hand_off.pending == 0
+
+    hand_off.hold(timeout=0.01)  # never released
+    done.clear()
+    hand_off([6, 7, 8])
+    hand_off.then(done.set, 1)
+    await done.wait()
+    assert got[-1] == [6, 7, 8] and hand_off.pending == 0

@@ -8,6 +8,11 @@ delivers a big batch two loop turns later: the callers woken by the commit run f
 fan-out. Small batches go at once, unless a deferred one is still waiting: order is kept.
 Other steps that must follow a batch (the Redis echo of a commit, released once its batch has
 been handed out: `then`) queue in the same line.
+
+A caller that has one more round trip to make before it answers (a bulk command's audit row,
+held before the answer: `realtime.identity.audited`) `hold`s the line: what is deferred waits
+until it releases it (at most `HOLD_MAX` seconds), then goes two loop turns later as above, so
+that answer too is written before the hall's frames.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BIG_BATCH = 256  # events in one commit call from which their fan-out waits for the callers
+HOLD_MAX = 0.5  # seconds a hold keeps the line at most (a round trip that hangs)
 
 
 class HandOff(Generic[T]):
@@ -35,6 +41,7 @@ class HandOff(Generic[T]):
         # a batch to deliver, or a step to run (`then`)
         self._queue: deque[list[T] | Callable[[], None]] = deque()
         self._scheduled = False
+        self._holds = 0  # callers holding the line (`hold`)
 
     def __call__(self, batch: list[T]) -> None:
         if not self._queue and len(batch) < self._big:
@@ -59,8 +66,32 @@ class HandOff(Generic[T]):
             return
         self._enqueue(step)
 
+    def hold(self, timeout: float = HOLD_MAX) -> Callable[[], None]:
+        """Keep what is deferred, and what queues behind it, until the returned release is
+        called (once is enough; it is called by itself after `timeout` seconds). Small
+        batches still go at once while nothing is deferred."""
+        self._holds += 1
+        loop = asyncio.get_running_loop()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            timer.cancel()
+            self._holds -= 1
+            if self._queue:
+                self._schedule()
+
+        timer = loop.call_later(timeout, release)
+        return release
+
     def _enqueue(self, item: list[T] | Callable[[], None]) -> None:
         self._queue.append(item)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
             loop = asyncio.get_running_loop()
@@ -75,6 +106,8 @@ class HandOff(Generic[T]):
 
     def _drain(self) -> None:
         self._scheduled = False
+        if self._holds:
+            return  # the last release schedules it again
         while self._queue:
             item = self._queue.popleft()
             try:

@@ -91,6 +91,9 @@ class MemoryStore:
     def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Nothing to do: in one process no event can be missed."""
 
+    def hold_fan_out(self) -> Callable[[], None]:
+        return self._hand_off.hold()
+
     def subscription_health(self) -> dict[str, Any]:
         return {"subscribed": True, "losses": 0, "recovered_events": 0, "exams_served": None,
                 "events_received": None}

@@ -608,6 +608,9 @@ class RedisStore:
         await self._commit_client.aclose()
         await self._connector.aclose()
 
+    def hold_fan_out(self) -> Callable[[], None]:
+        return self._hand_off.hold()  # the echoes waiting behind it wait too
+
     def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         self._resubscribe_listeners.append(listener)
 

@@ -163,6 +163,13 @@ class StateStore(Protocol):
         consumers that are ordered by something of their own (a candidate page by its session
         version); they must tolerate seeing the event again."""
 
+    def hold_fan_out(self) -> Callable[[], None]:
+        """Keep this process's deferred fan-out (the commit calls of `BIG_BATCH` events or more,
+        given to the listeners after their callers: `realtime.state.handoff`) until the
+        returned release is called, for at most `HOLD_MAX` seconds: a caller that makes one
+        more round trip before it answers (a bulk command's audit row) still answers before
+        the hall's frames are written."""
+
     def add_resubscribe_listener(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Call `listener` whenever this process's event subscription came back after a loss,
         with the exams whose missed events were read back and delivered in order; connections
