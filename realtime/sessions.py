@@ -238,14 +238,18 @@ class SessionService:
         self.presence: NodePresence | None = None  # which nodes are alive (None: all)
         self.reasons = ReasonPolicy()  # reason categories, and which commands need one
 
-    def _background(self, coro: Awaitable[Any]) -> None:
+    def _background(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run `coro` on its own (a caller cancelled meanwhile does not stop it); `settle`
+        waits for it."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def settle(self) -> None:
         """Wait for what answers set off and did not wait for (answers kept for retries,
-        audit rows on their way to the outbox): at shutdown, before the last drain."""
+        audit rows whose command's caller was cancelled): at shutdown, before the last
+        drain."""
         while self._tasks:  # (`wait`, not `gather`: a caller's timeout cancels none of them)
             await asyncio.wait(list(self._tasks))
 

@@ -121,8 +121,8 @@ async def test_a_commands_answer_and_audit_row_share_one_round_trip(
         result = await service.command(A, Action.NOTICE, Target(session_ids=["s1"]), staff,
                                        {"command_id": "cmd-1", "text": "hello"})
         assert [a["session_id"] for a in result.applied] == ["s1"]
-        await service.settle()  # the answer kept and the audit row: set off, not awaited
-        assert store.command_round_trips == trips + 2  # the read, then keep + audit
+        assert store.command_round_trips == trips + 2  # the read, then keep + audit (awaited)
+        await service.settle()  # the answer kept: set off, not awaited
         assert (await store.command_result(A, "cmd-1") or {}).get("actor") == "staff:p"
         entries = await store.outbox_claim(A, "t", 10, lease=5.0)
         assert entries is not None

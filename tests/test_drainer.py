@@ -115,6 +115,67 @@ async def test_a_commands_audit_row_kept_twice_is_stored_once(
     assert [r["details"]["command_id"] for r in rows] == ["cmd-1"]
 
 
+@pytest.mark.parametrize("cut", ["before_the_append", "after_the_append"])
+async def test_a_process_killed_around_a_commands_audit_row_loses_no_row_nor_doubles_it(
+    db: Database, make_store: Any, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """The process dies while a staff command's audit row is on its way to the outbox, the
+    command applied: before the store appended the row, or after (its answer on its way
+    back). The command must not have been answered then (an answer before the row is held
+    lost the row of a command its issuer was told was applied); its retry with the same
+    command_id through another process answers it, applies nothing twice, and holds the row:
+    one row in the audit log either way, as the command was."""
+    from realtime.auth.permissions import ALL_PERMISSIONS
+    from realtime.auth.principal import Principal
+    from realtime.identity.audit import AuditLog
+    from realtime.identity.audited import AuditedSessionService
+    from realtime.sessions import Target
+    from realtime.state import machine
+    from realtime.state.model import Action
+
+    doomed_store: StateStore = await make_store()
+    # the other process: its own store on the same Redis; the memory store is the process
+    survivor_store = (await make_store() if doomed_store.outbox_survives_process
+                      else doomed_store)
+    await _exam(db, doomed_store)
+    doomed = AuditedSessionService(doomed_store, db, machine.Liveness(15, 60))
+    doomed.audit = AuditLog(db)
+    append = doomed_store.append_audit
+    reached, never = asyncio.Event(), asyncio.Event()
+
+    async def killed_there(exam_id: str, rows: list[dict[str, Any]]) -> None:
+        if cut == "after_the_append":
+            await append(exam_id, rows)
+        reached.set()
+        await never.wait()  # the process is killed here: nothing of it runs on
+
+    monkeypatch.setattr(doomed_store, "append_audit", killed_there)
+    staff = Principal(id="p", name="p", kind="staff", permissions=ALL_PERMISSIONS)
+    command = (EXAM, Action.NOTICE, Target(session_ids=["s1"]), staff,
+               {"command_id": "cmd-1", "text": "hello"})
+    call = asyncio.create_task(doomed.command(*command))
+    await reached.wait()
+    answered = call.done()
+    doomed_tasks = [call, *doomed._tasks]
+    for task in doomed_tasks:  # the kill
+        task.cancel()
+    await asyncio.gather(*doomed_tasks, return_exceptions=True)
+    monkeypatch.undo()
+    assert not answered, "answered before its audit row was held"
+
+    survivor = AuditedSessionService(survivor_store, db, machine.Liveness(15, 60))
+    survivor.audit = AuditLog(db)
+    retry = await survivor.command(*command)
+    assert [a["session_id"] for a in retry.applied] == ["s1"] and not retry.skipped
+    await survivor.settle()
+    await Drainer(survivor_store, db, consumer="survivor").drain_all()
+    rows = await survivor.audit.query(action="session_command")
+    assert [r["details"]["command_id"] for r in rows] == ["cmd-1"]
+    assert rows[0]["details"]["applied"] == ["s1"]
+    notices = [e for e in await db.exam_events(EXAM) if e.details.get("command_id") == "cmd-1"]
+    assert [(e.session_id, e.seq) for e in notices] == [("s1", retry.applied[0]["seq"])]
+
+
 async def test_irregularities_are_written_with_their_event(
     db: Database, store: StateStore
 ) -> None:

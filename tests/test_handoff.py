@@ -4,14 +4,22 @@ answer is not held up by the thousands of frames and acks its fan-out sets off);
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from realtime.auth.permissions import ALL_PERMISSIONS
+from realtime.auth.principal import Principal
 from realtime.batching import CommitBatcher
+from realtime.db.database import Database
+from realtime.identity.audit import AuditLog
+from realtime.identity.audited import AuditedSessionService
+from realtime.sessions import Target
+from realtime.state import machine
 from realtime.state.handoff import HandOff
 from realtime.state.memory import MemoryStore
-from realtime.state.model import Event, new_session
-from realtime.state.store import Commit
+from realtime.state.model import Action, Event, Exam, new_session
+from realtime.state.store import Commit, StateStore
 
 EXAM = "e1"
 
@@ -177,3 +185,45 @@ async def test_a_held_line_delivers_once_released() -> None:
     hand_off.then(done.set, 1)
     await done.wait()
     assert got[-1] == [6, 7, 8] and hand_off.pending == 0
+
+
+async def test_a_bulk_commands_answer_waits_for_its_audit_row_and_comes_before_its_hall(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """A staff command is answered once its audit row is held (on Redis one more round trip
+    after the commit), and a hall-size command's fan-out still comes after that answer: the
+    hall waits for the round trip (`hold_fan_out`), not the answer for the hall's frames."""
+    db = await Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'rt.db'}")
+    try:
+        await db.create_all()
+        service = AuditedSessionService(store, db, machine.Liveness(15, 60))
+        service.audit = AuditLog(db)
+        await store.put_exam(Exam(id=EXAM, title="Exam"))
+        await store.add_sessions([new_session(id=f"s{i}", exam_id=EXAM, candidate_id=f"c{i}")
+                                  for i in range(300)])
+        order: list[str] = []
+        fanned_out = asyncio.Event()
+        append = store.append_audit
+
+        async def noted(exam_id: str, rows: list[dict[str, object]]) -> None:
+            await append(exam_id, rows)
+            order.append("audit row held")
+
+        store.append_audit = noted  # type: ignore[method-assign]
+
+        def fan_out(*_: object) -> None:
+            if not fanned_out.is_set():
+                fanned_out.set()
+                order.append("fan-out")
+
+        store.add_commit_listener(fan_out)  # Redis: the hand-off's (no echo: not served)
+        store.add_listener(fan_out)  # the memory store's hand-off
+        staff = Principal(id="p", name="p", kind="staff", permissions=ALL_PERMISSIONS)
+        result = await service.command(EXAM, Action.NOTICE, Target(all=True), staff,
+                                       {"text": "hello"})
+        order.append("answered")
+        assert len(result.applied) == 300
+        await asyncio.wait_for(fanned_out.wait(), 10)
+        assert order == ["audit row held", "answered", "fan-out"]
+    finally:
+        await db.close()

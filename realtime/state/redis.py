@@ -1904,7 +1904,7 @@ class RedisStore:
     async def append_audit(self, exam_id: str, rows: list[dict[str, Any]]) -> None:
         """With the next command round trip (see `_send_command_io`): a command's audit row
         goes with its answer to keep, and the rows of every command of that loop turn in one
-        audit_append.lua call per exam, after their commits (already answered)."""
+        audit_append.lua call per exam, after their commits (their answers wait for it)."""
         if not rows:
             return
         loop = asyncio.get_running_loop()
