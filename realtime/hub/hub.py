@@ -45,6 +45,9 @@ VIEW_FIELDS = ("status", "alerts", *ACK_FIELDS)
 # At 1/25 a tick's 200 pings and the wave of pongs after them held the event loop for 10-20
 # ms each, five times a second (docs/performance.md, "long stretches on the event loop").
 HEARTBEAT_TICKS = 100
+# A tick later than this fraction of the ping timeout was held up by a stall; below it, the
+# lateness is a timer's wake-up latency on a busy machine (see `Heartbeat`).
+TICK_LATENESS_TOLERATED = 0.025
 # Candidate traffic: what every page sends on its own (a progress report every 5 s in the hall
 # phase, an ack after every command, the page's alerts). Under a steady flow, one delta frame
 # per event to every dashboard was most of what such a message cost this process (a socket
@@ -665,13 +668,20 @@ LegacyTouch = Callable[[list[tuple[str, str]]], Awaitable[Any]]
 class Heartbeat:
     """What the heartbeat decides at each tick, apart from sleeping and the store.
 
-    Liveness is judged on a clock that leaves out the heartbeat's own lateness: when a tick
-    runs late, the event loop could neither send pings nor read pongs, so that time counts
-    against nobody. A link is timed out only when the oldest ping it has not answered was
-    queued longer than `ping_timeout` ago on that clock, seen on two ticks in a row (pongs
-    already in socket buffers at the first are read in between), and only while its reader
-    waits for a frame (a reader busy with a message has not read what came after it yet).
-    No timer or task per connection: a tick looks at one slice and at the previous
+    Liveness is judged on a clock that leaves out the event loop's stalls: when a tick runs
+    late by more than `TICK_LATENESS_TOLERATED` of the ping timeout (0.3 s at 12 s), the loop
+    could neither send pings nor read pongs, so the time past that counts against nobody.
+    Lateness below it is a timer's ordinary wake-up latency on a busy machine, not a stall:
+    left out at every one of the HEARTBEAT_TICKS ticks of an interval, it added up to a
+    quarter or a third of the wall time on two loaded cores, and a dead page was cut off
+    after 19-21 s instead of 13-15 s (docs/performance.md, "Tenth session: flaky tests").
+    Counting it costs a live page nothing: its ping is held up by at most the stall going on
+    when it was queued, of which only the tolerance is counted, and its pong is read before
+    the confirming tick. A link is timed out only when the oldest ping it has not answered
+    was queued longer than `ping_timeout` ago on that clock, seen on two ticks in a row
+    (pongs already in socket buffers at the first are read in between), and only while its
+    reader waits for a frame (a reader busy with a message has not read what came after it
+    yet). No timer or task per connection: a tick looks at one slice and at the previous
     tick's suspects.
     """
 
@@ -679,9 +689,10 @@ class Heartbeat:
         self.hub = hub
         self.step = interval / HEARTBEAT_TICKS
         self.ping_timeout = ping_timeout
+        self.tolerance = ping_timeout * TICK_LATENESS_TOLERATED
         self.tick_index = 0
         self.due: float | None = None  # when the next tick should run (monotonic)
-        self.stalled = 0.0  # the ticks' total lateness: left out of the liveness clock
+        self.stalled = 0.0  # the ticks' lateness past the tolerance: left out of liveness
         self.suspects: list[CandidateLink] = []  # silent at the last tick: confirm now
 
     def delay(self, now: float) -> float:
@@ -706,7 +717,7 @@ class Heartbeat:
         hub = self.hub
         if self.due is not None:
             lag = max(0.0, now - self.due)
-            self.stalled += lag
+            self.stalled += max(0.0, lag - self.tolerance)
             hub.heartbeat_lag_last = lag
             hub.heartbeat_lag_max = max(hub.heartbeat_lag_max, lag)
             hub.heartbeat_stalled = self.stalled
