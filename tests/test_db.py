@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from realtime.db.database import Database, normalize_url
 from realtime.db.errors import DuplicateError, SequenceConflictError, UnknownExamError
@@ -167,21 +168,33 @@ async def test_race_past_the_duplicate_check_is_still_a_duplicate_error(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL both inserts pass the pre-check; the loser's IntegrityError is reported
-    as a DuplicateError too."""
+    as a DuplicateError too. (On SQLite the writers take turns: the second one's pre-check
+    sees the first one's row.)"""
     await db.save_exam(_exam())
     check = Database._check_new_sessions
+    racing = db.dialect == "postgresql"
+    checks = 0
+    both_checked = asyncio.Event()
 
-    async def slow_check(self: Database, *args: Any) -> None:
+    async def check_then_wait(self: Database, *args: Any) -> None:
+        nonlocal checks
         await check(self, *args)
-        await asyncio.sleep(0.05)  # let the other writer pass its check as well
+        checks += 1
+        if checks == 2:
+            both_checked.set()
+        if racing:  # neither inserts before the other has passed its check too
+            await asyncio.wait_for(both_checked.wait(), 30)
 
-    monkeypatch.setattr(Database, "_check_new_sessions", slow_check)
+    monkeypatch.setattr(Database, "_check_new_sessions", check_then_wait)
     results = await asyncio.gather(
         db.add_sessions([_session(1, access_code="SAME")]),
         db.add_sessions([_session(2, access_code="SAME")]),
         return_exceptions=True,
     )
     assert sorted(type(r).__name__ for r in results) == ["DuplicateError", "NoneType"]
+    if racing:  # the loser passed the pre-check: its insert failed, reported as a duplicate
+        [lost] = [r for r in results if r is not None]
+        assert isinstance(lost.__cause__, IntegrityError), repr(lost.__cause__)
 
 
 # -- events ----------------------------------------------------------------------------------
