@@ -4,30 +4,17 @@ ports, made with `redis-cli --cluster create`, plus the operations the tests do 
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import time
 from types import TracebackType
 
 import redis
+from ports import free_port
 from redis_server import RedisServer
 
 REDIS_CLI = "/usr/bin/redis-cli"
 WAIT = 30.0  # seconds any cluster operation may take here
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too: both below 65536."""
-    while True:
-        port = random.randint(20000, 55000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
+CLUSTER_BUS_OFFSET = 10_000  # a node also listens on its port + this (the cluster bus)
 
 
 def _until(what: str, check: object, timeout: float = WAIT) -> None:
@@ -45,7 +32,7 @@ class LocalCluster:
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         self.servers: list[RedisServer] = []
         for _ in range(masters * (1 + replicas)):
-            server = RedisServer(port=cluster_port())
+            server = RedisServer(port=free_port(offset=CLUSTER_BUS_OFFSET))
             server.extra = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(server.dir / "nodes.conf"),

@@ -14,19 +14,10 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from ports import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 SYSTEM_PORT = 6379
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (never the system Redis port)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != SYSTEM_PORT:
-            return port
 
 
 def script_calls(url: str) -> int:

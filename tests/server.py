@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ports import free_port
 
 from loadtests.servers import end_process, wait_until_healthy
 from realtime.config import WS_IMPLS
@@ -21,13 +22,6 @@ TRUE = ("1", "true", "yes", "on")  # how realtime.config reads a boolean setting
 
 STAFF_TOKEN = "test-staff-token"
 SECRET = "test-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
