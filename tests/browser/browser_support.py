@@ -29,6 +29,16 @@ SCREENSHOTS = REPO / "artifacts" / "screenshots"
 DASHBOARD_VIEWPORT = {"width": 1440, "height": 900}
 CANDIDATE_VIEWPORT = {"width": 1280, "height": 800}
 TOKEN_KEY = "realtime.staffToken"
+# The suite's server pings every second (RTT and liveness move quickly) and gives up on a
+# silent page after the default 12 s.
+PING_INTERVAL, PING_TIMEOUT = 1, 12
+# How long a row may take to show a page dropped while offline. Chromium's offline mode holds
+# back what reaches the page, not what it sends: the page's close frame reached the server
+# within 0.4 s in 36 of 36 runs on a loaded machine (history: `lost 4000`). Were it lost, only
+# unanswered pings would tell, PING_TIMEOUT and up to an interval after the last answer: a
+# wait of the server's, then the suite's usual 15 s for the row to change. (That wait once
+# took over 15 s in CI: the heartbeat counted timer latency as stalls, fixed in f17b814.)
+DROP_SEEN_MS = (PING_TIMEOUT + PING_INTERVAL) * 1000 + 15_000
 
 
 class Browsers:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from browser_support import CHROMIUM, CHROMIUM_ARGS, Browsers
+from browser_support import CHROMIUM, CHROMIUM_ARGS, PING_INTERVAL, PING_TIMEOUT, Browsers
 from clients import Api
 from server import ServerProcess
 
@@ -24,7 +24,8 @@ def rt_server() -> Iterator[ServerProcess]:
     a login is blocked after 3 failures."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    process = ServerProcess(ping_interval=1, login_max_failures=3)
+    process = ServerProcess(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT,
+                            login_max_failures=3)
     # The guest tests need the browser (127.0.0.1) seen as itself: uvicorn trusts nobody's
     # X-Forwarded-For (TEST-NET-1), as in tests/test_guests_e2e.py.
     process.env["FORWARDED_ALLOW_IPS"] = "192.0.2.1"

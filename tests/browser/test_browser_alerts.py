@@ -9,7 +9,7 @@ import re
 import pytest
 from browser_axe import assert_accessible
 from browser_exams import make_exam
-from browser_support import Browsers, ScriptedCandidates, row, screenshot
+from browser_support import DROP_SEEN_MS, Browsers, ScriptedCandidates, row, screenshot
 from clients import Api
 from playwright.async_api import expect
 
@@ -139,10 +139,7 @@ async def test_pause_queued_offline_is_delivered_after_reconnect(
 
     await candidate.context.set_offline(True)
     await candidate.evaluate("window.__realtime.connection.dropSocket()")
-    # Offline, the page's close may never reach the server: it then learns of it from pings
-    # left unanswered, which on a busy CI machine (another worker's load tests) took over
-    # the default 15 s once. A bound for a stuck run, not a speed check.
-    await expect(line).to_have_attribute("data-connected", "false", timeout=45_000)
+    await expect(line).to_have_attribute("data-connected", "false", timeout=DROP_SEEN_MS)
     await line.get_by_role("button", name=session["candidate_name"]).click()
     await dashboard.locator("#panel").get_by_role("button", name="Pause", exact=True).click()
     await expect(line.locator(".delivery")).to_have_text("queued")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from browser_exams import make_exam
-from browser_support import Browsers, row, screenshot
+from browser_support import DROP_SEEN_MS, Browsers, row, screenshot
 from clients import Api
 from playwright.async_api import expect
 
@@ -162,7 +162,7 @@ async def test_candidate_reconnects_by_itself(browsers: Browsers, rt_api: Api) -
     banner = candidate.locator("#reconnecting")
     await expect(banner).to_be_visible()
     await expect(banner).to_contain_text("Reconnecting")
-    await expect(line).to_have_attribute("data-connected", "false")
+    await expect(line).to_have_attribute("data-connected", "false", timeout=DROP_SEEN_MS)
     await screenshot(candidate, "candidate-reconnecting")
 
     await candidate.context.set_offline(False)
