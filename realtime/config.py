@@ -50,9 +50,9 @@ class Settings:
     redis_url: str = ""  # empty: the in-memory state store (one process)
     database_url: str = "sqlite+aiosqlite:///realtime.db"
     redis_prefix: str = "rt:"
-    # an exam's commits of one Redis call beyond this many go in chunks, each fanned out as
-    # soon as Redis answers it (0: one call, the default; realtime.state.redis.COMMIT_CHUNK)
-    redis_commit_chunk: int = 0
+    # an exam's commits of one Redis call beyond this many go in chunks sent back to back
+    # (0: one call; the default is realtime.state.redis.COMMIT_CHUNK's)
+    redis_commit_chunk: int = 1000
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     secret_key_set: bool = True  # False: REALTIME_SECRET_KEY unset, the key is this process's own
     staff_token_ttl: float = 12 * 3600
@@ -256,7 +256,7 @@ class Settings:
         if self.redis_commit_chunk < 0:
             raise ConfigError(
                 f"REALTIME_REDIS_COMMIT_CHUNK={self.redis_commit_chunk} is negative: 0 commits "
-                "a bulk command in one Redis call, N > 0 in chunks of up to N (default 0)"
+                "a bulk command in one Redis call, N > 0 in chunks of up to N (default 1000)"
             )
         if not 0 <= self.commit_retry_budget <= 60:
             raise ConfigError(

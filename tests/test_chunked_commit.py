@@ -2,7 +2,8 @@
 
 An exam's commits of one store call beyond `commit_chunk` go as several commit_batch.lua calls
 sent back to back on one connection, each its own atomic step (own seqs, outbox entry and
-published message), each handed out as soon as Redis answers it. What must hold: seq order =
+published message), handed out once the last is answered (or the call is cut off: then those
+answered). What must hold: seq order =
 outbox order = publish order = hand-out order; a fresh command (a caller-given command id,
 decided on the copy) over several chunks applies whole, and a retry of it (after a kill or a
 cut-off between chunks too) applies nothing twice and answers for every session; NOSCRIPT on
@@ -140,40 +141,64 @@ def cut_before_second_call(store: RedisStore) -> None:
     store._batch_args = failing  # type: ignore[method-assign]
 
 
-async def test_a_big_commit_goes_in_chunks_each_handed_out_as_redis_answers_it(
+def count_reads(store: RedisStore, cancel_at: int = 0) -> list[int]:
+    """Counts the answers the store's commit connections read (`[n]`, reset by the test);
+    with `cancel_at`, the read of that answer is cancelled (the process dies waiting for it)."""
+    reads = [0]
+    pool = store._commit_client.connection_pool
+    get_connection = pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        conn = await get_connection(*args, **kwargs)
+        if "read_response" not in vars(conn):
+            read = conn.read_response
+
+            async def read_response(*a: Any, **k: Any) -> Any:
+                if reads[0] + 1 == cancel_at:
+                    raise asyncio.CancelledError
+                reply = await read(*a, **k)
+                reads[0] += 1
+                return reply
+
+            conn.read_response = read_response
+        return conn
+
+    pool.get_connection = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_big_commit_goes_in_chunks_handed_out_once_the_last_is_answered(
     stores: Callable[..., Any],
 ) -> None:
     store: RedisStore = await stores(commit_chunk=2)
     gate = await deafen(store)
-    returned = False
-    handed: list[tuple[list[int], bool]] = []  # each hand-out's seqs, returned yet?
-    store.add_commit_listener(lambda events: handed.append(([e.seq for e in events], returned)))
+    reads = count_reads(store, cancel_at=5)  # the second commit's second answer
+    handed: list[tuple[list[int], int]] = []  # each hand-out's seqs, answers read by then
+    store.add_commit_listener(lambda events: handed.append(([e.seq for e in events], reads[0])))
     heard: list[int] = []
     store.add_listener(lambda event: heard.append(event.seq))
     before = await outbox_entries(store)
 
     results = await store.commit([pause(sid) for sid in SESSIONS])
-    returned = True
 
     assert all(r.ok for r in results)
     seqs = [r.events[0].seq for r in results]
     assert seqs == list(range(seqs[0], seqs[0] + 5))  # in the order of the commits
-    # three script calls (2, 2, 1 commits), each handed out before the call returned, in order
-    assert handed == [(seqs[0:2], False), (seqs[2:4], False), (seqs[4:5], False)]
+    # three script calls (2, 2, 1 commits), handed out in order once all three were answered
+    # (not chunk by chunk: the first chunks' frames would set off acks read before the rest)
+    assert handed == [(seqs[0:2], 3), (seqs[2:4], 3), (seqs[4:5], 3)]
     assert await outbox_entries(store) == before + 3  # one outbox entry per chunk
 
-    # each chunk as its answer arrives, not once the last one is in: a commit whose process
-    # dies after its first call has handed that one out
+    # a commit cut off after its first answer (the process cancelled waiting for the second)
+    # still hands out what was answered: it is applied
     handed.clear()
-    returned = False
-    killed_after_first_call(store)
     with pytest.raises(asyncio.CancelledError):
         await store.commit([resume(sid) for sid in SESSIONS])
-    assert handed == [([seqs[-1] + 1, seqs[-1] + 2], False)]
+    assert handed == [([seqs[-1] + 1, seqs[-1] + 2], 4)]
 
-    gate.set()
-    await eventually(lambda: len(heard) == 7)  # every echo, in seq order
-    assert heard == [*seqs, seqs[-1] + 1, seqs[-1] + 2]
+    gate.set()  # (the calls it sent but did not read ran: their echoes bring them)
+    await eventually(lambda: len(heard) == 10)  # every echo, in seq order
+    assert heard == list(range(seqs[0], seqs[0] + 10))
     assert await pauses(store) == SESSIONS
 
 
@@ -342,12 +367,13 @@ async def test_chunks_on_a_cluster_apply_in_order(redis_cluster: LocalCluster) -
 
 
 def test_the_chunk_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REALTIME_REDIS_COMMIT_CHUNK", "1000")
+    monkeypatch.setenv("REALTIME_REDIS_COMMIT_CHUNK", "500")
     settings = Settings.from_env()
-    assert settings.redis_commit_chunk == 1000
+    assert settings.redis_commit_chunk == 500
     settings.redis_url = "redis://127.0.0.1:1/0"  # (not connected: built only)
     store = build_store(settings)
-    assert isinstance(store, RedisStore) and store._commit_chunk == 1000
-    assert Settings().redis_commit_chunk == COMMIT_CHUNK == 0  # one call unless asked
+    assert isinstance(store, RedisStore) and store._commit_chunk == 500
+    assert Settings().redis_commit_chunk == COMMIT_CHUNK == 1000  # chunks unless told 0
+    assert RedisStore("redis://127.0.0.1:1/0")._commit_chunk == COMMIT_CHUNK
     with pytest.raises(ConfigError, match=r"REALTIME_REDIS_COMMIT_CHUNK=-1"):
         Settings(redis_commit_chunk=-1).check()

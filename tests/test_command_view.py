@@ -26,7 +26,7 @@ from realtime.auth.principal import Principal
 from realtime.sessions import COMMAND_FIELDS, BulkResult, SessionService, Target
 from realtime.state import machine
 from realtime.state.model import Action, Event, Exam, new_session
-from realtime.state.redis import COMMIT_CHUNK, RedisStore
+from realtime.state.redis import RedisStore
 from realtime.state.store import Commit
 
 EXAM = "exam-v"
@@ -43,7 +43,7 @@ def active(sid: str, **fields: Any) -> dict[str, Any]:
 class Process:
     """A server process: its store and its session service."""
 
-    def __init__(self, url: str, prefix: str, commit_chunk: int = COMMIT_CHUNK) -> None:
+    def __init__(self, url: str, prefix: str, commit_chunk: int = 0) -> None:
         self.store = RedisStore(url, prefix=prefix, commit_chunk=commit_chunk)
         self.service = SessionService(self.store, db=None,  # type: ignore[arg-type]
                                       liveness=LIVENESS)
@@ -74,7 +74,7 @@ class Process:
         return {row["id"]: row for row in rows}
 
 
-@pytest.fixture(params=[COMMIT_CHUNK, 2], ids=["one call", "chunks of 2"])
+@pytest.fixture(params=[0, 2], ids=["one call", "chunks of 2"])
 async def two(redis_url: str, request: pytest.FixtureRequest
               ) -> AsyncIterator[tuple[Process, Process]]:
     """Two processes; with "chunks of 2" each commits an exam's commits of a store call 2 by 2

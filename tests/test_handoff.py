@@ -56,27 +56,6 @@ async def test_a_big_batch_waits_for_the_callers_woken_with_it() -> None:
     assert order == ["caller resumed", "delivered 3"]
 
 
-async def test_a_chunk_is_delivered_at_once_whatever_its_size_unless_something_waits() -> None:
-    """`at_once` (a chunk of a commit in chunks: `RedisStore._send_and_take`): a big batch
-    goes now; behind a deferred one it still waits its turn, in order."""
-    got: list[list[int]] = []
-    done = asyncio.Event()
-
-    def deliver(batch: list[int]) -> None:
-        got.append(batch)
-        if batch == [7, 8, 9]:
-            done.set()
-
-    hand_off = HandOff(deliver, big=3)
-    hand_off.at_once([1, 2, 3])
-    assert got == [[1, 2, 3]]
-    hand_off([4, 5, 6])  # deferred
-    hand_off.at_once([7, 8, 9])
-    assert got == [[1, 2, 3]]
-    await done.wait()
-    assert got == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
-
-
 async def test_what_follows_a_deferred_batch_waits_behind_it() -> None:
     got: list[list[int]] = []
     last = asyncio.Event()

@@ -60,7 +60,7 @@ from realtime.sessions import FastPath, OpenRefused, SessionService, Target
 from realtime.state import machine
 from realtime.state.memory import MemoryStore
 from realtime.state.model import Action, Event, Exam, ExamSettings, Status
-from realtime.state.redis import COMMIT_CHUNK, RedisStore
+from realtime.state.redis import RedisStore
 from realtime.state.store import Commit, CommitResult, StateStore
 
 T = TypeVar("T")
@@ -393,7 +393,7 @@ class World:
                 store = shared = shared or MemoryStore()
             else:  # the first process commits 2 by 2 (chunks: `RedisStore.commit`)
                 store = RedisStore(self.redis_url, prefix=self.prefix,
-                                   commit_chunk=2 if index == 0 else COMMIT_CHUNK)
+                                   commit_chunk=2 if index == 0 else 0)
             process = Process(store, self.db, self._seen_by(index))
             self.processes.append(process)
         for store in {id(p.store): p.store for p in self.processes}.values():

@@ -49,15 +49,6 @@ class HandOff(Generic[T]):
             return
         self._enqueue(batch)
 
-    def at_once(self, batch: list[T]) -> None:
-        """Deliver `batch` now whatever its size (a chunk of a commit in chunks: its fan-out
-        must not wait behind what the chunks before it set off), unless something waits:
-        then after it, in order."""
-        if not self._queue:
-            self._deliver(batch)
-            return
-        self._enqueue(batch)
-
     def then(self, step: Callable[[], None], size: int) -> None:
         """Run `step` where a batch of `size` events would be delivered: at once if it is small
         and nothing waits, else after what waits (and after this loop turn's callers)."""

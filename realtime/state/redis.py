@@ -83,12 +83,12 @@ BIG_ECHO = 16 * 1024  # bytes of events, ~80 of them (a hand-off's big batch is 
 ECHO_WAIT = 2.0
 
 # An exam's commits of one store call beyond this many go as several commit_batch.lua calls
-# (chunks), each handed out as soon as Redis answers it, so a bulk command's fan-out runs while
-# Redis runs its next chunk (`RedisStore.commit`; REALTIME_REDIS_COMMIT_CHUNK). 0: one call,
-# the default: on a 2-core machine the candidates' acks of the first chunks are read and
-# decided before the later chunks' frames, and no gain was measured (docs/performance.md,
-# tenth session).
-COMMIT_CHUNK = 0
+# (chunks) sent back to back, so Redis runs chunk k while the process encodes chunk k + 1 and
+# takes in chunk k - 1's answer (`RedisStore.commit`; REALTIME_REDIS_COMMIT_CHUNK; 0: one
+# call). Their events are handed out together after the last answer, as one call's are: handed
+# out chunk by chunk, the first chunks' acks were read before the later chunks' frames went
+# (docs/performance.md, tenth session).
+COMMIT_CHUNK = 1000
 # commit_batch.lua status codes besides 1 (ok)
 _APPLIED, _NOT_FOUND, _CONFLICT, _DUPLICATE, _GUARD_FAILED, _KNOWN = 1, 0, -1, -2, -3, -4
 COMMAND_TTL = 24 * 3600  # seconds a command id is remembered (idempotent retries)
@@ -1674,9 +1674,10 @@ class RedisStore:
                       results: list[CommitResult | None],
                       errors: dict[str, list[BaseException]]) -> None:
         """The calls back to back on ONE connection (Redis runs them in the order sent), each
-        sent as soon as it is encoded, each answer taken in as it arrives (`_take_reply`: its
-        results, and its events handed out at once, so the hub writes chunk k's frames while
-        Redis runs chunk k + 1). Calls refused with NOSCRIPT are sent again once the script
+        sent as soon as it is encoded, each answer read as it arrives: Redis runs chunk k while
+        the process encodes chunk k + 1 and reads chunk k - 1's answer. The answers are taken
+        in (`_take_reply`: results, events handed out as one call's are) once the last is
+        read, or the connection failed. Calls refused with NOSCRIPT are sent again once the script
         is loaded, as `_run_batches` does (a refused call never ran)."""
         refused = await self._send_and_take(commits, calls, results, errors, again=True)
         if not refused:
@@ -1694,14 +1695,13 @@ class RedisStore:
                              results: list[CommitResult | None],
                              errors: dict[str, list[BaseException]], again: bool) -> list[_Call]:
         """See `_stream`: the calls refused with NOSCRIPT (with `again`) are returned. A
-        connection that fails fails every call not answered yet (outcome unknown).
+        connection that fails fails every call not answered yet (outcome unknown); those
+        answered are taken in first (applied is applied).
 
-        Each chunk's events go to the listeners at once, whatever their number (`HandOff.
-        at_once`), the last chunk's too, before the caller's answer: deferred behind the loop's
-        other work (as one call's big batch is, so that its caller answers first), a chunk's
-        fan-out would wait behind the acks of the chunks before it, thousands of candidates'
-        messages read and decided meanwhile (measured: the last chunk's frames went out ~1 s
-        after its reply on a loaded machine)."""
+        No chunk's events go out before the last chunk is answered: handed out chunk by chunk,
+        the hub wrote the first chunks' frames while the later ones were in Redis, and the
+        candidates' acks of them were read and decided before the later frames went (slower
+        than one call on 2 cores: docs/performance.md, tenth session)."""
         pool = self._commit_client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         sha = self._commit_script.sha
@@ -1723,6 +1723,7 @@ class RedisStore:
         # Redis runs the one before) must not hold up the answers already there.
         sender = asyncio.get_running_loop().create_task(send())
         refused: list[_Call] = []
+        answered: list[tuple[_Call, Any]] = []  # in the order sent (= run)
         taken = 0
         try:
             while taken < len(calls) and await sent.get() >= 0:
@@ -1735,9 +1736,10 @@ class RedisStore:
                 if again and isinstance(reply, NoScriptError):
                     refused.append(call)
                 else:
-                    self._take_reply(commits, call, reply, results, errors, at_once=True)
+                    answered.append((call, reply))
             await sender  # (raises what stopped it before it sent them all)
         except BaseException as error:
+            self._take_replies(commits, answered, results, errors)
             sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
@@ -1748,13 +1750,20 @@ class RedisStore:
                 errors.setdefault(call.exam_id, []).append(error)
         finally:
             await pool.release(conn)
+        self._take_replies(commits, answered, results, errors)
         return refused
+
+    def _take_replies(self, commits: list[Commit], answered: list[tuple[_Call, Any]],
+                      results: list[CommitResult | None],
+                      errors: dict[str, list[BaseException]]) -> None:
+        for call, reply in answered:
+            self._take_reply(commits, call, reply, results, errors)
+        answered.clear()
 
     def _take_reply(self, commits: list[Commit], call: _Call, reply: Any,
                     results: list[CommitResult | None],
-                    errors: dict[str, list[BaseException]], at_once: bool = False) -> None:
-        """One script call's answer: its commits' results, and their events handed out (a
-        chunk's `at_once`: see `_send_and_take`)."""
+                    errors: dict[str, list[BaseException]]) -> None:
+        """One script call's answer: its commits' results, and their events handed out."""
         if isinstance(reply, Exception):
             errors.setdefault(call.exam_id, []).append(reply)
             return
@@ -1766,7 +1775,7 @@ class RedisStore:
             results[index] = result
             events += result.events
         if events and token not in self._echoed:
-            self._hand_out(token, events, at_once=at_once)
+            self._hand_out(token, events)
         if events:
             view = self._views.get(events[0].exam_id)
             if view is not None and view.events is None and events[0].seq == view.seq + 1:
@@ -1777,10 +1786,10 @@ class RedisStore:
             self._unechoed.pop(token, None)
             self._hand_off.then(functools.partial(_give, waiting, events), len(events))
 
-    def _hand_out(self, token: str, events: list[Event], at_once: bool = False) -> None:
+    def _hand_out(self, token: str, events: list[Event]) -> None:
         """Give the commit listeners this call's events now, and keep them for the echo (if
         it is coming: the exam is served here). A big batch waits for the callers the commit
-        wakes (`HandOff`), unless `at_once` (a chunk: `_send_and_take`).
+        wakes (`HandOff`).
 
         Only when they follow what this process has heard of the exam: if another process's
         earlier events are still on their way (or unheard: the subscription is down or being
@@ -1795,10 +1804,7 @@ class RedisStore:
             if not self.subscribed or events[0].seq != last + 1:
                 return
             self._handed_seq[exam_id] = events[-1].seq
-        if at_once:
-            self._hand_off.at_once(events)
-        else:
-            self._hand_off(events)
+        self._hand_off(events)
 
     def _give_listeners(self, events: list[Event]) -> None:
         for listener in self._commit_listeners:
