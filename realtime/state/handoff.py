@@ -43,8 +43,10 @@ class HandOff(Generic[T]):
         self._scheduled = False
         self._holds = 0  # callers holding the line (`hold`)
 
-    def __call__(self, batch: list[T]) -> None:
-        if not self._queue and len(batch) < self._big:
+    def __call__(self, batch: list[T], part_of: int = 0) -> None:
+        """`part_of`: the size of the whole this batch is a part of (a commit's chunks), if
+        bigger: deferred if the whole is big."""
+        if not self._queue and max(len(batch), part_of) < self._big:
             self._deliver(batch)
             return
         self._enqueue(batch)

@@ -1756,14 +1756,17 @@ class RedisStore:
     def _take_replies(self, commits: list[Commit], answered: list[tuple[_Call, Any]],
                       results: list[CommitResult | None],
                       errors: dict[str, list[BaseException]]) -> None:
+        # handed out as one call of them all would be: a hall's chunks after the caller's answer
+        whole = sum(len(call.indexes) for call, _ in answered) if len(answered) > 1 else 0
         for call, reply in answered:
-            self._take_reply(commits, call, reply, results, errors)
+            self._take_reply(commits, call, reply, results, errors, whole)
         answered.clear()
 
     def _take_reply(self, commits: list[Commit], call: _Call, reply: Any,
                     results: list[CommitResult | None],
-                    errors: dict[str, list[BaseException]]) -> None:
-        """One script call's answer: its commits' results, and their events handed out."""
+                    errors: dict[str, list[BaseException]], whole: int = 0) -> None:
+        """One script call's answer: its commits' results, and their events handed out (as
+        part of `whole` commits, if it is a chunk)."""
         if isinstance(reply, Exception):
             errors.setdefault(call.exam_id, []).append(reply)
             return
@@ -1775,7 +1778,7 @@ class RedisStore:
             results[index] = result
             events += result.events
         if events and token not in self._echoed:
-            self._hand_out(token, events)
+            self._hand_out(token, events, whole)
         if events:
             view = self._views.get(events[0].exam_id)
             if view is not None and view.events is None and events[0].seq == view.seq + 1:
@@ -1786,7 +1789,7 @@ class RedisStore:
             self._unechoed.pop(token, None)
             self._hand_off.then(functools.partial(_give, waiting, events), len(events))
 
-    def _hand_out(self, token: str, events: list[Event]) -> None:
+    def _hand_out(self, token: str, events: list[Event], whole: int = 0) -> None:
         """Give the commit listeners this call's events now, and keep them for the echo (if
         it is coming: the exam is served here). A big batch waits for the callers the commit
         wakes (`HandOff`).
@@ -1804,7 +1807,7 @@ class RedisStore:
             if not self.subscribed or events[0].seq != last + 1:
                 return
             self._handed_seq[exam_id] = events[-1].seq
-        self._hand_off(events)
+        self._hand_off(events, whole)
 
     def _give_listeners(self, events: list[Event]) -> None:
         for listener in self._commit_listeners:
