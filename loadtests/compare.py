@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -448,6 +449,8 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
     harness_cpu0 = sum(harness.cpu_times()[:2])
     tracker = Arrivals(time.perf_counter())
     bench.trackers[command_id] = tracker
+    collecting = gc.isenabled()
+    gc.disable()  # the harness collects between commands, not while it times one
     try:
         applied = await cmd.command("all", action, command_id)
         rest_seconds = time.perf_counter() - tracker.started
@@ -458,6 +461,8 @@ async def bulk_once(bench: Bench, cmd: Commander, action: str, expected: int) ->
                 await tracker.done.wait()
     finally:
         bench.trackers.pop(command_id, None)
+        if collecting:
+            gc.enable()
     # the harness's own CPU from the call until it had parsed the last frame (and acked it)
     harness_cpu = sum(harness.cpu_times()[:2]) - harness_cpu0
     server_cpu = bench.server_cpu() - cpu0  # the command, its fan-out and the acks so far
