@@ -156,6 +156,11 @@ async def measure(url: str, sessions: int, rounds: int) -> dict[str, Any]:
                 figures[work].append(meter.stop())
     finally:
         await store.close()
+    return summarise(figures)
+
+
+def summarise(figures: dict[str, list[tuple[float, float, int]]]) -> dict[str, Any]:
+    """Per kind of work, `Meter.stop`'s figures of each run and their medians."""
     return {work: {"cpu_ms": [round(r[0], 2) for r in runs],
                    "cpu_ms_median": round(statistics.median(r[0] for r in runs), 2),
                    "evalsha_ms_median": round(statistics.median(r[1] for r in runs), 2),
@@ -264,11 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = max(1, min(args.rounds, 50))
     args.verify = max(0, min(args.verify, 100_000))
     result = asyncio.run(run(args))
+    return report(result, args, "batches")
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, verified: str) -> int:
+    """Prints a run's result: the digest of a `--verify` record (written to `--dump` too, if
+    the tool has it), the figures as JSON (`--json`), or a line per kind of work."""
     if "record" in result:
         dump = json.dumps(result["record"], sort_keys=True)
-        if args.dump:
+        if getattr(args, "dump", None):
             Path(args.dump).write_text(dump)
-        print(f"{args.verify} random batches (seed {args.seed}): digest "
+        print(f"{args.verify} random {verified} (seed {args.seed}): digest "
               f"{hashlib.sha256(dump.encode()).hexdigest()}")
         return 0
     if args.json:

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import random
-import statistics
 from typing import Any
 
 import redis
 
-from loadtests.commit_script_cpu import Meter
+from loadtests.commit_script_cpu import Meter, report, summarise
 from loadtests.servers import RedisProcess, workdir
 from realtime.state.model import Exam, new_session
 from realtime.state.redis import RedisStore
@@ -98,11 +95,7 @@ async def measure(url: str, sessions: int, rounds: int, slice_: int) -> dict[str
                 raise RuntimeError(f"{len(stale)} stale holders reported")
     finally:
         await store.close()
-    return {work: {"cpu_ms": [round(r[0], 2) for r in runs],
-                   "cpu_ms_median": round(statistics.median(r[0] for r in runs), 2),
-                   "evalsha_ms_median": round(statistics.median(r[1] for r in runs), 2),
-                   "calls": runs[0][2]}
-            for work, runs in figures.items()}
+    return summarise(figures)
 
 
 # -- verification --------------------------------------------------------------------------------
@@ -172,19 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args.slice = max(1, min(args.slice, 10_000))
     args.verify = max(0, min(args.verify, 100_000))
     result = asyncio.run(run(args))
-    if "record" in result:
-        dump = json.dumps(result["record"], sort_keys=True)
-        print(f"{args.verify} random rounds (seed {args.seed}): digest "
-              f"{hashlib.sha256(dump.encode()).hexdigest()}")
-        return 0
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    for work, row in result.items():
-        print(f"{work}: Redis main-thread CPU per run {row['cpu_ms']} ms, median "
-              f"{row['cpu_ms_median']} ms; EVALSHA median {row['evalsha_ms_median']} ms in "
-              f"{row['calls']} calls")
-    return 0
+    return report(result, args, "rounds")
 
 
 if __name__ == "__main__":
